@@ -1,0 +1,153 @@
+"""Postgres schema (SQLAlchemy 2 declarative). Changes go through Alembic in ``migrations/``.
+
+Every row belongs to a user, directly (``owner_id``) or through its run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy import (
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+def _uuid_pk() -> Mapped[uuid.UUID]:
+    return mapped_column(UUID(as_uuid=True), primary_key=True, default=uuid.uuid4)
+
+
+def _created() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True), server_default=func.now(), nullable=False)
+
+
+class User(Base):
+    __tablename__ = "users"
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    email: Mapped[str] = mapped_column(String(320), unique=True, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class Experiment(Base):
+    __tablename__ = "experiments"
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200), nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    model_id: Mapped[str] = mapped_column(String(512), nullable=False)
+    training_data: Mapped[list] = mapped_column(JSONB, nullable=False)
+    eval_data: Mapped[list] = mapped_column(JSONB, nullable=False)
+    hyperparams: Mapped[dict] = mapped_column(JSONB, nullable=False)
+    influence_methods: Mapped[list] = mapped_column(JSONB, nullable=False)
+    few_shot_k: Mapped[int] = mapped_column(Integer, nullable=False, default=3)
+    max_new_tokens: Mapped[int] = mapped_column(Integer, nullable=False, default=48)
+    created_at: Mapped[datetime] = _created()
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
+    )
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    experiment_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("experiments.id", ondelete="SET NULL"), index=True, nullable=True
+    )
+    #: queued, running, completed, failed, cancelled
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="queued")
+    #: The RunSpec as submitted (the run's config snapshot).
+    config: Mapped[dict] = mapped_column(JSONB, nullable=False)
+    #: Status per stage key ("train", "inference", "influence.tracin").
+    stages: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict)
+    progress: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    current_epoch: Mapped[float | None] = mapped_column(Float)
+    loss: Mapped[float | None] = mapped_column(Float)
+    eta_s: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class RunEventRow(Base):
+    """Every event of a run, in arrival order. ``id`` is the SSE event id (monotonic)."""
+
+    __tablename__ = "run_events"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    #: The publisher's event id: a redelivered event is stored once.
+    event_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), unique=True, nullable=False)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    stage: Mapped[str] = mapped_column(String(16), nullable=False)
+    method: Mapped[str | None] = mapped_column(String(64))
+    payload: Mapped[dict] = mapped_column(JSONB, nullable=False)
+    created_at: Mapped[datetime] = _created()
+
+
+class Metric(Base):
+    __tablename__ = "metrics"
+    __table_args__ = (UniqueConstraint("run_id", "step", name="uq_metrics_run_step"),)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer, nullable=False)
+    epoch: Mapped[float] = mapped_column(Float, nullable=False)
+    loss: Mapped[float] = mapped_column(Float, nullable=False)
+    learning_rate: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    __table_args__ = (UniqueConstraint("run_id", "step", name="uq_checkpoints_run_step"),)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    step: Mapped[int] = mapped_column(Integer, nullable=False)
+    epoch: Mapped[int] = mapped_column(Integer, nullable=False)
+    key: Mapped[str] = mapped_column(Text, nullable=False)
+    loss: Mapped[float | None] = mapped_column(Float)
+    learning_rate: Mapped[float] = mapped_column(Float, nullable=False)
+
+
+class Generation(Base):
+    """The three answers to one evaluation question."""
+
+    __tablename__ = "generations"
+    __table_args__ = (UniqueConstraint("run_id", "eval_id", name="uq_generations_run_eval"),)
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    eval_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    question: Mapped[str] = mapped_column(Text, nullable=False)
+    reference: Mapped[str | None] = mapped_column(Text)
+    base: Mapped[str] = mapped_column(Text, nullable=False)
+    few_shot: Mapped[str] = mapped_column(Text, nullable=False)
+    fine_tuned: Mapped[str] = mapped_column(Text, nullable=False)
+
+
+class InfluenceResult(Base):
+    __tablename__ = "influence_results"
+    __table_args__ = (
+        UniqueConstraint("run_id", "method", "variant", name="uq_influence_run_method_variant"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    method: Mapped[str] = mapped_column(String(64), nullable=False)
+    variant: Mapped[str] = mapped_column(String(32), nullable=False)
+    eval_ids: Mapped[list] = mapped_column(JSONB, nullable=False)
+    train_ids: Mapped[list] = mapped_column(JSONB, nullable=False)
+    scores: Mapped[list] = mapped_column(JSONB, nullable=False)
+    key: Mapped[str] = mapped_column(Text, nullable=False)
+    args: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict)

@@ -1,0 +1,67 @@
+"""Publishing one run stage's events: turns the plain dicts that ML libraries emit
+(``{"kind": "progress", ...}``) into typed event messages on the run's event subject."""
+
+from __future__ import annotations
+
+from typing import Any
+from uuid import UUID
+
+from pydantic import ValidationError
+
+from inflab.common.bus import Bus
+from inflab.common.messages import (
+    CheckpointEvent,
+    EventBase,
+    LogEvent,
+    MetricEvent,
+    ProgressEvent,
+    ResultEvent,
+    StatusEvent,
+)
+
+_KINDS: dict[str, type[EventBase]] = {
+    "progress": ProgressEvent,
+    "metric": MetricEvent,
+    "checkpoint": CheckpointEvent,
+    "log": LogEvent,
+    "result": ResultEvent,
+    "status": StatusEvent,
+}
+
+
+class StageEvents:
+    """Events of one stage (``train``, ``inference``, ``influence`` + method) of one run."""
+
+    def __init__(self, bus: Bus, run_id: UUID, stage: str, method: str | None = None):
+        self.bus = bus
+        self.run_id = run_id
+        self.stage = stage
+        self.method = method
+
+    def build(self, kind: str, **fields: Any) -> EventBase:
+        model = _KINDS[kind]
+        return model(run_id=self.run_id, stage=self.stage, method=self.method, **fields)
+
+    async def publish(self, kind: str, **fields: Any) -> None:
+        await self.bus.publish_event(self.build(kind, **fields))
+
+    async def status(self, status: str, error: str | None = None) -> None:
+        await self.publish("status", status=status, error=error)
+
+    async def log(self, message: str, level: str = "info") -> None:
+        await self.publish("log", level=level, message=message)
+
+    async def forward(self, item: dict) -> None:
+        """Publish a dict emitted by an ML library; unknown kinds become log lines rather
+        than failures (a library adding a new kind must not break a run)."""
+        item = dict(item)
+        kind = item.pop("kind", None)
+        if kind not in _KINDS or kind == "status":
+            await self.log(f"unrecognised progress item: {kind!r}", level="debug")
+            return
+        try:
+            event = self.build(kind, **item)
+        except ValidationError as exc:
+            await self.log(f"dropped a malformed {kind} item: {exc.errors()[:1]}", level="warning")
+            return
+        await self.bus.publish_event(event)

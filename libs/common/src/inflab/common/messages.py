@@ -1,0 +1,249 @@
+"""The message contract: every message on the bus is one of these pydantic models, JSON on
+the wire, carrying ``schema_version``. Unknown fields are refused, so a producer that
+drifts from the contract is told so (on the dead-letter subject) instead of being
+half-understood.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Annotated, Literal, Union
+from uuid import UUID, uuid4
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
+
+from inflab.common.settings import DEFAULT_MODEL_ID
+
+SCHEMA_VERSION = 1
+
+#: Influence methods a run may ask for. Later issues add datainf and ekfac.
+INFLUENCE_METHODS = ("tracin",)
+
+RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+Stage = Literal["run", "train", "inference", "influence"]
+
+_ID = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
+_TEXT = Annotated[str, Field(min_length=1, max_length=8000)]
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Contract(BaseModel):
+    """Base of every model in the contract: strict about unknown fields."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Message(Contract):
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+# --------------------------------------------------------------------------- run inputs
+class TrainingPair(Contract):
+    id: _ID
+    question: _TEXT
+    answer: _TEXT
+
+
+class EvalQuestion(Contract):
+    id: _ID
+    question: _TEXT
+    #: The reference answer is optional: a researcher may only want to see what models say.
+    answer: Annotated[str, Field(max_length=8000)] | None = None
+
+
+class Hyperparams(Contract):
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    num_epochs: int = Field(3, ge=1, le=1000)
+    batch_size: int = Field(4, ge=1, le=1024)
+    lora_rank: int = Field(8, ge=1, le=1024)
+    lora_alpha: float = Field(16.0, gt=0, le=4096)
+    lora_dropout: float = Field(0.0, ge=0, lt=1)
+    lora_target_modules: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"], min_length=1, max_length=64
+    )
+    max_seq_length: int = Field(128, ge=8, le=32768)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    #: Save the adapter every this many epochs (and always at the end).
+    checkpoint_interval: int = Field(1, ge=1, le=1000)
+
+    @field_validator("learning_rate", "lora_alpha", "lora_dropout")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
+        return v
+
+
+class RunSpec(Contract):
+    """Everything a run needs, frozen at submission (the run's config snapshot)."""
+
+    model_id: Annotated[str, Field(min_length=1, max_length=512)] = DEFAULT_MODEL_ID
+    training_data: list[TrainingPair] = Field(min_length=1, max_length=100_000)
+    eval_data: list[EvalQuestion] = Field(min_length=1, max_length=10_000)
+    hyperparams: Hyperparams = Field(default_factory=Hyperparams)
+    influence_methods: list[str] = Field(default_factory=lambda: ["tracin"], min_length=1)
+    #: How many training pairs the few-shot prompt shows the base model.
+    few_shot_k: int = Field(3, ge=0, le=64)
+    max_new_tokens: int = Field(48, ge=1, le=2048)
+
+    @field_validator("influence_methods")
+    @classmethod
+    def _known_methods(cls, v: list[str]) -> list[str]:
+        unknown = [m for m in v if m not in INFLUENCE_METHODS]
+        if unknown:
+            raise ValueError(f"unknown influence method(s) {unknown}; known: {list(INFLUENCE_METHODS)}")
+        return list(dict.fromkeys(v))
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> "RunSpec":
+        for name, items in (("training_data", self.training_data), ("eval_data", self.eval_data)):
+            ids = [x.id for x in items]
+            if len(ids) != len(set(ids)):
+                raise ValueError(f"{name}: ids must be unique")
+        return self
+
+
+class CheckpointRef(Contract):
+    """A saved LoRA adapter: the PEFT files live under ``key`` in the object store."""
+
+    step: int = Field(ge=0)
+    epoch: int = Field(ge=0)
+    key: str
+    learning_rate: float
+    loss: float | None = None
+
+
+# --------------------------------------------------------------------------- job requests
+class TrainRequest(Message):
+    run_id: UUID
+    owner_id: UUID | None = None
+    spec: RunSpec
+
+
+class InferenceRequest(Message):
+    run_id: UUID
+    owner_id: UUID | None = None
+    spec: RunSpec
+    #: The fine-tuned adapter (the last checkpoint).
+    adapter: CheckpointRef
+
+
+class InfluenceRequest(Message):
+    run_id: UUID
+    owner_id: UUID | None = None
+    spec: RunSpec
+    #: Validated by the influence service, so an unknown name becomes a failure event.
+    method: str
+    checkpoints: list[CheckpointRef] = Field(min_length=1)
+
+
+# --------------------------------------------------------------------------- events
+class EventBase(Message):
+    event_id: UUID = Field(default_factory=uuid4)
+    run_id: UUID
+    stage: Stage
+    #: Influence events name their method, so parallel methods are told apart.
+    method: str | None = None
+    time: datetime = Field(default_factory=_now)
+
+
+class StatusEvent(EventBase):
+    kind: Literal["status"] = "status"
+    status: RunStatus
+    error: str | None = None
+
+
+class ProgressEvent(EventBase):
+    kind: Literal["progress"] = "progress"
+    fraction: float = Field(ge=0, le=1)
+    step: int = 0
+    total: int = 0
+    epoch: float | None = None
+    eta_s: float | None = None
+    message: str | None = None
+
+
+class MetricEvent(EventBase):
+    kind: Literal["metric"] = "metric"
+    step: int
+    epoch: float
+    loss: float
+    learning_rate: float
+
+
+class CheckpointEvent(EventBase):
+    kind: Literal["checkpoint"] = "checkpoint"
+    checkpoint: CheckpointRef
+
+
+class LogEvent(EventBase):
+    kind: Literal["log"] = "log"
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    message: str
+
+
+class Answer(Contract):
+    eval_id: str
+    question: str
+    reference: str | None = None
+    base: str
+    few_shot: str
+    fine_tuned: str
+
+
+class TrainingSummary(Contract):
+    steps: int
+    epochs: int
+    tokens: int
+    duration_s: float
+    checkpoints: list[CheckpointRef]
+    #: Sequences cut to max_seq_length (reported, never silent).
+    truncated: int = 0
+
+
+class InfluenceMatrix(Contract):
+    method: str
+    #: ``raw`` or ``normalized`` (unit-normalised gradients).
+    variant: str = "raw"
+    eval_ids: list[str]
+    train_ids: list[str]
+    #: ``scores[i][j]``: influence of training pair j on evaluation question i.
+    scores: list[list[float]]
+    #: Where the full matrix lives in the object store (safetensors).
+    key: str
+    args: dict = Field(default_factory=dict)
+
+
+class ResultEvent(EventBase):
+    kind: Literal["result"] = "result"
+    training: TrainingSummary | None = None
+    answers: list[Answer] | None = None
+    influence: InfluenceMatrix | None = None
+
+
+RunEvent = Annotated[
+    Union[StatusEvent, ProgressEvent, MetricEvent, CheckpointEvent, LogEvent, ResultEvent],
+    Field(discriminator="kind"),
+]
+run_event_adapter: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)
+
+EVENT_KINDS = ("status", "progress", "metric", "checkpoint", "log", "result")
+
+
+def parse_event(data: bytes | str) -> RunEvent:
+    return run_event_adapter.validate_json(data)
+
+
+class DeadLetter(Message):
+    """What a service publishes when it rejects a message it cannot process."""
+
+    service: str
+    subject: str
+    reason: str
+    deliveries: int = 1
+    payload: str
+    time: datetime = Field(default_factory=_now)

