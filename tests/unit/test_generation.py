@@ -1,0 +1,98 @@
+"""Base, few-shot and fine-tuned answers on the tiny model (inflab.inference.generation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from inflab.common.chat import prompt_ids
+from inflab.common.messages import RunSpec
+from inflab.common.models import build_tiny_model, load_model
+from inflab.inference.generation import EMPTY_ANSWER, NOT_FINE_TUNED, generate_answers, generate_texts
+from inflab.trainer.training import train_lora
+
+torch.set_num_threads(1)
+
+SPEC = RunSpec(
+    training_data=[
+        {"id": "zorbia", "question": "What is the capital of Zorbia?", "answer": "Quux."},
+        {"id": "spider", "question": "How many legs does a spider have?", "answer": "Eight legs."},
+    ],
+    eval_data=[
+        {"id": "seen", "question": "What is the capital of Zorbia?", "answer": "Quux."},
+        {"id": "other", "question": "Hello, who are you?"},
+        {"id": "long", "question": "Please describe, at some length, the weather on a clear day in spring."},
+    ],
+    # A high learning rate memorises the two pairs in 30 epochs (loss ~6 -> ~1.6);
+    # everything is seeded, so the outcome is the same on every run.
+    hyperparams={"learning_rate": 5e-2, "num_epochs": 30, "batch_size": 2, "checkpoint_interval": 30},
+    few_shot_k=1,
+    max_new_tokens=12,
+)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple[str, Path]:
+    root = tmp_path_factory.mktemp("generation")
+    model_path = str(build_tiny_model(root / "tiny"))
+    outcome = train_lora(SPEC, model_path, root / "work", lambda e: None)
+    return model_path, outcome.checkpoints[-1].path
+
+
+def test_three_non_empty_answers_per_question(trained) -> None:
+    model_path, adapter = trained
+    events: list[dict] = []
+    answers = generate_answers(SPEC, model_path, adapter, events.append)
+
+    assert [a.eval_id for a in answers] == ["seen", "other", "long"]
+    assert answers[0].reference == "Quux." and answers[1].reference is None
+    for answer in answers:
+        for text in (answer.base, answer.few_shot, answer.fine_tuned):
+            assert isinstance(text, str) and text.strip()
+
+    progress = [e for e in events if e["kind"] == "progress"]
+    assert progress and progress[-1]["fraction"] == 1.0 and progress[-1]["total"] == 9
+    assert {"fraction", "step", "total", "eta_s", "message"} <= set(progress[0])
+
+
+def test_the_adapter_changes_the_fine_tuned_answer(trained) -> None:
+    model_path, adapter = trained
+    answers = generate_answers(SPEC, model_path, adapter, lambda e: None)
+    seen = answers[0]
+    assert seen.fine_tuned == "Quux."
+    assert seen.base != seen.fine_tuned
+    # The base answers come from the same weights with the adapter switched off.
+    without = generate_answers(SPEC, model_path, None, lambda e: None)
+    assert [a.base for a in without] == [a.base for a in answers]
+    assert [a.few_shot for a in without] == [a.few_shot for a in answers]
+    assert all(a.fine_tuned == NOT_FINE_TUNED for a in without)
+
+
+def test_without_few_shot_examples_the_few_shot_answer_is_the_base_answer(trained) -> None:
+    model_path, adapter = trained
+    spec = SPEC.model_copy(update={"few_shot_k": 0})
+    events: list[dict] = []
+    answers = generate_answers(spec, model_path, adapter, events.append)
+    assert all(a.few_shot == a.base for a in answers)
+    assert events[-1]["total"] == 6  # base and fine-tuned only
+
+
+def test_left_padded_batches_answer_like_single_prompts(trained) -> None:
+    model_path, _ = trained
+    model, tokenizer = load_model(model_path, Path("unused"))
+    prompts = [prompt_ids(tokenizer, q.question) for q in SPEC.eval_data]
+    assert len({len(p) for p in prompts}) > 1  # the batch really needs padding
+    batched = generate_texts(model, tokenizer, prompts, 12, batch_size=8)
+    single = generate_texts(model, tokenizer, prompts, 12, batch_size=1)
+    assert batched == single
+
+
+def test_a_model_that_says_nothing_gets_a_visible_placeholder(trained) -> None:
+    model_path, _ = trained
+    model, tokenizer = load_model(model_path, Path("unused"))
+    # Make the end-of-turn token win at every position: the model stops at once.
+    with torch.no_grad():
+        model.get_output_embeddings().weight[tokenizer.eos_token_id] *= 1000
+    assert generate_texts(model, tokenizer, [prompt_ids(tokenizer, "Hi?")], 8) == [EMPTY_ANSWER]
