@@ -1,0 +1,6 @@
+from inflab.common.messages import InferenceRequest
+from inflab.common.worker import main
+from inflab.inference.service import SERVICE, STAGE, make_handler
+
+if __name__ == "__main__":
+    main(SERVICE, STAGE, InferenceRequest, make_handler)

@@ -1,0 +1,55 @@
+"""Inference service: translates inference requests into generation jobs on Ray and
+their answers into a result event. No ML here (see generation.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from nats.aio.msg import Msg
+
+from inflab.common.bus import Bus
+from inflab.common.compute import describe_error, run_streaming
+from inflab.common.events import StageEvents
+from inflab.common.messages import Answer, InferenceRequest
+from inflab.common.settings import Settings
+from inflab.inference.job import inference_job
+
+log = logging.getLogger(__name__)
+
+SERVICE = "inference"
+STAGE = "inference"
+
+
+class InferenceService:
+    def __init__(self, bus: Bus, settings: Settings):
+        self.bus = bus
+        self.settings = settings
+
+    async def on_inference_request(self, request: InferenceRequest, msg: Msg | None = None) -> None:
+        # Idempotent: a redelivered request recomputes the same greedy answers, and the
+        # gateway stores answers keyed by (run, evaluation question).
+        events = StageEvents(self.bus, request.run_id, STAGE)
+        await events.status("running")
+        try:
+            raw = await run_streaming(
+                inference_job,
+                request.model_dump(mode="json"),
+                self.settings.objects_url,
+                str(self.settings.models_dir),
+                num_cpus=self.settings.inference_num_cpus,
+                on_event=events.forward,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("inference failed for run %s", request.run_id)
+            await events.status("failed", error=describe_error(exc))
+            return
+        answers = [Answer.model_validate(a) for a in raw]
+        await events.publish("result", answers=answers)
+        await events.status("completed")
+
+
+def make_handler(bus: Bus, settings: Settings):
+    return InferenceService(bus, settings).on_inference_request
