@@ -1,0 +1,214 @@
+"""TracIn and the per-example LoRA gradients under it, on a tiny random Llama.
+
+The run is faked: three "checkpoints" are the same LoRA adapter with seeded random weights
+(lora_B starts at zero, which would make every gradient of lora_A vanish), saved the way the
+trainer saves them. The reference is deliberately naive: one ``loss.backward()`` per
+example through the model's own full-logit loss, and an explicit sum of lr * dot products.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from inflab.common.chat import collate, encode_pair
+from inflab.common.messages import EvalQuestion, TrainingPair
+from inflab.common.models import build_tiny_model, load_model
+from inflab.influence.checkpoints import LocalCheckpoint, attach_adapter
+from inflab.influence.gradients import example_gradients, lora_blocks
+from inflab.influence.methods import UnknownMethod, get_method
+
+LEARNING_RATES = [1e-3, 6e-4, 2e-4]
+MAX_LENGTH = 64
+
+TRAIN = [
+    TrainingPair(id="t0", question="What is the capital of France?", answer="The capital of France is Paris."),
+    TrainingPair(id="t1", question="How many legs does a spider have?", answer="A spider has eight legs."),
+    TrainingPair(id="t2", question="Who wrote the report?", answer="The research team wrote it."),
+    TrainingPair(id="t3", question="What colour is the sky?", answer="It is blue on a clear day."),
+    # t4 duplicates t1 under another id: it must get exactly t1's scores.
+    TrainingPair(id="t4", question="How many legs does a spider have?", answer="A spider has eight legs."),
+    TrainingPair(id="t5", question="Count to three, please.", answer="one two three"),
+]
+EVALS = [
+    # Word for word training pair t2.
+    EvalQuestion(id="e0", question="Who wrote the report?", answer="The research team wrote it."),
+    EvalQuestion(id="e1", question="Which city is the capital of France?", answer="Paris."),
+    # No reference: its loss is taken on the model's own greedy answer.
+    EvalQuestion(id="e2", question="What colour is grass?"),
+]
+# batch_size 3 puts the duplicates t1 and t4 in different micro-batches (different padding).
+ARGS = {"batch_size": 3, "max_length": MAX_LENGTH, "max_new_tokens": 6}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
+
+
+def _load(tiny_model: Path):
+    return load_model(str(tiny_model), tiny_model.parent / "cache")
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tiny_model: Path, tmp_path_factory) -> list[LocalCheckpoint]:
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = _load(tiny_model)
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    root = tmp_path_factory.mktemp("checkpoints")
+    out = []
+    for k, lr in enumerate(LEARNING_RATES):
+        generator = torch.Generator().manual_seed(100 + k)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_" in name:
+                    p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+        step = 10 * (k + 1)
+        folder = root / str(step)
+        model.save_pretrained(folder)
+        (folder / "meta.json").write_text(
+            json.dumps({"step": step, "epoch": k + 1, "loss": 1.0, "learning_rate": lr})
+        )
+        out.append(LocalCheckpoint.from_folder(folder))
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(tiny_model, checkpoints):
+    events: list[dict] = []
+    # Checkpoints in scrambled order: the method sorts them by step.
+    scores = get_method("tracin").compute(
+        lambda: _load(tiny_model), TRAIN, EVALS, checkpoints[::-1], ARGS, events.append
+    )
+    return {s.variant: s for s in scores}, events
+
+
+def _reference_gradients(tiny_model: Path, checkpoint: LocalCheckpoint, examples) -> torch.Tensor:
+    """One full-logit forward and ``loss.backward()`` per example, on a freshly loaded model."""
+    from peft import PeftModel
+
+    base, tokenizer = _load(tiny_model)
+    model = PeftModel.from_pretrained(base, str(checkpoint.path), is_trainable=True)
+    model.eval()
+    names = [b.name for b in lora_blocks(model)]
+    params = dict(model.named_parameters())
+    rows = []
+    for example in examples:
+        model.zero_grad()
+        model(**collate([example], tokenizer.pad_token_id)).loss.backward()
+        rows.append(torch.cat([params[n].grad.flatten() for n in names]))
+    return torch.stack(rows).double()
+
+
+def _encode(tiny_model: Path, generated: dict[str, str]):
+    _, tokenizer = _load(tiny_model)
+    train = [encode_pair(tokenizer, p.question, p.answer, MAX_LENGTH) for p in TRAIN]
+    evals = [encode_pair(tokenizer, q.question, q.answer or generated[q.id], MAX_LENGTH) for q in EVALS]
+    return train, evals
+
+
+def test_tracin_equals_brute_force_reference(tiny_model, checkpoints, results):
+    by_variant, _ = results
+    raw, normalized = by_variant["raw"], by_variant["normalized"]
+    train, evals = _encode(tiny_model, raw.args["generated_answers"])
+    expected_raw = np.zeros((len(EVALS), len(TRAIN)))
+    expected_normalized = np.zeros_like(expected_raw)
+    for checkpoint in checkpoints:
+        g_train = _reference_gradients(tiny_model, checkpoint, train)
+        g_eval = _reference_gradients(tiny_model, checkpoint, evals)
+        assert g_train.norm(dim=1).min() > 0, "the fake checkpoints must give nonzero gradients"
+        for i in range(len(evals)):
+            for j in range(len(train)):
+                dot = float(g_eval[i] @ g_train[j])
+                expected_raw[i, j] += checkpoint.learning_rate * dot
+                expected_normalized[i, j] += (
+                    checkpoint.learning_rate * dot / float(g_eval[i].norm() * g_train[j].norm())
+                )
+    for got, want in ((raw.scores, expected_raw), (normalized.scores, expected_normalized)):
+        assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-4
+        assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
+
+
+def test_shape_ids_and_finite(results):
+    by_variant, _ = results
+    assert list(by_variant) == ["raw", "normalized"]
+    for s in by_variant.values():
+        assert s.method == "tracin"
+        assert s.scores.shape == (len(EVALS), len(TRAIN))
+        assert s.scores.dtype == np.float32
+        assert np.isfinite(s.scores).all()
+        assert s.eval_ids == [q.id for q in EVALS] and s.train_ids == [p.id for p in TRAIN]
+        assert s.args["checkpoint_steps"] == [10, 20, 30]
+        assert s.args["learning_rates"] == LEARNING_RATES
+        assert list(s.args["generated_answers"]) == ["e2"]
+
+
+def test_duplicated_training_pair_gets_equal_scores(results):
+    by_variant, _ = results
+    for s in by_variant.values():
+        np.testing.assert_allclose(s.scores[:, 1], s.scores[:, 4], rtol=1e-5, atol=1e-9)
+
+
+def test_eval_question_equal_to_a_training_pair_ranks_it_first(results):
+    normalized = results[0]["normalized"]
+    row = normalized.scores[0]
+    assert int(np.argmax(row)) == 2
+    # Cosine 1 at every checkpoint: the score is the sum of the learning rates.
+    assert row[2] == pytest.approx(sum(LEARNING_RATES), rel=1e-5)
+
+
+def test_progress_events(results):
+    _, events = results
+    assert events and all(e["kind"] == "progress" for e in events)
+    fractions = [e["fraction"] for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    assert events[-1]["step"] == events[-1]["total"]
+    assert all(e["eta_s"] is None or e["eta_s"] >= 0 for e in events)
+
+
+def test_batched_gradients_match_single_example_backward(tiny_model, checkpoints):
+    """Padding, length bucketing and answer-only logits change nothing, including for a pair
+    whose answer was truncated away entirely (zero gradient, not NaN)."""
+    base, tokenizer = _load(tiny_model)
+    model = attach_adapter(base, checkpoints[1])
+    examples = [encode_pair(tokenizer, p.question, p.answer, MAX_LENGTH) for p in TRAIN]
+    prompt_only = encode_pair(tokenizer, TRAIN[0].question, TRAIN[0].answer, max_length=8)
+    assert prompt_only.answer_tokens == 0
+    examples.append(prompt_only)
+    got = example_gradients(model, examples, pad_id=tokenizer.pad_token_id, batch_size=3).double()
+    want = _reference_gradients(tiny_model, checkpoints[1], examples[:-1])
+    assert torch.linalg.norm(got[:-1] - want) / torch.linalg.norm(want) < 1e-5
+    assert torch.count_nonzero(got[-1]) == 0
+    # The checkpoint's adapter is loaded for inference: the flags are left as they were.
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_swapping_adapters_matches_a_fresh_load(tiny_model, checkpoints):
+    base, tokenizer = _load(tiny_model)
+    model = attach_adapter(base, checkpoints[0])
+    model = attach_adapter(model, checkpoints[2])
+    fresh = attach_adapter(_load(tiny_model)[0], checkpoints[2])
+    example = [encode_pair(tokenizer, TRAIN[0].question, TRAIN[0].answer, MAX_LENGTH)]
+    a = example_gradients(model, example, pad_id=tokenizer.pad_token_id)
+    b = example_gradients(fresh, example, pad_id=tokenizer.pad_token_id)
+    torch.testing.assert_close(a, b)
+
+
+def test_unknown_method_and_arguments(tiny_model, checkpoints):
+    with pytest.raises(UnknownMethod):
+        get_method("nope")
+    with pytest.raises(ValueError, match="unknown argument"):
+        get_method("tracin").compute(lambda: _load(tiny_model), TRAIN, EVALS, checkpoints, {"bogus": 1}, print)
