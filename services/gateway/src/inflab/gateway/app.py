@@ -1,0 +1,93 @@
+"""The gateway application: ``create_app(settings)`` builds it, the lifespan owns its
+connections (Postgres, NATS) and the event persister task."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from importlib.metadata import PackageNotFoundError, version
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from inflab.common.bus import Bus
+from inflab.common.db.session import make_engine, make_sessionmaker
+from inflab.common.settings import Settings, get_settings
+from inflab.gateway.notifier import RunNotifier
+from inflab.gateway.persister import EventPersister
+from inflab.gateway.routes import experiments, health, runs
+from inflab.gateway.users import ensure_user
+
+log = logging.getLogger(__name__)
+
+
+def _operation_id(route: APIRoute) -> str:
+    # The route function's name (create_experiment, stream_run_events...): stable and
+    # readable in the client generated from /openapi.json.
+    return route.name
+
+
+def _version() -> str:
+    try:
+        return version("inflab-gateway")
+    except PackageNotFoundError:
+        return "0.0.0"
+
+
+def end_streams(app: FastAPI) -> None:
+    """Ask every open SSE stream to end. Safe from a signal handler or another thread."""
+    notifier, loop = getattr(app.state, "notifier", None), getattr(app.state, "loop", None)
+    if notifier is not None and loop is not None and not loop.is_closed():
+        loop.call_soon_threadsafe(notifier.close)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.database_url:
+            raise RuntimeError("INFLAB_DATABASE_URL is not set")
+        engine = make_engine(settings.database_url)
+        notifier = RunNotifier()
+        stop = asyncio.Event()
+        bus: Bus | None = None
+        task: asyncio.Task | None = None
+        try:
+            sessionmaker = make_sessionmaker(engine)
+            app.state.sessionmaker = sessionmaker
+            app.state.notifier = notifier
+            app.state.loop = asyncio.get_running_loop()
+            app.state.local_user = await ensure_user(sessionmaker, settings.local_user_email)
+            bus = app.state.bus = await Bus.connect(settings, "gateway")
+            persister = EventPersister(bus, sessionmaker, notifier)
+            await persister.listen_for_pokes()
+            task = app.state.persister_task = asyncio.create_task(persister.run(stop), name="event-persister")
+            log.info("gateway ready; persisting %s as %s", bus.subjects.all_events, persister.durable)
+            yield
+        finally:
+            notifier.close()  # open SSE streams end; clients resume with Last-Event-ID
+            stop.set()
+            if task is not None:
+                # Safe mid-event: an unacked event is redelivered and stored once.
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if bus is not None:
+                await bus.close()
+            await engine.dispose()
+
+    app = FastAPI(
+        title="Influence Lab",
+        version=_version(),
+        summary="Fine-tune a language model on question/answer pairs and see which pairs drove which answers.",
+        lifespan=lifespan,
+        generate_unique_id_function=_operation_id,
+    )
+    app.state.settings = settings
+    app.include_router(health.router)
+    app.include_router(experiments.router)
+    app.include_router(runs.router)
+    return app

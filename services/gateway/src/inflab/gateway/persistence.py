@@ -1,0 +1,207 @@
+"""Storing a run event in Postgres and applying it to its run.
+
+One event is one transaction: the ``run_events`` insert (deduplicated on ``event_id``)
+and its effect on the run commit together, so a redelivered event — JetStream is
+at-least-once — finds its row and changes nothing. The run row is locked first, which
+serialises events of one run across gateway replicas and keeps a run's ``run_events.id``
+order equal to its commit order (what SSE resumption relies on).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+
+from sqlalchemy import DateTime, select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from inflab.common.db.models import Checkpoint, Generation, InfluenceResult, Metric, Run, RunEventRow
+from inflab.common.messages import (
+    CheckpointEvent,
+    EventBase,
+    MetricEvent,
+    ProgressEvent,
+    ResultEvent,
+    StatusEvent,
+)
+from inflab.gateway.run_state import (
+    TERMINAL,
+    event_stage_key,
+    next_stage_status,
+    overall_progress,
+    run_outcome,
+    stage_key,
+)
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- storing
+async def insert_event(session: AsyncSession, event: EventBase) -> int | None:
+    """Store an event; its ``run_events.id``, or None if it was stored before."""
+    stmt = (
+        insert(RunEventRow)
+        .values(
+            event_id=event.event_id,
+            run_id=event.run_id,
+            kind=event.kind,
+            stage=event.stage,
+            method=event.method,
+            payload=event.model_dump(mode="json"),
+        )
+        .on_conflict_do_nothing(index_elements=[RunEventRow.event_id])
+        .returning(RunEventRow.id)
+    )
+    return await session.scalar(stmt)
+
+
+async def finish_run(
+    session: AsyncSession, run: Run, status: str, at: datetime, error: str | None = None,
+    announce: bool = True,
+) -> None:
+    """Move a run to a terminal status, once. ``announce`` adds the run-level status event
+    that tells SSE clients the run is over (False when the event being applied is that)."""
+    if run.status in TERMINAL:
+        return
+    run.status = status
+    run.finished_at = at
+    if error and not run.error:
+        run.error = error
+    if status == "completed":
+        run.progress = 1.0
+        run.eta_s = 0.0
+    if announce:
+        event = StatusEvent(run_id=run.id, stage="run", status=status, error=run.error)
+        await insert_event(session, event)
+
+
+async def persist_event(session: AsyncSession, event: EventBase) -> bool:
+    """Store and apply one event in one transaction. True when something was written
+    (so SSE streams should look); False for a duplicate or an unknown run."""
+    async with session.begin():
+        run = await session.scalar(select(Run).where(Run.id == event.run_id).with_for_update())
+        if run is None:
+            # Not ours to invent: a run exists once its owner created it. Ack and move on.
+            log.warning("%s event for unknown run %s dropped", event.kind, event.run_id)
+            return False
+        if await insert_event(session, event) is None:
+            log.debug("duplicate event %s ignored", event.event_id)
+            return False
+        await _apply(session, run, event)
+    return True
+
+
+async def _apply(session: AsyncSession, run: Run, event: EventBase) -> None:
+    match event:
+        case StatusEvent():
+            await _apply_status(session, run, event)
+        case ProgressEvent():
+            await _apply_progress(session, run, event)
+        case MetricEvent():
+            await session.execute(
+                insert(Metric)
+                .values(run_id=run.id, step=event.step, epoch=event.epoch, loss=event.loss,
+                        learning_rate=event.learning_rate)
+                .on_conflict_do_nothing(index_elements=[Metric.run_id, Metric.step])
+            )
+            run.loss = event.loss
+            run.current_epoch = event.epoch
+        case CheckpointEvent():
+            ckpt = event.checkpoint
+            await session.execute(
+                insert(Checkpoint)
+                .values(run_id=run.id, step=ckpt.step, epoch=ckpt.epoch, key=ckpt.key,
+                        loss=ckpt.loss, learning_rate=ckpt.learning_rate)
+                .on_conflict_do_nothing(index_elements=[Checkpoint.run_id, Checkpoint.step])
+            )
+        case ResultEvent():
+            await _apply_result(session, run, event)
+        # Log events are only stored; the training summary is read back from its result event.
+
+
+async def _apply_status(session: AsyncSession, run: Run, event: StatusEvent) -> None:
+    if event.stage == "run":
+        # A run-level status from a producer (e.g. a cancel) is itself the announcement.
+        if event.status in TERMINAL:
+            await finish_run(session, run, event.status, event.time, event.error, announce=False)
+        return
+    key = event_stage_key(event)
+    if key not in run.stages:
+        log.warning("run %s has no stage %r; status %s ignored", run.id, key, event.status)
+        return
+    stages = dict(run.stages)  # a new dict: JSONB columns do not track in-place changes
+    stages[key] = next_stage_status(stages[key], event.status)
+    run.stages = stages
+    if stages[key] == "running" and run.status == "queued":
+        run.status = "running"
+        run.started_at = run.started_at or event.time
+    await _update_progress(session, run)
+    outcome = run_outcome(stages)
+    if outcome is not None:
+        # Only this event can have ended the run (an earlier end would have stopped it),
+        # so a failure's reason is this stage's.
+        error = None
+        if outcome != "completed":
+            error = f"{key} {event.status}" + (f": {event.error}" if event.error else "")
+        await finish_run(session, run, outcome, event.time, error)
+
+
+async def _apply_progress(session: AsyncSession, run: Run, event: ProgressEvent) -> None:
+    if event.stage == "train" and event.epoch is not None:
+        run.current_epoch = event.epoch
+    if event.eta_s is not None:
+        run.eta_s = event.eta_s
+    await _update_progress(session, run)
+
+
+async def _update_progress(session: AsyncSession, run: Run) -> None:
+    if run.status in TERMINAL:
+        return
+    # The latest reported fraction of each stage, by the producer's clock, so a progress
+    # event redelivered late does not pull the bar back.
+    event_time = RunEventRow.payload["time"].astext.cast(DateTime(timezone=True))
+    rows = await session.execute(
+        select(RunEventRow.stage, RunEventRow.method, RunEventRow.payload["fraction"].as_float())
+        .where(RunEventRow.run_id == run.id, RunEventRow.kind == "progress")
+        .distinct(RunEventRow.stage, RunEventRow.method)
+        .order_by(RunEventRow.stage, RunEventRow.method, event_time.desc(), RunEventRow.id.desc())
+    )
+    fractions = {stage_key(stage, method): fraction or 0.0 for stage, method, fraction in rows}
+    run.progress = overall_progress(run.stages, fractions)
+
+
+async def _apply_result(session: AsyncSession, run: Run, event: ResultEvent) -> None:
+    # A stage that is redone (its job redelivered) publishes a fresh result: the latest wins.
+    if event.answers:
+        # One row per question even if a producer repeats one (Postgres refuses to upsert
+        # the same row twice in one statement).
+        answers = {a.eval_id: a for a in event.answers}.values()
+        stmt = insert(Generation).values(
+            [
+                dict(run_id=run.id, eval_id=a.eval_id, question=a.question, reference=a.reference,
+                     base=a.base, few_shot=a.few_shot, fine_tuned=a.fine_tuned)
+                for a in answers
+            ]
+        )
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[Generation.run_id, Generation.eval_id],
+                set_={c: stmt.excluded[c] for c in ("question", "reference", "base", "few_shot", "fine_tuned")},
+            )
+        )
+    if event.influence is not None:
+        m = event.influence
+        stmt = insert(InfluenceResult).values(
+            run_id=run.id, method=m.method, variant=m.variant, eval_ids=m.eval_ids,
+            train_ids=m.train_ids, scores=m.scores, key=m.key, args=m.args,
+        )
+        await session.execute(
+            stmt.on_conflict_do_update(
+                index_elements=[InfluenceResult.run_id, InfluenceResult.method, InfluenceResult.variant],
+                set_={c: stmt.excluded[c] for c in ("eval_ids", "train_ids", "scores", "key", "args")},
+            )
+        )
+
+
+# --------------------------------------------------------------------------- consuming

@@ -1,0 +1,117 @@
+"""The event persister: the gateway's durable JetStream consumer of every run event. It
+stores each one (:mod:`inflab.gateway.persistence`), then wakes the run's SSE streams on
+this replica and, through a core NATS poke, on every other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from uuid import UUID
+
+from nats.aio.msg import Msg
+from pydantic import RootModel
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from inflab.common.bus import Bus
+from inflab.common.messages import RunEvent
+from inflab.gateway.notifier import RunNotifier
+from inflab.gateway.persistence import persist_event
+
+log = logging.getLogger(__name__)
+
+
+class RunEventMessage(RootModel[RunEvent]):
+    """Any run event. ``Bus.consume`` parses with a model class; this wraps the same
+    discriminated union ``messages.parse_event`` uses, so a malformed event is
+    dead-lettered by the bus with the validation error as its reason."""
+
+
+def _database_unreachable(exc: BaseException) -> bool:
+    """Postgres is away (not this event's fault): wait for it instead of spending the
+    event's redeliveries, which would dead-letter every event of a short outage."""
+    return (
+        isinstance(exc, (OSError, OperationalError, InterfaceError, PoolTimeout))
+        or getattr(exc, "connection_invalidated", False)
+    )
+
+
+class EventPersister:
+    """Consumes ``subjects.all_events`` with the gateway's durable and persists each event.
+    Replicas share the durable, so each event is stored by one of them; after each commit
+    the run is poked on every replica (a core NATS message), so their SSE streams follow
+    without waiting for a heartbeat."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        notifier: RunNotifier,
+        max_backoff_s: float = 5.0,
+    ) -> None:
+        self.bus = bus
+        self.sessionmaker = sessionmaker
+        self.notifier = notifier
+        self.max_backoff_s = max_backoff_s
+        self.durable = bus.subjects.durable("gateway_events")
+
+    def poke_subject(self, run_id: object) -> str:
+        # Gateway-internal and outside every stream: a lost poke costs one heartbeat of latency.
+        return f"{self.bus.subjects.root}.gateway.persisted.{run_id}"
+
+    async def handle(self, message: RunEventMessage, msg: Msg) -> None:
+        event = message.root
+        backoff = 0.2
+        while True:
+            try:
+                async with self.sessionmaker() as session:
+                    changed = await persist_event(session, event)
+                break
+            except Exception as exc:
+                if not _database_unreachable(exc):
+                    raise  # this event's problem: the bus naks it, and dead-letters it in the end
+                # Meanwhile the bus's in_progress() heartbeats keep the message ours.
+                log.warning("Postgres unreachable (%s); retrying in %.1fs", type(exc).__name__, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.max_backoff_s)
+        if changed:
+            self.notifier.notify(event.run_id)
+            try:
+                await self.bus.nc.publish(self.poke_subject(event.run_id), b"")
+            except Exception:  # best effort; local streams were poked above
+                log.debug("could not poke other replicas", exc_info=True)
+
+    async def listen_for_pokes(self) -> None:
+        """Wake this replica's streams when any replica stores an event."""
+
+        async def on_poke(msg: Msg) -> None:
+            try:
+                self.notifier.notify(UUID(msg.subject.rsplit(".", 1)[-1]))
+            except ValueError:
+                pass
+
+        await self.bus.nc.subscribe(self.poke_subject("*"), cb=on_poke)
+
+    async def run(self, stop: asyncio.Event, retry_s: float = 1.0) -> None:
+        """Consume until ``stop``; if the consumer itself fails (NATS away at subscribe
+        time), log and start it again rather than leave the gateway deaf."""
+        while not stop.is_set():
+            try:
+                await self.bus.consume(
+                    self.bus.subjects.all_events,
+                    RunEventMessage,
+                    self.handle,
+                    stop,
+                    durable=self.durable,
+                    stream=self.bus.subjects.events_stream,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("event persister stopped; restarting in %.1fs", retry_s)
+                try:
+                    await asyncio.wait_for(stop.wait(), retry_s)
+                except TimeoutError:
+                    pass

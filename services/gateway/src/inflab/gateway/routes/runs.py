@@ -1,0 +1,213 @@
+"""Runs: starting one, its state, its results and its live event stream."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from datetime import datetime, timezone
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi.responses import StreamingResponse
+from sqlalchemy import exists, select
+
+from inflab.common.db.models import Checkpoint, Generation, InfluenceResult, Metric, Run, RunEventRow
+from inflab.common.messages import (
+    Answer,
+    CheckpointRef,
+    InfluenceMatrix,
+    StatusEvent,
+    TrainingSummary,
+    TrainRequest,
+)
+from inflab.gateway.deps import (
+    BusDep,
+    CurrentUser,
+    NotifierDep,
+    OwnedExperiment,
+    OwnedRun,
+    SessionDep,
+    SessionmakerDep,
+    SettingsDep,
+)
+from inflab.gateway.persistence import finish_run, insert_event
+from inflab.gateway.run_state import TERMINAL, initial_stages
+from inflab.gateway.schemas import LossPoint, RunOut, RunQueued, RunResults, TrainingResults
+from inflab.gateway.specs import experiment_spec
+from inflab.gateway.sse import run_event_stream
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/api", tags=["runs"])
+
+NOT_FOUND = {404: {"description": "No such run or experiment, or not yours."}}
+
+
+def run_out(run: Run) -> RunOut:
+    return RunOut.model_validate(run, from_attributes=True)
+
+
+@router.post(
+    "/experiments/{experiment_id}/runs",
+    status_code=status.HTTP_202_ACCEPTED,
+    responses={**NOT_FOUND, 503: {"description": "The job could not be queued; the run is marked failed."}},
+)
+async def start_run(
+    experiment: OwnedExperiment,
+    session: SessionDep,
+    user: CurrentUser,
+    bus: BusDep,
+    notifier: NotifierDep,
+) -> RunQueued:
+    """Queue a run of the experiment: train, then inference and influence in parallel."""
+    spec = experiment_spec(experiment)
+    run = Run(
+        id=uuid.uuid4(),
+        owner_id=user.id,
+        experiment_id=experiment.id,
+        status="queued",
+        config=spec.model_dump(mode="json"),
+        stages=initial_stages(spec),
+        progress=0.0,
+    )
+    session.add(run)
+    await session.flush()
+    await insert_event(session, StatusEvent(run_id=run.id, stage="run", status="queued"))
+    # Committed before publishing: the trainer's first event must find the run.
+    await session.commit()
+    try:
+        # The run id is the message id, so a retried publish is deduplicated by JetStream.
+        await bus.publish(
+            bus.subjects.train_request,
+            TrainRequest(run_id=run.id, owner_id=user.id, spec=spec),
+            msg_id=str(run.id),
+        )
+    except Exception as exc:
+        log.exception("could not queue run %s", run.id)
+        locked = await session.scalar(
+            select(Run).where(Run.id == run.id).with_for_update().execution_options(populate_existing=True)
+        )
+        await finish_run(session, locked, "failed", datetime.now(timezone.utc), f"could not queue the run: {exc!r}")
+        await session.commit()
+        notifier.notify(run.id)
+        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "could not queue the run; try again") from exc
+    return RunQueued(run_id=run.id, status="queued")
+
+
+@router.get("/runs")
+async def list_runs(
+    session: SessionDep,
+    user: CurrentUser,
+    experiment_id: UUID | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> list[RunOut]:
+    """Newest first; only the runs of ``experiment_id`` when given."""
+    query = select(Run).where(Run.owner_id == user.id)
+    if experiment_id is not None:
+        query = query.where(Run.experiment_id == experiment_id)
+    runs = await session.scalars(query.order_by(Run.created_at.desc(), Run.id).limit(limit).offset(offset))
+    return [run_out(run) for run in runs]
+
+
+@router.get("/runs/{run_id}", responses=NOT_FOUND)
+async def get_run(run: OwnedRun) -> RunOut:
+    return run_out(run)
+
+
+@router.get("/runs/{run_id}/results", responses=NOT_FOUND)
+async def get_run_results(run: OwnedRun, session: SessionDep) -> RunResults:
+    """What the run has produced so far; complete once its status is ``completed``."""
+    generations = await session.scalars(
+        select(Generation).where(Generation.run_id == run.id).order_by(Generation.id)
+    )
+    influence = await session.scalars(
+        select(InfluenceResult)
+        .where(InfluenceResult.run_id == run.id)
+        .order_by(InfluenceResult.method, InfluenceResult.variant)
+    )
+    metrics = await session.scalars(select(Metric).where(Metric.run_id == run.id).order_by(Metric.step))
+    checkpoints = await session.scalars(
+        select(Checkpoint).where(Checkpoint.run_id == run.id).order_by(Checkpoint.step)
+    )
+    # The training summary is the payload of the trainer's result event (no column of its own).
+    summary = await session.scalar(
+        select(RunEventRow.payload["training"])
+        .where(
+            RunEventRow.run_id == run.id,
+            RunEventRow.kind == "result",
+            RunEventRow.stage == "train",
+            RunEventRow.payload["training"].astext.is_not(None),
+        )
+        .order_by(RunEventRow.id.desc())
+        .limit(1)
+    )
+    return RunResults(
+        run_id=run.id,
+        status=run.status,
+        answers=[
+            Answer(eval_id=g.eval_id, question=g.question, reference=g.reference, base=g.base,
+                   few_shot=g.few_shot, fine_tuned=g.fine_tuned)
+            for g in generations
+        ],
+        influence=[
+            InfluenceMatrix(method=r.method, variant=r.variant, eval_ids=r.eval_ids, train_ids=r.train_ids,
+                            scores=r.scores, key=r.key, args=r.args)
+            for r in influence
+        ],
+        training=TrainingResults(
+            loss_curve=[LossPoint.model_validate(m, from_attributes=True) for m in metrics],
+            checkpoints=[
+                CheckpointRef(step=c.step, epoch=c.epoch, key=c.key, learning_rate=c.learning_rate, loss=c.loss)
+                for c in checkpoints
+            ],
+            summary=TrainingSummary.model_validate(summary) if summary is not None else None,
+        ),
+    )
+
+
+@router.get(
+    "/runs/{run_id}/events",
+    response_class=StreamingResponse,
+    responses={
+        **NOT_FOUND,
+        200: {"content": {"text/event-stream": {}}, "description": "The run's events, live."},
+        204: {"description": "The run has finished and the client has every event: stop reconnecting."},
+    },
+)
+async def stream_run_events(
+    run: OwnedRun,
+    session: SessionDep,
+    sessionmaker: SessionmakerDep,
+    notifier: NotifierDep,
+    settings: SettingsDep,
+    last_event_id: Annotated[str | None, Header()] = None,
+    after: Annotated[int | None, Query(ge=0, description="Send only events with a larger id.")] = None,
+) -> Response:
+    """Server-Sent Events: ``id`` is the event's sequence number, ``event`` its kind and
+    ``data`` its JSON. Resumes after ``Last-Event-ID`` (or ``after``); ends after the
+    run-level terminal status event."""
+    start = max(after or 0, _event_id(last_event_id))
+    finished = run.status in TERMINAL and not await session.scalar(
+        select(exists().where(RunEventRow.run_id == run.id, RunEventRow.id > start))
+    )
+    # The stream reads through its own short sessions; hand this one's connection back
+    # now rather than hold it for the life of the stream.
+    await session.close()
+    if finished:
+        # EventSource reconnects when a stream ends; 204 is how the spec says "stop".
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return StreamingResponse(
+        run_event_stream(sessionmaker, notifier, run.id, start, settings.sse_heartbeat_s),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+def _event_id(header: str | None) -> int:
+    # Our ids are integers; anything else cannot be ours, so start from the beginning.
+    try:
+        return max(int(header), 0) if header else 0
+    except ValueError:
+        return 0

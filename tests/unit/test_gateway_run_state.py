@@ -1,0 +1,70 @@
+"""The rules that move a run (stage keys, progress weighting, outcome), without a database."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+
+from inflab.common.messages import RunSpec, StatusEvent
+from inflab.gateway.notifier import RunNotifier
+from inflab.gateway.run_state import (
+    event_stage_key,
+    initial_stages,
+    next_stage_status,
+    overall_progress,
+    run_outcome,
+)
+
+SPEC = RunSpec(
+    training_data=[{"id": "tr00", "question": "q", "answer": "a"}],
+    eval_data=[{"id": "ev00", "question": "q"}],
+)
+
+
+def test_stage_keys_name_influence_methods() -> None:
+    run_id = uuid.uuid4()
+    assert event_stage_key(StatusEvent(run_id=run_id, stage="train", status="running")) == "train"
+    assert event_stage_key(StatusEvent(run_id=run_id, stage="influence", method="tracin", status="running")) == "influence.tracin"
+    assert initial_stages(SPEC) == {"train": "queued", "inference": "queued", "influence.tracin": "queued"}
+
+
+def test_progress_is_weighted_over_stages() -> None:
+    stages = {"train": "running", "inference": "queued", "influence.tracin": "queued", "influence.ekfac": "queued"}
+    assert overall_progress(stages, {"train": 0.5}) == pytest.approx(0.3)
+    stages |= {"train": "completed", "inference": "running", "influence.tracin": "completed"}
+    # train 0.6 + inference 0.2 * 0.5 + tracin 0.1 + ekfac 0.1 * 0.2
+    assert overall_progress(stages, {"train": 0.9, "inference": 0.5, "influence.ekfac": 0.2}) == pytest.approx(0.82)
+    assert overall_progress({k: "completed" for k in stages}, {}) == pytest.approx(1.0)
+
+
+def test_finished_stage_is_not_reopened_by_a_stale_event() -> None:
+    assert next_stage_status("queued", "running") == "running"
+    assert next_stage_status("completed", "running") == "completed"
+    assert next_stage_status("running", "failed") == "failed"
+
+
+@pytest.mark.parametrize(
+    ("stages", "outcome"),
+    [
+        ({"train": "completed", "inference": "running"}, None),
+        ({"train": "completed", "inference": "completed"}, "completed"),
+        ({"train": "completed", "inference": "failed", "influence.tracin": "running"}, "failed"),
+        ({"train": "cancelled", "inference": "queued"}, "cancelled"),
+    ],
+)
+def test_run_outcome(stages: dict, outcome: str | None) -> None:
+    assert run_outcome(stages) == outcome
+
+
+async def test_notifier_wakes_only_the_poked_run_and_forgets_left_streams() -> None:
+    notifier = RunNotifier()
+    a, b = uuid.uuid4(), uuid.uuid4()
+    with notifier.subscribe(a) as poked_a, notifier.subscribe(b) as poked_b:
+        notifier.notify(a)
+        await asyncio.wait_for(poked_a.wait(), 1)
+        assert not poked_b.is_set()
+        notifier.close()
+        assert poked_b.is_set()
+    assert notifier.subscribers(a) == notifier.subscribers(b) == 0
