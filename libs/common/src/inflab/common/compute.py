@@ -33,7 +33,8 @@ def ensure_ray(settings: Settings) -> None:
     if settings.ray_address:
         ray.init(address=settings.ray_address, log_to_driver=True, logging_level=logging.WARNING)
     else:
-        ray.init(include_dashboard=False, logging_level=logging.WARNING)
+        # "local" starts a fresh cluster rather than joining whatever /tmp/ray last recorded.
+        ray.init(address="local", include_dashboard=False, logging_level=logging.WARNING)
 
 
 def set_threads(num_cpus: float) -> int:

@@ -1,0 +1,199 @@
+"""The ``inflab`` command: run the embedded stack, inspect it, prepare the model, run the demo.
+
+``inflab up`` stays in the foreground on purpose: one terminal owns the stack, Ctrl-C in it
+stops everything in order, so does closing the terminal, and should the supervisor be
+killed outright, the kernel tells its children to exit with it. ``inflab ps`` and
+``inflab down`` work from any other terminal through ``INFLAB_HOME/stack.json``.
+Heavy imports (the stack, the model code, the demo) happen inside the commands, so
+``inflab --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from inflab.common.settings import Settings
+
+app = typer.Typer(help="Influence Lab: fine-tune, compare answers, trace influence.", no_args_is_help=True)
+model_app = typer.Typer(help="The default model.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+console = Console()
+#: Exit code after Ctrl-C, as a shell reports a SIGINT-terminated command.
+EXIT_INTERRUPTED = 130
+
+
+def _settings() -> Settings:
+    """Read now, not from the process-wide cache: a command runs once, with the environment
+    it was started with (tests invoke several commands in one process)."""
+    return Settings()
+
+
+@app.command()
+def up(
+    ready_timeout: float = typer.Option(300.0, help="Seconds to wait for every service to be ready."),
+) -> None:
+    """Start NATS, PostgreSQL, Ray and the four services; Ctrl-C stops them all."""
+    from inflab.common.logging import setup_logging
+
+    settings = _settings()
+    setup_logging(settings.log_level)
+    raise typer.Exit(asyncio.run(_up(settings, ready_timeout)))
+
+
+async def _up(settings: Settings, ready_timeout: float) -> int:
+    from inflab.common.embedded.stack import Stack
+
+    loop = asyncio.get_running_loop()
+    interrupted = asyncio.Event()
+    # Ctrl-C, `inflab down` (SIGTERM) and a closed terminal (SIGHUP) all stop in order.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        loop.add_signal_handler(sig, interrupted.set)
+
+    stack = Stack(settings)
+    console.print(f"Starting the embedded stack in [bold]{settings.home}[/] (logs in {stack.logs_dir})")
+
+    async def start() -> None:
+        await stack.start()
+        await stack.wait_ready(ready_timeout)
+
+    starting = asyncio.create_task(start())
+    waiters = [asyncio.create_task(interrupted.wait()), asyncio.create_task(stack.failed.wait())]
+    try:
+        await asyncio.wait([starting, waiters[0]], return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            return EXIT_INTERRUPTED
+        if (error := starting.exception()) is not None:
+            console.print(f"[red]The stack did not start:[/] {type(error).__name__}: {error}")
+            return 1
+        _print_ready(stack)
+        await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        if stack.failed.is_set():
+            console.print(f"[red]Stack failed:[/] {stack.failure} (logs in {stack.logs_dir})")
+            return 1
+        return 0
+    finally:
+        console.print("Stopping the stack...")
+        await stack.stop()
+        for waiter in waiters:
+            waiter.cancel()
+        console.print("Stopped.")
+
+
+def _print_ready(stack) -> None:
+    console.print(_components_table(stack.components, title="Influence Lab is up"))
+    console.print(f"Gateway: [bold green]{stack.gateway_url}[/]")
+    console.print(f"Logs:    {stack.logs_dir}   State: {stack.state_path}")
+    console.print("Press Ctrl-C to stop everything.")
+
+
+@app.command()
+def ps() -> None:
+    """Show the embedded stack's components, whether they are alive, and gateway health."""
+    from inflab.common.embedded._proc import same_process
+    from inflab.common.embedded.stack import read_state, state_path
+
+    settings = _settings()
+    path = state_path(settings)
+    state = read_state(path)
+    if state is None:
+        console.print(f"No stack recorded in {path}. Start one with [bold]inflab up[/].")
+        raise typer.Exit(1)
+    supervisor = same_process(state.get("supervisor_pid", -1), state.get("supervisor_create_time"))
+    console.print(
+        f"Stack in {state.get('home')}: {state.get('status')}; supervisor pid {state.get('supervisor_pid')} "
+        f"{'[green]alive[/]' if supervisor else '[red]gone[/]'}; started {state.get('started_at')}"
+    )
+    if state.get("failure"):
+        console.print(f"[red]Failure:[/] {state['failure']}")
+    console.print(_components_table(state["components"]))
+    console.print(f"Logs in {state.get('logs_dir')}")
+    for comp in state["components"]:
+        if comp.health_url and comp.alive():
+            console.print(f"{comp.name} health ({comp.health_url}): {_health(comp.health_url)}")
+
+
+@app.command()
+def down(timeout: float = typer.Option(60.0, help="Seconds to wait for the supervisor to stop.")) -> None:
+    """Stop a stack started by "inflab up" in another terminal (and any leftovers)."""
+    import psutil
+
+    from inflab.common.embedded._proc import same_process
+    from inflab.common.embedded.stack import read_state, reap_stale, state_path
+
+    path = state_path(_settings())
+    state = read_state(path)
+    if state is None:
+        console.print(f"No stack recorded in {path}.")
+        return
+    supervisor = same_process(state.get("supervisor_pid", -1), state.get("supervisor_create_time"))
+    if supervisor is not None:
+        console.print(f"Asking the supervisor (pid {supervisor.pid}) to stop...")
+        os.kill(supervisor.pid, signal.SIGTERM)
+        _, alive = psutil.wait_procs([supervisor], timeout=timeout)
+        if alive:
+            console.print(f"[red]The supervisor is still stopping after {timeout:.0f}s.[/]")
+            raise typer.Exit(1)
+    reaped = reap_stale(path)
+    if reaped:
+        console.print(f"Stopped leftovers: {', '.join(reaped)}")
+    console.print("Stack stopped.")
+
+
+@model_app.command("prepare")
+def model_prepare() -> None:
+    """Convert and cache the default model (SmolLM2-135M-Instruct) for fast loading."""
+    from inflab.common.models import prepare_default_model
+
+    settings = _settings()
+    with console.status(f"Preparing {settings.default_model_id} in {settings.models_dir}..."):
+        result = prepare_default_model(settings.models_dir)
+    console.print(f"Model ready: [bold]{result}[/]")
+
+
+@app.command()
+def demo() -> None:
+    """Start the stack, fine-tune the default model on the demo experiment, draw the heatmap."""
+    from inflab.common.demo import main
+
+    raise SystemExit(main())
+
+
+def _components_table(components, title: str | None = None) -> Table:
+    """One row per component; logs are named relative to the logs folder printed with it."""
+    table = Table(title=title)
+    for column in ("component", "pid", "state", "restarts", "url", "log"):
+        table.add_column(column, overflow="fold")
+    for comp in components:
+        if comp.kind == "external":
+            state = "[cyan]external[/]"
+        elif comp.alive():
+            state = "[green]alive[/]" if comp.status == "running" else f"[yellow]{comp.status}[/]"
+        else:
+            state = f"[red]{comp.status if comp.status in ('stopped', 'failed') else 'dead'}[/]"
+        log_name = os.path.basename(comp.log) if comp.log else "-"
+        table.add_row(comp.name, str(comp.pid or "-"), state, str(comp.restarts), comp.url or "-", log_name)
+    return table
+
+
+def _health(url: str) -> str:
+    import httpx
+
+    try:
+        response = httpx.get(url, timeout=2.0, trust_env=False)  # our own server: no proxy
+    except httpx.HTTPError as exc:
+        return f"[red]unreachable[/] ({type(exc).__name__})"
+    colour = "green" if response.status_code == 200 else "red"
+    return f"[{colour}]{response.status_code}[/]"
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,677 @@
+"""The embedded stack: NATS, PostgreSQL, Ray and the four services as supervised processes.
+
+``inflab up`` and ``inflab demo`` need everything a researcher's laptop lacks, started from
+packages and stopped without leftovers. :class:`Stack` is that supervisor::
+
+    async with Stack(settings) as stack:      # starts everything, stops it all on exit
+        await stack.wait_ready(timeout=120)   # gateway /readyz answers 200, services alive
+        ...                                   # stack.settings holds the resolved URLs
+
+Start order is dependency order, stop order the reverse (services, Ray, PostgreSQL, NATS):
+
+* NATS and PostgreSQL start from their wheels unless ``nats_url`` / ``database_url`` name
+  servers; the embedded PostgreSQL gets a database ``inflab``, and the Alembic migrations
+  run either way.
+* Ray: a local head node unless ``ray_address`` names a cluster.
+* Services: ``python -m inflab.<name>`` each (injectable, so tests run stand-ins).
+
+Settings reach the children through the environment, the one channel every process
+already reads (pydantic-settings). The whole resolved :class:`Settings` object is
+exported as ``INFLAB_*`` variables, so a setting given in code (not the environment) is
+seen by the children too, and the URLs of what the stack started replace the empty ones.
+Services also get ``OMP_NUM_THREADS=1`` (heavy torch work runs in Ray tasks, which pin
+their own threads; several processes each using every core was a 20x slowdown here).
+With the embedded Ray, every child (and the Ray node itself, whose workers inherit its
+environment) also gets ``RAY_ADDRESS`` and the node's own auth token (see ``ray.py``).
+
+Each child leads its own process group (a terminal's Ctrl-C reaches only the supervisor,
+which then stops things in order), logs to ``INFLAB_HOME/logs/<name>.log``, and is asked
+by the kernel to exit if the supervisor dies without stopping it. ``INFLAB_HOME/stack.json``
+records every component (pid, url, log, start time, restarts, status) for ``inflab ps``; a
+later start finds components a killed supervisor left behind there and stops them, and
+refuses to start while that file's supervisor is still running.
+
+A service that exits is reported and restarted, with a growing back-off, up to
+``max_restarts`` times; after that, or when NATS, PostgreSQL or Ray exits, the stack is
+*failed*: :attr:`Stack.failed` is set and :meth:`Stack.wait_ready` raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+from urllib.request import url2pathname
+
+import httpx
+import psutil
+from pydantic import BaseModel, SecretBytes, SecretStr
+
+from inflab.common.embedded._proc import (
+    ServerProcess,
+    die_with_parent,
+    kill_group,
+    log_tail,
+    same_process,
+    stop_process_tree,
+)
+from inflab.common.settings import Settings
+
+log = logging.getLogger("inflab.stack")
+
+T = TypeVar("T")
+
+SERVICE_NAMES = ("gateway", "trainer", "inference", "influence")
+STATE_FILE = "stack.json"
+LOGS_DIR = "logs"
+DATABASE_NAME = "inflab"
+READY_PATH = "/readyz"
+HEALTH_PATH = "/healthz"
+#: How often wait_ready re-probes.
+READY_POLL_S = 0.2
+#: Environment every child gets, whatever the settings (see the module docstring).
+SERVICE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+COMMON_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1"}
+
+
+class StackError(RuntimeError):
+    """The stack could not start, or a component failed for good."""
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """A service process: its command, and (for HTTP services) where to probe it."""
+
+    name: str
+    argv: tuple[str, ...]
+    url: str | None = None  # public base URL, shown by ``inflab ps``
+    ready_path: str | None = None  # GET url+ready_path must answer 200 for wait_ready
+    health_path: str | None = None  # GET url+health_path: liveness, for ``inflab ps``
+
+    @property
+    def ready_url(self) -> str | None:
+        return self.url + self.ready_path if self.url and self.ready_path else None
+
+    @property
+    def health_url(self) -> str | None:
+        return self.url + self.health_path if self.url and self.health_path else None
+
+
+def gateway_url(settings: Settings) -> str:
+    """Where to reach the gateway from this machine (a wildcard bind is reached on loopback)."""
+    host = settings.gateway_host
+    if host in ("", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{settings.gateway_port}"
+
+
+def default_services(settings: Settings, python: str = sys.executable) -> list[ServiceSpec]:
+    """The four real services, each ``python -m inflab.<name>``."""
+    specs = []
+    for name in SERVICE_NAMES:
+        http = name == "gateway"
+        specs.append(
+            ServiceSpec(
+                name=name,
+                argv=(python, "-m", f"inflab.{name}"),
+                url=gateway_url(settings) if http else None,
+                ready_path=READY_PATH if http else None,
+                health_path=HEALTH_PATH if http else None,
+            )
+        )
+    return specs
+
+
+def settings_environment(settings: Settings) -> dict[str, str | None]:
+    """Every setting as its ``INFLAB_*`` variable; ``None`` means "unset it"."""
+    prefix = settings.model_config.get("env_prefix", "")
+    env: dict[str, str | None] = {}
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)
+        if isinstance(value, SecretStr | SecretBytes):
+            value = value.get_secret_value()
+        if value is None:
+            text = None
+        elif isinstance(value, BaseModel):
+            text = value.model_dump_json()
+        elif isinstance(value, dict | list | tuple | set):
+            text = json.dumps(value if not isinstance(value, set) else sorted(value), default=str)
+        elif isinstance(value, bytes):
+            text = value.decode()
+        else:
+            text = str(value)
+        env[f"{prefix}{name}".upper()] = text
+    return env
+
+
+def child_environment(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment with the settings (and ``extra``) laid over it."""
+    env = dict(os.environ)
+    for key, value in settings_environment(settings).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    env.update(COMMON_ENV)
+    if settings.ray_address:
+        env["RAY_ADDRESS"] = settings.ray_address
+    env.update(extra or {})
+    return env
+
+
+# -- the state file ---------------------------------------------------------------------------
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class Component:
+    """One row of ``stack.json``."""
+
+    name: str
+    kind: str  # nats | postgres | ray | service
+    pid: int | None = None
+    create_time: float | None = None  # tells a recorded pid from a reused one
+    url: str | None = None
+    health_url: str | None = None
+    log: str | None = None
+    started_at: str | None = None
+    restarts: int = 0
+    status: str = "starting"  # starting | running | restarting | failed | stopped | external
+    stop_signal: int = int(signal.SIGTERM)
+
+    def attach(self, process: subprocess.Popen, log_path: Path) -> None:
+        self.pid = process.pid
+        with contextlib.suppress(psutil.Error):
+            self.create_time = psutil.Process(process.pid).create_time()
+        self.log = str(log_path)
+        self.started_at = _now()
+        self.status = "running"
+
+    def alive(self) -> bool:
+        return self.pid is not None and same_process(self.pid, self.create_time) is not None
+
+
+def state_path(settings: Settings) -> Path:
+    return settings.home / STATE_FILE
+
+
+def read_state(path: Path) -> dict[str, Any] | None:
+    try:
+        state = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    state["components"] = [Component(**c) for c in state.get("components", [])]
+    return state
+
+
+def reap_stale(path: Path) -> list[str]:
+    """Stop components a dead supervisor left running; refuse if the supervisor is alive.
+
+    Returns the names of what was stopped (services first, then infrastructure).
+    """
+    state = read_state(path)
+    if not state:
+        return []
+    supervisor = same_process(state.get("supervisor_pid", -1), state.get("supervisor_create_time"))
+    if supervisor is not None and state.get("status") != "stopped":  # (this process counts too)
+        raise StackError(
+            f"a stack is already running from {path.parent} (supervisor pid {supervisor.pid}); "
+            "stop it with `inflab down` or Ctrl-C in its terminal"
+        )
+    reaped = []
+    for comp in reversed(state["components"]):  # reverse start order
+        if comp.kind != "external" and comp.alive():
+            log.warning("stopping %s (pid %s) left running by a previous stack", comp.name, comp.pid)
+            stop_process_tree(comp.pid, comp.stop_signal, timeout=15.0)
+            reaped.append(comp.name)
+    return reaped
+
+
+# -- the supervisor ---------------------------------------------------------------------------
+
+
+async def wait_process(process: subprocess.Popen) -> int:
+    """Await a child's exit without a thread: the kernel makes a pidfd readable on exit."""
+    if process.poll() is not None:
+        return process.returncode
+    loop = asyncio.get_running_loop()
+    try:
+        fd = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):  # no pidfd support: poll instead
+        while process.poll() is None:
+            await asyncio.sleep(0.5)
+        return process.returncode
+    exited = loop.create_future()
+    try:
+        loop.add_reader(fd, lambda: exited.done() or exited.set_result(None))
+        if process.poll() is None:
+            await exited
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)
+    return process.wait()  # it has exited: this only reaps, without blocking
+
+
+async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
+    """Run a blocking step in a thread. If we are cancelled meanwhile, let the step finish
+    first, so that stop() sees whatever it started (a cancelled await alone would leave the
+    thread starting a server that nobody then stops)."""
+    task = asyncio.ensure_future(asyncio.to_thread(fn, *args))
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(BaseException):
+            await asyncio.wait([task])
+        raise
+
+
+@dataclass
+class _Service:
+    spec: ServiceSpec
+    component: Component
+    process: subprocess.Popen | None = None
+    watcher: asyncio.Task | None = None
+
+
+@dataclass
+class _Server:
+    server: ServerProcess
+    component: Component
+    watcher: asyncio.Task | None = None
+
+
+class Stack:
+    """Starts the embedded stack as OS processes and stops all of them cleanly.
+
+    ``services`` defaults to the four real services; ``with_ray=False`` and
+    ``migrate=False`` leave those steps out (tests of the supervisor itself).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        services: Sequence[ServiceSpec] | None = None,
+        *,
+        max_restarts: int = 3,
+        restart_backoff_s: float = 1.0,
+        stop_timeout_s: float = 15.0,
+        with_ray: bool = True,
+        migrate: bool = True,
+    ) -> None:
+        self.base_settings = settings
+        #: The settings the children see: the URLs of what this stack started filled in.
+        self.settings = settings.model_copy()
+        self.specs = list(services) if services is not None else default_services(settings)
+        self.max_restarts = max_restarts
+        self.restart_backoff_s = restart_backoff_s
+        self.stop_timeout_s = stop_timeout_s
+        self.with_ray = with_ray
+        self.migrate = migrate
+        #: Set when a component failed for good; :attr:`failure` says which and why.
+        self.failed = asyncio.Event()
+        self.failure: str | None = None
+        self._servers: list[_Server] = []
+        self._services: list[_Service] = []
+        self._components: list[Component] = []
+        #: Environment for children beyond the settings (the Ray node's credentials).
+        self._child_env_extra: dict[str, str] = {}
+        self._owns_state = False  # a refused start must not overwrite the running stack's file
+        self._stopping = False
+        self._stopped = False
+        self._started_at = _now()
+        self._supervisor_create_time = psutil.Process().create_time()
+
+    # -- paths and urls -------------------------------------------------------------------
+    @property
+    def home(self) -> Path:
+        return self.base_settings.home
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / LOGS_DIR
+
+    @property
+    def state_path(self) -> Path:
+        return state_path(self.base_settings)
+
+    @property
+    def gateway_url(self) -> str | None:
+        for spec in self.specs:
+            if spec.name == "gateway":
+                return spec.url
+        return None
+
+    @property
+    def components(self) -> list[Component]:
+        return list(self._components)
+
+    def server(self, name: str) -> ServerProcess | None:
+        """The embedded ``nats``, ``postgres`` or ``ray`` this stack started, if it did."""
+        return next((s.server for s in self._servers if s.server.name == name), None)
+
+    def service_pids(self) -> dict[str, int]:
+        return {s.spec.name: s.process.pid for s in self._services if s.process}
+
+    def all_pids(self) -> list[int]:
+        """Every pid this stack started (current ones): services and infrastructure."""
+        pids = [s.process.pid for s in self._services if s.process]
+        return pids + [s.server.pid for s in self._servers if s.server.pid]
+
+    # -- context manager ------------------------------------------------------------------
+    async def __aenter__(self) -> Stack:
+        try:
+            await self.start()
+        except BaseException:
+            await asyncio.shield(self.stop())
+            raise
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await asyncio.shield(self.stop())
+
+    # -- start ----------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Start everything in dependency order; returns once the services are spawned."""
+        reaped = await _in_thread(reap_stale, self.state_path)
+        if reaped:
+            log.warning("stopped leftovers of a previous stack: %s", ", ".join(reaped))
+        self._owns_state = True  # from here on, INFLAB_HOME/stack.json describes this stack
+        self.logs_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_object_store()
+        self._write_state()
+        await self._start_nats()
+        await self._start_postgres()
+        if self.migrate:
+            from inflab.common.db.migrate import upgrade
+
+            log.info("migrating %s", self._redacted(self.settings.database_url))
+            await _in_thread(upgrade, self.settings.database_url)
+        await self._start_ray()
+        for spec in self.specs:
+            service = _Service(spec, Component(spec.name, "service", url=spec.url, health_url=spec.health_url))
+            self._services.append(service)
+            self._components.append(service.component)
+            self._spawn_service(service)
+            service.watcher = asyncio.create_task(self._watch_service(service), name=f"watch-{spec.name}")
+        self._write_state()
+
+    async def _start_server(
+        self,
+        server: ServerProcess,
+        component: Component,
+        environment: Callable[[], Mapping[str, str]] | None = None,
+    ) -> None:
+        """prepare (thread), spawn (here), wait until ready (thread), then watch it.
+
+        ``environment`` is called after ``prepare``, when the server's ports are known.
+        """
+        entry = _Server(server, component)
+        self._servers.append(entry)
+        self._components.append(component)
+        await _in_thread(server.prepare)
+        # Spawned on the event-loop thread: the kernel's "die with parent" follows the
+        # thread that forked, and this one lives as long as the stack.
+        server.spawn(environment() if environment else None)
+        component.attach(server.process, server.log_path)
+        component.status = "starting"
+        self._write_state()
+        await _in_thread(server.wait_ready)
+        component.status = "running"
+        self._write_state()
+        entry.watcher = asyncio.create_task(self._watch_server(entry), name=f"watch-{server.name}")
+
+    def _external(self, name: str, url: str) -> None:
+        self._components.append(Component(name, "external", url=self._redacted(url), status="external"))
+
+    async def _start_nats(self) -> None:
+        if self.base_settings.nats_url:
+            return self._external("nats", self.base_settings.nats_url)
+        from inflab.common.embedded.nats import EmbeddedNats
+
+        nats = EmbeddedNats(
+            self.home / "nats",
+            self.base_settings.embedded_nats_port,
+            log_path=self.logs_dir / "nats.log",
+            parent_death_signal=True,
+        )
+        comp = Component("nats", "nats", stop_signal=int(nats.stop_signal))
+        await self._start_server(nats, comp)
+        comp.url = self.settings.nats_url = nats.url
+        self._write_state()
+
+    async def _start_postgres(self) -> None:
+        if self.base_settings.database_url:
+            return self._external("postgres", self.base_settings.database_url)
+        from inflab.common.embedded.postgres import EmbeddedPostgres, ensure_database
+
+        postgres = EmbeddedPostgres(
+            self.home / "postgres",
+            self.base_settings.embedded_postgres_port,
+            log_path=self.logs_dir / "postgres.log",
+            durable=True,  # it persists under INFLAB_HOME
+            parent_death_signal=True,
+        )
+        comp = Component("postgres", "postgres", stop_signal=int(postgres.stop_signal))
+        await self._start_server(postgres, comp)
+        comp.url = self.settings.database_url = await ensure_database(postgres.url, DATABASE_NAME)
+        self._write_state()
+
+    async def _start_ray(self) -> None:
+        if self.base_settings.ray_address:
+            return self._external("ray", self.base_settings.ray_address)
+        if not self.with_ray:
+            return
+        from inflab.common.embedded.ray import EmbeddedRay, default_num_cpus
+
+        s = self.base_settings
+        ray = EmbeddedRay(
+            self.logs_dir / "ray.log",
+            num_cpus=default_num_cpus(s.train_num_cpus, s.inference_num_cpus, s.influence_num_cpus),
+            parent_death_signal=True,
+        )
+        comp = Component("ray", "ray", stop_signal=int(ray.stop_signal))
+
+        def environment() -> dict[str, str]:
+            # Every child joins with this node's token; Ray's workers inherit the head's
+            # environment, so they see the same settings as the services.
+            comp.url = self.settings.ray_address = ray.address
+            self._child_env_extra.update(ray.client_environment())
+            return child_environment(self.settings, self._child_env_extra)
+
+        await self._start_server(ray, comp, environment)
+        self._link_ray_logs(ray)
+
+    def _link_ray_logs(self, ray: Any) -> None:
+        """``logs/ray-session`` -> Ray's own logs (workers' output lands there)."""
+        link = self.logs_dir / "ray-session"
+        with contextlib.suppress(OSError):
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(ray.session_logs)
+
+    def _prepare_object_store(self) -> None:
+        url = self.settings.objects_url
+        self.settings.object_store_url = url
+        parts = urlsplit(url)
+        if parts.scheme == "file":
+            Path(url2pathname(parts.path)).mkdir(parents=True, exist_ok=True)
+
+    def _spawn_service(self, service: _Service) -> None:
+        log_path = self.logs_dir / f"{service.spec.name}.log"
+        env = child_environment(self.settings, self._child_env_extra | SERVICE_ENV)
+        with log_path.open("ab") as out:
+            out.write(f"--- {_now()} starting {' '.join(service.spec.argv)}\n".encode())
+            out.flush()
+            service.process = subprocess.Popen(
+                list(service.spec.argv),
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM),
+            )
+        service.component.attach(service.process, log_path)
+        log.info("%s started (pid %s), log %s", service.spec.name, service.process.pid, log_path)
+
+    # -- supervision ----------------------------------------------------------------------
+    async def _watch_service(self, service: _Service) -> None:
+        comp = service.component
+        while True:
+            code = await wait_process(service.process)
+            if self._stopping:
+                return
+            await _in_thread(kill_group, service.process.pid)  # whatever it forked dies too
+            log.error(
+                "%s exited with code %s (restarts so far: %d); last lines of %s:\n%s",
+                comp.name, code, comp.restarts, comp.log, log_tail(Path(comp.log), 15),
+            )
+            if comp.restarts >= self.max_restarts:
+                comp.status = "failed"
+                self._fail(f"{comp.name} exited with code {code} after {comp.restarts} restarts")
+                return
+            comp.status = "restarting"
+            self._write_state()
+            # A deliberate back-off (not a readiness wait): a crash loop must not spin.
+            await asyncio.sleep(min(self.restart_backoff_s * 2**comp.restarts, 30.0))
+            if self._stopping:
+                return
+            comp.restarts += 1
+            self._spawn_service(service)
+            self._write_state()
+
+    async def _watch_server(self, entry: _Server) -> None:
+        code = await wait_process(entry.server.process)
+        if self._stopping:
+            return
+        entry.component.status = "failed"
+        log.error(
+            "%s exited with code %s; last lines of %s:\n%s",
+            entry.server.name, code, entry.server.log_path, log_tail(entry.server.log_path, 15),
+        )
+        self._fail(f"{entry.server.name} exited with code {code}")
+
+    def _fail(self, reason: str) -> None:
+        if self.failure is None:
+            self.failure = reason
+        self.failed.set()
+        self._write_state()
+
+    async def wait_ready(self, timeout: float = 120.0) -> None:
+        """Until every service process is alive and every ready URL answers 200.
+
+        Raises :class:`StackError` when the stack fails meanwhile or after ``timeout``.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        waiting: list[str] = []
+        # trust_env=False: a proxy configured for the internet must not see our own probes.
+        async with httpx.AsyncClient(timeout=2.0, trust_env=False) as client:
+            while True:
+                if self.failed.is_set():
+                    raise StackError(f"stack failed: {self.failure}")
+                waiting = [s.spec.name for s in self._services if not s.process or s.process.poll() is not None]
+                for s in self._services:
+                    if s.spec.ready_url and s.spec.name not in waiting and not await _answers(client, s.spec.ready_url):
+                        waiting.append(f"{s.spec.name} ({s.spec.ready_url})")
+                if not waiting:
+                    return
+                if loop.time() > deadline:
+                    raise StackError(f"not ready after {timeout:.0f}s: {', '.join(waiting)}; logs in {self.logs_dir}")
+                await asyncio.sleep(READY_POLL_S)
+
+    # -- stop -----------------------------------------------------------------------------
+    async def stop(self) -> None:
+        """Stop everything: services first, then Ray, PostgreSQL, NATS. Idempotent."""
+        if self._stopped:
+            return
+        self._stopping = True
+        watchers = [w for w in [*(s.watcher for s in self._services), *(s.watcher for s in self._servers)] if w]
+        for watcher in watchers:
+            watcher.cancel()
+        await asyncio.gather(*watchers, return_exceptions=True)
+
+        async def stop_service(service: _Service) -> None:
+            if service.process is not None:
+                await _in_thread(self._stop_child, service.process, signal.SIGTERM)
+            service.component.status = "stopped"
+
+        await asyncio.gather(*(stop_service(s) for s in self._services), return_exceptions=True)
+        self._write_state()
+        for entry in reversed(self._servers):  # Ray, PostgreSQL, NATS
+            try:
+                await _in_thread(entry.server.stop)
+            except Exception:
+                log.exception("stopping %s failed", entry.server.name)
+            entry.component.status = "stopped"
+            self._write_state()
+        self._stopped = True
+        self._write_state()
+        log.info("stack stopped")
+
+    def _stop_child(self, process: subprocess.Popen, sig: int) -> None:
+        if process.poll() is None:
+            stop_process_tree(process.pid, sig, self.stop_timeout_s)
+        else:
+            kill_group(process.pid)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5.0)
+
+    # -- state file -----------------------------------------------------------------------
+    def _status(self) -> str:
+        if self._stopped:
+            return "stopped"
+        if self.failed.is_set():
+            return "failed"
+        return "stopping" if self._stopping else "running"
+
+    def _write_state(self) -> None:
+        if not self._owns_state:
+            return
+        state = {
+            "status": self._status(),
+            "failure": self.failure,
+            "supervisor_pid": os.getpid(),
+            "supervisor_create_time": self._supervisor_create_time,
+            "started_at": self._started_at,
+            "updated_at": _now(),
+            "home": str(self.home),
+            "logs_dir": str(self.logs_dir),
+            "gateway_url": self.gateway_url,
+            "components": [asdict(c) for c in self._components],
+        }
+        self.home.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_path.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(state, indent=2))
+        os.replace(tmp, self.state_path)
+
+    @staticmethod
+    def _redacted(url: str) -> str:
+        parts = urlsplit(url)
+        if parts.password:
+            netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+            return parts._replace(netloc=netloc).geturl()
+        return url
+
+
+async def _answers(client: httpx.AsyncClient, url: str) -> bool:
+    try:
+        return (await client.get(url)).status_code == 200
+    except httpx.HTTPError:
+        return False
