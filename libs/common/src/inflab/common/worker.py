@@ -13,16 +13,10 @@ from pydantic import BaseModel
 
 from inflab.common.bus import Bus
 from inflab.common.compute import ensure_ray
+from inflab.common.logging import setup_logging
 from inflab.common.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
-
-
-def configure_logging(service: str, level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
-    )
 
 
 async def serve(
@@ -55,11 +49,14 @@ async def serve(
 def main(service: str, stage: str, model: type[BaseModel], make_handler) -> None:
     """Process entry point (``python -m inflab.<service>``)."""
     settings = get_settings()
-    configure_logging(service, settings.log_level)
+    setup_logging(settings.log_level)
 
     async def run() -> None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
+        # Join Ray before taking the signals: ray.init installs its own SIGTERM handler,
+        # which would otherwise replace our clean shutdown with a stack trace.
+        await asyncio.to_thread(ensure_ray, settings)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         task = asyncio.create_task(serve(service, stage, model, make_handler, settings, stop))

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import logging
-
+from inflab.common.logging import setup_logging
 from inflab.common.settings import get_settings
 from inflab.gateway.server import GatewayServer, server_config
 
 
 def main() -> None:
     settings = get_settings()
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s gateway %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(settings.log_level)
     GatewayServer(server_config(settings)).run()
 
 
