@@ -72,6 +72,7 @@ class Bus:
                 duplicate_window=3600.0,
             ),
             StreamConfig(name=s.events_stream, subjects=[s.all_events], duplicate_window=3600.0),
+            StreamConfig(name=s.control_stream, subjects=[s.all_controls], duplicate_window=3600.0),
             StreamConfig(name=s.dead_letter_stream, subjects=[s.all_dead_letters]),
         ]
         for config in wanted:

@@ -14,6 +14,8 @@ from inflab.common.messages import (
     EventBase,
     LogEvent,
     MetricEvent,
+    ParamsEvent,
+    PredictionEvent,
     ProgressEvent,
     ResultEvent,
     StatusEvent,
@@ -26,6 +28,8 @@ _KINDS: dict[str, type[EventBase]] = {
     "log": LogEvent,
     "result": ResultEvent,
     "status": StatusEvent,
+    "prediction": PredictionEvent,
+    "params": ParamsEvent,
 }
 
 

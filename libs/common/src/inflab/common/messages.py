@@ -20,7 +20,16 @@ SCHEMA_VERSION = 1
 #: Influence methods a run may ask for. Later issues add datainf and ekfac.
 INFLUENCE_METHODS = ("tracin",)
 
-RunStatus = Literal["queued", "running", "completed", "failed", "cancelled"]
+RunStatus = Literal["queued", "running", "checkpointing", "completed", "failed", "cancelled"]
+QUANTIZATIONS = ("none", "4bit")
+LR_SCHEDULERS = (
+    "constant",
+    "constant_with_warmup",
+    "linear",
+    "cosine",
+    "cosine_with_restarts",
+    "polynomial",
+)
 Stage = Literal["run", "train", "inference", "influence"]
 
 _ID = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
@@ -69,13 +78,36 @@ class Hyperparams(Contract):
     seed: int = Field(0, ge=0, le=2**31 - 1)
     #: Save the adapter every this many epochs (and always at the end).
     checkpoint_interval: int = Field(1, ge=1, le=1000)
+    gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
+    #: ``4bit``: QLoRA (NF4 base weights through bitsandbytes, LoRA in float32).
+    quantization: Literal["none", "4bit"] = "none"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0, le=1)
+    lr_scheduler: Literal[
+        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
+    ] = "constant"
+    #: Publish a metric event every this many optimizer steps.
+    logging_steps: int = Field(1, ge=1, le=100_000)
 
-    @field_validator("learning_rate", "lora_alpha", "lora_dropout")
+    @field_validator("learning_rate", "lora_alpha", "lora_dropout", "warmup_ratio", "weight_decay")
     @classmethod
     def _finite(cls, v: float) -> float:
         if not math.isfinite(v):
             raise ValueError("must be a finite number")
         return v
+
+
+class PredictionSettings(Contract):
+    """Prediction tracking during training (like W&B prediction tables): the same sampled
+    prompts answered greedily by the current model at each sampling point. The upper bound
+    of ``sample_count`` and the lower bound of ``step_interval`` are settings
+    (``INFLAB_MAX_PREDICTION_SAMPLES``, ``INFLAB_MIN_PREDICTION_STEP_INTERVAL``), checked
+    by the gateway and the trainer."""
+
+    enabled: bool = True
+    sample_count: int = Field(4, ge=1)
+    frequency: Literal["epoch", "steps"] = "epoch"
+    step_interval: int = Field(10, ge=1)
 
 
 class RunSpec(Contract):
@@ -89,6 +121,7 @@ class RunSpec(Contract):
     #: How many training pairs the few-shot prompt shows the base model.
     few_shot_k: int = Field(3, ge=0, le=64)
     max_new_tokens: int = Field(48, ge=1, le=2048)
+    predictions: PredictionSettings = Field(default_factory=PredictionSettings)
 
     @field_validator("influence_methods")
     @classmethod
@@ -141,6 +174,42 @@ class InfluenceRequest(Message):
     checkpoints: list[CheckpointRef] = Field(min_length=1)
 
 
+class RuntimeParams(Contract):
+    """Hyperparameters that can change safely while a run trains; applied at the next
+    optimizer step. (Rank, target modules, batch size or quantization would change the
+    model or the data order, so they cannot.)"""
+
+    learning_rate: float | None = Field(None, gt=0, le=1.0)
+    weight_decay: float | None = Field(None, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _something(self) -> "RuntimeParams":
+        if self.learning_rate is None and self.weight_decay is None:
+            raise ValueError("name at least one parameter to change")
+        for name in ("learning_rate", "weight_decay"):
+            v = getattr(self, name)
+            if v is not None and not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number")
+        return self
+
+
+class ControlMessage(Message):
+    """On ``inflab.v1.run.{run_id}.control`` (kept in the control stream, so a trainer that
+    starts or resumes later still sees every instruction, in order)."""
+
+    request_id: UUID = Field(default_factory=uuid4)
+    run_id: UUID
+    action: Literal["update_params", "cancel"]
+    params: RuntimeParams | None = None
+    time: datetime = Field(default_factory=_now)
+
+    @model_validator(mode="after")
+    def _params_for_update(self) -> "ControlMessage":
+        if self.action == "update_params" and self.params is None:
+            raise ValueError("update_params needs params")
+        return self
+
+
 # --------------------------------------------------------------------------- events
 class EventBase(Message):
     event_id: UUID = Field(default_factory=uuid4)
@@ -173,6 +242,39 @@ class MetricEvent(EventBase):
     epoch: float
     loss: float
     learning_rate: float
+    grad_norm: float | None = None
+    tokens_per_s: float | None = None
+    samples_per_s: float | None = None
+    #: Resident memory of the training process, MiB.
+    memory_mb: float | None = None
+    #: Allocated accelerator memory, MiB, where there is one.
+    gpu_memory_mb: float | None = None
+
+
+class PredictionSample(Contract):
+    prompt_id: str
+    prompt: str
+    #: The reference answer where the sampled prompt has one.
+    ground_truth: str | None = None
+    prediction: str
+
+
+class PredictionEvent(EventBase):
+    """The current model's greedy answers to the run's sampled prompts at one point."""
+
+    kind: Literal["prediction"] = "prediction"
+    step: int
+    epoch: float
+    samples: list[PredictionSample]
+
+
+class ParamsEvent(EventBase):
+    """A runtime hyperparameter change, and the optimizer step it took effect at."""
+
+    kind: Literal["params"] = "params"
+    request_id: UUID | None = None
+    changes: dict[str, dict[str, float]]  # name -> {"old": ..., "new": ...}
+    effective_step: int
 
 
 class CheckpointEvent(EventBase):
@@ -226,12 +328,21 @@ class ResultEvent(EventBase):
 
 
 RunEvent = Annotated[
-    Union[StatusEvent, ProgressEvent, MetricEvent, CheckpointEvent, LogEvent, ResultEvent],
+    Union[
+        StatusEvent,
+        ProgressEvent,
+        MetricEvent,
+        CheckpointEvent,
+        LogEvent,
+        ResultEvent,
+        PredictionEvent,
+        ParamsEvent,
+    ],
     Field(discriminator="kind"),
 ]
 run_event_adapter: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)
 
-EVENT_KINDS = ("status", "progress", "metric", "checkpoint", "log", "result")
+EVENT_KINDS = ("status", "progress", "metric", "checkpoint", "log", "result", "prediction", "params")
 
 
 def parse_event(data: bytes | str) -> RunEvent:

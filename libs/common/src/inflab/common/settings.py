@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     max_eval_questions: int = 1_000
     max_text_chars: int = 8_000
 
+    # Prediction tracking limits (a run's PredictionSettings must stay within them).
+    max_prediction_samples: int = 32
+    min_prediction_step_interval: int = 5
+
     log_level: str = "INFO"
 
     local_user_email: str = Field(

@@ -52,6 +52,10 @@ class Subjects:
     def control(self, run_id: object) -> str:
         return f"{self.root}.run.{run_id}.control"
 
+    @property
+    def all_controls(self) -> str:
+        return f"{self.root}.run.*.control"
+
     def dead_letter(self, service: str) -> str:
         """Rejected messages end here with their reason: ``inflab.v1.deadletter.trainer``."""
         return f"{self.root}.deadletter.{service}"
@@ -69,6 +73,11 @@ class Subjects:
     @property
     def events_stream(self) -> str:
         return f"{self.stream_prefix}_EVENTS"
+
+    @property
+    def control_stream(self) -> str:
+        """Every run's control messages (cancel, parameter changes), kept for replay."""
+        return f"{self.stream_prefix}_CONTROL"
 
     @property
     def dead_letter_stream(self) -> str:
