@@ -56,7 +56,7 @@ from urllib.request import url2pathname
 
 import httpx
 import psutil
-from pydantic import BaseModel, SecretBytes, SecretStr
+from pydantic import SecretBytes, SecretStr
 
 from inflab.common.embedded._proc import (
     ServerProcess,
@@ -136,23 +136,23 @@ def default_services(settings: Settings, python: str = sys.executable) -> list[S
 
 
 def settings_environment(settings: Settings) -> dict[str, str | None]:
-    """Every setting as its ``INFLAB_*`` variable; ``None`` means "unset it"."""
+    """Every setting as its ``INFLAB_*`` variable; ``None`` means "unset it". Structured
+    values (dicts, lists, nested models) go as JSON, which pydantic-settings reads back."""
     prefix = settings.model_config.get("env_prefix", "")
+    plain = settings.model_dump(mode="json")
     env: dict[str, str | None] = {}
     for name in type(settings).model_fields:
         value = getattr(settings, name)
         if isinstance(value, SecretStr | SecretBytes):
-            value = value.get_secret_value()
-        if value is None:
+            text: str | None = value.get_secret_value()
+        elif value is None:
             text = None
-        elif isinstance(value, BaseModel):
-            text = value.model_dump_json()
-        elif isinstance(value, dict | list | tuple | set):
-            text = json.dumps(value if not isinstance(value, set) else sorted(value), default=str)
         elif isinstance(value, bytes):
             text = value.decode()
+        elif isinstance(plain[name], dict | list):
+            text = json.dumps(plain[name])
         else:
-            text = str(value)
+            text = str(plain[name])
         env[f"{prefix}{name}".upper()] = text
     return env
 
