@@ -17,8 +17,8 @@ from inflab.common.settings import DEFAULT_MODEL_ID
 
 SCHEMA_VERSION = 1
 
-#: Influence methods a run may ask for. Later issues add datainf and ekfac.
-INFLUENCE_METHODS = ("tracin",)
+#: Influence methods a run may ask for.
+INFLUENCE_METHODS = ("tracin", "datainf", "ekfac")
 
 RunStatus = Literal["queued", "running", "checkpointing", "completed", "failed", "cancelled"]
 QUANTIZATIONS = ("none", "4bit")
@@ -118,6 +118,11 @@ class RunSpec(Contract):
     eval_data: list[EvalQuestion] = Field(min_length=1, max_length=10_000)
     hyperparams: Hyperparams = Field(default_factory=Hyperparams)
     influence_methods: list[str] = Field(default_factory=lambda: ["tracin"], min_length=1)
+    #: Per-method arguments, e.g. ``{"datainf": {"damping": 0.01}, "ekfac": {"top_k": 10}}``.
+    #: Keys must be known methods; the values are checked by the influence service against
+    #: the method's argument dataclass (a bad one ends that method's stage as failed, naming
+    #: the argument). ``top_k`` (default 5) sizes the summary of every result.
+    influence_args: dict[str, dict[str, Union[str, int, float, bool, None]]] = Field(default_factory=dict)
     #: How many training pairs the few-shot prompt shows the base model.
     few_shot_k: int = Field(3, ge=0, le=64)
     max_new_tokens: int = Field(48, ge=1, le=2048)
@@ -130,6 +135,14 @@ class RunSpec(Contract):
         if unknown:
             raise ValueError(f"unknown influence method(s) {unknown}; known: {list(INFLUENCE_METHODS)}")
         return list(dict.fromkeys(v))
+
+    @field_validator("influence_args")
+    @classmethod
+    def _known_method_args(cls, v: dict[str, dict]) -> dict[str, dict]:
+        unknown = [m for m in v if m not in INFLUENCE_METHODS]
+        if unknown:
+            raise ValueError(f"influence_args for unknown method(s) {unknown}; known: {list(INFLUENCE_METHODS)}")
+        return v
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "RunSpec":
@@ -307,9 +320,24 @@ class TrainingSummary(Contract):
     truncated: int = 0
 
 
+class RankedTrainingPair(Contract):
+    train_id: str
+    score: float
+
+
+class TopInfluences(Contract):
+    """One evaluation question's most influential training pairs: ``positive`` by score
+    descending (only scores > 0), ``negative`` by score ascending (only scores < 0)."""
+
+    eval_id: str
+    positive: list[RankedTrainingPair] = Field(default_factory=list)
+    negative: list[RankedTrainingPair] = Field(default_factory=list)
+
+
 class InfluenceMatrix(Contract):
     method: str
-    #: ``raw`` or ``normalized`` (unit-normalised gradients).
+    #: ``raw`` or ``normalized`` (TracIn: unit-normalised gradients; DataInf and EK-FAC:
+    #: cosine in the method's inverse-Hessian metric; ``args["normalization"]`` says which).
     variant: str = "raw"
     eval_ids: list[str]
     train_ids: list[str]
@@ -318,6 +346,9 @@ class InfluenceMatrix(Contract):
     #: Where the full matrix lives in the object store (safetensors).
     key: str
     args: dict = Field(default_factory=dict)
+    #: Per evaluation question (row order) its top-k positive and negative training pairs;
+    #: k is the run's ``influence_args[method]["top_k"]`` (default 5).
+    top_k: list[TopInfluences] | None = None
 
 
 class ResultEvent(EventBase):
