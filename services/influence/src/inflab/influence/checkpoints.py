@@ -44,6 +44,22 @@ class LocalCheckpoint:
         )
 
 
+def adapter_digest(checkpoint: LocalCheckpoint) -> str:
+    """A content hash of the checkpoint's adapter (weights and config): equal digests mean
+    equal gradients, whatever folder or job the checkpoint was downloaded into."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+        file = Path(checkpoint.path) / name
+        if file.is_file():
+            with open(file, "rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(block)
+        digest.update(b"\x00")
+    return digest.hexdigest()
+
+
 # The adapter settings that must match for one adapter's weights to be loaded over another's.
 _SHAPE_KEYS = ("r", "lora_alpha", "target_modules", "use_dora", "use_rslora")
 

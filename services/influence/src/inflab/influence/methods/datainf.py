@@ -1,0 +1,196 @@
+"""DataInf (Kwon, Wu, Wu and Zou, ICLR 2024): influence with a closed-form, per-layer
+approximation of the inverse Hessian over LoRA gradients.
+
+For each LoRA factor ``l`` (every ``lora_A`` / ``lora_B`` weight is one "layer", as in the
+authors' code), with ``g_jl`` the gradient of training pair ``j``'s loss restricted to that
+factor and ``n`` the number of training pairs, the damped Hessian is replaced by the mean of
+rank-one terms and each term is inverted exactly (Sherman-Morrison), which swaps the order
+of inversion and averaging:
+
+    (G_l + lambda_l I)^-1  ~=  1/(n lambda_l) * sum_j ( I - g_jl g_jl^T / (lambda_l + ||g_jl||^2) )
+
+so for an evaluation question's gradient ``v_l``
+
+    r_l = (1/lambda_l) * ( v_l - (1/n) sum_j  (g_jl . v_l) / (lambda_l + ||g_jl||^2) * g_jl )
+
+and the influence of training pair ``k`` is ``sum_l r_l . g_kl``. The paper's influence is
+the *negative* of this (the change of the evaluation loss when ``k`` is up-weighted); here,
+as for TracIn, a positive score means the pair helped the model towards that answer.
+
+Damping: the paper's default ``lambda_l = 0.1 * (n d_l)^-1 * sum_j ||g_jl||^2`` (``d_l`` the
+factor's size), i.e. ``damping_scale`` times the mean squared gradient entry of the layer;
+or one fixed ``damping`` for every layer.
+
+Variants:
+* ``raw``: the score above.
+* ``normalized``: the score divided by ``sqrt(r(v).v * r(g_k).g_k)``: a cosine in the metric
+  of the approximate inverse Hessian (RelatIF-style, two-sided). The approximation is
+  symmetric positive definite, so an evaluation question identical to a training pair
+  scores exactly 1 with it, the maximum; large-gradient pairs no longer dominate.
+
+It runs on one checkpoint, the final one unless ``checkpoint_step`` names another. Note
+(GROUND.md): memorised pairs have small gradients at the final checkpoint, so a
+final-checkpoint method loses track of them; TracIn over all checkpoints does not.
+
+Cost: one forward+backward per example (the gradients, shared with TracIn through the
+gradient cache), then three passes over the training gradients in row chunks (per-layer
+dot products and norms; the preconditioned evaluation gradients; the scores) and, for the
+normalised variant, the per-layer Gram matrix of the training gradients (``N^2 P``,
+chunk by chunk). Nothing of size ``N x P`` is held beyond what the cache holds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from inflab.common.messages import EvalQuestion, TrainingPair
+from inflab.influence.checkpoints import LocalCheckpoint
+from inflab.influence.gradcache import GradientCache, GradientMatrix
+from inflab.influence.gradients import lora_blocks
+from inflab.influence.methods.base import Emit, InfluenceMethod, InfluenceScores, ModelLoader, Progress, stage
+from inflab.influence.methods.prepare import GradientArgs, check_inputs, checkpoint_name, generation_units, prepare
+
+
+@dataclass(frozen=True)
+class DataInfArgs(GradientArgs):
+    #: A fixed damping for every layer; None: the paper's per-layer default (below).
+    damping: float | None = None
+    #: lambda_l = damping_scale * mean over training pairs and entries of g_l^2 (paper: 0.1).
+    damping_scale: float = 0.1
+    #: Which checkpoint (its step) to run on; None: the final checkpoint.
+    checkpoint_step: int | None = None
+
+    def check(self) -> None:
+        super().check()
+        if self.damping is not None and self.damping <= 0:
+            raise ValueError("datainf: damping must be > 0")
+        if self.damping_scale <= 0:
+            raise ValueError("datainf: damping_scale must be > 0")
+
+
+def datainf_scores(
+    eval_grads: torch.Tensor,
+    train_grads: GradientMatrix,
+    blocks: Sequence[tuple[int, int]],
+    *,
+    damping: float | None = None,
+    damping_scale: float = 0.1,
+    normalized: bool = True,
+) -> tuple[np.ndarray, np.ndarray | None, list[float]]:
+    """DataInf scores ``[M, N]`` (and the normalised ones) from per-example gradients;
+    ``blocks`` are ``(offset, size)`` of each layer in a gradient row. Returns
+    ``(raw, normalized or None, per-layer damping)``."""
+    m, n = eval_grads.shape[0], train_grads.shape[0]
+    layers = len(blocks)
+    v = eval_grads.float()
+    sq = torch.zeros(n, layers, dtype=torch.float64)  # ||g_jl||^2
+    dots = torch.zeros(m, n, layers, dtype=torch.float64)  # v_il . g_jl
+    for rows, g in train_grads.chunks():
+        for l, (off, size) in enumerate(blocks):
+            gb = g[:, off : off + size]
+            sq[rows, l] = (gb * gb).sum(1, dtype=torch.float64)
+            dots[:, rows, l] = (v[:, off : off + size] @ gb.T).double()
+
+    sizes = torch.tensor([size for _, size in blocks], dtype=torch.float64)
+    if damping is not None:
+        lam = torch.full((layers,), float(damping), dtype=torch.float64)
+    else:
+        lam = damping_scale * sq.mean(0) / sizes
+        # A layer whose gradients are all zero (e.g. lora_A while lora_B is still zero)
+        # contributes nothing; any positive damping keeps the algebra finite.
+        lam = torch.where(lam > 0, lam, torch.ones_like(lam))
+    coef = dots / (lam + sq)  # [M, N, L]: (g_jl . v_il) / (lambda_l + ||g_jl||^2)
+
+    # r_il = (v_il - (1/n) sum_j coef_ijl g_jl) / lambda_l, accumulated layer by layer.
+    acc = torch.zeros_like(v, dtype=torch.float64)
+    for rows, g in train_grads.chunks():
+        for l, (off, size) in enumerate(blocks):
+            acc[:, off : off + size] += (coef[:, rows, l].float() @ g[:, off : off + size]).double()
+    r = torch.empty_like(acc)
+    for l, (off, size) in enumerate(blocks):
+        r[:, off : off + size] = (v[:, off : off + size].double() - acc[:, off : off + size] / n) / lam[l]
+    del acc
+    r32 = r.float()
+    raw = np.zeros((m, n), dtype=np.float64)
+    for rows, g in train_grads.chunks():
+        raw[:, rows] = (r32 @ g.T).double().numpy()
+    if not normalized:
+        return raw, None, lam.tolist()
+
+    # Self-influence of each evaluation question: r(v_i) . v_i
+    #   = sum_l (1/lambda_l) (||v_il||^2 - (1/n) sum_j dots_ijl^2 / (lambda_l + ||g_jl||^2)).
+    v_sq = torch.stack([(v[:, o : o + s].double() ** 2).sum(1) for o, s in blocks], dim=1)  # [M, L]
+    eval_self = ((v_sq - (dots * coef).sum(1) / n) / lam).sum(1)
+    # ... and of each training pair, which needs the per-layer Gram matrix g_jl . g_kl.
+    train_self = (sq / lam).sum(1)
+    for rows_a, ga in train_grads.chunks():
+        for rows_b, gb in train_grads.chunks():
+            for l, (off, size) in enumerate(blocks):
+                gram = (ga[:, off : off + size] @ gb[:, off : off + size].T).double()  # [a, b]
+                weight = 1.0 / (n * lam[l] * (lam[l] + sq[rows_b, l]))
+                train_self[rows_a] -= (gram * gram * weight).sum(1)
+    denom = torch.sqrt(eval_self.clamp(min=1e-30)[:, None] * train_self.clamp(min=1e-30)[None, :]).numpy()
+    return raw, raw / denom, lam.tolist()
+
+
+class DataInf(InfluenceMethod):
+    name = "datainf"
+    description = (
+        "DataInf: closed-form per-layer inverse-Hessian approximation over LoRA gradients at the "
+        "final checkpoint; 'normalized' is the cosine in that metric (RelatIF-style). Memorised "
+        "pairs have small final gradients and can be missed."
+    )
+    variants = ("raw", "normalized")
+    Args = DataInfArgs
+
+    def compute(
+        self,
+        model_loader: ModelLoader,
+        train: Sequence[TrainingPair],
+        evals: Sequence[EvalQuestion],
+        checkpoints: Sequence[LocalCheckpoint],
+        args: dict[str, Any],
+        emit: Emit,
+        *,
+        cache: GradientCache | None = None,
+    ) -> list[InfluenceScores]:
+        opts = DataInfArgs.from_dict(args)
+        check_inputs(self.name, train, evals, checkpoints)
+        chosen = max(checkpoints, key=lambda c: c.step)
+        if opts.checkpoint_step is not None:
+            matching = [c for c in checkpoints if c.step == opts.checkpoint_step]
+            if not matching:
+                raise ValueError(f"datainf: no checkpoint at step {opts.checkpoint_step}; "
+                                 f"steps: {sorted(c.step for c in checkpoints)}")
+            chosen = matching[0]
+        progress = Progress(emit, generation_units(evals) + len(train) + len(evals) + 1)
+        prep = prepare(model_loader, train, evals, checkpoints, opts, progress, cache)
+        eval_grads = prep.gradients(chosen, "eval", opts, cache,
+                                    lambda k: progress.advance("evaluation-question gradients", k)).tensor()
+        train_grads = prep.gradients(chosen, "train", opts, cache,
+                                     lambda k: progress.advance("training-pair gradients", k))
+        with stage(f"computing DataInf scores at {checkpoint_name(chosen)}"):
+            blocks = [(b.offset, b.numel) for b in lora_blocks(prep.attach(chosen))]
+            raw, normalized, lam = datainf_scores(
+                eval_grads, train_grads, blocks, damping=opts.damping, damping_scale=opts.damping_scale
+            )
+        progress.advance("scores")
+        info = {
+            **asdict(opts),
+            **prep.info(),
+            "checkpoint_step": chosen.step,
+            "num_lora_parameters": int(eval_grads.shape[1]),
+            "layers": len(blocks),
+            "damping_per_layer": {"min": min(lam), "median": float(np.median(lam)), "max": max(lam)},
+            "normalization": "cosine in the DataInf inverse-Hessian metric (RelatIF-style, two-sided)",
+        }
+        eval_ids, train_ids = [q.id for q in evals], [p.id for p in train]
+        return [
+            InfluenceScores(self.name, "raw", raw.astype(np.float32), eval_ids, train_ids, dict(info)),
+            InfluenceScores(self.name, "normalized", normalized.astype(np.float32), eval_ids, train_ids, dict(info)),
+        ]

@@ -1,0 +1,189 @@
+"""What every gradient-based method does first: load the model, tokenise the training pairs
+and evaluation questions, answer the questions without a reference, and take (or reuse)
+per-example gradients at a checkpoint.
+
+Which answer an evaluation question's loss is taken on: its reference answer when it has
+one; otherwise the fine-tuned model's own greedy answer at the final checkpoint (the
+influence then explains *what the model says*). Generated answers are kept in the result's
+``args``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from inflab.common.chat import EncodedExample, encode_pair, prompt_ids
+from inflab.common.messages import EvalQuestion, TrainingPair
+from inflab.influence.checkpoints import LocalCheckpoint, adapter_digest, attach_adapter
+from inflab.influence.gradcache import GradientCache, GradientMatrix, examples_fingerprint, fingerprint, gradient_matrix
+from inflab.influence.gradients import DEFAULT_BATCH_SIZE
+from inflab.influence.methods.base import MethodArgs, ModelLoader, Progress, stage
+
+
+@dataclass(frozen=True)
+class GradientArgs(MethodArgs):
+    """Arguments every gradient-based method takes (the job fills the last two from the run)."""
+
+    #: Examples per forward+backward (bucketed by length).
+    batch_size: int = DEFAULT_BATCH_SIZE
+    #: Token limit of a pair: the run's ``max_seq_length``, so gradients see what training saw.
+    max_length: int = 128
+    #: Length of the greedy answer generated for an evaluation question without a reference.
+    max_new_tokens: int = 48
+
+    def check(self) -> None:
+        for name in ("batch_size", "max_length", "max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{self.method_name()}: {name} must be >= 1")
+
+
+def has_reference(question: EvalQuestion) -> bool:
+    return bool(question.answer and question.answer.strip())
+
+
+def greedy_answer(model: Any, tokenizer: Any, question: str, max_new_tokens: int) -> str:
+    """The model's greedy answer to ``question``, prompted exactly like the inference service.
+    One question at a time: no padding, so it is the answer the model gives on its own."""
+    ids = torch.tensor([prompt_ids(tokenizer, question)], device=model.device)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+            eos_token_id=tokenizer.eos_token_id,
+        )
+    return tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+
+
+def checkpoint_name(checkpoint: LocalCheckpoint) -> str:
+    return f"checkpoint {checkpoint.step:08d}"
+
+
+def check_inputs(name: str, train: Sequence[TrainingPair], evals: Sequence[EvalQuestion],
+                 checkpoints: Sequence[LocalCheckpoint]) -> None:
+    with stage("checking the request"):
+        missing = [what for what, items in (("training pairs", train), ("evaluation questions", evals),
+                                             ("checkpoints", checkpoints)) if not items]
+        if missing:
+            raise ValueError(f"{name} needs {', '.join(missing)}; the request has none")
+
+
+@dataclass
+class Prepared:
+    model: Any  # the peft model, adapter of the last checkpoint attached by prepare()
+    tokenizer: Any
+    pad_id: int
+    checkpoints: list[LocalCheckpoint]
+    train_examples: list[EncodedExample]
+    eval_examples: list[EncodedExample]
+    generated: dict[str, str]
+    digests: dict[int, str] = field(default_factory=dict)  # step -> adapter digest
+    base_name: str = ""
+
+    def attach(self, checkpoint: LocalCheckpoint) -> Any:
+        with stage(f"loading {checkpoint_name(checkpoint)}"):
+            self.model = attach_adapter(self.model, checkpoint)
+        return self.model
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "checkpoint_steps": [c.step for c in self.checkpoints],
+            "learning_rates": [c.learning_rate for c in self.checkpoints],
+            "loss": "mean cross-entropy over answer tokens",
+            "truncated_training_pairs": sum(e.truncated for e in self.train_examples),
+            "truncated_eval_questions": sum(e.truncated for e in self.eval_examples),
+            "generated_answers": dict(self.generated),
+        }
+
+    def gradients(
+        self,
+        checkpoint: LocalCheckpoint,
+        which: str,
+        opts: GradientArgs,
+        cache: GradientCache | None,
+        on_batch: Callable[[int], None] | None = None,
+    ) -> GradientMatrix:
+        """Per-example gradients of the ``train`` or ``eval`` examples at ``checkpoint``
+        (attached first), reused from ``cache`` when the same adapter, model and tokens were
+        seen before."""
+        examples = self.train_examples if which == "train" else self.eval_examples
+        what = "training" if which == "train" else "evaluation"
+        key = None
+        if cache is not None:
+            with stage(f"loading {checkpoint_name(checkpoint)}"):
+                digest = self.digests.get(checkpoint.step) or adapter_digest(checkpoint)
+                self.digests[checkpoint.step] = digest
+            key = ("gradients", self.base_name, digest, examples_fingerprint(examples))
+            hit = cache.get(key)
+            if hit is not None:
+                if on_batch is not None:
+                    on_batch(len(examples))
+                return hit
+        self.attach(checkpoint)
+        with stage(f"computing {what} gradients at {checkpoint_name(checkpoint)}"):
+            return gradient_matrix(self.model, examples, pad_id=self.pad_id, key=key, cache=cache,
+                                   batch_size=opts.batch_size, on_batch=on_batch, lookup=False)
+
+
+def generation_units(evals: Sequence[EvalQuestion]) -> int:
+    return sum(not has_reference(q) for q in evals)
+
+
+def prepare(
+    model_loader: ModelLoader,
+    train: Sequence[TrainingPair],
+    evals: Sequence[EvalQuestion],
+    checkpoints: Sequence[LocalCheckpoint],
+    opts: GradientArgs,
+    progress: Progress,
+    cache: GradientCache | None = None,
+) -> Prepared:
+    """Load the model, attach the final checkpoint, answer the questions that need it and
+    tokenise everything. Checkpoints come back sorted by step."""
+    checkpoints = sorted(checkpoints, key=lambda c: c.step)
+    with stage("loading the model"):
+        base, tokenizer = model_loader()
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    base_name = str(getattr(getattr(base, "config", None), "_name_or_path", "")) or type(base).__name__
+    prep = Prepared(base, tokenizer, pad_id, checkpoints, [], [], {}, base_name=base_name)
+    final = checkpoints[-1]
+    # Greedy answers come from the final checkpoint: that is the model whose outputs the
+    # researcher is looking at.
+    prep.attach(final)
+    for q in evals:
+        if has_reference(q):
+            continue
+        with stage(f"generating the answer to evaluation question {q.id}"):
+            key = None
+            if cache is not None:
+                digest = prep.digests.setdefault(final.step, adapter_digest(final))
+                key = ("answer", base_name, digest, q.question, opts.max_new_tokens)
+            answer = cache.get(key) if cache is not None else None
+            if answer is None:
+                answer = greedy_answer(prep.model, tokenizer, q.question, opts.max_new_tokens)
+                if cache is not None:
+                    cache.put(key, answer)
+            prep.generated[q.id] = answer
+        progress.advance(f"generated the answer to evaluation question {q.id}")
+    with stage("tokenising"):
+        prep.train_examples = [encode_pair(tokenizer, p.question, p.answer, opts.max_length) for p in train]
+        prep.eval_examples = [
+            encode_pair(tokenizer, q.question, q.answer if has_reference(q) else prep.generated[q.id], opts.max_length)
+            for q in evals
+        ]
+    return prep
+
+
+def unit_rows(grads: torch.Tensor) -> torch.Tensor:
+    # A zero gradient (an answer truncated away) stays zero rather than becoming NaN.
+    return grads / grads.norm(dim=1, keepdim=True).clamp(min=1e-12)
+
+
+__all__ = ["GradientArgs", "Prepared", "check_inputs", "checkpoint_name", "fingerprint", "generation_units",
+           "greedy_answer", "has_reference", "prepare", "unit_rows"]
