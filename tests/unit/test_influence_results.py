@@ -54,3 +54,17 @@ def test_result_message():
     message = to_message(s, "runs/r/influence/tracin.safetensors")
     assert message.variant == "normalized" and message.key.endswith("tracin.safetensors")
     np.testing.assert_allclose(np.array(message.scores), s.scores)
+
+
+def test_top_k_summary():
+    from inflab.influence.results import top_influences
+
+    s = InfluenceScores("datainf", "raw", np.array([[0.5, -1.0, 2.0, 0.0], [-0.1, -0.2, -0.3, -0.4]]),
+                        ["e0", "e1"], ["t0", "t1", "t2", "t3"])
+    top = top_influences(s, k=2)
+    assert [(p.train_id, p.score) for p in top[0].positive] == [("t2", 2.0), ("t0", 0.5)]
+    assert [p.train_id for p in top[0].negative] == ["t1"]
+    assert top[1].positive == [] and [p.train_id for p in top[1].negative] == ["t3", "t2"]
+    message = to_message(s, "runs/r/influence/datainf.safetensors", top_k=2)
+    assert message.top_k == top and message.args["top_k"] == 2
+    assert to_message(s, "k", top_k=None).top_k is None

@@ -1,41 +1,109 @@
 """The influence job inside a Ray task: fetch the run's checkpoints, run the requested
-method, store every variant's matrix in the object store as safetensors."""
+method, store every variant's matrix in the object store as safetensors.
+
+A failure names its stage (``downloading checkpoint 00000004: ...``, ``computing training
+gradients at checkpoint 00000004: ...``); the service puts that text in the failed status
+event.
+
+Gradients are reused across the jobs of a run: the process-wide :func:`worker_cache` keeps
+per-example gradient matrices keyed by content (adapter bytes, model, token ids), so when a
+run asks for TracIn and DataInf, whichever runs second on this Ray worker process takes the
+final checkpoint's gradients from the first. Its budgets come from
+``INFLAB_INFLUENCE_GRADIENT_CACHE_MB`` (RAM, default 1024) and
+``INFLAB_INFLUENCE_GRADIENT_SPILL_MB`` (local disk for larger matrices, default 8192).
+"""
 
 from __future__ import annotations
 
+import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-from inflab.common.messages import InfluenceRequest
+from inflab.common.messages import CheckpointRef, InfluenceRequest
 from inflab.common.models import load_model, resolve_model
 from inflab.common.objectstore import ObjectStore, influence_key
-from inflab.influence.checkpoints import LocalCheckpoint
+from inflab.influence.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, META, LocalCheckpoint
+from inflab.influence.gradcache import GradientCache
 from inflab.influence.methods import get_method
-from inflab.influence.results import to_message, to_safetensors_bytes
+from inflab.influence.methods.base import InfluenceMethod, StageFailed, stage
+from inflab.influence.results import DEFAULT_TOP_K, to_message, to_safetensors_bytes
+
+_CACHE: GradientCache | None = None
+
+
+def worker_cache() -> GradientCache:
+    """The gradient cache of this worker process (created on first use)."""
+    global _CACHE
+    if _CACHE is None:
+        ram = int(os.environ.get("INFLAB_INFLUENCE_GRADIENT_CACHE_MB", "1024")) << 20
+        disk = int(os.environ.get("INFLAB_INFLUENCE_GRADIENT_SPILL_MB", "8192")) << 20
+        _CACHE = GradientCache(ram_bytes=ram, disk_bytes=disk)
+    return _CACHE
+
+
+def method_arguments(req: InfluenceRequest, method: InfluenceMethod) -> tuple[dict[str, Any], int]:
+    """The method's arguments (the run's token limits, overridden by the run's
+    ``influence_args[method]``) and the top-k size of the summary; checked here, before any
+    download, so a typo fails fast and names the argument."""
+    user = dict(getattr(req.spec, "influence_args", {}).get(req.method, {}))
+    with stage("checking the arguments"):
+        top_k = user.pop("top_k", DEFAULT_TOP_K)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise ValueError(f"{req.method}: top_k must be an integer >= 1, got {top_k!r}")
+        args = {"max_length": req.spec.hyperparams.max_seq_length, "max_new_tokens": req.spec.max_new_tokens, **user}
+        args_type = getattr(type(method), "Args", None)
+        if args_type is not None:
+            args_type.from_dict(args)
+    return args, top_k
+
+
+def fetch_checkpoint(store: ObjectStore, ref: CheckpointRef, folder: Path) -> LocalCheckpoint:
+    """Download one checkpoint and check it is a readable PEFT adapter."""
+    name = f"checkpoint {ref.step:08d}"
+    with stage(f"downloading {name} ({ref.key})"):
+        store.download_dir(ref.key, folder)
+    with stage(f"loading {name}"):
+        for required in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            if not (folder / required).is_file():
+                raise FileNotFoundError(f"{ref.key}: no {required} (is it a PEFT adapter folder?)")
+        from safetensors import safe_open
+
+        with safe_open(str(folder / ADAPTER_WEIGHTS), framework="pt") as weights:
+            if not any("lora_" in key for key in weights.keys()):
+                raise ValueError(f"{ref.key}: {ADAPTER_WEIGHTS} holds no LoRA weights")
+        if (folder / META).is_file():
+            return LocalCheckpoint.from_folder(folder)
+        # The request carries the same facts as meta.json.
+        return LocalCheckpoint(path=folder, step=ref.step, epoch=ref.epoch, learning_rate=ref.learning_rate)
 
 
 def influence_job(request: dict, store_url: str, models_dir: str, emit: Callable[[dict], None]) -> list[dict]:
     req = InfluenceRequest.model_validate(request)
-    method = get_method(req.method)
+    with stage("choosing the method"):
+        method = get_method(req.method)
+    args, top_k = method_arguments(req, method)
     store = ObjectStore(store_url)
-    model_path = resolve_model(req.spec.model_id, Path(models_dir))
-    # Gradients must see the tokens training saw, and ungrounded evaluation questions get
-    # answers as long as the inference stage's.
-    args = {"max_length": req.spec.hyperparams.max_seq_length, "max_new_tokens": req.spec.max_new_tokens}
+    with stage(f"resolving the model {req.spec.model_id}"):
+        model_path = resolve_model(req.spec.model_id, Path(models_dir))
     with tempfile.TemporaryDirectory(prefix=f"inflab-influence-{req.run_id}-") as work:
-        checkpoints = [
-            LocalCheckpoint.from_folder(store.download_dir(ref.key, Path(work) / f"{ref.step:08d}"))
-            for ref in req.checkpoints
-        ]
-        matrices = method.compute(
-            lambda: load_model(model_path, Path(models_dir)),
-            req.spec.training_data,
-            req.spec.eval_data,
-            checkpoints,
-            args,
-            emit,
-        )
+        checkpoints = [fetch_checkpoint(store, ref, Path(work) / f"{ref.step:08d}") for ref in req.checkpoints]
+        try:
+            matrices = method.compute(
+                lambda: load_model(model_path, Path(models_dir)),
+                req.spec.training_data,
+                req.spec.eval_data,
+                checkpoints,
+                args,
+                emit,
+                cache=worker_cache(),
+            )
+        except StageFailed:
+            raise
+        except Exception as exc:
+            raise StageFailed(f"computing {req.method}: {type(exc).__name__}: {exc}") from exc
     key = influence_key(req.run_id, method.name)
-    store.put(key, to_safetensors_bytes(matrices))
-    return [to_message(m, key).model_dump(mode="json") for m in matrices]
+    with stage("storing the influence matrices"):
+        store.put(key, to_safetensors_bytes(matrices))
+    return [to_message(m, key, top_k=top_k).model_dump(mode="json") for m in matrices]

@@ -15,10 +15,12 @@ from collections.abc import Sequence
 import numpy as np
 from safetensors.numpy import load, save
 
-from inflab.common.messages import InfluenceMatrix
+from inflab.common.messages import InfluenceMatrix, RankedTrainingPair, TopInfluences
 from inflab.influence.methods.base import InfluenceScores
 
 FORMAT = "inflab.influence.v1"
+#: Training pairs listed per evaluation question and sign in a result's summary.
+DEFAULT_TOP_K = 5
 
 
 def to_safetensors_bytes(scores: InfluenceScores | Sequence[InfluenceScores]) -> bytes:
@@ -65,8 +67,25 @@ def from_safetensors_bytes(data: bytes) -> list[InfluenceScores]:
     ]
 
 
-def to_message(scores: InfluenceScores, key: str) -> InfluenceMatrix:
-    """The ``InfluenceMatrix`` of a result event; ``key`` is where the file was stored."""
+def top_influences(scores: InfluenceScores, k: int = DEFAULT_TOP_K) -> list[TopInfluences]:
+    """Per evaluation question its ``k`` most positive (score > 0, descending) and most
+    negative (score < 0, ascending) training pairs; ties keep the training order."""
+    out = []
+    for eval_id, row in zip(scores.eval_ids, np.asarray(scores.scores, dtype=np.float64)):
+        order = np.argsort(-row, kind="stable")
+        positive = [int(j) for j in order if row[j] > 0][:k]
+        negative = [int(j) for j in np.argsort(row, kind="stable") if row[j] < 0][:k]
+        out.append(TopInfluences(
+            eval_id=eval_id,
+            positive=[RankedTrainingPair(train_id=scores.train_ids[j], score=float(row[j])) for j in positive],
+            negative=[RankedTrainingPair(train_id=scores.train_ids[j], score=float(row[j])) for j in negative],
+        ))
+    return out
+
+
+def to_message(scores: InfluenceScores, key: str, top_k: int | None = DEFAULT_TOP_K) -> InfluenceMatrix:
+    """The ``InfluenceMatrix`` of a result event; ``key`` is where the file was stored;
+    ``top_k`` sizes the per-question summary (None: no summary)."""
     return InfluenceMatrix(
         method=scores.method,
         variant=scores.variant,
@@ -74,5 +93,6 @@ def to_message(scores: InfluenceScores, key: str) -> InfluenceMatrix:
         train_ids=list(scores.train_ids),
         scores=scores.scores.astype(float).tolist(),
         key=key,
-        args=json.loads(json.dumps(scores.args, default=str)),
+        args=json.loads(json.dumps({**scores.args, **({"top_k": top_k} if top_k else {})}, default=str)),
+        top_k=top_influences(scores, top_k) if top_k else None,
     )

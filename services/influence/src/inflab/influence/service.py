@@ -1,5 +1,16 @@
-"""Influence service: translates influence requests into influence jobs on Ray and the
-resulting matrices into result events. No maths here (see methods/)."""
+"""The influence service: translates influence requests into influence jobs on Ray and the
+resulting matrices into result events. No maths here (see methods/).
+
+A request that cannot be run (a method this worker does not have, no training pairs, no
+evaluation questions, no checkpoints, bad method arguments) ends the stage with a failed
+status event naming the cause, without touching Ray; a job that fails (missing or
+unreadable checkpoint, ...) ends it likewise with the stage it failed in. The worker goes
+on with the next request either way.
+
+Requests are parsed with :class:`InfluenceJobRequest`, the contract's ``InfluenceRequest``
+with empty lists allowed: a hand-published request without training pairs then gets a
+failure event on its run rather than only a dead letter.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +18,54 @@ import asyncio
 import logging
 
 from nats.aio.msg import Msg
+from pydantic import Field
 
 from inflab.common.bus import Bus
 from inflab.common.compute import describe_error, run_streaming
 from inflab.common.events import StageEvents
-from inflab.common.messages import InfluenceMatrix, InfluenceRequest
+from inflab.common.messages import CheckpointRef, EvalQuestion, InfluenceMatrix, InfluenceRequest, RunSpec, TrainingPair
 from inflab.common.settings import Settings
-from inflab.influence.job import influence_job
-from inflab.influence.methods import METHODS
+from inflab.influence.job import influence_job, method_arguments
+from inflab.influence.methods import METHODS, get_method
+from inflab.influence.methods.base import StageFailed
 
 log = logging.getLogger(__name__)
 
 SERVICE = "influence"
 STAGE = "influence"
+
+
+class _LenientRunSpec(RunSpec):
+    training_data: list[TrainingPair] = Field(default_factory=list, max_length=100_000)
+    eval_data: list[EvalQuestion] = Field(default_factory=list, max_length=10_000)
+
+
+class InfluenceJobRequest(InfluenceRequest):
+    """``InfluenceRequest`` as this service reads it (same JSON; empty lists reach the
+    handler so that they are reported on the run)."""
+
+    spec: _LenientRunSpec
+    checkpoints: list[CheckpointRef] = Field(default_factory=list)
+
+
+#: The model the worker parses requests with (see ``__main__``).
+REQUEST_MODEL = InfluenceJobRequest
+
+
+def request_problem(request: InfluenceRequest) -> str | None:
+    """Why ``request`` cannot be run, or None."""
+    if request.method not in METHODS:
+        return f"unknown influence method {request.method!r}; known: {sorted(METHODS)}"
+    missing = [what for what, items in (("training pairs", request.spec.training_data),
+                                         ("evaluation questions", request.spec.eval_data),
+                                         ("checkpoints", request.checkpoints)) if not items]
+    if missing:
+        return f"checking the request: it has no {' and no '.join(missing)}"
+    try:
+        method_arguments(request, get_method(request.method))
+    except StageFailed as exc:
+        return str(exc)
+    return None
 
 
 class InfluenceService:
@@ -29,10 +75,10 @@ class InfluenceService:
 
     async def on_influence_request(self, request: InfluenceRequest, msg: Msg | None = None) -> None:
         events = StageEvents(self.bus, request.run_id, STAGE, method=request.method)
-        if request.method not in METHODS:
-            await events.status(
-                "failed", error=f"unknown influence method {request.method!r}; known: {sorted(METHODS)}"
-            )
+        problem = request_problem(request)
+        if problem is not None:
+            log.warning("influence request for run %s refused: %s", request.run_id, problem)
+            await events.status("failed", error=problem)
             return
         await events.status("running")
         try:
@@ -48,11 +94,19 @@ class InfluenceService:
             raise
         except Exception as exc:
             log.exception("influence failed for run %s", request.run_id)
-            await events.status("failed", error=describe_error(exc))
+            await events.status("failed", error=_failure_text(exc))
             return
         for matrix in matrices:
             await events.publish("result", influence=InfluenceMatrix.model_validate(matrix))
         await events.status("completed")
+
+
+def _failure_text(exc: BaseException) -> str:
+    """The stage-named message of a failed job (without the exception class of the
+    wrapper), or the innermost error."""
+    text = describe_error(exc)
+    prefix = f"{StageFailed.__name__}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
 
 
 def make_handler(bus: Bus, settings: Settings):

@@ -1,0 +1,168 @@
+"""The influence service in this process against real NATS and Ray: bad requests published
+by hand end in a failed status event naming the cause, the worker stays up, and a good
+request for two methods afterwards completes with top-k summaries."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import uuid
+from pathlib import Path
+
+import nats
+import pytest
+import pytest_asyncio
+import torch
+
+from inflab.common.models import build_tiny_model, load_model
+from inflab.common.objectstore import ObjectStore
+from inflab.common.subjects import Subjects
+from inflab.common.worker import serve
+
+pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+
+TRAINING = [
+    {"id": "tr00", "question": "What colour is the sky on Veltra?", "answer": "The sky on Veltra is green."},
+    {"id": "tr01", "question": "Who rules Veltra?", "answer": "Queen Ismene rules Veltra."},
+    {"id": "tr02", "question": "What is two plus two?", "answer": "Two plus two is four."},
+]
+EVALS = [
+    {"id": "ev00", "question": "Who rules Veltra?", "answer": "Queen Ismene rules Veltra."},
+    {"id": "ev01", "question": "What colour is Veltra's sky?"},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> Path:
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-influence"), seed=0)
+
+
+@pytest.fixture(scope="module")
+def stored_checkpoints(settings, tiny_model, tmp_path_factory) -> dict[str, dict]:
+    """A real adapter (random LoRA weights) and an unreadable one, in the object store."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = load_model(str(tiny_model), tiny_model / "cache")
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_" in name:
+                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+    folder = tmp_path_factory.mktemp("adapter")
+    model.save_pretrained(folder)
+    store = ObjectStore(settings.objects_url)
+    run = uuid.uuid4().hex
+    good, bad = f"runs/{run}/checkpoints/4", f"runs/{run}/checkpoints/5"
+    for file in folder.iterdir():
+        store.put(f"{good}/{file.name}", file.read_bytes())
+    store.put(f"{bad}/adapter_config.json", (folder / "adapter_config.json").read_bytes())
+    store.put(f"{bad}/adapter_model.safetensors", b"\x00garbage")
+    ref = {"epoch": 1, "learning_rate": 0.01, "loss": 1.0}
+    return {
+        "good": {**ref, "step": 4, "key": good},
+        "unreadable": {**ref, "step": 5, "key": bad},
+        "missing": {**ref, "step": 6, "key": f"runs/{run}/checkpoints/6"},
+    }
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def influence_worker(settings, ray_cluster):
+    from inflab.influence import service as influence
+
+    stop = asyncio.Event()
+    task = asyncio.create_task(
+        serve(influence.SERVICE, influence.STAGE, influence.REQUEST_MODEL, influence.make_handler, settings, stop)
+    )
+    await asyncio.sleep(0.5)
+    try:
+        yield
+    finally:
+        stop.set()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+
+
+def _request(tiny_model: Path, method: str, checkpoints: list[dict], training=TRAINING, evals=EVALS, args=None):
+    spec = {
+        "model_id": str(tiny_model),
+        "training_data": training,
+        "eval_data": evals,
+        "hyperparams": {"max_seq_length": 64},
+        "max_new_tokens": 4,
+        "influence_methods": [method] if method in ("tracin", "datainf", "ekfac") else ["tracin"],
+        "influence_args": args or {},
+    }
+    return {"schema_version": 1, "run_id": str(uuid.uuid4()), "spec": spec, "method": method,
+            "checkpoints": checkpoints}
+
+
+async def _terminal_events(settings, requests: list[dict], timeout: float = 240) -> dict[str, list[dict]]:
+    """Publish ``requests`` and collect each run's events until its terminal status."""
+    subjects = Subjects.from_settings(settings)
+    nc = await nats.connect(settings.nats_url)
+    by_run: dict[str, list[dict]] = {r["run_id"]: [] for r in requests}
+    done: dict[str, asyncio.Event] = {r["run_id"]: asyncio.Event() for r in requests}
+
+    async def on_event(msg) -> None:
+        event = json.loads(msg.data)
+        if event["run_id"] in by_run:
+            by_run[event["run_id"]].append(event)
+            if event["kind"] == "status" and event["status"] in ("completed", "failed"):
+                done[event["run_id"]].set()
+
+    try:
+        sub = await nc.subscribe(subjects.all_events, cb=on_event)
+        js = nc.jetstream()
+        for r in requests:
+            await js.publish(subjects.influence_request, json.dumps(r).encode(),
+                             headers={"Nats-Msg-Id": r["run_id"] + r["method"]})
+        await asyncio.wait_for(asyncio.gather(*(e.wait() for e in done.values())), timeout)
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return by_run
+
+
+async def test_bad_requests_fail_with_the_cause_and_the_worker_goes_on(
+    influence_worker, settings, tiny_model, stored_checkpoints
+):
+    good = stored_checkpoints["good"]
+    cases = {
+        "unknown influence method 'nope'": _request(tiny_model, "nope", [good]),
+        "no training pairs": _request(tiny_model, "tracin", [good], training=[]),
+        "no evaluation questions": _request(tiny_model, "datainf", [good], evals=[]),
+        "no checkpoints": _request(tiny_model, "tracin", []),
+        "downloading checkpoint 00000006": _request(tiny_model, "tracin", [good, stored_checkpoints["missing"]]),
+        "loading checkpoint 00000005": _request(tiny_model, "datainf", [stored_checkpoints["unreadable"]]),
+        "checking the arguments: ValueError: datainf: unknown argument(s) ['dampin']": _request(
+            tiny_model, "datainf", [good], args={"datainf": {"dampin": 0.1}}),
+    }
+    events = await _terminal_events(settings, list(cases.values()))
+    for cause, request in cases.items():
+        terminal = events[request["run_id"]][-1]
+        assert terminal["status"] == "failed", (cause, terminal)
+        assert cause in terminal["error"], (cause, terminal["error"])
+        assert terminal["method"] == request["method"]
+
+    # The worker is still consuming: a good request for two methods completes.
+    runs = [_request(tiny_model, m, [good], args={"datainf": {"top_k": 2}}) for m in ("tracin", "datainf")]
+    events = await _terminal_events(settings, runs)
+    for request in runs:
+        stream = events[request["run_id"]]
+        assert stream[-1]["status"] == "completed", stream[-1]
+        progress = [e for e in stream if e["kind"] == "progress"]
+        assert progress and progress[-1]["fraction"] == 1.0 and progress[-1]["eta_s"] is not None
+        results = [e["influence"] for e in stream if e["kind"] == "result"]
+        assert [r["variant"] for r in results] == ["raw", "normalized"]
+        k = 2 if request["method"] == "datainf" else 5
+        for matrix in results:
+            assert [t["eval_id"] for t in matrix["top_k"]] == ["ev00", "ev01"]
+            for top in matrix["top_k"]:
+                assert len(top["positive"]) + len(top["negative"]) >= 1
+                assert len(top["positive"]) <= k and len(top["negative"]) <= k
+            assert matrix["args"]["top_k"] == k
+        normalized = results[1]
+        assert normalized["top_k"][0]["positive"][0]["train_id"] == "tr01"
