@@ -1,28 +1,30 @@
-"""LoRA fine-tuning of a causal LM on a run's training pairs: a plain torch loop.
+"""LoRA / QLoRA fine-tuning of a causal LM on a run's training pairs: a plain torch loop.
 
-No NATS, HTTP or object store in here: the service gives the run spec and a model folder,
+No NATS, HTTP or object store in here: the caller gives the run spec and a model folder,
 receives events through ``emit`` (plain dicts, turned into bus events by the service) and
-checkpoints through ``on_checkpoint`` (uploaded by the service), and gets a
+checkpoints through ``on_checkpoint`` (uploaded by the caller), and gets a
 :class:`TrainingOutcome` back.
 
 Choices:
 * loss on answer tokens only (``inflab.common.chat``), logits computed only where the loss
-  needs them, the same code the influence methods use;
-* AdamW without weight decay, constant learning rate (the request has no schedule yet);
-* one step = one optimizer step over one batch; an epoch = one pass over the shuffled pairs;
+  needs them (the same code the influence methods use);
+* one *step* is one optimizer step over ``gradient_accumulation_steps`` micro-batches of
+  ``batch_size`` pairs; the accumulated gradient weights each micro-batch by its answer
+  tokens, so accumulating equals one larger batch (a token mean), not a mean of means;
+  an epoch's last, shorter group is still a step (as in Hugging Face's Trainer);
+* AdamW with ``weight_decay`` on the LoRA weights, the learning rate schedule from
+  ``transformers.get_scheduler`` with ``ceil(warmup_ratio x total steps)`` warmup steps
+  (``constant`` ignores warmup, as in transformers: use ``constant_with_warmup``);
 * deterministic given ``hyperparams.seed``: LoRA init and dropout come from the seeded torch
-  RNG, and each epoch's order from a generator seeded with (seed, epoch), so a run resumed
-  from a checkpoint continues exactly as the uninterrupted run would have.
+  RNG, each epoch's order from a generator seeded with (seed, epoch), prediction sampling
+  runs in a forked RNG; a run resumed from a checkpoint (optimizer, scheduler and RNG state
+  restored) continues exactly as the uninterrupted run would have.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import os
-import shutil
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -34,47 +36,43 @@ import torch
 from inflab.common.chat import EncodedExample, answer_loss, collate, encode_pair
 from inflab.common.messages import CheckpointRef, RunSpec, TrainingSummary
 from inflab.common.models import load_tokenizer
+from inflab.trainer.checkpoints import (
+    META_FILE,
+    STATE_FILE,
+    CheckpointInfo,
+    load_adapter_weights,
+    load_training_state,
+    read_meta,
+    restore_rng,
+    rng_state,
+    save_checkpoint,
+)
+from inflab.trainer.control import ParamUpdate, TrainingCancelled, TrainingControl
+from inflab.trainer.model_setup import attach_lora, load_base_model, pick_device, require_quantization_support
+from inflab.trainer.predictions import PredictionLimits, PredictionPlan, plan_predictions, sample_predictions
 
 log = logging.getLogger(__name__)
 
 Emit = Callable[[dict], None]
 
-#: Written into every checkpoint folder next to the PEFT adapter files.
-META_FILE = "meta.json"
-#: Optimizer and RNG state, so a killed run resumes where it stopped (not needed to load
-#: the adapter; influence and inference ignore it).
-STATE_FILE = "training_state.pt"
-
-
-@dataclass(frozen=True)
-class CheckpointInfo:
-    """A LoRA adapter saved at the end of an epoch."""
-
-    step: int
-    epoch: int
-    #: Mean training loss over that epoch's steps.
-    loss: float | None
-    learning_rate: float
-    #: Folder holding the PEFT adapter files (adapter_config.json, adapter_model.safetensors)
-    #: plus meta.json and training_state.pt.
-    path: Path
-
-    def ref(self, key: str) -> CheckpointRef:
-        """The contract's reference to this checkpoint once uploaded under ``key``."""
-        return CheckpointRef(step=self.step, epoch=self.epoch, key=key, learning_rate=self.learning_rate, loss=self.loss)
+__all__ = [
+    "META_FILE", "STATE_FILE", "CheckpointInfo", "PredictionLimits", "TrainingCancelled", "TrainingControl",
+    "TrainingOutcome", "train_lora",
+]
 
 
 @dataclass
 class TrainingOutcome:
     steps: int
     epochs: int
-    #: Answer tokens the loss was computed on, summed over every step (tokens/s = this / duration_s).
+    #: Answer tokens the loss was computed on, summed over every step of the run (a resumed
+    #: call counts the epochs before its checkpoint too: every epoch sees every pair once).
     tokens: int
     duration_s: float
     #: Training pairs cut to max_seq_length.
     truncated: int
     checkpoints: list[CheckpointInfo] = field(default_factory=list)
-    #: Mean loss of each step run by this call (steps before a resume point are not included).
+    #: Loss of each optimizer step run by this call (steps before a resume point are not included).
     losses: list[float] = field(default_factory=list)
     #: The step this call started from (0, or the resumed checkpoint's step).
     start_step: int = 0
@@ -88,50 +86,6 @@ class TrainingOutcome:
             checkpoints=refs,
             truncated=self.truncated,
         )
-
-
-class TrainingCancelled(Exception):
-    """Raised out of :func:`train_lora` when its :class:`TrainingControl` was cancelled."""
-
-    def __init__(self, step: int) -> None:
-        super().__init__(f"training cancelled before step {step + 1}")
-        self.step = step
-
-
-class TrainingControl:
-    """Steering a running training from another thread (the service's control-subject
-    listener): a new learning rate or a cancel takes effect before the next optimizer step."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._learning_rate: float | None = None
-        self._cancelled = False
-
-    def set_learning_rate(self, learning_rate: float) -> None:
-        if not (math.isfinite(learning_rate) and learning_rate > 0):
-            raise ValueError("learning rate must be a positive finite number")
-        with self._lock:
-            self._learning_rate = learning_rate
-
-    def cancel(self) -> None:
-        with self._lock:
-            self._cancelled = True
-
-    @property
-    def cancelled(self) -> bool:
-        with self._lock:
-            return self._cancelled
-
-    def take_learning_rate(self) -> float | None:
-        """The requested learning rate, once (None if nothing new was asked)."""
-        with self._lock:
-            learning_rate, self._learning_rate = self._learning_rate, None
-            return learning_rate
-
-
-def pick_device() -> torch.device:
-    """A GPU where present; nothing assumes one."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _log(emit: Emit, level: str, message: str) -> None:
@@ -155,6 +109,11 @@ def _report_truncation(examples: list[EncodedExample], max_length: int, emit: Em
     return truncated
 
 
+def _mean(values: list[float]) -> float:
+    # Exact when every value is the same (a constant rate stays exactly the rate asked for).
+    return values[0] if len(set(values)) == 1 else math.fsum(values) / len(values)
+
+
 def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     # One generator per epoch, derived from (seed, epoch): the order does not depend on
     # how many epochs ran in this process, which is what makes resuming exact.
@@ -162,48 +121,108 @@ def _epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=generator).tolist()
 
 
-def _save_checkpoint(
-    model: Any, optimizer: torch.optim.Optimizer, work_dir: Path, info: dict, learning_rate: float
-) -> Path:
-    """Write the adapter atomically (temporary folder, then rename): whoever uploads or
-    resumes from it never sees a half-written checkpoint."""
-    final = work_dir / "checkpoints" / f"{info['step']:08d}"
-    tmp = final.with_name(final.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    (tmp / META_FILE).write_text(json.dumps(info, indent=2))
-    torch.save(
-        {"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(), "learning_rate": learning_rate},
-        tmp / STATE_FILE,
-    )
-    if final.exists():
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    return final
+class _MetricWindow:
+    """What one metric event reports: the mean loss of the steps since the previous one,
+    and throughput over the time spent in those steps (pauses for predictions and
+    checkpoints excluded, so tokens/s measures training)."""
+
+    def __init__(self, state: dict | None = None) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self.loss_sum, self.steps = (state["loss_sum"], state["steps"]) if state else (0.0, 0)
+        self.tokens = self.samples = 0
+        self.seconds = 0.0
+
+    def add(self, loss: float, tokens: int, samples: int, seconds: float) -> None:
+        self.loss_sum += loss
+        self.steps += 1
+        self.tokens += tokens
+        self.samples += samples
+        self.seconds += seconds
+
+    def state(self) -> dict:
+        """Saved in a checkpoint, so a resumed run's first metric averages the same steps."""
+        return {"loss_sum": self.loss_sum, "steps": self.steps}
+
+    def flush(self, step: int, epoch: float, learning_rate: float, grad_norm: float | None) -> dict:
+        seconds = max(self.seconds, 1e-9)
+        metric = {
+            "kind": "metric", "step": step, "epoch": epoch, "loss": self.loss_sum / max(self.steps, 1),
+            "learning_rate": learning_rate, "grad_norm": grad_norm,
+            "tokens_per_s": round(self.tokens / seconds, 2), "samples_per_s": round(self.samples / seconds, 3),
+            "memory_mb": round(self._process.memory_info().rss / 2**20, 1),
+        }
+        if torch.cuda.is_available():
+            metric["gpu_memory_mb"] = round(torch.cuda.memory_allocated() / 2**20, 1)
+        self.loss_sum, self.steps, self.tokens, self.samples, self.seconds = 0.0, 0, 0, 0, 0.0
+        return metric
 
 
-def _resume(model: Any, optimizer: torch.optim.Optimizer, checkpoint_dir: Path) -> tuple[dict, float | None]:
-    """Load a checkpoint's adapter weights and (when saved) optimizer and RNG state."""
-    from peft import set_peft_model_state_dict
-    from safetensors.torch import load_file
+def _apply_updates(
+    updates: list[ParamUpdate], optimizer: torch.optim.Optimizer, scheduler: Any, applied: set[str], step: int, emit: Emit
+) -> None:
+    """Apply runtime parameter changes before optimizer step ``step + 1``. The learning rate
+    named is the schedule's peak: the schedule's shape goes on from the new value."""
+    for update in updates:
+        if update.request_id is not None and update.request_id in applied:
+            continue  # replayed from the control stream after a resume: already in the state
+        changes: dict[str, dict[str, float]] = {}
+        if update.learning_rate is not None:
+            old = float(scheduler.base_lrs[0])
+            scheduler.base_lrs = [update.learning_rate for _ in scheduler.base_lrs]
+            for group, factor in zip(optimizer.param_groups, scheduler.lr_lambdas):
+                group["initial_lr"] = update.learning_rate
+                group["lr"] = update.learning_rate * factor(scheduler.last_epoch)
+            changes["learning_rate"] = {"old": old, "new": update.learning_rate}
+        if update.weight_decay is not None:
+            old = float(optimizer.param_groups[0]["weight_decay"])
+            for group in optimizer.param_groups:
+                group["weight_decay"] = update.weight_decay
+            changes["weight_decay"] = {"old": old, "new": update.weight_decay}
+        if update.request_id is not None:
+            applied.add(update.request_id)
+        described = ", ".join(f"{k} {v['old']:g} -> {v['new']:g}" for k, v in changes.items())
+        _log(emit, "info", f"{described} from step {step + 1}")
+        emit({"kind": "params", "request_id": update.request_id, "changes": changes, "effective_step": step + 1})
 
-    meta = json.loads((checkpoint_dir / META_FILE).read_text())
-    set_peft_model_state_dict(model, load_file(str(checkpoint_dir / "adapter_model.safetensors")))
-    learning_rate = None
-    state_path = checkpoint_dir / STATE_FILE
-    if state_path.is_file():
-        state = torch.load(state_path, weights_only=True)
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["torch_rng"])
-        learning_rate = state.get("learning_rate")
-    return meta, learning_rate
+
+def _optimizer_step(
+    model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, group: list[list[EncodedExample]],
+    pad_id: int, device: torch.device, trainable: list[torch.Tensor], want_grad_norm: bool,
+) -> tuple[float, float, float | None]:
+    """One optimizer step over a group of micro-batches. Returns (loss, learning rate used,
+    gradient norm if asked)."""
+    group_tokens = sum(e.answer_tokens for chunk in group for e in chunk)
+    loss_value = 0.0
+    for chunk in group:
+        batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
+        loss = answer_loss(model, batch)
+        tokens = sum(e.answer_tokens for e in chunk)
+        weight = tokens / group_tokens if group_tokens else 1.0 / len(group)
+        (loss if weight == 1.0 else loss * weight).backward()
+        loss_value += float(loss.detach()) * weight
+    grad_norm = None
+    if want_grad_norm:
+        grads = [p.grad for p in trainable if p.grad is not None]
+        grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else 0.0
+    learning_rate = float(optimizer.param_groups[0]["lr"])
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss_value, learning_rate, grad_norm
 
 
-def load_base_model(model_path: str, device: torch.device) -> Any:
-    from transformers import AutoModelForCausalLM
-
-    # float32: bf16 is ~10x slower on CPUs without bf16 units (GROUND.md).
-    return AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+def _track_predictions(model: Any, tokenizer: Any, plan: PredictionPlan, step: int, epoch: float, emit: Emit) -> None:
+    """Sample the current model's answers. Never fails the training: an error here becomes
+    a warning event and the loop goes on."""
+    try:
+        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):  # the loss curve must not depend on sampling
+            samples = sample_predictions(model, tokenizer, plan)
+        emit({"kind": "prediction", "step": step, "epoch": epoch, "samples": samples})
+    except Exception as exc:
+        _log(emit, "warning", f"prediction sampling failed at step {step} (training goes on): {type(exc).__name__}: {exc}"[:2000])
 
 
 def train_lora(
@@ -215,112 +234,161 @@ def train_lora(
     *,
     control: TrainingControl | None = None,
     resume_from: Path | None = None,
+    prediction_limits: PredictionLimits | None = None,
 ) -> TrainingOutcome:
-    """Fine-tune ``model_path`` with LoRA on ``spec.training_data``.
+    """Fine-tune ``model_path`` with LoRA (QLoRA with ``quantization: 4bit``) on
+    ``spec.training_data``.
 
-    Checkpoints go to ``work_dir/checkpoints/{step:08d}/`` every
-    ``checkpoint_interval`` epochs and after the last epoch; each is handed to
-    ``on_checkpoint`` (which uploads it and emits the checkpoint event, since only the caller
-    knows the object key) before training continues. Events passed to ``emit``:
+    Checkpoints go to ``work_dir/checkpoints/{step:08d}/`` every ``checkpoint_interval``
+    epochs and after the last epoch; each is handed to ``on_checkpoint`` (which uploads it,
+    since only the caller knows the object key) before training continues. Events passed to
+    ``emit``:
 
     * ``{"kind": "progress", "fraction", "step", "total", "epoch", "eta_s"}`` every step;
-    * ``{"kind": "metric", "step", "epoch", "loss", "learning_rate"}`` every step;
-    * ``{"kind": "log", "level", "message"}`` for notable things (the start, truncation, a
-      learning rate change, a resume).
+    * ``{"kind": "metric", "step", "epoch", "loss", "learning_rate", "grad_norm",
+      "tokens_per_s", "samples_per_s", "memory_mb"[, "gpu_memory_mb"]}`` every
+      ``logging_steps`` steps and at the last step;
+    * ``{"kind": "status", "status": "checkpointing"}`` while a checkpoint is written and
+      uploaded, then ``{"kind": "status", "status": "running"}``;
+    * ``{"kind": "prediction", "step", "epoch", "samples"}`` per ``spec.predictions``;
+    * ``{"kind": "params", "request_id", "changes", "effective_step"}`` when a runtime
+      change from ``control`` is applied;
+    * ``{"kind": "log", "level", "message"}`` for notable things (the start, truncation,
+      clamped settings, a resume, a failed prediction sampling).
 
-    ``control`` lets another thread change the learning rate or cancel (raises
-    :class:`TrainingCancelled`); ``resume_from`` is a checkpoint folder written by an earlier
-    call with the same spec, from which training continues with the next epoch.
+    ``control`` lets another thread change learning rate / weight decay or cancel (raises
+    :class:`TrainingCancelled` at the next step; checkpoints written so far stay);
+    ``resume_from`` is a checkpoint folder written by an earlier call with the same spec,
+    from which training continues with the next epoch. ``prediction_limits`` are the
+    server's bounds on prediction tracking (clamped with a warning).
+
+    Raises ``QLoRAUnsupported`` (4-bit where bitsandbytes cannot run it) before loading
+    anything, and ``InvalidTargetModules`` before the first step.
     """
-    from peft import LoraConfig, get_peft_model
+    from transformers import get_scheduler
 
     hp = spec.hyperparams
     started = time.monotonic()
     work_dir = Path(work_dir)
     device = pick_device()
-    torch.manual_seed(hp.seed)  # LoRA init and dropout masks
+    require_quantization_support(hp.quantization, device)
 
     tokenizer = load_tokenizer(model_path)
     examples = encode_training_pairs(spec, tokenizer)
     truncated = _report_truncation(examples, hp.max_seq_length, emit)
+    plan, warnings = plan_predictions(spec, prediction_limits)
+    for warning in warnings:
+        _log(emit, "warning", warning)
 
-    model = load_base_model(model_path, device)
-    lora = LoraConfig(
-        r=hp.lora_rank,
-        lora_alpha=hp.lora_alpha,
-        lora_dropout=hp.lora_dropout,
-        target_modules=list(hp.lora_target_modules),
-        bias="none",
-        task_type="CAUSAL_LM",
-    )
-    model = get_peft_model(model, lora)  # freezes every base weight
+    model = load_base_model(model_path, device, hp.quantization)
+    torch.manual_seed(hp.seed)  # LoRA init and dropout masks
+    model = attach_lora(model, hp)  # validates the target modules; freezes every base weight
     trainable = [p for p in model.parameters() if p.requires_grad]
-    learning_rate = hp.learning_rate
-    optimizer = torch.optim.AdamW(trainable, lr=learning_rate, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
 
-    batches_per_epoch = math.ceil(len(examples) / hp.batch_size)
-    total = batches_per_epoch * hp.num_epochs
+    micro_batches_per_epoch = math.ceil(len(examples) / hp.batch_size)
+    steps_per_epoch = math.ceil(micro_batches_per_epoch / hp.gradient_accumulation_steps)
+    total = steps_per_epoch * hp.num_epochs
+    warmup_steps = math.ceil(hp.warmup_ratio * total)
+    scheduler = get_scheduler(hp.lr_scheduler, optimizer, num_warmup_steps=warmup_steps, num_training_steps=total)
+    if hp.lr_scheduler == "constant" and warmup_steps:
+        _log(emit, "warning", "warmup_ratio is ignored by the constant scheduler; use constant_with_warmup")
+
     step, first_epoch = 0, 1
+    applied: set[str] = set()
+    window_state = None
     if resume_from is not None:
-        meta, saved_lr = _resume(model, optimizer, Path(resume_from))
+        meta = read_meta(resume_from)
         step, first_epoch = int(meta["step"]), int(meta["epoch"]) + 1
-        learning_rate = saved_lr or float(meta.get("learning_rate", learning_rate))
+        if step != (first_epoch - 1) * steps_per_epoch:
+            raise ValueError(f"checkpoint at step {step} (epoch {meta['epoch']}) does not belong to this run's schedule")
+        load_adapter_weights(model, resume_from)
+        state = load_training_state(resume_from)
+        if state is not None:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            restore_rng(state["rng"])
+            applied = set(state.get("applied_controls", []))
+            window_state = state.get("metric_window")
+        else:
+            _log(emit, "warning", "the checkpoint has no optimizer state; the optimizer starts afresh")
         _log(emit, "info", f"resumed from the checkpoint at step {step} (epoch {meta['epoch']})")
     start_step = step
     n_trainable = sum(p.numel() for p in trainable)
-    _log(emit, "info", f"fine-tuning on {len(examples)} training pairs: {hp.num_epochs} epochs, {total} steps, "
-                       f"{n_trainable:,} trainable LoRA parameters on {device.type}")
-    for group in optimizer.param_groups:
-        group["lr"] = learning_rate
+    _log(emit, "info", (
+        f"fine-tuning on {len(examples)} training pairs: {hp.num_epochs} epochs, {total} steps "
+        f"(batch {hp.batch_size} x {hp.gradient_accumulation_steps} accumulated), {hp.lr_scheduler} schedule, "
+        f"{n_trainable:,} trainable LoRA parameters, {'4-bit QLoRA' if hp.quantization == '4bit' else 'float32'} "
+        f"on {device.type}"
+    ))
 
     outcome = TrainingOutcome(
-        steps=step, epochs=first_epoch - 1, tokens=0, duration_s=0.0, truncated=truncated, start_step=start_step
+        steps=step, epochs=first_epoch - 1, tokens=(first_epoch - 1) * sum(e.answer_tokens for e in examples), duration_s=0.0, truncated=truncated, start_step=start_step
     )
+    window = _MetricWindow(window_state)
+    interval_losses: list[float] = []
+    interval_rates: list[float] = []
+    pad_id = tokenizer.pad_token_id
     model.train()
     loop_started = time.monotonic()
     for epoch in range(first_epoch, hp.num_epochs + 1):
         order = _epoch_order(len(examples), hp.seed, epoch)
-        epoch_losses: list[float] = []
-        for first in range(0, len(order), hp.batch_size):
+        chunks = [[examples[i] for i in order[j : j + hp.batch_size]] for j in range(0, len(order), hp.batch_size)]
+        groups = [chunks[j : j + hp.gradient_accumulation_steps] for j in range(0, len(chunks), hp.gradient_accumulation_steps)]
+        for index, group in enumerate(groups):
             if control is not None:
                 if control.cancelled:
                     raise TrainingCancelled(step)
-                new_lr = control.take_learning_rate()
-                if new_lr is not None and new_lr != learning_rate:
-                    learning_rate = new_lr
-                    for group in optimizer.param_groups:
-                        group["lr"] = learning_rate
-                    _log(emit, "info", f"learning rate set to {learning_rate:g} from step {step + 1}")
+                updates = control.take_updates()
+                if updates:
+                    _apply_updates(updates, optimizer, scheduler, applied, step, emit)
 
-            chunk = [examples[i] for i in order[first : first + hp.batch_size]]
-            batch = {k: v.to(device) for k, v in collate(chunk, tokenizer.pad_token_id).items()}
-            loss = answer_loss(model, batch)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-
+            log_now = (step + 1) % hp.logging_steps == 0 or step + 1 == total
+            step_started = time.monotonic()
+            value, learning_rate, grad_norm = _optimizer_step(
+                model, optimizer, scheduler, group, pad_id, device, trainable, want_grad_norm=log_now
+            )
             step += 1
-            value = float(loss.detach())
-            epoch_losses.append(value)
+            tokens = sum(e.answer_tokens for chunk in group for e in chunk)
+            window.add(value, tokens, sum(len(chunk) for chunk in group), time.monotonic() - step_started)
             outcome.losses.append(value)
-            outcome.tokens += sum(c.answer_tokens for c in chunk)
-            done = step - start_step
-            eta = (time.monotonic() - loop_started) / done * (total - step)
-            fractional_epoch = epoch - 1 + (first // hp.batch_size + 1) / batches_per_epoch
+            outcome.tokens += tokens
+            interval_losses.append(value)
+            interval_rates.append(learning_rate)
+
+            fractional_epoch = round(epoch - 1 + (index + 1) / steps_per_epoch, 4)
+            eta = (time.monotonic() - loop_started) / (step - start_step) * (total - step)
             emit({"kind": "progress", "fraction": step / total, "step": step, "total": total,
-                  "epoch": round(fractional_epoch, 4), "eta_s": round(eta, 2)})
-            emit({"kind": "metric", "step": step, "epoch": round(fractional_epoch, 4), "loss": value,
-                  "learning_rate": learning_rate})
+                  "epoch": fractional_epoch, "eta_s": round(eta, 2)})
+            if log_now:
+                emit(window.flush(step, fractional_epoch, learning_rate, grad_norm))
+            if plan is not None and plan.frequency == "steps" and step % plan.step_interval == 0:
+                _track_predictions(model, tokenizer, plan, step, fractional_epoch, emit)
 
         outcome.steps, outcome.epochs = step, epoch
+        if plan is not None and plan.frequency == "epoch":
+            _track_predictions(model, tokenizer, plan, step, float(epoch), emit)
         if epoch % hp.checkpoint_interval == 0 or epoch == hp.num_epochs:
-            mean_loss = sum(epoch_losses) / len(epoch_losses)
-            meta = {"step": step, "epoch": epoch, "loss": mean_loss, "learning_rate": learning_rate}
-            path = _save_checkpoint(model, optimizer, work_dir, meta, learning_rate)
-            info = CheckpointInfo(step=step, epoch=epoch, loss=mean_loss, learning_rate=learning_rate, path=path)
+            emit({"kind": "status", "status": "checkpointing"})
+            meta = {
+                "step": step,
+                "epoch": epoch,
+                "loss": _mean(interval_losses),
+                "learning_rate": _mean(interval_rates),
+            }
+            state = {
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
+                "applied_controls": sorted(applied),
+                "metric_window": window.state(),
+            }
+            info = save_checkpoint(model, work_dir, meta, state)
+            interval_losses, interval_rates = [], []
             outcome.checkpoints.append(info)
             if on_checkpoint is not None:
                 on_checkpoint(info)
+            emit({"kind": "status", "status": "running"})
 
     outcome.duration_s = time.monotonic() - started
     return outcome
