@@ -33,6 +33,10 @@ _KINDS: dict[str, type[EventBase]] = {
 }
 
 
+#: Statuses a job may emit itself through ``forward``.
+JOB_STATUSES = ("running", "checkpointing")
+
+
 class StageEvents:
     """Events of one stage (``train``, ``inference``, ``influence`` + method) of one run."""
 
@@ -57,10 +61,12 @@ class StageEvents:
 
     async def forward(self, item: dict) -> None:
         """Publish a dict emitted by an ML library; unknown kinds become log lines rather
-        than failures (a library adding a new kind must not break a run)."""
+        than failures (a library adding a new kind must not break a run). A library may
+        report the in-flight statuses (``running``, ``checkpointing``) only: terminal ones
+        are the service's, which knows whether the job is acknowledged."""
         item = dict(item)
         kind = item.pop("kind", None)
-        if kind not in _KINDS or kind == "status":
+        if kind not in _KINDS or (kind == "status" and item.get("status") not in JOB_STATUSES):
             await self.log(f"unrecognised progress item: {kind!r}", level="debug")
             return
         try:

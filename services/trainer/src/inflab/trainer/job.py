@@ -1,13 +1,15 @@
-"""The training job as it runs inside a Ray task: resolve the model, train with the plain
-training library, upload each checkpoint to the object store as it is written.
+"""The training job as it runs inside a Ray task: resolve the model, resume from the run's
+last checkpoint in the object store if there is one, train with the plain training
+library, upload each checkpoint as it is written.
 
 It speaks to the outside only through ``emit`` (streamed back to the service by
-:func:`inflab.common.compute.run_streaming`) and the object store.
+:func:`inflab.common.compute.run_streaming`), the object store, and the control mailbox.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -15,6 +17,9 @@ from pathlib import Path
 from inflab.common.messages import CheckpointRef, TrainingSummary, TrainRequest
 from inflab.common.models import resolve_model
 from inflab.common.objectstore import ObjectStore, checkpoint_prefix, run_prefix
+from inflab.trainer.checkpoints import META_FILE, CheckpointInfo
+
+log = logging.getLogger(__name__)
 
 
 def summary_key(run_id: object) -> str:
@@ -22,27 +27,81 @@ def summary_key(run_id: object) -> str:
     return f"{run_prefix(run_id)}/train/summary.json"
 
 
-def train_job(request: dict, store_url: str, models_dir: str, emit: Callable[[dict], None]) -> dict:
-    from inflab.trainer.training import train_lora
+def checkpoints_prefix(run_id: object) -> str:
+    return f"{run_prefix(run_id)}/checkpoints/"
+
+
+def upload_checkpoint(store: ObjectStore, folder: Path, key: str) -> None:
+    """Upload a checkpoint folder with ``meta.json`` last: a checkpoint whose meta.json is
+    in the store is complete (a job killed mid-upload leaves one that is ignored)."""
+    files = sorted(p for p in Path(folder).rglob("*") if p.is_file())
+    files.sort(key=lambda p: p.name == META_FILE)
+    for path in files:
+        store.put(f"{key}/{path.relative_to(folder).as_posix()}", path.read_bytes())
+
+
+def stored_checkpoints(store: ObjectStore, run_id: object) -> list[CheckpointRef]:
+    """The run's complete checkpoints in the store, in step order."""
+    refs = []
+    for key in store.list(checkpoints_prefix(run_id)):
+        if key.endswith("/" + META_FILE):
+            meta = json.loads(store.get(key))
+            refs.append(CheckpointRef(
+                step=int(meta["step"]), epoch=int(meta["epoch"]), key=key[: -len(META_FILE) - 1],
+                learning_rate=float(meta["learning_rate"]), loss=meta.get("loss"),
+            ))
+    return sorted(refs, key=lambda r: r.step)
+
+
+def train_job(
+    request: dict,
+    store_url: str,
+    models_dir: str,
+    prediction_limits: dict,
+    mailbox=None,
+    *,
+    emit: Callable[[dict], None],
+) -> dict:
+    """Returns ``{"outcome": "completed", "summary": TrainingSummary}`` or
+    ``{"outcome": "cancelled", "step": n}``."""
+    from inflab.trainer.mailbox import MailboxReader
+    from inflab.trainer.training import PredictionLimits, TrainingCancelled, TrainingControl, train_lora
 
     req = TrainRequest.model_validate(request)
     store = ObjectStore(store_url)
-    model_path = resolve_model(req.spec.model_id, Path(models_dir))
-    refs: list[CheckpointRef] = []
+    control = TrainingControl()
+    reader = MailboxReader(mailbox, str(req.run_id), control).start() if mailbox is not None else None
+    try:
+        model_path = resolve_model(req.spec.model_id, Path(models_dir))
+        refs = stored_checkpoints(store, req.run_id)
 
-    def on_checkpoint(info) -> None:
-        key = checkpoint_prefix(req.run_id, info.step)
-        store.upload_dir(Path(info.path), key)
-        ref = info.ref(key)
-        refs.append(ref)
-        emit({"kind": "checkpoint", "checkpoint": ref.model_dump(mode="json")})
+        def on_checkpoint(info: CheckpointInfo) -> None:
+            key = checkpoint_prefix(req.run_id, info.step)
+            upload_checkpoint(store, info.path, key)
+            ref = info.ref(key)
+            refs.append(ref)
+            emit({"kind": "checkpoint", "checkpoint": ref.model_dump(mode="json")})
 
-    with tempfile.TemporaryDirectory(prefix=f"inflab-train-{req.run_id}-") as work:
-        outcome = train_lora(req.spec, model_path, Path(work), emit, on_checkpoint)
+        with tempfile.TemporaryDirectory(prefix=f"inflab-train-{req.run_id}-") as work:
+            resume_from = None
+            if refs:
+                # Redelivered after the previous worker died: go on from its last checkpoint.
+                resume_from = store.download_dir(refs[-1].key, Path(work) / "resume")
+            try:
+                outcome = train_lora(
+                    req.spec, model_path, Path(work), emit, on_checkpoint,
+                    control=control, resume_from=resume_from,
+                    prediction_limits=PredictionLimits(**prediction_limits),
+                )
+            except TrainingCancelled as cancelled:
+                return {"outcome": "cancelled", "step": cancelled.step}
+    finally:
+        if reader is not None:
+            reader.stop()
 
     summary = outcome.summary(refs)
     store.put(summary_key(req.run_id), summary.model_dump_json().encode())
-    return summary.model_dump(mode="json")
+    return {"outcome": "completed", "summary": summary.model_dump(mode="json")}
 
 
 def load_summary(store: ObjectStore, run_id: object) -> TrainingSummary | None:

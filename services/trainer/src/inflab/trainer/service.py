@@ -1,5 +1,6 @@
-"""Trainer service: translates train requests into training jobs on Ray and their
-outcome into events and the run's next stages. No ML here (see training.py)."""
+"""Trainer service: translates train requests into training jobs on Ray, the run's control
+messages into the job's mailbox, and the job's outcome into events and the run's next
+stages. No ML here (see training.py)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from inflab.common.events import StageEvents
 from inflab.common.messages import InferenceRequest, InfluenceRequest, TrainingSummary, TrainRequest
 from inflab.common.objectstore import ObjectStore
 from inflab.common.settings import Settings
+from inflab.trainer.control_subscription import ControlSubscription
 from inflab.trainer.job import load_summary, train_job
 
 log = logging.getLogger(__name__)
@@ -27,6 +29,15 @@ class TrainerService:
         self.bus = bus
         self.settings = settings
         self.store = ObjectStore(settings.objects_url)
+        self._mailbox = None
+
+    def mailbox(self):
+        """The control mailbox actor, started on first use (see mailbox.py)."""
+        if self._mailbox is None:
+            from inflab.trainer.mailbox import create_mailbox
+
+            self._mailbox = create_mailbox()
+        return self._mailbox
 
     async def on_train_request(self, request: TrainRequest, msg: Msg | None = None) -> None:
         events = StageEvents(self.bus, request.run_id, STAGE)
@@ -34,26 +45,58 @@ class TrainerService:
         # stages are re-published (deduplicated by message id) instead.
         summary = await asyncio.to_thread(load_summary, self.store, request.run_id)
         if summary is None:
-            await events.status("running")
-            try:
-                raw = await run_streaming(
-                    train_job,
-                    request.model_dump(mode="json"),
-                    self.settings.objects_url,
-                    str(self.settings.models_dir),
-                    num_cpus=self.settings.train_num_cpus,
-                    on_event=events.forward,
-                )
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # the job's own failure is the run's answer, not a retry
-                log.exception("training failed for run %s", request.run_id)
-                await events.status("failed", error=describe_error(exc))
+            outcome = await self.train(request, events)
+            if outcome is None:
                 return
-            summary = TrainingSummary.model_validate(raw)
+            summary = outcome
         await events.publish("result", training=summary)
         await self.publish_next_stages(request, summary)
         await events.status("completed")
+
+    async def train(self, request: TrainRequest, events: StageEvents) -> TrainingSummary | None:
+        """Run the training job with the run's control messages forwarded into it. Returns
+        None when the run ended otherwise (failed or cancelled; its status is published)."""
+        controls = await ControlSubscription(self.bus, request.run_id, events).start()
+        run_key = str(request.run_id)
+        mailbox = None
+        try:
+            await controls.caught_up()
+            if controls.cancelled:  # cancelled while queued (or before a restart)
+                await events.status("cancelled")
+                return None
+            await events.status("running")
+            mailbox = await asyncio.to_thread(self.mailbox)
+            await controls.attach(lambda item: mailbox.put.remote(run_key, item))
+            limits = {
+                "max_samples": self.settings.max_prediction_samples,
+                "min_step_interval": self.settings.min_prediction_step_interval,
+            }
+            raw = await run_streaming(
+                train_job,
+                request.model_dump(mode="json"),
+                self.settings.objects_url,
+                str(self.settings.models_dir),
+                limits,
+                mailbox,
+                num_cpus=self.settings.train_num_cpus,
+                on_event=events.forward,
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the job's own failure is the run's answer, not a retry
+            log.exception("training failed for run %s", request.run_id)
+            await events.status("failed", error=describe_error(exc))
+            return None
+        finally:
+            await controls.stop()
+            if mailbox is not None:
+                mailbox.drop.remote(run_key)
+        if raw["outcome"] == "cancelled":
+            # Checkpoints written so far stay in the store; no next stages.
+            await events.log(f"training cancelled after step {raw['step']}")
+            await events.status("cancelled")
+            return None
+        return TrainingSummary.model_validate(raw["summary"])
 
     async def publish_next_stages(self, request: TrainRequest, summary: TrainingSummary) -> None:
         subjects = self.bus.subjects
