@@ -1,0 +1,1 @@
+"""Speed and quality benchmarks (not tests); each prints or writes its ratios."""

@@ -1,0 +1,1 @@
+"""Peer libraries and references the influence benchmark measures ours against."""
