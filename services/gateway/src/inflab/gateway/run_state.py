@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from inflab.common.messages import EventBase, RunSpec
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
+#: A stage at work ("checkpointing": training, saving an adapter).
+ACTIVE = frozenset({"running", "checkpointing"})
 
 #: Share of the run's progress bar each stage fills; the influence share is split evenly
 #: over the run's methods. Training dominates wall-clock time on every machine we measured.

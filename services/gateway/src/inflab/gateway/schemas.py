@@ -19,6 +19,7 @@ from inflab.common.messages import (
     EvalQuestion,
     Hyperparams,
     InfluenceMatrix,
+    PredictionSettings,
     RunSpec,
     RunStatus,
     TrainingPair,
@@ -67,6 +68,9 @@ class ExperimentCreate(Body):
     influence_methods: list[str] | None = None
     few_shot_k: int | None = None
     max_new_tokens: int | None = None
+    #: Prediction tracking during training; limits from settings
+    #: (``max_prediction_samples``, ``min_prediction_step_interval``).
+    predictions: PredictionSettings = Field(default_factory=PredictionSettings)
 
     @model_validator(mode="before")
     @classmethod
@@ -81,7 +85,9 @@ class ExperimentCreate(Body):
 
     @field_validator("training_data", "eval_data")
     @classmethod
-    def _unique_ids(cls, items: list[TrainingPairIn] | list[EvalQuestionIn]) -> list:
+    def _unique_ids(cls, items: list[TrainingPairIn] | list[EvalQuestionIn] | None) -> list | None:
+        if items is None:  # evaluation questions an estimate was not given
+            return items
         ids = [item.id for item in items]
         duplicates = sorted({i for i in ids if ids.count(i) > 1})
         if duplicates:
@@ -97,6 +103,7 @@ class ExperimentCreate(Body):
             "hyperparams": self.hyperparams.model_dump(),
             "few_shot_k": settings.few_shot_k if self.few_shot_k is None else self.few_shot_k,
             "max_new_tokens": settings.max_new_tokens if self.max_new_tokens is None else self.max_new_tokens,
+            "predictions": self.predictions.model_dump(),
         }
         if self.influence_methods is not None:
             fields["influence_methods"] = self.influence_methods
@@ -125,8 +132,44 @@ class ExperimentOut(BaseModel):
     influence_methods: list[str]
     few_shot_k: int
     max_new_tokens: int
+    predictions: PredictionSettings
     created_at: datetime
     updated_at: datetime
+
+
+# --------------------------------------------------------------------------- estimates
+class EstimateRequest(ExperimentCreate):
+    """The run to estimate, as an experiment's body, so a form can be sent as it is. Only
+    the model, the training pairs and the hyperparameters count; the name and the
+    evaluation questions may be left out."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    eval_data: list[EvalQuestionIn] | None = None
+
+
+class MemoryEstimate(BaseModel):
+    """Peak training memory in GiB, per run (over all devices)."""
+
+    lora: float
+    qlora: float
+
+
+class Estimate(BaseModel):
+    model_id: str
+    tier: Literal["small", "medium", "large", "xl"]
+    parameters: int
+    #: The device a run of this tier uses (``cpu`` where the deployment has no GPU for it).
+    gpu: str
+    gpu_count: int
+    memory_gb: MemoryEstimate
+    #: The requested quantization, which the duration, device count and cost are for.
+    quantization: Literal["none", "4bit"]
+    training_tokens: int
+    tokens_per_s: float
+    estimated_duration_s: float
+    price_per_hour_usd: float | None
+    estimated_cost_usd: float | None
+    assumptions: list[str]
 
 
 # --------------------------------------------------------------------------- runs
@@ -152,6 +195,13 @@ class RunOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    #: Made at submission; None when the model's size could not be told.
+    estimate: Estimate | None
+    #: Once the run has ended: started_at to finished_at, and the part spent training.
+    actual_duration_s: float | None
+    actual_training_duration_s: float | None
+    #: actual_duration_s priced as the estimate priced its devices.
+    actual_cost_usd: float | None
 
 
 class LossPoint(BaseModel):
@@ -159,6 +209,11 @@ class LossPoint(BaseModel):
     epoch: float
     loss: float
     learning_rate: float
+    grad_norm: float | None = None
+    tokens_per_s: float | None = None
+    samples_per_s: float | None = None
+    memory_mb: float | None = None
+    gpu_memory_mb: float | None = None
 
 
 class TrainingResults(BaseModel):
@@ -176,6 +231,42 @@ class RunResults(BaseModel):
     #: One influence matrix per method and variant.
     influence: list[InfluenceMatrix]
     training: TrainingResults
+
+
+class PredictionOut(BaseModel):
+    step: int
+    #: As the trainer reported it: 1.5 is half-way through the second epoch.
+    epoch: float
+    prompt_id: str
+    prompt: str
+    ground_truth: str | None
+    prediction: str
+
+
+class PredictionPage(BaseModel):
+    #: Rows matching the filter, over all pages.
+    total: int
+    limit: int
+    offset: int
+    items: list[PredictionOut]
+
+
+class PredictionEpoch(BaseModel):
+    #: 1-based epoch the samples were taken in (0: before the first step).
+    epoch: int
+    count: int
+
+
+# --------------------------------------------------------------------------- control
+class ControlAccepted(BaseModel):
+    """A control message is on the run's control subject; its effect comes back as an event
+    (``params`` with this ``request_id``, or the training stage's ``cancelled`` status)."""
+
+    request_id: UUID
+    run_id: UUID
+    action: Literal["update_params", "cancel"]
+    #: The run's status after the request (``cancelled`` at once when no trainer had it).
+    run_status: RunStatus
 
 
 # --------------------------------------------------------------------------- health

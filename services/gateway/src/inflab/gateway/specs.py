@@ -16,20 +16,26 @@ from inflab.common.messages import RunSpec
 from inflab.common.settings import Settings
 
 
-def _error(loc: tuple, msg: str, kind: str = "value_error") -> dict[str, Any]:
+def body_error(loc: tuple, msg: str, kind: str = "value_error") -> dict[str, Any]:
+    """One error of a 422, in FastAPI's shape, about the request body field at ``loc``."""
     return {"type": kind, "loc": ("body", *loc), "msg": msg, "input": None}
+
+
+def body_errors(exc: ValidationError) -> RequestValidationError:
+    """A model's validation errors as a 422 about the request body (inputs not echoed)."""
+    return RequestValidationError(
+        [
+            {**err, "loc": ("body", *err["loc"]), "input": None}
+            for err in exc.errors(include_url=False, include_context=False)
+        ]
+    )
 
 
 def validated_spec(fields: dict[str, Any], settings: Settings) -> RunSpec:
     try:
         spec = RunSpec.model_validate(fields)
     except ValidationError as exc:
-        raise RequestValidationError(
-            [
-                {**err, "loc": ("body", *err["loc"]), "input": None}
-                for err in exc.errors(include_url=False, include_context=False)
-            ]
-        ) from None
+        raise body_errors(exc) from None
     errors = _limit_errors(spec, settings)
     if errors:
         raise RequestValidationError(errors)
@@ -39,16 +45,26 @@ def validated_spec(fields: dict[str, Any], settings: Settings) -> RunSpec:
 def _limit_errors(spec: RunSpec, settings: Settings) -> list[dict[str, Any]]:
     errors = []
     if len(spec.training_data) > settings.max_training_pairs:
-        errors.append(_error(("training_data",), f"at most {settings.max_training_pairs} training pairs", "too_long"))
+        errors.append(body_error(("training_data",), f"at most {settings.max_training_pairs} training pairs", "too_long"))
     if len(spec.eval_data) > settings.max_eval_questions:
-        errors.append(_error(("eval_data",), f"at most {settings.max_eval_questions} evaluation questions", "too_long"))
+        errors.append(body_error(("eval_data",), f"at most {settings.max_eval_questions} evaluation questions", "too_long"))
     limit = settings.max_text_chars
     for name, items in (("training_data", spec.training_data), ("eval_data", spec.eval_data)):
         for i, item in enumerate(items):
             for field in ("question", "answer"):
                 text = getattr(item, field)
                 if text is not None and len(text) > limit:
-                    errors.append(_error((name, i, field), f"at most {limit} characters", "string_too_long"))
+                    errors.append(body_error((name, i, field), f"at most {limit} characters", "string_too_long"))
+    predictions = spec.predictions
+    if predictions.sample_count > settings.max_prediction_samples:
+        errors.append(body_error(("predictions", "sample_count"),
+                             f"at most {settings.max_prediction_samples} sampled prompts", "less_than_equal"))
+    # Checked whatever the frequency: a stored setting is valid on its own, not only while
+    # ``frequency: epoch`` happens to leave it unused.
+    if predictions.step_interval < settings.min_prediction_step_interval:
+        errors.append(body_error(("predictions", "step_interval"),
+                             f"at least {settings.min_prediction_step_interval} steps between samples",
+                             "greater_than_equal"))
     return errors[:20]
 
 
@@ -63,5 +79,6 @@ def experiment_spec(experiment: Experiment) -> RunSpec:
             "influence_methods": experiment.influence_methods,
             "few_shot_k": experiment.few_shot_k,
             "max_new_tokens": experiment.max_new_tokens,
+            "predictions": experiment.predictions,
         }
     )

@@ -6,13 +6,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from uuid import UUID
 
 import httpx
 import nats
 from fastapi import FastAPI
 from nats.js.errors import NotFoundError
+from sqlalchemy import func, select
 
+from inflab.common.bus import Bus
+from inflab.common.db.models import Run, RunEventRow
+from inflab.common.messages import EventBase, LogEvent
 from inflab.common.settings import Settings
 from inflab.common.subjects import Subjects
 from inflab.gateway.app import create_app, end_streams
@@ -72,8 +77,60 @@ async def delete_streams(settings: Settings) -> None:
     nc = await nats.connect(settings.nats_url)
     try:
         js = nc.jetstream()
-        for name in (subjects.jobs_stream, subjects.events_stream, subjects.dead_letter_stream):
+        for name in (subjects.jobs_stream, subjects.events_stream, subjects.control_stream,
+                     subjects.dead_letter_stream):
             with contextlib.suppress(NotFoundError):
                 await js.delete_stream(name)
     finally:
         await nc.close()
+
+
+async def wait_for_run(app: FastAPI, run_id: UUID, predicate: Callable[[Run], bool], timeout: float = 10) -> Run:
+    """The run once ``predicate`` holds, re-checked each time the persister pokes it."""
+    with app.state.notifier.subscribe(run_id) as poked:
+        async with asyncio.timeout(timeout):
+            while True:
+                poked.clear()
+                async with app.state.sessionmaker() as session:
+                    run = await session.get(Run, run_id)
+                if predicate(run):
+                    return run
+                await poked.wait()
+
+
+async def wait_for_event(app: FastAPI, run_id: UUID, event_id: UUID, timeout: float = 10) -> None:
+    """Until the event is stored. Events of one run are applied in order, so a marker event
+    published last says every earlier one has been handled."""
+
+    async def stored() -> bool:
+        async with app.state.sessionmaker() as session:
+            return bool(await session.scalar(select(func.count()).where(RunEventRow.event_id == event_id)))
+
+    with app.state.notifier.subscribe(run_id) as poked:
+        async with asyncio.timeout(timeout):
+            while True:
+                poked.clear()
+                if await stored():
+                    return
+                await poked.wait()
+
+
+async def publish_and_wait(app: FastAPI, bus: Bus, run_id: UUID, events: list[EventBase]) -> None:
+    """Publish events as a worker would, then wait until ``app`` has stored them all (a
+    marker published last is stored after every earlier event of the run)."""
+    marker = LogEvent(run_id=run_id, stage="train", message="marker")
+    for event in [*events, marker]:
+        await bus.publish_event(event)
+    await wait_for_event(app, run_id, marker.event_id)
+
+
+async def run_level_statuses(app: FastAPI, run_id: UUID) -> list[str]:
+    """The run's own status events, in order: ``["queued", "completed"]`` for a run that
+    ended once."""
+    async with app.state.sessionmaker() as session:
+        rows = await session.scalars(
+            select(RunEventRow.payload["status"].astext)
+            .where(RunEventRow.run_id == run_id, RunEventRow.stage == "run", RunEventRow.kind == "status")
+            .order_by(RunEventRow.id)
+        )
+        return list(rows)

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -55,6 +56,10 @@ class Experiment(Base):
     influence_methods: Mapped[list] = mapped_column(JSONB, nullable=False)
     few_shot_k: Mapped[int] = mapped_column(Integer, nullable=False, default=3)
     max_new_tokens: Mapped[int] = mapped_column(Integer, nullable=False, default=48)
+    #: PredictionSettings. ``{}`` (rows from before the column) means the contract's defaults.
+    predictions: Mapped[dict] = mapped_column(
+        JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
+    )
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
@@ -72,7 +77,8 @@ class Run(Base):
     status: Mapped[str] = mapped_column(String(16), nullable=False, default="queued")
     #: The RunSpec as submitted (the run's config snapshot).
     config: Mapped[dict] = mapped_column(JSONB, nullable=False)
-    #: Status per stage key ("train", "inference", "influence.tracin").
+    #: Status per stage key ("train", "inference", "influence.tracin"); a training stage
+    #: may also be "checkpointing" while the run is running.
     stages: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict)
     progress: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
     current_epoch: Mapped[float | None] = mapped_column(Float)
@@ -82,6 +88,14 @@ class Run(Base):
     created_at: Mapped[datetime] = _created()
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The gateway's estimate at submission (tier, GPU, memory, duration, cost, assumptions);
+    #: None when the model's size could not be told.
+    estimate: Mapped[dict | None] = mapped_column(JSONB)
+    #: Filled in when the run ends: wall-clock from started_at to finished_at, the part of
+    #: it spent training, and the duration priced as the estimate priced it.
+    actual_duration_s: Mapped[float | None] = mapped_column(Float)
+    actual_training_duration_s: Mapped[float | None] = mapped_column(Float)
+    actual_cost_usd: Mapped[float | None] = mapped_column(Float)
 
 
 class RunEventRow(Base):
@@ -108,6 +122,31 @@ class Metric(Base):
     epoch: Mapped[float] = mapped_column(Float, nullable=False)
     loss: Mapped[float] = mapped_column(Float, nullable=False)
     learning_rate: Mapped[float] = mapped_column(Float, nullable=False)
+    grad_norm: Mapped[float | None] = mapped_column(Float)
+    tokens_per_s: Mapped[float | None] = mapped_column(Float)
+    samples_per_s: Mapped[float | None] = mapped_column(Float)
+    memory_mb: Mapped[float | None] = mapped_column(Float)
+    gpu_memory_mb: Mapped[float | None] = mapped_column(Float)
+
+
+class Prediction(Base):
+    """One sampled prompt's greedy answer at one sampling point of training."""
+
+    __tablename__ = "predictions"
+    # Also the index every read uses (run, then step and prompt order), so no separate
+    # run_id index.
+    __table_args__ = (
+        UniqueConstraint("run_id", "step", "prompt_id", name="uq_predictions_run_step_prompt"),
+    )
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), nullable=False)
+    step: Mapped[int] = mapped_column(Integer, nullable=False)
+    #: As reported: fractional within an epoch (1.5 = half-way through the second).
+    epoch: Mapped[float] = mapped_column(Float, nullable=False)
+    prompt_id: Mapped[str] = mapped_column(String(128), nullable=False)
+    prompt: Mapped[str] = mapped_column(Text, nullable=False)
+    ground_truth: Mapped[str | None] = mapped_column(Text)
+    prediction: Mapped[str] = mapped_column(Text, nullable=False)
 
 
 class Checkpoint(Base):

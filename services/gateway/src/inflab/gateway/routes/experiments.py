@@ -37,6 +37,7 @@ async def create_experiment(
         influence_methods=spec.influence_methods,
         few_shot_k=spec.few_shot_k,
         max_new_tokens=spec.max_new_tokens,
+        predictions=spec.predictions.model_dump(mode="json"),
     )
     session.add(experiment)
     await session.commit()

@@ -31,6 +31,7 @@ from inflab.gateway.deps import (
     SessionmakerDep,
     SettingsDep,
 )
+from inflab.gateway.estimates import UnknownModelSize, estimate
 from inflab.gateway.persistence import finish_run, insert_event
 from inflab.gateway.run_state import TERMINAL, initial_stages
 from inflab.gateway.schemas import LossPoint, RunOut, RunQueued, RunResults, TrainingResults
@@ -59,9 +60,14 @@ async def start_run(
     user: CurrentUser,
     bus: BusDep,
     notifier: NotifierDep,
+    settings: SettingsDep,
 ) -> RunQueued:
     """Queue a run of the experiment: train, then inference and influence in parallel."""
     spec = experiment_spec(experiment)
+    try:
+        run_estimate = estimate(spec.model_id, spec.training_data, spec.hyperparams, settings).model_dump(mode="json")
+    except UnknownModelSize:
+        run_estimate = None  # not knowing the model's size is no reason to refuse the run
     run = Run(
         id=uuid.uuid4(),
         owner_id=user.id,
@@ -70,6 +76,7 @@ async def start_run(
         config=spec.model_dump(mode="json"),
         stages=initial_stages(spec),
         progress=0.0,
+        estimate=run_estimate,
     )
     session.add(run)
     await session.flush()

@@ -1,0 +1,29 @@
+"""Estimates before a run: the model's tier, the device and memory it needs (LoRA and
+QLoRA), and how long and how much the training will take (see ``inflab.gateway.estimates``)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from fastapi.exceptions import RequestValidationError
+
+from inflab.gateway.deps import SettingsDep
+from inflab.gateway.estimates import UnknownModelSize, estimate
+from inflab.gateway.schemas import Estimate, EstimateRequest
+from inflab.gateway.specs import body_error
+
+router = APIRouter(prefix="/api/estimates", tags=["estimates"])
+
+
+@router.post("", responses={422: {"description": "Invalid request, or a model whose size cannot be told."}})
+async def estimate_run(body: EstimateRequest, settings: SettingsDep) -> Estimate:
+    """What a run with these settings needs; the default model when ``model_id`` is left out.
+    The run stores the same estimate when it starts, and its actual duration and cost
+    beside it when it ends."""
+    if len(body.training_data) > settings.max_training_pairs:
+        raise RequestValidationError(
+            [body_error(("training_data",), f"at most {settings.max_training_pairs} training pairs", "too_long")]
+        )
+    try:
+        return estimate(body.model_id or settings.default_model_id, body.training_data, body.hyperparams, settings)
+    except UnknownModelSize as exc:
+        raise RequestValidationError([body_error(("model_id",), str(exc))]) from None
