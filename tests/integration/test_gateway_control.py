@@ -10,7 +10,6 @@ import asyncio
 import uuid
 from collections.abc import Iterator
 
-import httpx
 import nats
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
@@ -25,6 +24,7 @@ from inflab.gateway.testing import (
     isolated_settings,
     publish_and_wait,
     run_level_statuses,
+    start_run,
     wait_for_run,
 )
 
@@ -57,13 +57,6 @@ async def producer(gw_settings):
     await bus.close()
 
 
-async def start_run(client: httpx.AsyncClient) -> uuid.UUID:
-    experiment = await client.post("/api/experiments", json=EXPERIMENT)
-    run = await client.post(f"/api/experiments/{experiment.json()['id']}/runs")
-    assert run.status_code == 202, run.text
-    return uuid.UUID(run.json()["run_id"])
-
-
 async def control_messages(settings: Settings, run_id: uuid.UUID, count: int, timeout: float = 10) -> list:
     """The first ``count`` messages on the run's control subject, from the start of the
     control stream (an ephemeral consumer, as a trainer picking the job up later reads it)."""
@@ -89,7 +82,7 @@ async def control_messages(settings: Settings, run_id: uuid.UUID, count: int, ti
 # --------------------------------------------------------------------------- params
 async def test_a_parameter_change_is_published_on_the_runs_control_subject(gateway, gw_settings, producer) -> None:
     app, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     await publish_and_wait(app, producer, run_id, [StatusEvent(run_id=run_id, stage="train", status="running")])
 
     response = await client.patch(f"/api/runs/{run_id}/params", json={"learning_rate": 5e-4})
@@ -123,7 +116,7 @@ async def test_a_parameter_change_is_published_on_the_runs_control_subject(gatew
 )
 async def test_an_invalid_parameter_change_is_422_naming_the_field(gateway, body, loc, says) -> None:
     _, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     response = await client.patch(f"/api/runs/{run_id}/params", json=body)
     assert response.status_code == 422, response.text
     errors = {tuple(e["loc"]): e["msg"] for e in response.json()["detail"]}
@@ -132,7 +125,7 @@ async def test_an_invalid_parameter_change_is_422_naming_the_field(gateway, body
 
 async def test_a_refused_change_publishes_nothing(gateway, gw_settings) -> None:
     _, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     assert (await client.patch(f"/api/runs/{run_id}/params", json={"learning_rate": -1})).status_code == 422
     accepted = (await client.patch(f"/api/runs/{run_id}/params", json={"weight_decay": 0.01})).json()
     # The run's first control message is the valid one.
@@ -142,7 +135,7 @@ async def test_a_refused_change_publishes_nothing(gateway, gw_settings) -> None:
 
 async def test_no_parameter_change_once_training_has_ended(gateway, producer) -> None:
     app, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     await publish_and_wait(app, producer, run_id, [
         StatusEvent(run_id=run_id, stage="train", status="running"),
         StatusEvent(run_id=run_id, stage="train", status="completed"),
@@ -156,7 +149,7 @@ async def test_cancelling_a_queued_run_ends_it_at_once_and_tells_a_later_trainer
     gateway, gw_settings, producer
 ) -> None:
     app, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     response = await client.post(f"/api/runs/{run_id}/cancel")
     assert response.status_code == 202, response.text
     accepted = response.json()
@@ -184,7 +177,7 @@ async def test_cancelling_a_queued_run_ends_it_at_once_and_tells_a_later_trainer
 
 async def test_cancelling_a_training_run_is_the_trainers_to_finish(gateway, gw_settings, producer) -> None:
     app, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     await publish_and_wait(app, producer, run_id, [
         StatusEvent(run_id=run_id, stage="train", status="running"),
         StatusEvent(run_id=run_id, stage="train", status="checkpointing"),
@@ -206,7 +199,7 @@ async def test_cancelling_a_training_run_is_the_trainers_to_finish(gateway, gw_s
 async def test_cancelling_after_training_ends_the_run_at_once(gateway, producer) -> None:
     """Inference and influence do not listen for control: the gateway ends the run."""
     app, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     await publish_and_wait(app, producer, run_id, [
         StatusEvent(run_id=run_id, stage="train", status="running"),
         StatusEvent(run_id=run_id, stage="train", status="completed"),
@@ -221,7 +214,7 @@ async def test_cancelling_after_training_ends_the_run_at_once(gateway, producer)
 
 async def test_nats_down_is_503_and_changes_nothing(gateway) -> None:
     app, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     await app.state.bus.nc.close()
     for method, path, body in (("POST", "cancel", None), ("PATCH", "params", {"learning_rate": 1e-4})):
         response = await client.request(method, f"/api/runs/{run_id}/{path}", json=body)

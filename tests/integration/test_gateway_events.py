@@ -39,6 +39,7 @@ from inflab.gateway.testing import (
     gateway_in_process,
     gateway_server,
     isolated_settings,
+    start_run,
     wait_for_event,
     wait_for_run,
 )
@@ -73,14 +74,6 @@ async def producer(gw_settings):
     bus = await Bus.connect(gw_settings, "test-producer")
     yield bus
     await bus.close()
-
-
-async def start_run(client: httpx.AsyncClient) -> uuid.UUID:
-    experiment = await client.post("/api/experiments", json=EXPERIMENT)
-    assert experiment.status_code == 201, experiment.text
-    run = await client.post(f"/api/experiments/{experiment.json()['id']}/runs")
-    assert run.status_code == 202, run.text
-    return uuid.UUID(run.json()["run_id"])
 
 
 async def publish(bus: Bus, events: list[EventBase]) -> None:
@@ -136,7 +129,7 @@ def later_events(run_id: uuid.UUID) -> list[EventBase]:
 # --------------------------------------------------------------------------- persistence
 async def test_a_run_moves_through_its_stages_to_completed(gateway, producer) -> None:
     app, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     events = train_events(run_id)
 
     await publish(producer, events[:2])
@@ -186,7 +179,7 @@ async def test_a_run_moves_through_its_stages_to_completed(gateway, producer) ->
 
 async def test_a_redelivered_event_is_stored_once(gateway, producer) -> None:
     app, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     metric = MetricEvent(run_id=run_id, stage="train", step=1, epoch=0.5, loss=2.0, learning_rate=1e-3)
     subject = producer.subjects.event(run_id, "metric")
     # Without a Nats-Msg-Id, as a redelivery past JetStream's dedup window would arrive.
@@ -203,7 +196,7 @@ async def test_a_redelivered_event_is_stored_once(gateway, producer) -> None:
 
 async def test_a_failed_stage_fails_the_run_once(gateway, producer) -> None:
     app, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     await publish(producer, [
         StatusEvent(run_id=run_id, stage="train", status="running"),
         StatusEvent(run_id=run_id, stage="train", status="failed", error="out of memory"),
@@ -225,7 +218,7 @@ async def test_a_failed_stage_fails_the_run_once(gateway, producer) -> None:
 
 async def test_bad_events_are_dead_lettered_and_the_persister_goes_on(gateway, producer, gw_settings) -> None:
     app, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     nc = await nats.connect(gw_settings.nats_url)
     try:
         letters: asyncio.Queue = asyncio.Queue()
@@ -249,7 +242,7 @@ async def test_bad_events_are_dead_lettered_and_the_persister_goes_on(gateway, p
 
 async def test_events_published_while_the_gateway_is_down_are_persisted_after(gw_settings, producer) -> None:
     async with gateway_in_process(gw_settings) as (_, client):
-        run_id = await start_run(client)
+        run_id = await start_run(client, EXPERIMENT)
     await publish(producer, train_events(run_id) + later_events(run_id))
     async with gateway_in_process(gw_settings) as (app, _):
         run = await wait_for_run(app, run_id, lambda r: r.status == "completed")
@@ -282,7 +275,7 @@ async def stored_events(app, run_id: uuid.UUID) -> list[tuple[int, str]]:
 
 async def test_sse_replays_in_order_resumes_after_last_event_id_and_ends(gateway, producer) -> None:
     app, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     await publish(producer, train_events(run_id) + later_events(run_id))
     await wait_for_run(app, run_id, lambda r: r.status == "completed")
     url = f"/api/runs/{run_id}/events"
@@ -309,7 +302,7 @@ async def test_sse_replays_in_order_resumes_after_last_event_id_and_ends(gateway
 
 async def test_sse_pushes_live_events_over_a_real_socket(gw_settings, producer) -> None:
     async with gateway_server(gw_settings) as (app, base_url), httpx.AsyncClient(base_url=base_url) as client:
-        run_id = await start_run(client)
+        run_id = await start_run(client, EXPERIMENT)
         body, publisher = "", None
         async with asyncio.timeout(15), client.stream("GET", f"/api/runs/{run_id}/events") as response:
             assert response.status_code == 200
@@ -336,7 +329,7 @@ async def test_sse_follows_events_another_replica_stores(gw_settings, producer) 
         httpx.AsyncClient(base_url=base_url) as client,
     ):
         replica_b.state.persister_task.cancel()  # every event is now stored by A
-        run_id = await start_run(client)
+        run_id = await start_run(client, EXPERIMENT)
         body, publisher = "", None
         async with asyncio.timeout(10), client.stream("GET", f"/api/runs/{run_id}/events") as response:
             async for chunk in response.aiter_text():
@@ -357,7 +350,7 @@ async def test_persister_waits_for_postgres_instead_of_dropping_events(gw_settin
     from inflab.gateway.persister import EventPersister, RunEventMessage
 
     async with gateway_in_process(gw_settings) as (app, client):
-        run_id = await start_run(client)
+        run_id = await start_run(client, EXPERIMENT)
         persister = EventPersister(app.state.bus, app.state.sessionmaker, app.state.notifier, max_backoff_s=0.2)
         dead = create_async_engine("postgresql+asyncpg://postgres@127.0.0.1:1/none")
         attempts = asyncio.Queue()

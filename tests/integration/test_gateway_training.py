@@ -15,7 +15,6 @@ import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 
-import httpx
 import pytest
 from sqlalchemy import func, select
 
@@ -35,6 +34,7 @@ from inflab.gateway.testing import (
     isolated_settings,
     publish_and_wait,
     run_level_statuses,
+    start_run,
     wait_for_run,
 )
 
@@ -70,20 +70,12 @@ async def producer(gw_settings):
     await bus.close()
 
 
-async def start_run(client: httpx.AsyncClient, body: dict = EXPERIMENT) -> uuid.UUID:
-    experiment = await client.post("/api/experiments", json=body)
-    assert experiment.status_code == 201, experiment.text
-    run = await client.post(f"/api/experiments/{experiment.json()['id']}/runs")
-    assert run.status_code == 202, run.text
-    return uuid.UUID(run.json()["run_id"])
-
-
 # --------------------------------------------------------------------------- settings
 async def test_prediction_settings_are_kept_and_given_to_runs(gateway) -> None:
     _, client = gateway
     experiment = (await client.post("/api/experiments", json=EXPERIMENT)).json()
     assert experiment["predictions"] == {"enabled": True, "sample_count": 2, "frequency": "steps", "step_interval": 5}
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     run = (await client.get(f"/api/runs/{run_id}")).json()
     assert run["config"]["predictions"] == experiment["predictions"]
 
@@ -122,7 +114,7 @@ async def test_the_limits_come_from_settings(gw_settings) -> None:
 # --------------------------------------------------------------------------- metrics
 async def test_metrics_keep_the_telemetry_and_a_resent_step_once(gateway, producer) -> None:
     app, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     telemetry = dict(grad_norm=1.25, tokens_per_s=190.5, samples_per_s=4.5, memory_mb=812.0, gpu_memory_mb=None)
     first = MetricEvent(run_id=run_id, stage="train", step=1, epoch=0.5, loss=2.0, learning_rate=1e-3, **telemetry)
     # After a crash the trainer resumes from its checkpoint and reports step 1 again, as a
@@ -154,7 +146,7 @@ def sampling_point(run_id: uuid.UUID, step: int, epoch: float, answer: str = "")
 
 async def test_predictions_are_stored_once_paged_and_listed_by_epoch(gateway, producer) -> None:
     app, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     points = [sampling_point(run_id, step, epoch) for step, epoch in
               ((0, 0.0), (5, 0.5), (10, 1.0), (15, 1.5), (20, 2.0))]
     redelivered = points[1]  # the same event again, past JetStream's dedup window
@@ -194,7 +186,7 @@ async def test_predictions_are_stored_once_paged_and_listed_by_epoch(gateway, pr
 @pytest.mark.parametrize("query", [{"limit": 0}, {"limit": 501}, {"offset": -1}, {"epoch": -1}, {"epoch": "one"}])
 async def test_prediction_paging_is_bounded(gateway, query) -> None:
     _, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     response = await client.get(f"/api/runs/{run_id}/predictions", params=query)
     assert response.status_code == 422
     assert response.json()["detail"][0]["loc"] == ["query", next(iter(query))]
@@ -203,7 +195,7 @@ async def test_prediction_paging_is_bounded(gateway, query) -> None:
 # --------------------------------------------------------------------------- statuses
 async def test_checkpointing_shows_in_the_stages_and_the_run_keeps_running(gateway, producer) -> None:
     app, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     train = dict(run_id=run_id, stage="train")
     await publish_and_wait(app, producer, run_id, [StatusEvent(**train, status="running"),
                                         StatusEvent(**train, status="checkpointing")])
@@ -215,7 +207,7 @@ async def test_checkpointing_shows_in_the_stages_and_the_run_keeps_running(gatew
 
 async def test_cancelled_training_cancels_the_run_once_and_the_stream_ends(gateway, producer) -> None:
     app, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     train = dict(run_id=run_id, stage="train")
     change = ParamsEvent(**train, request_id=uuid.uuid4(), changes={"learning_rate": {"old": 1e-3, "new": 5e-4}},
                          effective_step=3)
@@ -245,7 +237,7 @@ async def test_cancelled_training_cancels_the_run_once_and_the_stream_ends(gatew
 # --------------------------------------------------------------------------- estimate and actuals
 async def test_a_run_keeps_its_estimate_and_its_actual_duration_and_cost(gateway, producer, gw_settings) -> None:
     app, client = gateway
-    run_id = await start_run(client)
+    run_id = await start_run(client, EXPERIMENT)
     estimate = (await client.get(f"/api/runs/{run_id}")).json()["estimate"]
     posted = (await client.post("/api/estimates", json={k: EXPERIMENT[k] for k in ("training_data", "eval_data")}))
     assert estimate == posted.json()  # the same estimate as before submission

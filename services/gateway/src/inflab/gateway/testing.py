@@ -85,6 +85,15 @@ async def delete_streams(settings: Settings) -> None:
         await nc.close()
 
 
+async def start_run(client: httpx.AsyncClient, experiment: dict) -> UUID:
+    """Create the experiment and start a run of it, through the API; the run's id."""
+    created = await client.post("/api/experiments", json=experiment)
+    assert created.status_code == 201, created.text
+    run = await client.post(f"/api/experiments/{created.json()['id']}/runs")
+    assert run.status_code == 202, run.text
+    return UUID(run.json()["run_id"])
+
+
 async def wait_for_run(app: FastAPI, run_id: UUID, predicate: Callable[[Run], bool], timeout: float = 10) -> Run:
     """The run once ``predicate`` holds, re-checked each time the persister pokes it."""
     with app.state.notifier.subscribe(run_id) as poked:
