@@ -104,6 +104,15 @@ def train_events(run_id: uuid.UUID) -> list[EventBase]:
     ]
 
 
+# The influence service's per-question summary, stored beside the matrix.
+TOP_K = [
+    {"eval_id": "ev00", "positive": [{"train_id": "tr00", "score": 0.9}, {"train_id": "tr01", "score": 0.1}],
+     "negative": []},
+    {"eval_id": "ev01", "positive": [{"train_id": "tr01", "score": 0.8}, {"train_id": "tr00", "score": 0.05}],
+     "negative": []},
+]
+
+
 def later_events(run_id: uuid.UUID) -> list[EventBase]:
     inference = dict(run_id=run_id, stage="inference")
     tracin = dict(run_id=run_id, stage="influence", method="tracin")
@@ -113,7 +122,7 @@ def later_events(run_id: uuid.UUID) -> list[EventBase]:
                       fine_tuned="Bees make honey.")]
     matrix = InfluenceMatrix(method="tracin", eval_ids=["ev00", "ev01"], train_ids=["tr00", "tr01"],
                              scores=[[0.9, 0.1], [0.05, 0.8]], key=f"runs/{run_id}/influence/tracin.safetensors",
-                             args={"checkpoints": 2})
+                             args={"checkpoints": 2}, top_k=TOP_K)
     return [
         StatusEvent(**inference, status="running"),
         StatusEvent(**tracin, status="running"),
@@ -161,7 +170,7 @@ async def test_a_run_moves_through_its_stages_to_completed(gateway, producer) ->
     assert results["influence"] == [{
         "method": "tracin", "variant": "raw", "eval_ids": ["ev00", "ev01"], "train_ids": ["tr00", "tr01"],
         "scores": [[0.9, 0.1], [0.05, 0.8]], "key": f"runs/{run_id}/influence/tracin.safetensors",
-        "args": {"checkpoints": 2}, "top_k": None,
+        "args": {"checkpoints": 2}, "top_k": TOP_K,
     }]
     training = results["training"]
     assert [(p["step"], p["loss"]) for p in training["loss_curve"]] == [(1, 2.5), (2, 1.5)]

@@ -261,11 +261,12 @@ async def _apply_result(session: AsyncSession, run: Run, event: ResultEvent) -> 
         stmt = insert(InfluenceResult).values(
             run_id=run.id, method=m.method, variant=m.variant, eval_ids=m.eval_ids,
             train_ids=m.train_ids, scores=m.scores, key=m.key, args=m.args,
+            top_k=None if m.top_k is None else [t.model_dump(mode="json") for t in m.top_k],
         )
         await session.execute(
             stmt.on_conflict_do_update(
                 index_elements=[InfluenceResult.run_id, InfluenceResult.method, InfluenceResult.variant],
-                set_={c: stmt.excluded[c] for c in ("eval_ids", "train_ids", "scores", "key", "args")},
+                set_={c: stmt.excluded[c] for c in ("eval_ids", "train_ids", "scores", "key", "args", "top_k")},
             )
         )
 

@@ -190,3 +190,6 @@ class InfluenceResult(Base):
     scores: Mapped[list] = mapped_column(JSONB, nullable=False)
     key: Mapped[str] = mapped_column(Text, nullable=False)
     args: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict)
+    #: Per evaluation question, the strongest positive and negative training pairs
+    #: (``TopInfluences`` of the message contract), so lists read without the matrix.
+    top_k: Mapped[list | None] = mapped_column(JSONB)

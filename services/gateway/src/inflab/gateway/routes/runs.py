@@ -160,7 +160,7 @@ async def get_run_results(run: OwnedRun, session: SessionDep) -> RunResults:
         ],
         influence=[
             InfluenceMatrix(method=r.method, variant=r.variant, eval_ids=r.eval_ids, train_ids=r.train_ids,
-                            scores=r.scores, key=r.key, args=r.args)
+                            scores=r.scores, key=r.key, args=r.args, top_k=r.top_k)
             for r in influence
         ],
         training=TrainingResults(
