@@ -186,8 +186,20 @@ def test_gradients_are_reused_across_methods(tiny_model, checkpoints, results):
     assert cache.misses - before[0] == 2
 
 
-def test_bad_arguments(tiny_model, checkpoints):
+def test_raw_only_and_bad_arguments(tiny_model, checkpoints):
     method = get_method("datainf")
+    only_raw = method.compute(lambda: _load(tiny_model), TRAIN, EVALS[:1], checkpoints, {**ARGS, "normalized": False},
+                              lambda e: None)
+    assert [s.variant for s in only_raw] == ["raw"]
     for bad in ({"damping": -1}, {"damping": "x"}, {"nope": 1}, {"checkpoint_step": 99}):
         with pytest.raises(ValueError, match="datainf"):
             method.compute(lambda: _load(tiny_model), TRAIN, EVALS, checkpoints, {**ARGS, **bad}, lambda e: None)
+
+
+def test_gradients_spilled_to_disk_give_the_same_scores(tiny_model, checkpoints, results):
+    """A cache with no RAM budget memory-maps every gradient matrix: same scores."""
+    by_variant, _, _ = results
+    spilled = get_method("datainf").compute(lambda: _load(tiny_model), TRAIN, EVALS, checkpoints, ARGS,
+                                            lambda e: None, cache=GradientCache(ram_bytes=0))
+    for s in spilled:
+        np.testing.assert_allclose(s.scores, by_variant[s.variant].scores, rtol=1e-5, atol=1e-7)

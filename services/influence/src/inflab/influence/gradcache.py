@@ -46,6 +46,9 @@ class GradientMatrix:
             self._data: np.ndarray = np.zeros((rows, cols), dtype=np.float32)
         else:
             self._data = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=(rows, cols))
+            # The mapping keeps the data; the name goes now, so the disk space is returned
+            # when the last reference to the matrix goes, and nothing is left behind after a crash.
+            path.unlink()
 
     @property
     def nbytes(self) -> int:
@@ -68,10 +71,6 @@ class GradientMatrix:
         """The whole matrix (read into RAM if it lives on disk): for small sets only."""
         return torch.from_numpy(np.ascontiguousarray(self._data))
 
-    def release(self) -> None:
-        self._data = np.zeros((0, 0), dtype=np.float32)
-        if self.path is not None:
-            self.path.unlink(missing_ok=True)
 
 
 class GradientCache:
@@ -89,7 +88,8 @@ class GradientCache:
 
     def spill_dir(self) -> Path:
         if self._spill_dir is None:
-            self._spill_dir = Path(tempfile.mkdtemp(prefix="inflab-gradients-"))
+            # Spilled files are unlinked as soon as they are mapped: nothing accumulates here.
+            self._spill_dir = Path(tempfile.gettempdir())
         self._spill_dir.mkdir(parents=True, exist_ok=True)
         return self._spill_dir
 
@@ -97,7 +97,7 @@ class GradientCache:
         """A RAM matrix when it fits the RAM budget, else a memory-mapped file."""
         if rows * cols * 4 <= self.ram_bytes:
             return GradientMatrix(rows, cols)
-        fd, name = tempfile.mkstemp(suffix=".npy", dir=self.spill_dir())
+        fd, name = tempfile.mkstemp(prefix="inflab-gradients-", suffix=".npy", dir=self.spill_dir())
         os.close(fd)
         Path(name).unlink()
         return GradientMatrix(rows, cols, path=Path(name))
@@ -124,16 +124,12 @@ class GradientCache:
         for disk, budget in ((False, self.ram_bytes), (True, self.disk_bytes)):
             while used(disk) > budget:
                 victim = next(k for k, v in self._entries.items() if isinstance(v, GradientMatrix) and v.on_disk == disk)
-                # Consumers holding the matrix keep their reference; only RAM-less spills vanish.
-                value = self._entries.pop(victim)
-                if disk:
-                    value.release()
+                # A consumer still holding the matrix keeps it; the memory (or the unlinked
+                # file's space) is returned when the last reference goes.
+                self._entries.pop(victim)
 
     def clear(self) -> None:
         with self._lock:
-            for value in self._entries.values():
-                if isinstance(value, GradientMatrix) and value.on_disk:
-                    value.release()
             self._entries.clear()
 
 

@@ -63,6 +63,9 @@ class InfluenceMethod(ABC):
     description: ClassVar[str] = ""
     #: The variants :meth:`compute` returns, in that order.
     variants: ClassVar[tuple[str, ...]] = ("raw",)
+    #: The argument dataclass (a :class:`MethodArgs`): ``Args.from_dict(args)`` checks a
+    #: run's arguments before any work; its fields are the method's settings.
+    Args: ClassVar[type]
 
     @abstractmethod
     def compute(

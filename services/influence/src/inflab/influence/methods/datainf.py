@@ -64,6 +64,10 @@ class DataInfArgs(GradientArgs):
     damping_scale: float = 0.1
     #: Which checkpoint (its step) to run on; None: the final checkpoint.
     checkpoint_step: int | None = None
+    #: Compute the normalised variant (its training self-influences need the per-layer Gram
+    #: matrix of the training gradients, N^2 P work: a few percent of the gradients' cost at
+    #: N=1000 on the default model, growing with N).
+    normalized: bool = True
 
     def check(self) -> None:
         super().check()
@@ -111,11 +115,10 @@ def datainf_scores(
     for rows, g in train_grads.chunks():
         for l, (off, size) in enumerate(blocks):
             acc[:, off : off + size] += (coef[:, rows, l].float() @ g[:, off : off + size]).double()
-    r = torch.empty_like(acc)
-    for l, (off, size) in enumerate(blocks):
-        r[:, off : off + size] = (v[:, off : off + size].double() - acc[:, off : off + size] / n) / lam[l]
+    for l, (off, size) in enumerate(blocks):  # in place: acc becomes r
+        acc[:, off : off + size] = (v[:, off : off + size].double() - acc[:, off : off + size] / n) / lam[l]
+    r32 = acc.float()
     del acc
-    r32 = r.float()
     raw = np.zeros((m, n), dtype=np.float64)
     for rows, g in train_grads.chunks():
         raw[:, rows] = (r32 @ g.T).double().numpy()
@@ -177,7 +180,8 @@ class DataInf(InfluenceMethod):
         with stage(f"computing DataInf scores at {checkpoint_name(chosen)}"):
             blocks = [(b.offset, b.numel) for b in lora_blocks(prep.attach(chosen))]
             raw, normalized, lam = datainf_scores(
-                eval_grads, train_grads, blocks, damping=opts.damping, damping_scale=opts.damping_scale
+                eval_grads, train_grads, blocks, damping=opts.damping, damping_scale=opts.damping_scale,
+                normalized=opts.normalized,
             )
         progress.advance("scores")
         info = {
@@ -190,7 +194,8 @@ class DataInf(InfluenceMethod):
             "normalization": "cosine in the DataInf inverse-Hessian metric (RelatIF-style, two-sided)",
         }
         eval_ids, train_ids = [q.id for q in evals], [p.id for p in train]
-        return [
-            InfluenceScores(self.name, "raw", raw.astype(np.float32), eval_ids, train_ids, dict(info)),
-            InfluenceScores(self.name, "normalized", normalized.astype(np.float32), eval_ids, train_ids, dict(info)),
-        ]
+        out = [InfluenceScores(self.name, "raw", raw.astype(np.float32), eval_ids, train_ids, dict(info))]
+        if normalized is not None:
+            out.append(InfluenceScores(self.name, "normalized", normalized.astype(np.float32), eval_ids, train_ids,
+                                       dict(info)))
+        return out

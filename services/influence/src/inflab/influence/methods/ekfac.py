@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -212,7 +213,9 @@ class EKFAC(InfluenceMethod):
         where = checkpoint_name(chosen)
 
         quiet = logging.getLogger("kronfluence")
-        with tempfile.TemporaryDirectory(prefix="inflab-ekfac-") as out:
+        with tempfile.TemporaryDirectory(prefix="inflab-ekfac-") as out, warnings.catch_warnings():
+            # kronfluence 1.0.1 builds torch.cuda.amp.GradScaler even on a CPU (deprecated).
+            warnings.filterwarnings("ignore", category=FutureWarning, module="kronfluence")
             model = prepare_model(model, task)
             analyzer = Analyzer("inflab", model, task, cpu=True, disable_tqdm=True, output_dir=out,
                                 log_level=max(quiet.getEffectiveLevel(), logging.WARNING))

@@ -85,6 +85,7 @@ class Prepared:
     generated: dict[str, str]
     digests: dict[int, str] = field(default_factory=dict)  # step -> adapter digest
     base_name: str = ""
+    scratch: GradientCache | None = None
 
     def attach(self, checkpoint: LocalCheckpoint) -> Any:
         with stage(f"loading {checkpoint_name(checkpoint)}"):
@@ -115,7 +116,16 @@ class Prepared:
         examples = self.train_examples if which == "train" else self.eval_examples
         what = "training" if which == "train" else "evaluation"
         key = None
-        if cache is not None:
+        if cache is None:
+            # Nothing to share with: a private cache only for its memory bound (a matrix
+            # beyond its RAM budget is spilled to disk), keeping nothing.
+            if self.scratch is None:
+                self.scratch = GradientCache()
+            self.attach(checkpoint)
+            with stage(f"computing {what} gradients at {checkpoint_name(checkpoint)}"):
+                return gradient_matrix(self.model, examples, pad_id=self.pad_id, key=None, cache=self.scratch,
+                                       batch_size=opts.batch_size, on_batch=on_batch)
+        else:
             with stage(f"loading {checkpoint_name(checkpoint)}"):
                 digest = self.digests.get(checkpoint.step) or adapter_digest(checkpoint)
                 self.digests[checkpoint.step] = digest
