@@ -65,14 +65,14 @@ async def trainer_service(control_settings, ray_cluster):
 class Run:
     """One run's events as they arrive (core NATS subscription opened before the request)."""
 
-    def __init__(self, settings, model: Path, epochs: int):
+    def __init__(self, settings, model: Path, epochs: int, **hyperparams):
         self.subjects = Subjects.from_settings(settings)
         self.settings = settings
         self.run_id = uuid.uuid4()
         self.request = TrainRequest(run_id=self.run_id, spec={
             "model_id": str(model), "training_data": PAIRS, "eval_data": [{"id": "e", "question": "Hi?"}],
             "hyperparams": {"learning_rate": 0.01, "num_epochs": epochs, "batch_size": 1, "checkpoint_interval": 2,
-                            "max_seq_length": 64},
+                            "max_seq_length": 64, **hyperparams},
             "predictions": {"enabled": False},
         })
         self.events: list[dict] = []
@@ -177,3 +177,13 @@ async def test_cancel_sent_before_the_run_starts(trainer_service, control_settin
         await run.job_acked()
     assert run.statuses() == ["cancelled"]
     assert not run.of("progress") and not run.of("metric")
+
+
+async def test_unknown_target_modules_fail_the_run_naming_the_valid_ones(trainer_service, control_settings, tiny_model):
+    async with Run(control_settings, tiny_model, epochs=1, lora_target_modules=["q_proj", "attn_qkv"]) as run:
+        await run.start()
+        await run.wait(lambda: "failed" in run.statuses(), "the failed status")
+        await run.job_acked()
+    error = next(e["error"] for e in run.of("status") if e["status"] == "failed")
+    assert "InvalidTargetModules" in error and "['attn_qkv']" in error and "v_proj" in error
+    assert not run.of("metric")
