@@ -431,7 +431,7 @@ def main_benchmark(args: argparse.Namespace, log) -> dict[str, Any]:
     }
 
 
-def scale_benchmark(args: argparse.Namespace, log) -> dict[str, Any]:
+def scale_benchmark(args: argparse.Namespace, log, save=None) -> dict[str, Any]:
     from benchmarks.workload import model_path, trained_checkpoints
 
     wl = load_workload(args.workload)
@@ -458,7 +458,10 @@ def scale_benchmark(args: argparse.Namespace, log) -> dict[str, Any]:
             point["methods"][name] = ({"wall_s": _r(result["wall_s"]), "peak_rss_gb": _r(result["peak_rss_gb"]),
                                        "checkpoints": 1 if name in FINAL_ONLY else len(ckpts)}
                                       if "wall_s" in result else {"error": result.get("error")})
-        points.append(point)
+            if save is not None:  # written after every measurement: a cut-short run keeps what it has
+                save({"points": points + ([point] if point not in points else []), "partial": True})
+        if point not in points:
+            points.append(point)
     out: dict[str, Any] = {"points": points, "skipped": [m for m in OURS if m not in have],
                            "tracin_checkpoints": len(ckpts), "threads": args.threads,
                            "examples": "generated from templates (benchmarks.workload.generated_workload), "
@@ -506,7 +509,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
             "goal": f"peak RSS < 8 GB at N={big['n_train']}, M={big['n_eval']}, time linear in N+M",
             "value": {"max_peak_rss_gb": max(rss) if rss else None,
                       "time_ratio_vs_size_ratio": {k: [g["time_ratio"], g["size_ratio"]] for k, g in growth.items()}},
-            "met": (bool(rss) and max(rss) < 8 and bool(linear) and all(linear.values())) if rss else None,
+            "met": None if scale.get("partial") or not rss else (max(rss) < 8 and bool(linear) and all(linear.values())),
         }
     else:
         out["scale_rss_and_linear_time"] = {"goal": "peak RSS < 8 GB at N=1000, M=100, time linear in N+M",
@@ -563,6 +566,8 @@ def main(argv: list[str] | None = None) -> int:
     t = str(args.threads)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = t
+    # On a shared 2-core box, spinning OpenMP workers make torch 10-20x slower (GROUND.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
     torch.set_num_threads(args.threads)
@@ -580,7 +585,15 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if args.scale:
         result = existing or {"benchmark": "influence"}
-        result["scale"] = scale_benchmark(args, log)
+
+        def save(partial: dict[str, Any]) -> None:
+            if args.json:
+                result["scale"] = {**partial, "machine": mach}
+                result.pop("targets", None)
+                result["targets"] = targets(result)
+                args.json.write_text(json.dumps(result, indent=2, default=str) + "\n")
+
+        result["scale"] = scale_benchmark(args, log, save)
         result["scale"]["machine"] = mach
         result["scale"]["total_s"] = round(time.perf_counter() - started, 1)
     else:
