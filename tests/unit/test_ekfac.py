@@ -143,6 +143,18 @@ def test_matches_a_direct_kronfluence_call(tiny_model, checkpoint, results):
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-3
 
 
+def test_kronfluence_scoring_gives_the_same_scores(tiny_model, checkpoint, results):
+    """Our scoring (own gradients, kronfluence's factors) against kronfluence's own pairwise
+    and self-influence passes, both variants."""
+    by_variant, _ = results
+    theirs = get_method("ekfac").compute(lambda: _load(tiny_model), TRAIN, EVALS, [checkpoint],
+                                         {**ARGS, "scoring": "kronfluence"}, lambda e: None)
+    for s in theirs:
+        ours = by_variant[s.variant].scores
+        assert _spearman(ours, s.scores) >= 0.999, s.variant
+        assert np.linalg.norm(ours - s.scores) / np.linalg.norm(s.scores) < 1e-3, s.variant
+
+
 def test_duplicate_equal_and_identical_question_first(results):
     by_variant, _ = results
     for s in by_variant.values():

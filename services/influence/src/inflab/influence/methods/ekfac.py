@@ -12,7 +12,15 @@ corrected eigenvalues), and scores ``grad L_eval^T (F + damping)^-1 grad L_train
   vocabulary logits at those positions only (as for TracIn and DataInf); for the true Fisher
   (kronfluence's default) the targets are sampled from the model's own predictions there;
 * the examples are given to kronfluence sorted by length, so its micro-batches need little
-  padding, and the columns are put back in the run's order afterwards.
+  padding, and the columns are put back in the run's order afterwards;
+* kronfluence fits the factors (its covariance and corrected-eigenvalue passes over the
+  training set), and the scores are then formed here from our per-example LoRA gradients
+  (one batched backward per micro-batch, reused from the gradient cache when TracIn or
+  DataInf already took them at that checkpoint) rotated into the factors' eigenbasis:
+  ``<P(v), g> = sum (Q_S^T v Q_A) (Q_S^T g Q_A) / (Lambda + damping)``, exactly kronfluence's
+  preconditioning. That replaces kronfluence's pairwise and self-influence passes (two more
+  forward+backward passes over the training set). ``scoring="kronfluence"`` uses its own
+  passes instead; the tests check both agree with a direct kronfluence call.
 
 Every knob of kronfluence's ``FactorArguments`` / ``ScoreArguments`` that matters on one
 machine is an argument here (names as in kronfluence); the full argument objects are stored
@@ -20,8 +28,8 @@ with the scores. A positive score means the pair helped the model towards that a
 
 ``normalized``: the score divided by ``sqrt(self(eval) * self(train))``, the self-influences
 under the same preconditioner: a cosine in the EK-FAC metric (RelatIF-style), 1 for an
-evaluation question identical to a training pair. It costs kronfluence's self-influence
-pass over the training set (set ``normalized=false`` to skip it).
+evaluation question identical to a training pair (nearly free with our scoring; one more
+kronfluence pass with ``scoring="kronfluence"``).
 """
 
 from __future__ import annotations
@@ -41,7 +49,7 @@ from torch import nn
 from inflab.common.chat import IGNORE_INDEX, collate
 from inflab.common.messages import EvalQuestion, TrainingPair
 from inflab.influence.checkpoints import LocalCheckpoint
-from inflab.influence.gradcache import GradientCache
+from inflab.influence.gradcache import GradientCache, GradientMatrix
 from inflab.influence.gradients import length_buckets, lora_blocks
 from inflab.influence.methods.base import Emit, InfluenceMethod, InfluenceScores, ModelLoader, Progress, stage
 from inflab.influence.methods.prepare import GradientArgs, check_inputs, checkpoint_name, generation_units, prepare
@@ -60,8 +68,15 @@ class EKFACArgs(GradientArgs):
     lambda_max_examples: int | None = 100_000
     #: ScoreArguments.query_gradient_low_rank (None: exact query gradients).
     query_gradient_low_rank: int | None = None
-    #: Compute the normalised variant (one more kronfluence pass over the training set).
+    #: Compute the normalised variant.
     normalized: bool = True
+    #: "gradients": kronfluence fits the factors, and the scores are formed here from the
+    #: per-example LoRA gradients (one batched backward, shared with TracIn and DataInf
+    #: through the gradient cache) preconditioned with those factors; "kronfluence":
+    #: kronfluence's own pairwise and self-influence passes (two more passes over the
+    #: training set). The same numbers either way (tested); strategies other than "ekfac"
+    #: always score through kronfluence.
+    scoring: Literal["gradients", "kronfluence"] = "gradients"
     #: Which checkpoint (its step) to run on; None: the final checkpoint.
     checkpoint_step: int | None = None
     #: Seed of the label sampling for the true Fisher.
@@ -197,10 +212,19 @@ class EKFAC(InfluenceMethod):
                 raise ValueError(f"ekfac: no checkpoint at step {opts.checkpoint_step}; "
                                  f"steps: {sorted(c.step for c in checkpoints)}")
             chosen = matching[0]
-        progress = Progress(emit, generation_units(evals) + 2 + 2 * opts.normalized)
+        own_scoring = opts.scoring == "gradients" and opts.strategy == "ekfac"
+        units = len(train) + len(evals) + 2 if own_scoring else 2 + 2 * opts.normalized
+        progress = Progress(emit, generation_units(evals) + units)
         prep = prepare(model_loader, train, evals, checkpoints, opts, progress, cache)
+        if own_scoring:
+            # Before kronfluence wraps the LoRA modules (our hooks want the plain Linears).
+            eval_grads = prep.gradients(chosen, "eval", opts, cache,
+                                        lambda k: progress.advance("evaluation-question gradients", k)).tensor()
+            train_grads = prep.gradients(chosen, "train", opts, cache,
+                                         lambda k: progress.advance("training-pair gradients", k))
         model = prep.attach(chosen)
         modules = lora_module_names(model)
+        layout = [(b.name.removesuffix(".weight"), b.offset, *b.shape) for b in lora_blocks(model)]
         generator = torch.Generator().manual_seed(opts.seed)
         task = LoraTask(modules, generator)
 
@@ -224,32 +248,14 @@ class EKFAC(InfluenceMethod):
                 analyzer.fit_all_factors("factors", train_set, per_device_batch_size=opts.batch_size,
                                          factor_args=factor_args)
             progress.advance("fitted the factors on the training pairs")
-            with stage(f"computing EK-FAC scores at {where}"):
-                analyzer.compute_pairwise_scores(
-                    "pairwise", "factors", query_dataset=eval_set, train_dataset=train_set,
-                    per_device_query_batch_size=opts.batch_size, per_device_train_batch_size=opts.batch_size,
-                    score_args=score_args,
-                )
-                sorted_scores = analyzer.load_pairwise_scores("pairwise")["all_modules"].double().numpy()
-            progress.advance("scored the training pairs")
-            raw = _unsort(sorted_scores, eval_order, train_order)
-            normalized = None
-            if opts.normalized:
-                with stage(f"computing EK-FAC self-influences at {where}"):
-                    self_args = opts.score_arguments(use_measurement_for_self_influence=True)
-                    analyzer.compute_self_scores("self_train", "factors", train_dataset=train_set,
-                                                 per_device_train_batch_size=opts.batch_size,
-                                                 score_args=self_args)
-                    progress.advance("self-influence of the training pairs")
-                    analyzer.compute_self_scores("self_eval", "factors", train_dataset=eval_set,
-                                                 per_device_train_batch_size=opts.batch_size,
-                                                 score_args=self_args)
-                    progress.advance("self-influence of the evaluation questions")
-                    self_train = _unsort1(analyzer.load_self_scores("self_train")["all_modules"], train_order)
-                    self_eval = _unsort1(analyzer.load_self_scores("self_eval")["all_modules"], eval_order)
-                    denom = np.sqrt(np.clip(self_eval, 1e-30, None)[:, None] * np.clip(self_train, 1e-30, None)[None, :])
-                    normalized = raw / denom
-
+            if own_scoring:
+                with stage(f"computing EK-FAC scores at {where}"):
+                    parts = ekfac_preconditioner(analyzer.load_all_factors("factors"), layout, opts.damping_factor)
+                    raw, normalized = preconditioned_scores(eval_grads, train_grads, parts, opts.normalized)
+                progress.advance("scored the training pairs")
+            else:
+                raw, normalized = _kronfluence_scores(analyzer, opts, train_set, eval_set, train_order, eval_order,
+                                                      where, progress)
         info = {
             **asdict(opts),
             **prep.info(),
@@ -266,6 +272,86 @@ class EKFAC(InfluenceMethod):
             out.append(InfluenceScores(self.name, "normalized", normalized.astype(np.float32), eval_ids, train_ids,
                                        dict(info)))
         return out
+
+def _kronfluence_scores(analyzer, opts: EKFACArgs, train_set, eval_set, train_order, eval_order, where, progress):
+    """kronfluence's own pairwise (and self-influence) passes; columns back in run order."""
+    with stage(f"computing EK-FAC scores at {where}"):
+        analyzer.compute_pairwise_scores(
+            "pairwise", "factors", query_dataset=eval_set, train_dataset=train_set,
+            per_device_query_batch_size=opts.batch_size, per_device_train_batch_size=opts.batch_size,
+            score_args=opts.score_arguments(),
+        )
+        raw = _unsort(analyzer.load_pairwise_scores("pairwise")["all_modules"].double().numpy(), eval_order, train_order)
+    progress.advance("scored the training pairs")
+    if not opts.normalized:
+        return raw, None
+    with stage(f"computing EK-FAC self-influences at {where}"):
+        self_args = opts.score_arguments(use_measurement_for_self_influence=True)
+        analyzer.compute_self_scores("self_train", "factors", train_dataset=train_set,
+                                     per_device_train_batch_size=opts.batch_size, score_args=self_args)
+        progress.advance("self-influence of the training pairs")
+        analyzer.compute_self_scores("self_eval", "factors", train_dataset=eval_set,
+                                     per_device_train_batch_size=opts.batch_size, score_args=self_args)
+        progress.advance("self-influence of the evaluation questions")
+        self_train = _unsort1(analyzer.load_self_scores("self_train")["all_modules"], train_order)
+        self_eval = _unsort1(analyzer.load_self_scores("self_eval")["all_modules"], eval_order)
+    return raw, _cosine(raw, self_eval, self_train)
+
+
+def _cosine(raw: np.ndarray, self_eval: np.ndarray, self_train: np.ndarray) -> np.ndarray:
+    return raw / np.sqrt(np.clip(self_eval, 1e-30, None)[:, None] * np.clip(self_train, 1e-30, None)[None, :])
+
+
+def ekfac_preconditioner(factors: dict, layout: Sequence[tuple[str, int, int, int]], damping_factor: float | None):
+    """Per LoRA module ``(offset, out, in, Q_S, Q_A, 1 / (Lambda + damping))`` from kronfluence's
+    fitted factors, exactly as kronfluence's ``Ekfac.prepare`` forms them (the corrected
+    eigenvalues averaged over the examples seen; damping ``None``: 0.1 x their mean)."""
+    from kronfluence.utils.constants import (
+        ACTIVATION_EIGENVECTORS_NAME,
+        GRADIENT_EIGENVECTORS_NAME,
+        LAMBDA_MATRIX_NAME,
+        NUM_LAMBDA_PROCESSED,
+    )
+
+    parts = []
+    for name, offset, out_features, in_features in layout:
+        lam = factors[LAMBDA_MATRIX_NAME][name].double() / factors[NUM_LAMBDA_PROCESSED][name].double()
+        damping = 0.1 * float(lam.mean()) if damping_factor is None else damping_factor
+        parts.append((
+            offset, out_features, in_features,
+            factors[GRADIENT_EIGENVECTORS_NAME][name].float(),
+            factors[ACTIVATION_EIGENVECTORS_NAME][name].float(),
+            (1.0 / (lam + damping)).float(),
+        ))
+    return parts
+
+
+def _rotate(rows: torch.Tensor, part) -> torch.Tensor:
+    """Per-example gradients of one module in the factors' eigenbasis: ``Q_S^T G Q_A``."""
+    offset, out_features, in_features, q_s, q_a, _ = part
+    g = rows[:, offset : offset + out_features * in_features].reshape(-1, out_features, in_features)
+    return (q_s.T @ g @ q_a).reshape(rows.shape[0], -1)
+
+
+def preconditioned_scores(eval_grads: torch.Tensor, train_grads: GradientMatrix, parts, normalized: bool):
+    """``raw[i, k] = sum_modules <P(v_i), g_k>`` with ``P(G) = Q_S ((Q_S^T G Q_A) / (Lambda +
+    damping)) Q_A^T``, computed in the eigenbasis (``P`` is orthogonal there, so
+    ``<P(v), g> = sum rot(v) * inv * rot(g)``); self-influences likewise. Training
+    gradients are consumed in row chunks."""
+    m, n = eval_grads.shape[0], train_grads.shape[0]
+    eval_rot = [(_rotate(eval_grads, part), part[5].reshape(-1)) for part in parts]
+    raw = np.zeros((m, n), dtype=np.float64)
+    self_train = np.zeros(n, dtype=np.float64)
+    for rows, g in train_grads.chunks():
+        for (v_rot, inv), part in zip(eval_rot, parts):
+            g_rot = _rotate(g, part)
+            raw[:, rows] += ((v_rot * inv) @ g_rot.T).double().numpy()
+            if normalized:
+                self_train[rows] += (g_rot * g_rot * inv).sum(1, dtype=torch.float64).numpy()
+    if not normalized:
+        return raw, None
+    self_eval = sum((v_rot * v_rot * inv).sum(1, dtype=torch.float64) for v_rot, inv in eval_rot).numpy()
+    return raw, _cosine(raw, self_eval, self_train)
 
 
 def _unsort(scores: np.ndarray, rows: list[int], cols: list[int]) -> np.ndarray:
