@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     max_training_pairs: int = 10_000
     max_eval_questions: int = 1_000
     max_text_chars: int = 8_000
+    #: Estimated tokens (~4 characters each) over all training pairs and evaluation questions.
+    max_total_tokens: int = 2_000_000
+    #: Largest HTTP request body the gateway reads; bigger ones get 413.
+    max_request_bytes: int = 8 * 1024 * 1024
 
     # Prediction tracking limits (a run's PredictionSettings must stay within them).
     max_prediction_samples: int = 32

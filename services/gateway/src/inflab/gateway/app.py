@@ -17,6 +17,7 @@ from inflab.common.db.session import make_engine, make_sessionmaker
 from inflab.common.settings import Settings, get_settings
 from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.persister import EventPersister
+from inflab.gateway import limits
 from inflab.gateway.routes import control, estimates, experiments, health, predictions, runs
 from inflab.gateway.users import ensure_user
 
@@ -93,4 +94,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(control.router)
     app.include_router(predictions.router)
     app.include_router(estimates.router)
+    app.include_router(limits.router)
     return app

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from inflab.common.messages import (
     Answer,
@@ -28,9 +28,37 @@ from inflab.common.messages import (
 from inflab.common.settings import Settings
 
 
+def _unstorable_text(value: Any, loc: tuple = ()) -> tuple | None:
+    """Where in a raw body a string holds what Postgres cannot store (NUL) or what is not
+    Unicode at all (a lone surrogate, which JSON's ``\\ud800`` escape can smuggle in)."""
+    if isinstance(value, str):
+        if "\x00" in value or any("\ud800" <= ch <= "\udfff" for ch in value):
+            return loc
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            found = _unstorable_text(key, loc) or _unstorable_text(item, (*loc, key))
+            if found is not None:
+                return found
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _unstorable_text(item, (*loc, i))
+            if found is not None:
+                return found
+    return None
+
+
 class Body(BaseModel):
     # A misspelt field ("learning_rte") is refused, not silently replaced by a default.
     model_config = ConfigDict(extra="forbid")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable_text(cls, data: Any) -> Any:
+        loc = _unstorable_text(data)
+        if loc is not None:
+            where = ".".join(map(str, loc)) or "body"
+            raise ValueError(f"{where}: text must be valid Unicode without NUL characters")
+        return data
 
 
 # --------------------------------------------------------------------------- experiments
@@ -108,6 +136,78 @@ class ExperimentCreate(Body):
         if self.influence_methods is not None:
             fields["influence_methods"] = self.influence_methods
         return fields
+
+
+def _partial(model: type[BaseModel]) -> type[BaseModel]:
+    """``model`` with every field optional and no defaults: a PATCH names what changes,
+    the rest is kept (and the merged whole is validated by the contract)."""
+    fields = {
+        name: ((Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation) | None, None)
+        for name, field in model.model_fields.items()
+    }
+    return create_model(f"{model.__name__}Patch", __config__=ConfigDict(extra="forbid"), **fields)
+
+
+HyperparamsPatch = _partial(Hyperparams)
+PredictionSettingsPatch = _partial(PredictionSettings)
+
+
+class ExperimentUpdate(Body):
+    """Changes to an experiment: only the fields named change. ``training_data`` and
+    ``eval_data`` are replaced whole; ``hyperparams`` and ``predictions`` are merged
+    key by key. Runs already started keep the settings they were started with."""
+
+    name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+    description: Annotated[str, Field(max_length=10_000)] | None = None
+    training_data: list[TrainingPairIn] | None = Field(None, min_length=1)
+    eval_data: list[EvalQuestionIn] | None = Field(None, min_length=1)
+    model_id: Annotated[str, Field(min_length=1, max_length=512)] | None = None
+    hyperparams: HyperparamsPatch | None = None  # type: ignore[valid-type]
+    influence_methods: list[str] | None = None
+    few_shot_k: int | None = None
+    max_new_tokens: int | None = None
+    predictions: PredictionSettingsPatch | None = None  # type: ignore[valid-type]
+
+    _fill_ids = model_validator(mode="before")(ExperimentCreate._fill_ids.__func__)
+    _unique_ids = field_validator("training_data", "eval_data")(ExperimentCreate._unique_ids.__func__)
+
+
+class ImportRequest(Body):
+    """A file of training pairs or evaluation questions, as text. JSONL: one object per
+    line with ``question``, ``answer`` and optionally ``id``. CSV: a header row naming
+    those columns (an empty ``answer`` cell in evaluation data means no reference)."""
+
+    target: Literal["training_data", "eval_data"]
+    format: Literal["jsonl", "csv"]
+    content: str
+    #: ``append`` adds the rows after the experiment's own; ``replace`` swaps them in.
+    mode: Literal["append", "replace"] = "append"
+    #: Import the valid rows even when some are not (they are reported either way).
+    skip_invalid: bool = False
+
+
+class RowError(BaseModel):
+    #: Line of the file the row starts on (1-based; a CSV header is line 1).
+    row: int
+    #: The column or field at fault, when there is one.
+    field: str | None
+    message: str
+
+
+class ImportReport(BaseModel):
+    target: Literal["training_data", "eval_data"]
+    #: Rows read from the file (blank lines are not rows).
+    rows: int
+    #: Rows added to the experiment (0 when nothing was applied).
+    imported: int
+    #: Whether the experiment changed.
+    applied: bool
+    errors: list[RowError]
+    #: More errors than listed (the first ones are).
+    errors_truncated: bool = False
+    #: The experiment's size after the import.
+    training_pairs: int
+    eval_questions: int
 
 
 class ExperimentSummary(BaseModel):

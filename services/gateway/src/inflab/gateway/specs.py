@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from inflab.common.db.models import Experiment
 from inflab.common.messages import RunSpec
 from inflab.common.settings import Settings
+from inflab.gateway.limits import estimated_tokens
 
 
 def body_error(loc: tuple, msg: str, kind: str = "value_error") -> dict[str, Any]:
@@ -55,6 +56,12 @@ def _limit_errors(spec: RunSpec, settings: Settings) -> list[dict[str, Any]]:
                 text = getattr(item, field)
                 if text is not None and len(text) > limit:
                     errors.append(body_error((name, i, field), f"at most {limit} characters", "string_too_long"))
+    tokens = estimated_tokens(
+        text for items in (spec.training_data, spec.eval_data) for item in items for text in (item.question, item.answer)
+    )
+    if tokens > settings.max_total_tokens:
+        errors.append(body_error((), f"about {tokens} tokens of text in all; at most {settings.max_total_tokens}",
+                                 "too_long"))
     predictions = spec.predictions
     if predictions.sample_count > settings.max_prediction_samples:
         errors.append(body_error(("predictions", "sample_count"),

@@ -1,22 +1,60 @@
-"""Experiments: a researcher's training pairs, evaluation questions and run settings."""
+"""Experiments: a researcher's training pairs, evaluation questions and run settings.
+
+Every write is validated as the runs it will start are (the contract's ``RunSpec``) and
+against this deployment's limits (:mod:`inflab.gateway.limits`). Deleting an experiment
+keeps its runs: they hold their own config snapshot and stay in the run history.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, status
+from fastapi import APIRouter, Query, Response, status
+from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from inflab.common.db.models import Experiment
+from inflab.common.messages import RunSpec
 from inflab.gateway.deps import CurrentUser, OwnedExperiment, SessionDep, SettingsDep
-from inflab.gateway.schemas import ExperimentCreate, ExperimentOut, ExperimentSummary
-from inflab.gateway.specs import validated_spec
+from inflab.gateway.imports import MAX_REPORTED_ERRORS, number_and_dedupe, parse_rows
+from inflab.gateway.schemas import (
+    ExperimentCreate,
+    ExperimentOut,
+    ExperimentSummary,
+    ExperimentUpdate,
+    ImportReport,
+    ImportRequest,
+    RowError,
+)
+from inflab.gateway.specs import experiment_spec, validated_spec
 
 router = APIRouter(prefix="/api/experiments", tags=["experiments"])
+
+NOT_FOUND = {404: {"description": "No such experiment, or not yours."}}
 
 
 def experiment_out(experiment: Experiment) -> ExperimentOut:
     return ExperimentOut.model_validate(experiment, from_attributes=True)
+
+
+def _apply_spec(experiment: Experiment, spec: RunSpec) -> None:
+    # Stored with every default resolved, so the experiment means the same thing later
+    # even if the server's defaults change.
+    experiment.model_id = spec.model_id
+    experiment.training_data = [pair.model_dump(mode="json") for pair in spec.training_data]
+    experiment.eval_data = [question.model_dump(mode="json") for question in spec.eval_data]
+    experiment.hyperparams = spec.hyperparams.model_dump(mode="json")
+    experiment.influence_methods = spec.influence_methods
+    experiment.few_shot_k = spec.few_shot_k
+    experiment.max_new_tokens = spec.max_new_tokens
+    experiment.predictions = spec.predictions.model_dump(mode="json")
+
+
+async def _saved(session: AsyncSession, experiment: Experiment) -> ExperimentOut:
+    await session.commit()
+    await session.refresh(experiment)  # server-side timestamps
+    return experiment_out(experiment)
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -24,25 +62,10 @@ async def create_experiment(
     body: ExperimentCreate, session: SessionDep, user: CurrentUser, settings: SettingsDep
 ) -> ExperimentOut:
     spec = validated_spec(body.spec_fields(settings), settings)
-    # Stored with every default resolved, so the experiment means the same thing later
-    # even if the server's defaults change.
-    experiment = Experiment(
-        owner_id=user.id,
-        name=body.name,
-        description=body.description,
-        model_id=spec.model_id,
-        training_data=[pair.model_dump(mode="json") for pair in spec.training_data],
-        eval_data=[question.model_dump(mode="json") for question in spec.eval_data],
-        hyperparams=spec.hyperparams.model_dump(mode="json"),
-        influence_methods=spec.influence_methods,
-        few_shot_k=spec.few_shot_k,
-        max_new_tokens=spec.max_new_tokens,
-        predictions=spec.predictions.model_dump(mode="json"),
-    )
+    experiment = Experiment(owner_id=user.id, name=body.name, description=body.description)
+    _apply_spec(experiment, spec)
     session.add(experiment)
-    await session.commit()
-    await session.refresh(experiment)  # server-side timestamps
-    return experiment_out(experiment)
+    return await _saved(session, experiment)
 
 
 @router.get("")
@@ -50,7 +73,7 @@ async def list_experiments(
     session: SessionDep,
     user: CurrentUser,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> list[ExperimentSummary]:
     """Newest first, without the data itself (that is what ``get_experiment`` is for)."""
     rows = await session.execute(
@@ -72,6 +95,93 @@ async def list_experiments(
     return [ExperimentSummary.model_validate(row, from_attributes=True) for row in rows]
 
 
-@router.get("/{experiment_id}", responses={404: {"description": "No such experiment, or not yours."}})
+@router.get("/{experiment_id}", responses=NOT_FOUND)
 async def get_experiment(experiment: OwnedExperiment) -> ExperimentOut:
     return experiment_out(experiment)
+
+
+def _stored_fields(experiment: Experiment) -> dict[str, Any]:
+    return experiment_spec(experiment).model_dump()
+
+
+@router.patch("/{experiment_id}", responses=NOT_FOUND)
+async def update_experiment(
+    body: ExperimentUpdate, experiment: OwnedExperiment, session: SessionDep, settings: SettingsDep
+) -> ExperimentOut:
+    """Change the fields named; see ``ExperimentUpdate`` for how each is applied."""
+    changes = body.model_dump(exclude_unset=True)
+    for name in ("name", "description"):  # null means "leave as it is", as for the rest
+        if changes.get(name) is not None:
+            setattr(experiment, name, changes[name])
+    fields = _stored_fields(experiment)
+    for name, value in changes.items():
+        if name in ("name", "description") or value is None:
+            continue
+        if name in ("hyperparams", "predictions"):
+            fields[name] = {**fields[name], **{k: v for k, v in value.items() if v is not None}}
+        else:
+            fields[name] = value
+    _apply_spec(experiment, validated_spec(fields, settings))
+    return await _saved(session, experiment)
+
+
+@router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND)
+async def delete_experiment(experiment: OwnedExperiment, session: SessionDep) -> Response:
+    """Its runs stay (with their config snapshot), no longer linked to an experiment."""
+    await session.delete(experiment)
+    await session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.post("/{experiment_id}/duplicate", status_code=status.HTTP_201_CREATED, responses=NOT_FOUND)
+async def duplicate_experiment(experiment: OwnedExperiment, session: SessionDep, user: CurrentUser) -> ExperimentOut:
+    """A copy named ``<name> (copy)``, with the same data and settings and no runs."""
+    copy = Experiment(
+        owner_id=user.id,
+        name=f"{experiment.name[:193]} (copy)",
+        description=experiment.description,
+    )
+    _apply_spec(copy, experiment_spec(experiment))
+    session.add(copy)
+    return await _saved(session, copy)
+
+
+@router.post(
+    "/{experiment_id}/import",
+    responses={
+        **NOT_FOUND,
+        400: {"model": ImportReport, "description": "Some rows are invalid; nothing was imported."},
+    },
+)
+async def import_rows(
+    body: ImportRequest, experiment: OwnedExperiment, session: SessionDep, settings: SettingsDep
+) -> ImportReport:
+    """Add (or replace) training pairs or evaluation questions from a JSONL or CSV file.
+
+    Every bad row is reported with its line. Unless ``skip_invalid``, one bad row means
+    nothing is imported (400 with the report). The experiment as a whole must still meet
+    the limits afterwards (422 otherwise)."""
+    parsed = parse_rows(body.content, body.format, body.target, settings.max_text_chars)
+    existing = [] if body.mode == "replace" else list(getattr(experiment, body.target))
+    items = number_and_dedupe(existing, parsed, "tr" if body.target == "training_data" else "ev")
+    apply = bool(items) and (not parsed.errors or body.skip_invalid)
+    if not items and not parsed.errors:
+        parsed.errors.append(RowError(row=1, field=None, message="the file holds no rows"))
+    if apply:
+        fields = _stored_fields(experiment)
+        fields[body.target] = existing + items
+        _apply_spec(experiment, validated_spec(fields, settings))
+        await session.commit()
+    report = ImportReport(
+        target=body.target,
+        rows=parsed.rows,
+        imported=len(items) if apply else 0,
+        applied=apply,
+        errors=parsed.errors[:MAX_REPORTED_ERRORS],
+        errors_truncated=len(parsed.errors) > MAX_REPORTED_ERRORS,
+        training_pairs=len(experiment.training_data),
+        eval_questions=len(experiment.eval_data),
+    )
+    if not apply:
+        return JSONResponse(report.model_dump(mode="json"), status_code=status.HTTP_400_BAD_REQUEST)
+    return report
