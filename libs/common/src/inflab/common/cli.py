@@ -167,6 +167,17 @@ def demo() -> None:
     raise SystemExit(main())
 
 
+@app.command()
+def asyncapi(
+    output: str = typer.Option("docs/asyncapi.json", "--output", "-o", help="File to write ('-' for stdout)."),
+    check: bool = typer.Option(False, help="Exit 1 if the file differs from the code instead of writing it."),
+) -> None:
+    """Write the AsyncAPI document of the message contract (generated from the models)."""
+    from inflab.common.asyncapi import main
+
+    raise typer.Exit(main(["--output", output, *(["--check"] if check else [])]))
+
+
 def _components_table(components, title: str | None = None) -> Table:
     """One row per component; logs are named relative to the logs folder printed with it."""
     table = Table(title=title)

@@ -18,7 +18,7 @@ from inflab.common.settings import Settings, get_settings
 from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.persister import EventPersister
 from inflab.gateway import limits
-from inflab.gateway.routes import control, estimates, experiments, health, predictions, runs
+from inflab.gateway.routes import contracts, control, estimates, experiments, health, predictions, runs
 from inflab.gateway.users import ensure_user
 
 log = logging.getLogger(__name__)
@@ -95,4 +95,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(predictions.router)
     app.include_router(estimates.router)
     app.include_router(limits.router)
+    app.include_router(contracts.router)
     return app
