@@ -20,6 +20,10 @@ from inflab.common.settings import Settings
 
 RUN_TAG = uuid.uuid4().hex[:10]
 
+# Before anything loads OpenMP: idle torch threads sleep rather than spin, so the test
+# process, its Ray workers and the services' subprocesses share the cores (GROUND.md).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 
 @pytest.fixture(scope="session")
 def run_tag() -> str:
