@@ -50,6 +50,17 @@ def test_every_subject_has_a_channel_with_its_payload():
             assert "{" + parameter + "}" in channel["address"]
 
 
+def test_no_subject_is_left_out():
+    """A subject added to ``Subjects`` without a channel here fails this test."""
+    subjects = Subjects()
+    addresses = {c["address"] for c in DOC["channels"].values()}
+    not_subjects = {"root", "jobs_stream", "events_stream", "control_stream", "dead_letter_stream"}
+    for name, attr in vars(Subjects).items():
+        if isinstance(attr, property) and name not in not_subjects and not name.endswith("_stream") \
+                and not name.startswith("all_"):
+            assert getattr(subjects, name) in addresses, f"Subjects.{name} has no channel in the AsyncAPI document"
+
+
 def test_every_reference_resolves():
     def refs(node):
         if isinstance(node, dict):

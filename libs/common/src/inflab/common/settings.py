@@ -6,8 +6,10 @@ under ``INFLAB_HOME`` (``.inflab/`` in the working directory). Production sets t
 
 from __future__ import annotations
 
+import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -57,6 +59,13 @@ DEFAULT_GPU_PRICES: dict[str, float] = {
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="INFLAB_", extra="ignore", secrets_dir=None)
+
+    def __init__(self, **values: Any) -> None:
+        # Secret files (a Kubernetes Secret mounted as a folder): INFLAB_SECRETS_DIR names
+        # the folder, each file is named as its variable (inflab_database_url). Environment
+        # variables win over files; nothing else is read.
+        values.setdefault("_secrets_dir", os.environ.get("INFLAB_SECRETS_DIR") or None)
+        super().__init__(**values)
 
     # Where the embedded stack keeps its state (databases, streams, objects, model cache, logs).
     home: Path = Path(".inflab")

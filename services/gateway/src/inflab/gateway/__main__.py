@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from inflab.common.logging import setup_logging
 from inflab.common.settings import get_settings
+from inflab.gateway.logs import setup_json_logging
 from inflab.gateway.server import GatewayServer, server_config
 
 
 def main() -> None:
     settings = get_settings()
-    setup_logging(settings.log_level)
+    setup_json_logging(settings.log_level)
     GatewayServer(server_config(settings)).run()
 
 

@@ -10,11 +10,15 @@ from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 
 from fastapi import FastAPI
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from inflab.common.bus import Bus
 from inflab.common.db.session import make_engine, make_sessionmaker
 from inflab.common.settings import Settings, get_settings
+from inflab.gateway import errors, metrics
+from inflab.gateway.limits import BodyLimitMiddleware
 from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.persister import EventPersister
 from inflab.gateway import limits
@@ -63,7 +67,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.loop = asyncio.get_running_loop()
             app.state.local_user = await ensure_user(sessionmaker, settings.local_user_email)
             bus = app.state.bus = await Bus.connect(settings, "gateway")
-            persister = EventPersister(bus, sessionmaker, notifier)
+            persister = EventPersister(bus, sessionmaker, notifier, on_stored=app.state.metrics.event_stored)
             await persister.listen_for_pokes()
             task = app.state.persister_task = asyncio.create_task(persister.run(stop), name="event-persister")
             log.info("gateway ready; persisting %s as %s", bus.subjects.all_events, persister.durable)
@@ -88,7 +92,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
+    app.state.metrics = metrics.GatewayMetrics()
+    app.add_exception_handler(RequestValidationError, errors.validation_error)
+    app.add_exception_handler(StarletteHTTPException, errors.http_error)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    # Outermost: a refused body still gets its request id, metrics and log line.
+    app.add_middleware(metrics.RequestMiddleware, metrics=app.state.metrics)
     app.include_router(health.router)
+    app.include_router(metrics.router)
     app.include_router(experiments.router)
     app.include_router(runs.router)
     app.include_router(control.router)

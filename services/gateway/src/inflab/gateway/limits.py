@@ -7,8 +7,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 
-from fastapi import APIRouter
+from fastapi import APIRouter, HTTPException, status
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inflab.common.settings import Settings
 from inflab.gateway.deps import SettingsDep
@@ -43,3 +45,40 @@ def estimated_tokens(texts: Iterable[str | None]) -> int:
 @router.get("/limits")
 async def get_limits(settings: SettingsDep) -> Limits:
     return limits_of(settings)
+
+
+class BodyLimitMiddleware:
+    """413 for a request body over ``max_bytes``: at once when ``Content-Length`` says so,
+    otherwise as soon as the bytes read pass the limit (a chunked upload never gets to
+    fill memory)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    def _too_large(self) -> HTTPException:
+        return HTTPException(status.HTTP_413_CONTENT_TOO_LARGE,
+                             f"request body over {self.max_bytes} bytes (INFLAB_MAX_REQUEST_BYTES)")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            exc = self._too_large()
+            await JSONResponse({"detail": exc.detail}, status_code=exc.status_code)(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    # An HTTPException: FastAPI lets it through its body parsing as it is.
+                    raise self._too_large()
+            return message
+
+        await self.app(scope, counting_receive, send)

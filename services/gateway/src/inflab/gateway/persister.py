@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from uuid import UUID
 
 from nats.aio.msg import Msg
@@ -50,11 +51,14 @@ class EventPersister:
         sessionmaker: async_sessionmaker[AsyncSession],
         notifier: RunNotifier,
         max_backoff_s: float = 5.0,
+        on_stored: Callable[[RunEvent], None] | None = None,
     ) -> None:
         self.bus = bus
         self.sessionmaker = sessionmaker
         self.notifier = notifier
         self.max_backoff_s = max_backoff_s
+        #: Called with each newly stored event (the event-lag metric).
+        self.on_stored = on_stored
         self.durable = bus.subjects.durable("gateway_events")
 
     def poke_subject(self, run_id: object) -> str:
@@ -77,6 +81,8 @@ class EventPersister:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
         if changed:
+            if self.on_stored is not None:
+                self.on_stored(event)
             self.notifier.notify(event.run_id)
             try:
                 await self.bus.nc.publish(self.poke_subject(event.run_id), b"")

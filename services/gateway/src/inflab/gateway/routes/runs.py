@@ -36,6 +36,7 @@ from inflab.gateway.persistence import finish_run, insert_event
 from inflab.gateway.run_state import TERMINAL, initial_stages
 from inflab.gateway.schemas import LossPoint, RunOut, RunQueued, RunResults, TrainingResults
 from inflab.gateway.specs import experiment_spec
+from inflab.gateway.metrics import MetricsDep
 from inflab.gateway.sse import run_event_stream
 
 log = logging.getLogger(__name__)
@@ -189,6 +190,7 @@ async def stream_run_events(
     sessionmaker: SessionmakerDep,
     notifier: NotifierDep,
     settings: SettingsDep,
+    metrics: MetricsDep,
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[int | None, Query(ge=0, description="Send only events with a larger id.")] = None,
 ) -> Response:
@@ -206,7 +208,7 @@ async def stream_run_events(
         # EventSource reconnects when a stream ends; 204 is how the spec says "stop".
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     return StreamingResponse(
-        run_event_stream(sessionmaker, notifier, run.id, start, settings.sse_heartbeat_s),
+        metrics.streaming(run_event_stream(sessionmaker, notifier, run.id, start, settings.sse_heartbeat_s)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -1,0 +1,128 @@
+"""Prometheus metrics and the per-request bookkeeping that feeds them.
+
+Each app has its own registry (tests build several apps in one process). Requests are
+labelled by route template (``/api/runs/{run_id}``), never by raw path, so label
+cardinality stays bounded; paths that match no route count as ``unmatched``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from datetime import datetime, timezone
+from typing import Annotated, get_args
+
+from fastapi import APIRouter, Depends, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from sqlalchemy import func, select
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from inflab.common.db.models import Run
+from inflab.common.messages import EventBase, RunStatus
+from inflab.gateway.logs import REQUEST_ID_HEADER, request_id_from, request_id_var
+
+log = logging.getLogger("inflab.gateway.access")
+
+router = APIRouter(tags=["health"])
+
+#: Event lag buckets: persisting is normally milliseconds behind; minutes means a backlog.
+LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "inflab_http_requests", "HTTP requests served, by method, route template and status.",
+            ["method", "route", "status"], registry=self.registry,
+        )
+        self.latency = Histogram(
+            "inflab_http_request_duration_seconds",
+            "Time until the response starts (for an SSE stream: until it opens), by route template.",
+            ["method", "route"], registry=self.registry,
+        )
+        self.runs = Gauge("inflab_runs", "Runs by status (all owners), read at scrape time.", ["status"],
+                          registry=self.registry)
+        self.sse_clients = Gauge("inflab_sse_clients", "Open SSE event streams on this replica.",
+                                 registry=self.registry)
+        self.event_lag = Histogram(
+            "inflab_event_lag_seconds", "Now minus the event's own time, when the gateway stores it.",
+            ["kind"], buckets=LAG_BUCKETS, registry=self.registry,
+        )
+
+    def event_stored(self, event: EventBase) -> None:
+        lag = (datetime.now(timezone.utc) - event.time).total_seconds()
+        self.event_lag.labels(event.kind).observe(max(lag, 0.0))
+
+    async def streaming(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """``stream``, counted in ``inflab_sse_clients`` while it is open."""
+        self.sse_clients.inc()
+        try:
+            async for chunk in stream:
+                yield chunk
+        finally:
+            self.sse_clients.dec()
+
+
+class RequestMiddleware:
+    """Per request: the request id (context for logs, ``X-Request-ID`` on the response),
+    the metrics above and one access log line. Plain ASGI, so streams pass untouched."""
+
+    def __init__(self, app: ASGIApp, metrics: GatewayMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        request_id = request_id_from(headers.get(REQUEST_ID_HEADER.encode(), b"").decode("latin-1"))
+        token = request_id_var.set(request_id)
+        start = time.perf_counter()
+        status = 500  # what the client sees if the app fails before answering
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER.encode(), request_id.encode())]
+                self.metrics.latency.labels(scope["method"], _route(scope)).observe(time.perf_counter() - start)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            route = _route(scope)
+            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
+            log.info(
+                "%s %s %s", scope["method"], route, status,
+                extra={"method": scope["method"], "route": route, "status": status,
+                       "duration_ms": round((time.perf_counter() - start) * 1000, 2)},
+            )
+            request_id_var.reset(token)
+
+
+def _route(scope: Scope) -> str:
+    route = scope.get("route")
+    return getattr(route, "path", None) or "unmatched"
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    """Prometheus text format."""
+    state = request.app.state
+    gauge: GatewayMetrics = state.metrics
+    async with state.sessionmaker() as session:
+        counts = dict((await session.execute(select(Run.status, func.count()).group_by(Run.status))).all())
+    for status in get_args(RunStatus):
+        gauge.runs.labels(status).set(counts.get(status, 0))
+    return Response(generate_latest(gauge.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def get_metrics(request: Request) -> GatewayMetrics:
+    return request.app.state.metrics
+
+
+MetricsDep = Annotated[GatewayMetrics, Depends(get_metrics)]
