@@ -124,7 +124,7 @@ async def test_start_run_queues_a_train_request(gateway, gw_settings) -> None:
     msg = await pull_train_request(gw_settings, run_id)
     assert msg.headers["Nats-Msg-Id"] == run_id  # a retried publish is deduplicated
     request = TrainRequest.model_validate_json(msg.data)
-    assert request.owner_id == app.state.local_user.id
+    assert str(request.owner_id) == (await client.get("/api/auth/me")).json()["id"]
     assert [p.id for p in request.spec.training_data] == ["tr00", "tr01", "bees"]
     assert request.spec.hyperparams.num_epochs == 2
     assert request.spec.model_id == gw_settings.default_model_id

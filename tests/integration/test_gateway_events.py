@@ -35,10 +35,12 @@ from inflab.common.messages import (
 )
 from inflab.common.settings import Settings
 from inflab.gateway.testing import (
+    access_token,
     delete_streams,
     gateway_in_process,
     gateway_server,
     isolated_settings,
+    sign_up,
     start_run,
     wait_for_event,
     wait_for_run,
@@ -311,6 +313,7 @@ async def test_sse_replays_in_order_resumes_after_last_event_id_and_ends(gateway
 
 async def test_sse_pushes_live_events_over_a_real_socket(gw_settings, producer) -> None:
     async with gateway_server(gw_settings) as (app, base_url), httpx.AsyncClient(base_url=base_url) as client:
+        await sign_up(client, gw_settings.local_user_email)
         run_id = await start_run(client, EXPERIMENT)
         body, publisher = "", None
         async with asyncio.timeout(15), client.stream("GET", f"/api/runs/{run_id}/events") as response:
@@ -338,6 +341,7 @@ async def test_sse_follows_events_another_replica_stores(gw_settings, producer) 
         httpx.AsyncClient(base_url=base_url) as client,
     ):
         replica_b.state.persister_task.cancel()  # every event is now stored by A
+        await sign_up(client, slow.local_user_email)
         run_id = await start_run(client, EXPERIMENT)
         body, publisher = "", None
         async with asyncio.timeout(10), client.stream("GET", f"/api/runs/{run_id}/events") as response:
@@ -386,16 +390,18 @@ async def test_the_python_client_follows_a_run_to_its_results(gw_settings, produ
     """inflab.common.client (the CLI's and scripts' client) against the real gateway."""
     from inflab.common.client import GatewayClient
 
-    async with gateway_server(gw_settings) as (_, base_url), GatewayClient(base_url) as client:
-        experiment_id = await client.create_experiment(EXPERIMENT)
-        run_id = uuid.UUID(await client.start_run(experiment_id))
-        kinds = []
-        async with asyncio.timeout(10):
-            async for event in client.follow_run(str(run_id)):
-                kinds.append(event.kind)
-                if len(kinds) == 1:  # the stream is live: let the workers speak
-                    await publish(producer, train_events(run_id) + later_events(run_id))
-        assert event.is_run_finished and kinds[0] == "status"
-        assert len(kinds) == 1 + len(train_events(run_id)) + len(later_events(run_id)) + 1
-        results = await client.run_results(str(run_id))
+    async with gateway_server(gw_settings) as (_, base_url):
+        token = await access_token(base_url, gw_settings.local_user_email)
+        async with GatewayClient(base_url, token=token) as client:
+            experiment_id = await client.create_experiment(EXPERIMENT)
+            run_id = uuid.UUID(await client.start_run(experiment_id))
+            kinds = []
+            async with asyncio.timeout(10):
+                async for event in client.follow_run(str(run_id)):
+                    kinds.append(event.kind)
+                    if len(kinds) == 1:  # the stream is live: let the workers speak
+                        await publish(producer, train_events(run_id) + later_events(run_id))
+            assert event.is_run_finished and kinds[0] == "status"
+            assert len(kinds) == 1 + len(train_events(run_id)) + len(later_events(run_id)) + 1
+            results = await client.run_results(str(run_id))
     assert results["status"] == "completed" and len(results["answers"]) == 2

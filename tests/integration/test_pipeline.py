@@ -25,6 +25,7 @@ from inflab.common.models import build_tiny_model
 from inflab.common.objectstore import ObjectStore
 from inflab.common.subjects import Subjects
 from inflab.common.worker import serve
+from inflab.gateway.testing import sign_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -143,6 +144,7 @@ async def test_run_end_to_end(stack, settings, tiny_model):
         "max_new_tokens": 8,
     }
     async with httpx.AsyncClient(base_url=stack, timeout=httpx.Timeout(300)) as client:
+        await sign_up(client, f"pipeline-{uuid.uuid4().hex[:8]}@tests.invalid")
         created = await client.post("/api/experiments", json=experiment)
         assert created.status_code == 201, created.text
         started = await client.post(f"/api/experiments/{created.json()['id']}/runs")

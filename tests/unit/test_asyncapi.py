@@ -36,7 +36,7 @@ def test_every_subject_has_a_channel_with_its_payload():
     addresses = {c["address"]: c for c in DOC["channels"].values()}
     expected = {subjects.request(stage) for stage in STAGES}
     expected |= {subjects.event("{run_id}", kind) for kind in m.EVENT_KINDS}
-    expected |= {subjects.control("{run_id}"), subjects.dead_letter("{service}")}
+    expected |= {subjects.control("{run_id}"), subjects.dead_letter("{service}"), subjects.run_submit}
     assert set(addresses) == expected
     # Every member of the event union is documented, and EVENT_KINDS lists them all.
     assert set(event_models()) == set(m.EVENT_KINDS)

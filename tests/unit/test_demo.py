@@ -202,8 +202,12 @@ class FakeGateway:
         self.final_status = final_status
         self.submitted: dict | None = None
         self.stream_requests: list[str | None] = []
+        self.accounts: dict[str, str] = {}
+        self.authorization: str | None = None
         self.app = Starlette(
             routes=[
+                Route("/api/auth/login", self.login, methods=["POST"]),
+                Route("/api/auth/register", self.register, methods=["POST"]),
                 Route("/api/experiments", self.create, methods=["POST"]),
                 Route("/api/experiments/{id}/runs", self.start, methods=["POST"]),
                 Route("/api/runs/{run_id}/events", self.events),
@@ -211,7 +215,19 @@ class FakeGateway:
             ]
         )
 
+    async def login(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        if self.accounts.get(body["email"]) != body["password"]:
+            return JSONResponse({"detail": "wrong email or password"}, status_code=401)
+        return JSONResponse({"access_token": "ils_demo"})
+
+    async def register(self, request: Request) -> JSONResponse:
+        body = await request.json()
+        self.accounts[body["email"]] = body["password"]
+        return JSONResponse({"access_token": "ils_demo"}, status_code=201)
+
     async def create(self, request: Request) -> JSONResponse:
+        self.authorization = request.headers.get("authorization")
         self.submitted = await request.json()
         return JSONResponse({"id": "exp-1"}, status_code=201)
 
@@ -283,9 +299,13 @@ async def test_the_demo_flow_writes_results_and_heatmap(serve, tmp_path: Path) -
     timings: dict = {}
 
     document = await run_experiment(
-        url, experiment, tmp_path, console, run_timeout_s=30, timings=timings, began=0.0
+        url, experiment, tmp_path, console, run_timeout_s=30, timings=timings, began=0.0,
+        credentials=("researcher@localhost", "demo password"),
     )
 
+    # The demo account is registered on first use, then the run is submitted as it.
+    assert gateway.accounts == {"researcher@localhost": "demo password"}
+    assert gateway.authorization == "Bearer ils_demo"
     assert gateway.submitted == experiment
     assert gateway.stream_requests == [None, "10"]  # resumed after the drop
     written = json.loads((tmp_path / "results.json").read_text())
@@ -305,3 +325,14 @@ async def test_a_failed_run_is_reported_with_its_error(serve, tmp_path: Path) ->
             url, experiment, tmp_path, Console(file=io.StringIO()), run_timeout_s=30, timings={}, began=0.0
         )
     assert not (tmp_path / "results.json").exists()
+
+
+def test_the_demo_account_password_is_made_once_and_kept_private(tmp_path: Path) -> None:
+    from inflab.common.demo import demo_credentials
+    from inflab.common.settings import Settings
+
+    settings = Settings(home=tmp_path)
+    email, password = demo_credentials(settings)
+    assert email == settings.local_user_email and len(password) >= 20
+    assert demo_credentials(settings) == (email, password)  # the same account next time
+    assert (tmp_path / "demo-account.json").stat().st_mode & 0o077 == 0

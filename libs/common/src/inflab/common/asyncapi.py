@@ -117,6 +117,23 @@ def build_asyncapi(subjects: Subjects | None = None) -> dict[str, Any]:
         "runControl", m.ControlMessage, _message("runControl", m.ControlMessage, "Cancel a run or change its parameters."),
         "receive", "The trainer applies a control message at its next optimizer step.")
 
+    submission = _message("runSubmission", m.RunSubmission, "A pipeline submits a run.")
+    submission["headers"] = {
+        "type": "object",
+        "required": ["Authorization"],
+        "properties": {
+            "Authorization": {"type": "string",
+                              "description": "Bearer <personal API token>: the run belongs to the token's user."},
+            **_MSG_ID["properties"],
+        },
+    }
+    add("runSubmission", _channel(subjects.run_submit, "runSubmission",
+                                  f"Pipelines' runs (work-queue stream {subjects.submissions_stream}): the gateway "
+                                  "checks the API token, creates the experiment and the run as the token's user "
+                                  "and queues it, or dead-letters the submission with the reason (docs/pipelines.md)."),
+        "runSubmission", m.RunSubmission, submission,
+        "receive", "The gateway creates and queues the submitted run.")
+
     add("deadLetter", _channel(subjects.dead_letter("{service}"), "deadLetter",
                                f"Messages a service rejected, with the reason (stream {subjects.dead_letter_stream}).",
                                {"service": {"description": "The rejecting service: gateway, trainer, inference or influence."}}),

@@ -30,6 +30,12 @@ from inflab.common.subjects import STAGES, Subjects
 
 log = logging.getLogger(__name__)
 
+
+class Rejected(Exception):
+    """Raised by a handler for a message that no redelivery can make acceptable (a bad
+    token, an invalid payload): it is dead-lettered at once with this reason."""
+
+
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[M, Msg], Awaitable[None]]
 
@@ -68,6 +74,12 @@ class Bus:
             StreamConfig(
                 name=s.jobs_stream,
                 subjects=[s.request(stage) for stage in STAGES],
+                retention=RetentionPolicy.WORK_QUEUE,
+                duplicate_window=3600.0,
+            ),
+            StreamConfig(
+                name=s.submissions_stream,
+                subjects=[s.run_submit],
                 retention=RetentionPolicy.WORK_QUEUE,
                 duplicate_window=3600.0,
             ),
@@ -176,6 +188,11 @@ class Bus:
             with contextlib.suppress(Exception):
                 await msg.nak()
             raise
+        except Rejected as exc:
+            heartbeat.cancel()
+            await self.dead_letter(msg, str(exc))
+            await msg.term()
+            return
         except Exception as exc:
             heartbeat.cancel()
             deliveries = msg.metadata.num_delivered

@@ -205,6 +205,23 @@ class GatewayClient:
             raise GatewayError(f"{method} {path} -> HTTP {response.status_code}: {_detail(response)}")
         return response.json()
 
+    async def sign_in(self, email: str, password: str, register: bool = True) -> dict[str, Any]:
+        """Sign in with email and password (registering the account first when it does not
+        exist and ``register``), and send its bearer access token from now on."""
+        credentials = {"email": email, "password": password}
+        try:
+            response = await self._http.post("/api/auth/login", json=credentials)
+            if response.status_code == 401 and register:
+                response = await self._http.post("/api/auth/register", json=credentials)
+        except httpx.TransportError as exc:
+            raise GatewayError(f"sign-in: gateway unreachable ({exc!r})") from exc
+        if response.status_code not in (200, 201):
+            raise GatewayError(f"could not sign in as {email}: HTTP {response.status_code}: {_detail(response)}")
+        signed_in = response.json()
+        self._http.headers["Authorization"] = f"Bearer {signed_in['access_token']}"
+        self._http.cookies.clear()  # the bearer token is the credential; no CSRF dance
+        return signed_in
+
     async def create_experiment(self, experiment: dict[str, Any]) -> str:
         body = await self._request("POST", "/api/experiments", 201, json=experiment)
         return str(body["id"])

@@ -18,6 +18,7 @@ import contextlib
 import json
 import math
 import os
+import secrets
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -406,10 +407,14 @@ async def run_experiment(
     timings: dict[str, Any],
     began: float,
     stream_read_timeout_s: float = 60.0,
+    credentials: tuple[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Submit, follow, collect, write. Returns the results document. ``timings`` gains the
-    durations of each phase; ``began`` is when the demo started (for ``total_s``)."""
+    """Sign in (with ``credentials``, registering the account if new), submit, follow,
+    collect, write. Returns the results document. ``timings`` gains the durations of each
+    phase; ``began`` is when the demo started (for ``total_s``)."""
     async with GatewayClient(gateway_url, stream_read_timeout_s=stream_read_timeout_s) as client:
+        if credentials is not None:
+            await client.sign_in(*credentials)
         started = time.perf_counter()
         experiment_id = await client.create_experiment(experiment)
         run_id = await client.start_run(experiment_id)
@@ -448,6 +453,23 @@ async def run_experiment(
     return document
 
 
+def demo_credentials(settings: Settings, console: Console | None = None) -> tuple[str, str]:
+    """The demo's account: ``settings.local_user_email`` and a random password made on
+    first use and kept in ``INFLAB_HOME/demo-account.json`` (readable by you alone), so
+    the same account, with its history, signs in to the web UI and later demos."""
+    path = settings.home / "demo-account.json"
+    if path.exists():
+        account = json.loads(path.read_text())
+    else:
+        account = {"email": settings.local_user_email, "password": secrets.token_urlsafe(18)}
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)
+        path.write_text(json.dumps(account, indent=2) + "\n")
+    if console is not None:
+        console.print(f"signing in as [bold]{account['email']}[/] (password in {path})")
+    return account["email"], account["password"]
+
+
 async def run_demo(
     settings: Settings,
     experiment: dict[str, Any],
@@ -470,6 +492,7 @@ async def run_demo(
                     run_timeout_s=run_timeout_s, timings=timings, began=began,
                     # Silence longer than a few missed heartbeats means the connection is dead.
                     stream_read_timeout_s=max(60.0, 4 * settings.sse_heartbeat_s),
+                    credentials=demo_credentials(settings, console),
                 ),
                 stack,
             )

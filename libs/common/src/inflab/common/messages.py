@@ -380,6 +380,20 @@ def parse_event(data: bytes | str) -> RunEvent:
     return run_event_adapter.validate_json(data)
 
 
+class RunSubmission(Message):
+    """A pipeline's run, published on ``inflab.v1.run.submit`` with a personal API token in
+    the ``Authorization: Bearer <token>`` header. The gateway creates the experiment and
+    the run, owned by the token's user, and queues it; a bad token or experiment ends on
+    ``inflab.v1.deadletter.gateway`` with the reason. See docs/pipelines.md."""
+
+    #: Becomes the run's id, so a resubmitted message makes one run, and the submitter
+    #: knows the id to follow before the gateway answers.
+    submission_id: UUID = Field(default_factory=uuid4)
+    #: The experiment, exactly as the body of ``POST /api/experiments`` (ExperimentCreate
+    #: in /openapi.json): name, training_data, eval_data and optional run settings.
+    experiment: dict
+
+
 class DeadLetter(Message):
     """What a service publishes when it rejects a message it cannot process."""
 

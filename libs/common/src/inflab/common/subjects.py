@@ -41,6 +41,12 @@ class Subjects:
     def influence_request(self) -> str:
         return self.request("influence")
 
+    @property
+    def run_submit(self) -> str:
+        """Pipelines submit runs here (``RunSubmission``, API token in a header); the
+        gateway consumes it."""
+        return f"{self.root}.run.submit"
+
     def event(self, run_id: object, kind: str) -> str:
         """``inflab.v1.run.{run_id}.event.{kind}``."""
         return f"{self.root}.run.{run_id}.event.{kind}"
@@ -69,6 +75,11 @@ class Subjects:
     def jobs_stream(self) -> str:
         """Work-queue stream holding train / inference / influence requests."""
         return f"{self.stream_prefix}_JOBS"
+
+    @property
+    def submissions_stream(self) -> str:
+        """Work-queue stream of pipelines' run submissions (the gateway's to consume)."""
+        return f"{self.stream_prefix}_SUBMISSIONS"
 
     @property
     def events_stream(self) -> str:

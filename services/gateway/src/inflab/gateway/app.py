@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 
@@ -13,17 +14,22 @@ from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.sessions import SessionMiddleware
 
 from inflab.common.bus import Bus
 from inflab.common.db.session import make_engine, make_sessionmaker
 from inflab.common.settings import Settings, get_settings
+from inflab.gateway.auth.google import make_oauth
+from inflab.gateway.auth.ratelimit import SlidingWindow
+from inflab.gateway.auth.rls import user_sessionmaker
 from inflab.gateway import errors, metrics
 from inflab.gateway.limits import BodyLimitMiddleware
 from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.persister import EventPersister
 from inflab.gateway import limits
 from inflab.gateway.routes import contracts, control, estimates, experiments, health, predictions, runs
-from inflab.gateway.users import ensure_user
+from inflab.gateway.routes import auth, tokens
+from inflab.gateway.submissions import RunSubmissions
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +65,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         notifier = RunNotifier()
         stop = asyncio.Event()
         bus: Bus | None = None
-        task: asyncio.Task | None = None
+        tasks: list[asyncio.Task] = []
         try:
             sessionmaker = make_sessionmaker(engine)
             app.state.sessionmaker = sessionmaker
+            app.state.user_sessionmaker = user_sessionmaker(engine)
             app.state.notifier = notifier
             app.state.loop = asyncio.get_running_loop()
-            app.state.local_user = await ensure_user(sessionmaker, settings.local_user_email)
             bus = app.state.bus = await Bus.connect(settings, "gateway")
             persister = EventPersister(bus, sessionmaker, notifier, on_stored=app.state.metrics.event_stored)
             await persister.listen_for_pokes()
-            task = app.state.persister_task = asyncio.create_task(persister.run(stop), name="event-persister")
+            tasks.append(asyncio.create_task(persister.run(stop), name="event-persister"))
+            app.state.persister_task = tasks[0]
+            submissions = RunSubmissions(bus, sessionmaker, app.state.user_sessionmaker, notifier, settings)
+            tasks.append(asyncio.create_task(submissions.run(stop), name="run-submissions"))
             log.info("gateway ready; persisting %s as %s", bus.subjects.all_events, persister.durable)
             yield
         finally:
             notifier.close()  # open SSE streams end; clients resume with Last-Event-ID
             stop.set()
-            if task is not None:
+            for task in tasks:
                 # Safe mid-event: an unacked event is redelivered and stored once.
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -92,6 +101,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=_operation_id,
     )
     app.state.settings = settings
+    app.state.oauth = make_oauth(settings)
+    app.state.login_limiter = SlidingWindow(settings.login_max_failures, settings.login_window_s)
+    app.state.register_limiter = SlidingWindow(settings.register_max_per_window, settings.register_window_s)
+    # Holds only the OpenID Connect state and nonce between the redirect and the callback.
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=settings.secret_key.get_secret_value() or secrets.token_urlsafe(32),
+        session_cookie="inflab_oauth",
+        max_age=600,
+        same_site="lax",
+        https_only=bool(settings.cookie_secure),
+    )
     app.state.metrics = metrics.GatewayMetrics()
     app.add_exception_handler(RequestValidationError, errors.validation_error)
     app.add_exception_handler(StarletteHTTPException, errors.http_error)
@@ -100,6 +121,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(metrics.RequestMiddleware, metrics=app.state.metrics)
     app.include_router(health.router)
     app.include_router(metrics.router)
+    app.include_router(auth.router)
+    app.include_router(tokens.router)
     app.include_router(experiments.router)
     app.include_router(runs.router)
     app.include_router(control.router)

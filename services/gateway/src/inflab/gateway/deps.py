@@ -1,12 +1,15 @@
 """Typed dependencies: route signatures read like their docs.
 
-``CurrentUser`` is the one place that decides who is asking; today it is the local user
-made at startup, later the signed-in account or API token. Every query takes its owner
-from here.
+``CurrentUser`` is the one place that decides who is asking: a bearer token (an access
+token from sign-in or a personal API token) or the browser's session cookie, whose
+state-changing requests must carry the CSRF header (:mod:`inflab.gateway.auth`). Every
+query takes its owner from here, and ``SessionDep`` runs as that user under row level
+security (:mod:`inflab.gateway.auth.rls`).
 """
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import AsyncIterator
 from typing import Annotated
 from uuid import UUID
@@ -18,7 +21,14 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from inflab.common.bus import Bus
 from inflab.common.db.models import Experiment, Run, User
 from inflab.common.settings import Settings
+from inflab.gateway.auth.accounts import Caller, caller_for_token
+from inflab.gateway.auth.rls import session_for
 from inflab.gateway.notifier import RunNotifier
+
+SESSION_COOKIE = "inflab_session"
+CSRF_COOKIE = "inflab_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 def get_settings(request: Request) -> Settings:
@@ -29,9 +39,10 @@ def get_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
     return request.app.state.sessionmaker
 
 
-async def get_session(
+async def get_system_session(
     sessionmaker: Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)],
 ) -> AsyncIterator[AsyncSession]:
+    """Not scoped to a user (RLS does not apply): only for signing in, before a user is known."""
     async with sessionmaker() as session:
         yield session
 
@@ -44,12 +55,51 @@ def get_notifier(request: Request) -> RunNotifier:
     return request.app.state.notifier
 
 
-def current_user(request: Request) -> User:
-    return request.app.state.local_user
+def _unauthenticated(detail: str = "sign in or send a bearer token") -> HTTPException:
+    return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+async def current_caller(
+    request: Request, sessionmaker: Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
+) -> Caller:
+    authorization = request.headers.get("authorization")
+    async with sessionmaker() as session:
+        if authorization:
+            scheme, _, token = authorization.partition(" ")
+            if scheme.lower() != "bearer" or not token.strip():
+                raise _unauthenticated("Authorization must be 'Bearer <token>'")
+            caller = await caller_for_token(session, token.strip(), "bearer")
+        elif cookie := request.cookies.get(SESSION_COOKIE):
+            caller = await caller_for_token(session, cookie, "cookie")
+        else:
+            raise _unauthenticated()
+    if caller is None:
+        raise _unauthenticated("unknown, expired or revoked token")
+    if caller.via == "cookie" and request.method not in SAFE_METHODS:
+        # Double submit: a cross-site form can send the cookie but cannot read it to
+        # send its CSRF token back in a header.
+        sent = request.headers.get(CSRF_HEADER, "")
+        if not (caller.csrf_token and hmac.compare_digest(sent.encode(), caller.csrf_token.encode())):
+            raise HTTPException(status.HTTP_403_FORBIDDEN, f"missing or wrong {CSRF_HEADER} header")
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]
+
+
+def current_user(caller: CallerDep) -> User:
+    return caller.user
+
+
+async def get_session(request: Request, user: Annotated[User, Depends(current_user)]) -> AsyncIterator[AsyncSession]:
+    """The caller's session: every transaction runs under row level security as them."""
+    async with session_for(request.app.state.user_sessionmaker, user.id) as session:
+        yield session
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 SessionDep = Annotated[AsyncSession, Depends(get_session)]
+SystemSessionDep = Annotated[AsyncSession, Depends(get_system_session)]
 SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
 BusDep = Annotated[Bus, Depends(get_bus)]
 NotifierDep = Annotated[RunNotifier, Depends(get_notifier)]

@@ -24,13 +24,41 @@ from inflab.gateway.app import create_app, end_streams
 from inflab.gateway.server import GatewayServer, server_config
 
 
+#: Meets the password rules; for test accounts only.
+TEST_PASSWORD = "a test password, 1234"
+
+
+async def sign_up(client: httpx.AsyncClient, email: str, password: str = TEST_PASSWORD) -> dict:
+    """Register the account (or sign in, if it exists) and make ``client`` send its bearer
+    access token from now on; the sign-in answer (``user``, ``access_token``...)."""
+    credentials = {"email": email, "password": password}
+    answer = await client.post("/api/auth/register", json=credentials)
+    if answer.status_code == 409:
+        answer = await client.post("/api/auth/login", json=credentials)
+    assert answer.status_code in (200, 201), answer.text
+    signed_in = answer.json()
+    client.headers["Authorization"] = f"Bearer {signed_in['access_token']}"
+    return signed_in
+
+
+async def access_token(base_url: str, email: str) -> str:
+    """A bearer access token for the account (registered if new) of a gateway at ``base_url``."""
+    async with httpx.AsyncClient(base_url=base_url) as client:
+        return (await sign_up(client, email))["access_token"]
+
+
 @contextlib.asynccontextmanager
-async def gateway_in_process(settings: Settings) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """The app with its lifespan running, and a client that calls it without a socket."""
+async def gateway_in_process(
+    settings: Settings, signed_in: bool = True
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The app with its lifespan running, and a client that calls it without a socket,
+    signed in as ``settings.local_user_email`` unless ``signed_in`` is False."""
     app = create_app(settings)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
+            if signed_in:
+                await sign_up(client, settings.local_user_email)
             yield app, client
 
 
@@ -78,7 +106,7 @@ async def delete_streams(settings: Settings) -> None:
     try:
         js = nc.jetstream()
         for name in (subjects.jobs_stream, subjects.events_stream, subjects.control_stream,
-                     subjects.dead_letter_stream):
+                     subjects.dead_letter_stream, subjects.submissions_stream):
             with contextlib.suppress(NotFoundError):
                 await js.delete_stream(name)
     finally:

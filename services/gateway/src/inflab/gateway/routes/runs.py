@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
-from datetime import datetime, timezone
 from typing import Annotated
 from uuid import UUID
 
@@ -13,14 +11,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import exists, select
 
 from inflab.common.db.models import Checkpoint, Generation, InfluenceResult, Metric, Run, RunEventRow
-from inflab.common.messages import (
-    Answer,
-    CheckpointRef,
-    InfluenceMatrix,
-    StatusEvent,
-    TrainingSummary,
-    TrainRequest,
-)
+from inflab.common.messages import Answer, CheckpointRef, InfluenceMatrix, TrainingSummary
 from inflab.gateway.deps import (
     BusDep,
     CurrentUser,
@@ -31,11 +22,9 @@ from inflab.gateway.deps import (
     SessionmakerDep,
     SettingsDep,
 )
-from inflab.gateway.estimates import UnknownModelSize, estimate
-from inflab.gateway.persistence import finish_run, insert_event
-from inflab.gateway.run_state import TERMINAL, initial_stages
+from inflab.gateway.launch import QueueFailed, launch_run
+from inflab.gateway.run_state import TERMINAL
 from inflab.gateway.schemas import LossPoint, RunOut, RunQueued, RunResults, TrainingResults
-from inflab.gateway.specs import experiment_spec
 from inflab.gateway.metrics import MetricsDep
 from inflab.gateway.sse import run_event_stream
 
@@ -64,41 +53,9 @@ async def start_run(
     settings: SettingsDep,
 ) -> RunQueued:
     """Queue a run of the experiment: train, then inference and influence in parallel."""
-    spec = experiment_spec(experiment)
     try:
-        run_estimate = estimate(spec.model_id, spec.training_data, spec.hyperparams, settings).model_dump(mode="json")
-    except UnknownModelSize:
-        run_estimate = None  # not knowing the model's size is no reason to refuse the run
-    run = Run(
-        id=uuid.uuid4(),
-        owner_id=user.id,
-        experiment_id=experiment.id,
-        status="queued",
-        config=spec.model_dump(mode="json"),
-        stages=initial_stages(spec),
-        progress=0.0,
-        estimate=run_estimate,
-    )
-    session.add(run)
-    await session.flush()
-    await insert_event(session, StatusEvent(run_id=run.id, stage="run", status="queued"))
-    # Committed before publishing: the trainer's first event must find the run.
-    await session.commit()
-    try:
-        # The run id is the message id, so a retried publish is deduplicated by JetStream.
-        await bus.publish(
-            bus.subjects.train_request,
-            TrainRequest(run_id=run.id, owner_id=user.id, spec=spec),
-            msg_id=str(run.id),
-        )
-    except Exception as exc:
-        log.exception("could not queue run %s", run.id)
-        locked = await session.scalar(
-            select(Run).where(Run.id == run.id).with_for_update().execution_options(populate_existing=True)
-        )
-        await finish_run(session, locked, "failed", datetime.now(timezone.utc), f"could not queue the run: {exc!r}")
-        await session.commit()
-        notifier.notify(run.id)
+        run = await launch_run(session, bus, notifier, settings, user.id, experiment)
+    except QueueFailed as exc:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "could not queue the run; try again") from exc
     return RunQueued(run_id=run.id, status="queued")
 

@@ -1,0 +1,85 @@
+"""Personal API tokens, for pipelines: create (the token is shown once), list, revoke.
+Only a signed-in session may manage them, so a leaked API token cannot mint others."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Annotated
+from uuid import UUID
+
+from fastapi import APIRouter, HTTPException, Path, Response, status
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import func, select, update
+
+from inflab.common.db.models import ApiToken
+from inflab.gateway.auth.accounts import create_api_token
+from inflab.gateway.deps import CallerDep, SessionDep
+
+router = APIRouter(prefix="/api/tokens", tags=["tokens"])
+
+
+class ApiTokenCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    #: What the token is for ("nightly eval pipeline").
+    name: Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class ApiTokenOut(BaseModel):
+    id: UUID
+    name: str
+    #: The token's first characters, to tell tokens apart.
+    prefix: str
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class ApiTokenCreated(ApiTokenOut):
+    #: The token itself: shown this once, stored only as a hash.
+    token: str
+
+
+def _signed_in_session(caller) -> None:
+    if caller.via == "api_token":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "API tokens are managed from a signed-in session")
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, responses={403: {"description": "Called with an API token."}})
+async def create_token(body: ApiTokenCreate, caller: CallerDep, session: SessionDep) -> ApiTokenCreated:
+    _signed_in_session(caller)
+    token, row = await create_api_token(session, caller.user.id, body.name)
+    return ApiTokenCreated(**ApiTokenOut.model_validate(row, from_attributes=True).model_dump(), token=token)
+
+
+@router.get("")
+async def list_tokens(caller: CallerDep, session: SessionDep) -> list[ApiTokenOut]:
+    """Newest first, revoked ones included (with when)."""
+    rows = await session.scalars(
+        select(ApiToken).where(ApiToken.user_id == caller.user.id).order_by(ApiToken.created_at.desc(), ApiToken.id)
+    )
+    return [ApiTokenOut.model_validate(row, from_attributes=True) for row in rows]
+
+
+@router.delete(
+    "/{token_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    responses={403: {"description": "Called with an API token."}, 404: {"description": "No such token, or not yours."}},
+)
+async def revoke_token(token_id: Annotated[str, Path()], caller: CallerDep, session: SessionDep) -> Response:
+    """Revoke at once: the next request with it gets 401. Revoking twice is a no-op."""
+    _signed_in_session(caller)
+    try:
+        token_uuid = UUID(token_id)
+    except ValueError:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "token not found") from None
+    found = await session.scalar(
+        update(ApiToken)
+        .where(ApiToken.id == token_uuid, ApiToken.user_id == caller.user.id)
+        .values(revoked_at=func.coalesce(ApiToken.revoked_at, datetime.now(timezone.utc)))
+        .returning(ApiToken.id)
+    )
+    await session.commit()
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "token not found")
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

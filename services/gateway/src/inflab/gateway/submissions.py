@@ -1,0 +1,123 @@
+"""Runs submitted over NATS by pipelines: the gateway's durable work-queue consumer of
+``inflab.v1.run.submit``.
+
+A ``RunSubmission`` carries a personal API token in its ``Authorization: Bearer`` header.
+The gateway checks the token (system path: it does not know the user yet), then, as that
+user under row level security, creates the experiment and the run (the submission id is
+the run id) and queues the train request, exactly as ``POST /api/experiments`` and
+``POST /api/experiments/{id}/runs`` would. A missing, unknown or revoked token, an invalid
+experiment or a submission id another user's run has are dead-lettered at once on
+``inflab.v1.deadletter.gateway`` with the reason; a redelivered submission finds its run
+and does nothing more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from fastapi.exceptions import RequestValidationError
+from nats.aio.msg import Msg
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from inflab.common.bus import Bus, Rejected
+from inflab.common.db.models import Experiment, Run
+from inflab.common.messages import RunSubmission
+from inflab.common.settings import Settings
+from inflab.gateway.auth.accounts import caller_for_api_token
+from inflab.gateway.auth.rls import session_for
+from inflab.gateway.launch import launch_run
+from inflab.gateway.notifier import RunNotifier
+from inflab.gateway.schemas import ExperimentCreate
+from inflab.gateway.specs import validated_spec
+
+log = logging.getLogger(__name__)
+
+
+def bearer_token(msg: Msg) -> str | None:
+    for name, value in (msg.headers or {}).items():
+        if name.lower() == "authorization":
+            scheme, _, token = value.partition(" ")
+            return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return None
+
+
+def _errors(errors: list[dict]) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in e.get('loc', ())) or '(experiment)'}: {e.get('msg')}"
+                     for e in errors[:5])
+
+
+class RunSubmissions:
+    def __init__(
+        self,
+        bus: Bus,
+        sessionmaker: async_sessionmaker[AsyncSession],
+        user_sessionmaker: async_sessionmaker[AsyncSession],
+        notifier: RunNotifier,
+        settings: Settings,
+    ) -> None:
+        self.bus = bus
+        self.sessionmaker = sessionmaker
+        self.user_sessionmaker = user_sessionmaker
+        self.notifier = notifier
+        self.settings = settings
+        self.durable = bus.subjects.durable("gateway_submissions")
+
+    async def handle(self, submission: RunSubmission, msg: Msg) -> None:
+        token = bearer_token(msg)
+        if token is None:
+            raise Rejected("no API token: send one in the 'Authorization: Bearer <token>' header")
+        async with self.sessionmaker() as session:
+            caller = await caller_for_api_token(session, token)
+            if caller is None:
+                raise Rejected("unknown or revoked API token")
+            existing = await session.get(Run, submission.submission_id)
+        if existing is not None:
+            if existing.owner_id != caller.user.id:
+                raise Rejected(f"submission_id {submission.submission_id} is taken: use a new one")
+            log.info("submission %s already made its run", submission.submission_id)
+            return
+        try:
+            body = ExperimentCreate.model_validate(submission.experiment)
+            spec = validated_spec(body.spec_fields(self.settings), self.settings)
+        except ValidationError as exc:
+            raise Rejected(f"invalid experiment: {_errors(exc.errors())}") from None
+        except RequestValidationError as exc:
+            raise Rejected(f"invalid experiment: {_errors(list(exc.errors()))}") from None
+        async with session_for(self.user_sessionmaker, caller.user.id) as session:
+            experiment = Experiment(
+                owner_id=caller.user.id,
+                name=body.name,
+                description=body.description,
+                model_id=spec.model_id,
+                training_data=[pair.model_dump(mode="json") for pair in spec.training_data],
+                eval_data=[question.model_dump(mode="json") for question in spec.eval_data],
+                hyperparams=spec.hyperparams.model_dump(mode="json"),
+                influence_methods=spec.influence_methods,
+                few_shot_k=spec.few_shot_k,
+                max_new_tokens=spec.max_new_tokens,
+                predictions=spec.predictions.model_dump(mode="json"),
+            )
+            session.add(experiment)
+            await session.flush()
+            # A failure to queue raises: the message is redelivered, finds its (failed) run
+            # and stops there; the run says why it failed.
+            run = await launch_run(session, self.bus, self.notifier, self.settings, caller.user.id, experiment,
+                                   run_id=submission.submission_id, announce=True)
+        log.info("run %s submitted over NATS for user %s", run.id, caller.user.id)
+
+    async def run(self, stop: asyncio.Event, retry_s: float = 1.0) -> None:
+        """Consume until ``stop``, restarting the consumer if it fails (as the persister does)."""
+        while not stop.is_set():
+            try:
+                await self.bus.consume(self.bus.subjects.run_submit, RunSubmission, self.handle, stop,
+                                       durable=self.durable, stream=self.bus.subjects.submissions_stream)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("run submissions consumer stopped; restarting in %.1fs", retry_s)
+                try:
+                    await asyncio.wait_for(stop.wait(), retry_s)
+                except TimeoutError:
+                    pass
