@@ -10,7 +10,8 @@ from inflab.gateway.server import GatewayServer, server_config
 def main() -> None:
     settings = get_settings()
     setup_json_logging(settings.log_level)
-    GatewayServer(server_config(settings)).run()
+    # uvicorn's own loggers propagate to the JSON handler; requests are logged by the app.
+    GatewayServer(server_config(settings, log_config=None, access_log=False)).run()
 
 
 if __name__ == "__main__":

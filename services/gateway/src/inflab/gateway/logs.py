@@ -48,7 +48,7 @@ class JsonFormatter(logging.Formatter):
     """``{"time", "level", "logger", "message", "request_id", ...extra, "exception"}``."""
 
     #: Attributes every LogRecord has; anything else was passed with ``extra=`` and is kept.
-    _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+    _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {

@@ -7,6 +7,7 @@ cardinality stays bounded; paths that match no route count as ``unmatched``.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -27,6 +28,9 @@ log = logging.getLogger("inflab.gateway.access")
 router = APIRouter(tags=["health"])
 
 #: Event lag buckets: persisting is normally milliseconds behind; minutes means a backlog.
+#: A scrape must not hang on a slow database.
+RUNS_QUERY_TIMEOUT_S = 2.0
+
 LAG_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 
 
@@ -44,6 +48,8 @@ class GatewayMetrics:
         )
         self.runs = Gauge("inflab_runs", "Runs by status (all owners), read at scrape time.", ["status"],
                           registry=self.registry)
+        self.runs_errors = Counter("inflab_runs_count_errors", "Scrapes whose runs-by-status query failed.",
+                                   registry=self.registry)
         self.sse_clients = Gauge("inflab_sse_clients", "Open SSE event streams on this replica.",
                                  registry=self.registry)
         self.event_lag = Histogram(
@@ -114,10 +120,15 @@ async def metrics(request: Request) -> Response:
     """Prometheus text format."""
     state = request.app.state
     gauge: GatewayMetrics = state.metrics
-    async with state.sessionmaker() as session:
-        counts = dict((await session.execute(select(Run.status, func.count()).group_by(Run.status))).all())
-    for status in get_args(RunStatus):
-        gauge.runs.labels(status).set(counts.get(status, 0))
+    try:
+        async with asyncio.timeout(RUNS_QUERY_TIMEOUT_S), state.sessionmaker() as session:
+            counts = dict((await session.execute(select(Run.status, func.count()).group_by(Run.status))).all())
+    except Exception as exc:  # Postgres away: the other metrics are still worth scraping
+        log.warning("runs by status not counted: %s", type(exc).__name__)
+        gauge.runs_errors.inc()
+    else:
+        for status in get_args(RunStatus):
+            gauge.runs.labels(status).set(counts.get(status, 0))
     return Response(generate_latest(gauge.registry), media_type=CONTENT_TYPE_LATEST)
 
 
