@@ -184,3 +184,20 @@ async def test_registration_is_rate_limited_per_client_address(auth_settings) ->
             assert (await client.post("/api/auth/register", json={"email": email(), "password": TEST_PASSWORD})).status_code == 201
         limited = await client.post("/api/auth/register", json={"email": email(), "password": TEST_PASSWORD})
         assert limited.status_code == 429 and "Retry-After" in limited.headers
+
+
+async def test_the_python_client_signs_in_registering_the_account_first(auth_settings) -> None:
+    """What `inflab demo` does against the real gateway: register on first use, log in after."""
+    from inflab.common.client import GatewayClient, GatewayError
+    from inflab.gateway.testing import gateway_server
+
+    address = email()
+    async with gateway_server(auth_settings) as (_, base_url):
+        for _ in range(2):  # registers, then logs in to the same account
+            async with GatewayClient(base_url) as client:
+                signed_in = await client.sign_in(address, TEST_PASSWORD)
+                assert signed_in["user"]["email"] == address
+                assert await client.create_experiment(EXPERIMENT)
+        async with GatewayClient(base_url) as client:
+            with pytest.raises(GatewayError, match="exists with another password"):
+                await client.sign_in(address, "another password 99")

@@ -213,6 +213,8 @@ class GatewayClient:
             response = await self._http.post("/api/auth/login", json=credentials)
             if response.status_code == 401 and register:
                 response = await self._http.post("/api/auth/register", json=credentials)
+                if response.status_code == 409:
+                    raise GatewayError(f"could not sign in as {email}: the account exists with another password")
         except httpx.TransportError as exc:
             raise GatewayError(f"sign-in: gateway unreachable ({exc!r})") from exc
         if response.status_code not in (200, 201):
