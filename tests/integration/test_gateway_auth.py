@@ -7,13 +7,15 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from inflab.common.db.models import ApiToken, AuthSession, User
 from inflab.common.settings import Settings
+from inflab.gateway.auth.tokens import token_hash
 from inflab.gateway.testing import TEST_PASSWORD, delete_streams, gateway_in_process, isolated_settings, sign_up
 
 pytestmark = pytest.mark.integration
@@ -201,3 +203,24 @@ async def test_the_python_client_signs_in_registering_the_account_first(auth_set
         async with GatewayClient(base_url) as client:
             with pytest.raises(GatewayError, match="exists with another password"):
                 await client.sign_in(address, "another password 99")
+
+
+async def test_an_expired_session_is_refused_and_cleared_at_the_next_sign_in(gateway) -> None:
+    app, client = gateway
+    address = email()
+    first = (await client.post("/api/auth/register", json={"email": address, "password": TEST_PASSWORD})).json()
+    client.cookies.clear()
+    bearer = {"Authorization": f"Bearer {first['access_token']}"}
+    async with app.state.sessionmaker() as session:
+        await session.execute(
+            update(AuthSession).where(AuthSession.token_hash == token_hash(first["access_token"]))
+            .values(expires_at=datetime.now(timezone.utc) - timedelta(seconds=1))
+        )
+        await session.commit()
+    assert (await client.get("/api/auth/me", headers=bearer)).status_code == 401
+    await client.post("/api/auth/login", json={"email": address, "password": TEST_PASSWORD})
+    async with app.state.sessionmaker() as session:
+        hashes = set(await session.scalars(
+            select(AuthSession.token_hash).where(AuthSession.user_id == uuid.UUID(first["user"]["id"]))
+        ))
+    assert token_hash(first["access_token"]) not in hashes and len(hashes) == 1

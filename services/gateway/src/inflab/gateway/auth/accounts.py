@@ -10,7 +10,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Literal
 from uuid import UUID
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -93,13 +93,17 @@ async def start_session(session: AsyncSession, user: User, ttl_s: float) -> tupl
     token = new_token(SESSION_PREFIX)
     row = AuthSession(user_id=user.id, token_hash=token_hash(token), csrf_token=new_csrf_token(),
                       expires_at=_now() + timedelta(seconds=ttl_s))
+    # The user's expired sessions go as a new one starts, so the table does not grow forever.
+    await session.execute(
+        delete(AuthSession).where(AuthSession.user_id == user.id, AuthSession.expires_at <= _now())
+    )
     session.add(row)
     await session.commit()
     return token, row
 
 
 async def end_session(session: AsyncSession, session_id: UUID) -> None:
-    await session.execute(AuthSession.__table__.delete().where(AuthSession.id == session_id))
+    await session.execute(delete(AuthSession).where(AuthSession.id == session_id))
     await session.commit()
 
 
