@@ -302,3 +302,34 @@ def test_learning_rate_change_scales_the_schedule_and_survives_a_resume(tiny_mod
     train_lora(spec, tiny_model, tmp_path / "c", again.append, control=replay, resume_from=first.checkpoints[0].path)
     assert not kinds(again, "params")
     assert [m["learning_rate"] for m in kinds(again, "metric")] == pytest.approx(doubled[4:])
+
+
+def test_shared_prefix_loss_equals_the_plain_answer_loss(tiny_model: str) -> None:
+    from inflab.common.chat import answer_loss, collate, encode_pair
+    from inflab.common.models import load_tokenizer
+    from inflab.trainer.model_setup import attach_lora, load_base_model
+    from inflab.trainer.shared_prefix import answer_loss_shared_prefix, shared_prefix_length
+
+    tokenizer = load_tokenizer(tiny_model)
+    opening = "Answer in one short sentence, please, the following question about the report: "
+    examples = [encode_pair(tokenizer, opening + q, a, 128) for q, a in
+                [("who wrote it?", "The team."), ("how long is it?", "Ten pages long."), ("what is it", "A report.")]]
+    batch = collate(examples, tokenizer.pad_token_id)
+    assert shared_prefix_length(batch) >= 20
+    torch.manual_seed(0)
+    model = attach_lora(load_base_model(tiny_model, torch.device("cpu")), make_spec().hyperparams)
+    for name, param in model.named_parameters():
+        if "lora_B" in name:
+            param.data.normal_(0, 0.1)  # B starts at zero: make the LoRA path matter
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    results = []
+    for fn in (answer_loss, answer_loss_shared_prefix):
+        loss = fn(model, batch)
+        loss.backward()
+        results.append((float(loss), torch.cat([p.grad.flatten() for p in trainable])))
+        model.zero_grad()
+    (plain, plain_grad), (shared, shared_grad) = results
+    assert shared == pytest.approx(plain, rel=1e-5)
+    assert torch.allclose(shared_grad, plain_grad, rtol=1e-4, atol=1e-6)
+    # A single row, or rows that differ early, take the plain path.
+    assert shared_prefix_length(collate(examples[:1], tokenizer.pad_token_id)) == 0

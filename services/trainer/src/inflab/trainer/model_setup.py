@@ -142,7 +142,9 @@ def attach_lora(model: Any, hp: Hyperparams) -> Any:
 
     validate_target_modules(model, list(hp.lora_target_modules))
     if hp.quantization == "4bit":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=True)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+        )
     targets: Any = ALL_LINEAR if ALL_LINEAR in hp.lora_target_modules else list(hp.lora_target_modules)
     config = LoraConfig(
         r=hp.lora_rank,

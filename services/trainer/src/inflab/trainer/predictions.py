@@ -114,8 +114,11 @@ def greedy_answers(model: Any, tokenizer: Any, questions: Sequence[str], max_new
         input_ids[row, longest - len(p):] = torch.tensor(p, dtype=torch.long)
         attention_mask[row, longest - len(p):] = 1
     # A fresh config: the model's own sampling settings would make "greedy" model-dependent.
+    # A static KV cache: the default one grows by concatenation at every token, ~10% of a
+    # CPU decode here; the answers are the same.
     config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=_stop_ids(tokenizer, model), pad_token_id=pad_id
+        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=_stop_ids(tokenizer, model), pad_token_id=pad_id,
+        cache_implementation="static",
     )
     with torch.inference_mode():
         output = model.generate(

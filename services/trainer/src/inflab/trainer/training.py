@@ -7,7 +7,8 @@ checkpoints through ``on_checkpoint`` (uploaded by the caller), and gets a
 
 Choices:
 * loss on answer tokens only (``inflab.common.chat``), logits computed only where the loss
-  needs them (the same code the influence methods use);
+  needs them (the same loss the influence methods use), the batch's shared chat-template
+  opening computed once (``shared_prefix.py``);
 * one *step* is one optimizer step over ``gradient_accumulation_steps`` micro-batches of
   ``batch_size`` pairs; the accumulated gradient weights each micro-batch by its answer
   tokens, so accumulating equals one larger batch (a token mean), not a mean of means;
@@ -50,6 +51,7 @@ from inflab.trainer.checkpoints import (
 from inflab.trainer.control import ParamUpdate, TrainingCancelled, TrainingControl
 from inflab.trainer.model_setup import attach_lora, load_base_model, pick_device, require_quantization_support
 from inflab.trainer.predictions import PredictionLimits, PredictionPlan, plan_predictions, sample_predictions
+from inflab.trainer.shared_prefix import answer_loss_shared_prefix
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +191,7 @@ def _apply_updates(
 
 def _optimizer_step(
     model: Any, optimizer: torch.optim.Optimizer, scheduler: Any, group: list[list[EncodedExample]],
-    pad_id: int, device: torch.device, trainable: list[torch.Tensor], want_grad_norm: bool,
+    pad_id: int, device: torch.device, trainable: list[torch.Tensor], want_grad_norm: bool, loss_fn: Callable,
 ) -> tuple[float, float, float | None]:
     """One optimizer step over a group of micro-batches. Returns (loss, learning rate used,
     gradient norm if asked)."""
@@ -197,7 +199,7 @@ def _optimizer_step(
     loss_value = 0.0
     for chunk in group:
         batch = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
-        loss = answer_loss(model, batch)
+        loss = loss_fn(model, batch)
         tokens = sum(e.answer_tokens for e in chunk)
         weight = tokens / group_tokens if group_tokens else 1.0 / len(group)
         (loss if weight == 1.0 else loss * weight).backward()
@@ -329,6 +331,10 @@ def train_lora(
     interval_losses: list[float] = []
     interval_rates: list[float] = []
     pad_id = tokenizer.pad_token_id
+    # The chat template's common opening computed once per batch (shared_prefix.py), where
+    # that is exact: no dropout to share, no gradient checkpointing (QLoRA) to disable the cache.
+    exact_sharing = hp.lora_dropout == 0 and hp.quantization == "none"  # 4-bit: checkpointing is on
+    loss_fn = answer_loss_shared_prefix if exact_sharing else answer_loss
     model.train()
     loop_started = time.monotonic()
     for epoch in range(first_epoch, hp.num_epochs + 1):
@@ -346,7 +352,7 @@ def train_lora(
             log_now = (step + 1) % hp.logging_steps == 0 or step + 1 == total
             step_started = time.monotonic()
             value, learning_rate, grad_norm = _optimizer_step(
-                model, optimizer, scheduler, group, pad_id, device, trainable, want_grad_norm=log_now
+                model, optimizer, scheduler, group, pad_id, device, trainable, want_grad_norm=log_now, loss_fn=loss_fn
             )
             step += 1
             tokens = sum(e.answer_tokens for chunk in group for e in chunk)
