@@ -1,0 +1,284 @@
+"""Training throughput: our trainer against a plain Hugging Face Trainer with PEFT.
+
+    python -m benchmarks.train_throughput --json benchmarks/results/train-throughput-cpu.json
+
+The same LoRA run both ways, in one process, alternating (ours, reference, ours,
+reference, ...), torch threads fixed: SmolLM2-135M-Instruct (the default model's converted
+cache folder), the 32 training pairs of the shared influence workload, batch 4, max length
+64, 3 epochs, the workload's LoRA settings (r 8, alpha 16, q_proj/v_proj) and optimizer
+settings (AdamW, lr 2e-4, constant, no weight decay, seed 0).
+
+* **ours**: ``inflab.trainer.training.train_lora`` exactly as a run uses it, with events
+  (into a list), prediction tracking and checkpoints at their default settings
+  (4 sampled evaluation questions answered greedily after every epoch, a checkpoint with
+  optimizer state every epoch, a metric every step).
+* **reference**: ``transformers.Trainer`` on a ``peft`` model, fed the same tokenised
+  pairs, labels (answer tokens only) and collation, AdamW with the same settings, no
+  gradient clipping (we do not clip either), no evaluation, no saving.
+
+Tokens are the answer tokens trained on (the loss's tokens), the same count both ways;
+tokens/s is that count over the wall-clock time of the whole call (model load and
+tokenisation included on both sides). Each figure is the median over the passes; the
+peak memory is the highest resident set size sampled during that side's passes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import gc
+import json
+import os
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_WORKLOAD = ROOT.parent / "shared" / "bench" / "influence-workload.json"
+DEFAULT_CACHE = ROOT / ".inflab" / "models"
+
+
+class PeakRSS:
+    """The highest resident set size of this process while the block runs, sampled."""
+
+    def __init__(self, interval: float = 0.05) -> None:
+        import psutil
+
+        self._process = psutil.Process()
+        self._interval = interval
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, self._process.memory_info().rss / 2**20)
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> "PeakRSS":
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def release_memory() -> None:
+    """Between passes: give freed memory back, so one side's leftovers do not count as
+    the other's peak."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+
+
+def build_spec(workload: dict, epochs: int, batch_size: int, max_length: int):
+    from inflab.common.messages import RunSpec
+
+    lora, train = workload["lora"], workload["train"]
+    return RunSpec(
+        training_data=[{"id": e["id"], "question": e["question"], "answer": e["answer"]}
+                       for e in workload["train_examples"]],
+        eval_data=[{"id": e["id"], "question": e["question"], "answer": e["answer"]}
+                   for e in workload["eval_examples"]],
+        hyperparams={
+            "learning_rate": train["lr"], "num_epochs": epochs, "batch_size": batch_size,
+            "lora_rank": lora["r"], "lora_alpha": lora["alpha"], "lora_dropout": lora["dropout"],
+            "lora_target_modules": lora["target_modules"], "max_seq_length": max_length,
+            "seed": train["seed"], "weight_decay": train["weight_decay"], "lr_scheduler": train["lr_schedule"],
+        },
+        # predictions, checkpoint_interval, logging_steps, max_new_tokens: the defaults.
+    )
+
+
+def run_ours(spec, model_path: str) -> dict:
+    from inflab.trainer.training import train_lora
+
+    events: list[tuple[float, dict]] = []
+
+    def emit(event: dict) -> None:
+        events.append((time.perf_counter(), event))
+
+    with tempfile.TemporaryDirectory(prefix="bench-ours-") as work, PeakRSS() as rss:
+        started = time.perf_counter()
+        outcome = train_lora(spec, model_path, Path(work), emit)
+        seconds = time.perf_counter() - started
+    kinds: dict[str, int] = {}
+    for _, event in events:
+        kinds[event["kind"]] = kinds.get(event["kind"], 0) + 1
+    # Where ours spent its time: a prediction table arrives when sampling ends (the event
+    # before it ends the step); a checkpoint lies between its two statuses.
+    predictions_s = checkpoints_s = 0.0
+    for (t0, _), (t1, event) in zip(events, events[1:]):
+        if event["kind"] == "prediction":
+            predictions_s += t1 - t0
+        elif event["kind"] == "status" and event["status"] == "running":
+            checkpoints_s += t1 - t0
+    first_step = next(t for t, e in events if e["kind"] == "progress")
+    per_epoch = len(outcome.losses) // spec.hyperparams.num_epochs
+    return {
+        "seconds": seconds, "tokens": outcome.tokens, "peak_rss_mb": rss.peak_mb,
+        "first_loss": outcome.losses[0], "last_epoch_loss": statistics.fmean(outcome.losses[-per_epoch:]),
+        "events": kinds, "checkpoints": len(outcome.checkpoints),
+        "predictions_s": predictions_s, "checkpoints_s": checkpoints_s,
+        "until_first_step_s": first_step - started,
+    }
+
+
+def run_reference(spec, model_path: str) -> dict:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from inflab.common.chat import collate
+    from inflab.common.models import load_tokenizer
+    from inflab.trainer.training import encode_training_pairs
+
+    hp = spec.hyperparams
+    losses: list[float] = []
+    with tempfile.TemporaryDirectory(prefix="bench-ref-") as work, PeakRSS() as rss:
+        started = time.perf_counter()
+        tokenizer = load_tokenizer(model_path)
+        examples = encode_training_pairs(spec, tokenizer)
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        torch.manual_seed(hp.seed)
+        model = get_peft_model(model, LoraConfig(
+            r=hp.lora_rank, lora_alpha=hp.lora_alpha, lora_dropout=hp.lora_dropout,
+            target_modules=list(hp.lora_target_modules), bias="none", task_type="CAUSAL_LM",
+        ))
+        args = TrainingArguments(
+            output_dir=work, per_device_train_batch_size=hp.batch_size, num_train_epochs=hp.num_epochs,
+            learning_rate=hp.learning_rate, weight_decay=hp.weight_decay, lr_scheduler_type=hp.lr_scheduler,
+            warmup_steps=0, optim="adamw_torch", max_grad_norm=0.0, seed=hp.seed, data_seed=hp.seed,
+            logging_strategy="steps", logging_steps=1, save_strategy="no", eval_strategy="no", report_to=[],
+            use_cpu=True, dataloader_num_workers=0, remove_unused_columns=False, disable_tqdm=True,
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=examples,
+                          data_collator=lambda batch: collate(batch, tokenizer.pad_token_id))
+        trainer.train()
+        seconds = time.perf_counter() - started
+        losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    per_epoch = len(losses) // hp.num_epochs
+    tokens = hp.num_epochs * sum(e.answer_tokens for e in examples)
+    return {
+        "seconds": seconds, "tokens": tokens, "peak_rss_mb": rss.peak_mb,
+        "first_loss": losses[0], "last_epoch_loss": statistics.fmean(losses[-per_epoch:]),
+    }
+
+
+def machine_info(threads: int) -> dict:
+    import bitsandbytes
+    import peft
+    import torch
+    import transformers
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+        "peft": peft.__version__, "bitsandbytes": bitsandbytes.__version__,
+        "cuda": torch.cuda.is_available(),
+    }
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--json", type=Path, help="write the result here")
+    parser.add_argument("--workload", type=Path, default=DEFAULT_WORKLOAD)
+    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="the model cache (converted default model)")
+    parser.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--passes", type=int, default=2, help="passes of each side (at least 2)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-length", type=int, default=64)
+    args = parser.parse_args(argv)
+    if args.passes < 2:
+        parser.error("--passes must be at least 2")
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # Before torch loads OpenMP: a fixed thread count, and threads that sleep rather than
+    # spin while waiting. On a shared, oversubscribed machine spinning threads made single
+    # steps 4-8x slower at random (GROUND.md saw 20x for QLoRA), which would measure the
+    # neighbours rather than the trainers.
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    import torch
+
+    from inflab.common.models import resolve_model
+
+    torch.set_num_threads(args.threads)
+    machine = machine_info(args.threads)
+    workload = json.loads(args.workload.read_text())
+    spec = build_spec(workload, args.epochs, args.batch_size, args.max_length)
+    model_path = resolve_model(args.model, args.cache_dir)
+
+    ours, reference = [], []
+    for index in range(args.passes):
+        for name, fn, into in (("ours", run_ours, ours), ("reference", run_reference, reference)):
+            release_memory()
+            result = fn(spec, model_path)
+            into.append(result)
+            print(f"pass {index + 1} {name:9s}: {result['tokens'] / result['seconds']:7.1f} tokens/s "
+                  f"({result['seconds']:.1f} s, peak RSS {result['peak_rss_mb']:.0f} MB, "
+                  f"loss {result['first_loss']:.3f} -> {result['last_epoch_loss']:.3f})", flush=True)
+    if ours[0]["tokens"] != reference[0]["tokens"]:
+        raise SystemExit(f"token counts differ: {ours[0]['tokens']} vs {reference[0]['tokens']}")
+
+    ours_tps = statistics.median(r["tokens"] / r["seconds"] for r in ours)
+    ref_tps = statistics.median(r["tokens"] / r["seconds"] for r in reference)
+    machine["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    result = {
+        "ours_tokens_per_s": round(ours_tps, 2),
+        "reference_tokens_per_s": round(ref_tps, 2),
+        "ratio": round(ours_tps / ref_tps, 3),
+        "ours_peak_rss_mb": round(max(r["peak_rss_mb"] for r in ours), 1),
+        "reference_peak_rss_mb": round(max(r["peak_rss_mb"] for r in reference), 1),
+        # Where ours' time went (medians): what prediction tracking at its default costs on
+        # a run this small, and the training itself without it and the checkpoints.
+        "ours_predictions_s": round(statistics.median(r["predictions_s"] for r in ours), 2),
+        "ours_checkpoints_s": round(statistics.median(r["checkpoints_s"] for r in ours), 2),
+        "ours_without_predictions_and_checkpoints_tokens_per_s": round(statistics.median(
+            r["tokens"] / (r["seconds"] - r["predictions_s"] - r["checkpoints_s"]) for r in ours), 2),
+        "passes": {
+            "ours": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in ours],
+            "reference": [{k: (round(v, 4) if isinstance(v, float) else v) for k, v in r.items()} for r in reference],
+        },
+        "machine": machine,
+        "settings": {
+            "model": args.model, "workload": args.workload.name, "training_pairs": len(spec.training_data),
+            "epochs": args.epochs, "batch_size": args.batch_size, "max_length": args.max_length,
+            "tokens": ours[0]["tokens"], "tokens_counted": "answer tokens trained on (loss tokens), all epochs",
+            "timed": "whole call: model load, tokenisation, training (+ for ours: events, predictions, checkpoints)",
+            "lora": workload["lora"], "optimizer": {"name": "AdamW", "lr": spec.hyperparams.learning_rate,
+                                                     "schedule": spec.hyperparams.lr_scheduler,
+                                                     "weight_decay": spec.hyperparams.weight_decay,
+                                                     "grad_clipping": None},
+            "ours_defaults": {"predictions": spec.predictions.model_dump(), "max_new_tokens": spec.max_new_tokens,
+                              "checkpoint_interval": spec.hyperparams.checkpoint_interval,
+                              "logging_steps": spec.hyperparams.logging_steps},
+        },
+    }
+    print(f"ours {ours_tps:.1f} tokens/s, reference {ref_tps:.1f} tokens/s, ratio {result['ratio']:.3f}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
