@@ -9,6 +9,7 @@ from here on it is a local folder.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -58,6 +59,17 @@ def adapter_digest(checkpoint: LocalCheckpoint) -> str:
                     digest.update(block)
         digest.update(b"\x00")
     return digest.hexdigest()
+
+
+def pick_checkpoint(method: str, checkpoints: Sequence[LocalCheckpoint], step: int | None) -> LocalCheckpoint:
+    """The checkpoint a single-checkpoint method (DataInf, EK-FAC) scores at: the one at
+    ``step`` when the run's arguments name it, else the final one."""
+    if step is None:
+        return max(checkpoints, key=lambda c: c.step)
+    for checkpoint in checkpoints:
+        if checkpoint.step == step:
+            return checkpoint
+    raise ValueError(f"{method}: no checkpoint at step {step}; steps: {sorted(c.step for c in checkpoints)}")
 
 
 # The adapter settings that must match for one adapter's weights to be loaded over another's.

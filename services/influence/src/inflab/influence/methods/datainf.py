@@ -49,7 +49,7 @@ import numpy as np
 import torch
 
 from inflab.common.messages import EvalQuestion, TrainingPair
-from inflab.influence.checkpoints import LocalCheckpoint
+from inflab.influence.checkpoints import LocalCheckpoint, pick_checkpoint
 from inflab.influence.gradcache import GradientCache, GradientMatrix
 from inflab.influence.gradients import lora_blocks
 from inflab.influence.methods.base import Emit, InfluenceMethod, InfluenceScores, ModelLoader, Progress, stage
@@ -164,13 +164,7 @@ class DataInf(InfluenceMethod):
     ) -> list[InfluenceScores]:
         opts = DataInfArgs.from_dict(args)
         check_inputs(self.name, train, evals, checkpoints)
-        chosen = max(checkpoints, key=lambda c: c.step)
-        if opts.checkpoint_step is not None:
-            matching = [c for c in checkpoints if c.step == opts.checkpoint_step]
-            if not matching:
-                raise ValueError(f"datainf: no checkpoint at step {opts.checkpoint_step}; "
-                                 f"steps: {sorted(c.step for c in checkpoints)}")
-            chosen = matching[0]
+        chosen = pick_checkpoint(self.name, checkpoints, opts.checkpoint_step)
         progress = Progress(emit, generation_units(evals) + len(train) + len(evals) + 1)
         prep = prepare(model_loader, train, evals, checkpoints, opts, progress, cache)
         eval_grads = prep.gradients(chosen, "eval", opts, cache,

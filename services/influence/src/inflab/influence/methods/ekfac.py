@@ -48,7 +48,7 @@ from torch import nn
 
 from inflab.common.chat import IGNORE_INDEX, collate
 from inflab.common.messages import EvalQuestion, TrainingPair
-from inflab.influence.checkpoints import LocalCheckpoint
+from inflab.influence.checkpoints import LocalCheckpoint, pick_checkpoint
 from inflab.influence.gradcache import GradientCache, GradientMatrix
 from inflab.influence.gradients import length_buckets, lora_blocks
 from inflab.influence.methods.base import Emit, InfluenceMethod, InfluenceScores, ModelLoader, Progress, stage
@@ -205,13 +205,7 @@ class EKFAC(InfluenceMethod):
         with stage("importing kronfluence"):
             from kronfluence.analyzer import Analyzer, prepare_model
             from kronfluence.utils.dataset import DataLoaderKwargs
-        chosen = max(checkpoints, key=lambda c: c.step)
-        if opts.checkpoint_step is not None:
-            matching = [c for c in checkpoints if c.step == opts.checkpoint_step]
-            if not matching:
-                raise ValueError(f"ekfac: no checkpoint at step {opts.checkpoint_step}; "
-                                 f"steps: {sorted(c.step for c in checkpoints)}")
-            chosen = matching[0]
+        chosen = pick_checkpoint(self.name, checkpoints, opts.checkpoint_step)
         own_scoring = opts.scoring == "gradients" and opts.strategy == "ekfac"
         units = len(train) + len(evals) + 2 if own_scoring else 2 + 2 * opts.normalized
         progress = Progress(emit, generation_units(evals) + units)
