@@ -3,12 +3,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+from collections.abc import Callable
 from typing import Any
 from uuid import UUID
 
 from pydantic import ValidationError
 
 from inflab.common.bus import Bus
+from inflab.common.compute import describe_error, run_streaming
 from inflab.common.messages import (
     CheckpointEvent,
     EventBase,
@@ -20,6 +24,8 @@ from inflab.common.messages import (
     ResultEvent,
     StatusEvent,
 )
+
+log = logging.getLogger(__name__)
 
 _KINDS: dict[str, type[EventBase]] = {
     "progress": ProgressEvent,
@@ -75,3 +81,22 @@ class StageEvents:
             await self.log(f"dropped a malformed {kind} item: {exc.errors()[:1]}", level="warning")
             return
         await self.bus.publish_event(event)
+
+    async def run_job(
+        self,
+        fn: Callable,
+        *args: Any,
+        num_cpus: float,
+        failure_text: Callable[[BaseException], str] = describe_error,
+    ) -> tuple[bool, Any]:
+        """Run a worker's job on Ray with its emitted items forwarded as this stage's events.
+        Returns ``(True, result)``; a failure of the job itself is the run's answer, not a
+        retry, so it becomes this stage's ``failed`` status and ``(False, None)``."""
+        try:
+            return True, await run_streaming(fn, *args, num_cpus=num_cpus, on_event=self.forward)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("%s failed for run %s", self.stage, self.run_id)
+            await self.status("failed", error=failure_text(exc))
+            return False, None

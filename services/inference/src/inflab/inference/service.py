@@ -3,19 +3,14 @@ their answers into a result event. No ML here (see generation.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import logging
 
 from nats.aio.msg import Msg
 
 from inflab.common.bus import Bus
-from inflab.common.compute import describe_error, run_streaming
 from inflab.common.events import StageEvents
 from inflab.common.messages import Answer, InferenceRequest
 from inflab.common.settings import Settings
 from inflab.inference.job import inference_job
-
-log = logging.getLogger(__name__)
 
 SERVICE = "inference"
 STAGE = "inference"
@@ -31,20 +26,14 @@ class InferenceService:
         # gateway stores answers keyed by (run, evaluation question).
         events = StageEvents(self.bus, request.run_id, STAGE)
         await events.status("running")
-        try:
-            raw = await run_streaming(
-                inference_job,
-                request.model_dump(mode="json"),
-                self.settings.objects_url,
-                str(self.settings.models_dir),
-                num_cpus=self.settings.inference_num_cpus,
-                on_event=events.forward,
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("inference failed for run %s", request.run_id)
-            await events.status("failed", error=describe_error(exc))
+        ok, raw = await events.run_job(
+            inference_job,
+            request.model_dump(mode="json"),
+            self.settings.objects_url,
+            str(self.settings.models_dir),
+            num_cpus=self.settings.inference_num_cpus,
+        )
+        if not ok:
             return
         answers = [Answer.model_validate(a) for a in raw]
         await events.publish("result", answers=answers)

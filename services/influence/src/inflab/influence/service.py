@@ -14,14 +14,13 @@ failure event on its run rather than only a dead letter.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from nats.aio.msg import Msg
 from pydantic import Field
 
 from inflab.common.bus import Bus
-from inflab.common.compute import describe_error, run_streaming
+from inflab.common.compute import describe_error
 from inflab.common.events import StageEvents
 from inflab.common.messages import CheckpointRef, EvalQuestion, InfluenceMatrix, InfluenceRequest, RunSpec, TrainingPair
 from inflab.common.settings import Settings
@@ -81,20 +80,15 @@ class InfluenceService:
             await events.status("failed", error=problem)
             return
         await events.status("running")
-        try:
-            matrices = await run_streaming(
-                influence_job,
-                request.model_dump(mode="json"),
-                self.settings.objects_url,
-                str(self.settings.models_dir),
-                num_cpus=self.settings.influence_num_cpus,
-                on_event=events.forward,
-            )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            log.exception("influence failed for run %s", request.run_id)
-            await events.status("failed", error=_failure_text(exc))
+        ok, matrices = await events.run_job(
+            influence_job,
+            request.model_dump(mode="json"),
+            self.settings.objects_url,
+            str(self.settings.models_dir),
+            num_cpus=self.settings.influence_num_cpus,
+            failure_text=_failure_text,
+        )
+        if not ok:
             return
         for matrix in matrices:
             await events.publish("result", influence=InfluenceMatrix.model_validate(matrix))
