@@ -334,21 +334,56 @@ class TopInfluences(Contract):
     negative: list[RankedTrainingPair] = Field(default_factory=list)
 
 
+class InfluenceStats(Contract):
+    """Basic statistics of a whole influence matrix, over its finite cells (None when it
+    has none); ``nonfinite`` counts the other cells."""
+
+    min: float | None = None
+    max: float | None = None
+    mean: float | None = None
+    std: float | None = None
+    nonfinite: int = Field(0, ge=0)
+
+
 class InfluenceMatrix(Contract):
+    """One variant of a method's influence matrix: its summary, and where the full matrix
+    lives. ``scores`` is inline only for small matrices (at most
+    ``INFLAB_INFLUENCE_INLINE_MAX_CELLS`` cells, evaluation questions x training pairs), so
+    a result event stays far below the NATS payload limit whatever the run's size; without
+    it, read the ``variant`` tensor of the safetensors file at ``key`` (or ask the
+    gateway's results API, which always returns the full matrix)."""
+
     method: str
     #: ``raw`` or ``normalized`` (TracIn: unit-normalised gradients; DataInf and EK-FAC:
     #: cosine in the method's inverse-Hessian metric; ``args["normalization"]`` says which).
     variant: str = "raw"
     eval_ids: list[str]
     train_ids: list[str]
-    #: ``scores[i][j]``: influence of training pair j on evaluation question i.
-    scores: list[list[float]]
-    #: Where the full matrix lives in the object store (safetensors).
+    #: ``[len(eval_ids), len(train_ids)]`` (filled from the ids when a producer omits it).
+    shape: list[Annotated[int, Field(ge=0)]] | None = Field(None, min_length=2, max_length=2)
+    #: ``scores[i][j]``: influence of training pair j on evaluation question i. None when
+    #: the matrix is too large to travel inline: it is then only in the object store.
+    scores: list[list[float]] | None = None
+    #: Where the full matrix lives in the object store (safetensors; tensor ``variant``).
     key: str
     args: dict = Field(default_factory=dict)
     #: Per evaluation question (row order) its top-k positive and negative training pairs;
     #: k is the run's ``influence_args[method]["top_k"]`` (default 5).
     top_k: list[TopInfluences] | None = None
+    stats: InfluenceStats | None = None
+
+    @model_validator(mode="after")
+    def _consistent_shape(self) -> "InfluenceMatrix":
+        expected = [len(self.eval_ids), len(self.train_ids)]
+        if self.shape is None:
+            self.shape = expected
+        elif self.shape != expected:
+            raise ValueError(f"shape {self.shape} != [len(eval_ids), len(train_ids)] {expected}")
+        if self.scores is not None and (
+            len(self.scores) != expected[0] or any(len(row) != expected[1] for row in self.scores)
+        ):
+            raise ValueError(f"scores must be {expected[0]} rows of {expected[1]} values (eval_ids x train_ids)")
+        return self
 
 
 class ResultEvent(EventBase):

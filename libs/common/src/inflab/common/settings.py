@@ -124,6 +124,13 @@ class Settings(BaseSettings):
     max_prediction_samples: int = 32
     min_prediction_step_interval: int = 5
 
+    #: An influence result event carries its matrix inline (``scores``) only up to this
+    #: many cells (evaluation questions x training pairs; 0: never). A larger matrix is
+    #: only in the object store, the event keeping its summary (top-k, shape, statistics),
+    #: so the event stays well under NATS's 1 MB payload limit: 4096 cells are ~100 KB of
+    #: JSON, while 1000 x 100 inline would be ~2 MB.
+    influence_inline_max_cells: int = Field(4096, ge=0)
+
     # Estimates before a run (POST /api/estimates): what runs each model tier, and at what
     # price. Partial overrides merge with the defaults below.
     estimate_tiers: dict[str, ComputeTier] = Field(default_factory=lambda: dict(DEFAULT_ESTIMATE_TIERS))

@@ -79,7 +79,12 @@ def fetch_checkpoint(store: ObjectStore, ref: CheckpointRef, folder: Path) -> Lo
         return LocalCheckpoint(path=folder, step=ref.step, epoch=ref.epoch, learning_rate=ref.learning_rate)
 
 
-def influence_job(request: dict, store_url: str, models_dir: str, emit: Callable[[dict], None]) -> list[dict]:
+def influence_job(
+    request: dict, store_url: str, models_dir: str, inline_max_cells: int, emit: Callable[[dict], None]
+) -> list[dict]:
+    """The result events' ``InfluenceMatrix`` of every variant (as JSON dicts): the summary,
+    and the matrix inline only up to ``inline_max_cells`` cells (the service passes
+    ``Settings.influence_inline_max_cells``); the full matrices are in the object store."""
     req = InfluenceRequest.model_validate(request)
     with stage("choosing the method"):
         method = get_method(req.method)
@@ -106,4 +111,7 @@ def influence_job(request: dict, store_url: str, models_dir: str, emit: Callable
     key = influence_key(req.run_id, method.name)
     with stage("storing the influence matrices"):
         store.put(key, to_safetensors_bytes(matrices))
-    return [to_message(m, key, top_k=top_k).model_dump(mode="json") for m in matrices]
+    return [
+        to_message(m, key, inline_max_cells=inline_max_cells, top_k=top_k).model_dump(mode="json")
+        for m in matrices
+    ]

@@ -1,24 +1,30 @@
-"""Influence matrices as safetensors files (``runs/{run_id}/influence/{method}.safetensors``).
+"""Influence matrices as safetensors files (``runs/{run_id}/influence/{method}.safetensors``)
+and the result events that summarise them.
 
-One file holds every variant a method computed, one float32 tensor ``[M, N]`` per variant
-(named by the variant), and in the safetensors metadata (string -> string, JSON-encoded
-values) the method, the evaluation-question ids (rows), the training-pair ids (columns) and
-the arguments. Any safetensors reader (Python, Rust, JS) can open it without this code.
+The file format itself is :mod:`inflab.common.influence_files` (so the gateway reads it
+without this service): one float32 tensor ``[M, N]`` per variant, the ids and arguments in
+the safetensors metadata. Any safetensors reader (Python, Rust, JS) can open it.
+
+A result event carries the summary of one variant (ids, shape, statistics, top-k per
+evaluation question, the file's key) and the matrix itself only when it has at most
+``INFLAB_INFLUENCE_INLINE_MAX_CELLS`` cells: a 1000 x 100 matrix inline is ~2 MB of JSON,
+twice NATS's default payload limit.
 """
 
 from __future__ import annotations
 
 import json
-import struct
 from collections.abc import Sequence
 
 import numpy as np
-from safetensors.numpy import load, save
 
-from inflab.common.messages import InfluenceMatrix, RankedTrainingPair, TopInfluences
+from inflab.common import influence_files
+from inflab.common.influence_files import FORMAT, StoredMatrix
+from inflab.common.messages import InfluenceMatrix, InfluenceStats, RankedTrainingPair, TopInfluences
 from inflab.influence.methods.base import InfluenceScores
 
-FORMAT = "inflab.influence.v1"
+__all__ = ["FORMAT", "DEFAULT_TOP_K", "to_safetensors_bytes", "from_safetensors_bytes", "top_influences", "to_message"]
+
 #: Training pairs listed per evaluation question and sign in a result's summary.
 DEFAULT_TOP_K = 5
 
@@ -26,44 +32,16 @@ DEFAULT_TOP_K = 5
 def to_safetensors_bytes(scores: InfluenceScores | Sequence[InfluenceScores]) -> bytes:
     """Serialise one influence matrix, or the variants of one method (same ids), to bytes."""
     items = [scores] if isinstance(scores, InfluenceScores) else list(scores)
-    if not items:
-        raise ValueError("nothing to save")
-    first = items[0]
-    for s in items[1:]:
-        if (s.method, s.eval_ids, s.train_ids) != (first.method, first.eval_ids, first.train_ids):
-            raise ValueError("variants saved together must share method, eval_ids and train_ids")
-    variants = [s.variant for s in items]
-    if len(set(variants)) != len(variants):
-        raise ValueError(f"duplicate variants {variants}")
-    metadata = {
-        "format": FORMAT,
-        "method": first.method,
-        "variants": json.dumps(variants),
-        "eval_ids": json.dumps(first.eval_ids),
-        "train_ids": json.dumps(first.train_ids),
-        "args": json.dumps({s.variant: s.args for s in items}, default=str),
-    }
-    return save({s.variant: np.ascontiguousarray(s.scores, dtype=np.float32) for s in items}, metadata=metadata)
-
-
-def _metadata(data: bytes) -> dict[str, str]:
-    # The safetensors layout: an 8-byte little-endian header length, then a JSON header
-    # whose "__metadata__" entry holds the string map given to ``save``.
-    (length,) = struct.unpack("<Q", data[:8])
-    return json.loads(data[8 : 8 + length]).get("__metadata__", {})
+    return influence_files.encode(
+        [StoredMatrix(s.method, s.variant, s.scores, list(s.eval_ids), list(s.train_ids), s.args) for s in items]
+    )
 
 
 def from_safetensors_bytes(data: bytes) -> list[InfluenceScores]:
     """The influence matrices of a file written by :func:`to_safetensors_bytes`."""
-    meta = _metadata(data)
-    if meta.get("format") != FORMAT:
-        raise ValueError(f"not an influence matrix file (format {meta.get('format')!r})")
-    tensors = load(data)
-    args = json.loads(meta["args"])
-    eval_ids, train_ids = json.loads(meta["eval_ids"]), json.loads(meta["train_ids"])
     return [
-        InfluenceScores(meta["method"], v, tensors[v], list(eval_ids), list(train_ids), args.get(v, {}))
-        for v in json.loads(meta["variants"])
+        InfluenceScores(m.method, m.variant, m.scores, m.eval_ids, m.train_ids, m.args)
+        for m in influence_files.decode(data)
     ]
 
 
@@ -83,16 +61,25 @@ def top_influences(scores: InfluenceScores, k: int = DEFAULT_TOP_K) -> list[TopI
     return out
 
 
-def to_message(scores: InfluenceScores, key: str, top_k: int | None = DEFAULT_TOP_K) -> InfluenceMatrix:
+def to_message(
+    scores: InfluenceScores, key: str, *, inline_max_cells: int, top_k: int | None = DEFAULT_TOP_K
+) -> InfluenceMatrix:
     """The ``InfluenceMatrix`` of a result event; ``key`` is where the file was stored;
-    ``top_k`` sizes the per-question summary (None: no summary)."""
+    ``top_k`` sizes the per-question summary (None: no summary); the matrix goes inline
+    only when it has at most ``inline_max_cells`` cells (``Settings.influence_inline_max_cells``)."""
+    if isinstance(inline_max_cells, bool) or not isinstance(inline_max_cells, int) or inline_max_cells < 0:
+        raise ValueError(f"inline_max_cells must be an integer >= 0, got {inline_max_cells!r}")
+    matrix = np.asarray(scores.scores)
+    inline = matrix.size <= inline_max_cells
     return InfluenceMatrix(
         method=scores.method,
         variant=scores.variant,
         eval_ids=list(scores.eval_ids),
         train_ids=list(scores.train_ids),
-        scores=scores.scores.astype(float).tolist(),
+        shape=list(matrix.shape),
+        scores=matrix.astype(float).tolist() if inline else None,
         key=key,
         args=json.loads(json.dumps({**scores.args, **({"top_k": top_k} if top_k else {})}, default=str)),
         top_k=top_influences(scores, top_k) if top_k else None,
+        stats=InfluenceStats(**influence_files.stats(matrix)),
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import logging
 
 from nats.aio.msg import Msg
+from nats.errors import MaxPayloadError
 from pydantic import Field
 
 from inflab.common.bus import Bus
@@ -85,13 +86,25 @@ class InfluenceService:
             request.model_dump(mode="json"),
             self.settings.objects_url,
             str(self.settings.models_dir),
+            self.settings.influence_inline_max_cells,
             num_cpus=self.settings.influence_num_cpus,
             failure_text=_failure_text,
         )
         if not ok:
             return
         for matrix in matrices:
-            await events.publish("result", influence=InfluenceMatrix.model_validate(matrix))
+            result = InfluenceMatrix.model_validate(matrix)
+            try:
+                await events.publish("result", influence=result)
+            except MaxPayloadError:
+                # Only ids long and many enough get here (the matrix itself is inline only
+                # when small): say so rather than retrying a job that cannot succeed.
+                size = len(events.build("result", influence=result).model_dump_json())
+                error = (f"publishing the {result.variant} result: the event is {size} bytes, over the NATS "
+                         f"server's max_payload ({self.bus.nc.max_payload}); the matrix is stored at {result.key}")
+                log.error("run %s: %s", request.run_id, error)
+                await events.status("failed", error=error)
+                return
         await events.status("completed")
 
 
