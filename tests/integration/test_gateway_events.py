@@ -169,11 +169,15 @@ async def test_a_run_moves_through_its_stages_to_completed(gateway, producer) ->
     results = (await client.get(f"/api/runs/{run_id}/results")).json()
     assert results["status"] == "completed"
     assert [a["fine_tuned"] for a in results["answers"]] == ["Queen Ismene.", "Bees make honey."]
+    # A small matrix travels inline and is served from Postgres as it came.
+    stats = results["influence"][0].pop("stats")
     assert results["influence"] == [{
         "method": "tracin", "variant": "raw", "eval_ids": ["ev00", "ev01"], "train_ids": ["tr00", "tr01"],
-        "scores": [[0.9, 0.1], [0.05, 0.8]], "key": f"runs/{run_id}/influence/tracin.safetensors",
+        "shape": [2, 2], "scores": [[0.9, 0.1], [0.05, 0.8]], "key": f"runs/{run_id}/influence/tracin.safetensors",
         "args": {"checkpoints": 2}, "top_k": TOP_K,
     }]
+    assert stats == {"min": 0.05, "max": 0.9, "mean": pytest.approx(0.4625), "std": pytest.approx(0.3895, abs=1e-4),
+                     "nonfinite": 0}
     training = results["training"]
     assert [(p["step"], p["loss"]) for p in training["loss_curve"]] == [(1, 2.5), (2, 1.5)]
     assert [c["epoch"] for c in training["checkpoints"]] == [1, 2]

@@ -257,10 +257,13 @@ async def _apply_result(session: AsyncSession, run: Run, event: ResultEvent) -> 
             )
         )
     if event.influence is not None:
+        # The summary, and the matrix only if the event carried it inline (small ones);
+        # otherwise scores is [] (no matrix is empty) and the results API reads it from
+        # the object store.
         m = event.influence
         stmt = insert(InfluenceResult).values(
             run_id=run.id, method=m.method, variant=m.variant, eval_ids=m.eval_ids,
-            train_ids=m.train_ids, scores=m.scores, key=m.key, args=m.args,
+            train_ids=m.train_ids, scores=[] if m.scores is None else m.scores, key=m.key, args=m.args,
             top_k=None if m.top_k is None else [t.model_dump(mode="json") for t in m.top_k],
         )
         await session.execute(

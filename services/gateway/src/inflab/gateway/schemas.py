@@ -18,7 +18,6 @@ from inflab.common.messages import (
     CheckpointRef,
     EvalQuestion,
     Hyperparams,
-    InfluenceMatrix,
     PredictionSettings,
     RunSpec,
     RunStatus,
@@ -26,6 +25,7 @@ from inflab.common.messages import (
     TrainingSummary,
 )
 from inflab.common.settings import Settings
+from inflab.gateway.influence import InfluenceMatrixOut
 
 
 def _unstorable_text(value: Any, loc: tuple = ()) -> tuple | None:
@@ -328,8 +328,8 @@ class RunResults(BaseModel):
     status: RunStatus
     #: Base, few-shot and fine-tuned answers per evaluation question.
     answers: list[Answer]
-    #: One influence matrix per method and variant.
-    influence: list[InfluenceMatrix]
+    #: One influence matrix per method and variant, always with its scores.
+    influence: list[InfluenceMatrixOut]
     training: TrainingResults
 
 

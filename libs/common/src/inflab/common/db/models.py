@@ -232,6 +232,9 @@ class InfluenceResult(Base):
     variant: Mapped[str] = mapped_column(String(32), nullable=False)
     eval_ids: Mapped[list] = mapped_column(JSONB, nullable=False)
     train_ids: Mapped[list] = mapped_column(JSONB, nullable=False)
+    #: The matrix when its result event carried it inline (small ones); ``[]`` when the
+    #: event carried it only by key: then it is the ``variant`` tensor of the safetensors
+    #: file at ``key`` in the object store (the results API reads it from there).
     scores: Mapped[list] = mapped_column(JSONB, nullable=False)
     key: Mapped[str] = mapped_column(Text, nullable=False)
     args: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict)

@@ -11,7 +11,7 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import exists, select
 
 from inflab.common.db.models import Checkpoint, Generation, InfluenceResult, Metric, Run, RunEventRow
-from inflab.common.messages import Answer, CheckpointRef, InfluenceMatrix, TrainingSummary
+from inflab.common.messages import Answer, CheckpointRef, TrainingSummary
 from inflab.gateway.deps import (
     BusDep,
     CurrentUser,
@@ -22,6 +22,7 @@ from inflab.gateway.deps import (
     SessionmakerDep,
     SettingsDep,
 )
+from inflab.gateway.influence import MatrixUnavailable, ObjectStoreDep, matrix_out
 from inflab.gateway.launch import QueueFailed, launch_run
 from inflab.gateway.run_state import TERMINAL
 from inflab.gateway.schemas import LossPoint, RunOut, RunQueued, RunResults, TrainingResults
@@ -81,9 +82,14 @@ async def get_run(run: OwnedRun) -> RunOut:
     return run_out(run)
 
 
-@router.get("/runs/{run_id}/results", responses=NOT_FOUND)
-async def get_run_results(run: OwnedRun, session: SessionDep) -> RunResults:
-    """What the run has produced so far; complete once its status is ``completed``."""
+@router.get(
+    "/runs/{run_id}/results",
+    responses={**NOT_FOUND, 502: {"description": "An influence matrix could not be read from the object store."}},
+)
+async def get_run_results(run: OwnedRun, session: SessionDep, store: ObjectStoreDep) -> RunResults:
+    """What the run has produced so far; complete once its status is ``completed``. Every
+    influence matrix is complete, read from the object store when its result event
+    carried only the summary."""
     generations = await session.scalars(
         select(Generation).where(Generation.run_id == run.id).order_by(Generation.id)
     )
@@ -108,6 +114,11 @@ async def get_run_results(run: OwnedRun, session: SessionDep) -> RunResults:
         .order_by(RunEventRow.id.desc())
         .limit(1)
     )
+    try:
+        matrices = [await matrix_out(store, r) for r in influence]
+    except MatrixUnavailable as exc:
+        log.error("results of run %s: %s", run.id, exc)
+        raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from exc
     return RunResults(
         run_id=run.id,
         status=run.status,
@@ -116,11 +127,7 @@ async def get_run_results(run: OwnedRun, session: SessionDep) -> RunResults:
                    few_shot=g.few_shot, fine_tuned=g.fine_tuned)
             for g in generations
         ],
-        influence=[
-            InfluenceMatrix(method=r.method, variant=r.variant, eval_ids=r.eval_ids, train_ids=r.train_ids,
-                            scores=r.scores, key=r.key, args=r.args, top_k=r.top_k)
-            for r in influence
-        ],
+        influence=matrices,
         training=TrainingResults(
             loss_curve=[LossPoint.model_validate(m, from_attributes=True) for m in metrics],
             checkpoints=[
