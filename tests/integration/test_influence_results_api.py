@@ -146,3 +146,34 @@ async def test_a_matrix_missing_from_the_object_store_is_a_clear_error(gateway, 
     ObjectStore(gw_settings.objects_url).put(key, to_safetensors_bytes(small))
     response = await client.get(f"/api/runs/{run_id}/results")
     assert response.status_code == 200 and response.json()["influence"][0]["scores"] == [[1.0] * 3] * 2
+
+
+async def test_the_demo_draws_a_matrix_that_travelled_by_key(gateway, producer, gw_settings, tmp_path) -> None:
+    """What `inflab demo` does with the results API's answer: results.json and the heatmap,
+    for a matrix the event carried only by key (the demo's own run is small enough to go
+    inline; a limit of 0 sends even it by key)."""
+    from inflab.common.demo import build_results_document, draw_heatmap, write_results
+    from inflab.common.messages import Answer
+
+    app, client = gateway
+    run_id = await start_run(client, EXPERIMENT)
+    scores = InfluenceScores("tracin", "normalized", np.array([[0.5, -0.25, 0.0]], np.float32), ["ev0"],
+                             ["tr0", "tr1", "tr2"])
+    key = influence_key(run_id, "tracin")
+    ObjectStore(gw_settings.objects_url).put(key, to_safetensors_bytes(scores))
+    answer = Answer(eval_id="ev0", question="Who is Veltra's ruler?", base="A king.", few_shot="A queen?",
+                    fine_tuned="Queen Ismene.")
+    inference = StageEvents(producer, run_id, "inference").build("result", answers=[answer])
+    influence = StageEvents(producer, run_id, "influence", method="tracin").build(
+        "result", influence=to_message(scores, key, inline_max_cells=0))
+    assert influence.influence.scores is None
+    for event in (inference, influence):
+        await producer.publish_event(event)
+    await wait_for_event(app, run_id, influence.event_id)
+
+    results = (await client.get(f"/api/runs/{run_id}/results")).json()
+    document = build_results_document(results, model_id="tiny", timings={})
+    assert document["influence"]["matrix"] == [[0.5, -0.25, 0.0]]
+    written = write_results(document, tmp_path)
+    heatmap = draw_heatmap(document, tmp_path)
+    assert written.is_file() and heatmap.path.is_file() and heatmap.width_px > 100

@@ -153,6 +153,12 @@ def test_results_without_influence_or_with_a_ragged_matrix_fail_clearly() -> Non
     results["influence"][0]["scores"][2] = [1.0]
     with pytest.raises(DemoError, match="4 x 8"):
         build_results_document(results, model_id="m", timings={})
+    # A matrix that reached the gateway only by key is served whole by its results API;
+    # scores missing there (an older gateway) is named, not a KeyError.
+    results = canned_results()
+    results["influence"][0]["scores"] = None
+    with pytest.raises(DemoError, match=r"no scores for the tracin influence matrix \(stored at runs/"):
+        build_results_document(results, model_id="m", timings={})
 
 
 # --------------------------------------------------------------------------- live view

@@ -296,7 +296,13 @@ def build_results_document(results: dict[str, Any], *, model_id: str, timings: d
     if not answers:
         raise DemoError("the run completed but its results hold no answers")
     matrix = pick_influence(results.get("influence") or [])
-    eval_ids, train_ids, scores = matrix["eval_ids"], matrix["train_ids"], matrix["scores"]
+    eval_ids, train_ids, scores = matrix["eval_ids"], matrix["train_ids"], matrix.get("scores")
+    if scores is None:
+        # The results API reads a matrix that travelled only by key from the object store.
+        raise DemoError(
+            f"the results hold no scores for the {matrix.get('method')} influence matrix "
+            f"(stored at {matrix.get('key')}); is the gateway older than its influence service?"
+        )
     if len(scores) != len(eval_ids) or any(len(row) != len(train_ids) for row in scores):
         raise DemoError(
             f"influence matrix is not {len(eval_ids)} x {len(train_ids)} (evaluation questions x training pairs)"
