@@ -11,10 +11,12 @@ import uuid
 from pathlib import Path
 
 import nats
+import numpy as np
 import pytest
 import pytest_asyncio
 import torch
 
+from inflab.common import influence_files
 from inflab.common.models import build_tiny_model, load_model
 from inflab.common.objectstore import ObjectStore
 from inflab.common.subjects import Subjects
@@ -170,3 +172,10 @@ async def test_bad_requests_fail_with_the_cause_and_the_worker_goes_on(
             assert matrix["args"]["top_k"] == k
         normalized = results[1]
         assert normalized["top_k"][0]["positive"][0]["train_id"] == "tr01"
+        # Small enough to travel inline (settings.influence_inline_max_cells); the same
+        # matrix is in the object store at the event's key.
+        stored = {m.variant: m for m in influence_files.decode(ObjectStore(settings.objects_url).get(results[0]["key"]))}
+        for matrix in results:
+            assert matrix["shape"] == [2, 3] and 2 * 3 <= settings.influence_inline_max_cells
+            np.testing.assert_allclose(matrix["scores"], stored[matrix["variant"]].scores, rtol=1e-6)
+            assert matrix["stats"]["max"] == pytest.approx(float(stored[matrix["variant"]].scores.max()))
