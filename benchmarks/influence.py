@@ -86,7 +86,10 @@ def run_worker(job: str, task_path: Path, out_path: Path) -> None:
 
     task = json.loads(Path(task_path).read_text())
     _set_threads(task["threads"])
-    torch.manual_seed(0)
+    # "kronfluence@1": the same job with another global seed (kronfluence-default samples
+    # the true Fisher's labels from torch's global generator): its sampling noise.
+    job, _, seed = job.partition("@")
+    torch.manual_seed(int(seed or 0))
     wl = _workload_from_task(task)
     checkpoints = [LocalCheckpoint.from_folder(p) for p in task["checkpoints"]]
     batch_size, max_length = task["batch_size"], wl.max_length
@@ -324,6 +327,12 @@ def main_benchmark(args: argparse.Namespace, log) -> dict[str, Any]:
         order.append("kronfluence")
     if "ekfac" in ours:
         order.append("ours:ekfac")
+    if args.ekfac_only:
+        # Iterating on EK-FAC: only kronfluence-default and ours, alternating; with
+        # --ekfac-noise also kronfluence-default under other seeds (its own sampling noise).
+        order = [j for j in order if j in ("kronfluence", "ours:ekfac")]
+        if "kronfluence" in peers:
+            order += [f"kronfluence@{s}" for s in range(1, args.ekfac_noise + 1)]
 
     runs: dict[str, list[dict[str, Any]]] = {j: [] for j in order}
     scores: dict[str, dict[str, np.ndarray]] = {}
@@ -346,7 +355,7 @@ def main_benchmark(args: argparse.Namespace, log) -> dict[str, Any]:
             "wall_s_passes": [_r(r["wall_s"]) for r in ok],
             "peak_rss_gb": _r(max((r["peak_rss_gb"] for r in ok), default=None)),
             "rss_after_model_load_gb": _r(max((r["rss_after_load_gb"] for r in ok), default=None)),
-            "checkpoints": 1 if job in ("floor1", "kronfluence") or job.split(":")[-1] in FINAL_ONLY else len(ckpts),
+            "checkpoints": 1 if job.partition("@")[0] in ("floor1", "kronfluence") or job.split(":")[-1] in FINAL_ONLY else len(ckpts),
         }
         if len(ok) < len(results):
             entry["errors"] = [r.get("error") for r in results if "wall_s" not in r]
@@ -407,6 +416,12 @@ def main_benchmark(args: argparse.Namespace, log) -> dict[str, Any]:
     if "datainf_raw" in scores.get("loop", {}):
         methods["loop"]["datainf_reference_recall_at_4"] = {
             v: _r(metrics.recall_at_k(scores["loop"][f"datainf_{v}"], related, K)) for v in ("raw", "normalized")}
+    # kronfluence-default against itself under another seed: the ceiling on any rho against it.
+    for job in [j for j in order if j.startswith("kronfluence@")]:
+        if "raw" in scores.get(job, {}) and "raw" in scores.get("kronfluence", {}):
+            comparisons[job] = {"spearman": {"raw vs kronfluence": {
+                "all_entries": _r(metrics.spearman(scores[job]["raw"], scores["kronfluence"]["raw"]), 5),
+                "mean_per_question": _r(metrics.spearman_rows(scores[job]["raw"], scores["kronfluence"]["raw"]), 5)}}}
     # Peer-vs-reference sanity: bergson and the loop compute the same TracIn.
     if "bergson" in scores and "loop" in scores:
         comparisons["bergson"] = {"spearman": {"raw vs loop": {"all_entries": _r(metrics.spearman(scores["bergson"]["raw"], scores["loop"]["raw"]), 5)}}}
@@ -539,6 +554,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--methods", default=",".join(OURS), help="ours to run (comma-separated)")
     p.add_argument("--peers", default="bergson,kronfluence", help="peers to run (comma-separated; '' for none)")
+    p.add_argument("--ekfac-only", action="store_true",
+                   help="run only kronfluence-default and ours:ekfac (alternating), to iterate on EK-FAC")
+    p.add_argument("--ekfac-noise", type=int, default=0,
+                   help="--ekfac-only: also run kronfluence-default with global seeds 1..N (rho between seeds)")
     p.add_argument("--scale", action="store_true", help="time ours on generated workloads instead")
     p.add_argument("--scale-checkpoints", type=int, default=0,
                    help="--scale: TracIn over only the last N checkpoints (0: all)")
