@@ -8,10 +8,12 @@ cache folder), the 32 training pairs of the shared influence workload, batch 4, 
 64, 3 epochs, the workload's LoRA settings (r 8, alpha 16, q_proj/v_proj) and optimizer
 settings (AdamW, lr 2e-4, constant, no weight decay, seed 0).
 
-* **ours**: ``inflab.trainer.training.train_lora`` exactly as a run uses it, with events
-  (into a list), prediction tracking and checkpoints at their default settings
-  (4 sampled evaluation questions answered greedily after every epoch, a checkpoint with
-  optimizer state every epoch, a metric every step).
+* **ours**: ``inflab.trainer.training.train_lora`` exactly as a run's trainer job calls it,
+  with events (into a list), prediction tracking and checkpoints at their default settings
+  (4 sampled evaluation questions answered greedily after every epoch but the last, whose
+  row a run takes from its inference stage's fine-tuned answers; answers decoded in
+  bfloat16 where the CPU computes it natively; a checkpoint with optimizer state every
+  epoch; a metric every step).
 * **reference**: ``transformers.Trainer`` on a ``peft`` model, fed the same tokenised
   pairs, labels (answer tokens only) and collation, AdamW with the same settings, no
   gradient clipping (we do not clip either), no evaluation, no saving.
@@ -106,7 +108,9 @@ def run_ours(spec, model_path: str) -> dict:
 
     with tempfile.TemporaryDirectory(prefix="bench-ours-") as work, PeakRSS() as rss:
         started = time.perf_counter()
-        outcome = train_lora(spec, model_path, Path(work), emit)
+        # As inflab.trainer.job calls it: the tracking row at the end of training is the
+        # inference stage's (it answers every evaluation question with the final adapter).
+        outcome = train_lora(spec, model_path, Path(work), emit, final_predictions_elsewhere=True)
         seconds = time.perf_counter() - started
     kinds: dict[str, int] = {}
     for _, event in events:
@@ -126,6 +130,7 @@ def run_ours(spec, model_path: str) -> dict:
         "first_loss": outcome.losses[0], "last_epoch_loss": statistics.fmean(outcome.losses[-per_epoch:]),
         "events": kinds, "checkpoints": len(outcome.checkpoints),
         "predictions_s": predictions_s, "checkpoints_s": checkpoints_s,
+        "prediction_precision": sorted({e["precision"] for _, e in events if e["kind"] == "prediction"}),
         "until_first_step_s": first_step - started,
     }
 

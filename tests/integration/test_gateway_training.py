@@ -74,7 +74,9 @@ async def producer(gw_settings):
 async def test_prediction_settings_are_kept_and_given_to_runs(gateway) -> None:
     _, client = gateway
     experiment = (await client.post("/api/experiments", json=EXPERIMENT)).json()
-    assert experiment["predictions"] == {"enabled": True, "sample_count": 2, "frequency": "steps", "step_interval": 5}
+    assert experiment["predictions"] == {
+        "enabled": True, "sample_count": 2, "frequency": "steps", "step_interval": 5, "precision": "auto"
+    }
     run_id = await start_run(client, EXPERIMENT)
     run = (await client.get(f"/api/runs/{run_id}")).json()
     assert run["config"]["predictions"] == experiment["predictions"]
@@ -137,7 +139,7 @@ async def test_metrics_keep_the_telemetry_and_a_resent_step_once(gateway, produc
 # --------------------------------------------------------------------------- predictions
 def sampling_point(run_id: uuid.UUID, step: int, epoch: float, answer: str = "") -> PredictionEvent:
     # Listed out of prompt order: the API orders them.
-    return PredictionEvent(run_id=run_id, stage="train", step=step, epoch=epoch, samples=[
+    return PredictionEvent(run_id=run_id, stage="train", step=step, epoch=epoch, precision="bfloat16", samples=[
         PredictionSample(prompt_id="ev01", prompt="What is honey made by?", prediction=answer or f"bees {step}"),
         PredictionSample(prompt_id="ev00", prompt="Who is Veltra's ruler?", ground_truth="Queen Ismene.",
                          prediction=answer or f"queen {step}"),
@@ -163,11 +165,11 @@ async def test_predictions_are_stored_once_paged_and_listed_by_epoch(gateway, pr
     assert (page["total"], page["limit"], page["offset"]) == (10, 3, 0)
     assert page["items"] == [
         {"step": 0, "epoch": 0.0, "prompt_id": "ev00", "prompt": "Who is Veltra's ruler?",
-         "ground_truth": "Queen Ismene.", "prediction": "queen 0"},
+         "ground_truth": "Queen Ismene.", "prediction": "queen 0", "precision": "bfloat16"},
         {"step": 0, "epoch": 0.0, "prompt_id": "ev01", "prompt": "What is honey made by?", "ground_truth": None,
-         "prediction": "bees 0"},
+         "prediction": "bees 0", "precision": "bfloat16"},
         {"step": 5, "epoch": 0.5, "prompt_id": "ev00", "prompt": "Who is Veltra's ruler?",
-         "ground_truth": "Queen Ismene.", "prediction": "queen 5"},
+         "ground_truth": "Queen Ismene.", "prediction": "queen 5", "precision": "bfloat16"},
     ]
     rest = (await client.get(url, params={"limit": 100, "offset": 3})).json()
     assert [(p["step"], p["prompt_id"]) for p in rest["items"]] == [

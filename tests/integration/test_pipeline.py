@@ -18,7 +18,7 @@ import pytest_asyncio
 import uvicorn
 from sqlalchemy import func, select
 
-from inflab.common.db.models import Checkpoint, Generation, InfluenceResult, Metric, Run, RunEventRow
+from inflab.common.db.models import Checkpoint, Generation, InfluenceResult, Metric, Prediction, Run, RunEventRow
 from inflab.common.db.session import make_engine, make_sessionmaker
 from inflab.common.messages import InferenceRequest, InfluenceRequest, TrainRequest
 from inflab.common.models import build_tiny_model
@@ -190,6 +190,16 @@ async def test_run_end_to_end(stack, settings, tiny_model):
             assert sorted(g.eval_id for g in generations) == ["ev00", "ev01"]
             for g in generations:
                 assert g.base.strip() and g.few_shot.strip() and g.fine_tuned.strip()
+            # Prediction tracking: both questions at every epoch end; the trainer sampled
+            # the first two, the last is the inference stage's fine-tuned answers.
+            tracked = (await db.execute(
+                select(Prediction).where(Prediction.run_id == run.id).order_by(Prediction.step))).scalars().all()
+            assert [(p.epoch, p.prompt_id) for p in tracked] == [
+                (float(e), q) for e in (1, 2, 3) for q in ("ev00", "ev01")]
+            fine_tuned = {g.eval_id: g.fine_tuned for g in generations}
+            assert {p.prompt_id: p.prediction for p in tracked if p.step == steps} == fine_tuned
+            assert {p.precision for p in tracked if p.step == steps} == {"float32"}
+            assert {p.precision for p in tracked if p.step < steps} <= {"float32", "bfloat16"}
             influence = (await db.execute(
                 select(InfluenceResult).where(InfluenceResult.run_id == run.id))).scalars().all()
             stored_events = await db.scalar(

@@ -10,7 +10,11 @@ import torch
 import inflab.trainer.training as training
 from inflab.common.messages import RunSpec
 from inflab.common.models import build_tiny_model
-from inflab.trainer.predictions import PredictionLimits, plan_predictions
+from inflab.common.models import load_tokenizer
+from inflab.trainer.model_setup import attach_lora, load_base_model
+from inflab.trainer.predictions import (
+    PredictionLimits, PredictionSampler, native_bfloat16, plan_predictions, resolve_precision,
+)
 from inflab.trainer.training import train_lora
 
 torch.set_num_threads(1)
@@ -72,7 +76,7 @@ def test_a_failing_sampler_never_fails_training(tiny_model: str, tmp_path: Path,
     def broken(*args, **kwargs):
         raise RuntimeError("generation exploded")
 
-    monkeypatch.setattr(training, "sample_predictions", broken)
+    monkeypatch.setattr(training.PredictionSampler, "__call__", broken)
     events: list[dict] = []
     outcome = train_lora(make_spec(num_epochs=2), tiny_model, tmp_path, events.append)
     assert outcome.steps == 4 and len(outcome.checkpoints) == 1
@@ -81,3 +85,69 @@ def test_a_failing_sampler_never_fails_training(tiny_model: str, tmp_path: Path,
     assert "prediction sampling failed at step 2" in warnings[0]["message"]
     assert "generation exploded" in warnings[0]["message"]
     assert not [e for e in events if e["kind"] == "prediction"]
+
+
+def test_the_end_of_training_is_left_to_the_inference_stage_when_asked(tiny_model: str, tmp_path: Path) -> None:
+    """A run's trainer skips only the sampling point at the last step (the inference stage
+    answers it); every earlier point is still sampled, in both frequencies."""
+    by_epoch: list[dict] = []
+    train_lora(make_spec(num_epochs=3, sample_count=2), tiny_model, tmp_path / "a", by_epoch.append,
+               final_predictions_elsewhere=True)
+    assert [e["epoch"] for e in by_epoch if e["kind"] == "prediction"] == [1.0, 2.0]
+    by_steps: list[dict] = []
+    train_lora(make_spec(num_epochs=3, sample_count=2, frequency="steps", step_interval=3), tiny_model,
+               tmp_path / "b", by_steps.append, final_predictions_elsewhere=True)
+    assert [e["step"] for e in by_steps if e["kind"] == "prediction"] == [3]  # 6 steps; 6 is the end
+    every: list[dict] = []
+    train_lora(make_spec(num_epochs=3, sample_count=2), tiny_model, tmp_path / "c", every.append)
+    assert [e["epoch"] for e in every if e["kind"] == "prediction"] == [1.0, 2.0, 3.0]
+
+
+def test_tracking_precision_is_resolved_and_reported(tiny_model: str, tmp_path: Path) -> None:
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu, quantized=False) == ("bfloat16" if native_bfloat16(cpu) else "float32")
+    assert resolve_precision("float32", cpu, quantized=False) == "float32"
+    assert resolve_precision("bfloat16", cpu, quantized=True) == "nf4"
+    events: list[dict] = []
+    train_lora(make_spec(num_epochs=2, precision="bfloat16"), tiny_model, tmp_path, events.append)
+    assert {e["precision"] for e in events if e["kind"] == "prediction"} == {"bfloat16"}
+
+
+def test_bfloat16_tracking_leaves_the_loss_curve_alone(tiny_model: str, tmp_path: Path) -> None:
+    losses = {}
+    for precision in ("float32", "bfloat16"):
+        spec = make_spec(num_epochs=2, precision=precision)
+        losses[precision] = train_lora(spec, tiny_model, tmp_path / precision, lambda e: None).losses
+    assert losses["float32"] == losses["bfloat16"]
+
+
+def test_the_bfloat16_copy_follows_the_lora_weights(tiny_model: str) -> None:
+    """The tracker's bfloat16 copy is the training model at every call: same LoRA weights
+    (refreshed from the model), logits equal to float32's within bfloat16's precision; the
+    training model itself is untouched."""
+    spec = make_spec(precision="bfloat16")
+    model = attach_lora(load_base_model(tiny_model, torch.device("cpu")), spec.hyperparams)
+    plan, _ = plan_predictions(spec, None)
+    sampler = PredictionSampler(plan, load_tokenizer(tiny_model), "bfloat16")
+    ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    for round_ in range(2):
+        with torch.no_grad():  # as an optimizer step would: move every LoRA weight
+            for name, param in model.named_parameters():
+                if param.requires_grad:
+                    param.add_(torch.randn_like(param) * 0.05)
+        before = {n: p.detach().clone() for n, p in model.named_parameters()}
+        samples = sampler(model)
+        assert [s["prompt_id"] for s in samples] == [p.prompt_id for p in plan.prompts]
+        assert all(s["prediction"] for s in samples)
+        shadow = dict(sampler._shadow.named_parameters())
+        for name, param in model.named_parameters():
+            assert torch.equal(param, before[name])
+            assert shadow[name].dtype == torch.bfloat16
+            if param.requires_grad:
+                assert torch.equal(shadow[name], param.detach().to(torch.bfloat16)), (round_, name)
+        model.eval()
+        with torch.no_grad():
+            exact = model(input_ids=ids).logits
+            approx = sampler._shadow(input_ids=ids).logits.float()
+        model.train()
+        assert torch.nn.functional.cosine_similarity(exact.flatten(), approx.flatten(), dim=0) > 0.999

@@ -108,6 +108,12 @@ class PredictionSettings(Contract):
     sample_count: int = Field(4, ge=1)
     frequency: Literal["epoch", "steps"] = "epoch"
     step_interval: int = Field(10, ge=1)
+    #: The arithmetic of the tracking answers. ``auto``: bfloat16 where the hardware computes
+    #: it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16), else float32.
+    #: Greedy decoding is memory-bound, so a bfloat16 copy answers about twice as fast; its
+    #: answers can drift from float32's after a near-tie between two tokens. The answers
+    #: at the end of training are always the inference stage's, in float32.
+    precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
 class RunSpec(Contract):
@@ -279,6 +285,9 @@ class PredictionEvent(EventBase):
     step: int
     epoch: float
     samples: list[PredictionSample]
+    #: The arithmetic the answers were decoded in: "float32", "bfloat16" or "nf4" (QLoRA's
+    #: 4-bit base). None from producers that predate the field.
+    precision: str | None = None
 
 
 class ParamsEvent(EventBase):

@@ -170,14 +170,14 @@ async def _apply_predictions(session: AsyncSession, run: Run, event: PredictionE
     stmt = insert(Prediction).values(
         [
             dict(run_id=run.id, step=event.step, epoch=event.epoch, prompt_id=s.prompt_id, prompt=s.prompt,
-                 ground_truth=s.ground_truth, prediction=s.prediction)
+                 ground_truth=s.ground_truth, prediction=s.prediction, precision=event.precision)
             for s in samples
         ]
     )
     await session.execute(
         stmt.on_conflict_do_update(
             index_elements=[Prediction.run_id, Prediction.step, Prediction.prompt_id],
-            set_={c: stmt.excluded[c] for c in ("epoch", "prompt", "ground_truth", "prediction")},
+            set_={c: stmt.excluded[c] for c in ("epoch", "prompt", "ground_truth", "prediction", "precision")},
         )
     )
 

@@ -341,6 +341,9 @@ class PredictionOut(BaseModel):
     prompt: str
     ground_truth: str | None
     prediction: str
+    #: The arithmetic the answer was decoded in ("float32", "bfloat16", "nf4"). The row at
+    #: the end of training is the inference stage's fine-tuned answer, in float32.
+    precision: str | None = None
 
 
 class PredictionPage(BaseModel):

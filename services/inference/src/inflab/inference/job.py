@@ -1,5 +1,6 @@
 """The inference job inside a Ray task: fetch the fine-tuned adapter, generate the three
-answers for every evaluation question with the plain generation library."""
+answers for every evaluation question with the plain generation library, and hand the
+fine-tuned ones to the run's prediction tracking as its row at the end of training."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from inflab.common.messages import InferenceRequest
+from inflab.common.messages import Answer, InferenceRequest
 from inflab.common.models import resolve_model
 from inflab.common.objectstore import ObjectStore
+from inflab.common.predictions import PredictionLimits, plan_predictions
 
 
-def inference_job(request: dict, store_url: str, models_dir: str, emit: Callable[[dict], None]) -> list[dict]:
+def inference_job(
+    request: dict, store_url: str, models_dir: str, prediction_limits: dict, emit: Callable[[dict], None]
+) -> list[dict]:
     from inflab.inference.generation import generate_answers
 
     req = InferenceRequest.model_validate(request)
@@ -21,4 +25,27 @@ def inference_job(request: dict, store_url: str, models_dir: str, emit: Callable
     with tempfile.TemporaryDirectory(prefix=f"inflab-infer-{req.run_id}-") as work:
         adapter_dir = store.download_dir(req.adapter.key, Path(work) / "adapter")
         answers = generate_answers(req.spec, model_path, adapter_dir, emit)
+    final = final_predictions(req, answers, PredictionLimits(**prediction_limits))
+    if final is not None:
+        emit(final)
     return [a.model_dump(mode="json") for a in answers]
+
+
+def final_predictions(req: InferenceRequest, answers: list[Answer], limits: PredictionLimits) -> dict | None:
+    """The run's prediction-tracking row at the end of training, from the fine-tuned
+    answers: the trainer leaves that sampling point to this stage (the same greedy answers
+    to the same prompts would otherwise be decoded twice). None when tracking is off, or
+    when the run's plan has no sampling point at the adapter's step."""
+    plan, _ = plan_predictions(req.spec, limits)
+    if plan is None or not plan.due(req.adapter.step, epoch_end=True):
+        return None
+    by_id = {a.eval_id: a.fine_tuned for a in answers}
+    if any(p.prompt_id not in by_id for p in plan.prompts):
+        return None  # prompts from the training set (no evaluation questions): nothing to reuse
+    return {
+        "kind": "prediction",
+        "step": req.adapter.step,
+        "epoch": float(req.adapter.epoch),
+        "samples": plan.samples([by_id[p.prompt_id] for p in plan.prompts]),
+        "precision": "float32",
+    }

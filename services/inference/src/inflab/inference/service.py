@@ -4,11 +4,14 @@ their answers into a result event. No ML here (see generation.py)."""
 from __future__ import annotations
 
 
+from dataclasses import asdict
+
 from nats.aio.msg import Msg
 
 from inflab.common.bus import Bus
 from inflab.common.events import StageEvents
 from inflab.common.messages import Answer, InferenceRequest
+from inflab.common.predictions import PredictionLimits
 from inflab.common.settings import Settings
 from inflab.inference.job import inference_job
 
@@ -31,6 +34,7 @@ class InferenceService:
             request.model_dump(mode="json"),
             self.settings.objects_url,
             str(self.settings.models_dir),
+            asdict(PredictionLimits.from_settings(self.settings)),
             num_cpus=self.settings.inference_num_cpus,
         )
         if not ok:

@@ -92,6 +92,9 @@ def train_job(
                     req.spec, model_path, Path(work), emit, on_checkpoint,
                     control=control, resume_from=resume_from,
                     prediction_limits=PredictionLimits(**prediction_limits),
+                    # The inference stage's fine-tuned answers are the tracking row at the
+                    # end of training (inflab.inference.job), so it is not decoded here too.
+                    final_predictions_elsewhere=True,
                 )
             except TrainingCancelled as cancelled:
                 return {"outcome": "cancelled", "step": cancelled.step}

@@ -1,86 +1,58 @@
 """Prediction tracking during training (like W&B prediction tables): a few prompts chosen
-once per run, answered greedily by the current model at each sampling point.
+once per run (``inflab.common.predictions``), answered greedily by the current model at
+each sampling point.
 
-The prompts come from the evaluation questions (the training pairs where there are none),
-chosen with the run's seed, so they are the same at every sampling point, and again after
-a resume. Answers are greedy (no sampling, no RNG), and the caller runs them inside a
-forked RNG, so tracking predictions never changes the loss curve.
+Answers are greedy (no sampling, no RNG), and the caller runs them inside a forked RNG, so
+tracking predictions never changes the loss curve.
+
+Greedy decoding reads every weight of the model for every token, so on a CPU it is bound
+by memory bandwidth, not arithmetic: a float32 copy of a 135M model answers 4 prompts x 48
+tokens in about 3.5 s on two cores, a bfloat16 copy in about 1.5 s. Where the hardware
+computes bfloat16 natively the tracker therefore answers from a bfloat16 copy of the model
+(made once, its LoRA weights refreshed at every sampling point), unless the run asks for
+``predictions.precision: float32``. Every prediction event says which arithmetic answered.
 """
 
 from __future__ import annotations
 
-import random
+import copy
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from inflab.common.chat import prompt_ids
-from inflab.common.messages import RunSpec
+from inflab.common.predictions import PredictionLimits, PredictionPlan, PredictionPrompt, plan_predictions
+
+__all__ = [
+    "EMPTY_ANSWER", "PredictionLimits", "PredictionPlan", "PredictionPrompt", "PredictionSampler", "greedy_answers",
+    "native_bfloat16", "plan_predictions", "resolve_precision",
+]
 
 #: Shown when the model produced no text (it stopped at once).
 EMPTY_ANSWER = "(empty)"
 
 
-@dataclass(frozen=True)
-class PredictionLimits:
-    """Bounds from settings (``max_prediction_samples``, ``min_prediction_step_interval``);
-    the gateway refuses requests beyond them, the trainer clamps what arrives anyway."""
-
-    max_samples: int
-    min_step_interval: int
-
-
-@dataclass(frozen=True)
-class PredictionPrompt:
-    prompt_id: str
-    prompt: str
-    ground_truth: str | None
+def native_bfloat16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively (not emulated, which is slower than
+    float32): AVX512-BF16 or AMX on a CPU, bf16 support on a CUDA GPU."""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    if device.type == "cpu":
+        checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(bool(check()) for check in checks if check is not None)
+    return False
 
 
-@dataclass(frozen=True)
-class PredictionPlan:
-    prompts: list[PredictionPrompt]
-    frequency: str  # "epoch" | "steps"
-    step_interval: int
-    max_new_tokens: int
-
-    def due(self, step: int, epoch_end: bool) -> bool:
-        """Whether the model is sampled after optimizer ``step`` (at an epoch end or not)."""
-        if self.frequency == "epoch":
-            return epoch_end
-        return step % self.step_interval == 0
-
-
-def plan_predictions(spec: RunSpec, limits: PredictionLimits | None) -> tuple[PredictionPlan | None, list[str]]:
-    """The run's prediction plan (None when disabled) and warnings about clamped settings."""
-    settings = spec.predictions
-    if not settings.enabled:
-        return None, []
-    warnings: list[str] = []
-    count, interval = settings.sample_count, settings.step_interval
-    if limits is not None and count > limits.max_samples:
-        warnings.append(f"predictions.sample_count {count} is above this server's limit; using {limits.max_samples}")
-        count = limits.max_samples
-    if limits is not None and settings.frequency == "steps" and interval < limits.min_step_interval:
-        warnings.append(
-            f"predictions.step_interval {interval} is below this server's limit; using {limits.min_step_interval}"
-        )
-        interval = limits.min_step_interval
-    pool = [PredictionPrompt(q.id, q.question, q.answer) for q in spec.eval_data]
-    if not pool:
-        pool = [PredictionPrompt(p.id, p.question, p.answer) for p in spec.training_data]
-    # A generator of its own, seeded by the run: the choice never touches torch's RNG and
-    # is the same in every process that trains this run.
-    chosen = sorted(random.Random(spec.hyperparams.seed).sample(range(len(pool)), min(count, len(pool))))
-    plan = PredictionPlan(
-        prompts=[pool[i] for i in chosen],
-        frequency=settings.frequency,
-        step_interval=interval,
-        max_new_tokens=spec.max_new_tokens,
-    )
-    return plan, warnings
+def resolve_precision(requested: str, device: torch.device, quantized: bool) -> str:
+    """The arithmetic tracking answers are decoded in: "nf4" for a 4-bit (QLoRA) model,
+    which is answered as it trains; otherwise the request, with "auto" meaning bfloat16
+    where the device computes it natively and float32 elsewhere."""
+    if quantized:
+        return "nf4"
+    if requested == "auto":
+        return "bfloat16" if native_bfloat16(device) else "float32"
+    return requested
 
 
 def _stop_ids(tokenizer: Any, model: Any) -> list[int]:
@@ -127,16 +99,60 @@ def greedy_answers(model: Any, tokenizer: Any, questions: Sequence[str], max_new
     return [tokenizer.decode(row, skip_special_tokens=True).strip() or EMPTY_ANSWER for row in output[:, longest:]]
 
 
-def sample_predictions(model: Any, tokenizer: Any, plan: PredictionPlan) -> list[dict]:
-    """The plan's prompts answered by ``model`` as it is now, as PredictionSample dicts.
-    Leaves the model in the mode (train/eval) it found it in."""
-    was_training = model.training
-    model.eval()  # no dropout while answering
-    try:
-        answers = greedy_answers(model, tokenizer, [p.prompt for p in plan.prompts], plan.max_new_tokens)
-    finally:
-        model.train(was_training)
-    return [
-        {"prompt_id": p.prompt_id, "prompt": p.prompt, "ground_truth": p.ground_truth, "prediction": a}
-        for p, a in zip(plan.prompts, answers)
-    ]
+def _bfloat16_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """A bfloat16 copy of ``model`` (frozen, eval mode), made without a float32 copy first:
+    every parameter is cast into deepcopy's memo, so tied weights stay tied and the module
+    tree (PEFT wrappers included) is copied around them. Buffers (the rotary frequencies)
+    stay as they are: they are small, and the model computes the rotation in float32."""
+    memo: dict[int, Any] = {}
+    with torch.no_grad():
+        for param in model.parameters():
+            if id(param) not in memo:
+                memo[id(param)] = torch.nn.Parameter(param.detach().to(torch.bfloat16), requires_grad=False)
+    shadow = copy.deepcopy(model, memo)
+    return shadow.eval()
+
+
+class PredictionSampler:
+    """Answers a plan's prompts with the model as it is at each call.
+
+    With ``precision == "bfloat16"`` the answers come from a bfloat16 copy made at the
+    first call; at every call its trainable (LoRA) weights are refreshed from the model,
+    the frozen base weights never change. Otherwise the model itself answers, in eval mode
+    (no dropout), and is left in the mode it was found in.
+    """
+
+    def __init__(self, plan: PredictionPlan, tokenizer: Any, precision: str) -> None:
+        self.plan = plan
+        self.tokenizer = tokenizer
+        self.precision = precision
+        self._shadow: torch.nn.Module | None = None
+        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def _refreshed_shadow(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self._shadow is None:
+            self._shadow = _bfloat16_copy(model)
+            # Same module tree, same parameter order: pair each trainable weight with its copy.
+            self._pairs = [
+                (source, target)
+                for source, target in zip(model.parameters(), self._shadow.parameters(), strict=True)
+                if source.requires_grad
+            ]
+        with torch.no_grad():
+            for source, target in self._pairs:
+                target.copy_(source)
+        return self._shadow
+
+    def __call__(self, model: torch.nn.Module) -> list[dict]:
+        """The plan's prompts answered now, as PredictionSample dicts."""
+        questions = [p.prompt for p in self.plan.prompts]
+        if self.precision == "bfloat16":
+            answers = greedy_answers(self._refreshed_shadow(model), self.tokenizer, questions, self.plan.max_new_tokens)
+            return self.plan.samples(answers)
+        was_training = model.training
+        model.eval()  # no dropout while answering
+        try:
+            answers = greedy_answers(model, self.tokenizer, questions, self.plan.max_new_tokens)
+        finally:
+            model.train(was_training)
+        return self.plan.samples(answers)

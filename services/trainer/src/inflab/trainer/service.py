@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import asdict
 
 from nats.aio.msg import Msg
 
@@ -14,6 +15,7 @@ from inflab.common.compute import describe_error, run_streaming
 from inflab.common.events import StageEvents
 from inflab.common.messages import InferenceRequest, InfluenceRequest, TrainingSummary, TrainRequest
 from inflab.common.objectstore import ObjectStore
+from inflab.common.predictions import PredictionLimits
 from inflab.common.settings import Settings
 from inflab.trainer.control_subscription import ControlSubscription
 from inflab.trainer.job import load_summary, train_job
@@ -67,10 +69,7 @@ class TrainerService:
             await events.status("running")
             mailbox = await asyncio.to_thread(self.mailbox)
             await controls.attach(lambda item: mailbox.put.remote(run_key, item))
-            limits = {
-                "max_samples": self.settings.max_prediction_samples,
-                "min_step_interval": self.settings.min_prediction_step_interval,
-            }
+            limits = asdict(PredictionLimits.from_settings(self.settings))
             raw = await run_streaming(
                 train_job,
                 request.model_dump(mode="json"),

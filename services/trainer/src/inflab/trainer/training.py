@@ -50,7 +50,7 @@ from inflab.trainer.checkpoints import (
 )
 from inflab.trainer.control import ParamUpdate, TrainingCancelled, TrainingControl
 from inflab.trainer.model_setup import attach_lora, load_base_model, pick_device, require_quantization_support
-from inflab.trainer.predictions import PredictionLimits, PredictionPlan, plan_predictions, sample_predictions
+from inflab.trainer.predictions import PredictionLimits, PredictionSampler, plan_predictions, resolve_precision
 from inflab.trainer.shared_prefix import answer_loss_shared_prefix
 
 log = logging.getLogger(__name__)
@@ -215,14 +215,14 @@ def _optimizer_step(
     return loss_value, learning_rate, grad_norm
 
 
-def _track_predictions(model: Any, tokenizer: Any, plan: PredictionPlan, step: int, epoch: float, emit: Emit) -> None:
+def _track_predictions(model: Any, sampler: PredictionSampler, step: int, epoch: float, emit: Emit) -> None:
     """Sample the current model's answers. Never fails the training: an error here becomes
     a warning event and the loop goes on."""
     try:
         devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
         with torch.random.fork_rng(devices=devices):  # the loss curve must not depend on sampling
-            samples = sample_predictions(model, tokenizer, plan)
-        emit({"kind": "prediction", "step": step, "epoch": epoch, "samples": samples})
+            samples = sampler(model)
+        emit({"kind": "prediction", "step": step, "epoch": epoch, "samples": samples, "precision": sampler.precision})
     except Exception as exc:
         _log(emit, "warning", f"prediction sampling failed at step {step} (training goes on): {type(exc).__name__}: {exc}"[:2000])
 
@@ -237,6 +237,7 @@ def train_lora(
     control: TrainingControl | None = None,
     resume_from: Path | None = None,
     prediction_limits: PredictionLimits | None = None,
+    final_predictions_elsewhere: bool = False,
 ) -> TrainingOutcome:
     """Fine-tune ``model_path`` with LoRA (QLoRA with ``quantization: 4bit``) on
     ``spec.training_data``.
@@ -252,7 +253,11 @@ def train_lora(
       ``logging_steps`` steps and at the last step;
     * ``{"kind": "status", "status": "checkpointing"}`` while a checkpoint is written and
       uploaded, then ``{"kind": "status", "status": "running"}``;
-    * ``{"kind": "prediction", "step", "epoch", "samples"}`` per ``spec.predictions``;
+    * ``{"kind": "prediction", "step", "epoch", "samples", "precision"}`` per
+      ``spec.predictions``, except at the end of training when
+      ``final_predictions_elsewhere`` (a run's inference stage answers every evaluation
+      question with the final adapter right after, so the pipeline takes that row from it
+      instead of decoding the same answers twice);
     * ``{"kind": "params", "request_id", "changes", "effective_step"}`` when a runtime
       change from ``control`` is applied;
     * ``{"kind": "log", "level", "message"}`` for notable things (the start, truncation,
@@ -281,6 +286,9 @@ def train_lora(
     plan, warnings = plan_predictions(spec, prediction_limits)
     for warning in warnings:
         _log(emit, "warning", warning)
+    sampler = None
+    if plan is not None:
+        sampler = PredictionSampler(plan, tokenizer, resolve_precision(plan.precision, device, hp.quantization == "4bit"))
 
     model = load_base_model(model_path, device, hp.quantization)
     torch.manual_seed(hp.seed)  # LoRA init and dropout masks
@@ -368,12 +376,14 @@ def train_lora(
                   "epoch": fractional_epoch, "eta_s": round(eta, 2)})
             if log_now:
                 emit(window.flush(step, fractional_epoch, learning_rate, grad_norm))
-            if plan is not None and plan.frequency == "steps" and step % plan.step_interval == 0:
-                _track_predictions(model, tokenizer, plan, step, fractional_epoch, emit)
+            sample_now = plan is not None and plan.frequency == "steps" and plan.due(step, epoch_end=False)
+            if sample_now and not (final_predictions_elsewhere and step == total):
+                _track_predictions(model, sampler, step, fractional_epoch, emit)
 
         outcome.steps, outcome.epochs = step, epoch
-        if plan is not None and plan.frequency == "epoch":
-            _track_predictions(model, tokenizer, plan, step, float(epoch), emit)
+        sample_now = plan is not None and plan.frequency == "epoch"
+        if sample_now and not (final_predictions_elsewhere and step == total):
+            _track_predictions(model, sampler, step, float(epoch), emit)
         if epoch % hp.checkpoint_interval == 0 or epoch == hp.num_epochs:
             emit({"kind": "status", "status": "checkpointing"})
             meta = {

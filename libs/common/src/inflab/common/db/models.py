@@ -192,6 +192,8 @@ class Prediction(Base):
     prompt: Mapped[str] = mapped_column(Text, nullable=False)
     ground_truth: Mapped[str | None] = mapped_column(Text)
     prediction: Mapped[str] = mapped_column(Text, nullable=False)
+    #: "float32", "bfloat16" or "nf4"; null for rows from before it was reported.
+    precision: Mapped[str | None] = mapped_column(String(16))
 
 
 class Checkpoint(Base):
