@@ -77,6 +77,13 @@ class EKFACArgs(GradientArgs):
     #: training set). The same numbers either way (tested); strategies other than "ekfac"
     #: always score through kronfluence.
     scoring: Literal["gradients", "kronfluence"] = "gradients"
+    #: With our scoring and "ekfac": "shared" forms the corrected eigenvalues (Lambda) from the
+    #: per-example gradients of kronfluence's covariance pass (captured as it runs, the same
+    #: sampled labels), with kronfluence's formula, in its eigenbasis, over its
+    #: ``lambda_max_examples`` first examples; "kronfluence": kronfluence's own Lambda pass (one
+    #: more forward+backward over the training set, labels sampled afresh). Identical for the
+    #: empirical Fisher (tested); for the true Fisher they differ by the label sampling only.
+    lambda_pass: Literal["shared", "kronfluence"] = "shared"
     #: Which checkpoint (its step) to run on; None: the final checkpoint.
     checkpoint_step: int | None = None
     #: Seed of the label sampling for the true Fisher.
@@ -142,8 +149,12 @@ class LoraTask:
                 super().__init__()
                 self.module_names = list(module_names)
                 self.generator = generator
+                #: A :class:`_PerExampleCapture` while kronfluence's covariance pass runs.
+                self.capture: _PerExampleCapture | None = None
 
             def compute_train_loss(self, batch: Any, model: nn.Module, sample: bool = False) -> torch.Tensor:
+                if self.capture is not None:
+                    self.capture.begin(batch["input_ids"].shape[0])
                 logits, targets, rows, counts = _answer_logits(model, batch)
                 if sample:
                     with torch.no_grad():
@@ -162,6 +173,85 @@ class LoraTask:
                 return batch["attention_mask"]
 
         return _LoraTask()
+
+
+class _PerExampleCapture:
+    """Per-example LoRA gradients of the first ``limit`` examples of a kronfluence pass, taken
+    from its own forward and backward: a forward hook on each tracked module keeps its input
+    ``x`` and puts a hook on its output, whose gradient ``g`` gives ``sum_t g_t x_t^T`` per
+    example (as kronfluence's ``compute_per_sample_gradient``; padding has ``g == 0``). The
+    Task calls :meth:`begin` before each micro-batch's forward; examples come in loader order."""
+
+    def __init__(self, model: nn.Module, layout: Sequence[tuple[str, int, int, int]], limit: int,
+                 store: GradientCache) -> None:
+        self.model, self.layout, self.limit = model, list(layout), limit
+        self.matrix = store.new_matrix(limit, sum(o * i for _, _, o, i in layout)) if limit else None
+        self.seen = 0
+        self.rows: torch.Tensor | None = None
+        self.indices: list[int] = []
+        self.handles: list[Any] = []
+
+    def begin(self, batch_size: int) -> None:
+        self.flush()
+        take = max(0, min(batch_size, self.limit - self.seen))
+        self.indices = list(range(self.seen, self.seen + take))
+        self.seen += take
+        self.rows = torch.zeros(batch_size, self.matrix.shape[1]) if take else None
+
+    def flush(self) -> None:
+        if self.rows is not None:
+            self.matrix.write(self.indices, self.rows[: len(self.indices)])
+        self.rows = None
+
+    def _hook(self, offset: int, out_features: int, in_features: int):
+        def forward_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
+            if self.rows is None or not output.requires_grad:
+                return
+            x = args[0].detach()
+            rows = self.rows
+
+            def backward_hook(g: torch.Tensor) -> None:
+                size = rows.shape[0]
+                grad = torch.bmm(g.detach().reshape(size, -1, out_features).transpose(1, 2).float(),
+                                 x.reshape(size, -1, in_features).float())
+                rows[:, offset : offset + out_features * in_features] += grad.reshape(size, -1)
+
+            output.register_hook(backward_hook)
+
+        return forward_hook
+
+    def __enter__(self) -> "_PerExampleCapture":
+        self.handles = [self.model.get_submodule(name).register_forward_hook(self._hook(offset, o, i))
+                        for name, offset, o, i in self.layout]
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self.handles:
+            h.remove()
+        self.flush()
+
+    def lambda_matrices(self, eigen: dict, lambda_dtype: torch.dtype) -> dict:
+        """kronfluence's Lambda factors from the captured gradients: per module
+        ``sum_i (Q_S^T G_i Q_A)^2`` (``lambda_dtype``) and how many examples went in."""
+        from kronfluence.utils.constants import (
+            ACTIVATION_EIGENVECTORS_NAME,
+            GRADIENT_EIGENVECTORS_NAME,
+            LAMBDA_MATRIX_NAME,
+            NUM_LAMBDA_PROCESSED,
+        )
+
+        parts = [(offset, o, i, eigen[GRADIENT_EIGENVECTORS_NAME][name].float(),
+                  eigen[ACTIVATION_EIGENVECTORS_NAME][name].float()) for name, offset, o, i in self.layout]
+        sums = [torch.zeros(o, i, dtype=lambda_dtype) for _, _, o, i in self.layout]
+        for _, rows in self.matrix.chunks():
+            for total, (offset, o, i, q_s, q_a) in zip(sums, parts):
+                g = rows[:, offset : offset + o * i].reshape(-1, o, i)
+                total += (q_s.T @ g @ q_a).square().sum(0).to(lambda_dtype)
+        count = torch.tensor([self.seen], dtype=torch.int64)
+        return {
+            LAMBDA_MATRIX_NAME: {name: s for (name, *_), s in zip(self.layout, sums)},
+            NUM_LAMBDA_PROCESSED: {name: count.clone() for name, *_ in self.layout},
+        }
 
 
 class _Examples(torch.utils.data.Dataset):
@@ -238,13 +328,31 @@ class EKFAC(InfluenceMethod):
             analyzer = Analyzer("inflab", model, task, cpu=True, disable_tqdm=True, output_dir=out,
                                 log_level=max(quiet.getEffectiveLevel(), logging.WARNING))
             analyzer.set_dataloader_kwargs(loader)
+            shared = own_scoring and opts.lambda_pass == "shared" and _covers(factor_args, len(train_set))
             with stage(f"fitting EK-FAC factors at {where}"):
-                analyzer.fit_all_factors("factors", train_set, per_device_batch_size=opts.batch_size,
-                                         factor_args=factor_args)
+                if shared:
+                    # kronfluence's covariance pass and eigendecomposition; Lambda from the
+                    # per-example gradients of that same pass (no second pass).
+                    limit = min(len(train_set), factor_args.lambda_max_examples or len(train_set))
+                    capture = _PerExampleCapture(model, layout, limit, prep.scratch or GradientCache())
+                    task.capture = capture
+                    with capture:
+                        analyzer.fit_covariance_matrices("factors", train_set, per_device_batch_size=opts.batch_size,
+                                                         factor_args=factor_args)
+                    task.capture = None
+                    analyzer.perform_eigendecomposition("factors", factor_args=factor_args)
+                    eigen = analyzer.load_eigendecomposition("factors")
+                    factors = {**eigen, **capture.lambda_matrices(eigen, factor_args.lambda_dtype)}
+                    del capture
+                else:
+                    analyzer.fit_all_factors("factors", train_set, per_device_batch_size=opts.batch_size,
+                                             factor_args=factor_args)
             progress.advance("fitted the factors on the training pairs")
             if own_scoring:
                 with stage(f"computing EK-FAC scores at {where}"):
-                    parts = ekfac_preconditioner(analyzer.load_all_factors("factors"), layout, opts.damping_factor)
+                    if not shared:
+                        factors = analyzer.load_all_factors("factors")
+                    parts = ekfac_preconditioner(factors, layout, opts.damping_factor)
                     raw, normalized = preconditioned_scores(eval_grads, train_grads, parts, opts.normalized)
                 progress.advance("scored the training pairs")
             else:
@@ -255,6 +363,8 @@ class EKFAC(InfluenceMethod):
             **prep.info(),
             "checkpoint_step": chosen.step,
             "tracked_modules": len(modules),
+            "lambda": ("from the covariance pass's per-example gradients (kronfluence's formula and eigenbasis)"
+                       if shared else "kronfluence's Lambda pass" if opts.strategy == "ekfac" else None),
             "factor_arguments": factor_args.to_dict(),
             "score_arguments": score_args.to_dict(),
             "kronfluence_version": _kronfluence_version(),
@@ -266,6 +376,13 @@ class EKFAC(InfluenceMethod):
             out.append(InfluenceScores(self.name, "normalized", normalized.astype(np.float32), eval_ids, train_ids,
                                        dict(info)))
         return out
+
+def _covers(factor_args: Any, n: int) -> bool:
+    """Whether the covariance pass sees every example the Lambda pass would (both take the
+    first ``*_max_examples``), so Lambda can be formed from it."""
+    cov = min(n, factor_args.covariance_max_examples or n)
+    return cov >= min(n, factor_args.lambda_max_examples or n)
+
 
 def _kronfluence_scores(analyzer, opts: EKFACArgs, train_set, eval_set, train_order, eval_order, where, progress):
     """kronfluence's own pairwise (and self-influence) passes; columns back in run order."""
