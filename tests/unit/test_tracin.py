@@ -2,8 +2,11 @@
 
 The run is faked: three "checkpoints" are the same LoRA adapter with seeded random weights
 (lora_B starts at zero, which would make every gradient of lora_A vanish), saved the way the
-trainer saves them. The reference is deliberately naive: one ``loss.backward()`` per
-example through the model's own full-logit loss, and an explicit sum of lr * dot products.
+trainer saves them; the first two also carry an AdamW state (``training_state.pt``) made by
+a real optimizer step over the LoRA weights, the third has none. The reference is
+deliberately naive: one ``loss.backward()`` per example through the model's own full-logit
+loss, an explicit sum of lr * dot products, and for the TrackStar cosine the dense
+``P x P`` Gauss-Newton matrix and its inverse square root.
 """
 
 from __future__ import annotations
@@ -79,6 +82,16 @@ def checkpoints(tiny_model: Path, tmp_path_factory) -> list[LocalCheckpoint]:
         step = 10 * (k + 1)
         folder = root / str(step)
         model.save_pretrained(folder)
+        if k < 2:
+            # AdamW state as the trainer saves it: its optimizer holds the LoRA weights in the
+            # model's parameter order; a few steps with random gradients give uneven moments.
+            lora = [p for name, p in model.named_parameters() if "lora_" in name]
+            optimizer = torch.optim.AdamW(lora, lr=lr)
+            for _ in range(k + 2):
+                for p in lora:
+                    p.grad = torch.randn(p.shape, generator=generator) * torch.rand(p.shape[1], generator=generator)
+                optimizer.step()  # changes the weights in memory only: the adapter is saved
+            torch.save({"optimizer": optimizer.state_dict()}, folder / "training_state.pt")
         (folder / "meta.json").write_text(
             json.dumps({"step": step, "epoch": k + 1, "loss": 1.0, "learning_rate": lr})
         )
@@ -88,10 +101,20 @@ def checkpoints(tiny_model: Path, tmp_path_factory) -> list[LocalCheckpoint]:
 
 @pytest.fixture(scope="module")
 def results(tiny_model, checkpoints):
+    """The default arguments: the ``normalized`` variant is the TrackStar cosine."""
     events: list[dict] = []
     # Checkpoints in scrambled order: the method sorts them by step.
     scores = get_method("tracin").compute(
         lambda: _load(tiny_model), TRAIN, EVALS, checkpoints[::-1], ARGS, events.append
+    )
+    return {s.variant: s for s in scores}, events
+
+
+@pytest.fixture(scope="module")
+def unit_results(tiny_model, checkpoints):
+    events: list[dict] = []
+    scores = get_method("tracin").compute(
+        lambda: _load(tiny_model), TRAIN, EVALS, checkpoints, {**ARGS, "normalization": "unit"}, events.append
     )
     return {s.variant: s for s in scores}, events
 
@@ -120,9 +143,10 @@ def _encode(tiny_model: Path, generated: dict[str, str]):
     return train, evals
 
 
-def test_tracin_equals_brute_force_reference(tiny_model, checkpoints, results):
-    by_variant, _ = results
+def test_tracin_equals_brute_force_reference(tiny_model, checkpoints, results, unit_results):
+    by_variant, _ = unit_results
     raw, normalized = by_variant["raw"], by_variant["normalized"]
+    np.testing.assert_array_equal(raw.scores, results[0]["raw"].scores)
     train, evals = _encode(tiny_model, raw.args["generated_answers"])
     expected_raw = np.zeros((len(EVALS), len(TRAIN)))
     expected_normalized = np.zeros_like(expected_raw)
@@ -142,6 +166,72 @@ def test_tracin_equals_brute_force_reference(tiny_model, checkpoints, results):
         assert np.allclose(got, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
 
 
+def _adam_scaling(tiny_model: Path, checkpoint: LocalCheckpoint, names: list[str]) -> torch.Tensor | None:
+    """1 / (sqrt(v / (1 - beta2^t)) + eps) from the saved AdamW state, matched to the LoRA
+    weights by name (the optimizer's i-th tensor is the model's i-th LoRA parameter)."""
+    path = Path(checkpoint.path) / "training_state.pt"
+    if not path.is_file():
+        return None
+    from peft import PeftModel
+
+    optimizer = torch.load(path, weights_only=True)["optimizer"]
+    beta2, eps = optimizer["param_groups"][0]["betas"][1], optimizer["param_groups"][0]["eps"]
+    model = PeftModel.from_pretrained(_load(tiny_model)[0], str(checkpoint.path))
+    lora_names = [n for n, _ in model.named_parameters() if "lora_" in n]
+    by_name = {}
+    for i, name in enumerate(lora_names):
+        entry = optimizer["state"][i]
+        v_hat = entry["exp_avg_sq"].double() / (1 - beta2 ** float(entry["step"]))
+        by_name[name] = 1.0 / (v_hat.sqrt() + eps)
+    return torch.cat([by_name[n].flatten() for n in names])
+
+
+def test_trackstar_equals_dense_reference(tiny_model, checkpoints, results):
+    """The default ``normalized`` variant against the definition with explicit matrices:
+    sum_c lr_c cos(R^-1/2 A^1/2 v, R^-1/2 A^1/2 g), R = G'^T G' / N + lambda I (dense P x P,
+    its inverse square root by eigendecomposition), lambda = 0.1 x mean eigenvalue of
+    G'^T G' / N, A from AdamW's saved second moments (none for the third checkpoint)."""
+    from peft import PeftModel
+
+    normalized = results[0]["normalized"]
+    train, evals = _encode(tiny_model, normalized.args["generated_answers"])
+    names = [b.name for b in lora_blocks(PeftModel.from_pretrained(_load(tiny_model)[0], str(checkpoints[0].path)))]
+
+    def cosines(g_train: torch.Tensor, g_eval: torch.Tensor) -> np.ndarray:
+        n, p = g_train.shape
+        gn = g_train.T @ g_train / n
+        lam = 0.1 * torch.trace(gn) / n
+        w, q = torch.linalg.eigh(gn + lam * torch.eye(p, dtype=torch.float64))
+        inv_sqrt = (q / w.sqrt()) @ q.T
+        t, e = g_train @ inv_sqrt, g_eval @ inv_sqrt
+        return ((e / e.norm(dim=1, keepdim=True)) @ (t / t.norm(dim=1, keepdim=True)).T).numpy()
+
+    expected = np.zeros((len(EVALS), len(TRAIN)))
+    without_adam = np.zeros_like(expected)
+    for checkpoint in checkpoints:
+        g_train = _reference_gradients(tiny_model, checkpoint, train)
+        g_eval = _reference_gradients(tiny_model, checkpoint, evals)
+        without_adam += checkpoint.learning_rate * cosines(g_train, g_eval)
+        scaling = _adam_scaling(tiny_model, checkpoint, names)
+        if scaling is not None:
+            g_train, g_eval = g_train * scaling.sqrt(), g_eval * scaling.sqrt()
+        expected += checkpoint.learning_rate * cosines(g_train, g_eval)
+    got = normalized.scores
+    assert np.linalg.norm(got - expected) / np.linalg.norm(expected) < 1e-4
+    assert np.allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    # The optimizer correction matters here, so the test would catch it being skipped or misplaced.
+    assert np.linalg.norm(got - without_adam) / np.linalg.norm(expected) > 1e-2
+
+
+def test_trackstar_settings_are_recorded(results):
+    args = results[0]["normalized"].args
+    assert args["normalization"] == "trackstar" and args["damping"] == 0.1 and args["optimizer_correction"] is True
+    per = args["normalization_per_checkpoint"]
+    assert [c["step"] for c in per] == [10, 20, 30]
+    assert [c["optimizer_correction"] for c in per] == ["ok", "ok", "no training_state.pt"]
+    assert all(c["gauss_newton_damping"] > 0 for c in per)
+
+
 def test_shape_ids_and_finite(results):
     by_variant, _ = results
     assert list(by_variant) == ["raw", "normalized"]
@@ -156,17 +246,19 @@ def test_shape_ids_and_finite(results):
         assert list(s.args["generated_answers"]) == ["e2"]
 
 
-def test_duplicated_training_pair_gets_equal_scores(results):
-    by_variant, _ = results
+@pytest.mark.parametrize("which", ["results", "unit_results"])
+def test_duplicated_training_pair_gets_equal_scores(which, request):
+    by_variant, _ = request.getfixturevalue(which)
     for s in by_variant.values():
         np.testing.assert_allclose(s.scores[:, 1], s.scores[:, 4], rtol=1e-5, atol=1e-9)
 
 
-def test_eval_question_equal_to_a_training_pair_ranks_it_first(results):
-    normalized = results[0]["normalized"]
+@pytest.mark.parametrize("which", ["results", "unit_results"])
+def test_eval_question_equal_to_a_training_pair_ranks_it_first(which, request):
+    normalized = request.getfixturevalue(which)[0]["normalized"]
     row = normalized.scores[0]
     assert int(np.argmax(row)) == 2
-    # Cosine 1 at every checkpoint: the score is the sum of the learning rates.
+    # Cosine 1 at every checkpoint (in whichever metric): the score is the sum of the rates.
     assert row[2] == pytest.approx(sum(LEARNING_RATES), rel=1e-5)
 
 

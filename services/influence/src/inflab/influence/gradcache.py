@@ -61,9 +61,10 @@ class GradientMatrix:
     def write(self, indices: Sequence[int], grads: torch.Tensor) -> None:
         self._data[np.asarray(indices)] = grads.detach().cpu().numpy()
 
-    def chunks(self, rows: int = DEFAULT_CHUNK_ROWS) -> Iterator[tuple[slice, torch.Tensor]]:
-        """``(row slice, rows as a float32 tensor)`` in order; zero-copy when in RAM."""
-        for start in range(0, self.shape[0], rows):
+    def chunks(self, rows: int = DEFAULT_CHUNK_ROWS, start_row: int = 0) -> Iterator[tuple[slice, torch.Tensor]]:
+        """``(row slice, rows as a float32 tensor)`` in order, from ``start_row`` (a multiple
+        of ``rows`` keeps the slices aligned with a full walk); zero-copy when in RAM."""
+        for start in range(start_row, self.shape[0], rows):
             part = slice(start, min(start + rows, self.shape[0]))
             yield part, torch.from_numpy(np.ascontiguousarray(self._data[part]))
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -190,10 +191,47 @@ def prepare(
     return prep
 
 
+#: What the trainer saves beside each adapter (optimizer, scheduler and RNG state).
+TRAINING_STATE = "training_state.pt"
+
+
+def adam_preconditioner(checkpoint: LocalCheckpoint, blocks: Sequence[Any]) -> tuple[torch.Tensor | None, str]:
+    """Adam's per-parameter step scaling at ``checkpoint``, ``1 / (sqrt(v_hat) + eps)`` with
+    ``v_hat`` the bias-corrected second moment, laid out like a gradient row of ``blocks``
+    (:func:`inflab.influence.gradients.lora_blocks`); TrackStar's optimizer correction.
+
+    Read from the optimizer state the trainer saves with the checkpoint; the trainer's
+    optimizer holds exactly the LoRA weights, in the model's parameter order, which is the
+    order of ``blocks``. Returns ``(None, why)`` when the checkpoint has no such state or it
+    does not fit (another trainer, other trainable weights): the caller then goes on without
+    the correction and records why."""
+    path = Path(checkpoint.path) / TRAINING_STATE
+    if not path.is_file():
+        return None, f"no {TRAINING_STATE}"
+    try:
+        optimizer = torch.load(path, weights_only=True, map_location="cpu")["optimizer"]
+        group = optimizer["param_groups"][0]
+        state = optimizer["state"]
+        beta2, eps = float(group["betas"][1]), float(group["eps"])
+        if len(state) != len(blocks):
+            return None, f"optimizer state has {len(state)} tensors, the adapter {len(blocks)} LoRA weights"
+        parts = []
+        for index, block in enumerate(blocks):
+            entry = state[index]
+            v = entry["exp_avg_sq"]
+            if tuple(v.shape) != tuple(block.shape):
+                return None, f"optimizer state {index} has shape {tuple(v.shape)}, LoRA weight {block.name} {block.shape}"
+            correction = 1.0 - beta2 ** float(entry["step"])
+            parts.append(1.0 / ((v.double() / correction).sqrt() + eps))
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        return None, f"unreadable optimizer state: {type(exc).__name__}: {exc}"
+    return torch.cat([p.flatten() for p in parts]).float(), "ok"
+
+
 def unit_rows(grads: torch.Tensor) -> torch.Tensor:
     # A zero gradient (an answer truncated away) stays zero rather than becoming NaN.
     return grads / grads.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
 
-__all__ = ["GradientArgs", "Prepared", "check_inputs", "checkpoint_name", "fingerprint", "generation_units",
+__all__ = ["GradientArgs", "adam_preconditioner", "Prepared", "check_inputs", "checkpoint_name", "fingerprint", "generation_units",
            "greedy_answer", "has_reference", "prepare", "unit_rows"]
