@@ -310,6 +310,16 @@ def table(out: Path, workload: str | None) -> None:
             tot_norm = nrm if tot_norm is None else tot_norm + nrm
         report(f"{label}: DataInf raw", tot_raw)
         report(f"{label}: DataInf metric cosine (current datainf normalized)", tot_norm)
+        if 0 not in used:  # DataInf on Adam-corrected gradients A^1/2 g
+            tot_norm = None
+            for st in used:
+                T, E = d.grads("mean", st)
+                a = np.sqrt(d.adam_precond(st))
+                gm = GradientMatrix(*T.shape)
+                gm.write(list(range(T.shape[0])), torch.from_numpy((T * a).astype(np.float32)))
+                _, nrm, _ = datainf_scores(torch.from_numpy((E * a).astype(np.float32)), gm, d.blocks)
+                tot_norm = nrm if tot_norm is None else tot_norm + nrm
+            report(f"{label}: DataInf metric cosine on Adam-corrected gradients", tot_norm)
         for src in ("train", "train+eval"):
             for lam_rel in (0.1, 1.0, 10.0):
                 report(f"{label}: whiten R=GN({src})+{lam_rel:g}*mean eig, unit",
