@@ -338,15 +338,62 @@ def table(out: Path, workload: str | None) -> None:
                                                indent=1))
 
 
+def loo_table(out: Path, workload: str | None) -> None:
+    """A larger check of the same choices: each *training* pair as the query (its own
+    gradient), the other 31 ranked, related = the 3 others of its topic (recall@3, mAP over
+    32 queries). In-sample for the fine-tune, but not the 8 questions the table was read on."""
+    from benchmarks import metrics
+
+    wl = load_workload(workload)
+    topics = [t["topic"] for t in wl.train]
+    n = len(topics)
+    related = [[k for k in range(n) if k != j and topics[k] == topics[j]] for j in range(n)]
+    d = Data(out)
+    ckpts = d.meta["steps"][1:]
+
+    def scored(s: np.ndarray) -> tuple[float, float]:
+        s = s.copy()
+        np.fill_diagonal(s, -np.inf)
+        return recall_at_k(s, related, 3), mean_ap(s, related)
+
+    texts = [t["question"] + " " + t["answer"] for t in wl.train]
+    print(f"{'variant (training pairs as queries, leave one out)':<70} R@3    mAP")
+    print(f"{'BM25':<70} " + "  ".join(f"{x:.3f}" for x in scored(np.asarray(metrics.bm25_matrix(texts, texts)))))
+    variants = {
+        "raw dot": dict(norm="none", centre="no", precond=None),
+        "unit (current)": dict(norm="unit", centre="no", precond=None),
+        "per-layer unit": dict(norm="layer", centre="no", precond=None),
+        "centre both, unit": dict(norm="unit", centre="both", precond=None),
+        "Adam R^-1/2, unit": dict(norm="unit", centre="no", precond="own"),
+        "whiten GN(train)+0.1, unit": dict(norm="unit", centre="no", precond=None, white=("train", 0.1)),
+        "whiten GN(train)+1, unit": dict(norm="unit", centre="no", precond=None, white=("train", 1.0)),
+        "TrackStar: Adam + whiten GN(train)+0.1, unit": dict(norm="unit", centre="no", precond="own",
+                                                             white=("train", 0.1)),
+        "TrackStar: Adam + whiten GN(train)+1, unit": dict(norm="unit", centre="no", precond="own",
+                                                           white=("train", 1.0)),
+    }
+    for label, used in (("all 3 ckpts", ckpts), ("final ckpt", ckpts[-1:])):
+        for name, kw in variants.items():
+            total = None
+            for st in used:
+                T, _ = d.grads("mean", st)
+                p = d.adam_precond(st) if kw.get("precond") == "own" else None
+                sim = similarity(T, T, **{**kw, "precond": p}, blocks=d.blocks)
+                total = sim if total is None else total + sim
+            print(f"{label + ': ' + name:<70} " + "  ".join(f"{x:.3f}" for x in scored(total)), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("stage", choices=["grads", "table"])
+    p.add_argument("stage", choices=["grads", "table", "loo"])
     p.add_argument("--out", type=Path, default=Path("/tmp/inflab-norm"))
     p.add_argument("--workload")
     p.add_argument("--seed", type=int, help="grads: override the workload's training seed (a replicate)")
     a = p.parse_args(argv)
     if a.stage == "grads":
         compute_gradients(a.out, a.workload, a.seed)
+    elif a.stage == "loo":
+        loo_table(a.out, a.workload)
     else:
         table(a.out, a.workload)
     return 0
