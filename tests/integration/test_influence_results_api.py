@@ -23,7 +23,14 @@ from inflab.common.db.models import InfluenceResult
 from inflab.common.events import StageEvents
 from inflab.common.objectstore import ObjectStore, influence_key
 from inflab.common.settings import Settings
-from inflab.gateway.testing import delete_streams, gateway_in_process, isolated_settings, start_run, wait_for_event
+from inflab.gateway.testing import (
+    delete_streams,
+    gateway_in_process,
+    isolated_settings,
+    start_run,
+    wait_for_event,
+    wait_for_run,
+)
 from inflab.influence.methods.base import InfluenceScores
 from inflab.influence.results import to_message, to_safetensors_bytes
 
@@ -177,3 +184,24 @@ async def test_the_demo_draws_a_matrix_that_travelled_by_key(gateway, producer, 
     written = write_results(document, tmp_path)
     heatmap = draw_heatmap(document, tmp_path)
     assert written.is_file() and heatmap.path.is_file() and heatmap.width_px > 100
+
+
+async def test_an_event_still_too_large_fails_the_stage_saying_why(gateway, producer, gw_settings) -> None:
+    """Ids alone can pass the limit (10,000 training pairs with 120-character ids are ~1.2
+    MB): the influence service then fails the stage naming the sizes and where the matrix
+    is, rather than retrying a job that cannot succeed."""
+    from inflab.influence.service import publish_results
+
+    app, client = gateway
+    run_id = await start_run(client, EXPERIMENT)
+    train_ids = [f"{j:05d}-" + "x" * 114 for j in range(10_000)]
+    scores = InfluenceScores("tracin", "raw", np.zeros((2, len(train_ids)), np.float32), ["e0", "e1"], train_ids)
+    key = influence_key(run_id, "tracin")
+    matrix = to_message(scores, key, inline_max_cells=gw_settings.influence_inline_max_cells)
+    events = StageEvents(producer, run_id, "influence", method="tracin")
+
+    assert await publish_results(events, [matrix.model_dump(mode="json")]) is False
+    run = await wait_for_run(app, run_id, lambda r: r.stages.get("influence.tracin") == "failed", timeout=30)
+    assert run.status == "failed"
+    assert run.error.startswith("influence.tracin failed: publishing the raw result: the event is ")
+    assert f"over the NATS server's max_payload ({producer.nc.max_payload}); the matrix is stored at {key}" in run.error

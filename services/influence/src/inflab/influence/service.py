@@ -92,20 +92,26 @@ class InfluenceService:
         )
         if not ok:
             return
-        for matrix in matrices:
-            result = InfluenceMatrix.model_validate(matrix)
-            try:
-                await events.publish("result", influence=result)
-            except MaxPayloadError:
-                # Only ids long and many enough get here (the matrix itself is inline only
-                # when small): say so rather than retrying a job that cannot succeed.
-                size = len(events.build("result", influence=result).model_dump_json())
-                error = (f"publishing the {result.variant} result: the event is {size} bytes, over the NATS "
-                         f"server's max_payload ({self.bus.nc.max_payload}); the matrix is stored at {result.key}")
-                log.error("run %s: %s", request.run_id, error)
-                await events.status("failed", error=error)
-                return
-        await events.status("completed")
+        if await publish_results(events, matrices):
+            await events.status("completed")
+
+
+async def publish_results(events: StageEvents, matrices: list[dict]) -> bool:
+    """Publish one result event per variant; False (and the stage failed, saying why) when
+    one is over the server's ``max_payload``. Only ids long and many enough get there (the
+    matrix itself is inline only when small): a job that cannot succeed is not retried."""
+    for matrix in matrices:
+        result = InfluenceMatrix.model_validate(matrix)
+        try:
+            await events.publish("result", influence=result)
+        except MaxPayloadError:
+            size = len(events.build("result", influence=result).model_dump_json().encode())
+            error = (f"publishing the {result.variant} result: the event is {size} bytes, over the NATS "
+                     f"server's max_payload ({events.bus.nc.max_payload}); the matrix is stored at {result.key}")
+            log.error("run %s: %s", events.run_id, error)
+            await events.status("failed", error=error)
+            return False
+    return True
 
 
 def _failure_text(exc: BaseException) -> str:
