@@ -304,3 +304,49 @@ def test_unknown_method_and_arguments(tiny_model, checkpoints):
         get_method("nope")
     with pytest.raises(ValueError, match="unknown argument"):
         get_method("tracin").compute(lambda: _load(tiny_model), TRAIN, EVALS, checkpoints, {"bogus": 1}, print)
+
+
+def test_normalization_arguments_are_checked():
+    from inflab.influence.methods.tracin import TracInArgs
+
+    assert TracInArgs.from_dict({}).normalization == "trackstar"
+    assert TracInArgs.from_dict({"normalization": "unit", "optimizer_correction": "false"}).optimizer_correction is False
+    with pytest.raises(ValueError, match="tracin: argument normalization"):
+        TracInArgs.from_dict({"normalization": "cosine"})
+    with pytest.raises(ValueError, match="tracin: damping must be > 0"):
+        TracInArgs.from_dict({"damping": 0})
+
+
+def test_trackstar_scores_on_explicit_matrices_with_a_zero_gradient():
+    """The Gram-matrix (Woodbury) form against R^-1/2 taken explicitly, more training rows
+    than chunk rows would hold in one piece, and a zero training row (an answer truncated
+    away) scoring 0 instead of NaN."""
+    from inflab.influence.gradcache import GradientMatrix
+    from inflab.influence.methods.tracin import trackstar_scores
+
+    generator = torch.Generator().manual_seed(7)
+    n, m, p = 9, 3, 40
+    g = torch.randn(n, p, generator=generator) * torch.rand(n, 1, generator=generator)
+    g[4] = 0.0
+    v = torch.randn(m, p, generator=generator)
+    a = torch.rand(p, generator=generator) + 0.1
+
+    class SmallChunks(GradientMatrix):  # several chunks, so the upper-triangle walk is exercised
+        def chunks(self, rows: int = 4, start_row: int = 0):
+            return super().chunks(rows, start_row)
+
+    matrix = SmallChunks(n, p)
+    matrix.write(list(range(n)), g)
+    got, dots, lam = trackstar_scores(v, matrix, damping=0.3, precondition=a)
+    gd, vd = g.double() * a.double().sqrt(), v.double() * a.double().sqrt()
+    gn = gd.T @ gd / n
+    want_lam = 0.3 * float(torch.trace(gn)) / n
+    w, q = torch.linalg.eigh(gn + want_lam * torch.eye(p, dtype=torch.float64))
+    inv_sqrt = (q / w.sqrt()) @ q.T
+    t, e = gd @ inv_sqrt, vd @ inv_sqrt
+    want = (e / e.norm(dim=1, keepdim=True)) @ (t / t.norm(dim=1, keepdim=True).clamp(min=1e-300)).T
+    want[:, 4] = 0.0
+    assert lam == pytest.approx(want_lam, rel=1e-6)
+    np.testing.assert_allclose(got, want.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(dots, (v.double() @ g.double().T).numpy(), rtol=1e-5, atol=1e-5)
+    assert np.all(np.isfinite(got)) and np.all(got[:, 4] == 0)
