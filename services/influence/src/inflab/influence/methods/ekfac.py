@@ -13,14 +13,21 @@ corrected eigenvalues), and scores ``grad L_eval^T (F + damping)^-1 grad L_train
   (kronfluence's default) the targets are sampled from the model's own predictions there;
 * the examples are given to kronfluence sorted by length, so its micro-batches need little
   padding, and the columns are put back in the run's order afterwards;
-* kronfluence fits the factors (its covariance and corrected-eigenvalue passes over the
-  training set), and the scores are then formed here from our per-example LoRA gradients
-  (one batched backward per micro-batch, reused from the gradient cache when TracIn or
-  DataInf already took them at that checkpoint) rotated into the factors' eigenbasis:
+* kronfluence fits the covariances (its covariance pass over the training set) and their
+  eigenbases; the scores are then formed here from our per-example LoRA gradients (reused
+  from the gradient cache when TracIn or DataInf already took them at that checkpoint)
+  rotated into the factors' eigenbasis:
   ``<P(v), g> = sum (Q_S^T v Q_A) (Q_S^T g Q_A) / (Lambda + damping)``, exactly kronfluence's
   preconditioning. That replaces kronfluence's pairwise and self-influence passes (two more
   forward+backward passes over the training set). ``scoring="kronfluence"`` uses its own
-  passes instead; the tests check both agree with a direct kronfluence call.
+  passes instead; the tests check both agree with a direct kronfluence call;
+* one forward per training micro-batch serves everything: after the covariance loss's
+  backward (kronfluence's hooks, as in its own pass), more backwards on the same forward give
+  the per-example gradients for Lambda (kronfluence's formula ``sum_i (Q_S^T G_i Q_A)^2``;
+  for the true Fisher on a second, independent label draw, as kronfluence's Lambda pass makes
+  on its identical forward) and, without a gradient cache, the training pairs' own
+  gradients. That saves kronfluence's Lambda pass and our own gradient pass over the training
+  set; ``lambda_pass="kronfluence"`` keeps kronfluence's Lambda pass.
 
 Every knob of kronfluence's ``FactorArguments`` / ``ScoreArguments`` that matters on one
 machine is an argument here (names as in kronfluence); the full argument objects are stored
@@ -77,12 +84,13 @@ class EKFACArgs(GradientArgs):
     #: training set). The same numbers either way (tested); strategies other than "ekfac"
     #: always score through kronfluence.
     scoring: Literal["gradients", "kronfluence"] = "gradients"
-    #: With our scoring and "ekfac": "shared" forms the corrected eigenvalues (Lambda) from the
-    #: per-example gradients of kronfluence's covariance pass (captured as it runs, the same
-    #: sampled labels), with kronfluence's formula, in its eigenbasis, over its
-    #: ``lambda_max_examples`` first examples; "kronfluence": kronfluence's own Lambda pass (one
-    #: more forward+backward over the training set, labels sampled afresh). Identical for the
-    #: empirical Fisher (tested); for the true Fisher they differ by the label sampling only.
+    #: With our scoring and "ekfac": "shared" forms the corrected eigenvalues (Lambda) with
+    #: kronfluence's formula, in its eigenbasis, over its ``lambda_max_examples`` first
+    #: examples, from per-example gradients taken on the forward of kronfluence's covariance
+    #: pass (for the true Fisher, of a second, independent draw of labels: what kronfluence's
+    #: Lambda pass draws on its identical forward); "kronfluence": kronfluence's own Lambda
+    #: pass (one more forward+backward over the training set). Identical for the empirical
+    #: Fisher (tested); for the true Fisher they differ by the label draws only.
     lambda_pass: Literal["shared", "kronfluence"] = "shared"
     #: Which checkpoint (its step) to run on; None: the final checkpoint.
     checkpoint_step: int | None = None
@@ -153,14 +161,25 @@ class LoraTask:
                 self.capture: _PerExampleCapture | None = None
 
             def compute_train_loss(self, batch: Any, model: nn.Module, sample: bool = False) -> torch.Tensor:
-                if self.capture is not None:
-                    self.capture.begin(batch["input_ids"].shape[0])
-                logits, targets, rows, counts = _answer_logits(model, batch)
-                if sample:
+                capture = self.capture
+                if capture is not None:
+                    capture.begin(batch["input_ids"].shape[0])
+                logits, answers, rows, counts = _answer_logits(model, batch)
+
+                def loss_of(targets: torch.Tensor) -> torch.Tensor:
+                    return _per_example_sum(F.cross_entropy(logits, targets, reduction="none"), rows, counts)
+
+                def draw() -> torch.Tensor:
                     with torch.no_grad():
                         probs = torch.softmax(logits.detach(), dim=-1)
-                        targets = torch.multinomial(probs, num_samples=1, generator=self.generator).flatten()
-                return _per_example_sum(F.cross_entropy(logits, targets, reduction="none"), rows, counts)
+                        return torch.multinomial(probs, num_samples=1, generator=self.generator).flatten()
+
+                loss = loss_of(draw() if sample else answers)
+                if capture is None:
+                    return loss
+                lambda_loss = loss_of(draw()) if sample and capture.lambda_rows else None
+                answer_loss = loss_of(answers) if sample and capture.train is not None else None
+                return capture.backward(loss, lambda_loss, answer_loss)
 
             def compute_measurement(self, batch: Any, model: nn.Module) -> torch.Tensor:
                 logits, targets, rows, counts = _answer_logits(model, batch)
@@ -176,49 +195,82 @@ class LoraTask:
 
 
 class _PerExampleCapture:
-    """Per-example LoRA gradients of the first ``limit`` examples of a kronfluence pass, taken
-    from its own forward and backward: a forward hook on each tracked module keeps its input
-    ``x`` and puts a hook on its output, whose gradient ``g`` gives ``sum_t g_t x_t^T`` per
-    example (as kronfluence's ``compute_per_sample_gradient``; padding has ``g == 0``). The
-    Task calls :meth:`begin` before each micro-batch's forward; examples come in loader order."""
+    """Per-example LoRA gradients from kronfluence's covariance pass, sharing its forward.
+
+    A forward hook on each tracked module keeps its input ``x`` and output. The Task calls
+    :meth:`begin` before each micro-batch's forward and hands its losses to :meth:`backward`,
+    which runs the covariance loss's backward itself (kronfluence's covariance hooks see it, as
+    in kronfluence's own pass, and then remove themselves: they fire once per forward), then
+    takes ``torch.autograd.grad`` of the other losses at the LoRA outputs, whose gradients ``g``
+    give ``sum_t g_t x_t^T`` per example (as kronfluence's ``compute_per_sample_gradient``;
+    padding has ``g == 0``). kronfluence gets the loss back detached: its own ``backward()``
+    then has nothing left to do. Examples come in loader order.
+
+    * Lambda (the first ``limit`` examples): for the true Fisher the gradients of a second,
+      independent draw of labels from the same predictive distribution (what kronfluence's
+      Lambda pass draws on its identical forward; reusing the covariance's own draw would
+      underestimate the directions it fitted worst), for the empirical Fisher the answers'.
+    * With ``train`` (a matrix in the run's order; ``order[k]``: the run index of the loader's
+      k-th example): the answers' gradients, what the scores use."""
 
     def __init__(self, model: nn.Module, layout: Sequence[tuple[str, int, int, int]], limit: int,
-                 store: GradientCache) -> None:
+                 store: GradientCache, train: GradientMatrix | None = None,
+                 order: Sequence[int] | None = None) -> None:
         self.model, self.layout, self.limit = model, list(layout), limit
-        self.matrix = store.new_matrix(limit, sum(o * i for _, _, o, i in layout)) if limit else None
+        self.width = sum(o * i for _, _, o, i in layout)
+        self.matrix = store.new_matrix(limit, self.width) if limit else None
+        self.train, self.order = train, list(order or [])
         self.seen = 0
-        self.rows: torch.Tensor | None = None
-        self.indices: list[int] = []
+        self.start, self.size = 0, 0
+        self.outputs: list[tuple[int, int, int, torch.Tensor, torch.Tensor]] = []
         self.handles: list[Any] = []
 
     def begin(self, batch_size: int) -> None:
-        self.flush()
-        take = max(0, min(batch_size, self.limit - self.seen))
-        self.indices = list(range(self.seen, self.seen + take))
-        self.seen += take
-        self.rows = torch.zeros(batch_size, self.matrix.shape[1]) if take else None
+        self.start, self.size = self.seen, batch_size
+        self.seen += batch_size
+        self.outputs = []
 
-    def flush(self) -> None:
-        if self.rows is not None:
-            self.matrix.write(self.indices, self.rows[: len(self.indices)])
-        self.rows = None
+    @property
+    def lambda_rows(self) -> int:
+        return max(0, min(self.size, self.limit - self.start))
 
     def _hook(self, offset: int, out_features: int, in_features: int):
         def forward_hook(module: nn.Module, args: tuple, output: torch.Tensor) -> None:
-            if self.rows is None or not output.requires_grad:
-                return
-            x = args[0].detach()
-            rows = self.rows
-
-            def backward_hook(g: torch.Tensor) -> None:
-                size = rows.shape[0]
-                grad = torch.bmm(g.detach().reshape(size, -1, out_features).transpose(1, 2).float(),
-                                 x.reshape(size, -1, in_features).float())
-                rows[:, offset : offset + out_features * in_features] += grad.reshape(size, -1)
-
-            output.register_hook(backward_hook)
+            if output.requires_grad:
+                self.outputs.append((offset, out_features, in_features, args[0].detach(), output))
 
         return forward_hook
+
+    def _gradients(self, loss: torch.Tensor, retain: bool) -> torch.Tensor:
+        outputs = self.outputs
+        grads = torch.autograd.grad(loss, [out for *_, out in outputs], retain_graph=retain, allow_unused=True)
+        rows = torch.zeros(self.size, self.width)
+        for (offset, out_features, in_features, x, _), g in zip(outputs, grads):
+            if g is None:  # a module the loss does not reach
+                continue
+            grad = torch.bmm(g.reshape(self.size, -1, out_features).transpose(1, 2).float(),
+                             x.reshape(self.size, -1, in_features).float())
+            rows[:, offset : offset + out_features * in_features] += grad.reshape(self.size, -1)
+        return rows
+
+    def backward(self, loss: torch.Tensor, lambda_loss: torch.Tensor | None,
+                 answer_loss: torch.Tensor | None) -> torch.Tensor:
+        """``loss``: the covariance's; ``lambda_loss``: Lambda's (None: ``loss``'s own, the
+        empirical Fisher); ``answer_loss``: the answers' (None: the empirical Fisher's ``loss``)."""
+        lam, train = self.lambda_rows > 0, self.train is not None
+        loss.backward(retain_graph=lam or train)
+        if lam or train:
+            empirical = lambda_loss is None
+            first = loss if empirical else (lambda_loss if lam else answer_loss)
+            rows = self._gradients(first, retain=train and not empirical and lam)
+            if lam:
+                self.matrix.write(range(self.start, self.start + self.lambda_rows), rows[: self.lambda_rows])
+            if train:
+                if not empirical and lam:
+                    rows = self._gradients(answer_loss, retain=False)
+                self.train.write([self.order[k] for k in range(self.start, self.start + self.size)], rows)
+        self.outputs = []
+        return loss.detach().requires_grad_()
 
     def __enter__(self) -> "_PerExampleCapture":
         self.handles = [self.model.get_submodule(name).register_forward_hook(self._hook(offset, o, i))
@@ -228,7 +280,7 @@ class _PerExampleCapture:
     def __exit__(self, *exc: Any) -> None:
         for h in self.handles:
             h.remove()
-        self.flush()
+        self.outputs = []
 
     def lambda_matrices(self, eigen: dict, lambda_dtype: torch.dtype) -> dict:
         """kronfluence's Lambda factors from the captured gradients: per module
@@ -247,7 +299,7 @@ class _PerExampleCapture:
             for total, (offset, o, i, q_s, q_a) in zip(sums, parts):
                 g = rows[:, offset : offset + o * i].reshape(-1, o, i)
                 total += (q_s.T @ g @ q_a).square().sum(0).to(lambda_dtype)
-        count = torch.tensor([self.seen], dtype=torch.int64)
+        count = torch.tensor([min(self.seen, self.limit)], dtype=torch.int64)
         return {
             LAMBDA_MATRIX_NAME: {name: s for (name, *_), s in zip(self.layout, sums)},
             NUM_LAMBDA_PROCESSED: {name: count.clone() for name, *_ in self.layout},
@@ -300,12 +352,19 @@ class EKFAC(InfluenceMethod):
         units = len(train) + len(evals) + 2 if own_scoring else 2 + 2 * opts.normalized
         progress = Progress(emit, generation_units(evals) + units)
         prep = prepare(model_loader, train, evals, checkpoints, opts, progress, cache)
+        factor_args, score_args = opts.factor_arguments(), opts.score_arguments()
+        shared = own_scoring and opts.lambda_pass == "shared" and _covers(factor_args, len(train))
+        # Without a gradient cache to share with (and when kronfluence's covariance pass sees
+        # every training pair), the training pairs' gradients come from that pass's forward.
+        fused = shared and cache is None and factor_args.amp_dtype is None and _covers_all(factor_args, len(train))
+        train_grads = None
         if own_scoring:
             # Before kronfluence wraps the LoRA modules (our hooks want the plain Linears).
             eval_grads = prep.gradients(chosen, "eval", opts, cache,
                                         lambda k: progress.advance("evaluation-question gradients", k)).tensor()
-            train_grads = prep.gradients(chosen, "train", opts, cache,
-                                         lambda k: progress.advance("training-pair gradients", k))
+            if not fused:
+                train_grads = prep.gradients(chosen, "train", opts, cache,
+                                             lambda k: progress.advance("training-pair gradients", k))
         model = prep.attach(chosen)
         modules = lora_module_names(model)
         layout = [(b.name.removesuffix(".weight"), b.offset, *b.shape) for b in lora_blocks(model)]
@@ -317,7 +376,6 @@ class EKFAC(InfluenceMethod):
         train_set = _Examples([prep.train_examples[i] for i in train_order])
         eval_set = _Examples([prep.eval_examples[i] for i in eval_order])
         loader = DataLoaderKwargs(collate_fn=lambda items: collate(items, prep.pad_id))
-        factor_args, score_args = opts.factor_arguments(), opts.score_arguments()
         where = checkpoint_name(chosen)
 
         quiet = logging.getLogger("kronfluence")
@@ -328,13 +386,16 @@ class EKFAC(InfluenceMethod):
             analyzer = Analyzer("inflab", model, task, cpu=True, disable_tqdm=True, output_dir=out,
                                 log_level=max(quiet.getEffectiveLevel(), logging.WARNING))
             analyzer.set_dataloader_kwargs(loader)
-            shared = own_scoring and opts.lambda_pass == "shared" and _covers(factor_args, len(train_set))
             with stage(f"fitting EK-FAC factors at {where}"):
                 if shared:
                     # kronfluence's covariance pass and eigendecomposition; Lambda from the
                     # per-example gradients of that same pass (no second pass).
                     limit = min(len(train_set), factor_args.lambda_max_examples or len(train_set))
-                    capture = _PerExampleCapture(model, layout, limit, prep.scratch or GradientCache())
+                    store = prep.scratch or GradientCache()
+                    if fused:
+                        train_grads = store.new_matrix(len(train_set), sum(o * i for _, _, o, i in layout))
+                    capture = _PerExampleCapture(model, layout, limit, store, train_grads if fused else None,
+                                                 train_order)
                     task.capture = capture
                     with capture:
                         analyzer.fit_covariance_matrices("factors", train_set, per_device_batch_size=opts.batch_size,
@@ -344,6 +405,8 @@ class EKFAC(InfluenceMethod):
                     eigen = analyzer.load_eigendecomposition("factors")
                     factors = {**eigen, **capture.lambda_matrices(eigen, factor_args.lambda_dtype)}
                     del capture
+                    if fused:
+                        progress.advance("training-pair gradients", len(train_set))
                 else:
                     analyzer.fit_all_factors("factors", train_set, per_device_batch_size=opts.batch_size,
                                              factor_args=factor_args)
@@ -376,6 +439,10 @@ class EKFAC(InfluenceMethod):
             out.append(InfluenceScores(self.name, "normalized", normalized.astype(np.float32), eval_ids, train_ids,
                                        dict(info)))
         return out
+
+def _covers_all(factor_args: Any, n: int) -> bool:
+    return factor_args.covariance_max_examples is None or factor_args.covariance_max_examples >= n
+
 
 def _covers(factor_args: Any, n: int) -> bool:
     """Whether the covariance pass sees every example the Lambda pass would (both take the
