@@ -359,10 +359,13 @@ class EKFAC(InfluenceMethod):
         progress = Progress(emit, generation_units(evals) + units)
         prep = prepare(model_loader, train, evals, checkpoints, opts, progress, cache)
         factor_args, score_args = opts.factor_arguments(), opts.score_arguments()
-        shared = own_scoring and opts.lambda_pass == "shared" and _covers(factor_args, len(train))
+        # Our backwards on kronfluence's forward bypass its AMP gradient scaler: AMP keeps its
+        # own passes.
+        shared = (own_scoring and opts.lambda_pass == "shared" and factor_args.amp_dtype is None
+                  and _covers(factor_args, len(train)))
         # Without a gradient cache to share with (and when kronfluence's covariance pass sees
         # every training pair), the training pairs' gradients come from that pass's forward.
-        fused = shared and cache is None and factor_args.amp_dtype is None and _covers_all(factor_args, len(train))
+        fused = shared and cache is None and _covers_all(factor_args, len(train))
         train_grads = None
         if own_scoring:
             # Before kronfluence wraps the LoRA modules (our hooks want the plain Linears).
@@ -394,8 +397,8 @@ class EKFAC(InfluenceMethod):
             analyzer.set_dataloader_kwargs(loader)
             with stage(f"fitting EK-FAC factors at {where}"):
                 if shared:
-                    # kronfluence's covariance pass and eigendecomposition; Lambda from the
-                    # per-example gradients of that same pass (no second pass).
+                    # kronfluence's covariance pass and eigendecomposition; Lambda from
+                    # per-example gradients of a second label draw on that pass's forward.
                     limit = min(len(train_set), factor_args.lambda_max_examples or len(train_set))
                     store = prep.scratch or GradientCache()
                     if fused:
@@ -438,7 +441,8 @@ class EKFAC(InfluenceMethod):
             **prep.info(),
             "checkpoint_step": chosen.step,
             "tracked_modules": len(modules),
-            "lambda": ("from the covariance pass's per-example gradients (kronfluence's formula and eigenbasis)"
+            "lambda": ("kronfluence's formula and eigenbasis, per-example gradients of an independent label draw "
+                       "(the empirical Fisher: the answers) on the covariance pass's forward"
                        if shared else "kronfluence's Lambda pass" if opts.strategy == "ekfac" else None),
             "factor_arguments": factor_args.to_dict(),
             "score_arguments": score_args.to_dict(),
