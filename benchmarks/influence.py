@@ -17,6 +17,10 @@ What one run does (see README "Influence benchmark"):
 * reports ratios, Spearman's rho against the matching reference, recall@4 against the
   workload's ground truth (and BM25's), the machine, and the ``targets``.
 
+``--ekfac-only`` runs only kronfluence-default and ours:ekfac (alternating, for iterating on
+EK-FAC); ``--ekfac-noise N`` adds kronfluence-default under global seeds 1..N, whose rho
+against seed 0 is the agreement its own label sampling leaves any estimator.
+
 ``--scale`` times ours at generated workloads (N=250/M=25 and N=1000/M=100 by default) and
 updates the ``scale`` part of the same JSON file (the targets are recomputed).
 
@@ -328,11 +332,11 @@ def main_benchmark(args: argparse.Namespace, log) -> dict[str, Any]:
     if "ekfac" in ours:
         order.append("ours:ekfac")
     if args.ekfac_only:
-        # Iterating on EK-FAC: only kronfluence-default and ours, alternating; with
-        # --ekfac-noise also kronfluence-default under other seeds (its own sampling noise).
+        # Iterating on EK-FAC: only kronfluence-default and ours, alternating.
         order = [j for j in order if j in ("kronfluence", "ours:ekfac")]
-        if "kronfluence" in peers:
-            order += [f"kronfluence@{s}" for s in range(1, args.ekfac_noise + 1)]
+    if "kronfluence" in peers:
+        # --ekfac-noise N: kronfluence-default also under global seeds 1..N (its own sampling noise).
+        order += [f"kronfluence@{s}" for s in range(1, args.ekfac_noise + 1)]
 
     runs: dict[str, list[dict[str, Any]]] = {j: [] for j in order}
     scores: dict[str, dict[str, np.ndarray]] = {}
@@ -510,8 +514,13 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     ek = comp.get("ours:ekfac", {})
     v = ek.get("vs_kronfluence")
     rho = (ek.get("spearman", {}).get("raw vs kronfluence") or {}).get("all_entries")
+    # kronfluence-default against itself under other seeds (--ekfac-noise): the rho any
+    # estimator of the same true-Fisher factors can expect against it.
+    self_rho = [c["spearman"]["raw vs kronfluence"]["all_entries"] for job, c in comp.items()
+                if job.startswith("kronfluence@")]
     out["ekfac_vs_kronfluence"] = {"goal": "EK-FAC wall time <= 0.7x kronfluence-default, Spearman rho >= 0.99 against it",
-                                   "value": {"time_ratio": v, "spearman": rho},
+                                   "value": {"time_ratio": v, "spearman": rho,
+                                             **({"kronfluence_other_seeds_spearman": self_rho} if self_rho else {})},
                                    "met": None if v is None or rho is None else (v <= 0.7 and rho >= 0.99)}
     scale = result.get("scale")
     if scale and scale.get("points"):
@@ -557,7 +566,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ekfac-only", action="store_true",
                    help="run only kronfluence-default and ours:ekfac (alternating), to iterate on EK-FAC")
     p.add_argument("--ekfac-noise", type=int, default=0,
-                   help="--ekfac-only: also run kronfluence-default with global seeds 1..N (rho between seeds)")
+                   help="also run kronfluence-default with global seeds 1..N (its rho against itself)")
     p.add_argument("--scale", action="store_true", help="time ours on generated workloads instead")
     p.add_argument("--scale-checkpoints", type=int, default=0,
                    help="--scale: TracIn over only the last N checkpoints (0: all)")
