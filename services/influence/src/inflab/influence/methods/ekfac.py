@@ -230,6 +230,7 @@ class _PerExampleCapture:
         self.start, self.size = 0, 0
         self.outputs: list[tuple[int, int, int, torch.Tensor, torch.Tensor]] = []
         self.handles: list[Any] = []
+        self.modules: list[nn.Module] = []
 
     def begin(self, batch_size: int) -> None:
         self.start, self.size = self.seen, batch_size
@@ -266,6 +267,8 @@ class _PerExampleCapture:
         lam, train = self.lambda_rows > 0, self.train is not None
         loss.backward(retain_graph=lam or train)
         if lam or train:
+            self._check_hooks_released()
+        if lam or train:
             empirical = lambda_loss is None
             first = loss if empirical else (lambda_loss if lam else answer_loss)
             rows = self._gradients(first, retain=train and not empirical and lam)
@@ -278,7 +281,17 @@ class _PerExampleCapture:
         self.outputs = []
         return loss.detach().requires_grad_()
 
+    def _check_hooks_released(self) -> None:
+        """kronfluence 1.0.1's covariance hooks remove themselves after the first backward; if a
+        version kept them, our next backwards would enter its covariances: fail instead."""
+        for module in self.modules:
+            tracker = getattr(module, "_trackers", {}).get(getattr(module, "current_mode", None))
+            if getattr(tracker, "cached_hooks", None):
+                raise RuntimeError("kronfluence kept its backward hooks after the covariance backward; "
+                                   "run EK-FAC with lambda_pass='kronfluence'")
+
     def __enter__(self) -> "_PerExampleCapture":
+        self.modules = [self.model.get_submodule(name) for name, *_ in self.layout]
         self.handles = [self.model.get_submodule(name).register_forward_hook(self._hook(offset, o, i))
                         for name, offset, o, i in self.layout]
         return self
