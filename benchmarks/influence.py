@@ -405,8 +405,10 @@ def main_benchmark(args: argparse.Namespace, log) -> dict[str, Any]:
         for ref in reference[name]:
             ref_job, _, prefix = ref.partition(":")
             # Our normalised DataInf is RelatIF-style (cosine in the inverse-Hessian metric), not
-            # DataInf on unit gradients: only its raw variant has a like-for-like reference.
-            for variant in (("raw",) if name == "datainf" else ("raw", "normalized")):
+            # DataInf on unit gradients, and our normalised TracIn is TrackStar's cosine (Adam
+            # correction, Gauss-Newton preconditioner), not the peers' plain cosine: only their
+            # raw variants have a like-for-like reference.
+            for variant in (("raw",) if name in ("datainf", "tracin") else ("raw", "normalized")):
                 ours_m = scores.get(job, {}).get(variant)
                 key = f"{prefix}_{variant}" if prefix else variant
                 ref_m = scores.get(ref_job, {}).get(key)
