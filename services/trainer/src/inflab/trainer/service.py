@@ -5,13 +5,11 @@ stages. No ML here (see training.py)."""
 from __future__ import annotations
 
 import asyncio
-import logging
 from dataclasses import asdict
 
 from nats.aio.msg import Msg
 
 from inflab.common.bus import Bus
-from inflab.common.compute import describe_error, run_streaming
 from inflab.common.events import StageEvents
 from inflab.common.messages import InferenceRequest, InfluenceRequest, TrainingSummary, TrainRequest
 from inflab.common.objectstore import ObjectStore
@@ -20,7 +18,6 @@ from inflab.common.settings import Settings
 from inflab.trainer.control_subscription import ControlSubscription
 from inflab.trainer.job import load_summary, train_job
 
-log = logging.getLogger(__name__)
 
 SERVICE = "trainer"
 STAGE = "train"
@@ -67,29 +64,25 @@ class TrainerService:
                 await events.status("cancelled")
                 return None
             await events.status("running")
+            # Setting up the control path is infrastructure: a failure here is retried (the
+            # request is redelivered); a failure of the job itself is the run's answer.
             mailbox = await asyncio.to_thread(self.mailbox)
             await controls.attach(lambda item: mailbox.put.remote(run_key, item))
-            limits = asdict(PredictionLimits.from_settings(self.settings))
-            raw = await run_streaming(
+            ok, raw = await events.run_job(
                 train_job,
                 request.model_dump(mode="json"),
                 self.settings.objects_url,
                 str(self.settings.models_dir),
-                limits,
+                asdict(PredictionLimits.from_settings(self.settings)),
                 mailbox,
                 num_cpus=self.settings.train_num_cpus,
-                on_event=events.forward,
             )
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the job's own failure is the run's answer, not a retry
-            log.exception("training failed for run %s", request.run_id)
-            await events.status("failed", error=describe_error(exc))
-            return None
         finally:
             await controls.stop()
             if mailbox is not None:
                 mailbox.drop.remote(run_key)
+        if not ok:
+            return None
         if raw["outcome"] == "cancelled":
             # Checkpoints written so far stay in the store; no next stages.
             await events.log(f"training cancelled after step {raw['step']}")
