@@ -48,12 +48,6 @@ def gw_settings(settings: Settings) -> Iterator[Settings]:
     asyncio.run(delete_streams(own))
 
 
-@pytest.fixture
-async def gateway(gw_settings):
-    async with gateway_in_process(gw_settings) as (app, client):
-        yield app, client
-
-
 async def create_experiment(client, body=EXPERIMENT) -> dict:
     response = await client.post("/api/experiments", json=body)
     assert response.status_code == 201, response.text

@@ -14,13 +14,11 @@ import nats
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
 
-from inflab.common.bus import Bus
 from inflab.common.messages import ControlMessage, StatusEvent
 from inflab.common.settings import Settings
 from inflab.common.subjects import Subjects
 from inflab.gateway.testing import (
     delete_streams,
-    gateway_in_process,
     isolated_settings,
     publish_and_wait,
     run_level_statuses,
@@ -42,19 +40,6 @@ def gw_settings(settings: Settings) -> Iterator[Settings]:
     own = isolated_settings(settings, "gwctl")
     yield own
     asyncio.run(delete_streams(own))
-
-
-@pytest.fixture
-async def gateway(gw_settings):
-    async with gateway_in_process(gw_settings) as (app, client):
-        yield app, client
-
-
-@pytest.fixture
-async def producer(gw_settings):
-    bus = await Bus.connect(gw_settings, "test-trainer")
-    yield bus
-    await bus.close()
 
 
 async def control_messages(settings: Settings, run_id: uuid.UUID, count: int, timeout: float = 10) -> list:

@@ -64,20 +64,6 @@ def gw_settings(settings: Settings) -> Iterator[Settings]:
     asyncio.run(delete_streams(own))
 
 
-@pytest.fixture
-async def gateway(gw_settings):
-    async with gateway_in_process(gw_settings) as (app, client):
-        yield app, client
-
-
-@pytest.fixture
-async def producer(gw_settings):
-    """A worker's view of the bus: publishes run events."""
-    bus = await Bus.connect(gw_settings, "test-producer")
-    yield bus
-    await bus.close()
-
-
 async def publish(bus: Bus, events: list[EventBase]) -> None:
     for event in events:
         await bus.publish_event(event)

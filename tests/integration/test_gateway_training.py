@@ -18,7 +18,6 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select
 
-from inflab.common.bus import Bus
 from inflab.common.db.models import Metric, Prediction
 from inflab.common.messages import (
     MetricEvent,
@@ -55,19 +54,6 @@ def gw_settings(settings: Settings) -> Iterator[Settings]:
     own = isolated_settings(settings, "gwtr").model_copy(update={"sse_heartbeat_s": 0.5})
     yield own
     asyncio.run(delete_streams(own))
-
-
-@pytest.fixture
-async def gateway(gw_settings):
-    async with gateway_in_process(gw_settings) as (app, client):
-        yield app, client
-
-
-@pytest.fixture
-async def producer(gw_settings):
-    bus = await Bus.connect(gw_settings, "test-trainer")
-    yield bus
-    await bus.close()
 
 
 # --------------------------------------------------------------------------- settings

@@ -18,14 +18,12 @@ import pytest
 from nats.errors import MaxPayloadError
 from sqlalchemy import select
 
-from inflab.common.bus import Bus
 from inflab.common.db.models import InfluenceResult
 from inflab.common.events import StageEvents
 from inflab.common.objectstore import ObjectStore, influence_key
 from inflab.common.settings import Settings
 from inflab.gateway.testing import (
     delete_streams,
-    gateway_in_process,
     isolated_settings,
     start_run,
     wait_for_event,
@@ -51,19 +49,6 @@ def gw_settings(settings: Settings) -> Iterator[Settings]:
     own = isolated_settings(settings, "gwinf")
     yield own
     asyncio.run(delete_streams(own))
-
-
-@pytest.fixture
-async def gateway(gw_settings):
-    async with gateway_in_process(gw_settings) as (app, client):
-        yield app, client
-
-
-@pytest.fixture
-async def producer(gw_settings):
-    bus = await Bus.connect(gw_settings, "test-influence-producer")
-    yield bus
-    await bus.close()
 
 
 def _variants() -> list[InfluenceScores]:
