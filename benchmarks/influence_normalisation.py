@@ -254,7 +254,7 @@ def table(out: Path, workload: str | None) -> None:
         total = None
         for st in steps_used:
             T, E = d.grads(kind, st)
-            pre = kw.pop("_pre", None)
+            kw.pop("_pre", None)
             p = kw.get("precond")
             if isinstance(p, str):
                 p = d.adam_precond(st if p == "own" else final)
