@@ -122,14 +122,16 @@ def test_bfloat16_tracking_leaves_the_loss_curve_alone(tiny_model: str, tmp_path
 
 
 def test_the_bfloat16_copy_follows_the_lora_weights(tiny_model: str) -> None:
-    """The tracker's bfloat16 copy is the training model at every call: same LoRA weights
-    (refreshed from the model), logits equal to float32's within bfloat16's precision; the
-    training model itself is untouched."""
+    """The tracker's bfloat16 copy is the training model at every call: its layers hold
+    bf16(W + the current LoRA update), its logits equal float32's within bfloat16's
+    precision, and the training model itself is untouched."""
     spec = make_spec(precision="bfloat16")
     model = attach_lora(load_base_model(tiny_model, torch.device("cpu")), spec.hyperparams)
     plan, _ = plan_predictions(spec, None)
     sampler = PredictionSampler(plan, load_tokenizer(tiny_model), "bfloat16")
     ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
+    lora_layers = {n: m for n, m in model.get_base_model().named_modules() if hasattr(m, "lora_A")}
+    assert lora_layers
     for round_ in range(2):
         with torch.no_grad():  # as an optimizer step would: move every LoRA weight
             for name, param in model.named_parameters():
@@ -139,12 +141,14 @@ def test_the_bfloat16_copy_follows_the_lora_weights(tiny_model: str) -> None:
         samples = sampler(model)
         assert [s["prompt_id"] for s in samples] == [p.prompt_id for p in plan.prompts]
         assert all(s["prediction"] for s in samples)
-        shadow = dict(sampler._shadow.named_parameters())
         for name, param in model.named_parameters():
             assert torch.equal(param, before[name])
-            assert shadow[name].dtype == torch.bfloat16
-            if param.requires_grad:
-                assert torch.equal(shadow[name], param.detach().to(torch.bfloat16)), (round_, name)
+        for name, layer in lora_layers.items():
+            copied = sampler._shadow.get_submodule(name)
+            assert isinstance(copied, torch.nn.Linear) and copied.weight.dtype == torch.bfloat16
+            with torch.no_grad():
+                merged = layer.get_base_layer().weight + layer.get_delta_weight("default")
+            assert torch.equal(copied.weight, merged.to(torch.bfloat16)), (round_, name)
         model.eval()
         with torch.no_grad():
             exact = model(input_ids=ids).logits

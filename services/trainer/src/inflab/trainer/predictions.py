@@ -99,27 +99,41 @@ def greedy_answers(model: Any, tokenizer: Any, questions: Sequence[str], max_new
     return [tokenizer.decode(row, skip_special_tokens=True).strip() or EMPTY_ANSWER for row in output[:, longest:]]
 
 
+def _lora_layers(model: torch.nn.Module) -> list[tuple[str, Any]]:
+    """(name, layer) of every LoRA-wrapped layer, named as in the base model."""
+    from peft.tuners.lora import LoraLayer
+
+    root = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return [(name, m) for name, m in root.named_modules() if isinstance(m, LoraLayer)]
+
+
 def _bfloat16_copy(model: torch.nn.Module) -> torch.nn.Module:
-    """A bfloat16 copy of ``model`` (frozen, eval mode), made without a float32 copy first:
-    every parameter is cast into deepcopy's memo, so tied weights stay tied and the module
-    tree (PEFT wrappers included) is copied around them. Buffers (the rotary frequencies)
-    stay as they are: they are small, and the model computes the rotation in float32."""
+    """A bfloat16 copy of a PEFT model's base model with plain layers where the LoRA
+    wrappers were (frozen, eval mode), made without a float32 copy first: every parameter
+    is cast into deepcopy's memo, so tied weights stay tied. Buffers (the rotary
+    frequencies) stay as they are: they are small, and the model computes the rotation in
+    float32. The LoRA update is merged into the copied layers' weights at every refresh."""
     memo: dict[int, Any] = {}
     with torch.no_grad():
         for param in model.parameters():
             if id(param) not in memo:
                 memo[id(param)] = torch.nn.Parameter(param.detach().to(torch.bfloat16), requires_grad=False)
-    shadow = copy.deepcopy(model, memo)
+    shadow = copy.deepcopy(model.get_base_model(), memo)
+    for name, layer in _lora_layers(shadow):
+        parent_name, _, child = name.rpartition(".")
+        setattr(shadow.get_submodule(parent_name) if parent_name else shadow, child, layer.get_base_layer())
     return shadow.eval()
 
 
 class PredictionSampler:
     """Answers a plan's prompts with the model as it is at each call.
 
-    With ``precision == "bfloat16"`` the answers come from a bfloat16 copy made at the
-    first call; at every call its trainable (LoRA) weights are refreshed from the model,
-    the frozen base weights never change. Otherwise the model itself answers, in eval mode
-    (no dropout), and is left in the mode it was found in.
+    With ``precision == "bfloat16"`` the answers come from a bfloat16 copy of the base
+    model made at the first call; at every call the LoRA update (peft's own
+    ``get_delta_weight``) is merged into the copy's weights, ``bf16(W + delta)``: a plain
+    model, so decoding pays for no adapter layers, and its rounding is that of any
+    bfloat16 model. Otherwise the model itself answers, in eval mode (no dropout), and is
+    left in the mode it was found in.
     """
 
     def __init__(self, plan: PredictionPlan, tokenizer: Any, precision: str) -> None:
@@ -127,20 +141,19 @@ class PredictionSampler:
         self.tokenizer = tokenizer
         self.precision = precision
         self._shadow: torch.nn.Module | None = None
-        self._pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._targets: list[tuple[Any, torch.nn.Module]] = []
 
     def _refreshed_shadow(self, model: torch.nn.Module) -> torch.nn.Module:
         if self._shadow is None:
             self._shadow = _bfloat16_copy(model)
-            # Same module tree, same parameter order: pair each trainable weight with its copy.
-            self._pairs = [
-                (source, target)
-                for source, target in zip(model.parameters(), self._shadow.parameters(), strict=True)
-                if source.requires_grad
-            ]
+            self._targets = [(layer, self._shadow.get_submodule(name)) for name, layer in _lora_layers(model)]
         with torch.no_grad():
-            for source, target in self._pairs:
-                target.copy_(source)
+            for layer, target in self._targets:
+                merged = layer.get_base_layer().weight.detach().clone()
+                for adapter in layer.active_adapters:
+                    if adapter in layer.lora_A:
+                        merged += layer.get_delta_weight(adapter)
+                target.weight.copy_(merged)
         return self._shadow
 
     def __call__(self, model: torch.nn.Module) -> list[dict]:
