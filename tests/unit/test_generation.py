@@ -10,7 +10,8 @@ import torch
 from inflab.common.chat import prompt_ids
 from inflab.common.messages import RunSpec
 from inflab.common.models import build_tiny_model, load_model
-from inflab.inference.generation import EMPTY_ANSWER, NOT_FINE_TUNED, generate_answers, generate_texts
+from inflab.common.generation import EMPTY_ANSWER
+from inflab.inference.generation import NOT_FINE_TUNED, generate_answers, generate_texts
 from inflab.trainer.training import train_lora
 
 torch.set_num_threads(1)

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from inflab.common.chat import prompt_ids
+from inflab.common.generation import greedy_texts
 from inflab.common.messages import Answer, RunSpec
 from inflab.common.models import load_tokenizer
 
@@ -33,38 +34,9 @@ log = logging.getLogger(__name__)
 
 Emit = Callable[[dict], None]
 
-#: Shown instead of an answer when a model produced no text (e.g. stopped at once).
-EMPTY_ANSWER = "(empty)"
 #: Shown as the fine-tuned answer when no adapter was given (a preview before training).
 NOT_FINE_TUNED = "(not fine-tuned)"
 DEFAULT_BATCH_SIZE = 8
-
-
-def _stop_token_ids(tokenizer: Any, model: Any) -> list[int]:
-    """Every id that ends an assistant turn: the tokenizer's eos, ChatML's ``<|im_end|>``
-    when the vocabulary has it, and whatever the model's generation config names."""
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(int(i) for i in configured)
-    return sorted(ids)
-
-
-def _left_pad(prompts: Sequence[list[int]], pad_id: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    longest = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-    for row, prompt in enumerate(prompts):
-        input_ids[row, longest - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        attention_mask[row, longest - len(prompt) :] = 1
-    return input_ids.to(device), attention_mask.to(device)
 
 
 def generate_texts(
@@ -76,32 +48,9 @@ def generate_texts(
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
-    """Greedy continuations of tokenised prompts, decoded without special tokens and
-    stripped; an empty continuation becomes :data:`EMPTY_ANSWER`."""
-    from transformers import GenerationConfig
-
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    # A fresh config, not the model's: its sampling settings (temperature, repetition
-    # penalty...) would make "greedy" mean different things for different models.
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens,
-        do_sample=False,
-        eos_token_id=_stop_token_ids(tokenizer, model),
-        pad_token_id=pad_id,
-    )
-    texts: list[str] = []
-    for first in range(0, len(prompts), batch_size):
-        chunk = prompts[first : first + batch_size]
-        input_ids, attention_mask = _left_pad(chunk, pad_id, device)
-        with torch.inference_mode():
-            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
-        for row in output[:, input_ids.shape[1] :]:
-            text = tokenizer.decode(row, skip_special_tokens=True).strip()
-            texts.append(text or EMPTY_ANSWER)
-        if on_batch is not None:
-            on_batch(len(chunk))
-    return texts
+    """Greedy continuations of tokenised prompts, ``batch_size`` at a time; an empty
+    continuation becomes ``inflab.common.generation.EMPTY_ANSWER``."""
+    return greedy_texts(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, on_batch=on_batch)
 
 
 def load_for_generation(model_path: str, adapter_dir: Path | None) -> tuple[Any, Any]:

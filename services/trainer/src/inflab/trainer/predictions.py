@@ -22,16 +22,13 @@ from typing import Any
 import torch
 
 from inflab.common.chat import prompt_ids
+from inflab.common.generation import greedy_texts
 from inflab.common.predictions import PredictionLimits, PredictionPlan, PredictionPrompt, plan_predictions
 
 __all__ = [
-    "EMPTY_ANSWER", "PredictionLimits", "PredictionPlan", "PredictionPrompt", "PredictionSampler", "greedy_answers",
+    "PredictionLimits", "PredictionPlan", "PredictionPrompt", "PredictionSampler", "greedy_answers",
     "native_bfloat16", "plan_predictions", "resolve_precision",
 ]
-
-#: Shown when the model produced no text (it stopped at once).
-EMPTY_ANSWER = "(empty)"
-
 
 def native_bfloat16(device: torch.device) -> bool:
     """Whether ``device`` computes bfloat16 natively (not emulated, which is slower than
@@ -55,48 +52,12 @@ def resolve_precision(requested: str, device: torch.device, quantized: bool) -> 
     return requested
 
 
-def _stop_ids(tokenizer: Any, model: Any) -> list[int]:
-    """Every id that ends an assistant turn: eos, ChatML's ``<|im_end|>``, the model's own."""
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    im_end = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(im_end, int) and im_end != tokenizer.unk_token_id:
-        ids.add(im_end)
-    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if isinstance(configured, int):
-        ids.add(configured)
-    elif configured:
-        ids.update(int(i) for i in configured)
-    return sorted(ids)
-
-
 def greedy_answers(model: Any, tokenizer: Any, questions: Sequence[str], max_new_tokens: int) -> list[str]:
-    """Greedy answers, one batch with left padding (every prompt ends where generation
-    starts), prompts built exactly as training and inference build them."""
-    from transformers import GenerationConfig
-
+    """Greedy answers in one batch, prompts built exactly as training and inference build
+    them. A static KV cache: the default one grows by concatenation at every token, ~10%
+    of a CPU decode here; the answers are the same."""
     prompts = [prompt_ids(tokenizer, q) for q in questions]
-    device = next(model.parameters()).device
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    longest = max(len(p) for p in prompts)
-    input_ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
-    attention_mask = torch.zeros((len(prompts), longest), dtype=torch.long)
-    for row, p in enumerate(prompts):
-        input_ids[row, longest - len(p):] = torch.tensor(p, dtype=torch.long)
-        attention_mask[row, longest - len(p):] = 1
-    # A fresh config: the model's own sampling settings would make "greedy" model-dependent.
-    # A static KV cache: the default one grows by concatenation at every token, ~10% of a
-    # CPU decode here; the answers are the same.
-    config = GenerationConfig(
-        max_new_tokens=max_new_tokens, do_sample=False, eos_token_id=_stop_ids(tokenizer, model), pad_token_id=pad_id,
-        cache_implementation="static",
-    )
-    with torch.inference_mode():
-        output = model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device), generation_config=config
-        )
-    return [tokenizer.decode(row, skip_special_tokens=True).strip() or EMPTY_ANSWER for row in output[:, longest:]]
+    return greedy_texts(model, tokenizer, prompts, max_new_tokens, cache_implementation="static")
 
 
 def _lora_layers(model: torch.nn.Module) -> list[tuple[str, Any]]:
