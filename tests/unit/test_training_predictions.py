@@ -4,16 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import threading
+
 import pytest
 import torch
 
-import inflab.trainer.training as training
+import inflab.trainer.predictions as predictions
 from inflab.common.messages import RunSpec
 from inflab.common.models import build_tiny_model
 from inflab.common.models import load_tokenizer
 from inflab.trainer.model_setup import attach_lora, load_base_model
 from inflab.trainer.predictions import (
-    PredictionLimits, PredictionSampler, native_bfloat16, plan_predictions, resolve_precision,
+    PackedLinear, PredictionLimits, PredictionSampler, native_bfloat16, plan_predictions, resolve_precision,
 )
 from inflab.trainer.training import train_lora
 
@@ -72,19 +74,82 @@ def test_predictions_every_step_interval(tiny_model: str, tmp_path: Path) -> Non
     assert [s["prompt_id"] for s in tables[0]["samples"]] == [s["prompt_id"] for s in tables[1]["samples"]]
 
 
-def test_a_failing_sampler_never_fails_training(tiny_model: str, tmp_path: Path, monkeypatch) -> None:
+@pytest.mark.parametrize(("where", "precision"), [
+    ("snapshot", "bfloat16"),  # in the training thread
+    ("decoding", "bfloat16"),  # in the background thread
+    ("decoding", "float32"),  # in the training thread
+])
+def test_a_failing_sampler_never_fails_training(where: str, precision: str, tiny_model: str, tmp_path: Path,
+                                                monkeypatch) -> None:
     def broken(*args, **kwargs):
         raise RuntimeError("generation exploded")
 
-    monkeypatch.setattr(training.PredictionSampler, "__call__", broken)
+    if where == "snapshot":
+        monkeypatch.setattr(predictions.PredictionSampler, "prepare", broken)
+    else:
+        monkeypatch.setattr(predictions, "greedy_answers", broken)
     events: list[dict] = []
-    outcome = train_lora(make_spec(num_epochs=2), tiny_model, tmp_path, events.append)
+    outcome = train_lora(make_spec(num_epochs=2, precision=precision), tiny_model, tmp_path, events.append)
     assert outcome.steps == 4 and len(outcome.checkpoints) == 1
     warnings = [e for e in events if e["kind"] == "log" and e["level"] == "warning"]
     assert len(warnings) == 2  # one per epoch end
     assert "prediction sampling failed at step 2" in warnings[0]["message"]
     assert "generation exploded" in warnings[0]["message"]
     assert not [e for e in events if e["kind"] == "prediction"]
+
+
+def test_bfloat16_tracking_decodes_beside_the_training(tiny_model: str, tmp_path: Path, monkeypatch) -> None:
+    """With its own bfloat16 copy the tracker decodes in a background thread: training
+    goes on past the sampling point meanwhile, the answers are still those of the model
+    at that point (the same as decoding in place), and every event is in before
+    train_lora returns."""
+    third_step = threading.Event()
+    overlapped: list[bool] = []
+    real = predictions.greedy_answers
+
+    def after_step_three(*args, **kwargs):
+        # Would never be set if training waited for this decoding.
+        overlapped.append(third_step.wait(timeout=60))
+        return real(*args, **kwargs)
+
+    events: list[dict] = []
+
+    def emit(event: dict) -> None:
+        events.append(event)
+        if event["kind"] == "progress" and event["step"] == 3:
+            third_step.set()
+
+    monkeypatch.setattr(predictions, "greedy_answers", after_step_three)
+    spec = make_spec(num_epochs=3, precision="bfloat16")  # 2 steps an epoch
+    outcome = train_lora(spec, tiny_model, tmp_path / "beside", emit)
+    assert overlapped == [True, True, True]
+    order = [(e["kind"], e.get("step")) for e in events if e["kind"] in ("progress", "prediction")]
+    assert order.index(("prediction", 2)) > order.index(("progress", 3))
+    assert [e["step"] for e in events if e["kind"] == "prediction"] == [2, 4, 6]  # in step order, the last included
+    assert outcome.prediction_decoding_s > 0
+
+    # The same answers as the sampler gives when the loop waits for it (nothing moved on).
+    monkeypatch.setattr(predictions, "greedy_answers", real)
+    in_place: list[dict] = []
+    monkeypatch.setattr(predictions.PredictionSampler, "concurrent", property(lambda self: False))
+    train_lora(spec, tiny_model, tmp_path / "in-place", in_place.append)
+    assert [e["samples"] for e in in_place if e["kind"] == "prediction"] == [
+        e["samples"] for e in events if e["kind"] == "prediction"
+    ]
+
+
+def test_a_resumed_run_samples_its_checkpoint_again(tiny_model: str, tmp_path: Path) -> None:
+    """A sampling point's decoding overlaps the steps after its checkpoint, so a worker
+    killed then may never have sent it: the resumed run sends it again, the same answers."""
+    spec = make_spec(num_epochs=3, precision="bfloat16").model_copy(update={"hyperparams": make_spec(
+        num_epochs=3).hyperparams.model_copy(update={"checkpoint_interval": 1})})
+    first: list[dict] = []
+    outcome = train_lora(spec, tiny_model, tmp_path / "first", first.append)
+    again: list[dict] = []
+    train_lora(spec, tiny_model, tmp_path / "again", again.append, resume_from=outcome.checkpoints[0].path)
+    resent = [e for e in again if e["kind"] == "prediction"]
+    assert [e["step"] for e in resent] == [2, 4, 6]
+    assert [e["samples"] for e in resent] == [e["samples"] for e in first if e["kind"] == "prediction"]
 
 
 def test_the_end_of_training_is_left_to_the_inference_stage_when_asked(tiny_model: str, tmp_path: Path) -> None:
@@ -121,14 +186,17 @@ def test_bfloat16_tracking_leaves_the_loss_curve_alone(tiny_model: str, tmp_path
     assert losses["float32"] == losses["bfloat16"]
 
 
-def test_the_bfloat16_copy_follows_the_lora_weights(tiny_model: str) -> None:
+@pytest.mark.parametrize("pack", [False, None])
+def test_the_bfloat16_copy_follows_the_lora_weights(pack: bool | None, tiny_model: str) -> None:
     """The tracker's bfloat16 copy is the training model at every call: its layers hold
-    bf16(W + the current LoRA update), its logits equal float32's within bfloat16's
-    precision, and the training model itself is untouched."""
+    bf16(W + the current LoRA update) (packed where this torch can pack, the default),
+    its logits equal float32's within bfloat16's precision, and the training model
+    itself is untouched."""
     spec = make_spec(precision="bfloat16")
     model = attach_lora(load_base_model(tiny_model, torch.device("cpu")), spec.hyperparams)
     plan, _ = plan_predictions(spec, None)
-    sampler = PredictionSampler(plan, load_tokenizer(tiny_model), "bfloat16")
+    sampler = PredictionSampler(plan, load_tokenizer(tiny_model), "bfloat16", pack=pack)
+    packed = pack is None and PackedLinear.supported(torch.device("cpu"))
     ids = torch.tensor([[1, 5, 9, 14, 3, 7]])
     lora_layers = {n: m for n, m in model.get_base_model().named_modules() if hasattr(m, "lora_A")}
     assert lora_layers
@@ -145,13 +213,34 @@ def test_the_bfloat16_copy_follows_the_lora_weights(tiny_model: str) -> None:
             assert torch.equal(param, before[name])
         for name, layer in lora_layers.items():
             copied = sampler._shadow.get_submodule(name)
-            assert isinstance(copied, torch.nn.Linear) and copied.weight.dtype == torch.bfloat16
             with torch.no_grad():
-                merged = layer.get_base_layer().weight + layer.get_delta_weight("default")
-            assert torch.equal(copied.weight, merged.to(torch.bfloat16)), (round_, name)
+                merged = (layer.get_base_layer().weight + layer.get_delta_weight("default")).to(torch.bfloat16)
+            if packed:
+                assert isinstance(copied, PackedLinear)
+                x = torch.randn(3, merged.shape[1]).to(torch.bfloat16)
+                with torch.inference_mode():
+                    torch.testing.assert_close(copied(x), torch.nn.functional.linear(x, merged), rtol=1e-2, atol=1e-2)
+            else:
+                assert type(copied) is torch.nn.Linear and copied.weight.dtype == torch.bfloat16
+                assert torch.equal(copied.weight, merged), (round_, name)
         model.eval()
         with torch.no_grad():
             exact = model(input_ids=ids).logits
             approx = sampler._shadow(input_ids=ids).logits.float()
         model.train()
         assert torch.nn.functional.cosine_similarity(exact.flatten(), approx.flatten(), dim=0) > 0.999
+
+
+@pytest.mark.skipif(not PackedLinear.supported(torch.device("cpu")), reason="this torch build cannot pack bfloat16")
+def test_packed_linear_is_the_bfloat16_product() -> None:
+    """Packing changes where the weight lies, not the product: a packed layer gives what a
+    bfloat16 F.linear gives, for any batch size (not only the one it was packed for)."""
+    weight = torch.randn(48, 32)
+    layer = PackedLinear(weight, batch_hint=4)
+    for shape in [(4, 32), (1, 32), (2, 7, 32)]:
+        x = torch.randn(*shape).to(torch.bfloat16)
+        with torch.inference_mode():
+            out = layer(x)
+        assert out.shape == (*shape[:-1], 48) and out.dtype == torch.bfloat16
+        expected = torch.nn.functional.linear(x.float(), weight.to(torch.bfloat16).float())
+        torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)

@@ -17,9 +17,12 @@ Choices:
   ``transformers.get_scheduler`` with ``ceil(warmup_ratio x total steps)`` warmup steps
   (``constant`` ignores warmup, as in transformers: use ``constant_with_warmup``);
 * deterministic given ``hyperparams.seed``: LoRA init and dropout come from the seeded torch
-  RNG, each epoch's order from a generator seeded with (seed, epoch), prediction sampling
-  runs in a forked RNG; a run resumed from a checkpoint (optimizer, scheduler and RNG state
-  restored) continues exactly as the uninterrupted run would have.
+  RNG, each epoch's order from a generator seeded with (seed, epoch); prediction sampling
+  is greedy and touches no RNG (in the training thread it runs in a forked one anyway);
+  a run resumed from a checkpoint (optimizer, scheduler and RNG state restored)
+  continues exactly as the uninterrupted run would have;
+* prediction tracking decodes, where it can, from a bfloat16 copy in a background thread
+  beside the training (``predictions.py``), so a sampling point costs the loop little.
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ from inflab.trainer.checkpoints import (
 )
 from inflab.trainer.control import ParamUpdate, TrainingCancelled, TrainingControl
 from inflab.trainer.model_setup import attach_lora, load_base_model, pick_device, require_quantization_support
-from inflab.trainer.predictions import PredictionLimits, PredictionSampler, plan_predictions, resolve_precision
+from inflab.trainer.predictions import (
+    PredictionLimits, PredictionSampler, PredictionTracker, plan_predictions, resolve_precision,
+)
 from inflab.trainer.shared_prefix import answer_loss_shared_prefix
 
 log = logging.getLogger(__name__)
@@ -78,6 +83,10 @@ class TrainingOutcome:
     losses: list[float] = field(default_factory=list)
     #: The step this call started from (0, or the resumed checkpoint's step).
     start_step: int = 0
+    #: Prediction tracking: seconds the loop waited for it, and seconds spent decoding
+    #: (mostly in a background thread, beside the training; see predictions.py).
+    prediction_stall_s: float = 0.0
+    prediction_decoding_s: float = 0.0
 
     def summary(self, refs: list[CheckpointRef]) -> TrainingSummary:
         return TrainingSummary(
@@ -215,18 +224,6 @@ def _optimizer_step(
     return loss_value, learning_rate, grad_norm
 
 
-def _track_predictions(model: Any, sampler: PredictionSampler, step: int, epoch: float, emit: Emit) -> None:
-    """Sample the current model's answers. Never fails the training: an error here becomes
-    a warning event and the loop goes on."""
-    try:
-        devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-        with torch.random.fork_rng(devices=devices):  # the loss curve must not depend on sampling
-            samples = sampler(model)
-        emit({"kind": "prediction", "step": step, "epoch": epoch, "samples": samples, "precision": sampler.precision})
-    except Exception as exc:
-        _log(emit, "warning", f"prediction sampling failed at step {step} (training goes on): {type(exc).__name__}: {exc}"[:2000])
-
-
 def train_lora(
     spec: RunSpec,
     model_path: str,
@@ -257,7 +254,10 @@ def train_lora(
       ``spec.predictions``, except at the end of training when
       ``final_predictions_elsewhere`` (a run's inference stage answers every evaluation
       question with the final adapter right after, so the pipeline takes that row from it
-      instead of decoding the same answers twice);
+      instead of decoding the same answers twice); where tracking decodes from its own
+      bfloat16 copy, the event is emitted from the background thread that decoded it,
+      while training goes on (so ``emit`` must be thread-safe), and always before this
+      call returns;
     * ``{"kind": "params", "request_id", "changes", "effective_step"}`` when a runtime
       change from ``control`` is applied;
     * ``{"kind": "log", "level", "message"}`` for notable things (the start, truncation,
@@ -286,9 +286,10 @@ def train_lora(
     plan, warnings = plan_predictions(spec, prediction_limits)
     for warning in warnings:
         _log(emit, "warning", warning)
-    sampler = None
+    tracker = None
     if plan is not None:
         sampler = PredictionSampler(plan, tokenizer, resolve_precision(plan.precision, device, hp.quantization == "4bit"))
+        tracker = PredictionTracker(sampler, emit, lambda message: _log(emit, "warning", message))
 
     model = load_base_model(model_path, device, hp.quantization)
     torch.manual_seed(hp.seed)  # LoRA init and dropout masks
@@ -344,67 +345,79 @@ def train_lora(
     exact_sharing = hp.lora_dropout == 0 and hp.quantization == "none"  # 4-bit: checkpointing is on
     loss_fn = answer_loss_shared_prefix if exact_sharing else answer_loss
     model.train()
-    loop_started = time.monotonic()
-    for epoch in range(first_epoch, hp.num_epochs + 1):
-        order = _epoch_order(len(examples), hp.seed, epoch)
-        chunks = [[examples[i] for i in order[j : j + hp.batch_size]] for j in range(0, len(order), hp.batch_size)]
-        groups = [chunks[j : j + hp.gradient_accumulation_steps] for j in range(0, len(chunks), hp.gradient_accumulation_steps)]
-        for index, group in enumerate(groups):
-            if control is not None:
-                if control.cancelled:
-                    raise TrainingCancelled(step)
-                updates = control.take_updates()
-                if updates:
-                    _apply_updates(updates, optimizer, scheduler, applied, step, emit)
+    if tracker is not None and resume_from is not None and tracker.sampler.concurrent:
+        # The sampling point of the checkpoint resumed from: its decoding overlapped the
+        # next steps, so the worker that died may not have sent it. The same weights give
+        # the same answers, which replace any already stored.
+        if plan.due(step, epoch_end=True) and not (final_predictions_elsewhere and step == total):
+            tracker.sample(model, step, float(first_epoch - 1))
+    try:
+        loop_started = time.monotonic()
+        for epoch in range(first_epoch, hp.num_epochs + 1):
+            order = _epoch_order(len(examples), hp.seed, epoch)
+            chunks = [[examples[i] for i in order[j : j + hp.batch_size]] for j in range(0, len(order), hp.batch_size)]
+            groups = [chunks[j : j + hp.gradient_accumulation_steps] for j in range(0, len(chunks), hp.gradient_accumulation_steps)]
+            for index, group in enumerate(groups):
+                if control is not None:
+                    if control.cancelled:
+                        raise TrainingCancelled(step)
+                    updates = control.take_updates()
+                    if updates:
+                        _apply_updates(updates, optimizer, scheduler, applied, step, emit)
 
-            log_now = (step + 1) % hp.logging_steps == 0 or step + 1 == total
-            step_started = time.monotonic()
-            value, learning_rate, grad_norm = _optimizer_step(
-                model, optimizer, scheduler, group, pad_id, device, trainable, want_grad_norm=log_now, loss_fn=loss_fn
-            )
-            step += 1
-            tokens = sum(e.answer_tokens for chunk in group for e in chunk)
-            window.add(value, tokens, sum(len(chunk) for chunk in group), time.monotonic() - step_started)
-            outcome.losses.append(value)
-            outcome.tokens += tokens
-            interval_losses.append(value)
-            interval_rates.append(learning_rate)
+                log_now = (step + 1) % hp.logging_steps == 0 or step + 1 == total
+                step_started = time.monotonic()
+                value, learning_rate, grad_norm = _optimizer_step(
+                    model, optimizer, scheduler, group, pad_id, device, trainable, want_grad_norm=log_now, loss_fn=loss_fn
+                )
+                step += 1
+                tokens = sum(e.answer_tokens for chunk in group for e in chunk)
+                window.add(value, tokens, sum(len(chunk) for chunk in group), time.monotonic() - step_started)
+                outcome.losses.append(value)
+                outcome.tokens += tokens
+                interval_losses.append(value)
+                interval_rates.append(learning_rate)
 
-            fractional_epoch = round(epoch - 1 + (index + 1) / steps_per_epoch, 4)
-            eta = (time.monotonic() - loop_started) / (step - start_step) * (total - step)
-            emit({"kind": "progress", "fraction": step / total, "step": step, "total": total,
-                  "epoch": fractional_epoch, "eta_s": round(eta, 2)})
-            if log_now:
-                emit(window.flush(step, fractional_epoch, learning_rate, grad_norm))
-            sample_now = plan is not None and plan.frequency == "steps" and plan.due(step, epoch_end=False)
+                fractional_epoch = round(epoch - 1 + (index + 1) / steps_per_epoch, 4)
+                eta = (time.monotonic() - loop_started) / (step - start_step) * (total - step)
+                emit({"kind": "progress", "fraction": step / total, "step": step, "total": total,
+                      "epoch": fractional_epoch, "eta_s": round(eta, 2)})
+                if log_now:
+                    emit(window.flush(step, fractional_epoch, learning_rate, grad_norm))
+                sample_now = plan is not None and plan.frequency == "steps" and plan.due(step, epoch_end=False)
+                if sample_now and not (final_predictions_elsewhere and step == total):
+                    tracker.sample(model, step, fractional_epoch)
+
+            outcome.steps, outcome.epochs = step, epoch
+            sample_now = plan is not None and plan.frequency == "epoch"
             if sample_now and not (final_predictions_elsewhere and step == total):
-                _track_predictions(model, sampler, step, fractional_epoch, emit)
-
-        outcome.steps, outcome.epochs = step, epoch
-        sample_now = plan is not None and plan.frequency == "epoch"
-        if sample_now and not (final_predictions_elsewhere and step == total):
-            _track_predictions(model, sampler, step, float(epoch), emit)
-        if epoch % hp.checkpoint_interval == 0 or epoch == hp.num_epochs:
-            emit({"kind": "status", "status": "checkpointing"})
-            meta = {
-                "step": step,
-                "epoch": epoch,
-                "loss": _mean(interval_losses),
-                "learning_rate": _mean(interval_rates),
-            }
-            state = {
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": rng_state(),
-                "applied_controls": sorted(applied),
-                "metric_window": window.state(),
-            }
-            info = save_checkpoint(model, work_dir, meta, state)
-            interval_losses, interval_rates = [], []
-            outcome.checkpoints.append(info)
-            if on_checkpoint is not None:
-                on_checkpoint(info)
-            emit({"kind": "status", "status": "running"})
+                tracker.sample(model, step, float(epoch))
+            if epoch % hp.checkpoint_interval == 0 or epoch == hp.num_epochs:
+                emit({"kind": "status", "status": "checkpointing"})
+                meta = {
+                    "step": step,
+                    "epoch": epoch,
+                    "loss": _mean(interval_losses),
+                    "learning_rate": _mean(interval_rates),
+                }
+                state = {
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng_state(),
+                    "applied_controls": sorted(applied),
+                    "metric_window": window.state(),
+                }
+                info = save_checkpoint(model, work_dir, meta, state)
+                interval_losses, interval_rates = [], []
+                outcome.checkpoints.append(info)
+                if on_checkpoint is not None:
+                    on_checkpoint(info)
+                emit({"kind": "status", "status": "running"})
+    finally:
+        if tracker is not None:
+            tracker.wait()  # the last sampling point's event comes before the job ends
+            outcome.prediction_stall_s = tracker.stalled_s
+            outcome.prediction_decoding_s = tracker.decoding_s
 
     outcome.duration_s = time.monotonic() - started
     return outcome
