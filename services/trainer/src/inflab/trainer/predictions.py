@@ -128,20 +128,32 @@ def _bfloat16_copy(model: torch.nn.Module, pack_batch: int | None) -> torch.nn.M
     is cast into deepcopy's memo, so tied weights stay tied. Buffers (the rotary
     frequencies) stay as they are: they are small, and the model computes the rotation in
     float32. With ``pack_batch``, every bias-free linear layer becomes a
-    :class:`PackedLinear`. The LoRA update is merged into the copied layers' weights at
-    every refresh."""
+    :class:`PackedLinear`, packed straight from the float32 weight (the memo holds an
+    empty placeholder for it, as for the LoRA weights, which the copy drops). The LoRA
+    update is merged into the copied layers' weights at every refresh."""
+    root = model.get_base_model()
+    sources: dict[str, torch.Tensor] = {}  # copied linear layer's name -> float32 weight to pack
+    if pack_batch is not None:
+        # A weight also used by another kind of module (an output layer tied to the
+        # embeddings) is copied as a parameter and packed from that copy.
+        elsewhere = {id(p) for m in root.modules() if type(m) is not torch.nn.Linear for p in m.parameters(recurse=False)}
+        for name, module in root.named_modules():
+            if type(module) is torch.nn.Linear and module.bias is None and id(module.weight) not in elsewhere:
+                sources[name.removesuffix(".base_layer")] = module.weight
+    skip = {id(w) for w in sources.values()} | {id(p) for p in model.parameters() if p.requires_grad}
     memo: dict[int, Any] = {}
     with torch.no_grad():
         for param in model.parameters():
             if id(param) not in memo:
-                memo[id(param)] = torch.nn.Parameter(param.detach().to(torch.bfloat16), requires_grad=False)
-    shadow = copy.deepcopy(model.get_base_model(), memo)
+                value = torch.empty(0, dtype=torch.bfloat16) if id(param) in skip else param.detach().to(torch.bfloat16)
+                memo[id(param)] = torch.nn.Parameter(value, requires_grad=False)
+    shadow = copy.deepcopy(root, memo)
     for name, layer in _lora_layers(shadow):
         _replace(shadow, name, layer.get_base_layer())
     if pack_batch is not None:
         for name, module in list(shadow.named_modules()):
             if type(module) is torch.nn.Linear and module.bias is None:
-                _replace(shadow, name, PackedLinear(module.weight, pack_batch))
+                _replace(shadow, name, PackedLinear(sources.get(name, module.weight), pack_batch))
     return shadow.eval()
 
 

@@ -4,10 +4,12 @@ Chat templates open every conversation the same way: SmolLM2's inserts its defau
 prompt ("You are a helpful AI assistant named SmolLM...") and the user-turn header before
 each question, ~20 of a training pair's ~50 tokens. In a batch of 4 that prefix would be
 computed 4 times, forward and backward. Here it runs once (batch 1) with the KV cache,
-the cache is repeated across the batch, and the rest of each sequence attends to it: the
-same attention, the same loss (up to float summation order), and the gradient of every
-row flows back into the one prefix computation. The vocabulary logits are computed only
-at answer positions, as in :func:`inflab.common.chat.answer_loss`.
+and the rows' remainders follow it packed into one sequence without their padding (~8%
+of the tokens of a batch of the benchmark's pairs), each at its own positions, attending
+the whole prefix and, causally, only itself (a custom 4D mask): the same attention, the
+same loss (up to float summation order), and the gradient of every row flows back into
+the one prefix computation. The vocabulary logits are computed only at answer positions,
+as in :func:`inflab.common.chat.answer_loss`.
 
 Only exact where the prefix's computation is the same for every row: without dropout
 (a shared prefix would share its dropout mask) and without gradient checkpointing (which
@@ -51,17 +53,26 @@ def answer_loss_shared_prefix(model: Any, batch: dict[str, torch.Tensor]) -> tor
     if shared == 0:
         return answer_loss(model, batch)
     input_ids, labels = batch["input_ids"], batch["labels"]
+    lengths = batch["attention_mask"].sum(dim=1).tolist()  # right-padded: real tokens first
     decoder = model.get_decoder()
     prefix = decoder(input_ids=input_ids[:1, :shared], use_cache=True)
-    cache = prefix.past_key_values
-    cache.batch_repeat_interleave(input_ids.shape[0])
-    # Positions continue from the cache's length, as in one pass over the whole sequence.
+    # The rows' remainders packed into one sequence (no padding computed), each at its own
+    # positions after the prefix, attending the whole prefix and, causally, itself only.
+    rows = [(row, shared, int(n)) for row, n in enumerate(lengths)]
+    packed_ids = torch.cat([input_ids[row, start:end] for row, start, end in rows])
+    positions = torch.cat([torch.arange(start, end) for _, start, end in rows])
+    segment = torch.cat([torch.full((end - start,), row) for row, start, end in rows])
+    # Hidden state j of a row predicts its label j + 1; a row's last token predicts nothing.
+    targets = torch.cat([
+        torch.cat([labels[row, start + 1 : end], labels.new_full((1,), IGNORE_INDEX)]) for row, start, end in rows
+    ])
+    own = (segment[:, None] == segment[None, :]) & (positions[None, :] <= positions[:, None])
+    mask = torch.cat([own.new_ones(len(packed_ids), shared), own], dim=1)[None, None]
     rest = decoder(
-        input_ids=input_ids[:, shared:], attention_mask=batch["attention_mask"], past_key_values=cache, use_cache=True
-    ).last_hidden_state
-    # rest[:, j] is position shared + j; it predicts the label at shared + j + 1.
-    targets = labels[:, shared + 1 :]
+        input_ids=packed_ids[None], attention_mask=mask, position_ids=positions[None],
+        past_key_values=prefix.past_key_values, use_cache=True,
+    ).last_hidden_state[0]
     keep = targets != IGNORE_INDEX
-    logits = model.get_output_embeddings()(rest[:, :-1][keep])
+    logits = model.get_output_embeddings()(rest[keep])
     token_losses = F.cross_entropy(logits.float(), targets[keep], reduction="none")
     return token_losses.sum() / keep.sum().clamp(min=1)
