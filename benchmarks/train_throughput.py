@@ -11,9 +11,9 @@ settings (AdamW, lr 2e-4, constant, no weight decay, seed 0).
 * **ours**: ``inflab.trainer.training.train_lora`` exactly as a run's trainer job calls it,
   with events (into a list), prediction tracking and checkpoints at their default settings
   (4 sampled evaluation questions answered greedily after every epoch but the last, whose
-  row a run takes from its inference stage's fine-tuned answers; answers decoded in
-  bfloat16 where the CPU computes it natively; a checkpoint with optimizer state every
-  epoch; a metric every step).
+  row a run takes from its inference stage's fine-tuned answers; answers decoded from a
+  bfloat16 copy where the CPU computes it natively, in a background thread beside the
+  training; a checkpoint with optimizer state every epoch; a metric every step).
 * **reference**: ``transformers.Trainer`` on a ``peft`` model, fed the same tokenised
   pairs, labels (answer tokens only) and collation, AdamW with the same settings, no
   gradient clipping (we do not clip either), no evaluation, no saving.
