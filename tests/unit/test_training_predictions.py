@@ -172,6 +172,9 @@ def test_tracking_precision_is_resolved_and_reported(tiny_model: str, tmp_path: 
     cpu = torch.device("cpu")
     assert resolve_precision("auto", cpu, quantized=False) == ("bfloat16" if native_bfloat16(cpu) else "float32")
     assert resolve_precision("float32", cpu, quantized=False) == "float32"
+    # A GPU answers in place, in float32, unless bfloat16 is asked for.
+    assert resolve_precision("auto", torch.device("cuda"), quantized=False) == "float32"
+    assert resolve_precision("bfloat16", torch.device("cuda"), quantized=False) == "bfloat16"
     assert resolve_precision("bfloat16", cpu, quantized=True) == "nf4"
     events: list[dict] = []
     train_lora(make_spec(num_epochs=2, precision="bfloat16"), tiny_model, tmp_path, events.append)

@@ -108,11 +108,12 @@ class PredictionSettings(Contract):
     sample_count: int = Field(4, ge=1)
     frequency: Literal["epoch", "steps"] = "epoch"
     step_interval: int = Field(10, ge=1)
-    #: The arithmetic of the tracking answers. ``auto``: bfloat16 where the hardware computes
-    #: it natively (a CPU with AVX512-BF16 or AMX, a CUDA GPU with bf16), else float32.
-    #: Greedy decoding is memory-bound, so a bfloat16 copy answers about twice as fast; its
-    #: answers can drift from float32's after a near-tie between two tokens. The answers
-    #: at the end of training are always the inference stage's, in float32.
+    #: The arithmetic of the tracking answers. ``auto``: bfloat16 on a CPU that computes it
+    #: natively (AVX512-BF16 or AMX), else float32 (on a GPU too: decoding there is quick,
+    #: and a copy would cost GPU memory). On a CPU greedy decoding is memory-bound, so a
+    #: bfloat16 copy answers about twice as fast, in a background thread beside the
+    #: training; its answers can drift from float32's after a near-tie between two tokens.
+    #: The answers at the end of training are always the inference stage's, in float32.
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
 

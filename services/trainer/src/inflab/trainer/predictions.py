@@ -54,11 +54,14 @@ def native_bfloat16(device: torch.device) -> bool:
 def resolve_precision(requested: str, device: torch.device, quantized: bool) -> str:
     """The arithmetic tracking answers are decoded in: "nf4" for a 4-bit (QLoRA) model,
     which is answered as it trains; otherwise the request, with "auto" meaning bfloat16
-    where the device computes it natively and float32 elsewhere."""
+    on a CPU that computes it natively and float32 elsewhere. On a GPU "auto" keeps
+    float32: decoding there is quick, the copy would take half the model's size in GPU
+    memory beside the training, and a background decoding would share the training's
+    stream rather than idle cores."""
     if quantized:
         return "nf4"
     if requested == "auto":
-        return "bfloat16" if native_bfloat16(device) else "float32"
+        return "bfloat16" if device.type == "cpu" and native_bfloat16(device) else "float32"
     return requested
 
 
