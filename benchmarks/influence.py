@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import metrics
+from benchmarks.machine import cpu_name
 from benchmarks.workload import REPO, DEFAULT_MODEL, Workload, generated_workload, load_workload
 
 #: Methods of ours the benchmark knows how to run; each is skipped with a note if the
@@ -175,14 +176,7 @@ def run_worker(job: str, task_path: Path, out_path: Path) -> None:
 def machine(threads: int) -> dict[str, Any]:
     import torch
 
-    cpu = platform.processor() or ""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     try:
         import psutil
 

@@ -38,6 +38,8 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.machine import cpu_name
+
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKLOAD = ROOT.parent / "shared" / "bench" / "influence-workload.json"
 DEFAULT_CACHE = ROOT / ".inflab" / "models"
@@ -182,14 +184,7 @@ def machine_info(threads: int) -> dict:
     import torch
     import transformers
 
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {
         "cpu": cpu, "logical_cpus": os.cpu_count(), "torch_threads": threads,
         "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
