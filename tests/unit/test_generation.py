@@ -97,3 +97,26 @@ def test_a_model_that_says_nothing_gets_a_visible_placeholder(trained) -> None:
     with torch.no_grad():
         model.get_output_embeddings().weight[tokenizer.eos_token_id] *= 1000
     assert generate_texts(model, tokenizer, [prompt_ids(tokenizer, "Hi?")], 8) == [EMPTY_ANSWER]
+
+
+def test_a_set_stop_ends_decoding_after_the_token_in_progress(trained) -> None:
+    """greedy_texts stops once ``stop`` is set (the trainer's tracker sets it when a run is
+    cancelled mid-decoding): set before it starts, every prompt gets the one token in
+    progress, as with max_new_tokens=1."""
+    import threading
+
+    from transformers import AutoModelForCausalLM
+
+    from inflab.common.generation import greedy_texts
+    from inflab.common.models import load_tokenizer
+
+    model_path, _ = trained
+    tokenizer = load_tokenizer(model_path)
+    model = AutoModelForCausalLM.from_pretrained(model_path).eval()
+    prompts = [prompt_ids(tokenizer, q.question) for q in SPEC.eval_data]
+    whole = greedy_texts(model, tokenizer, prompts, 12)
+    stop = threading.Event()
+    stop.set()
+    cut = greedy_texts(model, tokenizer, prompts, 12, stop=stop)
+    assert cut == greedy_texts(model, tokenizer, prompts, 1)
+    assert cut != whole

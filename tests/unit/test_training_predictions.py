@@ -17,7 +17,7 @@ from inflab.trainer.model_setup import attach_lora, load_base_model
 from inflab.trainer.predictions import (
     PackedLinear, PredictionLimits, PredictionSampler, native_bfloat16, plan_predictions, resolve_precision,
 )
-from inflab.trainer.training import train_lora
+from inflab.trainer.training import TrainingCancelled, TrainingControl, train_lora
 
 torch.set_num_threads(1)
 
@@ -33,10 +33,10 @@ def tiny_model(tmp_path_factory) -> str:
     return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny"))
 
 
-def make_spec(seed: int = 0, num_epochs: int = 2, **predictions) -> RunSpec:
+def make_spec(seed: int = 0, num_epochs: int = 2, checkpoint_interval: int = 100, **predictions) -> RunSpec:
     return RunSpec(
         training_data=PAIRS, eval_data=EVALS, max_new_tokens=3, predictions=predictions,
-        hyperparams={"num_epochs": num_epochs, "batch_size": 1, "seed": seed, "checkpoint_interval": 100},
+        hyperparams={"num_epochs": num_epochs, "batch_size": 1, "seed": seed, "checkpoint_interval": checkpoint_interval},
     )
 
 
@@ -138,11 +138,36 @@ def test_bfloat16_tracking_decodes_beside_the_training(tiny_model: str, tmp_path
     ]
 
 
+def test_a_cancel_does_not_wait_for_a_decoding_in_flight(tiny_model: str, tmp_path: Path, monkeypatch) -> None:
+    """A run cancelled while a sampling point decodes in the background stops at its next
+    step: the decoding is told to stop, and its cut-short answers are never sent."""
+    control = TrainingControl()
+    told_to_stop: list[bool] = []
+
+    def until_stopped(model, tokenizer, questions, max_new_tokens, stop=None):
+        told_to_stop.append(stop.wait(timeout=60))  # set by the cancelled loop, not by time
+        return ["cut short"] * len(questions)
+
+    events: list[dict] = []
+
+    def emit(event: dict) -> None:
+        events.append(event)
+        if event == {"kind": "status", "status": "checkpointing"}:
+            control.cancel()  # epoch 1's sampling point is decoding now
+
+    monkeypatch.setattr(predictions, "greedy_answers", until_stopped)
+    spec = make_spec(num_epochs=3, precision="bfloat16", checkpoint_interval=1)
+    with pytest.raises(TrainingCancelled) as cancelled:
+        train_lora(spec, tiny_model, tmp_path, emit, control=control)
+    assert cancelled.value.step == 2
+    assert told_to_stop == [True]
+    assert not [e for e in events if e["kind"] == "prediction"]
+
+
 def test_a_resumed_run_samples_its_checkpoint_again(tiny_model: str, tmp_path: Path) -> None:
     """A sampling point's decoding overlaps the steps after its checkpoint, so a worker
     killed then may never have sent it: the resumed run sends it again, the same answers."""
-    spec = make_spec(num_epochs=3, precision="bfloat16").model_copy(update={"hyperparams": make_spec(
-        num_epochs=3).hyperparams.model_copy(update={"checkpoint_interval": 1})})
+    spec = make_spec(num_epochs=3, precision="bfloat16", checkpoint_interval=1)
     first: list[dict] = []
     outcome = train_lora(spec, tiny_model, tmp_path / "first", first.append)
     again: list[dict] = []

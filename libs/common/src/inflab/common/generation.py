@@ -4,6 +4,7 @@ generation starts, stopped at any id that ends an assistant turn."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -49,12 +50,14 @@ def greedy_texts(
     batch_size: int | None = None,
     on_batch: Callable[[int], None] | None = None,
     cache_implementation: str | None = None,
+    stop: threading.Event | None = None,
 ) -> list[str]:
     """Greedy continuations of tokenised prompts (``batch_size`` at a time, all at once
     when None), decoded without special tokens and stripped; an empty continuation
     becomes :data:`EMPTY_ANSWER`. ``cache_implementation`` is transformers' (e.g.
-    ``"static"``); None keeps its default."""
-    from transformers import GenerationConfig
+    ``"static"``); None keeps its default. Once ``stop`` is set (from another thread),
+    decoding ends after the token in progress, and what was decoded so far is returned."""
+    from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
 
     device = next(model.parameters()).device
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
@@ -67,13 +70,23 @@ def greedy_texts(
         pad_token_id=pad_id,
         cache_implementation=cache_implementation,
     )
+    criteria = None
+    if stop is not None:
+
+        class _Stopped(StoppingCriteria):
+            def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+                return torch.full((input_ids.shape[0],), stop.is_set(), dtype=torch.bool, device=input_ids.device)
+
+        criteria = StoppingCriteriaList([_Stopped()])
     step = batch_size or len(prompts)
     texts: list[str] = []
     for first in range(0, len(prompts), step):
         chunk = prompts[first : first + step]
         input_ids, attention_mask = left_pad(chunk, pad_id, device)
         with torch.inference_mode():
-            output = model.generate(input_ids=input_ids, attention_mask=attention_mask, generation_config=config)
+            output = model.generate(
+                input_ids=input_ids, attention_mask=attention_mask, generation_config=config, stopping_criteria=criteria
+            )
         for row in output[:, input_ids.shape[1] :]:
             texts.append(tokenizer.decode(row, skip_special_tokens=True).strip() or EMPTY_ANSWER)
         if on_batch is not None:

@@ -65,12 +65,14 @@ def resolve_precision(requested: str, device: torch.device, quantized: bool) -> 
     return requested
 
 
-def greedy_answers(model: Any, tokenizer: Any, questions: Sequence[str], max_new_tokens: int) -> list[str]:
+def greedy_answers(
+    model: Any, tokenizer: Any, questions: Sequence[str], max_new_tokens: int, stop: threading.Event | None = None
+) -> list[str]:
     """Greedy answers in one batch, prompts built exactly as training and inference build
-    them. A static KV cache: the default one grows by concatenation at every token, ~10%
-    of a CPU decode here; the answers are the same."""
+    them (cut short once ``stop`` is set). A static KV cache: the default one grows by
+    concatenation at every token, ~10% of a CPU decode here; the answers are the same."""
     prompts = [prompt_ids(tokenizer, q) for q in questions]
-    return greedy_texts(model, tokenizer, prompts, max_new_tokens, cache_implementation="static")
+    return greedy_texts(model, tokenizer, prompts, max_new_tokens, cache_implementation="static", stop=stop)
 
 
 class PackedLinear(torch.nn.Module):
@@ -211,14 +213,14 @@ class PredictionSampler:
                     target.weight.copy_(merged)
         return self._shadow
 
-    def prepare(self, model: torch.nn.Module) -> Callable[[], list[dict]]:
-        """Snapshot what answering needs now; the returned call decodes and gives the
-        PredictionSample dicts."""
+    def prepare(self, model: torch.nn.Module, stop: threading.Event | None = None) -> Callable[[], list[dict]]:
+        """Snapshot what answering needs now; the returned call decodes (cut short once
+        ``stop`` is set) and gives the PredictionSample dicts."""
         questions = [p.prompt for p in self.plan.prompts]
         limit = self.plan.max_new_tokens
         if self.concurrent:
             shadow = self._refreshed_shadow(model)
-            return lambda: self.plan.samples(greedy_answers(shadow, self.tokenizer, questions, limit))
+            return lambda: self.plan.samples(greedy_answers(shadow, self.tokenizer, questions, limit, stop))
 
         def answer_with_the_model() -> list[dict]:
             was_training = model.training
@@ -244,7 +246,9 @@ class PredictionTracker:
     thread, overlapping the next training steps, and its ``prediction`` event is emitted
     from that thread when it is done. One sampling point at a time: the next one first
     waits for the one before, so events arrive in step order. Call :meth:`wait` before
-    the loop returns (or raises), so no event comes after the job's end.
+    the loop returns, so no event comes after the job's end; where the loop ends early
+    (a cancel, a failure), ``wait(abandon=True)`` stops the decoding in flight after its
+    current token and drops its answers, so a cancel is not held up by a long decode.
 
     Otherwise the decoding runs in the calling thread, inside a forked RNG, before
     training goes on.
@@ -255,6 +259,7 @@ class PredictionTracker:
         self._emit = emit
         self._warn = warn
         self._thread: threading.Thread | None = None
+        self._abandoned = threading.Event()
         #: Seconds the training loop was held up by tracking (snapshots, waits, decoding
         #: that could not run beside it) and seconds spent decoding, wherever it ran.
         self.stalled_s = 0.0
@@ -264,7 +269,7 @@ class PredictionTracker:
         started = time.perf_counter()
         self._join()
         try:
-            decode = self.sampler.prepare(model)
+            decode = self.sampler.prepare(model, self._abandoned)
         except Exception as exc:
             self._failed(step, exc)
         else:
@@ -279,9 +284,12 @@ class PredictionTracker:
                     self._answer(decode, step, epoch)
         self.stalled_s += time.perf_counter() - started
 
-    def wait(self) -> None:
-        """Until the sampling point in flight (if any) has emitted its event."""
+    def wait(self, abandon: bool = False) -> None:
+        """Until the sampling point in flight (if any) has emitted its event; with
+        ``abandon``, until it has stopped, without an event."""
         started = time.perf_counter()
+        if abandon:
+            self._abandoned.set()
         self._join()
         self.stalled_s += time.perf_counter() - started
 
@@ -299,6 +307,8 @@ class PredictionTracker:
             return
         finally:
             self.decoding_s += time.perf_counter() - started
+        if self._abandoned.is_set():
+            return  # cut short: not the model's answers
         self._emit({"kind": "prediction", "step": step, "epoch": epoch, "samples": samples,
                     "precision": self.sampler.precision})
 

@@ -257,7 +257,7 @@ def train_lora(
       instead of decoding the same answers twice); where tracking decodes from its own
       bfloat16 copy, the event is emitted from the background thread that decoded it,
       while training goes on (so ``emit`` must be thread-safe), and always before this
-      call returns;
+      call returns (a sampling point still decoding when the call raises is dropped);
     * ``{"kind": "params", "request_id", "changes", "effective_step"}`` when a runtime
       change from ``control`` is applied;
     * ``{"kind": "log", "level", "message"}`` for notable things (the start, truncation,
@@ -413,11 +413,14 @@ def train_lora(
                 if on_checkpoint is not None:
                     on_checkpoint(info)
                 emit({"kind": "status", "status": "running"})
-    finally:
+    except BaseException:
         if tracker is not None:
-            tracker.wait()  # the last sampling point's event comes before the job ends
-            outcome.prediction_stall_s = tracker.stalled_s
-            outcome.prediction_decoding_s = tracker.decoding_s
+            tracker.wait(abandon=True)  # a cancel or failure does not wait for a decoding in flight
+        raise
+    if tracker is not None:
+        tracker.wait()  # the last sampling point's event comes before the job ends
+        outcome.prediction_stall_s = tracker.stalled_s
+        outcome.prediction_decoding_s = tracker.decoding_s
 
     outcome.duration_s = time.monotonic() - started
     return outcome
