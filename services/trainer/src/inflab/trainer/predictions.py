@@ -20,7 +20,6 @@ prediction event says which arithmetic answered.
 from __future__ import annotations
 
 import copy
-import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -31,8 +30,6 @@ import torch
 from inflab.common.chat import prompt_ids
 from inflab.common.generation import greedy_texts
 from inflab.common.predictions import PredictionLimits, PredictionPlan, PredictionPrompt, plan_predictions
-
-log = logging.getLogger(__name__)
 
 __all__ = [
     "PackedLinear", "PredictionLimits", "PredictionPlan", "PredictionPrompt", "PredictionSampler",

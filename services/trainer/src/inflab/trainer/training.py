@@ -344,13 +344,17 @@ def train_lora(
     # that is exact: no dropout to share, no gradient checkpointing (QLoRA) to disable the cache.
     exact_sharing = hp.lora_dropout == 0 and hp.quantization == "none"  # 4-bit: checkpointing is on
     loss_fn = answer_loss_shared_prefix if exact_sharing else answer_loss
+
+    def tracking_due(step: int, epoch_end: bool) -> bool:
+        # The last step's sampling point is left to the inference stage when it answers it.
+        return plan is not None and plan.due(step, epoch_end) and not (final_predictions_elsewhere and step == total)
+
     model.train()
-    if tracker is not None and resume_from is not None and tracker.sampler.concurrent:
+    if resume_from is not None and tracking_due(step, epoch_end=True) and tracker.sampler.concurrent:
         # The sampling point of the checkpoint resumed from: its decoding overlapped the
         # next steps, so the worker that died may not have sent it. The same weights give
         # the same answers, which replace any already stored.
-        if plan.due(step, epoch_end=True) and not (final_predictions_elsewhere and step == total):
-            tracker.sample(model, step, float(first_epoch - 1))
+        tracker.sample(model, step, float(first_epoch - 1))
     try:
         loop_started = time.monotonic()
         for epoch in range(first_epoch, hp.num_epochs + 1):
@@ -384,14 +388,10 @@ def train_lora(
                       "epoch": fractional_epoch, "eta_s": round(eta, 2)})
                 if log_now:
                     emit(window.flush(step, fractional_epoch, learning_rate, grad_norm))
-                sample_now = plan is not None and plan.frequency == "steps" and plan.due(step, epoch_end=False)
-                if sample_now and not (final_predictions_elsewhere and step == total):
-                    tracker.sample(model, step, fractional_epoch)
+                if tracking_due(step, epoch_end=index == len(groups) - 1):
+                    tracker.sample(model, step, fractional_epoch)  # at an epoch's end, fractional_epoch == epoch
 
             outcome.steps, outcome.epochs = step, epoch
-            sample_now = plan is not None and plan.frequency == "epoch"
-            if sample_now and not (final_predictions_elsewhere and step == total):
-                tracker.sample(model, step, float(epoch))
             if epoch % hp.checkpoint_interval == 0 or epoch == hp.num_epochs:
                 emit({"kind": "status", "status": "checkpointing"})
                 meta = {
