@@ -112,6 +112,15 @@ def settings(session_dir: Path, nats_url: str, database_url: str, run_tag: str) 
         nak_delay_s=0.2,
         max_deliver=3,
         train_num_cpus=1,
+        # Every test signs its client up from 127.0.0.1 against one shared database, so the
+        # per-address limits would add up across the suite; the account tests use strict
+        # limits (and addresses of their own) where they test them. Accounts sign in at
+        # once, as in the embedded stack; tests/integration/test_gateway_verification.py
+        # covers the verified-address flow.
+        login_max_per_address=1_000_000,
+        register_max_per_window=1_000_000,
+        mail_max_per_window=1_000_000,
+        require_email_verification=False,
     )
 
 

@@ -92,6 +92,8 @@ def _print_ready(stack) -> None:
     console.print(_components_table(stack.components, title="Influence Lab is up"))
     console.print(f"Gateway: [bold green]{stack.gateway_url}[/]")
     console.print(f"Logs:    {stack.logs_dir}   State: {stack.state_path}")
+    if not stack.settings.smtp_host:
+        console.print(f"Mail:    {stack.settings.mail_folder}")
     console.print("Press Ctrl-C to stop everything.")
 
 
@@ -116,6 +118,8 @@ def ps() -> None:
         console.print(f"[red]Failure:[/] {state['failure']}")
     console.print(_components_table(state["components"]))
     console.print(f"Logs in {state.get('logs_dir')}")
+    if state.get("mail_dir"):
+        console.print(f"Mail (verification and password-reset links) in {state['mail_dir']}")
     for comp in state["components"]:
         if comp.health_url and comp.alive():
             console.print(f"{comp.name} health ({comp.health_url}): {_health(comp.health_url)}")

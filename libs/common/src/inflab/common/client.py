@@ -215,6 +215,10 @@ class GatewayClient:
                 response = await self._http.post("/api/auth/register", json=credentials)
                 if response.status_code == 409:
                     raise GatewayError(f"could not sign in as {email}: the account exists with another password")
+                if response.status_code == 202:
+                    # This gateway requires verified addresses (the embedded stack does not).
+                    raise GatewayError(f"{email} must be verified before it can sign in: follow the link "
+                                       "mailed to it, then sign in again")
         except httpx.TransportError as exc:
             raise GatewayError(f"sign-in: gateway unreachable ({exc!r})") from exc
         if response.status_code not in (200, 201):

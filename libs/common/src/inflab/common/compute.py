@@ -49,6 +49,10 @@ def set_threads(num_cpus: float) -> int:
 
 
 def _streaming_body(fn: Callable, num_cpus: float, args: tuple, kwargs: dict):
+    from inflab.common import redaction
+
+    # A Ray worker process logs through Ray's handlers, not the service's: mask there too.
+    redaction.install()
     set_threads(num_cpus)
     events: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}

@@ -1,7 +1,9 @@
 """Logging for command-line entry points: readable on a terminal, plain in a log file.
 
 The CLI prints with rich; services write to log files the supervisor collects, where
-colour codes would be noise. Hence one switch: rich output only on a terminal.
+colour codes would be noise. Hence one switch: rich output only on a terminal. Either way
+credentials are masked in every record (:mod:`inflab.common.redaction`), as in the
+gateway's JSON logs.
 """
 
 from __future__ import annotations
@@ -9,11 +11,14 @@ from __future__ import annotations
 import logging
 import sys
 
+from inflab.common import redaction
+
 PLAIN_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
 
 
 def setup_logging(level: str | int = "INFO", *, rich: bool | None = None) -> None:
     """Configure the root logger once (``level`` as in ``INFLAB_LOG_LEVEL``)."""
+    redaction.install()
     if rich is None:
         rich = sys.stderr.isatty()
     if rich:

@@ -117,19 +117,31 @@ class PredictionSettings(Contract):
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
+#: Hard ceilings of the contract (a deployment's own limits, in settings, are lower): lists
+#: longer than these are refused while they are parsed.
+MAX_TRAINING_PAIRS = 100_000
+MAX_EVAL_QUESTIONS = 10_000
+MAX_INFLUENCE_METHODS = 16
+MAX_INFLUENCE_ARGS = 64
+
+
 class RunSpec(Contract):
     """Everything a run needs, frozen at submission (the run's config snapshot)."""
 
     model_id: Annotated[str, Field(min_length=1, max_length=512)] = DEFAULT_MODEL_ID
-    training_data: list[TrainingPair] = Field(min_length=1, max_length=100_000)
-    eval_data: list[EvalQuestion] = Field(min_length=1, max_length=10_000)
+    training_data: list[TrainingPair] = Field(min_length=1, max_length=MAX_TRAINING_PAIRS)
+    eval_data: list[EvalQuestion] = Field(min_length=1, max_length=MAX_EVAL_QUESTIONS)
     hyperparams: Hyperparams = Field(default_factory=Hyperparams)
-    influence_methods: list[str] = Field(default_factory=lambda: ["tracin"], min_length=1)
+    influence_methods: list[Annotated[str, Field(max_length=64)]] = Field(
+        default_factory=lambda: ["tracin"], min_length=1, max_length=MAX_INFLUENCE_METHODS
+    )
     #: Per-method arguments, e.g. ``{"datainf": {"damping": 0.01}, "ekfac": {"top_k": 10}}``.
     #: Keys must be known methods; the values are checked by the influence service against
     #: the method's argument dataclass (a bad one ends that method's stage as failed, naming
     #: the argument). ``top_k`` (default 5) sizes the summary of every result.
-    influence_args: dict[str, dict[str, Union[str, int, float, bool, None]]] = Field(default_factory=dict)
+    influence_args: dict[
+        str, Annotated[dict[str, Union[str, int, float, bool, None]], Field(max_length=MAX_INFLUENCE_ARGS)]
+    ] = Field(default_factory=dict, max_length=MAX_INFLUENCE_METHODS)
     #: How many training pairs the few-shot prompt shows the base model.
     few_shot_k: int = Field(3, ge=0, le=64)
     max_new_tokens: int = Field(48, ge=1, le=2048)

@@ -6,10 +6,11 @@ under ``INFLAB_HOME`` (``.inflab/`` in the working directory). Production sets t
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -146,20 +147,58 @@ class Settings(BaseSettings):
         description="The account `inflab demo` signs in as (registered on first use).",
     )
 
-    # Accounts and sign-in (inflab.gateway.auth).
-    #: Browser sessions and bearer access tokens expire this long after sign-in.
+    # Accounts and sign-in (inflab.gateway.auth). docs/security.md says how they fit.
+    #: Sessions (browser cookies and bearer access tokens) end this long after sign-in...
     session_ttl_s: float = 14 * 24 * 3600
-    #: None: the session cookie is Secure exactly when the request came over https.
-    cookie_secure: bool | None = None
+    #: ...or after this long without a request, whichever comes first. A session's
+    #: last-seen time is written at most once a minute.
+    session_idle_timeout_s: float = 24 * 3600
+    #: The session cookie is ``Secure`` and named ``__Host-inflab_session``. Only the
+    #: embedded stack, which serves plain http on 127.0.0.1, turns this off (the cookie is
+    #: then ``inflab_session``): a browser never sends a Secure cookie over http.
+    cookie_secure: bool = True
+    #: A password account must follow the link mailed to its address before it can sign
+    #: in. The embedded stack turns this off so a newcomer can register and start at once.
+    require_email_verification: bool = True
+    #: Where browsers reach the app; the links in mails point here
+    #: (``{public_url}/verify-email?token=...``, ``{public_url}/reset-password?token=...``).
+    public_url: str = "http://127.0.0.1:8000"
+    email_verification_ttl_s: float = 48 * 3600
+    password_reset_ttl_s: float = 3600
     password_min_length: int = 10
     password_max_length: int = 1024
-    #: Failed sign-ins per account (and per client address) within the window before
-    #: further attempts get 429 until the window has passed.
+    #: Sign-in attempts per (email, client address) within ``login_window_s``. Attempts are
+    #: counted before the password is checked, and a successful sign-in clears its count:
+    #: past the limit every attempt gets 429 for a back-off that starts at
+    #: ``login_backoff_s`` and doubles at each further excess, up to ``login_backoff_max_s``
+    #: (no hard lock: nobody elsewhere can lock an account's owner out).
     login_max_failures: int = 5
+    #: Sign-in attempts per client address within the window, whatever the email.
+    login_max_per_address: int = 50
     login_window_s: float = 300.0
+    login_backoff_s: float = 30.0
+    login_backoff_max_s: float = 3600.0
     #: Registrations per client address within the window.
     register_max_per_window: int = 10
     register_window_s: float = 3600.0
+    #: Verification and password-reset mails asked for, per address and per client
+    #: address, within the window (so the gateway cannot be used to flood an inbox).
+    mail_max_per_window: int = 5
+    mail_window_s: float = 3600.0
+    #: Proxies whose ``X-Forwarded-For`` (and ``-Proto``) are believed: addresses or
+    #: networks, comma-separated ("10.0.0.0/8,127.0.0.1"); empty: none, and the client
+    #: address is the connection's. Rate limits key on the address this yields.
+    forwarded_allow_ips: str = ""
+    #: argon2id parameters for new password hashes; a stored hash made with others is
+    #: re-hashed at the next sign-in. Defaults: RFC 9106's second recommendation, as
+    #: argon2-cffi has them.
+    argon2_time_cost: int = Field(3, ge=1)
+    argon2_memory_kib: int = Field(65536, ge=8)
+    argon2_parallelism: int = Field(4, ge=1)
+    #: Threads that hash passwords (never the event loop), and how many hash jobs may wait
+    #: for one before further sign-ins get 503 with Retry-After.
+    password_hash_threads: int = Field(2, ge=1)
+    password_hash_queue: int = Field(32, ge=1)
     #: Signs the short-lived OAuth state cookie; replicas behind one load balancer need the
     #: same value. Empty: a random key per process.
     secret_key: SecretStr = SecretStr("")
@@ -169,6 +208,23 @@ class Settings(BaseSettings):
     google_discovery_url: str = "https://accounts.google.com/.well-known/openid-configuration"
     #: Where the browser lands after signing in with Google.
     post_login_redirect: str = "/"
+    #: ``GET /metrics`` answers only ``Authorization: Bearer <metrics_token>``; empty:
+    #: /metrics is off (404). Prometheus sends it with ``authorization.credentials_file``.
+    metrics_token: SecretStr = SecretStr("")
+
+    # Mail (verification links, password resets). With no ``smtp_host`` every mail is
+    # written as an .eml file to ``mail_dir`` instead (the embedded stack's default).
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    #: ``starttls`` (upgrade a plain connection, port 587), ``tls`` (implicit TLS, port
+    #: 465) or ``none`` (a relay on the same host or network only).
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_timeout_s: float = 30.0
+    mail_from: str = "Influence Lab <noreply@localhost>"
+    #: Where mails go when no SMTP host is set; default ``INFLAB_HOME/mail``.
+    mail_dir: Path | None = None
 
     @field_validator("estimate_tiers", mode="before")
     @classmethod
@@ -184,7 +240,19 @@ class Settings(BaseSettings):
         # Naming one price (INFLAB_GPU_PRICES='{"A100-80GB": 1.2}') keeps the others.
         return {**DEFAULT_GPU_PRICES, **v}
 
-    @field_validator("home", "model_cache_dir")
+    @field_validator("forwarded_allow_ips")
+    @classmethod
+    def _addresses(cls, v: str) -> str:
+        # uvicorn would take a mistyped entry for a literal host name and trust nothing.
+        for entry in filter(None, (part.strip() for part in v.split(","))):
+            if entry != "*":
+                try:
+                    ipaddress.ip_network(entry, strict=False)
+                except ValueError:
+                    raise ValueError(f"{entry!r} is not an IP address or network") from None
+        return v
+
+    @field_validator("home", "model_cache_dir", "mail_dir")
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
         # Ray workers run in their own folders: every path handed to them is absolute.
@@ -193,6 +261,10 @@ class Settings(BaseSettings):
     @property
     def models_dir(self) -> Path:
         return self.model_cache_dir or (self.home / "models")
+
+    @property
+    def mail_folder(self) -> Path:
+        return self.mail_dir or (self.home / "mail")
 
     @property
     def objects_url(self) -> str:

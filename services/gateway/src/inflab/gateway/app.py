@@ -10,25 +10,29 @@ import secrets
 from collections.abc import AsyncIterator
 from importlib.metadata import PackageNotFoundError, version
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from inflab.common.bus import Bus
 from inflab.common.db.session import make_engine, make_sessionmaker
 from inflab.common.settings import Settings, get_settings
 from inflab.gateway.auth.google import make_oauth
-from inflab.gateway.auth.ratelimit import SlidingWindow
+from inflab.gateway.auth.passwords import HasherBusy, PasswordHasher
 from inflab.gateway.auth.rls import user_sessionmaker
+from inflab.gateway.auth.throttle import Rules, Throttle
 from inflab.gateway import errors, metrics
 from inflab.gateway.limits import BodyLimitMiddleware
+from inflab.gateway.mail import Mailer
 from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.persister import EventPersister
 from inflab.gateway import limits
 from inflab.gateway.routes import contracts, control, estimates, experiments, health, predictions, runs
-from inflab.gateway.routes import auth, tokens
+from inflab.gateway.routes import account, auth, tokens
 from inflab.gateway.submissions import RunSubmissions
 
 log = logging.getLogger(__name__)
@@ -54,6 +58,11 @@ def end_streams(app: FastAPI) -> None:
         loop.call_soon_threadsafe(notifier.close)
 
 
+async def _hasher_busy(request: Request, exc: HasherBusy) -> JSONResponse:
+    return JSONResponse({"detail": "too many sign-ins at once; retry in a moment"},
+                        status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"})
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
 
@@ -70,6 +79,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sessionmaker = make_sessionmaker(engine)
             app.state.sessionmaker = sessionmaker
             app.state.user_sessionmaker = user_sessionmaker(engine)
+            app.state.throttle = Throttle(sessionmaker)
             app.state.notifier = notifier
             app.state.loop = asyncio.get_running_loop()
             bus = app.state.bus = await Bus.connect(settings, "gateway")
@@ -92,6 +102,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if bus is not None:
                 await bus.close()
             await engine.dispose()
+            app.state.hasher.close()
 
     app = FastAPI(
         title="Influence Lab",
@@ -102,8 +113,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.oauth = make_oauth(settings)
-    app.state.login_limiter = SlidingWindow(settings.login_max_failures, settings.login_window_s)
-    app.state.register_limiter = SlidingWindow(settings.register_max_per_window, settings.register_window_s)
+    app.state.hasher = PasswordHasher(settings)
+    app.state.rules = Rules.from_settings(settings)
+    app.state.mailer = Mailer(settings)
+    if settings.require_email_verification and app.state.mailer.folder is not None:
+        log.warning("email verification is required but INFLAB_SMTP_HOST is not set: verification and "
+                    "reset mails are only written to %s", app.state.mailer.folder)
     # Holds only the OpenID Connect state and nonce between the redirect and the callback.
     app.add_middleware(
         SessionMiddleware,
@@ -111,17 +126,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         session_cookie="inflab_oauth",
         max_age=600,
         same_site="lax",
-        https_only=bool(settings.cookie_secure),
+        https_only=settings.cookie_secure,
     )
     app.state.metrics = metrics.GatewayMetrics()
     app.add_exception_handler(RequestValidationError, errors.validation_error)
     app.add_exception_handler(StarletteHTTPException, errors.http_error)
+    app.add_exception_handler(HasherBusy, _hasher_busy)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     # Outermost: a refused body still gets its request id, metrics and log line.
     app.add_middleware(metrics.RequestMiddleware, metrics=app.state.metrics)
+    # Before everything: the client address (rate limits, logs) and scheme are the
+    # forwarded ones only behind a listed proxy. uvicorn's own copy of this middleware is
+    # off (server.py), since it trusts 127.0.0.1 by default.
+    proxies = [entry.strip() for entry in settings.forwarded_allow_ips.split(",") if entry.strip()]
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=proxies)
     app.include_router(health.router)
     app.include_router(metrics.router)
     app.include_router(auth.router)
+    app.include_router(account.router)
     app.include_router(tokens.router)
     app.include_router(experiments.router)
     app.include_router(runs.router)

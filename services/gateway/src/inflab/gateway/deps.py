@@ -2,9 +2,10 @@
 
 ``CurrentUser`` is the one place that decides who is asking: a bearer token (an access
 token from sign-in or a personal API token) or the browser's session cookie, whose
-state-changing requests must carry the CSRF header (:mod:`inflab.gateway.auth`). Every
-query takes its owner from here, and ``SessionDep`` runs as that user under row level
-security (:mod:`inflab.gateway.auth.rls`).
+state-changing requests must carry the CSRF header (:mod:`inflab.gateway.auth`), and
+what an API token's scope lets it call (:mod:`inflab.gateway.auth.scopes`). Every query
+takes its owner from here, and ``SessionDep`` runs as that user under row level security
+(:mod:`inflab.gateway.auth.rls`).
 """
 
 from __future__ import annotations
@@ -21,14 +22,17 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from inflab.common.bus import Bus
 from inflab.common.db.models import Experiment, Run, User
 from inflab.common.settings import Settings
-from inflab.gateway.auth.accounts import Caller, caller_for_token
+from inflab.gateway.auth import scopes
+from inflab.gateway.auth.cookies import session_cookie
+from inflab.gateway.auth.passwords import PasswordHasher
 from inflab.gateway.auth.rls import session_for
+from inflab.gateway.auth.sessions import Caller, caller_for_token
+from inflab.gateway.auth.throttle import Rules, Throttle
+from inflab.gateway.mail import Mailer
 from inflab.gateway.notifier import RunNotifier
 
-SESSION_COOKIE = "inflab_session"
-CSRF_COOKIE = "inflab_csrf"
 CSRF_HEADER = "X-CSRF-Token"
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+SAFE_METHODS = scopes.SAFE_METHODS
 
 
 def get_settings(request: Request) -> Settings:
@@ -55,6 +59,22 @@ def get_notifier(request: Request) -> RunNotifier:
     return request.app.state.notifier
 
 
+def get_hasher(request: Request) -> PasswordHasher:
+    return request.app.state.hasher
+
+
+def get_throttle(request: Request) -> Throttle:
+    return request.app.state.throttle
+
+
+def get_rules(request: Request) -> Rules:
+    return request.app.state.rules
+
+
+def get_mailer(request: Request) -> Mailer:
+    return request.app.state.mailer
+
+
 def _unauthenticated(detail: str = "sign in or send a bearer token") -> HTTPException:
     return HTTPException(status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"})
 
@@ -62,19 +82,23 @@ def _unauthenticated(detail: str = "sign in or send a bearer token") -> HTTPExce
 async def current_caller(
     request: Request, sessionmaker: Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
 ) -> Caller:
+    settings: Settings = request.app.state.settings
     authorization = request.headers.get("authorization")
     async with sessionmaker() as session:
         if authorization:
             scheme, _, token = authorization.partition(" ")
             if scheme.lower() != "bearer" or not token.strip():
                 raise _unauthenticated("Authorization must be 'Bearer <token>'")
-            caller = await caller_for_token(session, token.strip(), "bearer")
-        elif cookie := request.cookies.get(SESSION_COOKIE):
-            caller = await caller_for_token(session, cookie, "cookie")
+            caller = await caller_for_token(session, token.strip(), "bearer", settings)
+        elif cookie := request.cookies.get(session_cookie(settings)):
+            caller = await caller_for_token(session, cookie, "cookie", settings)
         else:
             raise _unauthenticated()
     if caller is None:
         raise _unauthenticated("unknown, expired or revoked token")
+    refused = scopes.refusal(caller.scope, request.method, getattr(request.scope.get("route"), "path", None))
+    if refused is not None:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, refused)
     if caller.via == "cookie" and request.method not in SAFE_METHODS:
         # Double submit: a cross-site form can send the cookie but cannot read it to
         # send its CSRF token back in a header.
@@ -85,6 +109,17 @@ async def current_caller(
 
 
 CallerDep = Annotated[Caller, Depends(current_caller)]
+
+
+def session_caller(caller: CallerDep) -> Caller:
+    """A caller signed in with a session: what manages the account itself (API tokens,
+    the password, every session) is not for API tokens, whatever their scope."""
+    if caller.via == "api_token":
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "only a signed-in session can do this, not an API token")
+    return caller
+
+
+SessionCallerDep = Annotated[Caller, Depends(session_caller)]
 
 
 def current_user(caller: CallerDep) -> User:
@@ -104,6 +139,10 @@ SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessio
 BusDep = Annotated[Bus, Depends(get_bus)]
 NotifierDep = Annotated[RunNotifier, Depends(get_notifier)]
 CurrentUser = Annotated[User, Depends(current_user)]
+HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]
+ThrottleDep = Annotated[Throttle, Depends(get_throttle)]
+RulesDep = Annotated[Rules, Depends(get_rules)]
+MailerDep = Annotated[Mailer, Depends(get_mailer)]
 
 
 def _uuid_or_404(value: str, what: str) -> UUID:
@@ -114,23 +153,25 @@ def _uuid_or_404(value: str, what: str) -> UUID:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"{what} not found") from None
 
 
-async def owned_experiment(
-    experiment_id: Annotated[str, Path()], session: SessionDep, user: CurrentUser
-) -> Experiment:
-    experiment = await session.scalar(
-        select(Experiment).where(
-            Experiment.id == _uuid_or_404(experiment_id, "experiment"), Experiment.owner_id == user.id
-        )
+async def owned_experiment(experiment_id: Annotated[str, Path()], session: SessionDep, caller: CallerDep) -> Experiment:
+    query = select(Experiment).where(
+        Experiment.id == _uuid_or_404(experiment_id, "experiment"), Experiment.owner_id == caller.user.id
     )
+    if caller.scope == "submit":  # only what this token created
+        query = query.where(Experiment.api_token_id == caller.api_token_id)
+    experiment = await session.scalar(query)
     if experiment is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "experiment not found")
     return experiment
 
 
-async def owned_run(run_id: Annotated[str, Path()], session: SessionDep, user: CurrentUser) -> Run:
-    run = await session.scalar(
-        select(Run).where(Run.id == _uuid_or_404(run_id, "run"), Run.owner_id == user.id)
-    )
+async def owned_run(run_id: Annotated[str, Path()], session: SessionDep, caller: CallerDep) -> Run:
+    query = select(Run).where(Run.id == _uuid_or_404(run_id, "run"), Run.owner_id == caller.user.id)
+    if caller.scope == "submit":  # only runs of the experiments this token created
+        query = query.join(Experiment, Experiment.id == Run.experiment_id).where(
+            Experiment.api_token_id == caller.api_token_id
+        )
+    run = await session.scalar(query)
     if run is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "run not found")
     return run

@@ -15,6 +15,14 @@ from pydantic import ValidationError
 from inflab.gateway.schemas import EvalQuestionIn, RowError, TrainingPairIn
 
 COLUMNS = ("id", "question", "answer")
+
+
+class TooDeep(ValueError):
+    """A JSONL line nests too deeply to be parsed: the file is malformed as a whole."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(f"line {line}: JSON nested too deeply")
+        self.line = line
 #: Errors listed in a report; a file of a million bad rows does not need a million lines.
 MAX_REPORTED_ERRORS = 100
 
@@ -32,9 +40,14 @@ def _jsonl_rows(content: str) -> Iterator[tuple[int, Any, RowError | None]]:
         if not line.strip():
             continue
         try:
-            yield line_no, json.loads(line), None
+            row = json.loads(line)
+        except RecursionError:
+            # The parser recurses per level: a line of 100 000 "[" exhausts the stack.
+            raise TooDeep(line_no) from None
         except ValueError as exc:
             yield line_no, None, RowError(row=line_no, field=None, message=f"not JSON: {exc}")
+        else:
+            yield line_no, row, None
 
 
 def _csv_rows(content: str) -> Iterator[tuple[int, Any, RowError | None]]:
@@ -75,7 +88,8 @@ def _csv_rows(content: str) -> Iterator[tuple[int, Any, RowError | None]]:
 
 
 def parse_rows(content: str, format: str, target: str, max_text_chars: int) -> ParsedRows:
-    """Every row of ``content`` validated as ``target`` items (ids may be missing)."""
+    """Every row of ``content`` validated as ``target`` items (ids may be missing).
+    Raises :class:`TooDeep` for a JSONL line nested beyond what can be parsed."""
     model = TrainingPairIn if target == "training_data" else EvalQuestionIn
     parsed = ParsedRows()
     for line_no, raw, error in (_jsonl_rows if format == "jsonl" else _csv_rows)(content):

@@ -1,5 +1,6 @@
 """Structured logs: one JSON object per line, each carrying the id of the request it
-belongs to, with credentials masked wherever they appear in a message.
+belongs to, with credentials masked wherever they appear in a message
+(:mod:`inflab.common.redaction`, which the workers' logs use too).
 
 The request id comes from the client's ``X-Request-ID`` when it is a sane token (so a
 proxy's or pipeline's id follows the request through), otherwise it is made here; the
@@ -16,28 +17,16 @@ import uuid
 from contextvars import ContextVar
 from datetime import datetime, timezone
 
+from inflab.common import redaction
+from inflab.common.redaction import redact
+
 #: The id of the request being served, for every log record made while serving it.
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)
 
 REQUEST_ID_HEADER = "x-request-id"
 _SANE_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
-# user:password@ in URLs; key=value and "key": "value" for credential-like keys; bearer tokens.
-_URL_CREDENTIALS = re.compile(r"(?P<keep>[a-z][a-z0-9+.\-]*://[^:/@\s]*:)[^@\s/]+@", re.IGNORECASE)
-_KEY_VALUE = re.compile(
-    r"(?P<keep>[\"']?\b[\w\-]*(?:password|passwd|secret|token|api[_\-]?key|authorization|cookie)[\w\-]*[\"']?"
-    r"\s*[=:]\s*[\"']?)(?:bearer\s+)?[^\s\"',;&]+",
-    re.IGNORECASE,
-)
-_BEARER = re.compile(r"(?P<keep>\bbearer\s+)[A-Za-z0-9._~+/\-]+=*", re.IGNORECASE)
-MASK = "***"
-
-
-def redact(text: str) -> str:
-    """``text`` with credentials it may hold replaced by ``***``."""
-    for pattern in (_URL_CREDENTIALS, _BEARER, _KEY_VALUE):
-        text = pattern.sub(lambda m: f"{m.group('keep')}{MASK}" + ("@" if pattern is _URL_CREDENTIALS else ""), text)
-    return text
+__all__ = ["JsonFormatter", "redact", "request_id_from", "request_id_var", "setup_json_logging"]
 
 
 def request_id_from(header: str | None) -> str:
@@ -70,6 +59,7 @@ class JsonFormatter(logging.Formatter):
 
 def setup_json_logging(level: str | int = "INFO") -> None:
     """The root logger writes JSON lines to stderr (what a log collector reads)."""
+    redaction.install()
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

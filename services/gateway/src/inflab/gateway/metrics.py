@@ -3,18 +3,26 @@
 Each app has its own registry (tests build several apps in one process). Requests are
 labelled by route template (``/api/runs/{run_id}``), never by raw path, so label
 cardinality stays bounded; paths that match no route count as ``unmatched``.
+
+``GET /metrics`` is behind its own bearer token (``INFLAB_METRICS_TOKEN``) on the
+gateway's one port, and off (404) without one. Behind auth rather than on a port of its
+own: the runs-by-status gauge counts every user's runs, so it is not for users, and one
+listener keeps one thing to expose, probe and secure (Prometheus sends the token with
+``authorization: {credentials_file: ...}``); a second port would be one more that must
+never reach the Ingress.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Annotated, get_args
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -115,9 +123,20 @@ def _route(scope: Scope) -> str:
     return getattr(route, "path", None) or "unmatched"
 
 
+def _scraper_only(request: Request) -> None:
+    expected = request.app.state.settings.metrics_token.get_secret_value()
+    if not expected:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, "metrics are off: set INFLAB_METRICS_TOKEN")
+    scheme, _, sent = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), expected.encode()):
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, "send the metrics token as a bearer token",
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
 @router.get("/metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    """Prometheus text format."""
+    """Prometheus text format, for the holder of ``INFLAB_METRICS_TOKEN``."""
+    _scraper_only(request)
     state = request.app.state
     gauge: GatewayMetrics = state.metrics
     try:

@@ -2,11 +2,13 @@
 
 Run inputs reuse the message contract's models (``TrainingPair``, ``EvalQuestion``,
 ``Hyperparams``, ``RunSpec``), so the API and the bus accept exactly the same things and
-share their limits.
+share their limits. Every list has a ``max_length`` (refused while parsing, before any
+validator runs), and every validator is linear in its input.
 """
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 from typing import Annotated, Any, Literal
 from uuid import UUID
@@ -14,6 +16,9 @@ from uuid import UUID
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
 from inflab.common.messages import (
+    MAX_EVAL_QUESTIONS,
+    MAX_INFLUENCE_METHODS,
+    MAX_TRAINING_PAIRS,
     Answer,
     CheckpointRef,
     EvalQuestion,
@@ -28,22 +33,34 @@ from inflab.common.settings import Settings
 from inflab.gateway.influence import InfluenceMatrixOut
 
 
-def _unstorable_text(value: Any, loc: tuple = ()) -> tuple | None:
-    """Where in a raw body a string holds what Postgres cannot store (NUL) or what is not
-    Unicode at all (a lone surrogate, which JSON's ``\\ud800`` escape can smuggle in)."""
-    if isinstance(value, str):
-        if "\x00" in value or any("\ud800" <= ch <= "\udfff" for ch in value):
-            return loc
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            found = _unstorable_text(key, loc) or _unstorable_text(item, (*loc, key))
-            if found is not None:
-                return found
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            found = _unstorable_text(item, (*loc, i))
-            if found is not None:
-                return found
+#: Deeper JSON than this is refused: no run input nests beyond a few levels, and walking
+#: (or echoing) a pathologically deep document must not exhaust the stack.
+MAX_JSON_DEPTH = 32
+
+
+def _bad_text(text: str) -> bool:
+    return "\x00" in text or any("\ud800" <= ch <= "\udfff" for ch in text)
+
+
+def _unstorable_text(value: Any) -> tuple[tuple, str] | None:
+    """Where in a raw body (and why) something cannot be stored: a string holding what
+    Postgres cannot store (NUL) or what is not Unicode at all (a lone surrogate, which
+    JSON's ``\\ud800`` escape can smuggle in), or nesting deeper than ``MAX_JSON_DEPTH``.
+    Iterative, so no depth can exhaust the interpreter's stack."""
+    stack: list[tuple[Any, tuple]] = [(value, ())]
+    while stack:
+        item, loc = stack.pop()
+        if isinstance(item, str):
+            if _bad_text(item):
+                return loc, "text must be valid Unicode without NUL characters"
+        elif isinstance(item, dict | list):
+            if len(loc) >= MAX_JSON_DEPTH:
+                return loc, f"nested deeper than {MAX_JSON_DEPTH} levels"
+            pairs = item.items() if isinstance(item, dict) else enumerate(item)
+            for key, child in pairs:
+                if isinstance(key, str) and _bad_text(key):
+                    return loc, "text must be valid Unicode without NUL characters"
+                stack.append((child, (*loc, key)))
     return None
 
 
@@ -54,10 +71,10 @@ class Body(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _storable_text(cls, data: Any) -> Any:
-        loc = _unstorable_text(data)
-        if loc is not None:
-            where = ".".join(map(str, loc)) or "body"
-            raise ValueError(f"{where}: text must be valid Unicode without NUL characters")
+        found = _unstorable_text(data)
+        if found is not None:
+            loc, problem = found
+            raise ValueError(f"{'.'.join(map(str, loc)) or 'body'}: {problem}")
         return data
 
 
@@ -89,11 +106,13 @@ class ExperimentCreate(Body):
 
     name: Annotated[str, Field(min_length=1, max_length=200)]
     description: Annotated[str, Field(max_length=10_000)] = ""
-    training_data: list[TrainingPairIn] = Field(min_length=1)
-    eval_data: list[EvalQuestionIn] = Field(min_length=1)
-    model_id: str | None = None
+    training_data: list[TrainingPairIn] = Field(min_length=1, max_length=MAX_TRAINING_PAIRS)
+    eval_data: list[EvalQuestionIn] = Field(min_length=1, max_length=MAX_EVAL_QUESTIONS)
+    model_id: Annotated[str, Field(max_length=512)] | None = None
     hyperparams: Hyperparams = Field(default_factory=Hyperparams)
-    influence_methods: list[str] | None = None
+    influence_methods: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, max_length=MAX_INFLUENCE_METHODS
+    )
     few_shot_k: int | None = None
     max_new_tokens: int | None = None
     #: Prediction tracking during training; limits from settings
@@ -116,8 +135,8 @@ class ExperimentCreate(Body):
     def _unique_ids(cls, items: list[TrainingPairIn] | list[EvalQuestionIn] | None) -> list | None:
         if items is None:  # evaluation questions an estimate was not given
             return items
-        ids = [item.id for item in items]
-        duplicates = sorted({i for i in ids if ids.count(i) > 1})
+        counts = Counter(item.id for item in items)
+        duplicates = sorted(i for i, n in counts.items() if n > 1 and i is not None)
         if duplicates:
             raise ValueError(f"ids must be unique; repeated: {duplicates[:10]}")
         return items
@@ -159,11 +178,13 @@ class ExperimentUpdate(Body):
 
     name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     description: Annotated[str, Field(max_length=10_000)] | None = None
-    training_data: list[TrainingPairIn] | None = Field(None, min_length=1)
-    eval_data: list[EvalQuestionIn] | None = Field(None, min_length=1)
+    training_data: list[TrainingPairIn] | None = Field(None, min_length=1, max_length=MAX_TRAINING_PAIRS)
+    eval_data: list[EvalQuestionIn] | None = Field(None, min_length=1, max_length=MAX_EVAL_QUESTIONS)
     model_id: Annotated[str, Field(min_length=1, max_length=512)] | None = None
     hyperparams: HyperparamsPatch | None = None  # type: ignore[valid-type]
-    influence_methods: list[str] | None = None
+    influence_methods: list[Annotated[str, Field(max_length=64)]] | None = Field(
+        None, max_length=MAX_INFLUENCE_METHODS
+    )
     few_shot_k: int | None = None
     max_new_tokens: int | None = None
     predictions: PredictionSettingsPatch | None = None  # type: ignore[valid-type]
@@ -244,7 +265,7 @@ class EstimateRequest(ExperimentCreate):
     evaluation questions may be left out."""
 
     name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
-    eval_data: list[EvalQuestionIn] | None = None
+    eval_data: list[EvalQuestionIn] | None = Field(None, max_length=MAX_EVAL_QUESTIONS)
 
 
 class MemoryEstimate(BaseModel):

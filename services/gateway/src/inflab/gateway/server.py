@@ -29,5 +29,8 @@ def server_config(settings: Settings, **overrides) -> uvicorn.Config:
         port=settings.gateway_port,
         log_level=settings.log_level.lower(),
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
+        # The app reads X-Forwarded-* itself, from INFLAB_FORWARDED_ALLOW_IPS only
+        # (uvicorn's default would believe any client on 127.0.0.1).
+        proxy_headers=False,
     )
     return uvicorn.Config(create_app(settings), **(options | overrides))

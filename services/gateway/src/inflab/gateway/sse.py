@@ -4,7 +4,8 @@ Each frame is ``id: <run_events.id>``, ``event: <kind>``, ``data: <the event's J
 stream starts after the id the client names (``Last-Event-ID`` or ``?after=``), sends what
 is stored, then waits for the persister's poke or a heartbeat and reads again: Postgres is
 the only source, so reconnects, gateway restarts and replicas lose nothing. The stream
-ends after the run-level terminal status event.
+ends after the run-level terminal status event, or once the session or API token that
+opened it has ended (checked every heartbeat interval, busy or not).
 
 A plain async generator under ``StreamingResponse``: measured about half the per-event
 cost of sse-starlette on this hardware (GROUND.md).
@@ -14,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from uuid import UUID
 
@@ -28,6 +30,8 @@ from inflab.gateway.run_state import TERMINAL
 #: Rows read per query, so a long backlog is sent in bounded slices.
 BATCH = 500
 HEARTBEAT = b": keep-alive\n\n"
+#: The largest event id Postgres can hold (bigint); a client's larger one means "the end".
+MAX_EVENT_ID = 2**63 - 1
 
 
 @dataclass(frozen=True)
@@ -66,10 +70,16 @@ async def run_event_stream(
     run_id: UUID,
     after: int,
     heartbeat_s: float,
+    still_allowed: Callable[[], Awaitable[bool]] | None = None,
 ) -> AsyncIterator[bytes]:
     last = after
+    checked = time.monotonic()
     with notifier.subscribe(run_id) as poked:
         while not notifier.closed:
+            if still_allowed is not None and time.monotonic() - checked >= heartbeat_s:
+                if not await still_allowed():
+                    return  # signed out, revoked or expired: the client must sign in again
+                checked = time.monotonic()
             poked.clear()
             # A short session per read: an idle stream holds no database connection.
             async with sessionmaker() as session:

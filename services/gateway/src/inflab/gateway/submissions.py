@@ -5,7 +5,8 @@ A ``RunSubmission`` carries a personal API token in its ``Authorization: Bearer`
 The gateway checks the token (system path: it does not know the user yet), then, as that
 user under row level security, creates the experiment and the run (the submission id is
 the run id) and queues the train request, exactly as ``POST /api/experiments`` and
-``POST /api/experiments/{id}/runs`` would. A missing, unknown or revoked token, an invalid
+``POST /api/experiments/{id}/runs`` would (a ``submit`` token then reads the run over HTTP).
+A missing, unknown, expired, revoked or read-only token, an invalid
 experiment or a submission id another user's run has are dead-lettered at once on
 ``inflab.v1.deadletter.gateway`` with the reason; a redelivered submission finds its run
 and does nothing more.
@@ -25,7 +26,7 @@ from inflab.common.bus import Bus, Rejected
 from inflab.common.db.models import Experiment, Run
 from inflab.common.messages import RunSubmission
 from inflab.common.settings import Settings
-from inflab.gateway.auth.accounts import caller_for_api_token
+from inflab.gateway.auth.sessions import caller_for_api_token
 from inflab.gateway.auth.rls import session_for
 from inflab.gateway.launch import launch_run
 from inflab.gateway.notifier import RunNotifier
@@ -71,7 +72,9 @@ class RunSubmissions:
         async with self.sessionmaker() as session:
             caller = await caller_for_api_token(session, token)
             if caller is None:
-                raise Rejected("unknown or revoked API token")
+                raise Rejected("unknown, expired or revoked API token")
+            if caller.scope == "read":
+                raise Rejected("this API token is read-only (scope 'read'): submitting needs 'submit' or 'full'")
             existing = await session.get(Run, submission.submission_id)
         if existing is not None:
             if existing.owner_id != caller.user.id:
@@ -98,6 +101,7 @@ class RunSubmissions:
                 few_shot_k=spec.few_shot_k,
                 max_new_tokens=spec.max_new_tokens,
                 predictions=spec.predictions.model_dump(mode="json"),
+                api_token_id=caller.api_token_id,
             )
             session.add(experiment)
             await session.flush()

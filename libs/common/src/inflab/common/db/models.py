@@ -1,6 +1,8 @@
 """Postgres schema (SQLAlchemy 2 declarative). Changes go through Alembic in ``migrations/``.
 
-Every row belongs to a user, directly (``owner_id``) or through its run.
+Every row belongs to a user, directly (``owner_id``, ``user_id``) or through its run;
+``auth_throttles`` (rate-limit counters) belongs to the gateway alone. Row level security
+covers every table (migrations 0004 and 0006; a test checks none is left out).
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ class User(Base):
     email: Mapped[str] = mapped_column(String(320), unique=True, nullable=False)
     #: argon2id; None for an account that only signs in through a provider.
     password_hash: Mapped[str | None] = mapped_column(Text)
+    #: When the owner followed a verification link (or a provider vouched for the
+    #: address); None: not verified.
+    email_verified_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: What the app calls them; None: their email.
+    display_name: Mapped[str | None] = mapped_column(String(100))
+    #: The web app's colour theme: "dark" or "light".
+    theme: Mapped[str] = mapped_column(String(8), nullable=False, default="dark", server_default="dark")
     created_at: Mapped[datetime] = _created()
 
 
@@ -71,10 +80,15 @@ class AuthSession(Base):
     csrf_token: Mapped[str] = mapped_column(String(64), nullable=False)
     created_at: Mapped[datetime] = _created()
     expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    #: The session's last request (written at most once a minute); idle sessions end.
+    last_seen_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), server_default=func.now(), nullable=False
+    )
 
 
 class ApiToken(Base):
-    """A personal API token for pipelines: long-lived until revoked, stored as its SHA-256."""
+    """A personal API token for pipelines: valid until revoked or expired, stored as its
+    SHA-256."""
 
     __tablename__ = "api_tokens"
     id: Mapped[uuid.UUID] = _uuid_pk()
@@ -84,8 +98,45 @@ class ApiToken(Base):
     #: The token's first characters, so a list can tell tokens apart without revealing them.
     prefix: Mapped[str] = mapped_column(String(16), nullable=False)
     created_at: Mapped[datetime] = _created()
+    #: "full", "read" (GET only) or "submit" (submit runs and read those runs only).
+    scope: Mapped[str] = mapped_column(String(16), nullable=False, default="full", server_default="full")
+    #: None: until revoked.
+    expires_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Written at most once a minute.
     last_used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     revoked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class EmailToken(Base):
+    """A single-use link mailed to an account's address: ``verify_email`` or
+    ``reset_password``. Only the token's SHA-256 is stored."""
+
+    __tablename__ = "email_tokens"
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    user_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    purpose: Mapped[str] = mapped_column(String(16), nullable=False)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, nullable=False)
+    #: The address it was sent to: a verification is for that address only.
+    email: Mapped[str] = mapped_column(String(320), nullable=False)
+    created_at: Mapped[datetime] = _created()
+    expires_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    used_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class AuthThrottle(Base):
+    """Rate-limit counters shared by every gateway replica (sign-in, registration, mails).
+    ``key`` is the SHA-256 of the rule and what it counts (an email, a client address), so
+    no address is stored in the clear."""
+
+    __tablename__ = "auth_throttles"
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    window_started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False)
+    #: Attempts get 429 until then.
+    blocked_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: Times the limit was passed in a row; each doubles the next back-off.
+    strikes: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), nullable=False, index=True)
 
 
 class Experiment(Base):
@@ -104,6 +155,11 @@ class Experiment(Base):
     #: PredictionSettings. ``{}`` (rows from before the column) means the contract's defaults.
     predictions: Mapped[dict] = mapped_column(
         JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
+    )
+    #: The API token that created it, if one did: a ``submit`` token reads only the runs
+    #: of the experiments it created.
+    api_token_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("api_tokens.id", ondelete="SET NULL"), index=True, nullable=True
     )
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(

@@ -15,6 +15,12 @@ Start order is dependency order, stop order the reverse (services, Ray, PostgreS
 * Ray: a local head node unless ``ray_address`` names a cluster.
 * Services: ``python -m inflab.<name>`` each (injectable, so tests run stand-ins).
 
+The embedded stack serves one person, over plain http on their own machine, so it changes
+a few defaults (:func:`embedded_settings`; a setting given explicitly wins): no email
+verification before signing in (a newcomer registers and starts at once; mails, written
+to ``INFLAB_HOME/mail``, still carry the verification link), a session cookie without
+``Secure`` (it would never come back over http), and mail links pointing at its gateway.
+
 Settings reach the children through the environment, the one channel every process
 already reads (pydantic-settings). The whole resolved :class:`Settings` object is
 exported as ``INFLAB_*`` variables, so a setting given in code (not the environment) is
@@ -136,6 +142,18 @@ def default_services(settings: Settings, python: str = sys.executable) -> list[S
             )
         )
     return specs
+
+
+#: The defaults the embedded stack changes (see the module docstring).
+EMBEDDED_DEFAULTS: dict[str, Any] = {"require_email_verification": False, "cookie_secure": False}
+
+
+def embedded_settings(settings: Settings) -> Settings:
+    """``settings`` with the embedded stack's defaults, where not set explicitly."""
+    changes = {k: v for k, v in EMBEDDED_DEFAULTS.items() if k not in settings.model_fields_set}
+    if "public_url" not in settings.model_fields_set:
+        changes["public_url"] = gateway_url(settings)
+    return settings.model_copy(update=changes)
 
 
 def settings_environment(settings: Settings) -> dict[str, str | None]:
@@ -318,8 +336,9 @@ class Stack:
         migrate: bool = True,
     ) -> None:
         self.base_settings = settings
-        #: The settings the children see: the URLs of what this stack started filled in.
-        self.settings = settings.model_copy()
+        #: The settings the children see: the embedded defaults, and the URLs of what
+        #: this stack started filled in.
+        self.settings = embedded_settings(settings)
         self.specs = list(services) if services is not None else default_services(settings)
         self.max_restarts = max_restarts
         self.restart_backoff_s = restart_backoff_s
@@ -657,6 +676,8 @@ class Stack:
             "home": str(self.home),
             "logs_dir": str(self.logs_dir),
             "gateway_url": self.gateway_url,
+            # Where mails go when no SMTP server is set (verification and reset links).
+            "mail_dir": None if self.settings.smtp_host else str(self.settings.mail_folder),
             "components": [asdict(c) for c in self._components],
         }
         self.home.mkdir(parents=True, exist_ok=True)

@@ -10,14 +10,15 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from inflab.common.db.models import Experiment
 from inflab.common.messages import RunSpec
-from inflab.gateway.deps import CurrentUser, OwnedExperiment, SessionDep, SettingsDep
-from inflab.gateway.imports import MAX_REPORTED_ERRORS, number_and_dedupe, parse_rows
+from inflab.gateway.deps import CallerDep, CurrentUser, OwnedExperiment, SessionDep, SettingsDep
+from inflab.gateway.imports import MAX_REPORTED_ERRORS, TooDeep, number_and_dedupe, parse_rows
 from inflab.gateway.schemas import (
     ExperimentCreate,
     ExperimentOut,
@@ -27,7 +28,7 @@ from inflab.gateway.schemas import (
     ImportRequest,
     RowError,
 )
-from inflab.gateway.specs import experiment_spec, validated_spec
+from inflab.gateway.specs import body_error, experiment_spec, validated_spec
 
 router = APIRouter(prefix="/api/experiments", tags=["experiments"])
 
@@ -59,10 +60,13 @@ async def _saved(session: AsyncSession, experiment: Experiment) -> ExperimentOut
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_experiment(
-    body: ExperimentCreate, session: SessionDep, user: CurrentUser, settings: SettingsDep
+    body: ExperimentCreate, session: SessionDep, caller: CallerDep, settings: SettingsDep
 ) -> ExperimentOut:
     spec = validated_spec(body.spec_fields(settings), settings)
-    experiment = Experiment(owner_id=user.id, name=body.name, description=body.description)
+    # An API token that creates an experiment is remembered: a "submit" token may then
+    # start runs of it and read them, and nothing else.
+    experiment = Experiment(owner_id=caller.user.id, name=body.name, description=body.description,
+                            api_token_id=caller.api_token_id)
     _apply_spec(experiment, spec)
     session.add(experiment)
     return await _saved(session, experiment)
@@ -151,6 +155,7 @@ async def duplicate_experiment(experiment: OwnedExperiment, session: SessionDep,
     responses={
         **NOT_FOUND,
         400: {"model": ImportReport, "description": "Some rows are invalid; nothing was imported."},
+        422: {"description": "Invalid request, a JSONL line nested too deeply (`content`), or limits exceeded."},
     },
 )
 async def import_rows(
@@ -161,7 +166,10 @@ async def import_rows(
     Every bad row is reported with its line. Unless ``skip_invalid``, one bad row means
     nothing is imported (400 with the report). The experiment as a whole must still meet
     the limits afterwards (422 otherwise)."""
-    parsed = parse_rows(body.content, body.format, body.target, settings.max_text_chars)
+    try:
+        parsed = parse_rows(body.content, body.format, body.target, settings.max_text_chars)
+    except TooDeep as exc:
+        raise RequestValidationError([body_error(("content",), str(exc), "json_too_deep")]) from None
     existing = [] if body.mode == "replace" else list(getattr(experiment, body.target))
     items = number_and_dedupe(existing, parsed, "tr" if body.target == "training_data" else "ev")
     apply = bool(items) and (not parsed.errors or body.skip_invalid)

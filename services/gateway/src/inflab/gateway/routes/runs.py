@@ -12,8 +12,10 @@ from sqlalchemy import exists, select
 
 from inflab.common.db.models import Checkpoint, Generation, InfluenceResult, Metric, Run, RunEventRow
 from inflab.common.messages import Answer, CheckpointRef, TrainingSummary
+from inflab.gateway.auth.sessions import still_valid
 from inflab.gateway.deps import (
     BusDep,
+    CallerDep,
     CurrentUser,
     NotifierDep,
     OwnedExperiment,
@@ -27,7 +29,7 @@ from inflab.gateway.launch import QueueFailed, launch_run
 from inflab.gateway.run_state import TERMINAL
 from inflab.gateway.schemas import LossPoint, RunOut, RunQueued, RunResults, TrainingResults
 from inflab.gateway.metrics import MetricsDep
-from inflab.gateway.sse import run_event_stream
+from inflab.gateway.sse import MAX_EVENT_ID, run_event_stream
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +152,7 @@ async def get_run_results(run: OwnedRun, session: SessionDep, store: ObjectStore
 )
 async def stream_run_events(
     run: OwnedRun,
+    caller: CallerDep,
     session: SessionDep,
     sessionmaker: SessionmakerDep,
     notifier: NotifierDep,
@@ -160,8 +163,14 @@ async def stream_run_events(
 ) -> Response:
     """Server-Sent Events: ``id`` is the event's sequence number, ``event`` its kind and
     ``data`` its JSON. Resumes after ``Last-Event-ID`` (or ``after``); ends after the
-    run-level terminal status event."""
-    start = max(after or 0, _event_id(last_event_id))
+    run-level terminal status event, or when the session or API token that opened it
+    ends (re-checked every heartbeat interval)."""
+    start = min(max(after or 0, _event_id(last_event_id)), MAX_EVENT_ID)
+
+    async def still_allowed() -> bool:
+        async with sessionmaker() as check:
+            return await still_valid(check, caller, settings)
+
     finished = run.status in TERMINAL and not await session.scalar(
         select(exists().where(RunEventRow.run_id == run.id, RunEventRow.id > start))
     )
@@ -172,7 +181,9 @@ async def stream_run_events(
         # EventSource reconnects when a stream ends; 204 is how the spec says "stop".
         return Response(status_code=status.HTTP_204_NO_CONTENT)
     return StreamingResponse(
-        metrics.streaming(run_event_stream(sessionmaker, notifier, run.id, start, settings.sse_heartbeat_s)),
+        metrics.streaming(
+            run_event_stream(sessionmaker, notifier, run.id, start, settings.sse_heartbeat_s, still_allowed)
+        ),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

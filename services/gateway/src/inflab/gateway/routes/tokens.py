@@ -1,10 +1,12 @@
 """Personal API tokens, for pipelines: create (the token is shown once), list, revoke.
-Only a signed-in session may manage them, so a leaked API token cannot mint others."""
+Only a signed-in session may manage them, so a leaked API token cannot mint others. A
+token has a scope (``full``, ``read``, ``submit``: see :mod:`inflab.gateway.auth.scopes`)
+and, optionally, an expiry."""
 
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated
+from typing import Annotated, Literal
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Path, Response, status
@@ -12,8 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, update
 
 from inflab.common.db.models import ApiToken
-from inflab.gateway.auth.accounts import create_api_token
-from inflab.gateway.deps import CallerDep, SessionDep
+from inflab.gateway.auth.sessions import create_api_token
+from inflab.gateway.deps import CallerDep, SessionCallerDep, SessionDep
 
 router = APIRouter(prefix="/api/tokens", tags=["tokens"])
 
@@ -23,6 +25,11 @@ class ApiTokenCreate(BaseModel):
 
     #: What the token is for ("nightly eval pipeline").
     name: Annotated[str, Field(min_length=1, max_length=200)]
+    #: ``full``: what a session can do but manage tokens and the account; ``read``: GET
+    #: requests only; ``submit``: submit runs (HTTP or NATS) and read those runs only.
+    scope: Literal["full", "read", "submit"] = "full"
+    #: The token stops working this many days from now; none: until revoked.
+    expires_in_days: Annotated[int, Field(ge=1, le=3650)] | None = None
 
 
 class ApiTokenOut(BaseModel):
@@ -30,7 +37,11 @@ class ApiTokenOut(BaseModel):
     name: str
     #: The token's first characters, to tell tokens apart.
     prefix: str
+    scope: Literal["full", "read", "submit"]
     created_at: datetime
+    #: None: until revoked.
+    expires_at: datetime | None
+    #: Written at most once a minute.
     last_used_at: datetime | None
     revoked_at: datetime | None
 
@@ -40,15 +51,9 @@ class ApiTokenCreated(ApiTokenOut):
     token: str
 
 
-def _signed_in_session(caller) -> None:
-    if caller.via == "api_token":
-        raise HTTPException(status.HTTP_403_FORBIDDEN, "API tokens are managed from a signed-in session")
-
-
 @router.post("", status_code=status.HTTP_201_CREATED, responses={403: {"description": "Called with an API token."}})
-async def create_token(body: ApiTokenCreate, caller: CallerDep, session: SessionDep) -> ApiTokenCreated:
-    _signed_in_session(caller)
-    token, row = await create_api_token(session, caller.user.id, body.name)
+async def create_token(body: ApiTokenCreate, caller: SessionCallerDep, session: SessionDep) -> ApiTokenCreated:
+    token, row = await create_api_token(session, caller.user.id, body.name, body.scope, body.expires_in_days)
     return ApiTokenCreated(**ApiTokenOut.model_validate(row, from_attributes=True).model_dump(), token=token)
 
 
@@ -66,9 +71,9 @@ async def list_tokens(caller: CallerDep, session: SessionDep) -> list[ApiTokenOu
     status_code=status.HTTP_204_NO_CONTENT,
     responses={403: {"description": "Called with an API token."}, 404: {"description": "No such token, or not yours."}},
 )
-async def revoke_token(token_id: Annotated[str, Path()], caller: CallerDep, session: SessionDep) -> Response:
-    """Revoke at once: the next request with it gets 401. Revoking twice is a no-op."""
-    _signed_in_session(caller)
+async def revoke_token(token_id: Annotated[str, Path()], caller: SessionCallerDep, session: SessionDep) -> Response:
+    """Revoke at once: the next request with it gets 401, and an event stream it opened
+    ends at its next heartbeat. Revoking twice is a no-op."""
     try:
         token_uuid = UUID(token_id)
     except ValueError:
