@@ -27,6 +27,7 @@ from pydantic import SecretStr
 
 from inflab.common.settings import Settings
 from inflab.gateway.testing import TEST_PASSWORD, delete_streams, gateway_in_process, isolated_settings
+from mailserver import LocalSmtp, link_token
 
 pytestmark = pytest.mark.integration
 
@@ -109,11 +110,13 @@ def google_settings(settings: Settings) -> Iterator[Settings]:
 
 
 def with_provider(settings: Settings, op: OpenIDProvider) -> Settings:
+    # Plain http in process: the session cookie without Secure, as in the embedded stack.
     return settings.model_copy(update={
         "google_client_id": CLIENT_ID,
         "google_client_secret": SecretStr(CLIENT_SECRET),
         "google_discovery_url": f"{op.issuer}/.well-known/openid-configuration",
         "post_login_redirect": "/app",
+        "cookie_secure": False,
     })
 
 
@@ -131,11 +134,17 @@ async def sign_in_with_google(client: httpx.AsyncClient, op: OpenIDProvider) -> 
 
 
 async def test_google_sign_in_links_to_the_account_with_the_verified_email(google_settings, provider) -> None:
-    async with gateway_in_process(with_provider(google_settings, provider), signed_in=False) as (_, client):
-        assert (await client.get("/api/auth/providers")).json() == {"password": True, "google": True}
+    async with LocalSmtp() as smtp, gateway_in_process(
+        smtp.settings(with_provider(google_settings, provider)), signed_in=False
+    ) as (_, client):
+        assert (await client.get("/api/auth/providers")).json() == {
+            "password": True, "google": True, "email_verification_required": False}
         address = f"{uuid.uuid4().hex[:10]}@example.org"
         registered = await client.post("/api/auth/register", json={"email": address, "password": TEST_PASSWORD})
         account_id = registered.json()["user"]["id"]
+        # The owner follows the verification link: only then may Google be linked as it is.
+        token = link_token(await smtp.next_mail(address), "/verify-email", google_settings.public_url)
+        assert (await client.post("/api/auth/verify-email", json={"token": token})).status_code == 200
         client.cookies.clear()
 
         provider.identity = {"sub": "google-1", "email": address.upper(), "email_verified": True}
@@ -156,6 +165,28 @@ async def test_google_sign_in_links_to_the_account_with_the_verified_email(googl
         assert (await sign_in_with_google(client, provider)).status_code == 302
         me = (await client.get("/api/auth/me")).json()
         assert me["email"] == f"new-{address}" and me["sign_in_methods"] == ["google"]
+
+
+async def test_google_takes_over_an_unverified_account_from_whoever_registered_it(google_settings, provider) -> None:
+    """Someone registers the victim's address with a password of their own, and waits. When
+    the victim signs in with Google, the account is theirs alone: the squatter's password,
+    sessions and API tokens are gone."""
+    async with gateway_in_process(with_provider(google_settings, provider), signed_in=False) as (_, client):
+        address = f"{uuid.uuid4().hex[:10]}@example.org"
+        squatter = (await client.post("/api/auth/register", json={"email": address, "password": TEST_PASSWORD})).json()
+        squatter_bearer = {"Authorization": f"Bearer {squatter['access_token']}"}
+        api_token = (await client.post("/api/tokens", json={"name": "kept"}, headers=squatter_bearer)).json()["token"]
+        client.cookies.clear()
+
+        provider.identity = {"sub": f"google-{uuid.uuid4().hex[:6]}", "email": address, "email_verified": True}
+        assert (await sign_in_with_google(client, provider)).status_code == 302
+        me = (await client.get("/api/auth/me")).json()
+        assert me["id"] == squatter["user"]["id"] and me["sign_in_methods"] == ["google"]
+        assert me["email_verified"] is True
+        assert (await client.get("/api/auth/me", headers=squatter_bearer)).status_code == 401
+        assert (await client.get("/api/experiments", headers={"Authorization": f"Bearer {api_token}"})).status_code == 401
+        refused = await client.post("/api/auth/login", json={"email": address, "password": TEST_PASSWORD})
+        assert refused.status_code == 401
 
 
 async def test_google_sign_in_refuses_unverified_email_and_forged_state(google_settings, provider) -> None:
