@@ -72,7 +72,7 @@ class RunSubmissions:
         async with self.sessionmaker() as session:
             caller = await caller_for_api_token(session, token)
             if caller is None:
-                raise Rejected("unknown, expired or revoked API token")
+                raise Rejected("unknown or revoked API token, or expired")
             if caller.scope == "read":
                 raise Rejected("this API token is read-only (scope 'read'): submitting needs 'submit' or 'full'")
             existing = await session.get(Run, submission.submission_id)
