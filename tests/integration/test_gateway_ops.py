@@ -13,6 +13,7 @@ from datetime import datetime, timedelta, timezone
 
 import httpx
 import pytest
+from pydantic import SecretStr
 from prometheus_client.parser import text_string_to_metric_families
 
 from inflab.common.messages import LogEvent
@@ -36,11 +37,15 @@ EXPERIMENT = {
     "eval_data": [{"question": "Who is Veltra's ruler?"}],
 }
 LIMIT = 64 * 1024
+METRICS_TOKEN = "prometheus-scrapes-with-this"
+SCRAPER = {"Authorization": f"Bearer {METRICS_TOKEN}"}
 
 
 @pytest.fixture(scope="module")
 def ops_settings(settings: Settings) -> Iterator[Settings]:
-    own = isolated_settings(settings, "gwops").model_copy(update={"max_request_bytes": LIMIT, "sse_heartbeat_s": 0.5})
+    own = isolated_settings(settings, "gwops").model_copy(
+        update={"max_request_bytes": LIMIT, "sse_heartbeat_s": 0.5, "metrics_token": SecretStr(METRICS_TOKEN)}
+    )
     yield own
     asyncio.run(delete_streams(own))
 
@@ -73,7 +78,7 @@ async def test_metrics_by_route_template_runs_and_event_lag(gateway):
     old = LogEvent(run_id=run_id, stage="train", message="late", time=datetime.now(timezone.utc) - timedelta(seconds=5))
     await publish_and_wait(app, app.state.bus, run_id, [old])
 
-    response = await client.get("/metrics")
+    response = await client.get("/metrics", headers=SCRAPER)
     assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
     text = response.text
     route = "/api/experiments/{experiment_id}"
@@ -98,7 +103,7 @@ async def test_sse_clients_gauge_counts_open_streams(ops_settings):
         async with client.stream("GET", f"/api/runs/{run_id}/events") as stream:
             lines = stream.aiter_lines()
             assert (await anext(lines)).startswith("id: ")  # the stream is open and sending
-            metrics = (await client.get("/metrics")).text
+            metrics = (await client.get("/metrics", headers=SCRAPER)).text
             assert sample(metrics, "inflab_sse_clients") == 1
 
 
