@@ -185,3 +185,23 @@ def test_cli_lists_its_commands():
     assert result.exit_code == 0
     for command in ("up", "ps", "down", "model", "demo"):
         assert command in result.output
+
+
+def test_the_embedded_stack_signs_newcomers_in_at_once_over_plain_http(tmp_path, monkeypatch):
+    from inflab.common.embedded.stack import embedded_settings
+
+    monkeypatch.delenv("INFLAB_REQUIRE_EMAIL_VERIFICATION", raising=False)
+    monkeypatch.delenv("INFLAB_COOKIE_SECURE", raising=False)
+    monkeypatch.delenv("INFLAB_PUBLIC_URL", raising=False)
+    # Outside the embedded stack, the defaults are the production ones.
+    assert Settings().require_email_verification is True and Settings().cookie_secure is True
+    monkeypatch.setenv("INFLAB_GATEWAY_PORT", "8105")
+    embedded = embedded_settings(Settings(home=tmp_path))
+    assert embedded.require_email_verification is False and embedded.cookie_secure is False
+    assert embedded.public_url == "http://127.0.0.1:8105"
+    assert embedded.mail_folder == tmp_path / "mail"
+    # What the operator set explicitly stays.
+    monkeypatch.setenv("INFLAB_REQUIRE_EMAIL_VERIFICATION", "true")
+    monkeypatch.setenv("INFLAB_PUBLIC_URL", "https://lab.example.org")
+    chosen = embedded_settings(Settings(home=tmp_path))
+    assert chosen.require_email_verification is True and chosen.public_url == "https://lab.example.org"
