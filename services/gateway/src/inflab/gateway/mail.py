@@ -53,7 +53,9 @@ class Mailer:
         domain = parseaddr(s.mail_from)[1].rpartition("@")[2] or "localhost"
         message["Message-ID"] = make_msgid(domain=domain)
         message["Auto-Submitted"] = "auto-generated"
-        message.set_content(mail.text)
+        # Plain 7-bit when it can be: a link in quoted-printable ("token=3D...") is broken for
+        # anyone who reads the .eml file of the embedded stack's mail folder as it is.
+        message.set_content(mail.text, cte="7bit" if mail.text.isascii() else "quoted-printable")
         return message
 
     async def send(self, mail: Mail) -> None:
