@@ -100,8 +100,14 @@ def database_url(postgres_server_url: str, run_tag: str) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def settings(session_dir: Path, nats_url: str, database_url: str, run_tag: str) -> Settings:
-    """Settings for this test run: its own subjects, streams, database and object store."""
+    """Settings for this test run: its own subjects, streams, database and object store,
+    and one job-signing key pair (the in-process gateway signs, workers verify)."""
+    from inflab.common.job_signing import new_key_pair
+
+    signing_key, verify_key = new_key_pair()
     return Settings(
+        job_signing_key=signing_key,
+        job_verify_key=verify_key,
         home=session_dir / "home",
         nats_url=nats_url,
         database_url=database_url,

@@ -35,7 +35,7 @@ def test_every_subject_has_a_channel_with_its_payload():
     subjects = Subjects()
     addresses = {c["address"]: c for c in DOC["channels"].values()}
     expected = {subjects.request(stage) for stage in STAGES}
-    expected |= {subjects.event("{run_id}", kind) for kind in m.EVENT_KINDS}
+    expected |= {subjects.event("{run_id}", "{stage}", kind) for kind in m.EVENT_KINDS}
     expected |= {subjects.control("{run_id}"), subjects.dead_letter("{service}"), subjects.run_submit}
     assert set(addresses) == expected
     # Every member of the event union is documented, and EVENT_KINDS lists them all.
@@ -86,7 +86,7 @@ def _validator(model_name: str) -> Draft202012Validator:
 SPEC = m.RunSpec(training_data=[m.TrainingPair(id="t", question="q?", answer="a")],
                  eval_data=[m.EvalQuestion(id="e", question="q?")])
 RUN = uuid.uuid4()
-CHECKPOINT = m.CheckpointRef(step=4, epoch=1, key="runs/x/checkpoints/4", learning_rate=1e-3)
+CHECKPOINT = m.CheckpointRef(step=4, epoch=1, key=f"runs/{RUN}/checkpoints/4", learning_rate=1e-3)
 EXAMPLES = [
     m.TrainRequest(run_id=RUN, spec=SPEC),
     m.InferenceRequest(run_id=RUN, spec=SPEC, adapter=CHECKPOINT),

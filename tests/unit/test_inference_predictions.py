@@ -16,8 +16,9 @@ LIMITS = PredictionLimits(max_samples=32, min_step_interval=1)
 
 def request(step: int, epoch: int, **predictions) -> InferenceRequest:
     spec = RunSpec(training_data=PAIRS, eval_data=EVALS, predictions=predictions, hyperparams={"seed": 3})
-    adapter = {"step": step, "epoch": epoch, "key": "runs/x/checkpoints/1", "learning_rate": 1e-3}
-    return InferenceRequest(run_id=uuid.uuid4(), spec=spec, adapter=adapter)
+    run_id = uuid.uuid4()
+    adapter = {"step": step, "epoch": epoch, "key": f"runs/{run_id}/checkpoints/1", "learning_rate": 1e-3}
+    return InferenceRequest(run_id=run_id, spec=spec, adapter=adapter)
 
 
 def answers() -> list[Answer]:

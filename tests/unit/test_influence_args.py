@@ -45,15 +45,16 @@ def test_run_spec_refuses_arguments_for_unknown_methods():
 
 
 def _request(method="datainf", training=True, evals=True, checkpoints=True, args=None):
+    run_id = uuid.uuid4()
     return InfluenceJobRequest.model_validate({
-        "run_id": str(uuid.uuid4()),
+        "run_id": str(run_id),
         "method": method,
         "spec": {
             "training_data": [{"id": "t", "question": "q", "answer": "a"}] if training else [],
             "eval_data": [{"id": "e", "question": "q"}] if evals else [],
             "influence_args": args or {},
         },
-        "checkpoints": [{"step": 4, "epoch": 1, "key": "runs/x/checkpoints/4", "learning_rate": 1e-3}]
+        "checkpoints": [{"step": 4, "epoch": 1, "key": f"runs/{run_id}/checkpoints/4", "learning_rate": 1e-3}]
         if checkpoints else [],
     })
 

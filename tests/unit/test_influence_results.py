@@ -85,7 +85,8 @@ def test_a_large_matrix_makes_a_small_event():
                           [f"eval-question-{i:04d}" for i in range(100)],
                           [f"training-pair-{j:05d}" for j in range(1000)])
     assert big.scores.size > INLINE
-    message = to_message(big, "runs/r/influence/tracin.safetensors", inline_max_cells=INLINE)
+    message = to_message(big, "runs/6f1c1d1e-0000-4000-8000-000000000042/influence/tracin.safetensors",
+                         inline_max_cells=INLINE)
     event = ResultEvent(run_id="6f1c1d1e-0000-4000-8000-000000000042", stage="influence", method="tracin",
                         influence=message)
     assert len(event.model_dump_json().encode()) < 1_000_000 / 4

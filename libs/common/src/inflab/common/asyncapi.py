@@ -18,7 +18,8 @@ from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
 from inflab.common import messages as m
-from inflab.common.subjects import STAGES, VERSION, Subjects
+from inflab.common.job_signing import SCHEME, SIGNATURE_HEADER
+from inflab.common.subjects import STAGE_EVENT_KINDS, STAGES, VERSION, Subjects
 
 #: Where the checked-in copy lives, relative to the repository root.
 DOC_PATH = Path("docs/asyncapi.json")
@@ -36,6 +37,20 @@ _MSG_ID = {
             "type": "string",
             "description": "JetStream deduplication id: a retried publish with the same id is stored once.",
         }
+    },
+}
+
+_SIGNED = {
+    "type": "object",
+    "required": [SIGNATURE_HEADER, "Nats-Msg-Id"],
+    "properties": {
+        SIGNATURE_HEADER: {
+            "type": "string",
+            "pattern": f"^{SCHEME}:",
+            "description": "ed25519:<URL-safe base64 signature> by the gateway's job-signing key over the "
+                           "subject, a newline and the exact payload bytes (inflab.common.job_signing).",
+        },
+        **_MSG_ID["properties"],
     },
 }
 
@@ -98,16 +113,26 @@ def build_asyncapi(subjects: Subjects | None = None) -> dict[str, Any]:
     for stage in STAGES:
         model = _REQUESTS[stage]
         cid = f"{stage}Request"
+        request = _message(cid, model, f"Start the {stage} stage of a run.")
+        request["headers"] = _SIGNED
         add(cid, _channel(subjects.request(stage), cid,
-                          f"Work queue of {stage} jobs (stream {subjects.jobs_stream}); one worker takes each."),
-            cid, model, _message(cid, model, f"Start the {stage} stage of a run."),
+                          f"Work queue of {stage} jobs (stream {subjects.jobs_stream}); one worker takes each. "
+                          "Only the gateway publishes here, and signs each request; a worker dead-letters one "
+                          "without a valid signature."),
+            cid, model, request,
             "receive", f"The {stage} service takes a job.")
 
     for kind, model in event_models().items():
         cid = f"{kind}Event"
-        add(cid, _channel(subjects.event("{run_id}", kind), cid,
-                          f"A run's {kind} events (stream {subjects.events_stream}); the gateway stores and "
-                          "streams every one.", {"run_id": _RUN_ID}),
+        senders = [stage for stage, kinds in STAGE_EVENT_KINDS.items() if kind in kinds]
+        stage = {"description": "The stage that sends it; the payload's stage must be the same.", "enum": senders}
+        add(cid, _channel(subjects.event("{run_id}", "{stage}", kind), cid,
+                          f"A run's {kind} events (stream {subjects.events_stream}), sent by the "
+                          f"{', '.join(senders)} stage{'s' if len(senders) > 1 else ''}; each worker's credential "
+                          "may publish only its own stage's subjects. The gateway stores and streams every one, "
+                          "and refuses (dead-letters) one whose payload disagrees with its subject or whose "
+                          "stage does not send that kind.",
+                          {"run_id": _RUN_ID, "stage": stage}),
             cid, model, _message(cid, model, f"A run's {kind} event."),
             "send", f"A worker reports a {kind} event.")
 
@@ -118,6 +143,9 @@ def build_asyncapi(subjects: Subjects | None = None) -> dict[str, Any]:
         "receive", "The trainer applies a control message at its next optimizer step.")
 
     submission = _message("runSubmission", m.RunSubmission, "A pipeline submits a run.")
+    submission["description"] += (
+        " Publish with the pipeline credential (it may publish this subject only, and take replies under the "
+        "inbox prefix _INBOX.pipeline); follow the run over HTTP with the API token (docs/pipelines.md).")
     submission["headers"] = {
         "type": "object",
         "required": ["Authorization"],

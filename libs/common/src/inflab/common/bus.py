@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -24,7 +25,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
 
+from inflab.common.job_signing import SIGNATURE_HEADER, BadSignature, JobSigner, JobVerifier
 from inflab.common.messages import DeadLetter, EventBase
+from inflab.common.nats_permissions import inbox_prefix
 from inflab.common.settings import Settings
 from inflab.common.subjects import STAGES, Subjects
 
@@ -47,19 +50,19 @@ class Bus:
         self.subjects = subjects
         self.settings = settings
         self.service = service
+        key = settings.job_signing_key.get_secret_value()
+        self._signer = JobSigner(key) if key else None
+        self._verifier = JobVerifier(settings.job_verify_key) if settings.job_verify_key else None
 
     @classmethod
-    async def connect(cls, settings: Settings, service: str) -> "Bus":
-        if not settings.nats_url:
-            raise RuntimeError("INFLAB_NATS_URL is not set")
-        nc = await nats.connect(
-            settings.nats_url,
-            name=f"inflab-{service}",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5,
-        )
+    async def connect(cls, settings: Settings, service: str, *, create_streams: bool = False) -> "Bus":
+        """Connect as ``service`` (its credential and inbox prefix, see
+        :func:`connect_options`). ``create_streams``: create or update the product's
+        streams, the gateway's job at start-up (workers wait for them)."""
+        nc = await nats.connect(**connect_options(settings, service))
         bus = cls(nc, Subjects.from_settings(settings), settings, service)
-        await bus.ensure_streams()
+        if create_streams:
+            await bus.ensure_streams()
         return bus
 
     async def close(self) -> None:
@@ -68,7 +71,8 @@ class Bus:
 
     # ------------------------------------------------------------------ streams
     async def ensure_streams(self) -> None:
-        """Create the streams if missing (idempotent; every service may call it)."""
+        """Create the streams if missing, and bring their subjects up to date (idempotent;
+        the gateway's job at start-up, and the only role allowed to)."""
         s = self.subjects
         wanted = [
             StreamConfig(
@@ -89,22 +93,45 @@ class Bus:
         ]
         for config in wanted:
             try:
-                await self.js.stream_info(config.name)
+                info = await self.js.stream_info(config.name)
             except NotFoundError:
                 with contextlib.suppress(Exception):  # a concurrent starter may win the race
                     await self.js.add_stream(config)
+                continue
+            if sorted(info.config.subjects or []) != sorted(config.subjects):
+                # A stream made by an older version (event subjects gained the stage).
+                log.warning("stream %s: subjects %s -> %s", config.name, info.config.subjects, config.subjects)
+                await self.js.update_stream(info.config.evolve(subjects=config.subjects))
 
     # ------------------------------------------------------------------ publish
-    async def publish(self, subject: str, message: BaseModel, msg_id: str | None = None) -> bool:
+    async def publish(
+        self, subject: str, message: BaseModel, msg_id: str | None = None, headers: dict[str, str] | None = None
+    ) -> bool:
         """Publish and await the stream's ack. Returns False when JetStream reports the
         message a duplicate of one with the same id (a retried publish)."""
-        headers = {"Nats-Msg-Id": msg_id} if msg_id else None
-        ack = await self.js.publish(subject, message.model_dump_json().encode(), headers=headers)
+        return await self._publish_bytes(subject, message.model_dump_json().encode(), msg_id, headers)
+
+    async def _publish_bytes(
+        self, subject: str, body: bytes, msg_id: str | None, headers: dict[str, str] | None = None
+    ) -> bool:
+        headers = dict(headers or {})
+        if msg_id:
+            headers["Nats-Msg-Id"] = msg_id
+        ack = await self.js.publish(subject, body, headers=headers or None)
         return not ack.duplicate
+
+    async def publish_request(self, stage: str, request: BaseModel, msg_id: str) -> bool:
+        """Queue a job request for ``stage``, signed with the gateway's key (see
+        :mod:`inflab.common.job_signing`); only the gateway has one."""
+        if self._signer is None:
+            raise RuntimeError("INFLAB_JOB_SIGNING_KEY is not set: job requests are signed by the gateway")
+        subject = self.subjects.request(stage)
+        body = request.model_dump_json().encode()
+        return await self._publish_bytes(subject, body, msg_id, {SIGNATURE_HEADER: self._signer.sign(subject, body)})
 
     async def publish_event(self, event: EventBase) -> None:
         await self.publish(
-            self.subjects.event(event.run_id, event.kind), event, msg_id=str(event.event_id)
+            self.subjects.event(event.run_id, event.stage, event.kind), event, msg_id=str(event.event_id)
         )
 
     async def dead_letter(self, msg: Msg, reason: str) -> None:
@@ -134,14 +161,20 @@ class Bus:
         durable: str | None = None,
         stream: str | None = None,
         fetch_timeout: float = 1.0,
+        signed: bool = False,
     ) -> None:
         """Run ``handler`` on every message of a durable pull consumer until ``stop`` is set.
 
-        A message that does not parse as ``model`` is dead-lettered at once with the
-        validation error as reason. A handler error naks with a delay; after
-        ``max_deliver`` deliveries the message is dead-lettered. The loop never raises
-        for a bad message.
+        With ``signed`` (job requests), a message without the gateway's signature is
+        dead-lettered at once and never reaches the handler. A message that does not parse
+        as ``model`` is dead-lettered at once with the validation error as reason. A
+        handler error naks with a delay; after ``max_deliver`` deliveries the message is
+        dead-lettered. The loop never raises for a bad message.
+
+        The stream is the gateway's to create: until it exists, this waits for it.
         """
+        if signed and self._verifier is None:
+            raise RuntimeError("INFLAB_JOB_VERIFY_KEY is not set: workers run only job requests the gateway signed")
         durable = durable or self.subjects.durable(f"{self.service}_{subject.split('.')[-2]}")
         stream = stream or self.subjects.jobs_stream
         config = ConsumerConfig(
@@ -153,7 +186,9 @@ class Bus:
             max_deliver=self.settings.max_deliver + 1,
             filter_subject=subject,
         )
-        sub = await self.js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+        sub = await self._subscribe_when_stream_exists(subject, durable, stream, config, stop)
+        if sub is None:
+            return
         try:
             while not stop.is_set():
                 try:
@@ -167,12 +202,39 @@ class Bus:
                     await asyncio.sleep(0.5)
                     continue
                 for msg in msgs:
-                    await self._handle(msg, model, handler)
+                    await self._handle(msg, model, handler, signed)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
-    async def _handle(self, msg: Msg, model: type[M], handler: Handler) -> None:
+    async def _subscribe_when_stream_exists(self, subject, durable, stream, config, stop: asyncio.Event):
+        waiting = False
+        while not stop.is_set():
+            try:
+                with contextlib.suppress(NotFoundError):
+                    info = await self.js.consumer_info(stream, durable)
+                    if info.config.filter_subject != subject:
+                        # A durable made by an older version: creating it again updates it.
+                        log.warning("consumer %s: filter %s -> %s", durable, info.config.filter_subject, subject)
+                        await self.js.add_consumer(stream, config)
+                return await self.js.pull_subscribe(subject, durable=durable, stream=stream, config=config)
+            except NotFoundError:
+                if not waiting:
+                    log.warning("stream %s does not exist yet (the gateway creates it); waiting", stream)
+                    waiting = True
+                # Polled: JetStream has no notification for a stream being created.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), 1.0)
+        return None
+
+    async def _handle(self, msg: Msg, model: type[M], handler: Handler, signed: bool = False) -> None:
+        if signed:
+            try:
+                self._verifier.verify(msg.subject, msg.data, (msg.headers or {}).get(SIGNATURE_HEADER))
+            except BadSignature as exc:
+                await self.dead_letter(msg, str(exc))
+                await msg.term()
+                return
         try:
             parsed = model.model_validate_json(msg.data)
         except ValidationError as exc:
@@ -212,6 +274,52 @@ class Bus:
             while True:
                 await asyncio.sleep(interval)
                 await msg.in_progress()
+
+
+def connect_options(settings: Settings, service: str) -> dict:
+    """``nats.connect`` keyword arguments for ``service``: the server (whose URL may hold
+    the credential), the credential settings, TLS, and the role's inbox prefix (the
+    permissions allow each role replies under its own prefix only)."""
+    if not settings.nats_url:
+        raise RuntimeError("INFLAB_NATS_URL is not set")
+    options: dict = dict(
+        servers=[settings.nats_url],
+        name=f"inflab-{service}",
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        inbox_prefix=inbox_prefix(service),
+        error_cb=_log_nats_error,
+    )
+    if settings.nats_user:
+        options.update(user=settings.nats_user, password=settings.nats_password.get_secret_value())
+    if settings.nats_creds_file:
+        options["user_credentials"] = str(settings.nats_creds_file)
+    tls = tls_context(settings)
+    if tls is not None:
+        options["tls"] = tls
+    return options
+
+
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The TLS context the NATS TLS settings describe (None: nats-py's default for a
+    tls:// URL, the system's CAs)."""
+    if not (settings.nats_tls_ca_file or settings.nats_tls_cert_file):
+        return None
+    context = ssl.create_default_context(
+        cafile=str(settings.nats_tls_ca_file) if settings.nats_tls_ca_file else None
+    )
+    if settings.nats_tls_cert_file:
+        context.load_cert_chain(
+            str(settings.nats_tls_cert_file),
+            str(settings.nats_tls_key_file) if settings.nats_tls_key_file else None,
+        )
+    return context
+
+
+async def _log_nats_error(exc: Exception) -> None:
+    # A permissions violation arrives here (asynchronously): it means a role's rules and
+    # its code disagree, which an operator must see.
+    log.error("NATS: %s", exc)
 
 
 def _short(exc: ValidationError) -> str:

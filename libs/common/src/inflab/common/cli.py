@@ -94,6 +94,7 @@ def _print_ready(stack) -> None:
     console.print(f"Logs:    {stack.logs_dir}   State: {stack.state_path}")
     if not stack.settings.smtp_host:
         console.print(f"Mail:    {stack.settings.mail_folder}")
+    _print_credentials(stack.credentials.url_files() if stack.nats_urls else {})
     console.print("Press Ctrl-C to stop everything.")
 
 
@@ -120,6 +121,7 @@ def ps() -> None:
     console.print(f"Logs in {state.get('logs_dir')}")
     if state.get("mail_dir"):
         console.print(f"Mail (verification and password-reset links) in {state['mail_dir']}")
+    _print_credentials(state.get("nats_credentials") or {})
     for comp in state["components"]:
         if comp.health_url and comp.alive():
             console.print(f"{comp.name} health ({comp.health_url}): {_health(comp.health_url)}")
@@ -180,6 +182,28 @@ def asyncapi(
     from inflab.common.asyncapi import main
 
     raise typer.Exit(main(["--output", output, *(["--check"] if check else [])]))
+
+
+@app.command("job-keys")
+def job_keys() -> None:
+    """Print a new key pair for signed job requests: the gateway's INFLAB_JOB_SIGNING_KEY
+    (keep it secret) and the workers' INFLAB_JOB_VERIFY_KEY."""
+    from inflab.common.job_signing import new_key_pair
+
+    signing, verify = new_key_pair()
+    typer.echo(f"INFLAB_JOB_SIGNING_KEY={signing}")
+    typer.echo(f"INFLAB_JOB_VERIFY_KEY={verify}")
+
+
+#: The NATS credentials a person hands out or uses; the services' own stay unmentioned.
+SHOWN_CREDENTIALS = ("pipeline", "operator")
+
+
+def _print_credentials(files: dict[str, str]) -> None:
+    """Where the pipeline and operator NATS credentials are (never the secrets themselves)."""
+    for role in SHOWN_CREDENTIALS:
+        if role in files:
+            console.print(f"NATS {role} credential: {files[role]}")
 
 
 def _components_table(components, title: str | None = None) -> Table:

@@ -24,6 +24,7 @@ from inflab.common.messages import (
     ResultEvent,
     StatusEvent,
 )
+from inflab.common.subjects import STAGE_EVENT_KINDS
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +67,17 @@ class StageEvents:
         await self.publish("log", level=level, message=message)
 
     async def forward(self, item: dict) -> None:
-        """Publish a dict emitted by an ML library; unknown kinds become log lines rather
-        than failures (a library adding a new kind must not break a run). A library may
+        """Publish a dict emitted by an ML library; unknown kinds (and kinds this stage
+        does not send: its credential may not publish them) become log lines rather than
+        failures (a library adding a new kind must not break a run). A library may
         report the in-flight statuses (``running``, ``checkpointing``) only: terminal ones
         are the service's, which knows whether the job is acknowledged."""
         item = dict(item)
         kind = item.pop("kind", None)
-        if kind not in _KINDS or (kind == "status" and item.get("status") not in JOB_STATUSES):
+        if (
+            kind not in STAGE_EVENT_KINDS.get(self.stage, ())
+            or (kind == "status" and item.get("status") not in JOB_STATUSES)
+        ):
             await self.log(f"unrecognised progress item: {kind!r}", level="debug")
             return
         try:

@@ -172,6 +172,25 @@ class RunSpec(Contract):
         return self
 
 
+def run_key_error(key: str, run_id: UUID) -> str | None:
+    """Why ``key`` is not an object-store key of run ``run_id`` (None when it is): every key
+    a message names must lie under ``runs/{run_id}/``, so a message about one run can make
+    no service read or announce another run's files (nor, through ``..``, anything else)."""
+    parts = key.split("/")
+    if len(parts) < 3 or parts[0] != "runs" or parts[1] != str(run_id):
+        return f"key {key!r} is not under this run's prefix runs/{run_id}/"
+    if any(part in ("", ".", "..") or "\\" in part for part in parts[2:]):
+        return f"key {key!r} has an empty, '.' or '..' segment"
+    return None
+
+
+def _check_keys(run_id: UUID, keys: dict[str, str]) -> None:
+    for where, key in keys.items():
+        error = run_key_error(key, run_id)
+        if error:
+            raise ValueError(f"{where}: {error}")
+
+
 class CheckpointRef(Contract):
     """A saved LoRA adapter: the PEFT files live under ``key`` in the object store."""
 
@@ -193,8 +212,13 @@ class InferenceRequest(Message):
     run_id: UUID
     owner_id: UUID | None = None
     spec: RunSpec
-    #: The fine-tuned adapter (the last checkpoint).
+    #: The fine-tuned adapter (the last checkpoint); its key lies under ``runs/{run_id}/``.
     adapter: CheckpointRef
+
+    @model_validator(mode="after")
+    def _key_in_run(self) -> "InferenceRequest":
+        _check_keys(self.run_id, {"adapter.key": self.adapter.key})
+        return self
 
 
 class InfluenceRequest(Message):
@@ -203,7 +227,13 @@ class InfluenceRequest(Message):
     spec: RunSpec
     #: Validated by the influence service, so an unknown name becomes a failure event.
     method: str
+    #: Their keys lie under ``runs/{run_id}/``.
     checkpoints: list[CheckpointRef] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _keys_in_run(self) -> "InfluenceRequest":
+        _check_keys(self.run_id, {f"checkpoints.{i}.key": c.key for i, c in enumerate(self.checkpoints)})
+        return self
 
 
 class RuntimeParams(Contract):
@@ -314,7 +344,13 @@ class ParamsEvent(EventBase):
 
 class CheckpointEvent(EventBase):
     kind: Literal["checkpoint"] = "checkpoint"
+    #: Its key lies under ``runs/{run_id}/``.
     checkpoint: CheckpointRef
+
+    @model_validator(mode="after")
+    def _key_in_run(self) -> "CheckpointEvent":
+        _check_keys(self.run_id, {"checkpoint.key": self.checkpoint.key})
+        return self
 
 
 class LogEvent(EventBase):
@@ -409,10 +445,24 @@ class InfluenceMatrix(Contract):
 
 
 class ResultEvent(EventBase):
+    """A stage's result: the train stage's ``training``, the inference stage's ``answers``,
+    an influence method's ``influence``. Every object-store key in it lies under
+    ``runs/{run_id}/``."""
+
     kind: Literal["result"] = "result"
     training: TrainingSummary | None = None
     answers: list[Answer] | None = None
     influence: InfluenceMatrix | None = None
+
+    @model_validator(mode="after")
+    def _keys_in_run(self) -> "ResultEvent":
+        keys = {}
+        if self.training is not None:
+            keys |= {f"training.checkpoints.{i}.key": c.key for i, c in enumerate(self.training.checkpoints)}
+        if self.influence is not None:
+            keys["influence.key"] = self.influence.key
+        _check_keys(self.run_id, keys)
+        return self
 
 
 RunEvent = Annotated[

@@ -73,8 +73,19 @@ class Settings(BaseSettings):
 
     # Postgres. Empty means: the embedded stack starts its own from the wheel.
     database_url: str = ""
-    # NATS. Empty means: the embedded stack starts its own from the wheel.
+    # NATS. Empty means: the embedded stack starts its own from the wheel. Each process
+    # connects with its own role's credential (inflab.common.nats_permissions): in the URL
+    # (nats://user:password@host:4222), as nats_user/nats_password, or as a .creds file.
     nats_url: str = ""
+    nats_user: str = ""
+    nats_password: SecretStr = SecretStr("")
+    #: A NATS ``.creds`` file (JWT and NKEY seed; decentralised auth).
+    nats_creds_file: Path | None = None
+    #: TLS to NATS (use a tls:// URL): the CA that signed the server's certificate, and a
+    #: client certificate and key where the server asks for one (mutual TLS).
+    nats_tls_ca_file: Path | None = None
+    nats_tls_cert_file: Path | None = None
+    nats_tls_key_file: Path | None = None
     # Prefix of every subject and stream, so several stacks (or test runs) share one NATS.
     subject_prefix: str = "inflab"
     stream_prefix: str = "INFLAB"
@@ -98,6 +109,12 @@ class Settings(BaseSettings):
     # Embedded service ports (used only when the stack starts its own).
     embedded_nats_port: int = 4322
     embedded_postgres_port: int = 5433
+
+    # Signed job requests (inflab.common.job_signing): the gateway's private Ed25519 key,
+    # and the public key the workers check requests with (URL-safe base64; `inflab
+    # job-keys` makes a pair). Each process needs only its own.
+    job_signing_key: SecretStr = SecretStr("")
+    job_verify_key: str = ""
 
     # Bus behaviour.
     max_deliver: int = 5
@@ -252,7 +269,8 @@ class Settings(BaseSettings):
                     raise ValueError(f"{entry!r} is not an IP address or network") from None
         return v
 
-    @field_validator("home", "model_cache_dir", "mail_dir")
+    @field_validator("home", "model_cache_dir", "mail_dir", "nats_creds_file", "nats_tls_ca_file", "nats_tls_cert_file",
+                     "nats_tls_key_file")
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
         # Ray workers run in their own folders: every path handed to them is absolute.

@@ -13,6 +13,16 @@ VERSION = "v1"
 #: Stages of a run, in the order they start. Inference and influence run in parallel.
 STAGES = ("train", "inference", "influence")
 
+#: The event kinds each stage's worker sends. The stage is part of the event subject, so
+#: the NATS permissions bind each worker's credential to its own stage's subjects, and the
+#: gateway's event persister refuses an event whose stage could not have sent it.
+STAGE_EVENT_KINDS: dict[str, tuple[str, ...]] = {
+    "train": ("status", "progress", "metric", "checkpoint", "log", "result", "prediction", "params"),
+    # The fine-tuned answers of the sampled questions close the run's prediction table.
+    "inference": ("status", "progress", "log", "result", "prediction"),
+    "influence": ("status", "progress", "log", "result"),
+}
+
 
 @dataclass(frozen=True)
 class Subjects:
@@ -47,13 +57,28 @@ class Subjects:
         gateway consumes it."""
         return f"{self.root}.run.submit"
 
-    def event(self, run_id: object, kind: str) -> str:
-        """``inflab.v1.run.{run_id}.event.{kind}``."""
-        return f"{self.root}.run.{run_id}.event.{kind}"
+    def event(self, run_id: object, stage: str, kind: str) -> str:
+        """``inflab.v1.run.{run_id}.event.{stage}.{kind}``: the stage that sends it is part
+        of the subject (see ``STAGE_EVENT_KINDS``)."""
+        return f"{self.root}.run.{run_id}.event.{stage}.{kind}"
+
+    def stage_events(self, stage: str, kind: str = "*") -> str:
+        """Every run's ``kind`` events of one stage: what that stage's worker may publish."""
+        return self.event("*", stage, kind)
 
     @property
     def all_events(self) -> str:
-        return f"{self.root}.run.*.event.*"
+        return f"{self.root}.run.*.event.*.*"
+
+    def parse_event_subject(self, subject: str) -> tuple[str, str, str] | None:
+        """``(run_id, stage, kind)`` of an event subject; None when it is not one."""
+        head = f"{self.root}.run."
+        if not subject.startswith(head):
+            return None
+        parts = subject[len(head):].split(".")
+        if len(parts) != 4 or parts[1] != "event":
+            return None
+        return parts[0], parts[2], parts[3]
 
     def control(self, run_id: object) -> str:
         return f"{self.root}.run.{run_id}.control"

@@ -41,6 +41,7 @@ async def serve(
             handler,
             stop,
             durable=bus.subjects.durable(service),
+            signed=True,
         )
     finally:
         await bus.close()

@@ -70,6 +70,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if not settings.database_url:
             raise RuntimeError("INFLAB_DATABASE_URL is not set")
+        if not settings.job_signing_key.get_secret_value():
+            raise RuntimeError("INFLAB_JOB_SIGNING_KEY is not set: the gateway signs every job request "
+                               "(`inflab job-keys` makes a key pair; see docs/security.md)")
         engine = make_engine(settings.database_url)
         notifier = RunNotifier()
         stop = asyncio.Event()
@@ -82,8 +85,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.throttle = Throttle(sessionmaker)
             app.state.notifier = notifier
             app.state.loop = asyncio.get_running_loop()
-            bus = app.state.bus = await Bus.connect(settings, "gateway")
-            persister = EventPersister(bus, sessionmaker, notifier, on_stored=app.state.metrics.event_stored)
+            # The gateway creates the streams (and only its credential may).
+            bus = app.state.bus = await Bus.connect(settings, "gateway", create_streams=True)
+            persister = EventPersister(bus, sessionmaker, notifier, on_stored=app.state.metrics.event_stored,
+                                       on_refused=app.state.metrics.event_refused)
             await persister.listen_for_pokes()
             tasks.append(asyncio.create_task(persister.run(stop), name="event-persister"))
             app.state.persister_task = tasks[0]

@@ -37,11 +37,9 @@ async def launch_run(
     owner_id: UUID,
     experiment: Experiment,
     run_id: UUID | None = None,
-    announce: bool = False,
 ) -> Run:
-    """Create and queue a run of ``experiment``. ``announce`` also publishes the run's
-    ``queued`` status event on NATS (the stored one, same event id: the persister finds it
-    stored), for submitters that follow the run there."""
+    """Create and queue a run of ``experiment`` (the train request is signed: see
+    :meth:`Bus.publish_request`)."""
     spec = experiment_spec(experiment)
     try:
         run_estimate = estimate(spec.model_id, spec.training_data, spec.hyperparams, settings).model_dump(mode="json")
@@ -65,13 +63,7 @@ async def launch_run(
     await session.commit()
     try:
         # The run id is the message id, so a retried publish is deduplicated by JetStream.
-        await bus.publish(
-            bus.subjects.train_request,
-            TrainRequest(run_id=run.id, owner_id=owner_id, spec=spec),
-            msg_id=str(run.id),
-        )
-        if announce:
-            await bus.publish_event(queued)
+        await bus.publish_request("train", TrainRequest(run_id=run.id, owner_id=owner_id, spec=spec), msg_id=str(run.id))
     except Exception as exc:
         log.exception("could not queue run %s", run.id)
         locked = await session.scalar(

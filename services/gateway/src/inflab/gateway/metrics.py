@@ -64,6 +64,15 @@ class GatewayMetrics:
             "inflab_event_lag_seconds", "Now minus the event's own time, when the gateway stores it.",
             ["kind"], buckets=LAG_BUCKETS, registry=self.registry,
         )
+        self.events_refused = Counter(
+            "inflab_events_refused",
+            "Run events the persister refused because their stage could not have sent them (by why: "
+            "subject, stage, kind, mismatch, content); see docs/security.md.",
+            ["reason"], registry=self.registry,
+        )
+
+    def event_refused(self, category: str) -> None:
+        self.events_refused.labels(category).inc()
 
     def event_stored(self, event: EventBase) -> None:
         lag = (datetime.now(timezone.utc) - event.time).total_seconds()

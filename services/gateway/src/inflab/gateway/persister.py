@@ -1,6 +1,9 @@
 """The event persister: the gateway's durable JetStream consumer of every run event. It
-stores each one (:mod:`inflab.gateway.persistence`), then wakes the run's SSE streams on
-this replica and, through a core NATS poke, on every other.
+refuses an event whose stage could not have sent it (:mod:`inflab.gateway.event_origin`;
+dead-lettered, counted, logged), stores each other one
+(:mod:`inflab.gateway.persistence`), queues a run's next stages when its training result
+arrives (:mod:`inflab.gateway.next_stages`), then wakes the run's SSE streams on this
+replica and, through a core NATS poke, on every other.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inflab.common.bus import Bus
+from inflab.common.bus import Bus, Rejected
 from inflab.common.messages import RunEvent
+from inflab.gateway.event_origin import origin_refusal
+from inflab.gateway.next_stages import is_training_result, queue_next_stages
 from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.persistence import persist_event
 
@@ -52,6 +57,7 @@ class EventPersister:
         notifier: RunNotifier,
         max_backoff_s: float = 5.0,
         on_stored: Callable[[RunEvent], None] | None = None,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.bus = bus
         self.sessionmaker = sessionmaker
@@ -59,6 +65,8 @@ class EventPersister:
         self.max_backoff_s = max_backoff_s
         #: Called with each newly stored event (the event-lag metric).
         self.on_stored = on_stored
+        #: Called with the category of each refused event (the refused-events metric).
+        self.on_refused = on_refused
         self.durable = bus.subjects.durable("gateway_events")
 
     def poke_subject(self, run_id: object) -> str:
@@ -67,6 +75,13 @@ class EventPersister:
 
     async def handle(self, message: RunEventMessage, msg: Msg) -> None:
         event = message.root
+        refusal = origin_refusal(self.bus.subjects, msg.subject, event)
+        if refusal is not None:
+            # Nothing of it is stored; the bus dead-letters it with the reason.
+            log.warning("refused %s event for run %s: %s", event.kind, event.run_id, refusal.reason)
+            if self.on_refused is not None:
+                self.on_refused(refusal.category)
+            raise Rejected(f"refused event: {refusal.reason}")
         backoff = 0.2
         while True:
             try:
@@ -80,6 +95,9 @@ class EventPersister:
                 log.warning("Postgres unreachable (%s); retrying in %.1fs", type(exc).__name__, backoff)
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, self.max_backoff_s)
+        if is_training_result(event):
+            # Also for a redelivered (already stored) result: see next_stages.
+            await queue_next_stages(self.bus, self.sessionmaker, event)
         if changed:
             if self.on_stored is not None:
                 self.on_stored(event)

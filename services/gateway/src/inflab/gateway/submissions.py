@@ -108,7 +108,7 @@ class RunSubmissions:
             # A failure to queue raises: the message is redelivered, finds its (failed) run
             # and stops there; the run says why it failed.
             run = await launch_run(session, self.bus, self.notifier, self.settings, caller.user.id, experiment,
-                                   run_id=submission.submission_id, announce=True)
+                                   run_id=submission.submission_id)
         log.info("run %s submitted over NATS for user %s", run.id, caller.user.id)
 
     async def run(self, stop: asyncio.Event, retry_s: float = 1.0) -> None:

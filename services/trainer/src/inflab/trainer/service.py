@@ -1,6 +1,6 @@
 """Trainer service: translates train requests into training jobs on Ray, the run's control
-messages into the job's mailbox, and the job's outcome into events and the run's next
-stages. No ML here (see training.py)."""
+messages into the job's mailbox, and the job's outcome into events (the gateway queues the
+run's next stages from the result event). No ML here (see training.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from nats.aio.msg import Msg
 
 from inflab.common.bus import Bus
 from inflab.common.events import StageEvents
-from inflab.common.messages import InferenceRequest, InfluenceRequest, TrainingSummary, TrainRequest
+from inflab.common.messages import TrainingSummary, TrainRequest
 from inflab.common.objectstore import ObjectStore
 from inflab.common.predictions import PredictionLimits
 from inflab.common.settings import Settings
@@ -40,8 +40,9 @@ class TrainerService:
 
     async def on_train_request(self, request: TrainRequest, msg: Msg | None = None) -> None:
         events = StageEvents(self.bus, request.run_id, STAGE)
-        # Idempotent on redelivery: a finished training is not run again, its next
-        # stages are re-published (deduplicated by message id) instead.
+        # Idempotent on redelivery: a finished training is not run again, its result is
+        # re-published instead. The gateway queues the next stages when it stores the
+        # result (only the gateway publishes job requests).
         summary = await asyncio.to_thread(load_summary, self.store, request.run_id)
         if summary is None:
             outcome = await self.train(request, events)
@@ -49,7 +50,6 @@ class TrainerService:
                 return
             summary = outcome
         await events.publish("result", training=summary)
-        await self.publish_next_stages(request, summary)
         await events.status("completed")
 
     async def train(self, request: TrainRequest, events: StageEvents) -> TrainingSummary | None:
@@ -89,25 +89,6 @@ class TrainerService:
             await events.status("cancelled")
             return None
         return TrainingSummary.model_validate(raw["summary"])
-
-    async def publish_next_stages(self, request: TrainRequest, summary: TrainingSummary) -> None:
-        subjects = self.bus.subjects
-        final = summary.checkpoints[-1]
-        inference = InferenceRequest(
-            run_id=request.run_id, owner_id=request.owner_id, spec=request.spec, adapter=final
-        )
-        await self.bus.publish(subjects.inference_request, inference, msg_id=f"{request.run_id}:inference")
-        for method in request.spec.influence_methods:
-            influence = InfluenceRequest(
-                run_id=request.run_id,
-                owner_id=request.owner_id,
-                spec=request.spec,
-                method=method,
-                checkpoints=summary.checkpoints,
-            )
-            await self.bus.publish(
-                subjects.influence_request, influence, msg_id=f"{request.run_id}:influence:{method}"
-            )
 
 
 def make_handler(bus: Bus, settings: Settings):

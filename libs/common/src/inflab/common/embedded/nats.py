@@ -43,8 +43,9 @@ def nats_server_binary() -> Path:
 class EmbeddedNats(ServerProcess):
     """A single-node nats-server with JetStream, storing streams under ``data_dir``.
 
-    ``port=0`` picks a free port. ``url`` is valid once started. Output goes to
-    ``log_path`` (default: ``<data_dir>.log`` beside the store).
+    ``port=0`` picks a free port. ``url`` is valid once started (it holds no credential).
+    Output goes to ``log_path`` (default: ``<data_dir>.log`` beside the store).
+    ``config_file``: e.g. the authorization of every role (the embedded stack's).
     """
 
     name = "nats"
@@ -58,6 +59,7 @@ class EmbeddedNats(ServerProcess):
         host: str = LOCALHOST,
         log_path: Path | None = None,
         parent_death_signal: bool = False,
+        config_file: Path | None = None,
     ) -> None:
         data_dir = Path(data_dir).resolve()
         super().__init__(
@@ -68,6 +70,9 @@ class EmbeddedNats(ServerProcess):
         self.host = host
         self.port = port
         self.binary = nats_server_binary()
+        #: A configuration file (the ``authorization`` block of
+        #: :func:`inflab.common.nats_permissions.authorization_config`); the flags above win.
+        self.config_file = config_file
 
     @property
     def url(self) -> str:
@@ -79,7 +84,8 @@ class EmbeddedNats(ServerProcess):
             self.port = free_port(self.host)
 
     def command(self) -> Sequence[str]:
-        return [str(self.binary), "-js", "-sd", str(self.data_dir), "-a", self.host, "-p", str(self.port)]
+        config = ["-c", str(self.config_file)] if self.config_file else []
+        return [str(self.binary), *config, "-js", "-sd", str(self.data_dir), "-a", self.host, "-p", str(self.port)]
 
     def is_ready(self) -> bool:
         """Accepting clients: the server greets every connection with an INFO line.

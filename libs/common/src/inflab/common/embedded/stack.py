@@ -72,6 +72,8 @@ from inflab.common.embedded._proc import (
     same_process,
     stop_process_tree,
 )
+from inflab.common.embedded.bus_credentials import BusCredentials
+from inflab.common.job_signing import verify_key_of
 from inflab.common.settings import Settings
 
 log = logging.getLogger("inflab.stack")
@@ -338,7 +340,17 @@ class Stack:
         self.base_settings = settings
         #: The settings the children see: the embedded defaults, and the URLs of what
         #: this stack started filled in.
-        self.settings = embedded_settings(settings)
+        #: Its NATS URL holds no credential and it holds no job key: each service gets only
+        #: its own (:meth:`service_settings`), and Ray (which runs user-chosen models and
+        #: data) none.
+        self.settings = embedded_settings(settings).model_copy(
+            update={"job_signing_key": SecretStr(""), "job_verify_key": ""}
+        )
+        #: The bus secrets in the state folder (see bus_credentials.py).
+        self.credentials = BusCredentials(settings.home)
+        #: Each role's NATS URL with its credential, when this stack started NATS.
+        self.nats_urls: dict[str, str] = {}
+        self._job_keys: tuple[str, str] = ("", "")
         self.specs = list(services) if services is not None else default_services(settings)
         self.max_restarts = max_restarts
         self.restart_backoff_s = restart_backoff_s
@@ -416,6 +428,7 @@ class Stack:
         self._owns_state = True  # from here on, INFLAB_HOME/stack.json describes this stack
         self.logs_dir.mkdir(parents=True, exist_ok=True)
         self._prepare_object_store()
+        self._job_keys = await _in_thread(self._load_job_keys)
         self._write_state()
         await self._start_nats()
         await self._start_postgres()
@@ -465,17 +478,42 @@ class Stack:
         if self.base_settings.nats_url:
             return self._external("nats", self.base_settings.nats_url)
         from inflab.common.embedded.nats import EmbeddedNats
+        from inflab.common.subjects import Subjects
 
+        # Authentication on: one user per role, nobody without credentials.
+        passwords = await _in_thread(self.credentials.write_nats, Subjects.from_settings(self.settings))
         nats = EmbeddedNats(
             self.home / "nats",
             self.base_settings.embedded_nats_port,
             log_path=self.logs_dir / "nats.log",
             parent_death_signal=True,
+            config_file=self.credentials.authorization_file,
         )
         comp = Component("nats", "nats", stop_signal=int(nats.stop_signal))
         await self._start_server(nats, comp)
         comp.url = self.settings.nats_url = nats.url
+        self.nats_urls = await _in_thread(self.credentials.write_urls, passwords, nats.host, nats.port)
         self._write_state()
+
+    def _load_job_keys(self) -> tuple[str, str]:
+        """The given signing key (and its verify key), or the state folder's pair."""
+        given = self.base_settings.job_signing_key.get_secret_value()
+        if given:
+            return given, self.base_settings.job_verify_key or verify_key_of(given)
+        return self.credentials.job_keys()
+
+    def service_settings(self, name: str) -> Settings:
+        """What service ``name`` is given: its own role's NATS credential (when this stack
+        started NATS), and the gateway the signing key, a worker the verify key."""
+        signing, verify = self._job_keys
+        update: dict[str, Any] = {
+            "job_signing_key": SecretStr(signing if name == "gateway" else ""),
+            "job_verify_key": verify if name != "gateway" else "",
+        }
+        if self.nats_urls:
+            update |= {"nats_url": self.nats_urls.get(name, self.settings.nats_url), "nats_user": "",
+                       "nats_password": SecretStr(""), "nats_creds_file": None}
+        return self.settings.model_copy(update=update)
 
     async def _start_postgres(self) -> None:
         if self.base_settings.database_url:
@@ -536,7 +574,7 @@ class Stack:
 
     def _spawn_service(self, service: _Service) -> None:
         log_path = self.logs_dir / f"{service.spec.name}.log"
-        env = child_environment(self.settings, self._child_env_extra | SERVICE_ENV)
+        env = child_environment(self.service_settings(service.spec.name), self._child_env_extra | SERVICE_ENV)
         with log_path.open("ab") as out:
             out.write(f"--- {_now()} starting {' '.join(service.spec.argv)}\n".encode())
             out.flush()
@@ -678,6 +716,8 @@ class Stack:
             "gateway_url": self.gateway_url,
             # Where mails go when no SMTP server is set (verification and reset links).
             "mail_dir": None if self.settings.smtp_host else str(self.settings.mail_folder),
+            # Where each role's NATS credential is (files only the owner can read).
+            "nats_credentials": self.credentials.url_files() if self.nats_urls else {},
             "components": [asdict(c) for c in self._components],
         }
         self.home.mkdir(parents=True, exist_ok=True)
