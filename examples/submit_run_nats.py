@@ -1,13 +1,22 @@
 #!/usr/bin/env python3
 """Submit a run to Influence Lab over NATS, as another team's pipeline would.
 
-    python examples/submit_run_nats.py --nats nats://127.0.0.1:4222 --token ilp_... experiment.json
+    python examples/submit_run_nats.py --nats-url-file .inflab/secrets/nats/pipeline.url \\
+        --token ilp_... experiment.json
 
 ``experiment.json`` is the body of ``POST /api/experiments`` (examples/demo/experiment.json
-is one). The run belongs to the API token's owner and shows in their account. The script
-publishes a ``RunSubmission`` on ``inflab.v1.run.submit`` (JetStream, so it is kept until
-the gateway takes it), then waits for the gateway's answer: the run's ``queued`` status
-event (exit 0, the run id printed) or a dead letter naming the reason (exit 1).
+is one). The run belongs to the API token's owner and shows in their account.
+
+NATS refuses clients without credentials: connect with the deployment's *pipeline*
+credential (``--nats nats://pipeline:<password>@host:4222``, or ``--nats-url-file`` naming
+the file that holds that URL: ``inflab ps`` shows where the embedded stack keeps it). That
+credential may publish ``inflab.v1.run.submit`` and read the gateway's answers, nothing
+else, and takes its replies under the inbox prefix ``_INBOX.pipeline``.
+
+The script listens for the gateway's answer on ``inflab.v1.submission.<submission_id>``,
+publishes a ``RunSubmission`` (JetStream, so it is kept until the gateway takes it), and
+prints the answer: ``run <id> queued`` (exit 0) or the reason it was refused (exit 1).
+Follow the run over HTTP with the same token (``GET /api/runs/<id>/events``).
 
 It needs only nats-py (``pip install nats-py``); see docs/pipelines.md.
 """
@@ -23,31 +32,17 @@ from pathlib import Path
 
 import nats
 
+#: The pipeline credential may receive replies only under this prefix.
+INBOX_PREFIX = "_INBOX.pipeline"
+
 
 async def submit(nats_url: str, token: str, experiment: dict, prefix: str, timeout_s: float) -> int:
     submission_id = str(uuid.uuid4())  # becomes the run id
     root = f"{prefix}.v1"
-    nc = await nats.connect(nats_url)
+    nc = await nats.connect(nats_url, inbox_prefix=INBOX_PREFIX, allow_reconnect=False)
     try:
-        answer: asyncio.Future = asyncio.get_running_loop().create_future()
-
-        async def on_status(msg) -> None:
-            event = json.loads(msg.data)
-            if event.get("stage") == "run" and not answer.done():
-                answer.set_result(("queued", event))
-
-        async def on_dead_letter(msg) -> None:
-            letter = json.loads(msg.data)
-            try:
-                ours = json.loads(letter.get("payload") or "{}").get("submission_id") == submission_id
-            except ValueError:
-                ours = False
-            if ours and not answer.done():
-                answer.set_result(("rejected", letter))
-
         # Listen before publishing, so the answer cannot be missed.
-        await nc.subscribe(f"{root}.run.{submission_id}.event.status", cb=on_status)
-        await nc.subscribe(f"{root}.deadletter.gateway", cb=on_dead_letter)
+        answers = await nc.subscribe(f"{root}.submission.{submission_id}")
         submission = {"schema_version": 1, "submission_id": submission_id, "experiment": experiment}
         await nc.jetstream().publish(
             f"{root}.run.submit",
@@ -56,15 +51,15 @@ async def submit(nats_url: str, token: str, experiment: dict, prefix: str, timeo
             headers={"Authorization": f"Bearer {token}", "Nats-Msg-Id": submission_id},
         )
         try:
-            outcome, detail = await asyncio.wait_for(answer, timeout_s)
-        except TimeoutError:
+            answer = json.loads((await answers.next_msg(timeout=timeout_s)).data)
+        except nats.errors.TimeoutError:
             print(f"submitted {submission_id}, but no answer within {timeout_s:.0f} s: is the gateway up?",
                   file=sys.stderr)
             return 2
-        if outcome == "rejected":
-            print(f"rejected: {detail['reason']}", file=sys.stderr)
+        if not answer["accepted"]:
+            print(f"rejected: {answer['reason']}", file=sys.stderr)
             return 1
-        print(f"run {submission_id} queued")
+        print(f"run {answer['run_id']} queued")
         return 0
     finally:
         await nc.close()
@@ -73,13 +68,16 @@ async def submit(nats_url: str, token: str, experiment: dict, prefix: str, timeo
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", type=Path, help="the experiment, as the body of POST /api/experiments")
-    parser.add_argument("--nats", default="nats://127.0.0.1:4222", help="NATS server URL")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--nats", help="NATS URL with the pipeline credential: nats://pipeline:PASSWORD@host:4222")
+    where.add_argument("--nats-url-file", type=Path, help="a file holding that URL (see `inflab ps`)")
     parser.add_argument("--token", required=True, help="a personal API token (POST /api/tokens)")
     parser.add_argument("--prefix", default="inflab", help="subject prefix (INFLAB_SUBJECT_PREFIX)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for the gateway's answer")
     args = parser.parse_args()
+    url = args.nats or args.nats_url_file.read_text().strip()
     experiment = json.loads(args.experiment.read_text())
-    return asyncio.run(submit(args.nats, args.token, experiment, args.prefix, args.timeout))
+    return asyncio.run(submit(url, args.token, experiment, args.prefix, args.timeout))
 
 
 if __name__ == "__main__":

@@ -36,7 +36,8 @@ def test_every_subject_has_a_channel_with_its_payload():
     addresses = {c["address"]: c for c in DOC["channels"].values()}
     expected = {subjects.request(stage) for stage in STAGES}
     expected |= {subjects.event("{run_id}", "{stage}", kind) for kind in m.EVENT_KINDS}
-    expected |= {subjects.control("{run_id}"), subjects.dead_letter("{service}"), subjects.run_submit}
+    expected |= {subjects.control("{run_id}"), subjects.dead_letter("{service}"), subjects.run_submit,
+                 subjects.submission_outcome("{submission_id}")}
     assert set(addresses) == expected
     # Every member of the event union is documented, and EVENT_KINDS lists them all.
     assert set(event_models()) == set(m.EVENT_KINDS)
@@ -103,6 +104,7 @@ EXAMPLES = [
     m.ResultEvent(run_id=RUN, stage="inference", answers=[
         m.Answer(eval_id="e", question="q?", base="b", few_shot="f", fine_tuned="t")]),
     m.DeadLetter(service="trainer", subject="inflab.v1.train.request", reason="bad", payload="{}"),
+    m.SubmissionOutcome(submission_id=RUN, accepted=True, run_id=RUN),
 ]
 
 

@@ -162,6 +162,15 @@ def build_asyncapi(subjects: Subjects | None = None) -> dict[str, Any]:
         "runSubmission", m.RunSubmission, submission,
         "receive", "The gateway creates and queues the submitted run.")
 
+    add("submissionOutcome", _channel(subjects.submission_outcome("{submission_id}"), "submissionOutcome",
+                                      "The gateway's answer to one submission (core NATS, not kept: subscribe "
+                                      "before publishing the submission). The pipeline credential may read it.",
+                                      {"submission_id": {"description": "The submission's id (a UUID)."}}),
+        "submissionOutcome", m.SubmissionOutcome,
+        _message("submissionOutcome", m.SubmissionOutcome, "A submission was accepted, or refused and why.",
+                 headers=False),
+        "send", "The gateway answers a pipeline's submission.")
+
     add("deadLetter", _channel(subjects.dead_letter("{service}"), "deadLetter",
                                f"Messages a service rejected, with the reason (stream {subjects.dead_letter_stream}).",
                                {"service": {"description": "The rejecting service: gateway, trainer, inference or influence."}}),

@@ -501,6 +501,20 @@ class RunSubmission(Message):
     experiment: dict
 
 
+class SubmissionOutcome(Message):
+    """The gateway's answer to a ``RunSubmission``, on ``inflab.v1.submission.{submission_id}``
+    (core NATS: listen before submitting). It names no token and no experiment text: every
+    pipeline credential may read every outcome."""
+
+    submission_id: UUID
+    accepted: bool
+    #: The run (its id is the submission id) when accepted.
+    run_id: UUID | None = None
+    #: Why it was refused, as in the dead letter the gateway also writes.
+    reason: str | None = None
+    time: datetime = Field(default_factory=_now)
+
+
 class DeadLetter(Message):
     """What a service publishes when it rejects a message it cannot process."""
 

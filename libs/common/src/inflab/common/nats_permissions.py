@@ -11,8 +11,10 @@ Roles:
 * ``trainer``, ``inference``, ``influence``: take their stage's job requests (their own
   durable pull consumer), publish only their stage's event kinds and their dead letters;
   the trainer also reads the control stream.
-* ``pipeline``: other teams' pipelines. Publishes ``run.submit`` and nothing else; it
-  follows its runs over HTTP with its API token.
+* ``pipeline``: other teams' pipelines. Publishes ``run.submit`` and nothing else on the
+  product's subjects; reads the gateway's answer to a submission
+  (``submission.{submission_id}``, no token or experiment in it) and follows its runs over
+  HTTP with its API token.
 * ``operator``: everything, the JetStream API included (administration, debugging).
 
 JetStream API access is per stream and per consumer: each role gets the exact
@@ -114,7 +116,7 @@ class RolePermissions:
         s = self.subjects
         inbox = f"{inbox_prefix(role)}.>"
         if role == "pipeline":
-            return Permissions(publish=(s.run_submit,), subscribe=(inbox,))
+            return Permissions(publish=(s.run_submit,), subscribe=(inbox, s.submission_outcome("*")))
         publish: list[str] = []
         subscribe: list[str] = [inbox]
         for consumer in self.consumers(role):
@@ -123,6 +125,7 @@ class RolePermissions:
             publish += [s.request(stage) for stage in STAGES]
             publish.append(s.control("*"))
             publish.append(s.dead_letter("gateway"))
+            publish.append(s.submission_outcome("*"))
             # Core NATS pokes between gateway replicas (see inflab.gateway.persister).
             publish.append(self.gateway_pokes)
             subscribe.append(self.gateway_pokes)
@@ -141,13 +144,12 @@ class RolePermissions:
         return f"{self.subjects.root}.gateway.persisted.*"
 
     def _control_reader(self) -> list[str]:
-        """The trainer's view of the control stream: an ordered consumer (ephemeral, so its
-        name is the server's choice) and the last message of a run's subject."""
+        """The trainer's view of the control stream: an ordered consumer (ephemeral: nats-py
+        creates it, and re-creates it after a gap, without a name, and the server drops it
+        when unused) and the last message of a run's subject."""
         stream = self.subjects.control_stream
         return [
             f"{JS_API}.CONSUMER.CREATE.{stream}",
-            f"{JS_API}.CONSUMER.CREATE.{stream}.*.>",
-            f"{JS_API}.CONSUMER.DELETE.{stream}.*",
             f"{JS_API}.STREAM.MSG.GET.{stream}",
             # Flow-control replies of the ordered consumer.
             f"$JS.FC.{stream}.>",

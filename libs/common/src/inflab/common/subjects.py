@@ -57,6 +57,11 @@ class Subjects:
         gateway consumes it."""
         return f"{self.root}.run.submit"
 
+    def submission_outcome(self, submission_id: object) -> str:
+        """Core NATS (not kept): the gateway's answer to one submission
+        (``SubmissionOutcome``), for the pipeline that listens before it submits."""
+        return f"{self.root}.submission.{submission_id}"
+
     def event(self, run_id: object, stage: str, kind: str) -> str:
         """``inflab.v1.run.{run_id}.event.{stage}.{kind}``: the stage that sends it is part
         of the subject (see ``STAGE_EVENT_KINDS``)."""

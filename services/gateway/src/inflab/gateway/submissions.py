@@ -9,7 +9,9 @@ the run id) and queues the train request, exactly as ``POST /api/experiments`` a
 A missing, unknown, expired, revoked or read-only token, an invalid
 experiment or a submission id another user's run has are dead-lettered at once on
 ``inflab.v1.deadletter.gateway`` with the reason; a redelivered submission finds its run
-and does nothing more.
+and does nothing more. Either way the gateway answers on
+``inflab.v1.submission.{submission_id}`` (``SubmissionOutcome``: accepted, or the reason),
+which the pipeline credential may read: it may read no run event and no dead letter.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inflab.common.bus import Bus, Rejected
 from inflab.common.db.models import Experiment, Run
-from inflab.common.messages import RunSubmission
+from inflab.common.messages import RunSubmission, SubmissionOutcome
 from inflab.common.settings import Settings
 from inflab.gateway.auth.sessions import caller_for_api_token
 from inflab.gateway.auth.rls import session_for
@@ -66,6 +68,25 @@ class RunSubmissions:
         self.durable = bus.subjects.durable("gateway_submissions")
 
     async def handle(self, submission: RunSubmission, msg: Msg) -> None:
+        """Make the submission's run, then answer on its outcome subject (a refusal too,
+        before the bus dead-letters it)."""
+        try:
+            await self.make_run(submission, msg)
+        except Rejected as exc:
+            await self.answer(SubmissionOutcome(submission_id=submission.submission_id, accepted=False,
+                                                reason=str(exc)))
+            raise
+        await self.answer(SubmissionOutcome(submission_id=submission.submission_id, accepted=True,
+                                            run_id=submission.submission_id))
+
+    async def answer(self, outcome: SubmissionOutcome) -> None:
+        try:
+            await self.bus.nc.publish(self.bus.subjects.submission_outcome(outcome.submission_id),
+                                      outcome.model_dump_json().encode())
+        except Exception:  # best effort: the run (or the dead letter) is the record
+            log.warning("could not answer submission %s", outcome.submission_id, exc_info=True)
+
+    async def make_run(self, submission: RunSubmission, msg: Msg) -> None:
         token = bearer_token(msg)
         if token is None:
             raise Rejected("no API token: send one in the 'Authorization: Bearer <token>' header")
