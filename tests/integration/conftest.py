@@ -22,6 +22,6 @@ async def gateway(gw_settings):
 @pytest.fixture
 async def producer(gw_settings):
     """A worker's view of the bus: publishes run events as the trainer and friends do."""
-    bus = await Bus.connect(gw_settings, "test-producer")
+    bus = await Bus.connect(gw_settings, "test-producer", create_streams=True)
     yield bus
     await bus.close()

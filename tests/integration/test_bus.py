@@ -1,16 +1,21 @@
 """The JetStream bus against a real NATS server: deduplicated publish, the worker loop,
-dead-lettering of malformed and repeatedly failing messages."""
+dead-lettering of malformed and repeatedly failing messages, and of job requests the
+gateway did not sign (or that name another run's files); a worker waits for the streams
+the gateway creates."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 
 import pytest
+from nats.errors import TimeoutError as NatsTimeout
 
 from inflab.common.bus import Bus
-from inflab.common.messages import DeadLetter, TrainRequest
+from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner, new_key_pair
+from inflab.common.messages import DeadLetter, InferenceRequest, TrainRequest
 from inflab.common.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -35,17 +40,25 @@ async def bus(settings: Settings):
     own = settings.model_copy(
         update={"subject_prefix": f"{settings.subject_prefix}{tag}", "stream_prefix": f"{settings.stream_prefix}{tag}"}
     )
-    b = await Bus.connect(own, "trainer")
+    b = await Bus.connect(own, "trainer", create_streams=True)
     yield b
-    for stream in (b.subjects.jobs_stream, b.subjects.events_stream, b.subjects.dead_letter_stream):
+    for stream in (b.subjects.jobs_stream, b.subjects.events_stream, b.subjects.dead_letter_stream,
+                   b.subjects.control_stream, b.subjects.submissions_stream):
         await b.js.delete_stream(stream)
     await b.close()
 
 
 async def _dead_letters(bus: Bus, count: int) -> list[DeadLetter]:
+    """The first ``count`` dead letters of the stream, once there are that many."""
     sub = await bus.js.pull_subscribe(bus.subjects.all_dead_letters, stream=bus.subjects.dead_letter_stream)
-    msgs = await sub.fetch(count, timeout=30)
-    await sub.unsubscribe()
+    msgs = []
+    try:
+        async with asyncio.timeout(30):
+            while len(msgs) < count:
+                with contextlib.suppress(NatsTimeout):
+                    msgs += await sub.fetch(count - len(msgs), timeout=1)
+    finally:
+        await sub.unsubscribe()
     return [DeadLetter.model_validate_json(m.data) for m in msgs]
 
 
@@ -94,3 +107,85 @@ async def test_failing_handler_is_retried_then_dead_lettered(bus: Bus):
     assert attempts == list(range(1, bus.settings.max_deliver + 1))
     [letter] = await _dead_letters(bus, 1)
     assert "boom" in letter.reason and letter.deliveries == bus.settings.max_deliver
+
+
+async def test_a_worker_runs_only_requests_the_gateway_signed(bus: Bus):
+    """Unsigned, signed with another key, signed for another subject, or signed and then
+    altered: dead-lettered with the reason and never handled. A signed request whose
+    checkpoint lies outside its run's prefix is refused too."""
+    s = bus.subjects
+    handled: list[TrainRequest] = []
+    stop = asyncio.Event()
+
+    async def handler(msg: TrainRequest, raw) -> None:
+        handled.append(msg)
+        stop.set()
+
+    gateway = JobSigner(bus.settings.job_signing_key.get_secret_value())
+    impostor = JobSigner(new_key_pair()[0])
+    body = _request().model_dump_json().encode()
+    forged = [
+        (body, {}),
+        (body, {SIGNATURE_HEADER: impostor.sign(s.train_request, body)}),
+        (body, {SIGNATURE_HEADER: gateway.sign(s.inference_request, body)}),
+        (body.replace(b'"q?"', b'"what?"', 1), {SIGNATURE_HEADER: gateway.sign(s.train_request, body)}),
+        (body, {SIGNATURE_HEADER: "hmac:abc"}),
+    ]
+    for data, headers in forged:
+        await bus.js.publish(s.train_request, data, headers=headers or None)
+    genuine = _request()
+    await bus.publish_request("train", genuine, msg_id=str(genuine.run_id))
+    await asyncio.wait_for(bus.consume(s.train_request, TrainRequest, handler, stop, signed=True), 30)
+
+    assert [m.run_id for m in handled] == [genuine.run_id]
+    reasons = [letter.reason for letter in await _dead_letters(bus, len(forged))]
+    assert "unsigned job request" in reasons[0]
+    assert all("not the gateway's" in reason for reason in reasons[1:4]), reasons
+    assert "unknown scheme 'hmac'" in reasons[4]
+
+    # The gateway's signature does not make another run's checkpoint acceptable.
+    run_id = uuid.uuid4()
+    outside = {"run_id": str(run_id), "spec": genuine.spec.model_dump(mode="json"),
+               "adapter": {"step": 1, "epoch": 1, "key": f"runs/{uuid.uuid4()}/checkpoints/1", "learning_rate": 1e-3}}
+    data = json.dumps(outside).encode()
+    await bus.js.publish(s.inference_request, data, headers={SIGNATURE_HEADER: gateway.sign(s.inference_request, data)})
+    seen: list[InferenceRequest] = []
+    done = asyncio.Event()
+
+    async def on_inference(msg: InferenceRequest, raw) -> None:
+        seen.append(msg)
+
+    consumer = asyncio.create_task(bus.consume(s.inference_request, InferenceRequest, on_inference, done, signed=True))
+    [letter] = (await _dead_letters(bus, len(forged) + 1))[-1:]
+    done.set()
+    await asyncio.wait_for(consumer, 10)
+    assert seen == [] and "adapter.key" in letter.reason and "not under this run's prefix" in letter.reason
+
+
+async def test_a_worker_waits_for_the_gateway_to_create_the_streams(settings: Settings):
+    tag = uuid.uuid4().hex[:8]
+    own = settings.model_copy(
+        update={"subject_prefix": f"{settings.subject_prefix}{tag}", "stream_prefix": f"{settings.stream_prefix}{tag}"}
+    )
+    worker = await Bus.connect(own, "trainer")
+    handled: list[TrainRequest] = []
+    stop = asyncio.Event()
+
+    async def handler(msg: TrainRequest, raw) -> None:
+        handled.append(msg)
+        stop.set()
+
+    consuming = asyncio.create_task(worker.consume(worker.subjects.train_request, TrainRequest, handler, stop,
+                                                   signed=True))
+    gateway = await Bus.connect(own, "gateway", create_streams=True)
+    try:
+        request = _request()
+        await gateway.publish_request("train", request, msg_id=str(request.run_id))
+        await asyncio.wait_for(consuming, 30)
+        assert [m.run_id for m in handled] == [request.run_id]
+    finally:
+        for stream in (gateway.subjects.jobs_stream, gateway.subjects.events_stream, gateway.subjects.control_stream,
+                       gateway.subjects.dead_letter_stream, gateway.subjects.submissions_stream):
+            await gateway.js.delete_stream(stream)
+        await gateway.close()
+        await worker.close()

@@ -12,6 +12,7 @@ import asyncio
 import json
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import httpx
 import nats
@@ -171,7 +172,7 @@ async def test_a_run_moves_through_its_stages_to_completed(gateway, producer) ->
 
     # A stage reporting "completed" again (its job redelivered) does not finish the run twice.
     again = StatusEvent(run_id=run_id, stage="influence", method="tracin", status="completed")
-    marker = LogEvent(run_id=run_id, stage="run", message="marker")
+    marker = LogEvent(run_id=run_id, stage="train", message="marker")
     await publish(producer, [again, marker])
     await wait_for_event(app, run_id, marker.event_id)
     assert await count(app, RunEventRow.run_id == run_id, RunEventRow.stage == "run",
@@ -182,7 +183,7 @@ async def test_a_redelivered_event_is_stored_once(gateway, producer) -> None:
     app, client = gateway
     run_id = await start_run(client, EXPERIMENT)
     metric = MetricEvent(run_id=run_id, stage="train", step=1, epoch=0.5, loss=2.0, learning_rate=1e-3)
-    subject = producer.subjects.event(run_id, "metric")
+    subject = producer.subjects.event(run_id, "train", "metric")
     # Without a Nats-Msg-Id, as a redelivery past JetStream's dedup window would arrive.
     for _ in range(2):
         await producer.js.publish(subject, metric.model_dump_json().encode())
@@ -225,8 +226,8 @@ async def test_bad_events_are_dead_lettered_and_the_persister_goes_on(gateway, p
         letters: asyncio.Queue = asyncio.Queue()
         await nc.subscribe(producer.subjects.dead_letter("gateway"), cb=letters.put)
         await nc.flush()
-        await producer.js.publish(producer.subjects.event(run_id, "status"), b"{not json")
-        await producer.js.publish(producer.subjects.event(run_id, "status"),
+        await producer.js.publish(producer.subjects.event(run_id, "train", "status"), b"{not json")
+        await producer.js.publish(producer.subjects.event(run_id, "train", "status"),
                                   json.dumps({"kind": "horoscope", "run_id": str(run_id), "stage": "run"}).encode())
         reasons = [json.loads((await asyncio.wait_for(letters.get(), 10)).data)["reason"] for _ in range(2)]
     finally:
@@ -365,7 +366,9 @@ async def test_persister_waits_for_postgres_instead_of_dropping_events(gw_settin
 
         persister.sessionmaker = failing_sessionmaker
         event = StatusEvent(run_id=run_id, stage="train", status="running")
-        handling = asyncio.create_task(persister.handle(RunEventMessage(event), None))
+        # Handed over as the consumer would, with the subject it arrived on.
+        delivered = SimpleNamespace(subject=producer.subjects.event(run_id, "train", "status"))
+        handling = asyncio.create_task(persister.handle(RunEventMessage(event), delivered))
         for _ in range(3):  # three refused connections, and still handling
             await asyncio.wait_for(attempts.get(), 5)
         assert not handling.done()

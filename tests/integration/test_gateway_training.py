@@ -140,7 +140,7 @@ async def test_predictions_are_stored_once_paged_and_listed_by_epoch(gateway, pr
     redelivered = points[1]  # the same event again, past JetStream's dedup window
     resampled = sampling_point(run_id, 15, 1.5, answer="after resume")  # a resumed run samples step 15 again
     await publish_and_wait(app, producer, run_id, points[:3])
-    await producer.js.publish(producer.subjects.event(run_id, "prediction"), redelivered.model_dump_json().encode())
+    await producer.js.publish(producer.subjects.event(run_id, "train", "prediction"), redelivered.model_dump_json().encode())
     await publish_and_wait(app, producer, run_id, [*points[3:], resampled])
 
     async with app.state.sessionmaker() as session:

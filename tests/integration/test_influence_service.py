@@ -17,6 +17,8 @@ import pytest_asyncio
 import torch
 
 from inflab.common import influence_files
+from inflab.common.bus import Bus
+from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner
 from inflab.common.models import build_tiny_model, load_model
 from inflab.common.objectstore import ObjectStore
 from inflab.common.subjects import Subjects
@@ -40,9 +42,33 @@ def tiny_model(tmp_path_factory) -> Path:
     return build_tiny_model(tmp_path_factory.mktemp("tiny-influence"), seed=0)
 
 
+class StoredCheckpoints:
+    """A real adapter (random LoRA weights), stored on demand under a run's own prefix (the
+    only place a request may name): ``good`` (step 4), ``unreadable`` (step 5: garbage
+    weights) and ``missing`` (step 6: nothing stored)."""
+
+    def __init__(self, store: ObjectStore, folder: Path) -> None:
+        self.store = store
+        self.folder = folder
+
+    def refs(self, run_id: str, *names: str) -> list[dict]:
+        ref = {"epoch": 1, "learning_rate": 0.01, "loss": 1.0}
+        refs = []
+        for name in names:
+            step = {"good": 4, "unreadable": 5, "missing": 6}[name]
+            key = f"runs/{run_id}/checkpoints/{step}"
+            if name == "good":
+                for file in self.folder.iterdir():
+                    self.store.put(f"{key}/{file.name}", file.read_bytes())
+            elif name == "unreadable":
+                self.store.put(f"{key}/adapter_config.json", (self.folder / "adapter_config.json").read_bytes())
+                self.store.put(f"{key}/adapter_model.safetensors", b"\x00garbage")
+            refs.append({**ref, "step": step, "key": key})
+        return refs
+
+
 @pytest.fixture(scope="module")
-def stored_checkpoints(settings, tiny_model, tmp_path_factory) -> dict[str, dict]:
-    """A real adapter (random LoRA weights) and an unreadable one, in the object store."""
+def stored_checkpoints(settings, tiny_model, tmp_path_factory) -> StoredCheckpoints:
     from peft import LoraConfig, get_peft_model
 
     model, _ = load_model(str(tiny_model), tiny_model / "cache")
@@ -54,25 +80,15 @@ def stored_checkpoints(settings, tiny_model, tmp_path_factory) -> dict[str, dict
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
     folder = tmp_path_factory.mktemp("adapter")
     model.save_pretrained(folder)
-    store = ObjectStore(settings.objects_url)
-    run = uuid.uuid4().hex
-    good, bad = f"runs/{run}/checkpoints/4", f"runs/{run}/checkpoints/5"
-    for file in folder.iterdir():
-        store.put(f"{good}/{file.name}", file.read_bytes())
-    store.put(f"{bad}/adapter_config.json", (folder / "adapter_config.json").read_bytes())
-    store.put(f"{bad}/adapter_model.safetensors", b"\x00garbage")
-    ref = {"epoch": 1, "learning_rate": 0.01, "loss": 1.0}
-    return {
-        "good": {**ref, "step": 4, "key": good},
-        "unreadable": {**ref, "step": 5, "key": bad},
-        "missing": {**ref, "step": 6, "key": f"runs/{run}/checkpoints/6"},
-    }
+    return StoredCheckpoints(ObjectStore(settings.objects_url), folder)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def influence_worker(settings, ray_cluster):
     from inflab.influence import service as influence
 
+    # The streams are the gateway's to create.
+    await (await Bus.connect(settings, "gateway", create_streams=True)).close()
     stop = asyncio.Event()
     task = asyncio.create_task(
         serve(influence.SERVICE, influence.STAGE, influence.REQUEST_MODEL, influence.make_handler, settings, stop)
@@ -87,7 +103,9 @@ async def influence_worker(settings, ray_cluster):
             await task
 
 
-def _request(tiny_model: Path, method: str, checkpoints: list[dict], training=TRAINING, evals=EVALS, args=None):
+def _request(tiny_model: Path, method: str, stored: StoredCheckpoints, checkpoints: list[str], training=TRAINING,
+             evals=EVALS, args=None):
+    run_id = str(uuid.uuid4())
     spec = {
         "model_id": str(tiny_model),
         "training_data": training,
@@ -97,8 +115,8 @@ def _request(tiny_model: Path, method: str, checkpoints: list[dict], training=TR
         "influence_methods": [method] if method in ("tracin", "datainf", "ekfac") else ["tracin"],
         "influence_args": args or {},
     }
-    return {"schema_version": 1, "run_id": str(uuid.uuid4()), "spec": spec, "method": method,
-            "checkpoints": checkpoints}
+    return {"schema_version": 1, "run_id": run_id, "spec": spec, "method": method,
+            "checkpoints": stored.refs(run_id, *checkpoints)}
 
 
 def _terminal(stream: list[dict]) -> dict:
@@ -122,9 +140,12 @@ async def _terminal_events(settings, requests: list[dict], timeout: float = 400)
     try:
         sub = await nc.subscribe(subjects.all_events, cb=on_event)
         js = nc.jetstream()
+        gateway = JobSigner(settings.job_signing_key.get_secret_value())  # as the gateway queues them
         for r in requests:
-            await js.publish(subjects.influence_request, json.dumps(r).encode(),
-                             headers={"Nats-Msg-Id": r["run_id"] + r["method"]})
+            body = json.dumps(r).encode()
+            await js.publish(subjects.influence_request, body,
+                             headers={"Nats-Msg-Id": r["run_id"] + r["method"],
+                                      SIGNATURE_HEADER: gateway.sign(subjects.influence_request, body)})
         await asyncio.wait_for(asyncio.gather(*(e.wait() for e in done.values())), timeout)
         await sub.unsubscribe()
     finally:
@@ -135,16 +156,16 @@ async def _terminal_events(settings, requests: list[dict], timeout: float = 400)
 async def test_bad_requests_fail_with_the_cause_and_the_worker_goes_on(
     influence_worker, settings, tiny_model, stored_checkpoints
 ):
-    good = stored_checkpoints["good"]
+    stored = stored_checkpoints
     cases = {
-        "unknown influence method 'nope'": _request(tiny_model, "nope", [good]),
-        "no training pairs": _request(tiny_model, "tracin", [good], training=[]),
-        "no evaluation questions": _request(tiny_model, "datainf", [good], evals=[]),
-        "no checkpoints": _request(tiny_model, "tracin", []),
-        "downloading checkpoint 00000006": _request(tiny_model, "tracin", [good, stored_checkpoints["missing"]]),
-        "loading checkpoint 00000005": _request(tiny_model, "datainf", [stored_checkpoints["unreadable"]]),
+        "unknown influence method 'nope'": _request(tiny_model, "nope", stored, ["good"]),
+        "no training pairs": _request(tiny_model, "tracin", stored, ["good"], training=[]),
+        "no evaluation questions": _request(tiny_model, "datainf", stored, ["good"], evals=[]),
+        "no checkpoints": _request(tiny_model, "tracin", stored, []),
+        "downloading checkpoint 00000006": _request(tiny_model, "tracin", stored, ["good", "missing"]),
+        "loading checkpoint 00000005": _request(tiny_model, "datainf", stored, ["unreadable"]),
         "checking the arguments: ValueError: datainf: unknown argument(s) ['dampin']": _request(
-            tiny_model, "datainf", [good], args={"datainf": {"dampin": 0.1}}),
+            tiny_model, "datainf", stored, ["good"], args={"datainf": {"dampin": 0.1}}),
     }
     events = await _terminal_events(settings, list(cases.values()))
     for cause, request in cases.items():
@@ -154,7 +175,7 @@ async def test_bad_requests_fail_with_the_cause_and_the_worker_goes_on(
         assert terminal["method"] == request["method"]
 
     # The worker is still consuming: a good request for two methods completes.
-    runs = [_request(tiny_model, m, [good], args={"datainf": {"top_k": 2}}) for m in ("tracin", "datainf")]
+    runs = [_request(tiny_model, m, stored, ["good"], args={"datainf": {"top_k": 2}}) for m in ("tracin", "datainf")]
     events = await _terminal_events(settings, runs)
     for request in runs:
         stream = events[request["run_id"]]

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from inflab.common.db.models import Checkpoint, Generation, InfluenceResult, Metric, Prediction, Run, RunEventRow
 from inflab.common.db.session import make_engine, make_sessionmaker
+from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner
 from inflab.common.messages import InferenceRequest, InfluenceRequest, TrainRequest
 from inflab.common.models import build_tiny_model
 from inflab.common.objectstore import ObjectStore
@@ -118,9 +119,12 @@ async def test_malformed_request_is_dead_lettered_and_worker_goes_on(stack, sett
         letters: asyncio.Queue = asyncio.Queue()
         sub = await nc.subscribe(subjects.all_dead_letters, cb=letters.put)
         js = nc.jetstream()
-        await js.publish(subjects.train_request, b"{not json")
-        await js.publish(subjects.train_request, json.dumps({"run_id": "not-a-uuid", "spec": {}}).encode())
-        await js.publish(subjects.influence_request, json.dumps({"schema_version": 99}).encode())
+        # Signed, as only the gateway can: past the signature check, the contract refuses them.
+        gateway = JobSigner(settings.job_signing_key.get_secret_value())
+        for subject, body in ((subjects.train_request, b"{not json"),
+                              (subjects.train_request, json.dumps({"run_id": "not-a-uuid", "spec": {}}).encode()),
+                              (subjects.influence_request, json.dumps({"schema_version": 99}).encode())):
+            await js.publish(subject, body, headers={SIGNATURE_HEADER: gateway.sign(subject, body)})
         received = [json.loads((await asyncio.wait_for(letters.get(), 60)).data) for _ in range(3)]
         await sub.unsubscribe()
     finally:

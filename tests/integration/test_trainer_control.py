@@ -15,6 +15,7 @@ import pytest
 import pytest_asyncio
 
 from inflab.common.bus import Bus
+from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner
 from inflab.common.messages import ControlMessage, TrainRequest
 from inflab.common.models import build_tiny_model
 from inflab.common.objectstore import ObjectStore
@@ -48,7 +49,7 @@ def tiny_model(tmp_path_factory) -> Path:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def trainer_service(control_settings, ray_cluster):
-    bus = await Bus.connect(control_settings, "test")  # the streams exist before we publish
+    bus = await Bus.connect(control_settings, "test", create_streams=True)  # the streams exist before we publish
     await bus.close()
     stop = asyncio.Event()
     task = asyncio.create_task(serve(trainer.SERVICE, trainer.STAGE, TrainRequest, trainer.make_handler,
@@ -81,7 +82,7 @@ class Run:
     async def __aenter__(self) -> "Run":
         self.nc = await nats.connect(self.settings.nats_url)
         self.js = self.nc.jetstream()
-        await self.nc.subscribe(self.subjects.event(self.run_id, "*"), cb=self._on_event)
+        await self.nc.subscribe(self.subjects.event(self.run_id, "*", "*"), cb=self._on_event)
         await self.nc.subscribe(self.subjects.dead_letter(trainer.SERVICE), cb=self._on_letter)
         return self
 
@@ -95,7 +96,9 @@ class Run:
         self.letters.append(json.loads(msg.data))
 
     async def start(self) -> None:
-        await self.js.publish(self.subjects.train_request, self.request.model_dump_json().encode())
+        body = self.request.model_dump_json().encode()
+        signature = JobSigner(self.settings.job_signing_key.get_secret_value()).sign(self.subjects.train_request, body)
+        await self.js.publish(self.subjects.train_request, body, headers={SIGNATURE_HEADER: signature})
 
     async def control(self, payload: bytes | ControlMessage) -> None:
         data = payload.model_dump_json().encode() if isinstance(payload, ControlMessage) else payload

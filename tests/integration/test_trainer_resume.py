@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from inflab.common.bus import Bus
+from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner
 from inflab.common.messages import TrainRequest
 from inflab.common.models import build_tiny_model
 from inflab.common.objectstore import ObjectStore
@@ -78,11 +79,12 @@ async def test_trainer_killed_mid_run_resumes_without_gaps(settings, ray_cluster
         "ack_wait_s": 3.0,  # the killed trainer's job comes back 3 s after its last heartbeat
     })
     subjects = Subjects.from_settings(own)
-    bus = await Bus.connect(own, "test")  # creates the streams
+    bus = await Bus.connect(own, "test", create_streams=True)
     await bus.close()
     env = {
         **os.environ,
         "INFLAB_NATS_URL": own.nats_url,
+        "INFLAB_JOB_VERIFY_KEY": own.job_verify_key,
         "INFLAB_SUBJECT_PREFIX": own.subject_prefix,
         "INFLAB_STREAM_PREFIX": own.stream_prefix,
         "INFLAB_OBJECT_STORE_URL": own.object_store_url,
@@ -103,9 +105,11 @@ async def test_trainer_killed_mid_run_resumes_without_gaps(settings, ray_cluster
         async def collect(msg) -> None:
             events.append(json.loads(msg.data))
 
-        await nc.subscribe(subjects.event(run_id, "*"), cb=collect)
+        await nc.subscribe(subjects.event(run_id, "*", "*"), cb=collect)
         request = TrainRequest(run_id=run_id, spec=spec)
-        await nc.jetstream().publish(subjects.train_request, request.model_dump_json().encode())
+        body = request.model_dump_json().encode()
+        signed = {SIGNATURE_HEADER: JobSigner(own.job_signing_key.get_secret_value()).sign(subjects.train_request, body)}
+        await nc.jetstream().publish(subjects.train_request, body, headers=signed)
 
         def of(kind: str) -> list[dict]:
             return [e for e in events if e["kind"] == kind]
@@ -128,7 +132,7 @@ async def test_trainer_killed_mid_run_resumes_without_gaps(settings, ray_cluster
 
         # A redelivered request for a finished training is not trained again.
         seen = len(of("progress"))
-        await nc.jetstream().publish(subjects.train_request, request.model_dump_json().encode())
+        await nc.jetstream().publish(subjects.train_request, body, headers=signed)
         await _wait(lambda: len(of("result")) >= 2, "the second result", 60, second, log)
     finally:
         for proc in procs:
