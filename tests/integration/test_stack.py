@@ -18,6 +18,9 @@ from urllib.parse import urlsplit
 import psutil
 import pytest
 
+from typer.testing import CliRunner
+
+from inflab.common import cli
 from inflab.common.embedded._proc import free_port, port_open
 from inflab.common.embedded.ray import short_temp_dir
 from inflab.common.embedded.stack import ServiceSpec, Stack, default_services, read_state
@@ -43,10 +46,12 @@ ray.init(address=os.environ["INFLAB_RAY_ADDRESS"], logging_level="WARNING")
 
 @ray.remote(num_cpus=1)
 def in_a_worker():
-    return {"pid": os.getpid(), "object_store": os.environ.get("INFLAB_OBJECT_STORE_URL")}
+    return {"pid": os.getpid(), "object_store": os.environ.get("INFLAB_OBJECT_STORE_URL"),
+            "nats": os.environ.get("INFLAB_NATS_URL"), "signing_key": os.environ.get("INFLAB_JOB_SIGNING_KEY")}
 
 keys = ["INFLAB_NATS_URL", "INFLAB_DATABASE_URL", "INFLAB_RAY_ADDRESS", "INFLAB_HOME",
-        "INFLAB_OBJECT_STORE_URL", "OMP_NUM_THREADS", "RAY_USAGE_STATS_ENABLED"]
+        "INFLAB_OBJECT_STORE_URL", "OMP_NUM_THREADS", "RAY_USAGE_STATS_ENABLED",
+        "INFLAB_JOB_SIGNING_KEY", "INFLAB_JOB_VERIFY_KEY"]
 report = {k: os.environ.get(k) for k in keys}
 report["worker"] = ray.get(in_a_worker.remote())
 path = pathlib.Path(os.environ["INFLAB_HOME"]) / "trainer-saw.json"
@@ -141,7 +146,13 @@ async def test_stack_starts_everything_and_stops_without_orphans(tmp_path):
         report_path = settings.home / "trainer-saw.json"
         await until(report_path.exists, 120, "the trainer stand-in to run a Ray task")
         saw = json.loads(report_path.read_text())
-        assert saw["INFLAB_NATS_URL"] == resolved.nats_url
+        # Each service connects to NATS as its own role; only the gateway can sign jobs.
+        assert saw["INFLAB_NATS_URL"] == stack.nats_urls["trainer"] != resolved.nats_url
+        assert saw["INFLAB_NATS_URL"].startswith("nats://trainer:")
+        assert not saw["INFLAB_JOB_SIGNING_KEY"] and saw["INFLAB_JOB_VERIFY_KEY"]
+        # Ray's workers (user-chosen models and data) get no credential and no key.
+        assert saw["worker"]["nats"] == resolved.nats_url and "@" not in resolved.nats_url
+        assert not saw["worker"]["signing_key"]
         assert saw["INFLAB_DATABASE_URL"] == resolved.database_url
         assert saw["INFLAB_RAY_ADDRESS"] == resolved.ray_address
         assert saw["INFLAB_HOME"] == str(settings.home)
@@ -154,11 +165,26 @@ async def test_stack_starts_everything_and_stops_without_orphans(tmp_path):
             assert await conn.fetchval("SELECT version_num FROM alembic_version")
         finally:
             await conn.close()
-        nc = await nats.connect(resolved.nats_url)
+        # NATS runs with authentication on: a client without credentials is refused; the
+        # operator's credential (a 0600 file that stack.json names) gets in.
+        with pytest.raises(Exception, match="(?i)authorization violation"):
+            await nats.connect(resolved.nats_url, allow_reconnect=False, max_reconnect_attempts=0,
+                               connect_timeout=3)
+        state = read_state(stack.state_path)
+        credentials = {role: Path(path) for role, path in state["nats_credentials"].items()}
+        assert set(credentials) == {"gateway", "trainer", "inference", "influence", "pipeline", "operator"}
+        secrets = [*credentials.values(), *(stack.credentials.folder.glob("*.key")),
+                   stack.credentials.authorization_file]
+        assert len(secrets) == 9 and all(f.stat().st_mode & 0o777 == 0o600 for f in secrets)
+        assert stack.credentials.folder.stat().st_mode & 0o777 == 0o700
+        nc = await nats.connect(credentials["operator"].read_text().strip())
         try:
             await nc.jetstream().account_info()
         finally:
             await nc.close()
+        shown = CliRunner().invoke(cli.app, ["ps"], env={"INFLAB_HOME": str(settings.home)}).output
+        assert f"NATS pipeline credential: {credentials['pipeline']}" in shown.replace("\n", "")
+        assert str(credentials["operator"]) in shown.replace("\n", "") and str(credentials["trainer"]) not in shown
 
         # The service that crashed once was reported and restarted.
         influence = next(c for c in stack.components if c.name == "influence")

@@ -11,7 +11,9 @@ Start order is dependency order, stop order the reverse (services, Ray, PostgreS
 
 * NATS and PostgreSQL start from their wheels unless ``nats_url`` / ``database_url`` name
   servers; the embedded PostgreSQL gets a database ``inflab``, and the Alembic migrations
-  run either way.
+  run either way. The embedded NATS runs with authentication on: one generated user per
+  role with the permissions of :mod:`inflab.common.nats_permissions`, credentials in
+  ``INFLAB_HOME/secrets`` (see ``bus_credentials.py``); a client without one is refused.
 * Ray: a local head node unless ``ray_address`` names a cluster.
 * Services: ``python -m inflab.<name>`` each (injectable, so tests run stand-ins).
 
@@ -24,7 +26,9 @@ to ``INFLAB_HOME/mail``, still carry the verification link), a session cookie wi
 Settings reach the children through the environment, the one channel every process
 already reads (pydantic-settings). The whole resolved :class:`Settings` object is
 exported as ``INFLAB_*`` variables, so a setting given in code (not the environment) is
-seen by the children too, and the URLs of what the stack started replace the empty ones.
+seen by the children too, and the URLs of what the stack started replace the empty ones. Each service then gets its
+own NATS credential and job key on top (:meth:`Stack.service_settings`); Ray, whose
+workers run user-chosen models and data, gets neither.
 Services also get ``OMP_NUM_THREADS=1`` (heavy torch work runs in Ray tasks, which pin
 their own threads; several processes each using every core was a 20x slowdown here).
 With the embedded Ray, every child (and the Ray node itself, whose workers inherit its
