@@ -69,7 +69,8 @@ def test_the_server_config_has_a_user_per_role_and_no_anonymous_user():
     text = authorization_config({role: f"pw-{role}" for role in ROLES}, S)
     assert text.startswith("authorization {") and "no_auth_user" not in text
     for role in ROLES:
-        assert f'"user": "{role}"' in text and f'"password": "pw-{role}"' in text
+        assert f'"user": "{role}"' in text and f"pw-{role}" not in text  # bcrypt hashes only
+    assert text.count('"password": "$2b$10$') == len(ROLES)
 
 
 # --------------------------------------------------------------------------- event origin

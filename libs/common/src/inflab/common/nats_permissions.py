@@ -162,12 +162,23 @@ class RolePermissions:
 def authorization_config(passwords: Mapping[str, str], subjects: Subjects | None = None) -> str:
     """The nats-server ``authorization`` block: one user per role in ``passwords`` (role ->
     password), named as the role, with its permissions. No ``no_auth_user``: a client
-    without credentials is refused."""
+    without credentials is refused. Passwords are stored as bcrypt hashes (what
+    nats-server checks against), so the file itself lets nobody in."""
     rules = RolePermissions(subjects or Subjects())
     users = [
-        {"user": role, "password": password, "permissions": rules.for_role(role).as_config()}
+        {"user": role, "password": bcrypt_hash(password), "permissions": rules.for_role(role).as_config()}
         for role, password in passwords.items()
     ]
     # nats-server reads JSON inside its configuration format; quoted strings are literal, so
     # "$JS.API..." is a subject, not a variable.
     return "authorization " + json.dumps({"users": users}, indent=2) + "\n"
+
+
+#: bcrypt cost: nats-server checks it once per connection, and connections are long-lived.
+BCRYPT_ROUNDS = 10
+
+
+def bcrypt_hash(password: str) -> str:
+    import bcrypt  # the embedded extra; only what writes a server configuration needs it
+
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(BCRYPT_ROUNDS)).decode()

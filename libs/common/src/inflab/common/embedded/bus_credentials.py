@@ -3,7 +3,8 @@
 * one NATS user per role (:data:`inflab.common.nats_permissions.ROLES`) with a random
   password: ``secrets/nats/<role>.url`` holds ``nats://<role>:<password>@host:port``, the
   form every ``INFLAB_NATS_URL`` takes, rewritten at each start (the port may change);
-* ``secrets/nats/authorization.conf``: the nats-server authorization for those users;
+* ``secrets/nats/authorization.conf``: the nats-server authorization for those users
+  (their permissions, and bcrypt hashes of their passwords);
 * the job-signing key pair: ``secrets/job-signing.key`` (the gateway's) and
   ``secrets/job-verify.key`` (the workers').
 
