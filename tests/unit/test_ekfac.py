@@ -140,7 +140,7 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def test_matches_a_direct_kronfluence_call(tiny_model, checkpoint, results):
     by_variant, _ = results
-    want = _direct_kronfluence(tiny_model, checkpoint, EKFACArgs.from_dict(ARGS))
+    want = _direct_kronfluence(tiny_model, checkpoint, EKFACArgs.model_validate(ARGS))
     got = by_variant["raw"].scores
     assert _spearman(got, want) >= 0.999
     assert np.linalg.norm(got - want) / np.linalg.norm(want) < 1e-3

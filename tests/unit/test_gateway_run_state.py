@@ -14,7 +14,9 @@ from inflab.gateway.run_state import (
     initial_stages,
     next_stage_status,
     overall_progress,
+    run_error,
     run_outcome,
+    stages_after_training,
 )
 
 SPEC = RunSpec(
@@ -50,12 +52,45 @@ def test_finished_stage_is_not_reopened_by_a_stale_event() -> None:
     [
         ({"train": "completed", "inference": "running"}, None),
         ({"train": "completed", "inference": "completed"}, "completed"),
-        ({"train": "completed", "inference": "failed", "influence.tracin": "running"}, "failed"),
-        ({"train": "cancelled", "inference": "queued"}, "cancelled"),
+        # A failed stage does not end the run while another still computes...
+        ({"train": "completed", "inference": "failed", "influence.tracin": "running"}, None),
+        ({"train": "completed", "inference": "failed", "influence.tracin": "queued"}, None),
+        # ...only once every stage has ended.
+        ({"train": "completed", "inference": "failed", "influence.tracin": "completed"}, "failed"),
+        ({"train": "completed", "inference": "cancelled", "influence.tracin": "failed"}, "failed"),
+        ({"train": "cancelled", "inference": "cancelled"}, "cancelled"),
+        ({"train": "cancelled", "inference": "queued"}, None),
+        ({}, None),
     ],
 )
 def test_run_outcome(stages: dict, outcome: str | None) -> None:
     assert run_outcome(stages) == outcome
+
+
+def test_stages_that_will_never_run_end_when_training_does_not_complete() -> None:
+    stages = {"train": "failed", "inference": "queued", "influence.tracin": "queued", "influence.ekfac": "queued"}
+    assert stages_after_training(stages) == {"train": "failed", "inference": "cancelled",
+                                             "influence.tracin": "cancelled", "influence.ekfac": "cancelled"}
+    assert run_outcome(stages_after_training(stages)) == "failed"
+    cancelled = stages_after_training({**stages, "train": "cancelled"})
+    assert run_outcome(cancelled) == "cancelled"
+    # After a completed training they are about to run: nothing changes.
+    running = {**stages, "train": "completed"}
+    assert stages_after_training(running) == running
+
+
+def test_the_run_error_names_every_failed_stage_in_order() -> None:
+    stages = {"train": "completed", "inference": "failed", "influence.tracin": "completed",
+              "influence.ekfac": "failed"}
+    errors = {"inference": "out of memory", "influence.ekfac": "checking the arguments: bad"}
+    assert run_error(stages, errors, "failed") == (
+        "inference failed: out of memory; influence.ekfac failed: checking the arguments: bad")
+    assert run_error({"train": "failed", "inference": "cancelled"}, {}, "failed") == "train failed"
+    # A cancellation is no error unless a stage gave a reason.
+    assert run_error({"train": "cancelled", "inference": "cancelled"}, {}, "cancelled") is None
+    assert run_error({"train": "cancelled"}, {"train": "stopped by the operator"}, "cancelled") == (
+        "train cancelled: stopped by the operator")
+    assert run_error({"train": "completed"}, {}, "completed") is None
 
 
 async def test_notifier_wakes_only_the_poked_run_and_forgets_left_streams() -> None:

@@ -7,11 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from inflab.common.answer_scores import text_scores
 from inflab.common.chat import prompt_ids
 from inflab.common.messages import RunSpec
 from inflab.common.models import build_tiny_model, load_model
 from inflab.common.generation import EMPTY_ANSWER
-from inflab.inference.generation import NOT_FINE_TUNED, generate_answers, generate_texts
+from inflab.inference.generation import NOT_FINE_TUNED, generate_answers, generate_texts, load_for_generation
+from inflab.inference.scoring import reference_examples, reference_logprobs
 from inflab.trainer.training import train_lora
 
 torch.set_num_threads(1)
@@ -71,12 +73,45 @@ def test_the_adapter_changes_the_fine_tuned_answer(trained) -> None:
     assert all(a.fine_tuned == NOT_FINE_TUNED for a in without)
 
 
+def test_answers_with_a_reference_are_scored_under_each_model(trained) -> None:
+    model_path, adapter = trained
+    answers = generate_answers(SPEC, model_path, adapter, lambda e: None)
+    assert answers[1].scores is None and answers[2].scores is None  # no reference answer
+    scores = answers[0].scores
+    for name in ("base", "few_shot", "fine_tuned"):
+        score = getattr(scores, name)
+        assert score.model_dump(exclude={"ref_logprob"}) == text_scores(getattr(answers[0], name), "Quux.")
+    # The fine-tuned model memorised the pair: it answers it exactly and finds the
+    # reference far likelier than the base model does.
+    assert scores.fine_tuned.exact_match and scores.fine_tuned.token_f1 == 1.0
+    assert scores.fine_tuned.ref_logprob > scores.base.ref_logprob + 1.0
+
+    # Each ref_logprob is the reference under that model after the prompt it answered:
+    # the base and few-shot ones with the adapter off, the few-shot one after the shot.
+    model, tokenizer = load_for_generation(model_path, adapter)
+    seen = [SPEC.eval_data[0].question]
+    shots = [(p.question, p.answer) for p in SPEC.training_data[: SPEC.few_shot_k]]
+    with model.disable_adapter():
+        base = reference_logprobs(model, tokenizer, reference_examples(tokenizer, seen, ["Quux."]))
+        few_shot = reference_logprobs(model, tokenizer, reference_examples(tokenizer, seen, ["Quux."], shots))
+    fine_tuned = reference_logprobs(model, tokenizer, reference_examples(tokenizer, seen, ["Quux."]))
+    assert scores.base.ref_logprob == pytest.approx(base[0], abs=1e-5)
+    assert scores.few_shot.ref_logprob == pytest.approx(few_shot[0], abs=1e-5)
+    assert scores.fine_tuned.ref_logprob == pytest.approx(fine_tuned[0], abs=1e-5)
+    assert few_shot[0] != pytest.approx(base[0])
+
+    # Without an adapter there is no fine-tuned model to score.
+    unscored = generate_answers(SPEC, model_path, None, lambda e: None)[0].scores
+    assert unscored.fine_tuned is None and unscored.base.ref_logprob == pytest.approx(base[0], abs=1e-5)
+
+
 def test_without_few_shot_examples_the_few_shot_answer_is_the_base_answer(trained) -> None:
     model_path, adapter = trained
     spec = SPEC.model_copy(update={"few_shot_k": 0})
     events: list[dict] = []
     answers = generate_answers(spec, model_path, adapter, events.append)
     assert all(a.few_shot == a.base for a in answers)
+    assert answers[0].scores.few_shot == answers[0].scores.base
     assert events[-1]["total"] == 6  # base and fine-tuned only
 
 

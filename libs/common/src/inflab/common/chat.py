@@ -87,13 +87,17 @@ def prompt_ids(tokenizer: Any, question: str, few_shot: Sequence[tuple[str, str]
     return _tokenize(tokenizer, prompt_text(tokenizer, question, few_shot))
 
 
-def encode_pair(tokenizer: Any, question: str, answer: str, max_length: int) -> EncodedExample:
+def encode_pair(
+    tokenizer: Any, question: str, answer: str, max_length: int, few_shot: Sequence[tuple[str, str]] = ()
+) -> EncodedExample:
     """Tokenise a (question, answer) pair for training: loss on the answer and its
     end-of-turn token only. Sequences longer than ``max_length`` are cut from the right
-    (the question stays whole; the end of the answer goes) and flagged ``truncated``."""
+    (the question stays whole; the end of the answer goes) and flagged ``truncated``.
+    ``few_shot`` puts earlier turns before the question, as :func:`prompt_ids` does (the
+    prompt part is then exactly the few-shot generation prompt)."""
     if max_length < 1:
         raise ValueError("max_length must be at least 1")
-    messages = _messages(question)
+    messages = _messages(question, few_shot)
     prompt = _render(tokenizer, messages, add_generation_prompt=True)
     full = _render(tokenizer, messages + [{"role": "assistant", "content": answer}], add_generation_prompt=False)
 

@@ -5,7 +5,9 @@
 3. follow the run's live events: a progress bar per stage, the latest training loss, status
    changes and errors as they happen;
 4. read the results back and write ``artifacts/demo/results.json`` and
-   ``artifacts/demo/heatmap.png``, and print the base / few-shot / fine-tuned answers.
+   ``artifacts/demo/heatmap.png``, and print the base / few-shot / fine-tuned answers;
+5. stop the stack and say how to open the run in the browser app (``inflab up``, then
+   ``/runs/{run_id}``, signed in as the demo's account, which is kept).
 
 Exit status 0 only when the run completed and both files were written. The stack is
 stopped whatever happens.
@@ -40,6 +42,8 @@ from inflab.common.settings import DEFAULT_MODEL_ID, Settings, get_settings
 STAGES = ("train", "inference", "influence")
 DEFAULT_OUT_DIR = Path("artifacts/demo")
 EXPERIMENT_RELATIVE = Path("examples/demo/experiment.json")
+#: Under INFLAB_HOME: the demo account's email and password (readable by you alone).
+DEMO_ACCOUNT_FILE = "demo-account.json"
 # Timeouts: ``settings.demo_*_timeout_s`` if the settings ever define them, else the
 # ``INFLAB_DEMO_READY_TIMEOUT_S`` / ``INFLAB_DEMO_RUN_TIMEOUT_S`` environment variables.
 #: How long the stack may take to come up (the first start converts the model, ~25 s).
@@ -463,7 +467,7 @@ def demo_credentials(settings: Settings, console: Console | None = None) -> tupl
     """The demo's account: ``settings.local_user_email`` and a random password made on
     first use and kept in ``INFLAB_HOME/demo-account.json`` (readable by you alone), so
     the same account, with its history, signs in to the web UI and later demos."""
-    path = settings.home / "demo-account.json"
+    path = settings.home / DEMO_ACCOUNT_FILE
     if path.exists():
         account = json.loads(path.read_text())
     else:
@@ -474,6 +478,22 @@ def demo_credentials(settings: Settings, console: Console | None = None) -> tupl
     if console is not None:
         console.print(f"signing in as [bold]{account['email']}[/] (password in {path})")
     return account["email"], account["password"]
+
+
+def browser_instructions(settings: Settings, run_id: str) -> list[str]:
+    """The demo's last lines: how to open its run in the browser app once the demo has
+    stopped its stack (``inflab up`` serves the app at the configured gateway address), as
+    the demo's account, which the demo keeps."""
+    host = settings.gateway_host
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"  # listening everywhere; this machine reaches it on loopback
+    elif ":" in host:
+        host = f"[{host}]"
+    return [
+        f"open the run in the browser app: start the stack with `inflab up` (.venv/bin/inflab up), "
+        f"then go to http://{host}:{settings.gateway_port}/runs/{run_id}",
+        f"sign in as {settings.local_user_email}; the password is kept in {settings.home / DEMO_ACCOUNT_FILE}",
+    ]
 
 
 async def run_demo(
@@ -518,7 +538,7 @@ def main(experiment_path: Path | None = None, out_dir: Path | None = None) -> in
     setup_logging("WARNING")
     try:
         experiment = load_experiment(experiment_path or find_demo_experiment())
-        asyncio.run(
+        document = asyncio.run(
             run_demo(
                 settings,
                 experiment,
@@ -535,4 +555,6 @@ def main(experiment_path: Path | None = None, out_dir: Path | None = None) -> in
         console.print("[yellow]demo interrupted; the stack was stopped[/]")
         return 130
     console.print("[bold green]demo finished[/]")
+    for line in browser_instructions(settings, document["run_id"]):
+        console.print(escape(line))
     return 0

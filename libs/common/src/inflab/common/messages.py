@@ -13,11 +13,12 @@ from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
+from inflab.common.influence_methods import InfluenceArgs
 from inflab.common.settings import DEFAULT_MODEL_ID
 
 SCHEMA_VERSION = 1
 
-#: Influence methods a run may ask for.
+#: Influence methods a run may ask for (their arguments: ``inflab.common.influence_methods``).
 INFLUENCE_METHODS = ("tracin", "datainf", "ekfac")
 
 RunStatus = Literal["queued", "running", "checkpointing", "completed", "failed", "cancelled"]
@@ -135,13 +136,10 @@ class RunSpec(Contract):
     influence_methods: list[Annotated[str, Field(max_length=64)]] = Field(
         default_factory=lambda: ["tracin"], min_length=1, max_length=MAX_INFLUENCE_METHODS
     )
-    #: Per-method arguments, e.g. ``{"datainf": {"damping": 0.01}, "ekfac": {"top_k": 10}}``.
-    #: Keys must be known methods; the values are checked by the influence service against
-    #: the method's argument dataclass (a bad one ends that method's stage as failed, naming
-    #: the argument). ``top_k`` (default 5) sizes the summary of every result.
-    influence_args: dict[
-        str, Annotated[dict[str, Union[str, int, float, bool, None]], Field(max_length=MAX_INFLUENCE_ARGS)]
-    ] = Field(default_factory=dict, max_length=MAX_INFLUENCE_METHODS)
+    #: Per-method arguments, e.g. ``{"datainf": {"damping": 0.01}, "ekfac": {"top_k": 10}}``
+    #: (``inflab.common.influence_methods``: every argument of every method, with its
+    #: default when not named). ``top_k`` (default 5) sizes the summary of every result.
+    influence_args: InfluenceArgs = Field(default_factory=InfluenceArgs)
     #: How many training pairs the few-shot prompt shows the base model.
     few_shot_k: int = Field(3, ge=0, le=64)
     max_new_tokens: int = Field(48, ge=1, le=2048)
@@ -154,14 +152,6 @@ class RunSpec(Contract):
         if unknown:
             raise ValueError(f"unknown influence method(s) {unknown}; known: {list(INFLUENCE_METHODS)}")
         return list(dict.fromkeys(v))
-
-    @field_validator("influence_args")
-    @classmethod
-    def _known_method_args(cls, v: dict[str, dict]) -> dict[str, dict]:
-        unknown = [m for m in v if m not in INFLUENCE_METHODS]
-        if unknown:
-            raise ValueError(f"influence_args for unknown method(s) {unknown}; known: {list(INFLUENCE_METHODS)}")
-        return v
 
     @model_validator(mode="after")
     def _unique_ids(self) -> "RunSpec":
@@ -359,6 +349,32 @@ class LogEvent(EventBase):
     message: str
 
 
+class AnswerScore(Contract):
+    """One model's answer against the evaluation question's reference answer. The text
+    scores compare normalised text (``inflab.common.answer_scores``: lower-case, without
+    punctuation, the articles a/an/the and extra whitespace, as SQuAD does)."""
+
+    #: The normalised answer equals the normalised reference.
+    exact_match: bool
+    #: The normalised reference appears in the normalised answer as a run of whole words.
+    contains_reference: bool
+    #: Harmonic mean of the word precision and recall against the reference (SQuAD's F1).
+    token_f1: float = Field(ge=0, le=1)
+    #: Mean log-probability per token of the reference answer (its tokens and the end of
+    #: the turn) given the prompt this model answered, teacher-forced; rises as a model
+    #: learns the answer even while its greedy text misses it. None where not computed.
+    ref_logprob: float | None = None
+
+
+class AnswerScores(Contract):
+    """Scores of the three answers to a question that has a reference answer."""
+
+    base: AnswerScore
+    few_shot: AnswerScore
+    #: None when there is no fine-tuned model (a preview before training).
+    fine_tuned: AnswerScore | None = None
+
+
 class Answer(Contract):
     eval_id: str
     question: str
@@ -366,6 +382,8 @@ class Answer(Contract):
     base: str
     few_shot: str
     fine_tuned: str
+    #: Only for questions with a reference answer; None from producers before scores.
+    scores: AnswerScores | None = None
 
 
 class TrainingSummary(Contract):

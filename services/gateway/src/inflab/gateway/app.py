@@ -31,7 +31,8 @@ from inflab.gateway.mail import Mailer
 from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.persister import EventPersister
 from inflab.gateway import limits
-from inflab.gateway.routes import contracts, control, estimates, experiments, health, predictions, runs
+from inflab.gateway.routes import contracts, control, estimates, experiments, health, imports, methods
+from inflab.gateway.routes import predictions, runs
 from inflab.gateway.routes import account, auth, tokens
 from inflab.gateway.submissions import RunSubmissions
 
@@ -151,6 +152,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(account.router)
     app.include_router(tokens.router)
     app.include_router(experiments.router)
+    app.include_router(imports.router)
+    app.include_router(methods.router)
     app.include_router(runs.router)
     app.include_router(control.router)
     app.include_router(predictions.router)

@@ -40,8 +40,10 @@ from inflab.gateway.run_state import (
     event_stage_key,
     next_stage_status,
     overall_progress,
+    run_error,
     run_outcome,
     stage_key,
+    stages_after_training,
 )
 
 log = logging.getLogger(__name__)
@@ -193,8 +195,13 @@ async def _apply_status(session: AsyncSession, run: Run, event: StatusEvent) -> 
         log.warning("run %s has no stage %r; status %s ignored", run.id, key, event.status)
         return
     stages = dict(run.stages)  # a new dict: JSONB columns do not track in-place changes
-    stages[key] = next_stage_status(stages[key], event.status)
+    before = stages[key]
+    stages[key] = next_stage_status(before, event.status)
+    if key == "train":
+        stages = stages_after_training(stages)
     run.stages = stages
+    if event.error and stages[key] == event.status and before not in TERMINAL:
+        run.stage_errors = {**(run.stage_errors or {}), key: event.error}
     # "checkpointing" is training too: the run is running, whichever status came first.
     if stages[key] in ACTIVE and run.status == "queued":
         run.status = "running"
@@ -204,13 +211,8 @@ async def _apply_status(session: AsyncSession, run: Run, event: StatusEvent) -> 
     await _update_progress(session, run)
     outcome = run_outcome(stages)
     if outcome is not None:
-        # Only this event can have ended the run (an earlier end would have stopped it),
-        # so a failure's reason is this stage's. A cancellation is no error unless its
-        # stage gave a reason.
-        error = None
-        if outcome == "failed" or event.error:
-            error = f"{key} {event.status}" + (f": {event.error}" if event.error else "")
-        await finish_run(session, run, outcome, event.time, error)
+        # Every stage has ended: the run's final status, with the failed stages' reasons.
+        await finish_run(session, run, outcome, event.time, run_error(stages, run.stage_errors or {}, outcome))
 
 
 async def _apply_progress(session: AsyncSession, run: Run, event: ProgressEvent) -> None:
@@ -246,14 +248,16 @@ async def _apply_result(session: AsyncSession, run: Run, event: ResultEvent) -> 
         stmt = insert(Generation).values(
             [
                 dict(run_id=run.id, eval_id=a.eval_id, question=a.question, reference=a.reference,
-                     base=a.base, few_shot=a.few_shot, fine_tuned=a.fine_tuned)
+                     base=a.base, few_shot=a.few_shot, fine_tuned=a.fine_tuned,
+                     scores=None if a.scores is None else a.scores.model_dump(mode="json"))
                 for a in answers
             ]
         )
         await session.execute(
             stmt.on_conflict_do_update(
                 index_elements=[Generation.run_id, Generation.eval_id],
-                set_={c: stmt.excluded[c] for c in ("question", "reference", "base", "few_shot", "fine_tuned")},
+                set_={c: stmt.excluded[c]
+                      for c in ("question", "reference", "base", "few_shot", "fine_tuned", "scores")},
             )
         )
     if event.influence is not None:

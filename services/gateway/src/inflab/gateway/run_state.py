@@ -44,18 +44,44 @@ def next_stage_status(current: str | None, reported: str) -> str:
     return reported
 
 
+def stages_after_training(stages: Mapping[str, str]) -> dict[str, str]:
+    """The stages once training has ended: after a failed or cancelled training the later
+    stages will never be asked to run, so every one not yet ended ends ``cancelled`` (the
+    run can then reach its final status)."""
+    out = dict(stages)
+    if out.get("train") in ("failed", "cancelled"):
+        out.update({key: "cancelled" for key, status in out.items() if key != "train" and status not in TERMINAL})
+    return out
+
+
 def run_outcome(stages: Mapping[str, str]) -> str | None:
-    """The run's terminal status implied by its stages, or None while it is still going.
-    Any failed stage fails the run at once (the researcher learns early); any cancelled one
-    cancels it; otherwise the run completes when every stage has."""
+    """The run's final status implied by its stages, or None while any stage is still
+    queued or at work: a failed stage shows at once in the stages, but the run waits for
+    the others (their results are served). Then: ``failed`` if any stage failed, else
+    ``cancelled`` if any was, else ``completed``."""
     values = set(stages.values())
+    if not values or not values <= TERMINAL:
+        return None
     if "failed" in values:
         return "failed"
     if "cancelled" in values:
         return "cancelled"
-    if values and values == {"completed"}:
-        return "completed"
-    return None
+    return "completed"
+
+
+def run_error(stages: Mapping[str, str], errors: Mapping[str, str], outcome: str) -> str | None:
+    """The ended run's error: each failed stage with its reason (``"inference failed:
+    ..."``, joined by ``"; "``, in stage order); for a cancelled run, the reasons of the
+    stages cancelled with one (a cancellation is no error without)."""
+    wanted = "failed" if outcome == "failed" else "cancelled" if outcome == "cancelled" else None
+    if wanted is None:
+        return None
+    parts = [
+        f"{key} {wanted}" + (f": {errors[key]}" if errors.get(key) else "")
+        for key, status in stages.items()
+        if status == wanted and (wanted == "failed" or errors.get(key))
+    ]
+    return "; ".join(parts) or None
 
 
 def overall_progress(stages: Mapping[str, str], fractions: Mapping[str, float]) -> float:

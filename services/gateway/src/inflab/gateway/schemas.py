@@ -15,6 +15,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
+from inflab.common.influence_methods import DataInfArgs, EKFACArgs, InfluenceArgs, TracInArgs
 from inflab.common.messages import (
     MAX_EVAL_QUESTIONS,
     MAX_INFLUENCE_METHODS,
@@ -118,6 +119,10 @@ class ExperimentCreate(Body):
     #: Prediction tracking during training; limits from settings
     #: (``max_prediction_samples``, ``min_prediction_step_interval``).
     predictions: PredictionSettings = Field(default_factory=PredictionSettings)
+    #: Per-method influence arguments (``GET /api/methods`` lists them with their defaults
+    #: and ranges), e.g. ``{"datainf": {"damping": 0.01}}``; what is not named takes its
+    #: default, and every method's arguments are stored, used or not.
+    influence_args: InfluenceArgs = Field(default_factory=InfluenceArgs)
 
     @model_validator(mode="before")
     @classmethod
@@ -151,6 +156,7 @@ class ExperimentCreate(Body):
             "few_shot_k": settings.few_shot_k if self.few_shot_k is None else self.few_shot_k,
             "max_new_tokens": settings.max_new_tokens if self.max_new_tokens is None else self.max_new_tokens,
             "predictions": self.predictions.model_dump(),
+            "influence_args": self.influence_args.model_dump(),
         }
         if self.influence_methods is not None:
             fields["influence_methods"] = self.influence_methods
@@ -171,10 +177,23 @@ HyperparamsPatch = _partial(Hyperparams)
 PredictionSettingsPatch = _partial(PredictionSettings)
 
 
+class InfluenceArgsPatch(BaseModel):
+    """Changes to the influence arguments, per method: the arguments named replace the
+    stored ones (null included: ``{"datainf": {"damping": null}}`` goes back to the
+    per-layer default), the rest are kept; a method set to null goes back to its defaults."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracin: _partial(TracInArgs) | None = None  # type: ignore[valid-type]
+    datainf: _partial(DataInfArgs) | None = None  # type: ignore[valid-type]
+    ekfac: _partial(EKFACArgs) | None = None  # type: ignore[valid-type]
+
+
 class ExperimentUpdate(Body):
     """Changes to an experiment: only the fields named change. ``training_data`` and
     ``eval_data`` are replaced whole; ``hyperparams`` and ``predictions`` are merged
-    key by key. Runs already started keep the settings they were started with."""
+    key by key, ``influence_args`` method by method and then argument by argument (see
+    ``InfluenceArgsPatch``). Runs already started keep the settings they were started with."""
 
     name: Annotated[str, Field(min_length=1, max_length=200)] | None = None
     description: Annotated[str, Field(max_length=10_000)] | None = None
@@ -188,6 +207,7 @@ class ExperimentUpdate(Body):
     few_shot_k: int | None = None
     max_new_tokens: int | None = None
     predictions: PredictionSettingsPatch | None = None  # type: ignore[valid-type]
+    influence_args: InfluenceArgsPatch | None = None
 
     _fill_ids = model_validator(mode="before")(ExperimentCreate._fill_ids.__func__)
     _unique_ids = field_validator("training_data", "eval_data")(ExperimentCreate._unique_ids.__func__)
@@ -205,6 +225,26 @@ class ImportRequest(Body):
     mode: Literal["append", "replace"] = "append"
     #: Import the valid rows even when some are not (they are reported either way).
     skip_invalid: bool = False
+
+
+class ImportParseRequest(Body):
+    """A file to read into rows without storing anything (the editor appends them to rows
+    not saved yet). The same formats, rules and per-row errors as an experiment's import."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    target: Literal["training_data", "eval_data"]
+    """What the rows are: training pairs or evaluation questions."""
+    format: Literal["jsonl", "csv"]
+    """JSONL: one object per line with ``question``, ``answer`` and optionally ``id``. CSV: a
+    header row naming those columns (an empty ``answer`` cell in evaluation data means no
+    reference)."""
+    content: str
+    """The file's text."""
+    existing_ids: list[str] = Field(default_factory=list, max_length=100_000)
+    """Ids of the rows already in the page: a file row that repeats one is reported (as an
+    import into a stored experiment would), and rows without an id are numbered after
+    them."""
 
 
 class RowError(BaseModel):
@@ -231,15 +271,57 @@ class ImportReport(BaseModel):
     eval_questions: int
 
 
+class ImportParseReport(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    target: Literal["training_data", "eval_data"]
+    """What the rows are."""
+    rows: int
+    """Rows read from the file (blank lines are not rows)."""
+    training_data: list[TrainingPair]
+    """The valid rows when ``target`` is ``training_data`` (ids given or numbered), in file order."""
+    eval_data: list[EvalQuestion]
+    """The valid rows when ``target`` is ``eval_data`` (ids given or numbered), in file order."""
+    errors: list[RowError]
+    """One per problem, by line: the rows named here are not in the lists above."""
+    errors_truncated: bool = False
+    """More errors than listed (the first ones are)."""
+
+
+class LastRun(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    id: UUID
+    """The run's id (``GET /api/runs/{id}``)."""
+    status: RunStatus
+    """queued, running, completed, failed or cancelled."""
+    progress: float
+    """Overall, in [0, 1]."""
+    loss: float | None
+    """The latest training loss reported."""
+    created_at: datetime
+    """When it was started."""
+    finished_at: datetime | None
+    """When it reached its final status."""
+
+
 class ExperimentSummary(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     id: UUID
     name: str
     description: str
     model_id: str
     training_pairs: int
+    """Number of training pairs."""
     eval_questions: int
+    """Number of evaluation questions."""
     created_at: datetime
     updated_at: datetime
+    run_count: int
+    """Runs started from this experiment."""
+    last_run: LastRun | None
+    """The most recently started run, if any."""
 
 
 class ExperimentOut(BaseModel):
@@ -254,6 +336,8 @@ class ExperimentOut(BaseModel):
     few_shot_k: int
     max_new_tokens: int
     predictions: PredictionSettings
+    #: Every method's arguments, defaults filled in.
+    influence_args: InfluenceArgs
     created_at: datetime
     updated_at: datetime
 
@@ -308,8 +392,15 @@ class RunOut(BaseModel):
     current_epoch: float | None
     loss: float | None
     eta_s: float | None
-    #: Status per stage key: ``train``, ``inference``, ``influence.<method>``.
+    #: Status per stage key: ``train``, ``inference``, ``influence.<method>``. A stage's
+    #: failure shows here at once; the run's own ``status`` is final only once every stage
+    #: has ended (stages that can no longer run, after a failed or cancelled training,
+    #: end ``cancelled``).
     stages: dict[str, RunStatus]
+    #: Why a stage failed (or was cancelled, when it said), per stage key, as it happened.
+    stage_errors: dict[str, str]
+    #: Once the run has ended failed: each failed stage and its error,
+    #: ``"<stage> failed: <error>"``, joined by ``"; "``.
     error: str | None
     #: The RunSpec as submitted.
     config: RunSpec
@@ -344,13 +435,72 @@ class TrainingResults(BaseModel):
     summary: TrainingSummary | None
 
 
+class AnswerColumnScores(BaseModel):
+    """One column (model) of the answers table, over the evaluation questions with a
+    reference answer that were scored for it."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    questions: int
+    """Questions counted (with a reference answer and scores for this model)."""
+    exact_match_rate: float | None
+    """Share of those answers that equal the reference (normalised text); None without any."""
+    contains_reference_rate: float | None
+    """Share of those answers that contain the reference (normalised text)."""
+    mean_token_f1: float | None
+    """Mean word F1 against the reference."""
+    mean_ref_logprob: float | None
+    """Mean over the questions of the reference answer's mean log-probability per token."""
+
+
+class AnswerAggregates(BaseModel):
+    """Per-column aggregates of the answers' scores (see ``Answer.scores``)."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    base: AnswerColumnScores
+    """The base model's answers."""
+    few_shot: AnswerColumnScores
+    """The few-shot prompted base model's answers."""
+    fine_tuned: AnswerColumnScores
+    """The fine-tuned model's answers."""
+
+
+class BaselineMatrix(BaseModel):
+    """A lexical baseline matrix, shaped like an influence matrix: ``scores[i][j]`` is the
+    BM25 score of training pair j (question + answer) for evaluation question i's query."""
+
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
+    method: Literal["bm25"]
+    """The baseline's name."""
+    variant: Literal["question", "question_reference"]
+    """The query: the evaluation question, or the question and its reference answer (the
+    question alone where it has none)."""
+    eval_ids: list[str]
+    """Rows: the evaluation questions, in the run's order."""
+    train_ids: list[str]
+    """Columns: the training pairs, in the run's order."""
+    shape: list[int]
+    """``[len(eval_ids), len(train_ids)]``."""
+    scores: list[list[float]]
+    """``scores[i][j]`` >= 0; larger is more word overlap."""
+    args: dict[str, Any]
+    """How the scores were made (formula, k1, b, tokens, query)."""
+
+
 class RunResults(BaseModel):
     run_id: UUID
     status: RunStatus
-    #: Base, few-shot and fine-tuned answers per evaluation question.
+    #: Base, few-shot and fine-tuned answers per evaluation question, with their scores
+    #: against the reference answer where there is one.
     answers: list[Answer]
+    #: Per-column aggregates of the answers' scores.
+    answer_scores: AnswerAggregates
     #: One influence matrix per method and variant, always with its scores.
     influence: list[InfluenceMatrixOut]
+    #: The lexical baseline beside the attributions: BM25, one matrix per query variant.
+    baselines: list[BaselineMatrix]
     training: TrainingResults
 
 

@@ -87,5 +87,7 @@ def experiment_spec(experiment: Experiment) -> RunSpec:
             "few_shot_k": experiment.few_shot_k,
             "max_new_tokens": experiment.max_new_tokens,
             "predictions": experiment.predictions,
+            # ``{}`` (rows from before the column) means every method's defaults.
+            "influence_args": experiment.influence_args or {},
         }
     )

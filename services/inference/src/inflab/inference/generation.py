@@ -1,4 +1,5 @@
-"""Greedy answers to a run's evaluation questions from three models, side by side:
+"""Greedy answers to a run's evaluation questions from three models, side by side, each
+scored against the question's reference answer where it has one (scoring.py):
 
 * **base** — the model as downloaded;
 * **few-shot** — the base model shown the run's first ``few_shot_k`` training pairs as
@@ -25,10 +26,12 @@ from typing import Any
 
 import torch
 
+from inflab.common.answer_scores import has_reference
 from inflab.common.chat import prompt_ids
 from inflab.common.generation import greedy_texts
-from inflab.common.messages import Answer, RunSpec
+from inflab.common.messages import Answer, AnswerScores, RunSpec
 from inflab.common.models import load_tokenizer
+from inflab.inference.scoring import answer_score, reference_examples, reference_logprobs
 
 log = logging.getLogger(__name__)
 
@@ -92,10 +95,17 @@ def generate_answers(
     if adapter_dir is not None:
         variants.append(("fine_tuned", variants[0][1]))
 
+    # The questions with a reference answer are scored against it under each model, with
+    # the prompt that model answered (scoring.py).
+    scored = [i for i, q in enumerate(spec.eval_data) if has_reference(q.answer)]
+    scored_questions = [questions[i] for i in scored]
+    references = [spec.eval_data[i].answer or "" for i in scored]
+
     total = sum(len(prompts) for _, prompts in variants)
     done = 0
     loop_started = time.monotonic()
     texts: dict[str, list[str]] = {}
+    logprobs: dict[str, list[float]] = {}
     for name, prompts in variants:
         label = {"base": "base answers", "few_shot": "few-shot answers", "fine_tuned": "fine-tuned answers"}[name]
 
@@ -113,10 +123,25 @@ def generate_answers(
             texts[name] = generate_texts(
                 model, tokenizer, prompts, spec.max_new_tokens, batch_size=batch_size, on_batch=progress
             )
+            if scored:
+                examples = reference_examples(tokenizer, scored_questions, references,
+                                              shots if name == "few_shot" else ())
+                logprobs[name] = reference_logprobs(model, tokenizer, examples, batch_size=batch_size)
 
     texts.setdefault("few_shot", texts["base"])
     texts.setdefault("fine_tuned", [NOT_FINE_TUNED] * len(questions))
+    if scored:
+        logprobs.setdefault("few_shot", logprobs["base"])
     log.info("generated %d answers in %.1f s", total, time.monotonic() - started)
+    scores: dict[int, AnswerScores] = {}
+    for row, i in enumerate(scored):
+        reference = references[row]
+        per_model = {
+            name: answer_score(texts[name][i], reference, logprobs[name][row])
+            for name in ("base", "few_shot", "fine_tuned")
+            if name in logprobs
+        }
+        scores[i] = AnswerScores(**per_model)
     return [
         Answer(
             eval_id=q.id,
@@ -125,6 +150,7 @@ def generate_answers(
             base=texts["base"][i],
             few_shot=texts["few_shot"][i],
             fine_tuned=texts["fine_tuned"][i],
+            scores=scores.get(i),
         )
         for i, q in enumerate(spec.eval_data)
     ]

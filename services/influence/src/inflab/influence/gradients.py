@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 from inflab.common.chat import answer_loss, collate
-
-#: Default micro-batch size: measured faster than one big batch (full logits aside, large
-#: padded batches waste work) and than single examples (per-call overhead).
-DEFAULT_BATCH_SIZE = 8
+# The default micro-batch size (8, the contract's default of the methods' ``batch_size``):
+# measured faster than one big batch (full logits aside, large padded batches waste work)
+# and than single examples (per-call overhead).
+from inflab.common.influence_methods import DEFAULT_BATCH_SIZE
 
 
 class Example(Protocol):

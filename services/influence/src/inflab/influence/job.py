@@ -21,14 +21,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from inflab.common.influence_methods import ARGS_MODELS, describe_errors
 from inflab.common.messages import CheckpointRef, InfluenceRequest
 from inflab.common.models import load_model, resolve_model
 from inflab.common.objectstore import ObjectStore, influence_key
 from inflab.influence.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, META, LocalCheckpoint
 from inflab.influence.gradcache import GradientCache
 from inflab.influence.methods import get_method
-from inflab.influence.methods.base import InfluenceMethod, StageFailed, stage
-from inflab.influence.results import DEFAULT_TOP_K, to_message, to_safetensors_bytes
+from inflab.influence.methods.base import StageFailed, stage
+from inflab.influence.results import to_message, to_safetensors_bytes
 
 _CACHE: GradientCache | None = None
 
@@ -43,20 +46,20 @@ def worker_cache() -> GradientCache:
     return _CACHE
 
 
-def method_arguments(req: InfluenceRequest, method: InfluenceMethod) -> tuple[dict[str, Any], int]:
-    """The method's arguments (the run's token limits, overridden by the run's
-    ``influence_args[method]``) and the top-k size of the summary; checked here, before any
-    download, so a typo fails fast and names the argument."""
-    user = dict(getattr(req.spec, "influence_args", {}).get(req.method, {}))
+def method_arguments(req: InfluenceRequest) -> tuple[dict[str, Any], int]:
+    """The method's arguments (the run's ``influence_args[method]`` parsed with the
+    contract's model, plus the run's token limits) and the top-k size of the summary;
+    checked here, before any download, so a bad value fails fast and names the argument."""
+    given = req.spec.influence_args
+    user = given.get(req.method) if isinstance(given, dict) else given.of(req.method).model_dump()
     with stage("checking the arguments"):
-        top_k = user.pop("top_k", DEFAULT_TOP_K)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise ValueError(f"{req.method}: top_k must be an integer >= 1, got {top_k!r}")
-        args = {"max_length": req.spec.hyperparams.max_seq_length, "max_new_tokens": req.spec.max_new_tokens, **user}
-        args_type = getattr(type(method), "Args", None)
-        if args_type is not None:
-            args_type.from_dict(args)
-    return args, top_k
+        try:
+            parsed = ARGS_MODELS[req.method].model_validate(user or {})
+        except ValidationError as exc:
+            raise ValueError(describe_errors(exc.errors(include_url=False), req.method)) from None
+    args = {**parsed.model_dump(), "max_length": req.spec.hyperparams.max_seq_length,
+            "max_new_tokens": req.spec.max_new_tokens}
+    return args, parsed.top_k
 
 
 def fetch_checkpoint(store: ObjectStore, ref: CheckpointRef, folder: Path) -> LocalCheckpoint:
@@ -88,7 +91,7 @@ def influence_job(
     req = InfluenceRequest.model_validate(request)
     with stage("choosing the method"):
         method = get_method(req.method)
-    args, top_k = method_arguments(req, method)
+    args, top_k = method_arguments(req)
     store = ObjectStore(store_url)
     with stage(f"resolving the model {req.spec.model_id}"):
         model_path = resolve_model(req.spec.model_id, Path(models_dir))

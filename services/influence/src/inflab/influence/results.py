@@ -20,13 +20,12 @@ import numpy as np
 
 from inflab.common import influence_files
 from inflab.common.influence_files import FORMAT, StoredMatrix
+from inflab.common.influence_methods import DEFAULT_TOP_K
 from inflab.common.messages import InfluenceMatrix, InfluenceStats, RankedTrainingPair, TopInfluences
 from inflab.influence.methods.base import InfluenceScores
 
 __all__ = ["FORMAT", "DEFAULT_TOP_K", "to_safetensors_bytes", "from_safetensors_bytes", "top_influences", "to_message"]
 
-#: Training pairs listed per evaluation question and sign in a result's summary.
-DEFAULT_TOP_K = 5
 
 
 def to_safetensors_bytes(scores: InfluenceScores | Sequence[InfluenceScores]) -> bytes:

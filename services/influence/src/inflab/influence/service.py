@@ -15,6 +15,7 @@ failure event on its run rather than only a dead letter.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from nats.aio.msg import Msg
 from nats.errors import MaxPayloadError
@@ -26,7 +27,7 @@ from inflab.common.events import StageEvents
 from inflab.common.messages import CheckpointRef, EvalQuestion, InfluenceMatrix, InfluenceRequest, RunSpec, TrainingPair
 from inflab.common.settings import Settings
 from inflab.influence.job import influence_job, method_arguments
-from inflab.influence.methods import METHODS, get_method
+from inflab.influence.methods import METHODS
 from inflab.influence.methods.base import StageFailed
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ STAGE = "influence"
 class _LenientRunSpec(RunSpec):
     training_data: list[TrainingPair] = Field(default_factory=list, max_length=100_000)
     eval_data: list[EvalQuestion] = Field(default_factory=list, max_length=10_000)
+    # Checked per method by ``method_arguments``, so a bad value fails the method's stage
+    # naming the argument instead of dead-lettering the request.
+    influence_args: dict[str, Any] = Field(default_factory=dict)
 
 
 class InfluenceJobRequest(InfluenceRequest):
@@ -62,7 +66,7 @@ def request_problem(request: InfluenceRequest) -> str | None:
     if missing:
         return f"checking the request: it has no {' and no '.join(missing)}"
     try:
-        method_arguments(request, get_method(request.method))
+        method_arguments(request)
     except StageFailed as exc:
         return str(exc)
     return None

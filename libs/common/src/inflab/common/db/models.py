@@ -161,6 +161,11 @@ class Experiment(Base):
     api_token_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("api_tokens.id", ondelete="SET NULL"), index=True, nullable=True
     )
+    #: InfluenceArgs: every method's arguments, resolved. ``{}`` (rows from before the
+    #: column) means the contract's defaults.
+    influence_args: Mapped[dict] = mapped_column(
+        JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
+    )
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
@@ -181,6 +186,10 @@ class Run(Base):
     #: Status per stage key ("train", "inference", "influence.tracin"); a training stage
     #: may also be "checkpointing" while the run is running.
     stages: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict)
+    #: Why a stage failed (or was cancelled, when it said so), per stage key.
+    stage_errors: Mapped[dict] = mapped_column(
+        JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
+    )
     progress: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
     current_epoch: Mapped[float | None] = mapped_column(Float)
     loss: Mapped[float | None] = mapped_column(Float)
@@ -277,6 +286,9 @@ class Generation(Base):
     base: Mapped[str] = mapped_column(Text, nullable=False)
     few_shot: Mapped[str] = mapped_column(Text, nullable=False)
     fine_tuned: Mapped[str] = mapped_column(Text, nullable=False)
+    #: AnswerScores (per model: exact_match, contains_reference, token_f1, ref_logprob)
+    #: for a question with a reference answer; null otherwise, or for rows stored before.
+    scores: Mapped[dict | None] = mapped_column(JSONB)
 
 
 class InfluenceResult(Base):

@@ -7,17 +7,17 @@ keeps its runs: they hold their own config snapshot and stay in the run history.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from inflab.common.db.models import Experiment
 from inflab.common.messages import RunSpec
 from inflab.gateway.deps import CallerDep, CurrentUser, OwnedExperiment, SessionDep, SettingsDep
+from inflab.gateway.experiment_list import ExperimentSort, experiment_list_query, summary_out
 from inflab.gateway.imports import MAX_REPORTED_ERRORS, TooDeep, number_and_dedupe, parse_rows
 from inflab.gateway.schemas import (
     ExperimentCreate,
@@ -50,6 +50,7 @@ def _apply_spec(experiment: Experiment, spec: RunSpec) -> None:
     experiment.few_shot_k = spec.few_shot_k
     experiment.max_new_tokens = spec.max_new_tokens
     experiment.predictions = spec.predictions.model_dump(mode="json")
+    experiment.influence_args = spec.influence_args.model_dump(mode="json")
 
 
 async def _saved(session: AsyncSession, experiment: Experiment) -> ExperimentOut:
@@ -76,27 +77,20 @@ async def create_experiment(
 async def list_experiments(
     session: SessionDep,
     user: CurrentUser,
+    q: Annotated[str | None, Query(max_length=200, description="Only experiments whose name or description "
+                                   "contains this text (case-insensitive).")] = None,
+    sort: Annotated[ExperimentSort, Query(description="``updated`` (when the experiment last changed), ``name``, "
+                                          "``last_run_status`` or ``created``.")] = "updated",
+    order: Annotated[Literal["asc", "desc"] | None, Query(description="The direction; by default newest first "
+                                                          "for the dates, A to Z for the name, and running runs "
+                                                          "first for the status.")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
     offset: Annotated[int, Query(ge=0, le=2**31 - 1)] = 0,
 ) -> list[ExperimentSummary]:
-    """Newest first, without the data itself (that is what ``get_experiment`` is for)."""
-    rows = await session.execute(
-        select(
-            Experiment.id,
-            Experiment.name,
-            Experiment.description,
-            Experiment.model_id,
-            func.jsonb_array_length(Experiment.training_data).label("training_pairs"),
-            func.jsonb_array_length(Experiment.eval_data).label("eval_questions"),
-            Experiment.created_at,
-            Experiment.updated_at,
-        )
-        .where(Experiment.owner_id == user.id)
-        .order_by(Experiment.created_at.desc(), Experiment.id)
-        .limit(limit)
-        .offset(offset)
-    )
-    return [ExperimentSummary.model_validate(row, from_attributes=True) for row in rows]
+    """The experiments, without their data (that is what ``get_experiment`` is for), each
+    with how many runs it has and its most recent run. One query, whatever the page size."""
+    rows = await session.execute(experiment_list_query(user.id, q, sort, order).limit(limit).offset(offset))
+    return [summary_out(row) for row in rows]
 
 
 @router.get("/{experiment_id}", responses=NOT_FOUND)
@@ -123,6 +117,13 @@ async def update_experiment(
             continue
         if name in ("hyperparams", "predictions"):
             fields[name] = {**fields[name], **{k: v for k, v in value.items() if v is not None}}
+        elif name == "influence_args":
+            # Per method; within one, an argument named as null is a value (several mean
+            # "the method's own default"), so it replaces the stored one too.
+            fields[name] = {
+                method: {} if value.get(method, ...) is None else {**stored, **value.get(method, {})}
+                for method, stored in fields[name].items()
+            }
         else:
             fields[name] = value
     _apply_spec(experiment, validated_spec(fields, settings))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 from typing import Annotated
 from uuid import UUID
@@ -11,8 +13,10 @@ from fastapi.responses import StreamingResponse
 from sqlalchemy import exists, select
 
 from inflab.common.db.models import Checkpoint, Generation, InfluenceResult, Metric, Run, RunEventRow
-from inflab.common.messages import Answer, CheckpointRef, TrainingSummary
+from inflab.common import answer_scores
+from inflab.common.messages import Answer, CheckpointRef, RunSpec, TrainingSummary
 from inflab.gateway.auth.sessions import still_valid
+from inflab.gateway.baselines import run_baselines
 from inflab.gateway.deps import (
     BusDep,
     CallerDep,
@@ -27,7 +31,16 @@ from inflab.gateway.deps import (
 from inflab.gateway.influence import MatrixUnavailable, ObjectStoreDep, matrix_out
 from inflab.gateway.launch import QueueFailed, launch_run
 from inflab.gateway.run_state import TERMINAL
-from inflab.gateway.schemas import LossPoint, RunOut, RunQueued, RunResults, TrainingResults
+from inflab.gateway.schemas import (
+    AnswerAggregates,
+    AnswerColumnScores,
+    BaselineMatrix,
+    LossPoint,
+    RunOut,
+    RunQueued,
+    RunResults,
+    TrainingResults,
+)
 from inflab.gateway.metrics import MetricsDep
 from inflab.gateway.sse import MAX_EVENT_ID, run_event_stream
 
@@ -89,9 +102,10 @@ async def get_run(run: OwnedRun) -> RunOut:
     responses={**NOT_FOUND, 502: {"description": "An influence matrix could not be read from the object store."}},
 )
 async def get_run_results(run: OwnedRun, session: SessionDep, store: ObjectStoreDep) -> RunResults:
-    """What the run has produced so far; complete once its status is ``completed``. Every
-    influence matrix is complete, read from the object store when its result event
-    carried only the summary."""
+    """What the run has produced so far; complete once its status is ``completed`` (a
+    failed run still serves what its completed stages produced). Every influence matrix is
+    complete, read from the object store when its result event carried only the summary.
+    The BM25 baseline is computed from the run's config, so it is there from the start."""
     generations = await session.scalars(
         select(Generation).where(Generation.run_id == run.id).order_by(Generation.id)
     )
@@ -121,15 +135,20 @@ async def get_run_results(run: OwnedRun, session: SessionDep, store: ObjectStore
     except MatrixUnavailable as exc:
         log.error("results of run %s: %s", run.id, exc)
         raise HTTPException(status.HTTP_502_BAD_GATEWAY, str(exc)) from exc
+    answers = [
+        Answer(eval_id=g.eval_id, question=g.question, reference=g.reference, base=g.base,
+               few_shot=g.few_shot, fine_tuned=g.fine_tuned, scores=g.scores)
+        for g in generations
+    ]
+    # Tokenising and scoring 100 x 1000 texts takes ~0.1 s: off the event loop.
+    baselines = await asyncio.to_thread(run_baselines, RunSpec.model_validate(run.config))
     return RunResults(
         run_id=run.id,
         status=run.status,
-        answers=[
-            Answer(eval_id=g.eval_id, question=g.question, reference=g.reference, base=g.base,
-                   few_shot=g.few_shot, fine_tuned=g.fine_tuned)
-            for g in generations
-        ],
+        answers=answers,
+        answer_scores=answer_aggregates(answers),
         influence=matrices,
+        baselines=[BaselineMatrix.model_validate(b) for b in baselines],
         training=TrainingResults(
             loss_curve=[LossPoint.model_validate(m, from_attributes=True) for m in metrics],
             checkpoints=[
@@ -139,6 +158,15 @@ async def get_run_results(run: OwnedRun, session: SessionDep, store: ObjectStore
             summary=TrainingSummary.model_validate(summary) if summary is not None else None,
         ),
     )
+
+
+def answer_aggregates(answers: list[Answer]) -> AnswerAggregates:
+    def column(name: str) -> AnswerColumnScores:
+        scores = [None if a.scores is None else getattr(a.scores, name) for a in answers]
+        aggregate = answer_scores.aggregate(None if s is None else s.model_dump() for s in scores)
+        return AnswerColumnScores(**dataclasses.asdict(aggregate))
+
+    return AnswerAggregates(base=column("base"), few_shot=column("few_shot"), fine_tuned=column("fine_tuned"))
 
 
 @router.get(

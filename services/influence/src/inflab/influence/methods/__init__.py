@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from inflab.common.influence_methods import MethodArgs
 from inflab.influence.methods.base import (
     Emit,
     InfluenceMethod,
     InfluenceScores,
-    MethodArgs,
     ModelLoader,
     Progress,
     StageFailed,

@@ -10,10 +10,7 @@ arguments, and returns one influence matrix per variant it computes:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import time
-import types
-import typing
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -59,12 +56,12 @@ class InfluenceMethod(ABC):
 
     #: Registry key, as named in ``RunSpec.influence_methods``.
     name: ClassVar[str]
-    #: One line for the UI and the API docs.
+    #: One line for the UI and the API docs (the contract's catalogue entry).
     description: ClassVar[str] = ""
     #: The variants :meth:`compute` returns, in that order.
     variants: ClassVar[tuple[str, ...]] = ("raw",)
-    #: The argument dataclass (a :class:`MethodArgs`): ``Args.from_dict(args)`` checks a
-    #: run's arguments before any work; its fields are the method's settings.
+    #: The argument model: the contract's (``inflab.common.influence_methods``) with the
+    #: run's token limits; ``Args.model_validate(args)`` checks them before any work.
     Args: ClassVar[type]
 
     @abstractmethod
@@ -98,76 +95,6 @@ def stage(name: str) -> Iterator[None]:
         raise
     except Exception as exc:
         raise StageFailed(f"{name}: {type(exc).__name__}: {exc}") from exc
-
-
-@dataclass(frozen=True)
-class MethodArgs:
-    """Base of a method's argument dataclass: :meth:`from_dict` coerces each value to its
-    field's type and refuses unknown names, so a typo in a run's ``influence_args`` fails
-    the stage with the name instead of being silently ignored."""
-
-    @classmethod
-    def method_name(cls) -> str:
-        return cls.__name__.removesuffix("Args").lower()
-
-    @classmethod
-    def from_dict(cls, args: dict[str, Any]) -> "MethodArgs":
-        hints = typing.get_type_hints(cls)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(args) - fields)
-        if unknown:
-            raise ValueError(f"{cls.method_name()}: unknown argument(s) {unknown}; known: {sorted(fields)}")
-        values = {}
-        for name, value in args.items():
-            try:
-                values[name] = _coerce(value, hints[name])
-            except (TypeError, ValueError) as exc:
-                raise ValueError(f"{cls.method_name()}: argument {name}={value!r}: {exc}") from None
-        opts = cls(**values)
-        opts.check()
-        return opts
-
-    def check(self) -> None:
-        """Range checks; raise ValueError naming the argument."""
-
-
-def _coerce(value: Any, hint: Any) -> Any:
-    options = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
-    if value is None:
-        if type(None) in options:
-            return None
-        raise ValueError("must not be null")
-    errors = []
-    for option in options:
-        if option is type(None):
-            continue
-        if typing.get_origin(option) is typing.Literal:
-            if value in typing.get_args(option):
-                return value
-            errors.append(f"one of {list(typing.get_args(option))}")
-            continue
-        try:
-            if option is bool:
-                if isinstance(value, bool):
-                    return value
-                if isinstance(value, str) and value.lower() in ("true", "false"):
-                    return value.lower() == "true"
-                raise ValueError("expected true or false")
-            if option is int:
-                if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                    raise ValueError("expected an integer")
-                return int(value)
-            if option is float:
-                if isinstance(value, bool):
-                    raise ValueError("expected a number")
-                out = float(value)
-                if out != out or out in (float("inf"), float("-inf")):
-                    raise ValueError("expected a finite number")
-                return out
-            return option(value)
-        except (TypeError, ValueError) as exc:
-            errors.append(str(exc))
-    raise ValueError("; ".join(errors) or "invalid value")
 
 
 class Progress:

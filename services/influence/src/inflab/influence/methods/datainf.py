@@ -42,12 +42,12 @@ chunk by chunk). Nothing of size ``N x P`` is held beyond what the cache holds.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from inflab.common import influence_methods as contract
 from inflab.common.messages import EvalQuestion, TrainingPair
 from inflab.influence.checkpoints import LocalCheckpoint, pick_checkpoint
 from inflab.influence.gradcache import GradientCache, GradientMatrix
@@ -56,25 +56,9 @@ from inflab.influence.methods.base import Emit, InfluenceMethod, InfluenceScores
 from inflab.influence.methods.prepare import GradientArgs, check_inputs, checkpoint_name, generation_units, prepare
 
 
-@dataclass(frozen=True)
-class DataInfArgs(GradientArgs):
-    #: A fixed damping for every layer; None: the paper's per-layer default (below).
-    damping: float | None = None
-    #: lambda_l = damping_scale * mean over training pairs and entries of g_l^2 (paper: 0.1).
-    damping_scale: float = 0.1
-    #: Which checkpoint (its step) to run on; None: the final checkpoint.
-    checkpoint_step: int | None = None
-    #: Compute the normalised variant (its training self-influences need the per-layer Gram
-    #: matrix of the training gradients, N^2 P work: a few percent of the gradients' cost at
-    #: N=1000 on the default model, growing with N).
-    normalized: bool = True
-
-    def check(self) -> None:
-        super().check()
-        if self.damping is not None and self.damping <= 0:
-            raise ValueError("datainf: damping must be > 0")
-        if self.damping_scale <= 0:
-            raise ValueError("datainf: damping_scale must be > 0")
+class DataInfArgs(contract.DataInfArgs, GradientArgs):
+    """The contract's arguments (damping, damping_scale, checkpoint_step, normalized, ...)
+    and the run's token limits."""
 
 
 def datainf_scores(
@@ -143,11 +127,7 @@ def datainf_scores(
 
 class DataInf(InfluenceMethod):
     name = "datainf"
-    description = (
-        "DataInf: closed-form per-layer inverse-Hessian approximation over LoRA gradients at the "
-        "final checkpoint; 'normalized' is the cosine in that metric (RelatIF-style). Memorised "
-        "pairs have small final gradients and can be missed."
-    )
+    description = contract.METHODS["datainf"].description
     variants = ("raw", "normalized")
     Args = DataInfArgs
 
@@ -162,7 +142,7 @@ class DataInf(InfluenceMethod):
         *,
         cache: GradientCache | None = None,
     ) -> list[InfluenceScores]:
-        opts = DataInfArgs.from_dict(args)
+        opts = DataInfArgs.model_validate(args)
         check_inputs(self.name, train, evals, checkpoints)
         chosen = pick_checkpoint(self.name, checkpoints, opts.checkpoint_step)
         progress = Progress(emit, generation_units(evals) + len(train) + len(evals) + 1)
@@ -179,7 +159,7 @@ class DataInf(InfluenceMethod):
             )
         progress.advance("scores")
         info = {
-            **asdict(opts),
+            **opts.model_dump(),
             **prep.info(),
             "checkpoint_step": chosen.step,
             "num_lora_parameters": int(eval_grads.shape[1]),

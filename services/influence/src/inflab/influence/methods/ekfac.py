@@ -46,14 +46,14 @@ import logging
 import tempfile
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inflab.common import influence_methods as contract
 from inflab.common.chat import IGNORE_INDEX, collate
 from inflab.common.messages import EvalQuestion, TrainingPair
 from inflab.influence.checkpoints import LocalCheckpoint, pick_checkpoint
@@ -63,50 +63,9 @@ from inflab.influence.methods.base import Emit, InfluenceMethod, InfluenceScores
 from inflab.influence.methods.prepare import GradientArgs, check_inputs, checkpoint_name, generation_units, prepare
 
 
-@dataclass(frozen=True)
-class EKFACArgs(GradientArgs):
-    #: kronfluence FactorArguments.strategy: "ekfac", "kfac", "diagonal" or "identity".
-    strategy: Literal["ekfac", "kfac", "diagonal", "identity"] = "ekfac"
-    #: True: the empirical Fisher (the pairs' own answers); False: the true Fisher (answers
-    #: sampled from the model), kronfluence's default.
-    use_empirical_fisher: bool = False
-    #: ScoreArguments.damping_factor; None: kronfluence's heuristic (0.1 x mean eigenvalue).
-    damping_factor: float | None = 1e-8
-    covariance_max_examples: int | None = 100_000
-    lambda_max_examples: int | None = 100_000
-    #: ScoreArguments.query_gradient_low_rank (None: exact query gradients).
-    query_gradient_low_rank: int | None = None
-    #: Compute the normalised variant.
-    normalized: bool = True
-    #: "gradients": kronfluence fits the factors, and the scores are formed here from the
-    #: per-example LoRA gradients (one batched backward, shared with TracIn and DataInf
-    #: through the gradient cache) preconditioned with those factors; "kronfluence":
-    #: kronfluence's own pairwise and self-influence passes (two more passes over the
-    #: training set). The same numbers either way (tested); strategies other than "ekfac"
-    #: always score through kronfluence.
-    scoring: Literal["gradients", "kronfluence"] = "gradients"
-    #: With our scoring and "ekfac": "shared" forms the corrected eigenvalues (Lambda) with
-    #: kronfluence's formula, in its eigenbasis, over its ``lambda_max_examples`` first
-    #: examples, from per-example gradients taken on the forward of kronfluence's covariance
-    #: pass (for the true Fisher, of a second, independent draw of labels: what kronfluence's
-    #: Lambda pass draws on its identical forward); "kronfluence": kronfluence's own Lambda
-    #: pass (one more forward+backward over the training set). Identical for the empirical
-    #: Fisher (tested); for the true Fisher they differ by the label draws only.
-    lambda_pass: Literal["shared", "kronfluence"] = "shared"
-    #: Which checkpoint (its step) to run on; None: the final checkpoint.
-    checkpoint_step: int | None = None
-    #: torch threads during kronfluence's eigendecomposition (0: the process's setting). Its
-    #: ``eigh`` of 576x576 float64 covariances took 45 ms on 1 thread and 80-150 ms on 2 here.
-    eigendecomposition_threads: int = 1
-    #: Seed of the label sampling for the true Fisher.
-    seed: int = 0
-
-    def check(self) -> None:
-        super().check()
-        if self.damping_factor is not None and self.damping_factor < 0:
-            raise ValueError("ekfac: damping_factor must be >= 0")
-        if self.eigendecomposition_threads < 0:
-            raise ValueError("ekfac: eigendecomposition_threads must be >= 0")
+class EKFACArgs(contract.EKFACArgs, GradientArgs):
+    """The contract's arguments (strategy, damping_factor, scoring, ...; names as in
+    kronfluence) and the run's token limits, turned into kronfluence's argument objects."""
 
     def factor_arguments(self) -> Any:
         from kronfluence.arguments import FactorArguments
@@ -342,11 +301,7 @@ def _by_length(examples: Sequence[Any], batch_size: int) -> list[int]:
 
 class EKFAC(InfluenceMethod):
     name = "ekfac"
-    description = (
-        "EK-FAC (kronfluence) on the LoRA modules at the final checkpoint, factors fitted on the "
-        "training set; 'normalized' is the cosine in the EK-FAC metric (RelatIF-style). Memorised "
-        "pairs have small final gradients and can be missed."
-    )
+    description = contract.METHODS["ekfac"].description
     variants = ("raw", "normalized")
     Args = EKFACArgs
 
@@ -361,7 +316,7 @@ class EKFAC(InfluenceMethod):
         *,
         cache: GradientCache | None = None,
     ) -> list[InfluenceScores]:
-        opts = EKFACArgs.from_dict(args)
+        opts = EKFACArgs.model_validate(args)
         check_inputs(self.name, train, evals, checkpoints)
         with stage("importing kronfluence"):
             from kronfluence.analyzer import Analyzer, prepare_model
@@ -450,7 +405,7 @@ class EKFAC(InfluenceMethod):
                 raw, normalized = _kronfluence_scores(analyzer, opts, train_set, eval_set, train_order, eval_order,
                                                       where, progress)
         info = {
-            **asdict(opts),
+            **opts.model_dump(),
             **prep.info(),
             "checkpoint_step": chosen.step,
             "tracked_modules": len(modules),

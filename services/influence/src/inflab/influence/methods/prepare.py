@@ -16,30 +16,25 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field
 
 from inflab.common.chat import EncodedExample, encode_pair, prompt_ids
+from inflab.common.influence_methods import MethodArgs
 from inflab.common.messages import EvalQuestion, TrainingPair
 from inflab.influence.checkpoints import LocalCheckpoint, adapter_digest, attach_adapter
 from inflab.influence.gradcache import GradientCache, GradientMatrix, examples_fingerprint, fingerprint, gradient_matrix
-from inflab.influence.gradients import DEFAULT_BATCH_SIZE
-from inflab.influence.methods.base import MethodArgs, ModelLoader, Progress, stage
+from inflab.influence.methods.base import ModelLoader, Progress, stage
 
 
-@dataclass(frozen=True)
 class GradientArgs(MethodArgs):
-    """Arguments every gradient-based method takes (the job fills the last two from the run)."""
+    """What every gradient-based method runs with besides the run's arguments (the
+    contract's ``MethodArgs``: ``top_k``, ``batch_size``): the run's token limits, which
+    the job fills in from the run (they are not the researcher's to set per method)."""
 
-    #: Examples per forward+backward (bucketed by length).
-    batch_size: int = DEFAULT_BATCH_SIZE
     #: Token limit of a pair: the run's ``max_seq_length``, so gradients see what training saw.
-    max_length: int = 128
+    max_length: int = Field(128, ge=1)
     #: Length of the greedy answer generated for an evaluation question without a reference.
-    max_new_tokens: int = 48
-
-    def check(self) -> None:
-        for name in ("batch_size", "max_length", "max_new_tokens"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{self.method_name()}: {name} must be >= 1")
+    max_new_tokens: int = Field(48, ge=1)
 
 
 def has_reference(question: EvalQuestion) -> bool:

@@ -48,12 +48,12 @@ so memory is bounded whatever the number of training pairs.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
+from inflab.common import influence_methods as contract
 from inflab.common.messages import EvalQuestion, TrainingPair
 from inflab.influence.checkpoints import LocalCheckpoint
 from inflab.influence.gradcache import GradientCache, GradientMatrix
@@ -71,20 +71,9 @@ from inflab.influence.methods.prepare import (
 )
 
 
-@dataclass(frozen=True)
-class TracInArgs(GradientArgs):
-    #: The ``normalized`` variant's cosine: ``trackstar`` (optimizer-corrected, Gauss-Newton
-    #: preconditioned) or ``unit`` (plain cosine of the gradients); see the module docstring.
-    normalization: Literal["trackstar", "unit"] = "trackstar"
-    #: ``trackstar``: lambda = damping x the mean eigenvalue of the Gauss-Newton matrix.
-    damping: float = 0.1
-    #: ``trackstar``: apply Adam's step scaling from the checkpoint's optimizer state.
-    optimizer_correction: bool = True
-
-    def check(self) -> None:
-        super().check()
-        if self.damping <= 0:
-            raise ValueError("tracin: damping must be > 0")
+class TracInArgs(contract.TracInArgs, GradientArgs):
+    """The contract's arguments (normalization, damping, optimizer_correction, ...) and the
+    run's token limits."""
 
 
 def trackstar_scores(
@@ -132,11 +121,7 @@ def trackstar_scores(
 
 class TracIn(InfluenceMethod):
     name = "tracin"
-    description = (
-        "TracIn: learning-rate-weighted dot products of LoRA gradients, summed over the saved "
-        "checkpoints; 'normalized' sums per-checkpoint cosines, by default TrackStar's (Adam-corrected, "
-        "Gauss-Newton-preconditioned gradients; normalization='unit' for the plain cosine)."
-    )
+    description = contract.METHODS["tracin"].description
     variants = ("raw", "normalized")
     Args = TracInArgs
 
@@ -151,7 +136,7 @@ class TracIn(InfluenceMethod):
         *,
         cache: GradientCache | None = None,
     ) -> list[InfluenceScores]:
-        opts = TracInArgs.from_dict(args)
+        opts = TracInArgs.model_validate(args)
         check_inputs(self.name, train, evals, checkpoints)
         progress = Progress(emit, generation_units(evals) + len(checkpoints) * (len(train) + len(evals)))
         prep = prepare(model_loader, train, evals, checkpoints, opts, progress, cache)
@@ -187,7 +172,7 @@ class TracIn(InfluenceMethod):
                 per_checkpoint.append({"step": checkpoint.step, "optimizer_correction": why,
                                        "gauss_newton_damping": lam})
 
-        info = {**asdict(opts), **prep.info(), "num_lora_parameters": eval_grads.shape[1]}
+        info = {**opts.model_dump(), **prep.info(), "num_lora_parameters": eval_grads.shape[1]}
         if opts.normalization == "trackstar":
             info["normalization_per_checkpoint"] = per_checkpoint
         eval_ids, train_ids = [q.id for q in evals], [p.id for p in train]

@@ -1,0 +1,251 @@
+"""The influence methods a run can ask for, and their arguments: the one source of truth.
+
+Each method's arguments are a pydantic model here (the contract). The gateway validates an
+experiment's ``influence_args`` with them (a bad value is a 422 naming e.g.
+``influence_args.datainf.damping``), ``GET /api/methods`` is generated from them, and the
+influence service parses a run's arguments with them before any work. The maths behind
+each argument is documented where it is used (``inflab.influence.methods``).
+
+What each method is good at, measured on the shared workload (README, "Influence
+benchmark"): once the model has memorised an example its gradient shrinks, so the methods
+that look only at the final checkpoint (DataInf, EK-FAC) lose track of it, while TracIn
+over every checkpoint with normalised gradients keeps finding it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+#: Training pairs listed per evaluation question and sign in a result's summary.
+DEFAULT_TOP_K = 5
+#: Examples per forward+backward when a run does not say.
+DEFAULT_BATCH_SIZE = 8
+
+Speed = Literal["fast", "balanced", "precise"]
+
+#: An argument's ``json_schema_extra`` when the editor may fold it away (rarely changed).
+ADVANCED = {"advanced": True}
+
+
+class MethodArgs(BaseModel):
+    """What every method takes. Unknown names are refused (a typo must not be silently
+    ignored) and numbers must be finite."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, use_attribute_docstrings=True)
+
+    top_k: int = Field(DEFAULT_TOP_K, ge=1, le=1000)
+    """Training pairs listed per evaluation question, for each sign, in the result's summary
+    (the full matrix is stored whatever this is)."""
+    batch_size: int = Field(DEFAULT_BATCH_SIZE, ge=1, le=1024, json_schema_extra=ADVANCED)
+    """Examples per forward and backward pass (grouped by length); more is faster and needs
+    more memory; the scores do not change."""
+
+
+class TracInArgs(MethodArgs):
+    """TracIn over every saved checkpoint (Pruthi et al. 2020)."""
+
+    normalization: Literal["trackstar", "unit"] = "trackstar"
+    """The normalised variant's cosine: ``trackstar`` (Adam-corrected, Gauss-Newton
+    preconditioned gradients, Chang et al. 2024) or ``unit`` (plain cosine of the
+    gradients)."""
+    damping: float = Field(0.1, gt=0, le=1e6)
+    """``trackstar`` only: the Gauss-Newton preconditioner's damping, as a multiple of its
+    mean eigenvalue; larger is closer to the plain cosine."""
+    optimizer_correction: bool = Field(True, json_schema_extra=ADVANCED)
+    """``trackstar`` only: scale gradients by Adam's per-parameter step size, read from
+    the optimizer state saved with each checkpoint."""
+
+
+class DataInfArgs(MethodArgs):
+    """DataInf at one checkpoint (Kwon et al., ICLR 2024)."""
+
+    damping: float | None = Field(None, gt=0, le=1e6)
+    """One fixed damping for every LoRA layer; null: the paper's per-layer default
+    (``damping_scale`` x the layer's mean squared gradient entry)."""
+    damping_scale: float = Field(0.1, gt=0, le=1e6, json_schema_extra=ADVANCED)
+    """The per-layer default damping's factor (the paper's 0.1), when ``damping`` is null."""
+    checkpoint_step: int | None = Field(None, ge=0, json_schema_extra=ADVANCED)
+    """The checkpoint to run on, by its training step; null: the final checkpoint."""
+    normalized: bool = Field(True, json_schema_extra=ADVANCED)
+    """Also compute the normalised variant (costs the training gradients' Gram matrix,
+    a few percent more at 1000 pairs)."""
+
+
+class EKFACArgs(MethodArgs):
+    """EK-FAC through kronfluence at one checkpoint (Grosse et al. 2023)."""
+
+    strategy: Literal["ekfac", "kfac", "diagonal", "identity"] = "ekfac"
+    """kronfluence's curvature approximation: ``ekfac`` (eigenvalue-corrected
+    Kronecker factors), ``kfac``, ``diagonal`` or ``identity`` (plain gradient dot products)."""
+    use_empirical_fisher: bool = False
+    """true: the empirical Fisher (the pairs' own answers); false: the true Fisher
+    (answers sampled from the model), kronfluence's default."""
+    damping_factor: float | None = Field(1e-8, ge=0, le=1e6)
+    """Added to the curvature's eigenvalues before inverting; null: kronfluence's
+    heuristic (0.1 x their mean)."""
+    covariance_max_examples: int | None = Field(100_000, ge=1, json_schema_extra=ADVANCED)
+    """Training pairs the covariance factors are fitted on (the first ones); null: all."""
+    lambda_max_examples: int | None = Field(100_000, ge=1, json_schema_extra=ADVANCED)
+    """Training pairs the corrected eigenvalues are fitted on; null: all."""
+    query_gradient_low_rank: int | None = Field(None, ge=1, json_schema_extra=ADVANCED)
+    """Approximate each evaluation question's gradient by this rank; null: exact."""
+    normalized: bool = Field(True, json_schema_extra=ADVANCED)
+    """Also compute the normalised variant (nearly free with ``scoring: gradients``)."""
+    scoring: Literal["gradients", "kronfluence"] = Field("gradients", json_schema_extra=ADVANCED)
+    """``gradients``: scores from the per-example LoRA gradients preconditioned with
+    kronfluence's factors (shared with TracIn and DataInf); ``kronfluence``: its own
+    pairwise passes (two more passes over the training set, the same numbers)."""
+    lambda_pass: Literal["shared", "kronfluence"] = Field("shared", json_schema_extra=ADVANCED)
+    """``shared``: the corrected eigenvalues from gradients taken on the covariance pass's
+    forward; ``kronfluence``: its own eigenvalue pass (one more pass over the training set)."""
+    checkpoint_step: int | None = Field(None, ge=0, json_schema_extra=ADVANCED)
+    """The checkpoint to run on, by its training step; null: the final checkpoint."""
+    eigendecomposition_threads: int = Field(1, ge=0, le=1024, json_schema_extra=ADVANCED)
+    """torch threads for the eigendecomposition (0: the worker's setting); one is fastest
+    for LoRA-sized factors on a CPU."""
+    seed: int = Field(0, ge=0, le=2**31 - 1, json_schema_extra=ADVANCED)
+    """Seed of the answers sampled for the true Fisher."""
+
+
+#: method id -> its argument model.
+ARGS_MODELS: dict[str, type[MethodArgs]] = {"tracin": TracInArgs, "datainf": DataInfArgs, "ekfac": EKFACArgs}
+
+
+class InfluenceArgs(BaseModel):
+    """Per-method arguments of a run, e.g. ``{"datainf": {"damping": 0.01}}``; a method
+    not named, and every argument not named, takes its default. Every method has its
+    arguments here whether or not the run computes it, so switching a method on in the
+    editor keeps what was set for it."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    tracin: TracInArgs = Field(default_factory=TracInArgs)
+    """TracIn's arguments."""
+    datainf: DataInfArgs = Field(default_factory=DataInfArgs)
+    """DataInf's arguments."""
+    ekfac: EKFACArgs = Field(default_factory=EKFACArgs)
+    """EK-FAC's arguments."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _known_methods(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            unknown = [m for m in data if m not in ARGS_MODELS]
+            if unknown:
+                raise ValueError(f"arguments for unknown influence method(s) {unknown}; known: {list(ARGS_MODELS)}")
+        return data
+
+    def of(self, method: str) -> MethodArgs:
+        return getattr(self, method)
+
+
+class Variant(BaseModel):
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
+    id: Literal["raw", "normalized"]
+    """The ``variant`` of the method's influence matrices."""
+    description: str
+    """What the variant's scores mean, for this method."""
+
+
+class MethodInfo(BaseModel):
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
+    id: str
+    """As named in an experiment's ``influence_methods`` and ``influence_args``."""
+    label: str
+    """The name to show."""
+    speed: Speed
+    """Where the method sits between speed and fidelity: ``fast``, ``balanced`` or ``precise``."""
+    description: str
+    """One line: what the method is good at, and what it misses."""
+    variants: list[Variant]
+    """The influence matrices the method produces, in order."""
+
+
+RAW = "The method's score as defined; training pairs with large gradients dominate it."
+
+#: The catalogue, in the order the editor lists the methods.
+METHODS: dict[str, MethodInfo] = {
+    m.id: m
+    for m in (
+        MethodInfo(
+            id="tracin",
+            label="TracIn",
+            speed="fast",
+            description=(
+                "Gradient agreement of each training pair with the question, summed over every saved "
+                "checkpoint; normalised, it keeps finding the examples the model has memorised, which "
+                "final-checkpoint methods lose. One gradient pass per checkpoint."
+            ),
+            variants=[
+                Variant(id="raw", description=RAW + " Learning-rate-weighted dot products summed over checkpoints."),
+                Variant(
+                    id="normalized",
+                    description=(
+                        "Per-checkpoint cosines of the gradients, summed like raw: a pair ranks by the direction "
+                        "of its gradient, not its size. TrackStar's cosine (Adam-corrected, Gauss-Newton "
+                        "preconditioned) by default; the argument normalization: unit gives the plain cosine."
+                    ),
+                ),
+            ],
+        ),
+        MethodInfo(
+            id="datainf",
+            label="DataInf",
+            speed="balanced",
+            description=(
+                "Closed-form inverse-Hessian approximation over LoRA gradients at the final checkpoint: one "
+                "gradient pass, the cheapest method; it loses track of examples the model has memorised "
+                "(their final gradients are small)."
+            ),
+            variants=[
+                Variant(id="raw", description=RAW),
+                Variant(
+                    id="normalized",
+                    description=(
+                        "Cosine in DataInf's inverse-Hessian metric (RelatIF-style): the raw score divided by "
+                        "both self-influences, 1 for a question identical to a training pair. Off with the "
+                        "argument normalized: false."
+                    ),
+                ),
+            ],
+        ),
+        MethodInfo(
+            id="ekfac",
+            label="EK-FAC",
+            speed="precise",
+            description=(
+                "Eigenvalue-corrected Kronecker-factored curvature fitted on the training set (kronfluence) at "
+                "the final checkpoint: the closest estimate of a pair's effect on the answer, at about 2.5x "
+                "DataInf's time; like DataInf it loses track of examples the model has memorised."
+            ),
+            variants=[
+                Variant(id="raw", description=RAW),
+                Variant(
+                    id="normalized",
+                    description=(
+                        "Cosine in the EK-FAC metric (RelatIF-style): the raw score divided by both "
+                        "self-influences, 1 for a question identical to a training pair. Off with the argument "
+                        "normalized: false."
+                    ),
+                ),
+            ],
+        ),
+    )
+}
+
+assert set(METHODS) == set(ARGS_MODELS), "every method needs its argument model and its catalogue entry"
+
+
+def describe_errors(errors: list[dict[str, Any]], prefix: str = "") -> str:
+    """Pydantic errors as one line naming each argument: ``datainf.damping: Input should
+    be greater than 0``."""
+    parts = []
+    for err in errors:
+        where = ".".join(str(p) for p in (prefix, *err["loc"]) if p != "")
+        parts.append(f"{where}: {err['msg']}" if where else err["msg"])
+    return "; ".join(parts)
+
