@@ -164,8 +164,10 @@ async def test_bad_requests_fail_with_the_cause_and_the_worker_goes_on(
         "no checkpoints": _request(tiny_model, "tracin", stored, []),
         "downloading checkpoint 00000006": _request(tiny_model, "tracin", stored, ["good", "missing"]),
         "loading checkpoint 00000005": _request(tiny_model, "datainf", stored, ["unreadable"]),
-        "checking the arguments: ValueError: datainf: unknown argument(s) ['dampin']": _request(
+        "checking the arguments: ValueError: datainf.dampin: Extra inputs are not permitted": _request(
             tiny_model, "datainf", stored, ["good"], args={"datainf": {"dampin": 0.1}}),
+        "checking the arguments: ValueError: datainf.damping: Input should be greater than 0": _request(
+            tiny_model, "datainf", stored, ["good"], args={"datainf": {"damping": -1}}),
     }
     events = await _terminal_events(settings, list(cases.values()))
     for cause, request in cases.items():
