@@ -1,3 +1,5 @@
-"""Helpers shared by the test suites (integration, end-to-end, browser) and benchmarks:
-import as ``helpers.<module>`` from a test (``tests/`` is on ``sys.path``), or
-``tests.helpers.<module>`` from the repository root."""
+"""Helpers shared by the test suites (integration, end-to-end, browser) and benchmarks.
+Import them as ``helpers.<module>``: pytest puts ``tests/`` on ``sys.path`` (through
+``tests/conftest.py``); a script outside the tests inserts that folder itself (as
+``benchmarks/results_api.py`` does). ``tests`` is no package: a ``tests`` package that
+some dependency installs into site-packages would shadow it."""
