@@ -20,13 +20,16 @@ from sqlalchemy import func, select
 
 from inflab.common.db.models import Checkpoint, Generation, InfluenceResult, Metric, Prediction, Run, RunEventRow
 from inflab.common.db.session import make_engine, make_sessionmaker
+from inflab.common.answer_scores import text_scores
 from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner
-from inflab.common.messages import InferenceRequest, InfluenceRequest, TrainRequest
+from inflab.common.messages import AnswerScores, InferenceRequest, InfluenceRequest, TrainRequest
 from inflab.common.models import build_tiny_model
 from inflab.common.objectstore import ObjectStore
 from inflab.common.subjects import Subjects
 from inflab.common.worker import serve
 from inflab.gateway.testing import sign_up
+from inflab.inference.generation import load_for_generation
+from inflab.inference.scoring import reference_examples, reference_logprobs
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -135,7 +138,7 @@ async def test_malformed_request_is_dead_lettered_and_worker_goes_on(stack, sett
     assert "run_id" in reasons and "schema_version" in reasons and "Invalid JSON" in reasons
 
 
-async def test_run_end_to_end(stack, settings, tiny_model):
+async def test_run_end_to_end(stack, settings, tiny_model, tmp_path):
     experiment = {
         "name": "tiny end to end",
         "model_id": str(tiny_model),
@@ -144,6 +147,8 @@ async def test_run_end_to_end(stack, settings, tiny_model):
         "hyperparams": {"learning_rate": 0.01, "num_epochs": 3, "batch_size": 2, "lora_rank": 4,
                         "lora_alpha": 8, "max_seq_length": 64, "seed": 0, "checkpoint_interval": 1},
         "influence_methods": ["tracin"],
+        # Through the experiment into the run's spec, and used by the influence service.
+        "influence_args": {"tracin": {"top_k": 2, "normalization": "unit"}},
         "few_shot_k": 2,
         "max_new_tokens": 8,
     }
@@ -227,7 +232,38 @@ async def test_run_end_to_end(stack, settings, tiny_model):
         assert {"adapter_config.json", "adapter_model.safetensors"} <= files
     assert store.exists(raw[0].key)
 
-    # The results endpoint serves the same.
+    # The run's influence arguments reached the influence service.
+    assert raw[0].args["top_k"] == 2 and raw[0].args["normalization"] == "unit"
+    assert all(len(t["positive"]) <= 2 and len(t["negative"]) <= 2 for t in raw[0].top_k)
+
+    # The answers' scores, as stored: only the question with a reference has them; the
+    # text scores are those of the stored texts, and each ref_logprob is the reference's
+    # mean log-probability under its model after the prompt it answered, recomputed here.
+    by_id = {g.eval_id: g for g in generations}
+    assert by_id["ev01"].scores is None
+    stored = AnswerScores.model_validate(by_id["ev00"].scores)
+    reference = EVALS[0]["answer"]
+    for name in ("base", "few_shot", "fine_tuned"):
+        assert getattr(stored, name).model_dump(exclude={"ref_logprob"}) == text_scores(
+            getattr(by_id["ev00"], name), reference)
+    adapter = store.download_dir(checkpoints[-1].key, tmp_path / "adapter")
+    model, tokenizer = load_for_generation(str(tiny_model), adapter)
+    question = [EVALS[0]["question"]]
+    shots = [(t["question"], t["answer"]) for t in TRAINING[:2]]
+    with model.disable_adapter():
+        base = reference_logprobs(model, tokenizer, reference_examples(tokenizer, question, [reference]))
+        few_shot = reference_logprobs(model, tokenizer, reference_examples(tokenizer, question, [reference], shots))
+    fine_tuned = reference_logprobs(model, tokenizer, reference_examples(tokenizer, question, [reference]))
+    assert stored.base.ref_logprob == pytest.approx(base[0], abs=1e-4)
+    assert stored.few_shot.ref_logprob == pytest.approx(few_shot[0], abs=1e-4)
+    assert stored.fine_tuned.ref_logprob == pytest.approx(fine_tuned[0], abs=1e-4)
+
+    # The results endpoint serves the same, with the aggregates and the BM25 baseline.
     assert {a["eval_id"] for a in results["answers"]} == {"ev00", "ev01"}
+    served = next(a for a in results["answers"] if a["eval_id"] == "ev00")
+    assert AnswerScores.model_validate(served["scores"]) == stored
+    assert results["answer_scores"]["fine_tuned"]["questions"] == 1
+    assert results["answer_scores"]["fine_tuned"]["mean_ref_logprob"] == pytest.approx(stored.fine_tuned.ref_logprob)
     assert [m["method"] for m in results["influence"] if m["variant"] == "raw"] == ["tracin"]
+    assert [b["shape"] for b in results["baselines"]] == [[2, 4], [2, 4]]
     assert len(results["training"]["loss_curve"]) == steps
