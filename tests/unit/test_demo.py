@@ -342,3 +342,17 @@ def test_the_demo_account_password_is_made_once_and_kept_private(tmp_path: Path)
     assert email == settings.local_user_email and len(password) >= 20
     assert demo_credentials(settings) == (email, password)  # the same account next time
     assert (tmp_path / "demo-account.json").stat().st_mode & 0o077 == 0
+
+
+def test_the_last_lines_say_how_to_open_the_run_in_the_browser(tmp_path: Path) -> None:
+    from inflab.common.demo import browser_instructions
+    from inflab.common.settings import Settings
+
+    run_id = "5b0f2a34-1f1e-4c36-9a59-2f1a64f1b2a1"
+    lines = browser_instructions(Settings(home=tmp_path), run_id)
+    assert "`inflab up`" in lines[0] and lines[0].endswith(f"http://127.0.0.1:8000/runs/{run_id}")
+    assert lines[1] == (f"sign in as {Settings().local_user_email}; the password is kept in "
+                        f"{tmp_path / 'demo-account.json'}")
+    # The gateway's own address when it is configured; loopback when it listens everywhere.
+    elsewhere = browser_instructions(Settings(home=tmp_path, gateway_host="0.0.0.0", gateway_port=8401), run_id)
+    assert elsewhere[0].endswith(f"http://127.0.0.1:8401/runs/{run_id}")
