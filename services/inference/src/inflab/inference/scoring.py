@@ -35,7 +35,9 @@ def reference_examples(
     return [encode_pair(tokenizer, q, r, _NO_LIMIT, few_shot) for q, r in zip(questions, references)]
 
 
-def reference_logprobs(model: Any, tokenizer: Any, examples: Sequence[EncodedExample], *, batch_size: int = 8) -> list[float]:
+def reference_logprobs(
+    model: Any, tokenizer: Any, examples: Sequence[EncodedExample], *, batch_size: int = 8
+) -> list[float]:
     """Mean log-probability per reference token of every example under ``model`` as it is
     (adapter on or off), ``batch_size`` examples per forward pass."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
