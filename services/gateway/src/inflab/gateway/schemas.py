@@ -325,6 +325,8 @@ class ExperimentSummary(BaseModel):
 
 
 class ExperimentOut(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     id: UUID
     name: str
     description: str
@@ -336,8 +338,8 @@ class ExperimentOut(BaseModel):
     few_shot_k: int
     max_new_tokens: int
     predictions: PredictionSettings
-    #: Every method's arguments, defaults filled in.
     influence_args: InfluenceArgs
+    """Every method's arguments, defaults filled in (``GET /api/methods`` describes them)."""
     created_at: datetime
     updated_at: datetime
 
@@ -384,36 +386,40 @@ class RunQueued(BaseModel):
 
 
 class RunOut(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     id: UUID
     experiment_id: UUID | None
     status: RunStatus
-    #: Overall, weighted over stages (train 0.6, inference 0.2, influence 0.2), in [0, 1].
     progress: float
+    """Overall, weighted over stages (train 0.6, inference 0.2, influence 0.2), in [0, 1]."""
     current_epoch: float | None
     loss: float | None
     eta_s: float | None
-    #: Status per stage key: ``train``, ``inference``, ``influence.<method>``. A stage's
-    #: failure shows here at once; the run's own ``status`` is final only once every stage
-    #: has ended (stages that can no longer run, after a failed or cancelled training,
-    #: end ``cancelled``).
     stages: dict[str, RunStatus]
-    #: Why a stage failed (or was cancelled, when it said), per stage key, as it happened.
+    """Status per stage key: ``train``, ``inference``, ``influence.<method>``. A stage's
+    failure shows here at once; the run's own ``status`` is final only once every stage
+    has ended (stages that can no longer run, after a failed or cancelled training, end
+    ``cancelled``)."""
     stage_errors: dict[str, str]
-    #: Once the run has ended failed: each failed stage and its error,
-    #: ``"<stage> failed: <error>"``, joined by ``"; "``.
+    """Why a stage failed (or was cancelled, when it said), per stage key, as it happened."""
     error: str | None
-    #: The RunSpec as submitted.
+    """Once the run has ended failed: each failed stage and its error,
+    ``"<stage> failed: <error>"``, joined by ``"; "`` (for a cancelled run, the reasons
+    stages gave for their cancellation, if any)."""
     config: RunSpec
+    """The RunSpec as submitted."""
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
-    #: Made at submission; None when the model's size could not be told.
     estimate: Estimate | None
-    #: Once the run has ended: started_at to finished_at, and the part spent training.
+    """Made at submission; None when the model's size could not be told."""
     actual_duration_s: float | None
+    """Once the run has ended: started_at to finished_at, in seconds."""
     actual_training_duration_s: float | None
-    #: actual_duration_s priced as the estimate priced its devices.
+    """Once training has ended: the part of actual_duration_s spent training."""
     actual_cost_usd: float | None
+    """actual_duration_s priced as the estimate priced its devices."""
 
 
 class LossPoint(BaseModel):
@@ -490,17 +496,19 @@ class BaselineMatrix(BaseModel):
 
 
 class RunResults(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True)
+
     run_id: UUID
     status: RunStatus
-    #: Base, few-shot and fine-tuned answers per evaluation question, with their scores
-    #: against the reference answer where there is one.
     answers: list[Answer]
-    #: Per-column aggregates of the answers' scores.
+    """Base, few-shot and fine-tuned answers per evaluation question, with their scores
+    against the reference answer where there is one."""
     answer_scores: AnswerAggregates
-    #: One influence matrix per method and variant, always with its scores.
+    """Per-column aggregates of the answers' scores."""
     influence: list[InfluenceMatrixOut]
-    #: The lexical baseline beside the attributions: BM25, one matrix per query variant.
+    """One influence matrix per method and variant, always with its scores."""
     baselines: list[BaselineMatrix]
+    """The lexical baseline beside the attributions: BM25, one matrix per query variant."""
     training: TrainingResults
 
 
