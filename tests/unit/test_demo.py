@@ -119,7 +119,8 @@ def test_results_document_keeps_the_matrix_and_averages_loss_per_epoch() -> None
     assert set(document) == {"run_id", "model_id", "answers", "influence", "training", "timings"}
     assert document["run_id"] == RUN_ID and document["model_id"] == "m"
     assert [a["eval_id"] for a in document["answers"]] == EVAL_IDS
-    assert set(document["answers"][0]) == {"eval_id", "question", "reference", "base", "few_shot", "fine_tuned"}
+    assert set(document["answers"][0]) == {"eval_id", "question", "reference", "base", "few_shot", "fine_tuned",
+                                             "scores"}
 
     influence = document["influence"]
     assert influence["variant"] == "normalized"  # preferred when several are reported

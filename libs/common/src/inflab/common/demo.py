@@ -317,7 +317,8 @@ def build_results_document(results: dict[str, Any], *, model_id: str, timings: d
         "run_id": results.get("run_id"),
         "model_id": model_id,
         "answers": [
-            {key: a.get(key) for key in ("eval_id", "question", "reference", "base", "few_shot", "fine_tuned")}
+            {key: a.get(key)
+             for key in ("eval_id", "question", "reference", "base", "few_shot", "fine_tuned", "scores")}
             for a in answers
         ],
         "influence": {
@@ -556,5 +557,5 @@ def main(experiment_path: Path | None = None, out_dir: Path | None = None) -> in
         return 130
     console.print("[bold green]demo finished[/]")
     for line in browser_instructions(settings, document["run_id"]):
-        console.print(escape(line))
+        console.print(escape(line), soft_wrap=True)  # unwrapped: the URL stays whole for copying
     return 0
