@@ -89,6 +89,9 @@ async def test_an_empty_file_and_a_bad_request(gateway) -> None:
     assert empty["rows"] == 0 and empty["errors"] == [{"row": 1, "field": None, "message": "the file holds no rows"}]
     bad = await client.post("/api/imports/parse", json={"target": "pairs", "format": "jsonl", "content": ""})
     assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "target"]
+    deep = await client.post("/api/imports/parse", json={"target": "eval_data", "format": "jsonl",
+                                                         "content": "[" * 100_000})
+    assert deep.status_code == 422 and deep.json()["detail"][0]["loc"] == ["body", "content"]
 
 
 async def test_it_needs_a_signed_in_user(gw_settings) -> None:
