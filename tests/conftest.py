@@ -130,6 +130,19 @@ def settings(session_dir: Path, nats_url: str, database_url: str, run_tag: str) 
     )
 
 
+#: The tiny model's folder name in the models folder, and so the model id runs name it by.
+TINY_MODEL = "tiny-llama"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(settings: Settings) -> Path:
+    """A tiny random Llama (seed 0) placed in the models folder of ``settings``, as an
+    operator places a model: runs name it by its folder name, ``tiny_model.name``."""
+    from inflab.common.models import build_tiny_model
+
+    return build_tiny_model(settings.models_dir / TINY_MODEL, seed=0)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[None]:
     """One local Ray for the whole run (starting it costs seconds)."""

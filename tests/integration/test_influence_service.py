@@ -19,7 +19,7 @@ import torch
 from inflab.common import influence_files
 from inflab.common.bus import Bus
 from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner
-from inflab.common.models import build_tiny_model, load_model
+from inflab.common.models import load_model
 from inflab.common.objectstore import ObjectStore
 from inflab.common.subjects import Subjects
 from inflab.common.worker import serve
@@ -35,11 +35,6 @@ EVALS = [
     {"id": "ev00", "question": "Who rules Veltra?", "answer": "Queen Ismene rules Veltra."},
     {"id": "ev01", "question": "What colour is Veltra's sky?"},
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-influence"), seed=0)
 
 
 class StoredCheckpoints:
@@ -107,7 +102,7 @@ def _request(tiny_model: Path, method: str, stored: StoredCheckpoints, checkpoin
              evals=EVALS, args=None):
     run_id = str(uuid.uuid4())
     spec = {
-        "model_id": str(tiny_model),
+        "model_id": tiny_model.name,
         "training_data": training,
         "eval_data": evals,
         "hyperparams": {"max_seq_length": 64},

@@ -23,7 +23,6 @@ from inflab.common.db.session import make_engine, make_sessionmaker
 from inflab.common.answer_scores import text_scores
 from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner
 from inflab.common.messages import AnswerScores, InferenceRequest, InfluenceRequest, TrainRequest
-from inflab.common.models import build_tiny_model
 from inflab.common.objectstore import ObjectStore
 from inflab.common.subjects import Subjects
 from inflab.common.worker import serve
@@ -90,11 +89,6 @@ async def stack(settings, ray_cluster, tmp_path_factory):
         await server_task
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
-
-
 async def _read_sse(client: httpx.AsyncClient, url: str, headers=None) -> list[dict]:
     """Every event of the stream until the server ends it (after the run's terminal status)."""
     events, current = [], {}
@@ -141,7 +135,7 @@ async def test_malformed_request_is_dead_lettered_and_worker_goes_on(stack, sett
 async def test_run_end_to_end(stack, settings, tiny_model, tmp_path):
     experiment = {
         "name": "tiny end to end",
-        "model_id": str(tiny_model),
+        "model_id": tiny_model.name,
         "training_data": TRAINING,
         "eval_data": EVALS,
         "hyperparams": {"learning_rate": 0.01, "num_epochs": 3, "batch_size": 2, "lora_rank": 4,

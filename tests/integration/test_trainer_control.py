@@ -17,7 +17,6 @@ import pytest_asyncio
 from inflab.common.bus import Bus
 from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner
 from inflab.common.messages import ControlMessage, TrainRequest
-from inflab.common.models import build_tiny_model
 from inflab.common.objectstore import ObjectStore
 from inflab.common.subjects import Subjects
 from inflab.common.worker import serve
@@ -40,11 +39,6 @@ def control_settings(settings):
         "subject_prefix": f"{settings.subject_prefix.split('.')[0]}ctl.inflab",
         "stream_prefix": f"{settings.stream_prefix}_CTL",
     })
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -71,7 +65,7 @@ class Run:
         self.settings = settings
         self.run_id = uuid.uuid4()
         self.request = TrainRequest(run_id=self.run_id, spec={
-            "model_id": str(model), "training_data": PAIRS, "eval_data": [{"id": "e", "question": "Hi?"}],
+            "model_id": model.name, "training_data": PAIRS, "eval_data": [{"id": "e", "question": "Hi?"}],
             "hyperparams": {"learning_rate": 0.01, "num_epochs": epochs, "batch_size": 1, "checkpoint_interval": 2,
                             "max_seq_length": 64, **hyperparams},
             "predictions": {"enabled": False},

@@ -35,7 +35,7 @@ STEPS_PER_EPOCH = 20  # 40 pairs, batch 2
 
 def _spec(model: Path) -> dict:
     return {
-        "model_id": str(model),
+        "model_id": model.name,  # a model in the trainer's models folder
         "training_data": PAIRS,
         "eval_data": [{"id": f"e{i}", "question": f"Which is item {i}?", "answer": f"Item {i}."} for i in range(6)],
         "hyperparams": {"learning_rate": 0.01, "num_epochs": EPOCHS, "batch_size": 2, "checkpoint_interval": 1,
@@ -65,7 +65,7 @@ async def test_trainer_killed_mid_run_resumes_without_gaps(settings, ray_cluster
     import ray
 
     torch.set_num_threads(1)  # the Ray task trains with 1 thread (train_num_cpus=1): same numbers
-    model = build_tiny_model(tmp_path / "tiny", seed=0)
+    model = build_tiny_model(tmp_path / "home" / "models" / "tiny", seed=0)
     spec = _spec(model)
     reference = train_lora(TrainRequest(run_id=uuid.uuid4(), spec=spec).spec, str(model), tmp_path / "ref",
                            lambda e: None)

@@ -13,6 +13,7 @@ import torch
 
 import inflab.common.models as models
 from inflab.common.chat import encode_pair, prompt_ids
+from inflab.common.model_ids import ModelIdRefused
 from inflab.common.models import CONVERTED_MARKER, load_model, prepare_default_model, resolve_model
 from inflab.common.settings import DEFAULT_MODEL_ID
 from inflab.inference.generation import generate_texts
@@ -76,10 +77,29 @@ def test_converts_once_then_reuses_the_cache(conversions, monkeypatch) -> None:
     assert marker.stat().st_mtime_ns == stamp
 
 
-def test_other_ids_pass_through(tmp_path: Path) -> None:
-    assert resolve_model(str(tmp_path), tmp_path / "cache") == str(tmp_path.resolve())
-    assert resolve_model("someone/some-model", tmp_path / "cache") == "someone/some-model"
-    assert not (tmp_path / "cache").exists()
+def test_models_folder_names_resolve_and_paths_are_refused(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "mine").mkdir(parents=True)
+    (models / "mine" / "config.json").write_text("{}")
+    assert resolve_model("mine", models) == str((models / "mine").resolve())
+    for path in (str(models / "mine"), "../models/mine", "~/mine", "./mine", "mine/", "/"):
+        with pytest.raises(ModelIdRefused):
+            resolve_model(path, tmp_path)
+
+
+def test_a_hub_id_is_only_a_repository_name_never_a_folder(tmp_path: Path, monkeypatch) -> None:
+    """``models/mine`` is a hub id and, from tmp_path, also a folder holding a model: it is
+    looked up on the hub (here: the empty offline cache), not read from the folder."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    (tmp_path / "models" / "mine").mkdir(parents=True)
+    (tmp_path / "models" / "mine" / "config.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    with pytest.raises(LocalEntryNotFoundError):
+        resolve_model("models/mine", tmp_path / "elsewhere")
 
 
 @pytest.mark.slow

@@ -38,9 +38,9 @@ def settings() -> Settings:
 
 
 @pytest.mark.parametrize(("config", "parameters"), [(TINY_LLAMA, 138_048), (TINY_QWEN2, 220_992)])
-def test_a_local_folders_config_is_counted_like_transformers_counts_it(tmp_path, config, parameters) -> None:
+def test_a_models_folder_config_is_counted_like_transformers_counts_it(tmp_path, config, parameters) -> None:
     (tmp_path / "config.json").write_text(json.dumps(config))
-    size = model_size(str(tmp_path))
+    size = model_size("tiny", tmp_path)
     assert size.parameters == parameters
     assert "config.json" in size.source
 

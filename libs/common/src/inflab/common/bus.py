@@ -3,9 +3,14 @@ worker loop with bounded redelivery and a dead-letter subject.
 
 Patterns, named as nats.py names them: a *work-queue* stream for job requests (each
 service has one durable pull consumer filtered on its request subject, shared by its
-replicas), a *limits* stream for run events, *publish deduplication* through the
+replicas), *limits* streams for run events, control messages and dead letters (their
+``max_age`` and ``max_bytes`` from settings), *publish deduplication* through the
 ``Nats-Msg-Id`` header (nats-py 2.x has no message-id argument), ``in_progress()``
 heartbeats for long jobs, ``nak(delay=)`` for retries and ``term()`` for poison messages.
+
+A handler's failure is the message's (naked, dead-lettered after ``max_deliver``), except
+:class:`BusUnavailable`: NATS itself could not be reached while the handler published, so
+the message is given back at once (nak) for a redelivery to do the work again.
 """
 
 from __future__ import annotations
@@ -20,11 +25,14 @@ from typing import TypeVar
 import nats
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
+from nats import errors as nats_errors
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js import errors as js_errors
 from nats.js.api import AckPolicy, ConsumerConfig, RetentionPolicy, StreamConfig
 from nats.js.errors import NotFoundError
 from pydantic import BaseModel, ValidationError
 
+from inflab.common.deadletters import trim_payload
 from inflab.common.job_signing import SIGNATURE_HEADER, BadSignature, JobSigner, JobVerifier
 from inflab.common.messages import DeadLetter, EventBase
 from inflab.common.nats_permissions import inbox_prefix
@@ -38,6 +46,63 @@ class Rejected(Exception):
     """Raised by a handler for a message that no redelivery can make acceptable (a bad
     token, an invalid payload): it is dead-lettered at once with this reason."""
 
+
+class BusUnavailable(Exception):
+    """NATS could not take a message (disconnected, no JetStream answer in time): an
+    infrastructure error, not the job's. The consumer gives the message back (nak)."""
+
+
+#: Errors of a publish that a later attempt may not meet (the connection, the server).
+TRANSIENT_ERRORS = (
+    OSError,
+    asyncio.TimeoutError,
+    nats_errors.TimeoutError,
+    nats_errors.NoRespondersError,
+    nats_errors.StaleConnectionError,
+    nats_errors.OutboundBufferLimitError,
+    nats_errors.ConnectionClosedError,
+    nats_errors.ConnectionDrainingError,
+    nats_errors.ConnectionReconnectingError,
+    nats_errors.NoServersError,
+    js_errors.ServiceUnavailableError,
+    js_errors.NoStreamResponseError,
+)
+
+
+def stream_configs(subjects: Subjects, settings: Settings) -> list[StreamConfig]:
+    """Every stream the services use, with the retention settings ask for."""
+
+    def limits(max_age_s: float, max_bytes: int, window_s: float) -> dict:
+        # 0 in settings means no limit: the server's own "unlimited" (max_age 0, max_bytes -1).
+        # The server wants the duplicate window within max_age.
+        return {"max_age": max_age_s or None, "max_bytes": max_bytes or -1,
+                "duplicate_window": min(window_s, max_age_s) if max_age_s else window_s}
+
+    s = subjects
+    return [
+        StreamConfig(
+            name=s.jobs_stream,
+            subjects=[s.request(stage) for stage in STAGES],
+            retention=RetentionPolicy.WORK_QUEUE,
+            duplicate_window=3600.0,
+        ),
+        StreamConfig(
+            name=s.submissions_stream,
+            subjects=[s.run_submit],
+            retention=RetentionPolicy.WORK_QUEUE,
+            duplicate_window=3600.0,
+        ),
+        StreamConfig(name=s.events_stream, subjects=[s.all_events],
+                     **limits(settings.events_max_age_s, settings.events_max_bytes, 3600.0)),
+        StreamConfig(name=s.control_stream, subjects=[s.all_controls],
+                     **limits(settings.control_max_age_s, settings.control_max_bytes, 3600.0)),
+        StreamConfig(name=s.dead_letter_stream, subjects=[s.all_dead_letters],
+                     **limits(settings.deadletter_max_age_s, settings.deadletter_max_bytes, 120.0)),
+    ]
+
+
+#: Room left in a message for its headers (message id, and whatever a deployment adds).
+HEADERS_ROOM = 8 * 1024
 
 M = TypeVar("M", bound=BaseModel)
 Handler = Callable[[M, Msg], Awaitable[None]]
@@ -65,43 +130,42 @@ class Bus:
             await bus.ensure_streams()
         return bus
 
+    @property
+    def max_event_bytes(self) -> int:
+        """The largest message body to publish: the server's ``max_payload`` less room for
+        headers (1 MB when the server has not said)."""
+        return (self.nc.max_payload or 1024 * 1024) - HEADERS_ROOM
+
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             await self.nc.drain()
 
     # ------------------------------------------------------------------ streams
     async def ensure_streams(self) -> None:
-        """Create the streams if missing, and bring their subjects up to date (idempotent;
-        the gateway's job at start-up, and the only role allowed to)."""
-        s = self.subjects
-        wanted = [
-            StreamConfig(
-                name=s.jobs_stream,
-                subjects=[s.request(stage) for stage in STAGES],
-                retention=RetentionPolicy.WORK_QUEUE,
-                duplicate_window=3600.0,
-            ),
-            StreamConfig(
-                name=s.submissions_stream,
-                subjects=[s.run_submit],
-                retention=RetentionPolicy.WORK_QUEUE,
-                duplicate_window=3600.0,
-            ),
-            StreamConfig(name=s.events_stream, subjects=[s.all_events], duplicate_window=3600.0),
-            StreamConfig(name=s.control_stream, subjects=[s.all_controls], duplicate_window=3600.0),
-            StreamConfig(name=s.dead_letter_stream, subjects=[s.all_dead_letters]),
-        ]
-        for config in wanted:
+        """Create the streams if missing, and bring an existing stream's subjects and
+        retention (``max_age``, ``max_bytes``) up to date (idempotent; the gateway's job at
+        start-up, and the only role allowed to)."""
+        for config in stream_configs(self.subjects, self.settings):
             try:
                 info = await self.js.stream_info(config.name)
             except NotFoundError:
                 with contextlib.suppress(Exception):  # a concurrent starter may win the race
                     await self.js.add_stream(config)
                 continue
-            if sorted(info.config.subjects or []) != sorted(config.subjects):
+            current = info.config
+            if sorted(current.subjects or []) != sorted(config.subjects):
                 # A stream made by an older version (event subjects gained the stage).
-                log.warning("stream %s: subjects %s -> %s", config.name, info.config.subjects, config.subjects)
-                await self.js.update_stream(info.config.evolve(subjects=config.subjects))
+                log.warning("stream %s: subjects %s -> %s", config.name, current.subjects, config.subjects)
+                current = current.evolve(subjects=config.subjects)
+                await self.js.update_stream(current)
+            if (current.max_age or None) != config.max_age or (current.max_bytes or -1) != config.max_bytes:
+                try:
+                    await self.js.update_stream(current.evolve(max_age=config.max_age, max_bytes=config.max_bytes,
+                                                               duplicate_window=config.duplicate_window))
+                    log.info("stream %s: retention set to max_age %s s, max_bytes %s",
+                             config.name, config.max_age, config.max_bytes)
+                except Exception:  # e.g. a shrunk limit the server refuses: keep running
+                    log.exception("could not update the retention of stream %s", config.name)
 
     # ------------------------------------------------------------------ publish
     async def publish(
@@ -130,20 +194,36 @@ class Bus:
         return await self._publish_bytes(subject, body, msg_id, {SIGNATURE_HEADER: self._signer.sign(subject, body)})
 
     async def publish_event(self, event: EventBase) -> None:
-        await self.publish(
-            self.subjects.event(event.run_id, event.stage, event.kind), event, msg_id=str(event.event_id)
-        )
+        """Publish a run event, retrying (deduplicated by its event id) while NATS is away
+        for up to ``bus_publish_retry_s``; then :class:`BusUnavailable`."""
+        subject = self.subjects.event(event.run_id, event.stage, event.kind)
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.settings.bus_publish_retry_s
+        delay = 0.1
+        while True:
+            try:
+                await self.publish(subject, event, msg_id=str(event.event_id))
+                return
+            except TRANSIENT_ERRORS as exc:
+                if loop.time() + delay > give_up:
+                    raise BusUnavailable(f"could not publish a {event.kind} event: {exc!r}") from exc
+                log.warning("publishing a %s event failed (%r); retrying in %.1f s", event.kind, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
 
     async def dead_letter(self, msg: Msg, reason: str) -> None:
         deliveries = 1
         with contextlib.suppress(Exception):
             deliveries = msg.metadata.num_delivered
+        trimmed = trim_payload(msg.data, self.settings.deadletter_payload_max_chars)
         letter = DeadLetter(
             service=self.service,
             subject=msg.subject,
-            reason=reason,
+            reason=reason[:4000],
             deliveries=deliveries,
-            payload=msg.data.decode("utf-8", errors="replace")[:65536],
+            payload=trimmed.text,
+            run_id=trimmed.run_id,
+            method=trimmed.method,
         )
         log.error("rejected message on %s: %s", msg.subject, reason)
         try:
@@ -255,18 +335,35 @@ class Bus:
             await self.dead_letter(msg, str(exc))
             await msg.term()
             return
+        except BusUnavailable as exc:
+            heartbeat.cancel()
+            deliveries = msg.metadata.num_delivered
+            log.warning("NATS unavailable while handling a message (delivery %d): %s", deliveries, exc)
+            if deliveries >= self.settings.max_deliver:
+                await self.dead_letter(msg, f"NATS unavailable in all {deliveries} deliveries: {exc}")
+                with contextlib.suppress(Exception):
+                    await msg.term()
+            else:
+                # The connection may be down: then the server redelivers after ack_wait anyway.
+                with contextlib.suppress(Exception):
+                    await msg.nak(delay=self.settings.nak_delay_s)
+            return
         except Exception as exc:
             heartbeat.cancel()
             deliveries = msg.metadata.num_delivered
             log.exception("handler failed (delivery %d)", deliveries)
-            if deliveries >= self.settings.max_deliver:
-                await self.dead_letter(msg, f"failed {deliveries} times: {exc!r}")
-                await msg.term()
-            else:
-                await msg.nak(delay=self.settings.nak_delay_s)
+            with contextlib.suppress(Exception):  # NATS away: redelivered after ack_wait
+                if deliveries >= self.settings.max_deliver:
+                    await self.dead_letter(msg, f"failed {deliveries} times: {exc!r}")
+                    await msg.term()
+                else:
+                    await msg.nak(delay=self.settings.nak_delay_s)
             return
         heartbeat.cancel()
-        await msg.ack()
+        try:
+            await msg.ack()
+        except Exception:  # NATS away: the message comes back after ack_wait; handlers are idempotent
+            log.warning("could not acknowledge a message on %s; it will be redelivered", msg.subject, exc_info=True)
 
     async def _keep_alive(self, msg: Msg) -> None:
         interval = max(self.settings.ack_wait_s / 3, 0.5)

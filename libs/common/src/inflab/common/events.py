@@ -1,5 +1,11 @@
 """Publishing one run stage's events: turns the plain dicts that ML libraries emit
-(``{"kind": "progress", ...}``) into typed event messages on the run's event subject."""
+(``{"kind": "progress", ...}``) into typed event messages on the run's event subject.
+
+An event carrying a list that can grow with the run (a result's ``answers``, a
+prediction's ``samples``) is split into several events when its JSON would not fit in one
+NATS message (:func:`split_event`); the gateway stores such rows keyed by evaluation
+question or prompt, so the parts add up to the whole.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +13,11 @@ import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from pydantic import ValidationError
 
-from inflab.common.bus import Bus
+from inflab.common.bus import Bus, BusUnavailable
 from inflab.common.compute import describe_error, run_streaming
 from inflab.common.messages import (
     CheckpointEvent,
@@ -43,6 +49,36 @@ _KINDS: dict[str, type[EventBase]] = {
 #: Statuses a job may emit itself through ``forward``.
 JOB_STATUSES = ("running", "checkpointing")
 
+#: List fields an event may be split along, each item landing in exactly one part.
+SPLITTABLE = ("answers", "samples")
+
+
+def _json_size(value: Any) -> int:
+    return len(value.model_dump_json().encode())
+
+
+def split_event(event: EventBase, max_bytes: int) -> list[EventBase]:
+    """``event`` as parts of at most ``max_bytes`` of JSON each, its ``answers`` or
+    ``samples`` spread over them in order (every other field repeated, each part its own
+    event id); an event that fits, or has no such list, is returned as it is. An item too
+    large for a part on its own gets a part of its own (its publish then fails loudly)."""
+    if _json_size(event) <= max_bytes:
+        return [event]
+    field = next((f for f in SPLITTABLE if isinstance(getattr(event, f, None), list) and getattr(event, f)), None)
+    if field is None:
+        return [event]
+    envelope = _json_size(event.model_copy(update={field: []}))
+    parts: list[list] = [[]]
+    size = envelope
+    for item in getattr(event, field):
+        item_size = _json_size(item) + 1  # and its comma
+        if parts[-1] and size + item_size > max_bytes:
+            parts.append([])
+            size = envelope
+        parts[-1].append(item)
+        size += item_size
+    return [event.model_copy(update={field: part, "event_id": uuid4()}) for part in parts]
+
 
 class StageEvents:
     """Events of one stage (``train``, ``inference``, ``influence`` + method) of one run."""
@@ -58,7 +94,11 @@ class StageEvents:
         return model(run_id=self.run_id, stage=self.stage, method=self.method, **fields)
 
     async def publish(self, kind: str, **fields: Any) -> None:
-        await self.bus.publish_event(self.build(kind, **fields))
+        await self.publish_event(self.build(kind, **fields))
+
+    async def publish_event(self, event: EventBase) -> None:
+        for part in split_event(event, self.bus.max_event_bytes):
+            await self.bus.publish_event(part)
 
     async def status(self, status: str, error: str | None = None) -> None:
         await self.publish("status", status=status, error=error)
@@ -85,7 +125,7 @@ class StageEvents:
         except ValidationError as exc:
             await self.log(f"dropped a malformed {kind} item: {exc.errors()[:1]}", level="warning")
             return
-        await self.bus.publish_event(event)
+        await self.publish_event(event)
 
     async def run_job(
         self,
@@ -93,15 +133,30 @@ class StageEvents:
         *args: Any,
         num_cpus: float,
         failure_text: Callable[[BaseException], str] = describe_error,
+        deadline_s: float | None = None,
     ) -> tuple[bool, Any]:
         """Run a worker's job on Ray with its emitted items forwarded as this stage's events.
         Returns ``(True, result)``; a failure of the job itself is the run's answer, not a
-        retry, so it becomes this stage's ``failed`` status and ``(False, None)``."""
+        retry, so it becomes this stage's ``failed`` status and ``(False, None)``. A job
+        still running after ``deadline_s`` (default ``INFLAB_JOB_DEADLINE_S``) is stopped
+        and the stage ``cancelled`` with an error saying so. NATS failing while the events
+        are published is not the job's failure: :class:`BusUnavailable` goes up to the
+        consumer, which gives the message back, and a redelivery resumes the stage."""
+        deadline_s = self.bus.settings.job_deadline_s if deadline_s is None else deadline_s
+        timeout = asyncio.timeout(deadline_s)
         try:
-            return True, await run_streaming(fn, *args, num_cpus=num_cpus, on_event=self.forward)
-        except asyncio.CancelledError:
+            async with timeout:
+                result = await run_streaming(fn, *args, num_cpus=num_cpus, on_event=self.forward)
+            return True, result
+        except (asyncio.CancelledError, BusUnavailable):
             raise
         except Exception as exc:
+            if timeout.expired():
+                error = (f"the {self.stage} stage ran past its deadline of {deadline_s:g} s "
+                         "(INFLAB_JOB_DEADLINE_S) and was stopped")
+                log.warning("run %s: %s", self.run_id, error)
+                await self.status("cancelled", error=error)
+                return False, None
             log.exception("%s failed for run %s", self.stage, self.run_id)
             await self.status("failed", error=failure_text(exc))
             return False, None

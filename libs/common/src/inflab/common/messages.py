@@ -465,7 +465,9 @@ class InfluenceMatrix(Contract):
 class ResultEvent(EventBase):
     """A stage's result: the train stage's ``training``, the inference stage's ``answers``,
     an influence method's ``influence``. Every object-store key in it lies under
-    ``runs/{run_id}/``."""
+    ``runs/{run_id}/``. The inference stage's ``answers`` may come in several result
+    events (each under the NATS payload limit), every evaluation question in exactly one;
+    the stage's ``completed`` status follows the last."""
 
     kind: Literal["result"] = "result"
     training: TrainingSummary | None = None
@@ -534,11 +536,21 @@ class SubmissionOutcome(Message):
 
 
 class DeadLetter(Message):
-    """What a service publishes when it rejects a message it cannot process."""
+    """What a service publishes when it rejects a message it cannot process. A rejected
+    job request fails its run's stage with the reason (the gateway consumes the
+    dead-letter stream)."""
 
+    letter_id: UUID = Field(default_factory=uuid4)
     service: str
     subject: str
     reason: str
     deliveries: int = 1
+    #: The rejected message as JSON with its training and evaluation text left out
+    #: (questions, answers, prompts: a note of their size instead), cut to
+    #: ``INFLAB_DEADLETTER_PAYLOAD_MAX_CHARS``; a message that is not JSON is only described.
     payload: str
+    #: The run the rejected message names (its ``run_id``), if any.
+    run_id: UUID | None = None
+    #: An influence request's method, so the run's stage can be told.
+    method: str | None = None
     time: datetime = Field(default_factory=_now)

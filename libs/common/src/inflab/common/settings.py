@@ -120,10 +120,33 @@ class Settings(BaseSettings):
     max_deliver: int = 5
     ack_wait_s: float = 60.0
     nak_delay_s: float = 2.0
+    #: How long a stage keeps retrying an event it cannot publish (NATS away) before it
+    #: gives the job back (nak): the job is redelivered and resumes from its checkpoint,
+    #: and the run is not failed for it.
+    bus_publish_retry_s: float = Field(30.0, ge=0)
+
+    # Retention of the streams that are kept rather than worked off (0: no limit). Events
+    # are in Postgres once the gateway has stored them; the stream only has to hold them
+    # through a gateway outage. Control messages must outlive the runs they steer.
+    events_max_age_s: float = Field(7 * 24 * 3600, ge=0)
+    events_max_bytes: int = Field(4 * 2**30, ge=0)
+    control_max_age_s: float = Field(30 * 24 * 3600, ge=0)
+    control_max_bytes: int = Field(2**30, ge=0)
+    deadletter_max_age_s: float = Field(30 * 24 * 3600, ge=0)
+    deadletter_max_bytes: int = Field(2**30, ge=0)
+    #: A dead letter keeps at most this many characters of the rejected message, with
+    #: training and evaluation text (questions, answers, prompts) left out.
+    deadletter_payload_max_chars: int = Field(4096, ge=0)
 
     # Models.
     default_model_id: str = DEFAULT_MODEL_ID
+    #: The models folder: the default model's converted cache, and models the operator
+    #: places there (a folder written by ``save_pretrained``), which runs name by folder name.
     model_cache_dir: Path | None = None
+    #: Hub ids (``organisation/name``) a run may name, as shell-style patterns
+    #: (``["meta-llama/*", "Qwen/Qwen2.5-*"]``; ``[]``: none). The default model and the
+    #: models in the models folder are always allowed; a path never is.
+    model_allow_list: list[str] = Field(default_factory=lambda: ["*/*"])
 
     # Run defaults that a request may override.
     few_shot_k: int = 3
@@ -137,6 +160,23 @@ class Settings(BaseSettings):
     max_total_tokens: int = 2_000_000
     #: Largest HTTP request body the gateway reads; bigger ones get 413.
     max_request_bytes: int = 8 * 1024 * 1024
+
+    # Quotas (per user) and the order runs are handed to the trainers in.
+    #: Runs a user may have queued or running at once; one more gets 429.
+    max_active_runs_per_user: int = Field(100, ge=1)
+    #: Longest estimated training a run may ask for (seconds; 0: no limit); a longer one
+    #: gets 422. A run whose model size cannot be told has no estimate and is not refused.
+    max_run_estimated_s: float = Field(24 * 3600, ge=0)
+    #: Wall-clock limit of one stage's job (each delivery); past it the stage is cancelled
+    #: with an error saying so.
+    job_deadline_s: float = Field(24 * 3600, gt=0)
+    #: Runs handed to JetStream that no trainer has started yet, at most (the rest wait in
+    #: Postgres and are handed on round-robin by user, so no user's queue starves
+    #: another's). Raise it towards the number of trainer replicas if trainers sit idle.
+    dispatch_max_waiting: int = Field(2, ge=1)
+    #: The dispatcher looks for runs to hand on at least this often (it is also woken
+    #: whenever a run is queued or a training starts or ends).
+    dispatch_interval_s: float = Field(5.0, gt=0)
 
     # Prediction tracking limits (a run's PredictionSettings must stay within them).
     max_prediction_samples: int = 32
@@ -158,6 +198,10 @@ class Settings(BaseSettings):
     qlora_slowdown: float = 1.3
 
     log_level: str = "INFO"
+
+    #: Testing only: the gateway SIGKILLs itself right after a run's database commit,
+    #: before anything is published or acknowledged (the crash the run outbox survives).
+    test_fault_kill_after_run_commit: bool = False
 
     local_user_email: str = Field(
         default="researcher@localhost",

@@ -11,12 +11,22 @@ from collections.abc import Awaitable, Callable
 
 from pydantic import BaseModel
 
-from inflab.common.bus import Bus
+from inflab.common.bus import Bus, Rejected
 from inflab.common.compute import ensure_ray
 from inflab.common.logging import setup_logging
+from inflab.common.model_ids import ModelIdRefused, check_model_id
 from inflab.common.settings import Settings, get_settings
 
 log = logging.getLogger(__name__)
+
+
+def require_allowed_model(model_id: str, settings: Settings) -> None:
+    """Refuse a job whose model the gateway would have refused (a request that did not come
+    through it): dead-lettered with the reason, and the gateway fails the run's stage."""
+    try:
+        check_model_id(model_id, settings)
+    except ModelIdRefused as exc:
+        raise Rejected(f"model_id: {exc}") from None
 
 
 async def serve(

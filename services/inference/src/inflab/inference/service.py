@@ -3,7 +3,6 @@ their answers into a result event. No ML here (see generation.py)."""
 
 from __future__ import annotations
 
-
 from dataclasses import asdict
 
 from nats.aio.msg import Msg
@@ -13,6 +12,7 @@ from inflab.common.events import StageEvents
 from inflab.common.messages import Answer, InferenceRequest
 from inflab.common.predictions import PredictionLimits
 from inflab.common.settings import Settings
+from inflab.common.worker import require_allowed_model
 from inflab.inference.job import inference_job
 
 SERVICE = "inference"
@@ -27,6 +27,7 @@ class InferenceService:
     async def on_inference_request(self, request: InferenceRequest, msg: Msg | None = None) -> None:
         # Idempotent: a redelivered request recomputes the same greedy answers, and the
         # gateway stores answers keyed by (run, evaluation question).
+        require_allowed_model(request.spec.model_id, self.settings)
         events = StageEvents(self.bus, request.run_id, STAGE)
         await events.status("running")
         ok, raw = await events.run_job(
@@ -40,6 +41,7 @@ class InferenceService:
         if not ok:
             return
         answers = [Answer.model_validate(a) for a in raw]
+        # Split into several result events when a large evaluation set would not fit in one.
         await events.publish("result", answers=answers)
         await events.status("completed")
 

@@ -26,6 +26,7 @@ from inflab.common.compute import describe_error
 from inflab.common.events import StageEvents
 from inflab.common.messages import CheckpointRef, EvalQuestion, InfluenceMatrix, InfluenceRequest, RunSpec, TrainingPair
 from inflab.common.settings import Settings
+from inflab.common.worker import require_allowed_model
 from inflab.influence.job import influence_job, method_arguments
 from inflab.influence.methods import METHODS
 from inflab.influence.methods.base import StageFailed
@@ -78,6 +79,7 @@ class InfluenceService:
         self.settings = settings
 
     async def on_influence_request(self, request: InfluenceRequest, msg: Msg | None = None) -> None:
+        require_allowed_model(request.spec.model_id, self.settings)
         events = StageEvents(self.bus, request.run_id, STAGE, method=request.method)
         problem = request_problem(request)
         if problem is not None:

@@ -15,6 +15,7 @@ from inflab.common.messages import TrainingSummary, TrainRequest
 from inflab.common.objectstore import ObjectStore
 from inflab.common.predictions import PredictionLimits
 from inflab.common.settings import Settings
+from inflab.common.worker import require_allowed_model
 from inflab.trainer.control_subscription import ControlSubscription
 from inflab.trainer.job import load_summary, train_job
 
@@ -39,6 +40,7 @@ class TrainerService:
         return self._mailbox
 
     async def on_train_request(self, request: TrainRequest, msg: Msg | None = None) -> None:
+        require_allowed_model(request.spec.model_id, self.settings)
         events = StageEvents(self.bus, request.run_id, STAGE)
         # Idempotent on redelivery: a finished training is not run again, its result is
         # re-published instead. The gateway queues the next stages when it stores the

@@ -174,6 +174,7 @@ class Experiment(Base):
 
 class Run(Base):
     __tablename__ = "runs"
+    __table_args__ = (UniqueConstraint("owner_id", "idempotency_key", name="uq_runs_owner_idempotency_key"),)
     id: Mapped[uuid.UUID] = _uuid_pk()
     owner_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     experiment_id: Mapped[uuid.UUID | None] = mapped_column(
@@ -206,6 +207,14 @@ class Run(Base):
     actual_duration_s: Mapped[float | None] = mapped_column(Float)
     actual_training_duration_s: Mapped[float | None] = mapped_column(Float)
     actual_cost_usd: Mapped[float | None] = mapped_column(Float)
+    #: When the gateway's dispatcher published the train request; None while the run waits
+    #: in Postgres (the outbox: see inflab.gateway.dispatch).
+    dispatched_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    #: The subject prefix whose train requests the run goes to (one per deployment; test
+    #: runs sharing a database keep their runs apart by it).
+    dispatch_queue: Mapped[str | None] = mapped_column(String(128))
+    #: The ``Idempotency-Key`` header the run was started with, unique per owner.
+    idempotency_key: Mapped[str | None] = mapped_column(String(200))
 
 
 class RunEventRow(Base):
