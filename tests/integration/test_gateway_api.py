@@ -43,7 +43,8 @@ EXPERIMENT = {
 
 @pytest.fixture(scope="module")
 def gw_settings(settings: Settings) -> Iterator[Settings]:
-    own = isolated_settings(settings, "gw").model_copy(update={"sse_heartbeat_s": 0.5})
+    # No trainer starts these runs, so each handed-on run keeps its place in the queue.
+    own = isolated_settings(settings, "gw").model_copy(update={"sse_heartbeat_s": 0.5, "dispatch_max_waiting": 50})
     yield own
     asyncio.run(delete_streams(own))
 
@@ -220,16 +221,26 @@ async def test_another_owners_experiments_and_runs_are_invisible(gateway) -> Non
     assert str(run.id) not in {r["id"] for r in (await client.get("/api/runs")).json()}
 
 
-async def test_nats_down_makes_gateway_unready_and_run_fails_visibly(gateway) -> None:
-    app, client = gateway
-    experiment = await create_experiment(client)
-    await app.state.bus.nc.close()
+async def test_nats_down_makes_gateway_unready_and_runs_wait_for_it(gw_settings) -> None:
+    """A run started while NATS is away is accepted and waits in Postgres (the outbox);
+    a gateway that can reach NATS hands it to the trainers."""
+    async with gateway_in_process(gw_settings) as (app, client):
+        experiment = await create_experiment(client)
+        await app.state.bus.nc.close()
 
-    ready = await client.get("/readyz")
-    assert ready.status_code == 503 and ready.json()["checks"]["nats"] == "not connected"
+        ready = await client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["nats"] == "not connected"
 
-    response = await client.post(f"/api/experiments/{experiment['id']}/runs")
-    assert response.status_code == 503
-    runs = (await client.get("/api/runs", params={"experiment_id": experiment["id"]})).json()
-    assert [r["status"] for r in runs] == ["failed"]
-    assert "could not queue" in runs[0]["error"]
+        response = await client.post(f"/api/experiments/{experiment['id']}/runs")
+        assert response.status_code == 202, response.text
+        run_id = response.json()["run_id"]
+        assert await app.state.dispatcher.dispatch_once() == 0
+        async with app.state.sessionmaker() as session:
+            run = await session.get(Run, uuid.UUID(run_id))
+            assert run.status == "queued" and run.dispatched_at is None
+
+    async with gateway_in_process(gw_settings) as (app, client):
+        msg = await pull_train_request(gw_settings, run_id)
+        assert msg.headers["Nats-Msg-Id"] == run_id
+        async with app.state.sessionmaker() as session:
+            assert (await session.get(Run, uuid.UUID(run_id))).dispatched_at is not None

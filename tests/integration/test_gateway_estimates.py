@@ -1,5 +1,5 @@
 """``POST /api/estimates`` through the running gateway: the shape of an estimate for the
-default model, a 70B model and a local folder, and 422s naming the field. (The figures
+default model, a 70B model and a model in the models folder, and 422s naming the field. (The figures
 themselves are tested in tests/unit/test_estimates.py.)"""
 
 from __future__ import annotations
@@ -19,9 +19,17 @@ PAIRS = [{"question": "Who rules Veltra?", "answer": "Queen Ismene."},
          {"question": "What do bees make?", "answer": "Honey."}]
 
 
+TINY_CONFIG = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 1000,
+               "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
+               "tie_word_embeddings": True}
+
+
 @pytest.fixture(scope="module")
-def gw_settings(settings: Settings) -> Iterator[Settings]:
-    own = isolated_settings(settings, "gwest")
+def gw_settings(settings: Settings, tmp_path_factory) -> Iterator[Settings]:
+    models = tmp_path_factory.mktemp("models")
+    (models / "tiny-llama").mkdir()
+    (models / "tiny-llama" / "config.json").write_text(json.dumps(TINY_CONFIG))
+    own = isolated_settings(settings, "gwest").model_copy(update={"model_cache_dir": models})
     yield own
     asyncio.run(delete_streams(own))
 
@@ -59,14 +67,12 @@ async def test_llama_70b_with_qlora(client) -> None:
     assert e["memory_gb"]["qlora"] < e["memory_gb"]["lora"]
 
 
-async def test_a_local_model_folder(client, tmp_path) -> None:
-    config = {"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2, "vocab_size": 1000,
-              "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2,
-              "tie_word_embeddings": True}
-    (tmp_path / "config.json").write_text(json.dumps(config))
-    e = (await client.post("/api/estimates", json={"model_id": str(tmp_path), "training_data": PAIRS})).json()
+async def test_a_model_in_the_models_folder(client, gw_settings) -> None:
+    e = (await client.post("/api/estimates", json={"model_id": "tiny-llama", "training_data": PAIRS})).json()
     assert (e["tier"], e["parameters"]) == ("small", 138_048)
-    assert any(str(tmp_path) in a for a in e["assumptions"])
+    assert any("'tiny-llama' in the models folder" in a for a in e["assumptions"])
+    # The server's folders are nobody's business.
+    assert not any(str(gw_settings.models_dir) in a for a in e["assumptions"])
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,7 @@
 """The gateway application: ``create_app(settings)`` builds it, the lifespan owns its
-connections (Postgres, NATS) and the event persister task."""
+connections (Postgres, NATS) and its background tasks: the event persister, the run
+dispatcher (the outbox relay that hands queued runs to the trainers), the run-submission
+consumer and the dead-letter consumer."""
 
 from __future__ import annotations
 
@@ -20,12 +22,15 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from inflab.common.bus import Bus
 from inflab.common.db.session import make_engine, make_sessionmaker
+from inflab.common.messages import RunEvent
 from inflab.common.settings import Settings, get_settings
 from inflab.gateway.auth.google import make_oauth
 from inflab.gateway.auth.passwords import HasherBusy, PasswordHasher
 from inflab.gateway.auth.rls import user_sessionmaker
 from inflab.gateway.auth.throttle import Rules, Throttle
 from inflab.gateway import errors, metrics
+from inflab.gateway.deadletters import DeadLetterConsumer
+from inflab.gateway.dispatch import Dispatcher
 from inflab.gateway.limits import BodyLimitMiddleware
 from inflab.gateway.mail import Mailer
 from inflab.gateway.notifier import RunNotifier
@@ -88,13 +93,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.loop = asyncio.get_running_loop()
             # The gateway creates the streams (and only its credential may).
             bus = app.state.bus = await Bus.connect(settings, "gateway", create_streams=True)
-            persister = EventPersister(bus, sessionmaker, notifier, on_stored=app.state.metrics.event_stored,
+            dispatcher = app.state.dispatcher = Dispatcher(bus, sessionmaker, notifier, settings)
+
+            def stored(event: RunEvent) -> None:
+                app.state.metrics.event_stored(event)
+                if event.kind == "status":  # a training started or a run ended: a place may have freed
+                    dispatcher.poke()
+
+            persister = EventPersister(bus, sessionmaker, notifier, on_stored=stored,
                                        on_refused=app.state.metrics.event_refused)
             await persister.listen_for_pokes()
             tasks.append(asyncio.create_task(persister.run(stop), name="event-persister"))
             app.state.persister_task = tasks[0]
-            submissions = RunSubmissions(bus, sessionmaker, app.state.user_sessionmaker, notifier, settings)
+            tasks.append(asyncio.create_task(dispatcher.run(stop), name="run-dispatcher"))
+            submissions = RunSubmissions(bus, sessionmaker, app.state.user_sessionmaker, dispatcher, settings)
             tasks.append(asyncio.create_task(submissions.run(stop), name="run-submissions"))
+            dead_letters = DeadLetterConsumer(bus, sessionmaker, notifier, dispatcher)
+            tasks.append(asyncio.create_task(dead_letters.run(stop), name="dead-letters"))
             log.info("gateway ready; persisting %s as %s", bus.subjects.all_events, persister.durable)
             yield
         finally:

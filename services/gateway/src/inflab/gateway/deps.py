@@ -29,6 +29,7 @@ from inflab.gateway.auth.rls import session_for
 from inflab.gateway.auth.sessions import Caller, caller_for_token
 from inflab.gateway.auth.throttle import Rules, Throttle
 from inflab.gateway.mail import Mailer
+from inflab.gateway.dispatch import Dispatcher
 from inflab.gateway.notifier import RunNotifier
 
 CSRF_HEADER = "X-CSRF-Token"
@@ -73,6 +74,10 @@ def get_rules(request: Request) -> Rules:
 
 def get_mailer(request: Request) -> Mailer:
     return request.app.state.mailer
+
+
+def get_dispatcher(request: Request) -> Dispatcher:
+    return request.app.state.dispatcher
 
 
 def _unauthenticated(detail: str = "sign in or send a bearer token") -> HTTPException:
@@ -138,6 +143,7 @@ SystemSessionDep = Annotated[AsyncSession, Depends(get_system_session)]
 SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
 BusDep = Annotated[Bus, Depends(get_bus)]
 NotifierDep = Annotated[RunNotifier, Depends(get_notifier)]
+DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 CurrentUser = Annotated[User, Depends(current_user)]
 HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]
 ThrottleDep = Annotated[Throttle, Depends(get_throttle)]

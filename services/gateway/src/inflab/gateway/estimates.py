@@ -1,8 +1,9 @@
 """What a run will need before it starts: the model's size tier, the device and memory
 (LoRA and QLoRA), the training time and its price.
 
-No torch and no hub: the parameter count comes from a local folder's ``config.json``, a
-small table of known models, or the size in the model id ("7B", "135M"). Every figure is
+No torch and no hub: the parameter count comes from the ``config.json`` of a model in the
+operator's models folder, a small table of known models, or the size in the model id
+("7B", "135M"). Which ids may be estimated at all is :mod:`inflab.common.model_ids`' call. Every figure is
 a rough planning number; the estimate lists the assumptions it rests on, and the run
 stores its actual duration and cost beside it when it ends.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from inflab.common.messages import Hyperparams, TrainingPair
+from inflab.common.model_ids import check_model_id
 from inflab.common.settings import Settings
 from inflab.gateway.schemas import Estimate, MemoryEstimate
 
@@ -156,16 +158,18 @@ class ModelSize:
     source: str  # said in the estimate's assumptions
 
 
-def model_size(model_id: str) -> ModelSize:
-    """A local folder's config.json, else the table of known models, else the id's size."""
-    folder = Path(model_id).expanduser()
-    config = folder / "config.json"
-    if config.is_file():
+def model_size(model_id: str, folder: Path | None = None) -> ModelSize:
+    """The config.json of ``folder`` (a model in the models folder, as
+    :func:`~inflab.common.model_ids.check_model_id` found it), else the table of known
+    models, else the id's size."""
+    if folder is not None:
         try:
-            shape = ModelShape.from_config(json.loads(config.read_text()))
-        except (ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
-            raise UnknownModelSize(f"{config} does not describe a transformer this estimate knows: {exc}") from None
-        return ModelSize(shape.parameters, shape, f"counted from {config}")
+            shape = ModelShape.from_config(json.loads((folder / "config.json").read_text()))
+        except (OSError, ValueError, TypeError, KeyError, ZeroDivisionError) as exc:
+            raise UnknownModelSize(
+                f"the config.json of {model_id!r} does not describe a transformer this estimate knows: {exc}"
+            ) from None
+        return ModelSize(shape.parameters, shape, f"counted from the config.json of {model_id!r} in the models folder")
     name = model_id.rstrip("/").rsplit("/", 1)[-1].lower().removeprefix("meta-")
     for key in sorted(KNOWN_MODELS, key=len, reverse=True):
         if name == key or name.startswith(key + "-"):
@@ -216,8 +220,10 @@ def memory_gib(size: ModelSize, hp: Hyperparams, seq_len: int, on_cpu: bool, qua
 
 
 def estimate(model_id: str, training_data: Sequence[TrainingPair], hp: Hyperparams, settings: Settings) -> Estimate:
-    """The estimate for fine-tuning ``model_id`` on the training pairs."""
-    size = model_size(model_id)
+    """The estimate for fine-tuning ``model_id`` on the training pairs. Raises
+    :class:`~inflab.common.model_ids.ModelIdRefused` for a model this deployment does
+    not allow, :class:`UnknownModelSize` for one whose size cannot be told."""
+    size = model_size(model_id, check_model_id(model_id, settings).folder)
     tier = tier_of(size.parameters)
     compute = settings.estimate_tiers[tier]
     on_cpu = compute.gpu_memory_gb is None

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inflab.common.settings import Settings
-from inflab.gateway.deps import SettingsDep
+from inflab.gateway.deps import BusDep, SettingsDep
 from inflab.gateway.estimates import CHARS_PER_TOKEN
 
 router = APIRouter(prefix="/api", tags=["experiments"])
@@ -31,10 +31,18 @@ class Limits(BaseModel):
     max_request_bytes: int
     max_prediction_samples: int
     min_prediction_step_interval: int
+    #: Runs a user may have queued or running at once.
+    max_active_runs_per_user: int
+    #: Longest estimated training of one run, in seconds (0: no limit).
+    max_run_estimated_s: float
+    #: Largest job message an experiment may need (its JSON with every checkpoint a run can
+    #: save): the NATS server's max_payload less room for headers.
+    max_job_message_bytes: int
 
 
-def limits_of(settings: Settings) -> Limits:
-    return Limits(**{name: getattr(settings, name) for name in Limits.model_fields})
+def limits_of(settings: Settings, max_job_message_bytes: int) -> Limits:
+    fields = {name: getattr(settings, name) for name in Limits.model_fields if name != "max_job_message_bytes"}
+    return Limits(**fields, max_job_message_bytes=max_job_message_bytes)
 
 
 def estimated_tokens(texts: Iterable[str | None]) -> int:
@@ -43,8 +51,8 @@ def estimated_tokens(texts: Iterable[str | None]) -> int:
 
 
 @router.get("/limits")
-async def get_limits(settings: SettingsDep) -> Limits:
-    return limits_of(settings)
+async def get_limits(settings: SettingsDep, bus: BusDep) -> Limits:
+    return limits_of(settings, bus.max_event_bytes)
 
 
 class BodyLimitMiddleware:

@@ -15,12 +15,11 @@ from uuid import UUID
 
 from nats.aio.msg import Msg
 from pydantic import RootModel
-from sqlalchemy.exc import InterfaceError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inflab.common.bus import Bus, Rejected
 from inflab.common.messages import RunEvent
+from inflab.gateway.dbwait import until_database_answers
 from inflab.gateway.event_origin import origin_refusal
 from inflab.gateway.next_stages import is_training_result, queue_next_stages
 from inflab.gateway.notifier import RunNotifier
@@ -33,15 +32,6 @@ class RunEventMessage(RootModel[RunEvent]):
     """Any run event. ``Bus.consume`` parses with a model class; this wraps the same
     discriminated union ``messages.parse_event`` uses, so a malformed event is
     dead-lettered by the bus with the validation error as its reason."""
-
-
-def _database_unreachable(exc: BaseException) -> bool:
-    """Postgres is away (not this event's fault): wait for it instead of spending the
-    event's redeliveries, which would dead-letter every event of a short outage."""
-    return (
-        isinstance(exc, (OSError, OperationalError, InterfaceError, PoolTimeout))
-        or getattr(exc, "connection_invalidated", False)
-    )
 
 
 class EventPersister:
@@ -82,19 +72,13 @@ class EventPersister:
             if self.on_refused is not None:
                 self.on_refused(refusal.category)
             raise Rejected(f"refused event: {refusal.reason}")
-        backoff = 0.2
-        while True:
-            try:
-                async with self.sessionmaker() as session:
-                    changed = await persist_event(session, event)
-                break
-            except Exception as exc:
-                if not _database_unreachable(exc):
-                    raise  # this event's problem: the bus naks it, and dead-letters it in the end
-                # Meanwhile the bus's in_progress() heartbeats keep the message ours.
-                log.warning("Postgres unreachable (%s); retrying in %.1fs", type(exc).__name__, backoff)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, self.max_backoff_s)
+
+        async def store() -> bool:
+            async with self.sessionmaker() as session:
+                return await persist_event(session, event)
+
+        # Another error is this event's problem: the bus naks it, and dead-letters it in the end.
+        changed = await until_database_answers(store, f"storing a {event.kind} event", self.max_backoff_s)
         if is_training_result(event):
             # Also for a redelivered (already stored) result: see next_stages.
             await queue_next_stages(self.bus, self.sessionmaker, event)

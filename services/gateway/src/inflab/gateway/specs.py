@@ -1,7 +1,17 @@
 """Turning an experiment into the RunSpec its runs are given.
 
 Validation is the contract's own (``RunSpec``) plus this deployment's limits from
-settings; failures come back as ordinary 422s whose ``loc`` names the body field.
+settings, the models it allows (:mod:`inflab.common.model_ids`) and the size of the NATS
+messages the spec will travel in; failures come back as ordinary 422s whose ``loc`` names
+the body field.
+
+Why an experiment too large for one NATS message is refused at save time (with the limit
+named) rather than sent by object-store key: every job request (train, inference,
+influence) carries the spec, so each worker reads a request without fetching anything
+first and the contract stays one shape for pipelines; a default NATS message (1 MB,
+``max_payload``) holds several thousand typical question/answer pairs, more than an
+influence study on one GPU computes in reasonable time. An operator who needs more raises
+the server's ``max_payload``; the limit follows it (``GET /api/limits``).
 """
 
 from __future__ import annotations
@@ -11,8 +21,13 @@ from typing import Any
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 
+import uuid
+
+from inflab.common.bus import HEADERS_ROOM
 from inflab.common.db.models import Experiment
-from inflab.common.messages import RunSpec
+from inflab.common.messages import CheckpointRef, InfluenceRequest, RunSpec
+from inflab.common.model_ids import ModelIdRefused, check_model_id
+from inflab.common.objectstore import checkpoint_prefix
 from inflab.common.settings import Settings
 from inflab.gateway.limits import estimated_tokens
 
@@ -32,15 +47,51 @@ def body_errors(exc: ValidationError) -> RequestValidationError:
     )
 
 
-def validated_spec(fields: dict[str, Any], settings: Settings) -> RunSpec:
+def validated_spec(fields: dict[str, Any], settings: Settings, max_message_bytes: int | None = None) -> RunSpec:
+    """The spec, or a 422 naming every field at fault. ``max_message_bytes``: the largest
+    message the bus takes (``Bus.max_event_bytes``); None skips that check."""
     try:
         spec = RunSpec.model_validate(fields)
     except ValidationError as exc:
         raise body_errors(exc) from None
     errors = _limit_errors(spec, settings)
+    model_error = model_id_error(spec.model_id, settings)
+    if model_error is not None:
+        errors.insert(0, model_error)
+    if not errors and max_message_bytes is not None:
+        size = job_message_bytes(spec)
+        if size > max_message_bytes:
+            errors.append(body_error(
+                (), f"the experiment takes {size} bytes as a job message; at most {max_message_bytes} (the NATS "
+                    f"server's max_payload less {HEADERS_ROOM} for headers): use fewer or shorter training pairs "
+                    "and evaluation questions", "too_long"))
     if errors:
         raise RequestValidationError(errors)
     return spec
+
+
+def model_id_error(model_id: str, settings: Settings) -> dict[str, Any] | None:
+    """The 422 error for a model this deployment does not allow, or None. The same for
+    every refused id, so it tells nothing of what exists on the server."""
+    try:
+        check_model_id(model_id, settings)
+    except ModelIdRefused as exc:
+        return body_error(("model_id",), str(exc))
+    return None
+
+
+def job_message_bytes(spec: RunSpec) -> int:
+    """Bytes of the largest job request that will carry ``spec``: an influence request
+    listing every checkpoint the run can save (every ``checkpoint_interval`` epochs and at
+    the end), with step numbers and values as long as they get."""
+    hp = spec.hyperparams
+    checkpoints = hp.num_epochs // hp.checkpoint_interval + 1
+    run_id = uuid.uuid4()
+    ref = CheckpointRef(step=10**9, epoch=hp.num_epochs, key=checkpoint_prefix(run_id, 10**9),
+                        learning_rate=1.2345678901234567e-05, loss=12.345678901234567)
+    request = InfluenceRequest(run_id=run_id, owner_id=uuid.uuid4(), spec=spec, method="x" * 64,
+                               checkpoints=[ref] * checkpoints)
+    return len(request.model_dump_json().encode())
 
 
 def _limit_errors(spec: RunSpec, settings: Settings) -> list[dict[str, Any]]:

@@ -6,12 +6,17 @@ The gateway checks the token (system path: it does not know the user yet), then,
 user under row level security, creates the experiment and the run (the submission id is
 the run id) and queues the train request, exactly as ``POST /api/experiments`` and
 ``POST /api/experiments/{id}/runs`` would (a ``submit`` token then reads the run over HTTP).
-A missing, unknown, expired, revoked or read-only token, an invalid
-experiment or a submission id another user's run has are dead-lettered at once on
-``inflab.v1.deadletter.gateway`` with the reason; a redelivered submission finds its run
-and does nothing more. Either way the gateway answers on
+A missing, unknown, expired, revoked or read-only token, an invalid experiment, a refused
+quota or a submission id another user's run has are dead-lettered at once on
+``inflab.v1.deadletter.gateway`` with the reason. Either way the gateway answers on
 ``inflab.v1.submission.{submission_id}`` (``SubmissionOutcome``: accepted, or the reason),
 which the pipeline credential may read: it may read no run event and no dead letter.
+
+A redelivered submission (the gateway died after committing the run, before the ack)
+finds its run and answers again that it was accepted; the run itself is in Postgres, where
+the dispatcher (:mod:`inflab.gateway.dispatch`) hands it on whether or not the first
+delivery got that far. While Postgres is unreachable the consumer waits for it, keeping the
+message, rather than spending its redeliveries and dead-lettering it.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ from inflab.common.messages import RunSubmission, SubmissionOutcome
 from inflab.common.settings import Settings
 from inflab.gateway.auth.sessions import caller_for_api_token
 from inflab.gateway.auth.rls import session_for
-from inflab.gateway.launch import launch_run
-from inflab.gateway.notifier import RunNotifier
+from inflab.gateway.dbwait import until_database_answers
+from inflab.gateway.dispatch import Dispatcher
+from inflab.gateway.launch import RunRefused, launch_run
+from inflab.gateway.quotas import QuotaExceeded
 from inflab.gateway.schemas import ExperimentCreate
 from inflab.gateway.specs import validated_spec
 
@@ -57,13 +64,13 @@ class RunSubmissions:
         bus: Bus,
         sessionmaker: async_sessionmaker[AsyncSession],
         user_sessionmaker: async_sessionmaker[AsyncSession],
-        notifier: RunNotifier,
+        dispatcher: Dispatcher,
         settings: Settings,
     ) -> None:
         self.bus = bus
         self.sessionmaker = sessionmaker
         self.user_sessionmaker = user_sessionmaker
-        self.notifier = notifier
+        self.dispatcher = dispatcher
         self.settings = settings
         self.durable = bus.subjects.durable("gateway_submissions")
 
@@ -90,46 +97,59 @@ class RunSubmissions:
         token = bearer_token(msg)
         if token is None:
             raise Rejected("no API token: send one in the 'Authorization: Bearer <token>' header")
-        async with self.sessionmaker() as session:
-            caller = await caller_for_api_token(session, token)
-            if caller is None:
-                raise Rejected("unknown or revoked API token, or expired")
-            if caller.scope == "read":
-                raise Rejected("this API token is read-only (scope 'read'): submitting needs 'submit' or 'full'")
-            existing = await session.get(Run, submission.submission_id)
+
+        async def look_up() -> tuple:
+            async with self.sessionmaker() as session:
+                caller = await caller_for_api_token(session, token)
+                existing = await session.get(Run, submission.submission_id) if caller is not None else None
+                return caller, existing
+
+        caller, existing = await until_database_answers(look_up, "a run submission")
+        if caller is None:
+            raise Rejected("unknown or revoked API token, or expired")
+        if caller.scope == "read":
+            raise Rejected("this API token is read-only (scope 'read'): submitting needs 'submit' or 'full'")
         if existing is not None:
             if existing.owner_id != caller.user.id:
                 raise Rejected(f"submission_id {submission.submission_id} is taken: use a new one")
-            log.info("submission %s already made its run", submission.submission_id)
+            log.info("submission %s already made its run; answering again", submission.submission_id)
             return
         try:
             body = ExperimentCreate.model_validate(submission.experiment)
-            spec = validated_spec(body.spec_fields(self.settings), self.settings)
+            spec = validated_spec(body.spec_fields(self.settings), self.settings, self.bus.max_event_bytes)
         except ValidationError as exc:
             raise Rejected(f"invalid experiment: {_errors(exc.errors())}") from None
         except RequestValidationError as exc:
             raise Rejected(f"invalid experiment: {_errors(list(exc.errors()))}") from None
-        async with session_for(self.user_sessionmaker, caller.user.id) as session:
-            experiment = Experiment(
-                owner_id=caller.user.id,
-                name=body.name,
-                description=body.description,
-                model_id=spec.model_id,
-                training_data=[pair.model_dump(mode="json") for pair in spec.training_data],
-                eval_data=[question.model_dump(mode="json") for question in spec.eval_data],
-                hyperparams=spec.hyperparams.model_dump(mode="json"),
-                influence_methods=spec.influence_methods,
-                few_shot_k=spec.few_shot_k,
-                max_new_tokens=spec.max_new_tokens,
-                predictions=spec.predictions.model_dump(mode="json"),
-                api_token_id=caller.api_token_id,
-            )
-            session.add(experiment)
-            await session.flush()
-            # A failure to queue raises: the message is redelivered, finds its (failed) run
-            # and stops there; the run says why it failed.
-            run = await launch_run(session, self.bus, self.notifier, self.settings, caller.user.id, experiment,
-                                   run_id=submission.submission_id)
+
+        async def create() -> Run:
+            async with session_for(self.user_sessionmaker, caller.user.id) as session:
+                experiment = Experiment(
+                    owner_id=caller.user.id,
+                    name=body.name,
+                    description=body.description,
+                    model_id=spec.model_id,
+                    training_data=[pair.model_dump(mode="json") for pair in spec.training_data],
+                    eval_data=[question.model_dump(mode="json") for question in spec.eval_data],
+                    hyperparams=spec.hyperparams.model_dump(mode="json"),
+                    influence_methods=spec.influence_methods,
+                    few_shot_k=spec.few_shot_k,
+                    max_new_tokens=spec.max_new_tokens,
+                    predictions=spec.predictions.model_dump(mode="json"),
+                    api_token_id=caller.api_token_id,
+                )
+                session.add(experiment)
+                await session.flush()
+                launched = await launch_run(session, self.dispatcher, self.settings, caller.user.id, experiment,
+                                            run_id=submission.submission_id)
+                return launched.run
+
+        try:
+            run = await until_database_answers(create, "a run submission")
+        except QuotaExceeded as exc:
+            raise Rejected(exc.message) from None
+        except RunRefused as exc:
+            raise Rejected(f"invalid experiment: {exc}") from None
         log.info("run %s submitted over NATS for user %s", run.id, caller.user.id)
 
     async def run(self, stop: asyncio.Event, retry_s: float = 1.0) -> None:

@@ -28,7 +28,7 @@ from sqlalchemy import select
 from inflab.common.bus import Bus
 from inflab.common.db.models import Run
 from inflab.common.messages import ControlMessage, Hyperparams, RuntimeParams
-from inflab.gateway.deps import BusDep, NotifierDep, OwnedRun, SessionDep
+from inflab.gateway.deps import BusDep, DispatcherDep, NotifierDep, OwnedRun, SessionDep
 from inflab.gateway.persistence import finish_run
 from inflab.gateway.run_state import ACTIVE, TERMINAL
 from inflab.gateway.schemas import ControlAccepted
@@ -110,7 +110,9 @@ async def update_run_params(run: OwnedRun, params: RuntimeParamsBody, bus: BusDe
 
 
 @router.post("/cancel", status_code=status.HTTP_202_ACCEPTED, responses=RESPONSES)
-async def cancel_run(run: OwnedRun, session: SessionDep, bus: BusDep, notifier: NotifierDep) -> ControlAccepted:
+async def cancel_run(
+    run: OwnedRun, session: SessionDep, bus: BusDep, notifier: NotifierDep, dispatcher: DispatcherDep
+) -> ControlAccepted:
     """Stop the run. A training run stops at its next step, keeps its checkpoints and is
     marked cancelled by the trainer; a run no trainer holds is cancelled at once."""
     if run.status in TERMINAL:
@@ -127,4 +129,5 @@ async def cancel_run(run: OwnedRun, session: SessionDep, bus: BusDep, notifier: 
             await finish_run(session, run, "cancelled", datetime.now(timezone.utc))
         await session.commit()
         notifier.notify(run.id)
+        dispatcher.poke()  # its place in the queue is free
     return _accepted(message, run)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 
+from inflab.common.model_ids import ModelIdRefused
 from inflab.gateway.deps import CurrentUser, SettingsDep
 from inflab.gateway.estimates import UnknownModelSize, estimate
 from inflab.gateway.schemas import Estimate, EstimateRequest
@@ -17,7 +18,8 @@ router = APIRouter(prefix="/api/estimates", tags=["estimates"])
 @router.post(
     "",
     responses={401: {"description": "Not signed in."},
-               422: {"description": "Invalid request, or a model whose size cannot be told."}},
+               422: {"description": "Invalid request, a model this deployment does not allow, or one whose "
+                                    "size cannot be told."}},
 )
 async def estimate_run(body: EstimateRequest, user: CurrentUser, settings: SettingsDep) -> Estimate:
     """What a run with these settings needs; the default model when ``model_id`` is left out.
@@ -30,5 +32,5 @@ async def estimate_run(body: EstimateRequest, user: CurrentUser, settings: Setti
         )
     try:
         return estimate(body.model_id or settings.default_model_id, body.training_data, body.hyperparams, settings)
-    except UnknownModelSize as exc:
+    except (UnknownModelSize, ModelIdRefused) as exc:
         raise RequestValidationError([body_error(("model_id",), str(exc))]) from None

@@ -1,7 +1,8 @@
 """Experiments: a researcher's training pairs, evaluation questions and run settings.
 
-Every write is validated as the runs it will start are (the contract's ``RunSpec``) and
-against this deployment's limits (:mod:`inflab.gateway.limits`). Deleting an experiment
+Every write is validated as the runs it will start are (the contract's ``RunSpec``),
+against this deployment's limits (:mod:`inflab.gateway.limits`), its allowed models and
+the NATS message size (:mod:`inflab.gateway.specs`). Deleting an experiment
 keeps its runs: they hold their own config snapshot and stay in the run history.
 """
 
@@ -16,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from inflab.common.db.models import Experiment
 from inflab.common.messages import RunSpec
-from inflab.gateway.deps import CallerDep, CurrentUser, OwnedExperiment, SessionDep, SettingsDep
+from inflab.gateway.deps import BusDep, CallerDep, CurrentUser, OwnedExperiment, SessionDep, SettingsDep
 from inflab.gateway.experiment_list import ExperimentSort, experiment_list_query, summary_out
 from inflab.gateway.imports import MAX_REPORTED_ERRORS, TooDeep, number_and_dedupe, parse_rows
 from inflab.gateway.schemas import (
@@ -61,9 +62,9 @@ async def _saved(session: AsyncSession, experiment: Experiment) -> ExperimentOut
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_experiment(
-    body: ExperimentCreate, session: SessionDep, caller: CallerDep, settings: SettingsDep
+    body: ExperimentCreate, session: SessionDep, caller: CallerDep, settings: SettingsDep, bus: BusDep
 ) -> ExperimentOut:
-    spec = validated_spec(body.spec_fields(settings), settings)
+    spec = validated_spec(body.spec_fields(settings), settings, bus.max_event_bytes)
     # An API token that creates an experiment is remembered: a "submit" token may then
     # start runs of it and read them, and nothing else.
     experiment = Experiment(owner_id=caller.user.id, name=body.name, description=body.description,
@@ -104,7 +105,7 @@ def _stored_fields(experiment: Experiment) -> dict[str, Any]:
 
 @router.patch("/{experiment_id}", responses=NOT_FOUND)
 async def update_experiment(
-    body: ExperimentUpdate, experiment: OwnedExperiment, session: SessionDep, settings: SettingsDep
+    body: ExperimentUpdate, experiment: OwnedExperiment, session: SessionDep, settings: SettingsDep, bus: BusDep
 ) -> ExperimentOut:
     """Change the fields named; see ``ExperimentUpdate`` for how each is applied."""
     changes = body.model_dump(exclude_unset=True)
@@ -126,7 +127,7 @@ async def update_experiment(
             }
         else:
             fields[name] = value
-    _apply_spec(experiment, validated_spec(fields, settings))
+    _apply_spec(experiment, validated_spec(fields, settings, bus.max_event_bytes))
     return await _saved(session, experiment)
 
 
@@ -160,7 +161,7 @@ async def duplicate_experiment(experiment: OwnedExperiment, session: SessionDep,
     },
 )
 async def import_rows(
-    body: ImportRequest, experiment: OwnedExperiment, session: SessionDep, settings: SettingsDep
+    body: ImportRequest, experiment: OwnedExperiment, session: SessionDep, settings: SettingsDep, bus: BusDep
 ) -> ImportReport:
     """Add (or replace) training pairs or evaluation questions from a JSONL or CSV file.
 
@@ -179,7 +180,7 @@ async def import_rows(
     if apply:
         fields = _stored_fields(experiment)
         fields[body.target] = existing + items
-        _apply_spec(experiment, validated_spec(fields, settings))
+        _apply_spec(experiment, validated_spec(fields, settings, bus.max_event_bytes))
         await session.commit()
     report = ImportReport(
         target=body.target,

@@ -9,6 +9,7 @@ from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from sqlalchemy import exists, select
 
@@ -21,6 +22,7 @@ from inflab.gateway.deps import (
     BusDep,
     CallerDep,
     CurrentUser,
+    DispatcherDep,
     NotifierDep,
     OwnedExperiment,
     OwnedRun,
@@ -29,7 +31,8 @@ from inflab.gateway.deps import (
     SettingsDep,
 )
 from inflab.gateway.influence import MatrixUnavailable, ObjectStoreDep, matrix_out
-from inflab.gateway.launch import QueueFailed, launch_run
+from inflab.gateway.launch import IdempotencyKeyReused, RunRefused, launch_run
+from inflab.gateway.quotas import QuotaExceeded
 from inflab.gateway.run_state import TERMINAL
 from inflab.gateway.schemas import (
     AnswerAggregates,
@@ -55,25 +58,55 @@ def run_out(run: Run) -> RunOut:
     return RunOut.model_validate(run, from_attributes=True)
 
 
+#: What an Idempotency-Key may be: printable ASCII without spaces (a UUID, say).
+IDEMPOTENCY_KEY = Header(
+    alias="Idempotency-Key",
+    min_length=1,
+    max_length=200,
+    pattern=r"^[!-~]+$",
+    description="Makes a retried request safe: a repeat with the same key (from the same user, for the same "
+                "experiment) answers with the run the first one started, and starts nothing.",
+)
+
+
 @router.post(
     "/experiments/{experiment_id}/runs",
     status_code=status.HTTP_202_ACCEPTED,
-    responses={**NOT_FOUND, 503: {"description": "The job could not be queued; the run is marked failed."}},
+    responses={
+        **NOT_FOUND,
+        422: {"description": "Invalid request: the model is no longer allowed, the experiment is too large for "
+                             "a job message, the estimated training is over INFLAB_MAX_RUN_ESTIMATED_S, or the "
+                             "Idempotency-Key already started a run of another experiment."},
+        429: {"description": "The user has INFLAB_MAX_ACTIVE_RUNS_PER_USER runs queued or running."},
+    },
 )
 async def start_run(
     experiment: OwnedExperiment,
     session: SessionDep,
     user: CurrentUser,
     bus: BusDep,
-    notifier: NotifierDep,
+    dispatcher: DispatcherDep,
     settings: SettingsDep,
+    response: Response,
+    idempotency_key: Annotated[str | None, IDEMPOTENCY_KEY] = None,
 ) -> RunQueued:
-    """Queue a run of the experiment: train, then inference and influence in parallel."""
+    """Queue a run of the experiment: train, then inference and influence in parallel.
+    Runs wait in the gateway's queue and go to the trainers in turn, round-robin by user."""
     try:
-        run = await launch_run(session, bus, notifier, settings, user.id, experiment)
-    except QueueFailed as exc:
-        raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "could not queue the run; try again") from exc
-    return RunQueued(run_id=run.id, status="queued")
+        launched = await launch_run(session, dispatcher, settings, user.id, experiment,
+                                    idempotency_key=idempotency_key, max_message_bytes=bus.max_event_bytes)
+    except RunRefused as exc:
+        raise RequestValidationError(exc.errors) from None
+    except QuotaExceeded as exc:
+        raise HTTPException(exc.status_code, exc.message) from None
+    except IdempotencyKeyReused:
+        raise RequestValidationError([{
+            "type": "value_error", "loc": ("header", "Idempotency-Key"), "input": None,
+            "msg": "this Idempotency-Key already started a run of another experiment: use a new key",
+        }]) from None
+    if not launched.created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return RunQueued(run_id=launched.run.id, status=launched.run.status)
 
 
 @router.get("/runs")

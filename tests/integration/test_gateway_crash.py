@@ -1,0 +1,205 @@
+"""A gateway SIGKILLed between committing a run and publishing its train request loses
+nothing: the real gateway process (``python -m inflab.gateway``) with the fault hook
+``INFLAB_TEST_FAULT_KILL_AFTER_RUN_COMMIT`` kills itself right after the commit, once for
+a run started over HTTP and once for a pipeline's submission over NATS (before its ack).
+The next gateway to start publishes each train request, exactly once, and the redelivered
+submission announces its run again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import nats
+import pytest
+from nats.errors import TimeoutError as NatsTimeout
+from sqlalchemy import select
+
+from inflab.common.db.models import Run
+from inflab.common.db.session import make_engine, make_sessionmaker
+from inflab.common.embedded._proc import free_port
+from inflab.common.messages import RunSubmission, StatusEvent, TrainRequest
+from inflab.common.settings import Settings
+from inflab.common.subjects import Subjects
+from inflab.gateway.testing import delete_streams, gateway_in_process, isolated_settings
+
+pytestmark = pytest.mark.integration
+
+EXPERIMENT = {
+    "name": "survives a crash",
+    "training_data": [{"question": "Who rules Veltra?", "answer": "Queen Ismene."}],
+    "eval_data": [{"question": "Who is Veltra's ruler?"}],
+}
+
+
+@pytest.fixture(scope="module")
+def gw_settings(settings: Settings) -> Iterator[Settings]:
+    # The killed gateway's submission comes back 2 s after its last heartbeat.
+    own = isolated_settings(settings, "gwcrash").model_copy(update={"ack_wait_s": 2.0, "dispatch_max_waiting": 10})
+    yield own
+    asyncio.run(delete_streams(own))
+
+
+class GatewayProcess:
+    """``python -m inflab.gateway`` with the settings given, on a port of its own."""
+
+    def __init__(self, settings: Settings, log: Path, **env: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        environment = {
+            **os.environ,
+            "INFLAB_NATS_URL": settings.nats_url,
+            "INFLAB_DATABASE_URL": settings.database_url,
+            "INFLAB_SUBJECT_PREFIX": settings.subject_prefix,
+            "INFLAB_STREAM_PREFIX": settings.stream_prefix,
+            "INFLAB_HOME": str(settings.home),
+            "INFLAB_GATEWAY_PORT": str(self.port),
+            "INFLAB_ACK_WAIT_S": str(settings.ack_wait_s),
+            "INFLAB_DISPATCH_MAX_WAITING": str(settings.dispatch_max_waiting),
+            **env,
+        }
+        self.process = subprocess.Popen([sys.executable, "-m", "inflab.gateway"], env=environment,
+                                        stdout=log.open("ab"), stderr=subprocess.STDOUT)
+
+    async def ready(self, timeout: float = 60) -> None:
+        async with httpx.AsyncClient(base_url=self.url) as client, asyncio.timeout(timeout):
+            while True:
+                assert self.process.poll() is None, "the gateway exited during startup"
+                try:
+                    if (await client.get("/readyz")).status_code == 200:
+                        return
+                except httpx.TransportError:
+                    pass
+                await asyncio.sleep(0.1)
+
+    async def killed(self, timeout: float = 30) -> int:
+        async with asyncio.timeout(timeout):
+            while self.process.poll() is None:
+                await asyncio.sleep(0.05)
+        return self.process.returncode
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+
+
+async def _train_requests(settings: Settings, count: int, timeout: float = 30) -> list:
+    """The next ``count`` train requests, taken off the work queue as a trainer would."""
+    subjects = Subjects.from_settings(settings)
+    nc = await nats.connect(settings.nats_url)
+    taken = []
+    try:
+        sub = await nc.jetstream().pull_subscribe(subjects.train_request, durable=subjects.durable("test_trainer"),
+                                                  stream=subjects.jobs_stream)
+        async with asyncio.timeout(timeout):
+            while len(taken) < count:
+                try:
+                    msgs = await sub.fetch(count - len(taken), timeout=1)
+                except NatsTimeout:
+                    continue
+                for msg in msgs:
+                    await msg.ack()
+                    taken.append(msg)
+        await sub.unsubscribe()
+    finally:
+        await nc.close()
+    return taken
+
+
+async def _runs(sessionmaker, settings: Settings) -> list[Run]:
+    async with sessionmaker() as session:
+        return list(await session.scalars(
+            select(Run).where(Run.dispatch_queue == settings.subject_prefix).order_by(Run.created_at)))
+
+
+async def _until(predicate, what: str, timeout: float = 30) -> None:
+    async with asyncio.timeout(timeout):
+        while not await predicate():
+            await asyncio.sleep(0.05)
+
+
+async def test_a_gateway_killed_after_the_commit_loses_no_run(gw_settings, tmp_path) -> None:
+    subjects = Subjects.from_settings(gw_settings)
+    log = tmp_path / "gateway.log"
+    engine = make_engine(gw_settings.database_url)
+    sessionmaker = make_sessionmaker(engine)
+    announced: asyncio.Queue = asyncio.Queue()
+    nc = await nats.connect(gw_settings.nats_url)
+    js = nc.jetstream()
+    processes: list[GatewayProcess] = []
+    try:
+        # The account, its experiment and a pipeline token, through a healthy gateway.
+        async with gateway_in_process(gw_settings) as (_, client):
+            experiment = (await client.post("/api/experiments", json=EXPERIMENT)).json()["id"]
+            token = (await client.post("/api/tokens", json={"name": "pipeline"})).json()["token"]
+        access = client.headers["Authorization"]
+
+        # 1. Over HTTP: the process dies after the commit, before answering or publishing.
+        faulty = GatewayProcess(gw_settings, log, INFLAB_TEST_FAULT_KILL_AFTER_RUN_COMMIT="1")
+        processes.append(faulty)
+        await faulty.ready()
+        async with httpx.AsyncClient(base_url=faulty.url, headers={"Authorization": access}) as http:
+            with pytest.raises(httpx.TransportError):
+                await http.post(f"/api/experiments/{experiment}/runs")
+        assert await faulty.killed() == -9
+        [first] = await _runs(sessionmaker, gw_settings)
+        assert first.status == "queued" and first.dispatched_at is None
+        assert (await js.stream_info(subjects.jobs_stream)).state.messages == 0
+
+        # 2. The next gateway hands that run on; then, over NATS, it dies after committing
+        # a pipeline's run, before acknowledging the submission.
+        faulty = GatewayProcess(gw_settings, log, INFLAB_TEST_FAULT_KILL_AFTER_RUN_COMMIT="1")
+        processes.append(faulty)
+        await faulty.ready()
+
+        async def first_handed_on() -> bool:
+            return (await _runs(sessionmaker, gw_settings))[0].dispatched_at is not None
+
+        await _until(first_handed_on, "the first run to be handed on")
+        submission = RunSubmission(experiment=EXPERIMENT)
+
+        async def on_status(msg) -> None:
+            announced.put_nowait(StatusEvent.model_validate_json(msg.data))
+
+        await nc.subscribe(subjects.event(submission.submission_id, "status"), cb=on_status)
+        await js.publish(subjects.run_submit, submission.model_dump_json().encode(),
+                         headers={"Authorization": f"Bearer {token}"})
+        assert await faulty.killed() == -9
+        first, second = await _runs(sessionmaker, gw_settings)
+        assert second.id == submission.submission_id
+        assert second.status == "queued" and second.dispatched_at is None
+        assert announced.empty()
+
+        # 3. A gateway that lives hands the second on, and the redelivered submission
+        # announces its run (the stored queued event) instead of being dropped.
+        healthy = GatewayProcess(gw_settings, log)
+        processes.append(healthy)
+        await healthy.ready()
+        event = await asyncio.wait_for(announced.get(), 30)
+        assert event.run_id == submission.submission_id and event.status == "queued"
+        requests = await _train_requests(gw_settings, 2)
+        run_ids = [str(TrainRequest.model_validate_json(m.data).run_id) for m in requests]
+        assert run_ids == [str(first.id), str(second.id)]
+        assert [m.headers["Nats-Msg-Id"] for m in requests] == run_ids
+        assert all(r.dispatched_at is not None for r in await _runs(sessionmaker, gw_settings))
+        healthy.stop()
+        # Each was published once: nothing else waits on the work queue.
+        assert (await js.stream_info(subjects.jobs_stream)).state.messages == 0
+        # A publish repeated after a crash between the publish and the mark is dropped by
+        # JetStream, whose duplicate window keys on the run id.
+        again = await js.publish(subjects.train_request, requests[0].data, headers={"Nats-Msg-Id": run_ids[0]})
+        assert again.duplicate
+    finally:
+        for process in processes:
+            process.stop()
+        await nc.close()
+        await engine.dispose()
+    assert log.read_text().count("test fault hook") == 2
