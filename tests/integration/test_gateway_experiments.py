@@ -184,3 +184,30 @@ async def test_import_past_the_limits_is_refused_whole(client):
                                  json={"target": "training_data", "format": "jsonl", "content": content})
     assert response.status_code == 422 and "at most 6 training pairs" in response.text
     assert len((await client.get(f"/api/experiments/{experiment['id']}")).json()["training_data"]) == 2
+
+
+async def test_an_experiment_too_large_for_a_job_message_is_refused_at_save_time(ex_settings):
+    roomy = ex_settings.model_copy(update={"max_training_pairs": 10_000, "max_text_chars": 8_000,
+                                           "max_total_tokens": 2_000_000})
+    async with gateway_in_process(roomy) as (app, client):
+        limit = (await client.get("/api/limits")).json()["max_job_message_bytes"]
+        assert limit == app.state.bus.nc.max_payload - 8 * 1024
+        answer = "A long answer. " * 466  # ~7000 characters
+        big = [{"question": f"Question {i}?", "answer": answer} for i in range(limit // len(answer) + 20)]
+        before = len((await client.get("/api/experiments")).json())
+
+        refused = await client.post("/api/experiments", json={**EXPERIMENT, "training_data": big})
+        assert refused.status_code == 422, refused.text
+        [error] = refused.json()["detail"]
+        assert error["loc"] == ["body"] and f"at most {limit}" in error["msg"] and "max_payload" in error["msg"]
+
+        small = await created(client)
+        grown = await client.patch(f"/api/experiments/{small['id']}", json={"training_data": big})
+        assert grown.status_code == 422 and "max_payload" in grown.text
+        rows = "\n".join(json.dumps(pair) for pair in big)
+        imported = await client.post(f"/api/experiments/{small['id']}/import",
+                                     json={"target": "training_data", "format": "jsonl", "content": rows})
+        assert imported.status_code == 422 and "max_payload" in imported.text
+        assert (await client.get(f"/api/experiments/{small['id']}")).json()["training_data"] == \
+            small["training_data"]
+        assert len((await client.get("/api/experiments")).json()) == before + 1

@@ -41,6 +41,12 @@ def left_pad(prompts: Sequence[list[int]], pad_id: int, device: torch.device) ->
     return input_ids.to(device), attention_mask.to(device)
 
 
+def storable(text: str) -> str:
+    """``text`` with NUL characters replaced: a byte-level model can emit byte 0, which
+    Postgres stores in neither text nor JSONB (the answer's event would be refused)."""
+    return text.replace("\x00", "\ufffd")
+
+
 def greedy_texts(
     model: Any,
     tokenizer: Any,
@@ -88,7 +94,7 @@ def greedy_texts(
                 input_ids=input_ids, attention_mask=attention_mask, generation_config=config, stopping_criteria=criteria
             )
         for row in output[:, input_ids.shape[1] :]:
-            texts.append(tokenizer.decode(row, skip_special_tokens=True).strip() or EMPTY_ANSWER)
+            texts.append(storable(tokenizer.decode(row, skip_special_tokens=True)).strip() or EMPTY_ANSWER)
         if on_batch is not None:
             on_batch(len(chunk))
     return texts
