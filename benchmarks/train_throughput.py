@@ -219,13 +219,13 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    from inflab.common.models import resolve_model
+    from inflab.common.models import trusted_model_path
 
     torch.set_num_threads(args.threads)
     machine = machine_info(args.threads)
     workload = json.loads(args.workload.read_text())
     spec = build_spec(workload, args.epochs, args.batch_size, args.max_length)
-    model_path = resolve_model(args.model, args.cache_dir)
+    model_path = trusted_model_path(args.model, args.cache_dir)
 
     ours, reference = [], []
     for index in range(args.passes):

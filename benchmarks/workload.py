@@ -158,9 +158,9 @@ def generated_workload(n_train: int, n_eval: int, like: Workload, seed: int = 0)
 
 # --------------------------------------------------------------------------- checkpoints
 def model_path(model_id: str, cache_dir: Path) -> str:
-    from inflab.common.models import resolve_model
+    from inflab.common.models import trusted_model_path
 
-    return resolve_model(model_id, Path(cache_dir))
+    return trusted_model_path(model_id, Path(cache_dir))
 
 
 def trained_checkpoints(workload: Workload, model_id: str, cache_dir: Path, work_root: Path,

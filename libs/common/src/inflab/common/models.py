@@ -288,6 +288,12 @@ def load_tokenizer(model_path: str) -> "PreTrainedTokenizerBase":
     return tokenizer
 
 
+def trusted_model_path(model: str, cache_dir: Path) -> str:
+    """For code and operators' tools, never for a run's ``model_id``: an absolute folder as
+    it is, anything else through :func:`resolve_model`."""
+    return model if os.path.isabs(model) and os.path.isdir(model) else resolve_model(model, cache_dir)
+
+
 def load_model(
     model_id: str, cache_dir: Path, *, dtype: "torch.dtype | None" = None, **kwargs: Any
 ) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
@@ -298,7 +304,7 @@ def load_model(
     import torch
     from transformers import AutoModelForCausalLM
 
-    path = model_id if os.path.isabs(model_id) and os.path.isdir(model_id) else resolve_model(model_id, cache_dir)
+    path = trusted_model_path(model_id, cache_dir)
     tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
     if model.config.pad_token_id is None:
