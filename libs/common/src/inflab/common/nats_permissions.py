@@ -6,8 +6,9 @@ chart all take their rules from here, so there is one set of rules.
 Roles:
 
 * ``gateway``: publishes job requests and control messages, creates and updates the
-  product's streams, consumes every run event and every submission (its pull consumers'
-  messages reach it on its own inbox; no one holds a subscription on ``run.submit``).
+  product's streams, consumes every run event, every submission and every dead letter (its
+  pull consumers' messages reach it on its own inbox; no one holds a subscription on
+  ``run.submit``).
 * ``trainer``, ``inference``, ``influence``: take their stage's job requests (their own
   durable pull consumer), publish only their stage's event kinds and their dead letters;
   the trainer also reads the control stream.
@@ -102,6 +103,8 @@ class RolePermissions:
             return [
                 Consumer(s.events_stream, s.durable("gateway_events"), s.all_events),
                 Consumer(s.submissions_stream, s.durable("gateway_submissions"), s.run_submit),
+                # Rejected job requests fail their runs (inflab.gateway.deadletters).
+                Consumer(s.dead_letter_stream, s.durable("gateway_deadletters"), s.all_dead_letters),
             ]
         if role in WORKER_STAGES:
             return [Consumer(s.jobs_stream, s.durable(role), s.request(WORKER_STAGES[role]))]
