@@ -3,7 +3,7 @@ nothing: the real gateway process (``python -m inflab.gateway``) with the fault 
 ``INFLAB_TEST_FAULT_KILL_AFTER_RUN_COMMIT`` kills itself right after the commit, once for
 a run started over HTTP and once for a pipeline's submission over NATS (before its ack).
 The next gateway to start publishes each train request, exactly once, and the redelivered
-submission announces its run again.
+submission is answered (accepted) instead of being dropped.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from sqlalchemy import select
 from inflab.common.db.models import Run
 from inflab.common.db.session import make_engine, make_sessionmaker
 from inflab.common.embedded._proc import free_port
-from inflab.common.messages import RunSubmission, StatusEvent, TrainRequest
+from inflab.common.messages import RunSubmission, SubmissionOutcome, TrainRequest
 from inflab.common.settings import Settings
 from inflab.common.subjects import Subjects
 from inflab.gateway.testing import delete_streams, gateway_in_process, isolated_settings
@@ -63,6 +63,7 @@ class GatewayProcess:
             "INFLAB_GATEWAY_PORT": str(self.port),
             "INFLAB_ACK_WAIT_S": str(settings.ack_wait_s),
             "INFLAB_DISPATCH_MAX_WAITING": str(settings.dispatch_max_waiting),
+            "INFLAB_JOB_SIGNING_KEY": settings.job_signing_key.get_secret_value(),
             **env,
         }
         self.process = subprocess.Popen([sys.executable, "-m", "inflab.gateway"], env=environment,
@@ -166,10 +167,10 @@ async def test_a_gateway_killed_after_the_commit_loses_no_run(gw_settings, tmp_p
         await _until(first_handed_on, "the first run to be handed on")
         submission = RunSubmission(experiment=EXPERIMENT)
 
-        async def on_status(msg) -> None:
-            announced.put_nowait(StatusEvent.model_validate_json(msg.data))
+        async def on_outcome(msg) -> None:
+            announced.put_nowait(SubmissionOutcome.model_validate_json(msg.data))
 
-        await nc.subscribe(subjects.event(submission.submission_id, "status"), cb=on_status)
+        await nc.subscribe(subjects.submission_outcome(submission.submission_id), cb=on_outcome)
         await js.publish(subjects.run_submit, submission.model_dump_json().encode(),
                          headers={"Authorization": f"Bearer {token}"})
         assert await faulty.killed() == -9
@@ -178,13 +179,13 @@ async def test_a_gateway_killed_after_the_commit_loses_no_run(gw_settings, tmp_p
         assert second.status == "queued" and second.dispatched_at is None
         assert announced.empty()
 
-        # 3. A gateway that lives hands the second on, and the redelivered submission
-        # announces its run (the stored queued event) instead of being dropped.
+        # 3. A gateway that lives hands the second on, and the redelivered submission is
+        # answered instead of being dropped.
         healthy = GatewayProcess(gw_settings, log)
         processes.append(healthy)
         await healthy.ready()
-        event = await asyncio.wait_for(announced.get(), 30)
-        assert event.run_id == submission.submission_id and event.status == "queued"
+        outcome = await asyncio.wait_for(announced.get(), 30)
+        assert outcome.accepted and outcome.run_id == submission.submission_id
         requests = await _train_requests(gw_settings, 2)
         run_ids = [str(TrainRequest.model_validate_json(m.data).run_id) for m in requests]
         assert run_ids == [str(first.id), str(second.id)]

@@ -69,15 +69,16 @@ async def test_a_rejected_job_request_fails_its_run_with_the_reason(gw_settings)
         try:
             await nc.subscribe(subjects.dead_letter("trainer"), cb=letters.put)
             durable = subjects.durable("trainer")
-            # The gateway's own request for the run, taken off the queue as the trainer would;
-            # in its place a forged one (not through the gateway) naming a path as the model.
+            # The gateway's own request for the run, taken off the queue as the trainer would.
             genuine = await _take_train_request(worker, durable)
             assert genuine.run_id == run_id
+            # In its place one naming a path as the model, signed as a genuine request is (a
+            # gateway that let it through, or a worker whose allow-list is narrower).
             forged = genuine.model_copy(update={"spec": genuine.spec.model_copy(update={"model_id": "/etc"})})
-            await worker.publish(subjects.train_request, forged, msg_id=f"forged-{uuid.uuid4()}")
+            await app.state.bus.publish_request("train", forged, msg_id=f"forged-{uuid.uuid4()}")
             trainer = TrainerService(worker, gw_settings)
-            consumer = asyncio.create_task(
-                worker.consume(subjects.train_request, TrainRequest, trainer.on_train_request, stop, durable=durable))
+            consumer = asyncio.create_task(worker.consume(subjects.train_request, TrainRequest, trainer.on_train_request,
+                                                          stop, durable=durable, signed=True))
 
             letter = DeadLetter.model_validate_json((await asyncio.wait_for(letters.get(), 20)).data)
             assert letter.service == "trainer" and letter.run_id == run_id
@@ -125,7 +126,7 @@ async def test_streams_carry_the_retention_settings_ask_for(gw_settings) -> None
     })
     subjects = Subjects.from_settings(own)
     try:
-        bus = await Bus.connect(own, "test")
+        bus = await Bus.connect(own, "gateway", create_streams=True)
 
         async def retention() -> dict[str, tuple[float, int]]:
             out = {}
@@ -143,7 +144,7 @@ async def test_streams_carry_the_retention_settings_ask_for(gw_settings) -> None
 
         # Existing streams follow a change of settings when a service next starts.
         changed = own.model_copy(update={"events_max_age_s": 1800, "deadletter_max_bytes": 0})
-        bus = await Bus.connect(changed, "test")
+        bus = await Bus.connect(changed, "gateway", create_streams=True)
         after = await retention()
         assert after[subjects.events_stream] == (1800, 10_000_000)
         assert after[subjects.dead_letter_stream] == (10800, -1)  # 0 in settings: no limit

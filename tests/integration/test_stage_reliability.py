@@ -146,7 +146,9 @@ async def test_nats_away_while_training_publishes_resumes_from_the_checkpoint(
     logging.getLogger("inflab.common.bus").addHandler(gave_up)
     try:
         async with gateway_in_process(own) as (app, client), worker(trainer, TrainRequest, own):
-            run_id = await start_run(client, _experiment(tiny_model.name, num_epochs=30, checkpoint_interval=2))
+            # Long enough (~0.3 s an epoch here) to outlast the ~6 s the trainer takes to
+            # give the job back: the first job must not finish on its own meanwhile.
+            run_id = await start_run(client, _experiment(tiny_model.name, num_epochs=60, checkpoint_interval=5))
             await wait_for_run(app, run_id, lambda r: r.current_epoch is not None and r.current_epoch >= 2, 120)
             # NATS dies mid-training; the trainer's publishes fail until it gives the job back.
             server.stop_signal = signal.SIGKILL
@@ -195,12 +197,13 @@ async def test_answers_too_large_for_one_message_arrive_complete(
             outcome = train_lora(request.spec, str(tiny_model), tmp_path / "train", lambda e: None)
             key = checkpoint_prefix(run_id, outcome.steps)
             upload_checkpoint(ObjectStore(own.objects_url), outcome.checkpoints[-1].path, key)
-            bus = await Bus.connect(own, "trainer")
+            # Queued as the gateway queues it once it stores a training result (signed).
+            bus = await Bus.connect(own, "gateway")
             try:
                 adapter = {"step": outcome.steps, "epoch": 1, "key": key, "learning_rate": 0.01}
-                await bus.publish(bus.subjects.inference_request,
-                                  InferenceRequest(run_id=run_id, spec=request.spec, adapter=adapter),
-                                  msg_id=f"{run_id}:inference")
+                await bus.publish_request("inference", InferenceRequest(run_id=run_id, spec=request.spec,
+                                                                        adapter=adapter),
+                                          msg_id=f"{run_id}:inference")
                 done = await wait_for_run(app, run_id, lambda r: r.stages["inference"] in ("completed", "failed"),
                                           timeout=300)
             finally:
