@@ -99,13 +99,14 @@ def database_url(postgres_server_url: str, run_tag: str) -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
-def settings(session_dir: Path, nats_url: str, database_url: str, run_tag: str) -> Settings:
+def settings(session_dir: Path, nats_url: str, database_url: str, run_tag: str) -> Iterator[Settings]:
     """Settings for this test run: its own subjects, streams, database and object store,
-    and one job-signing key pair (the in-process gateway signs, workers verify)."""
+    and one job-signing key pair (the in-process gateway signs, workers verify). Every
+    stream of the run (its prefix's and the tests' own under it) is deleted at the end."""
     from inflab.common.job_signing import new_key_pair
 
     signing_key, verify_key = new_key_pair()
-    return Settings(
+    settings = Settings(
         job_signing_key=signing_key,
         job_verify_key=verify_key,
         home=session_dir / "home",
@@ -127,7 +128,27 @@ def settings(session_dir: Path, nats_url: str, database_url: str, run_tag: str) 
         register_max_per_window=1_000_000,
         mail_max_per_window=1_000_000,
         require_email_verification=False,
+        # A stream's max_bytes is reserved in the server's store: small limits, so that the
+        # suite's many streams fit on a shared server.
+        events_max_bytes=8 * 2**20,
+        control_max_bytes=4 * 2**20,
+        deadletter_max_bytes=4 * 2**20,
     )
+    yield settings
+    asyncio.run(_delete_streams_with_prefix(nats_url, settings.stream_prefix))
+
+
+async def _delete_streams_with_prefix(url: str, prefix: str) -> None:
+    import nats
+
+    nc = await nats.connect(url)
+    try:
+        js = nc.jetstream()
+        for info in await js.streams_info():
+            if info.config.name.startswith(prefix):
+                await js.delete_stream(info.config.name)
+    finally:
+        await nc.close()
 
 
 #: The tiny model's folder name in the models folder, and so the model id runs name it by.

@@ -151,3 +151,17 @@ async def test_streams_carry_the_retention_settings_ask_for(gw_settings) -> None
         await bus.close()
     finally:
         await delete_streams(own)
+
+
+async def test_a_stream_the_server_has_no_room_for_stops_the_gateway_naming_it(gw_settings) -> None:
+    """max_bytes is reserved when a stream is made: a server without the room refuses, and
+    starting must fail saying so rather than run without the stream."""
+    huge = gw_settings.model_copy(update={
+        "stream_prefix": f"{gw_settings.stream_prefix}_HUGE", "subject_prefix": f"{gw_settings.subject_prefix}.huge",
+        "events_max_bytes": 2**50,
+    })
+    try:
+        with pytest.raises(RuntimeError, match=f"could not create stream {Subjects.from_settings(huge).events_stream}"):
+            await Bus.connect(huge, "gateway", create_streams=True)
+    finally:
+        await delete_streams(huge)

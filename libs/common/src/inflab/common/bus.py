@@ -127,7 +127,11 @@ class Bus:
         nc = await nats.connect(**connect_options(settings, service))
         bus = cls(nc, Subjects.from_settings(settings), settings, service)
         if create_streams:
-            await bus.ensure_streams()
+            try:
+                await bus.ensure_streams()
+            except BaseException:
+                await bus.close()
+                raise
         return bus
 
     @property
@@ -149,8 +153,15 @@ class Bus:
             try:
                 info = await self.js.stream_info(config.name)
             except NotFoundError:
-                with contextlib.suppress(Exception):  # a concurrent starter may win the race
+                try:
                     await self.js.add_stream(config)
+                except Exception as exc:
+                    # A concurrent starter may have won the race; anything else (no room
+                    # in the store for max_bytes, say) must not leave us running without it.
+                    with contextlib.suppress(NotFoundError):
+                        await self.js.stream_info(config.name)
+                        continue
+                    raise RuntimeError(f"could not create stream {config.name}: {exc!r}") from exc
                 continue
             current = info.config
             if sorted(current.subjects or []) != sorted(config.subjects):

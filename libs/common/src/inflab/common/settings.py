@@ -127,13 +127,15 @@ class Settings(BaseSettings):
 
     # Retention of the streams that are kept rather than worked off (0: no limit). Events
     # are in Postgres once the gateway has stored them; the stream only has to hold them
-    # through a gateway outage. Control messages must outlive the runs they steer.
+    # through a gateway outage. Control messages must outlive the runs they steer. A
+    # stream's max_bytes is reserved in the server's JetStream store when it is created
+    # (the server refuses a stream it has no room for), so keep the sum within the store.
     events_max_age_s: float = Field(7 * 24 * 3600, ge=0)
-    events_max_bytes: int = Field(4 * 2**30, ge=0)
+    events_max_bytes: int = Field(256 * 2**20, ge=0)
     control_max_age_s: float = Field(30 * 24 * 3600, ge=0)
-    control_max_bytes: int = Field(2**30, ge=0)
+    control_max_bytes: int = Field(64 * 2**20, ge=0)
     deadletter_max_age_s: float = Field(30 * 24 * 3600, ge=0)
-    deadletter_max_bytes: int = Field(2**30, ge=0)
+    deadletter_max_bytes: int = Field(64 * 2**20, ge=0)
     #: A dead letter keeps at most this many characters of the rejected message, with
     #: training and evaluation text (questions, answers, prompts) left out.
     deadletter_payload_max_chars: int = Field(4096, ge=0)
