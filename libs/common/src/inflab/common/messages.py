@@ -42,9 +42,11 @@ def _now() -> datetime:
 
 
 class Contract(BaseModel):
-    """Base of every model in the contract: strict about unknown fields."""
+    """Base of every model in the contract: strict about unknown fields. In a response's
+    schema a field with a default is required (it is always sent), so clients generated
+    from /openapi.json can rely on it; in a request it stays optional."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_serialization_defaults_required=True)
 
 
 class Message(Contract):
@@ -499,6 +501,10 @@ RunEvent = Annotated[
     Field(discriminator="kind"),
 ]
 run_event_adapter: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)
+
+#: Every event model, in the order of ``RunEvent``.
+EVENT_MODELS = (StatusEvent, ProgressEvent, MetricEvent, CheckpointEvent, LogEvent, ResultEvent,
+                PredictionEvent, ParamsEvent)
 
 EVENT_KINDS = ("status", "progress", "metric", "checkpoint", "log", "result", "prediction", "params")
 

@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
     sse_heartbeat_s: float = 15.0
+    #: The built browser app (``make web``) the gateway serves at ``/``. None: the source
+    #: checkout's ``services/gateway/web/dist``; the gateway image sets its own folder.
+    web_dir: Path | None = None
 
     # Embedded service ports (used only when the stack starts its own).
     embedded_nats_port: int = 4322
@@ -316,7 +319,7 @@ class Settings(BaseSettings):
         return v
 
     @field_validator("home", "model_cache_dir", "mail_dir", "nats_creds_file", "nats_tls_ca_file", "nats_tls_cert_file",
-                     "nats_tls_key_file")
+                     "nats_tls_key_file", "web_dir")
     @classmethod
     def _absolute(cls, v: Path | None) -> Path | None:
         # Ray workers run in their own folders: every path handed to them is absolute.

@@ -40,6 +40,7 @@ from inflab.gateway.routes import contracts, control, estimates, experiments, he
 from inflab.gateway.routes import predictions, runs
 from inflab.gateway.routes import account, auth, tokens
 from inflab.gateway.submissions import RunSubmissions
+from inflab.gateway.webapp import mount_web_app
 
 log = logging.getLogger(__name__)
 
@@ -175,4 +176,36 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(estimates.router)
     app.include_router(limits.router)
     app.include_router(contracts.router)
+    add_event_schemas(app)
+    # Last: the app's pages answer every path the routes above leave.
+    mount_web_app(app, settings.web_dir)
     return app
+
+
+def add_event_schemas(app: FastAPI) -> None:
+    """Put the run events' schemas (what ``GET /api/runs/{id}/events`` streams) into the
+    OpenAPI document, so the browser app's generated types cover the stream too."""
+    from pydantic.json_schema import models_json_schema
+
+    from inflab.common.messages import EVENT_MODELS
+
+    build = app.openapi
+
+    def openapi() -> dict:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = build()
+        _, schema = models_json_schema(
+            [(model, "serialization") for model in EVENT_MODELS], ref_template="#/components/schemas/{model}"
+        )
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for name, definition in schema.get("$defs", {}).items():
+            schemas.setdefault(name, definition)
+        stream = document["paths"]["/api/runs/{run_id}/events"]["get"]["responses"]["200"]
+        stream["content"]["text/event-stream"]["schema"] = {
+            "oneOf": [{"$ref": f"#/components/schemas/{model.__name__}"} for model in EVENT_MODELS]
+        }
+        app.openapi_schema = document
+        return document
+
+    app.openapi = openapi  # type: ignore[method-assign]
