@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, BackgroundTasks, Request, Response, status
+from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response, status
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 
@@ -19,15 +19,18 @@ from inflab.common.db.models import User
 from inflab.gateway.auth import links, mails
 from inflab.gateway.auth.accounts import find_by_email, mark_verified, normalize_email, set_password
 from inflab.gateway.auth.cookies import clear_session_cookies
+from inflab.gateway.auth.rls import session_for
 from inflab.gateway.auth.sessions import end_sessions, revoke_api_tokens
 from inflab.gateway.auth.throttle import RateLimited, Rule, Throttle
 from inflab.gateway.deps import (
+    current_caller,
     CallerDep,
     HasherDep,
     MailerDep,
     RulesDep,
     SessionCallerDep,
     SessionDep,
+    SessionmakerDep,
     SettingsDep,
     SystemSessionDep,
     ThrottleDep,
@@ -95,6 +98,26 @@ class PasswordChange(BaseModel):
 
     current_password: Password
     new_password: Password
+
+
+class SessionOut(BaseModel):
+    #: The signed-in user, or None when the request carries no valid session or token.
+    user: UserOut | None
+
+
+@router.get("/session")
+async def current_session(request: Request, sessionmaker: SessionmakerDep) -> SessionOut:
+    """Who is signed in, if anyone: what the web app asks when a page loads. Unlike
+    ``/me`` it answers 200 either way, so a signed-out visitor's first page load does not
+    count as a failed request."""
+    try:
+        caller = await current_caller(request, sessionmaker)
+    except HTTPException as exc:
+        if exc.status_code == status.HTTP_401_UNAUTHORIZED:
+            return SessionOut(user=None)
+        raise
+    async with session_for(request.app.state.user_sessionmaker, caller.user.id) as session:
+        return SessionOut(user=await user_out(session, caller.user, caller.csrf_token if caller.via == "cookie" else None))
 
 
 @router.get("/me")

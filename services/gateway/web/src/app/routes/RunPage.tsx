@@ -119,7 +119,23 @@ export function RunPage() {
         </Tabs.Content>
         <Tabs.Content value="answers" className="run-body">
           <Suspense fallback={<SkeletonRows rows={8} label="Loading answers" />}>
-            {answersReady ? <AnswersPanel run={run.data} /> : null}
+            {answersReady ? (
+              <AnswersPanel
+                run={run.data}
+                onOpenInfluence={
+                  influenceReady
+                    ? (evalId) =>
+                        setParams((p) => {
+                          const next = new URLSearchParams(p);
+                          next.set("tab", "influence");
+                          next.set("eval", evalId);
+                          next.delete("train");
+                          return next;
+                        })
+                    : undefined
+                }
+              />
+            ) : null}
           </Suspense>
         </Tabs.Content>
         <Tabs.Content value="influence" className="run-body">

@@ -1,30 +1,17 @@
 import { useQuery, useQueryClient } from "@tanstack/react-query";
 import { api, unwrap, type Schemas } from "@/lib/api/client";
 import { setCsrfToken } from "@/lib/api/csrf";
-import { ApiError, toApiError } from "@/lib/api/errors";
+import { toApiError } from "@/lib/api/errors";
 import { queryKeys } from "@/lib/queryKeys";
 
 export type User = Schemas["UserOut"];
 export type SignedIn = Schemas["SignedIn"];
 
-/** The signed-in user, or null when nobody is (a 401 is an answer here, not an error). */
+/** The signed-in user, or null when nobody is. */
 export async function fetchMe(): Promise<User | null> {
-  const { data, response, error } = await api.GET("/api/auth/me");
-  if (response.status === 401) {
-    setCsrfToken(null);
-    return null;
-  }
-  if (!response.ok || !data) throw new ApiError(response.status, describeDetail(error) ?? "Could not check the session");
-  setCsrfToken(data.csrf_token);
-  return data;
-}
-
-function describeDetail(error: unknown): string | undefined {
-  if (typeof error === "object" && error && "detail" in error) {
-    const detail = (error as { detail: unknown }).detail;
-    if (typeof detail === "string") return detail;
-  }
-  return undefined;
+  const session = await unwrap(api.GET("/api/auth/session"), "Could not check the session");
+  setCsrfToken(session.user?.csrf_token ?? null);
+  return session.user ?? null;
 }
 
 export function useMe() {

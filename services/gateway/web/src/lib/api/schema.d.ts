@@ -14,7 +14,9 @@ export interface paths {
         /**
          * Google Callback
          * @description Google's answer: the verified email signs in to its account (linking Google to an
-         *     existing account with that email, or creating one), then back to the app.
+         *     existing account with that email, or creating one), then back to the app. An account
+         *     whose own address was never verified loses its password, sessions and API tokens as
+         *     Google is linked to it (see ``accounts.user_for_identity``).
          */
         get: operations["google_callback"];
         put?: never;
@@ -56,9 +58,10 @@ export interface paths {
         put?: never;
         /**
          * Login
-         * @description Sign in with email and password. After ``login_max_failures`` failures for one
-         *     account or client address within ``login_window_s``, attempts get 429 until the
-         *     window has passed, right password or not.
+         * @description Sign in with email and password. Each attempt is counted before the password is
+         *     checked; past ``login_max_failures`` attempts for one email from one client address
+         *     (or ``login_max_per_address`` from one address) within ``login_window_s``, attempts
+         *     get 429 for a growing back-off, right password or not.
          */
         post: operations["login"];
         delete?: never;
@@ -88,6 +91,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/auth/logout-all": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Logout Everywhere
+         * @description Sign out everywhere: end every session of the account, this one too, and clear the
+         *     cookies. API tokens stay (revoke them in ``/api/tokens``).
+         */
+        post: operations["logout_everywhere"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/auth/me": {
         parameters: {
             query?: never;
@@ -99,6 +123,73 @@ export interface paths {
         get: operations["me"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        /**
+         * Update Me
+         * @description Change preferences: ``display_name`` and ``theme`` (the web app remembers the
+         *     theme here, per user).
+         */
+        patch: operations["update_me"];
+        trace?: never;
+    };
+    "/api/auth/password": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Change Password
+         * @description Change the password: every other session of the account ends, this one stays (API
+         *     tokens stay too). The current password is checked like a sign-in, with its limits.
+         */
+        post: operations["change_password"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/password-reset": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Request Password Reset
+         * @description Mail a password-reset link to the address if it has an account. Always 202.
+         */
+        post: operations["request_password_reset"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/password-reset/confirm": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Confirm Password Reset
+         * @description Set a new password with a reset link. Every session and API token of the account
+         *     ends; the address counts as verified (the link reached it).
+         */
+        post: operations["confirm_password_reset"];
         delete?: never;
         options?: never;
         head?: never;
@@ -136,9 +227,75 @@ export interface paths {
         put?: never;
         /**
          * Register Account
-         * @description Create an account with email and password, and sign in to it.
+         * @description Create a password account. With ``INFLAB_REQUIRE_EMAIL_VERIFICATION`` (the default
+         *     outside the embedded stack) the answer is 202 and the account signs in once the link
+         *     mailed to it has been followed (``POST /api/auth/verify-email``); otherwise it is
+         *     signed in at once (201) and the link, when followed, only marks it verified.
          */
         post: operations["register_account"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/session": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Current Session
+         * @description Who is signed in, if anyone: what the web app asks when a page loads. Unlike
+         *     ``/me`` it answers 200 either way, so a signed-out visitor's first page load does not
+         *     count as a failed request.
+         */
+        get: operations["current_session"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/verify-email": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Verify Email
+         * @description Follow a verification link: marks the address verified and signs in.
+         */
+        post: operations["verify_email"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/auth/verify-email/resend": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Resend Verification
+         * @description Mail a new verification link to the address if it has an unverified password
+         *     account (earlier links stop working). Always 202.
+         */
+        post: operations["resend_verification"];
         delete?: never;
         options?: never;
         head?: never;
@@ -158,7 +315,8 @@ export interface paths {
          * Estimate Run
          * @description What a run with these settings needs; the default model when ``model_id`` is left out.
          *     The run stores the same estimate when it starts, and its actual duration and cost
-         *     beside it when it ends.
+         *     beside it when it ends. Needs a session or an API token: an estimate parses and
+         *     sizes a whole experiment, which is no work to do for anyone who asks.
          */
         post: operations["estimate_run"];
         delete?: never;
@@ -363,7 +521,8 @@ export interface paths {
          * Stream Run Events
          * @description Server-Sent Events: ``id`` is the event's sequence number, ``event`` its kind and
          *     ``data`` its JSON. Resumes after ``Last-Event-ID`` (or ``after``); ends after the
-         *     run-level terminal status event.
+         *     run-level terminal status event, or when the session or API token that opened it
+         *     ends (re-checked every heartbeat interval).
          */
         get: operations["stream_run_events"];
         put?: never;
@@ -492,7 +651,8 @@ export interface paths {
         post?: never;
         /**
          * Revoke Token
-         * @description Revoke at once: the next request with it gets 401. Revoking twice is a no-op.
+         * @description Revoke at once: the next request with it gets 401, and an event stream it opened
+         *     ends at its next heartbeat. Revoking twice is a no-op.
          */
         delete: operations["revoke_token"];
         options?: never;
@@ -575,8 +735,16 @@ export interface components {
         };
         /** ApiTokenCreate */
         ApiTokenCreate: {
+            /** Expires In Days */
+            expires_in_days?: number | null;
             /** Name */
             name: string;
+            /**
+             * Scope
+             * @default full
+             * @enum {string}
+             */
+            scope?: "full" | "read" | "submit";
         };
         /** ApiTokenCreated */
         ApiTokenCreated: {
@@ -585,6 +753,8 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+            /** Expires At */
+            expires_at: string | null;
             /**
              * Id
              * Format: uuid
@@ -598,6 +768,11 @@ export interface components {
             prefix: string;
             /** Revoked At */
             revoked_at: string | null;
+            /**
+             * Scope
+             * @enum {string}
+             */
+            scope: "full" | "read" | "submit";
             /** Token */
             token: string;
         };
@@ -608,6 +783,8 @@ export interface components {
              * Format: date-time
              */
             created_at: string;
+            /** Expires At */
+            expires_at: string | null;
             /**
              * Id
              * Format: uuid
@@ -621,6 +798,11 @@ export interface components {
             prefix: string;
             /** Revoked At */
             revoked_at: string | null;
+            /**
+             * Scope
+             * @enum {string}
+             */
+            scope: "full" | "read" | "submit";
         };
         /** CheckpointEvent */
         CheckpointEvent: {
@@ -712,6 +894,11 @@ export interface components {
             email: string;
             /** Password */
             password: string;
+        };
+        /** EmailAddress */
+        EmailAddress: {
+            /** Email */
+            email: string;
         };
         /** Estimate */
         Estimate: {
@@ -1293,6 +1480,11 @@ export interface components {
             /** Min Prediction Step Interval */
             min_prediction_step_interval: number;
         };
+        /** LinkToken */
+        LinkToken: {
+            /** Token */
+            token: string;
+        };
         /** LogEvent */
         LogEvent: {
             /**
@@ -1501,6 +1693,20 @@ export interface components {
              */
             time: string;
         };
+        /** PasswordChange */
+        PasswordChange: {
+            /** Current Password */
+            current_password: string;
+            /** New Password */
+            new_password: string;
+        };
+        /** PasswordReset */
+        PasswordReset: {
+            /** New Password */
+            new_password: string;
+            /** Token */
+            token: string;
+        };
         /** PredictionEpoch */
         PredictionEpoch: {
             /** Count */
@@ -1691,6 +1897,16 @@ export interface components {
             /** Step Interval */
             step_interval?: number | null;
         };
+        /**
+         * PreferencesUpdate
+         * @description Only the fields sent change; ``display_name: null`` clears it.
+         */
+        PreferencesUpdate: {
+            /** Display Name */
+            display_name?: string | null;
+            /** Theme */
+            theme?: ("dark" | "light") | null;
+        };
         /** ProgressEvent */
         ProgressEvent: {
             /**
@@ -1760,6 +1976,8 @@ export interface components {
         };
         /** Providers */
         Providers: {
+            /** Email Verification Required */
+            email_verification_required: boolean;
             /** Google */
             google: boolean;
             /**
@@ -1786,6 +2004,15 @@ export interface components {
              * @enum {string}
              */
             status: "ready" | "not ready";
+        };
+        /** Registration */
+        Registration: {
+            /** Display Name */
+            display_name?: string | null;
+            /** Email */
+            email: string;
+            /** Password */
+            password: string;
         };
         /** ResultEvent */
         ResultEvent: {
@@ -1957,6 +2184,10 @@ export interface components {
             /** Training Data */
             training_data: components["schemas"]["TrainingPair"][];
         };
+        /** SessionOut */
+        SessionOut: {
+            user: components["schemas"]["UserOut"] | null;
+        };
         /** SignedIn */
         SignedIn: {
             /** Access Token */
@@ -2091,8 +2322,12 @@ export interface components {
             created_at: string;
             /** Csrf Token */
             csrf_token?: string | null;
+            /** Display Name */
+            display_name: string | null;
             /** Email */
             email: string;
+            /** Email Verified */
+            email_verified: boolean;
             /**
              * Id
              * Format: uuid
@@ -2100,6 +2335,11 @@ export interface components {
             id: string;
             /** Sign In Methods */
             sign_in_methods: string[];
+            /**
+             * Theme
+             * @enum {string}
+             */
+            theme: "dark" | "light";
         };
         /** ValidationError */
         ValidationError: {
@@ -2113,6 +2353,21 @@ export interface components {
             msg: string;
             /** Error Type */
             type: string;
+        };
+        /**
+         * VerificationSent
+         * @description The account must be verified before it can sign in: a link is on its way to
+         *     ``email`` (an address that already had an account gets a mail saying so instead).
+         */
+        VerificationSent: {
+            /** Email */
+            email: string;
+            /**
+             * Verification Required
+             * @default true
+             * @constant
+             */
+            verification_required?: true;
         };
     };
     responses: never;
@@ -2209,6 +2464,13 @@ export interface operations {
                 };
                 content?: never;
             };
+            /** @description The email address is not verified yet. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
             /** @description Validation Error */
             422: {
                 headers: {
@@ -2220,6 +2482,13 @@ export interface operations {
             };
             /** @description Too many attempts: wait for the Retry-After seconds. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Too many sign-ins at once: retry after the Retry-After seconds. */
+            503: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -2245,6 +2514,31 @@ export interface operations {
             };
         };
     };
+    logout_everywhere: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Called with an API token. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
     me: {
         parameters: {
             query?: never;
@@ -2262,6 +2556,177 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["UserOut"];
                 };
+            };
+        };
+    };
+    update_me: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PreferencesUpdate"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["UserOut"];
+                };
+            };
+            /** @description A preference out of range, named by its field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    change_password: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PasswordChange"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `current_password` is wrong (or the account has none). */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Called with an API token. */
+            403: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `new_password` breaks the rules. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Too many attempts: wait for the Retry-After seconds. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Too many sign-ins at once: retry after the Retry-After seconds. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    request_password_reset: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EmailAddress"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description Too many attempts: wait for the Retry-After seconds. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    confirm_password_reset: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["PasswordReset"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            204: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The link's `token` is invalid, expired or used. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description `new_password` breaks the rules (the link stays usable). */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Too many sign-ins at once: retry after the Retry-After seconds. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
@@ -2294,7 +2759,7 @@ export interface operations {
         };
         requestBody: {
             content: {
-                "application/json": components["schemas"]["Credentials"];
+                "application/json": components["schemas"]["Registration"];
             };
         };
         responses: {
@@ -2307,19 +2772,135 @@ export interface operations {
                     "application/json": components["schemas"]["SignedIn"];
                 };
             };
-            /** @description An account with this email exists. */
+            /** @description Verification is required: a link was mailed; sign in after following it. */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["VerificationSent"];
+                };
+            };
+            /** @description An account with this email exists (only when verification is not required). */
             409: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content?: never;
             };
-            /** @description Not an email address, or a password that breaks the rules. */
+            /** @description Not an email address (`email`), or a password that breaks the rules (`password`). */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+            /** @description Too many attempts: wait for the Retry-After seconds. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Too many sign-ins at once: retry after the Retry-After seconds. */
+            503: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    current_session: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SessionOut"];
+                };
+            };
+        };
+    };
+    verify_email: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["LinkToken"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["SignedIn"];
+                };
+            };
+            /** @description The link's `token` is invalid, expired or used. */
+            400: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+        };
+    };
+    resend_verification: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["EmailAddress"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": unknown;
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
             };
             /** @description Too many attempts: wait for the Retry-After seconds. */
             429: {
@@ -2351,6 +2932,13 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["Estimate"];
                 };
+            };
+            /** @description Not signed in. */
+            401: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
             /** @description Invalid request, or a model whose size cannot be told. */
             422: {
@@ -2620,14 +3208,12 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Validation Error */
+            /** @description Invalid request, a JSONL line nested too deeply (`content`), or limits exceeded. */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
+                content?: never;
             };
         };
     };
