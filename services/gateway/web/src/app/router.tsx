@@ -48,10 +48,6 @@ const routes: RouteObject[] = [
         lazy: async () => ({ Component: (await import("@/features/experiments/ExperimentsPage")).ExperimentsPage }),
       },
       {
-        path: "experiments/new",
-        lazy: async () => ({ Component: (await import("./routes/ExperimentPage")).NewExperimentPage }),
-      },
-      {
         path: "experiments/:experimentId",
         lazy: async () => ({ Component: (await import("./routes/ExperimentPage")).EditorPage }),
       },

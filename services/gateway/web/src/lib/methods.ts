@@ -4,7 +4,8 @@ import { useQuery } from "@tanstack/react-query";
 import { api, unwrap, type Schemas } from "./api/client";
 import { queryKeys } from "./queryKeys";
 
-export type MethodInfo = Schemas["MethodInfo"];
+export type MethodInfo = Schemas["InfluenceMethodOut"];
+export type MethodArgument = Schemas["MethodArgument"];
 
 export function useMethods() {
   return useQuery({

@@ -126,7 +126,7 @@ function ImportNotice({ report, onClose }: { report: ImportReport; onClose: () =
   );
 }
 
-function Editor({ experiment, userId }: { experiment: Schemas["ExperimentOut"] | null; userId: string }) {
+function Editor({ experiment, userId, onCreated: created }: { experiment: Schemas["ExperimentOut"] | null; userId: string; onCreated?: (id: string) => void }) {
   const navigate = useNavigate();
   const toast = useToast();
   const limits = useLimits();
@@ -135,7 +135,13 @@ function Editor({ experiment, userId }: { experiment: Schemas["ExperimentOut"] |
   const startRun = useStartRun();
   const defaultModel = "HuggingFaceTB/SmolLM2-135M-Instruct";
   const initial = useMemo(() => (experiment ? draftFromExperiment(experiment) : emptyDraft(defaultModel)), [experiment?.id]); // eslint-disable-line react-hooks/exhaustive-deps
-  const onCreated = useCallback((created: Schemas["ExperimentOut"]) => navigate(`/experiments/${created.id}`, { replace: true }), [navigate]);
+  const onCreated = useCallback(
+    (saved: Schemas["ExperimentOut"]) => {
+      created?.(saved.id);
+      navigate(`/experiments/${saved.id}`, { replace: true });
+    },
+    [navigate, created],
+  );
   const { draft, setDraft, save, problems, flush, restored, discardLocal, experimentId } = useDraft({
     userId,
     experiment,
@@ -217,7 +223,14 @@ function Editor({ experiment, userId }: { experiment: Schemas["ExperimentOut"] |
               <span className="num">{evalCount}</span> · held out, never trained on
             </span>
             <span className="spacer" />
-            <ImportButton target="eval_data" label="Import" onRows={appendRows("evaluation")} onReport={setReport} maxBytes={limits.data?.max_request_bytes} />
+            <ImportButton
+              target="eval_data"
+              label="Import"
+              onRows={appendRows("evaluation")}
+              onReport={setReport}
+              maxBytes={limits.data?.max_request_bytes}
+              existingIds={draft.evaluation.flatMap((r) => (r.id ? [r.id] : []))}
+            />
             <button type="button" className="btn btn-sm" onClick={() => setDraft({ ...draft, evaluation: [...draft.evaluation, { key: newKey(), id: null, question: "", answer: "" }] })}>
               <Plus /> Add evaluation question
             </button>
@@ -256,7 +269,14 @@ function Editor({ experiment, userId }: { experiment: Schemas["ExperimentOut"] |
               {trainingCount} pairs · ~{trainingTokens.toLocaleString()} tokens
             </span>
             <span className="spacer" />
-            <ImportButton target="training_data" label="Import training data" onRows={appendRows("training")} onReport={setReport} maxBytes={limits.data?.max_request_bytes} />
+            <ImportButton
+              target="training_data"
+              label="Import training data"
+              onRows={appendRows("training")}
+              onReport={setReport}
+              maxBytes={limits.data?.max_request_bytes}
+              existingIds={draft.training.flatMap((r) => (r.id ? [r.id] : []))}
+            />
             <button type="button" className="btn btn-sm" onClick={() => setDraft({ ...draft, training: [...draft.training, { key: newKey(), id: null, question: "", answer: "" }] })}>
               <Plus /> Add training pair
             </button>
@@ -400,22 +420,25 @@ function Editor({ experiment, userId }: { experiment: Schemas["ExperimentOut"] |
   );
 }
 
+/** Experiments created by this page's "new" editor: their first URL change keeps the same
+ * editor (and what is being typed) instead of loading it afresh. */
+const bornHere = new Set<string>();
+
 /** The experiment editor: evaluation questions left; training data, configuration and
- * the estimate right; the last run's influence heatmap below. */
+ * the estimate right; the last run's influence heatmap below. `/experiments/new` starts a
+ * draft, which becomes `/experiments/{id}` on its first save. */
 export function EditorPage() {
   const { experimentId } = useParams();
+  const isNew = experimentId === "new";
   const me = useMe();
-  const experiment = useExperiment(experimentId);
+  const experiment = useExperiment(isNew ? undefined : experimentId);
+  if (!me.data) return <PageSkeleton />;
+  if (isNew) return <Editor key="new" experiment={null} userId={me.data.id} onCreated={(id) => bornHere.add(id)} />;
   if (experiment.isError) {
     if (experiment.error instanceof ApiError && experiment.error.status === 404) return <NotFound what="Experiment" />;
     return <ErrorState error={experiment.error} onRetry={() => void experiment.refetch()} />;
   }
-  if (!experiment.data || !me.data) return <PageSkeleton />;
-  return <Editor key={experiment.data.id} experiment={experiment.data} userId={me.data.id} />;
-}
-
-export function NewExperimentPage() {
-  const me = useMe();
-  if (!me.data) return <PageSkeleton />;
-  return <Editor key="new" experiment={null} userId={me.data.id} />;
+  if (!experiment.data) return <PageSkeleton />;
+  const key = bornHere.has(experiment.data.id) ? "new" : experiment.data.id;
+  return <Editor key={key} experiment={experiment.data} userId={me.data.id} />;
 }

@@ -1,7 +1,7 @@
 import { ChevronRight } from "lucide-react";
 import { useMemo, useState } from "react";
 import { useFieldSpecs } from "@/lib/contract";
-import { useMethods, type MethodInfo } from "@/lib/methods";
+import { useMethods, type MethodArgument, type MethodInfo } from "@/lib/methods";
 import type { Draft, Hyperparams, InfluenceArgs, PredictionSettings, Problem } from "./draft";
 import { NumberField, SelectField, Toggle } from "./fields";
 
@@ -37,41 +37,65 @@ function Fold({ title, children, defaultOpen = false }: { title: string; childre
   );
 }
 
+function argLabel(name: string): string {
+  const text = name.replace(/_/g, " ");
+  return text[0]!.toUpperCase() + text.slice(1);
+}
+
 function MethodArgs({ method, args, onChange }: { method: MethodInfo; args: Record<string, string | number | boolean | null>; onChange: (args: Record<string, string | number | boolean | null>) => void }) {
+  const set = (name: string, value: string | number | boolean | null | undefined) => {
+    const next = { ...args };
+    if (value === undefined) delete next[name];
+    else next[name] = value;
+    onChange(next);
+  };
   return (
     <div className="config-grid">
-      {method.args.map((arg) => {
+      {method.args.map((arg: MethodArgument) => {
         const value = args[arg.name];
+        const fallback = arg.default as string | number | boolean | null;
         if (arg.choices && arg.choices.length > 0) {
           return (
             <SelectField
               key={arg.name}
-              label={arg.label ?? arg.name}
-              value={String(value ?? arg.default ?? "")}
-              options={arg.choices.map((c) => ({ value: String(c), label: String(c) }))}
-              onChange={(v) => onChange({ ...args, [arg.name]: v })}
+              label={argLabel(arg.name)}
+              value={String(value ?? fallback ?? "")}
+              options={arg.choices.map((c) => ({ value: c, label: c }))}
+              onChange={(v) => set(arg.name, v === String(fallback) ? undefined : v)}
               hint={arg.description}
             />
           );
         }
         if (arg.type === "boolean") {
+          return <Toggle key={arg.name} label={argLabel(arg.name)} checked={Boolean(value ?? fallback)} onChange={(v) => set(arg.name, v === fallback ? undefined : v)} hint={arg.description} />;
+        }
+        if (arg.type === "string") {
           return (
-            <Toggle key={arg.name} label={arg.label ?? arg.name} checked={Boolean(value ?? arg.default)} onChange={(v) => onChange({ ...args, [arg.name]: v })} hint={arg.description} />
+            <div key={arg.name} className="field">
+              <label className="field-label">
+                {argLabel(arg.name)}
+                <input className="input mono" value={String(value ?? "")} placeholder={fallback == null ? "" : String(fallback)} onChange={(e) => set(arg.name, e.target.value || undefined)} />
+              </label>
+              <span className="field-hint">{arg.description}</span>
+            </div>
           );
         }
         return (
           <NumberField
             key={arg.name}
-            label={arg.label ?? arg.name}
-            spec={{ name: arg.name, type: arg.type === "integer" ? "integer" : "number", default: arg.default ?? undefined, minimum: arg.minimum ?? undefined, maximum: arg.maximum ?? undefined, exclusiveMinimum: arg.exclusive_minimum ?? undefined }}
+            label={argLabel(arg.name)}
+            spec={{
+              name: arg.name,
+              type: arg.type === "integer" ? "integer" : "number",
+              default: fallback ?? undefined,
+              minimum: arg.minimum ?? undefined,
+              maximum: arg.maximum ?? undefined,
+              exclusiveMinimum: arg.exclusive_minimum ?? undefined,
+              exclusiveMaximum: arg.exclusive_maximum ?? undefined,
+            }}
             value={typeof value === "number" ? value : undefined}
             scientific={arg.type === "number"}
-            onChange={(v) => {
-              const next = { ...args };
-              if (v === undefined) delete next[arg.name];
-              else next[arg.name] = v;
-              onChange(next);
-            }}
+            onChange={(v) => set(arg.name, v)}
             hint={arg.description}
           />
         );
@@ -106,10 +130,18 @@ function MethodPicker({ draft, onChange }: { draft: Draft; onChange: (draft: Dra
         return (
           <div key={m.id} className={`method-row ${checked ? "checked" : ""}`}>
             <label className="method-main">
-              <input type="checkbox" checked={checked} onChange={(e) => toggle(m.id, e.target.checked)} />
+              <input
+                type="checkbox"
+                aria-label={m.label}
+                aria-describedby={`method-${m.id}-desc`}
+                checked={checked}
+                onChange={(e) => toggle(m.id, e.target.checked)}
+              />
               <span className="method-name">{m.label}</span>
               <span className={`badge ${SPEED_TONE[m.speed] ?? ""}`}>{m.speed}</span>
-              <span className="method-desc">{m.description}</span>
+              <span className="method-desc" id={`method-${m.id}-desc`} title={m.description}>
+                {m.description}
+              </span>
             </label>
             <button
               type="button"

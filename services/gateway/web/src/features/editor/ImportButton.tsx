@@ -16,12 +16,15 @@ export function ImportButton({
   onRows,
   onReport,
   maxBytes,
+  existingIds,
 }: {
   target: "training_data" | "eval_data";
   label: string;
   onRows: (rows: Row[]) => void;
   onReport: (report: ImportReport) => void;
   maxBytes: number | undefined;
+  /** Ids already in the page, so the parser numbers new rows after them. */
+  existingIds: string[];
 }) {
   const id = useId();
   const [busy, setBusy] = useState(false);
@@ -39,8 +42,9 @@ export function ImportButton({
     setBusy(true);
     try {
       const content = await file.text();
-      const parsed = await unwrap(api.POST("/api/imports/parse", { body: { target, format, content } }), "The file could not be read");
-      const rows = parsed.items.map((item) => ({ key: newKey(), id: item.id ?? null, question: item.question, answer: item.answer ?? "" }));
+      const parsed = await unwrap(api.POST("/api/imports/parse", { body: { target, format, content, existing_ids: existingIds } }), "The file could not be read");
+      const items = target === "training_data" ? parsed.training_data : parsed.eval_data;
+      const rows = items.map((item) => ({ key: newKey(), id: item.id, question: item.question, answer: item.answer ?? "" }));
       onRows(rows);
       onReport({ file: file.name, imported: rows.length, errors: parsed.errors });
     } catch (e) {

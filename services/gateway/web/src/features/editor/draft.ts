@@ -69,7 +69,7 @@ export function draftFromExperiment(e: ExperimentOut): Draft {
     modelId: e.model_id,
     hyperparams: { ...e.hyperparams },
     influenceMethods: [...e.influence_methods],
-    influenceArgs: structuredClone((e as { influence_args?: InfluenceArgs }).influence_args ?? {}),
+    influenceArgs: structuredClone((e.influence_args ?? {}) as InfluenceArgs),
     fewShotK: e.few_shot_k,
     maxNewTokens: e.max_new_tokens,
     predictions: { ...e.predictions },

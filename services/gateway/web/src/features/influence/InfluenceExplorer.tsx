@@ -132,8 +132,8 @@ export function InfluenceExplorer({ run }: { run: Run }) {
     [matrices, method, variant, methods.data],
   );
   const bm25 = useMemo(() => {
-    const baselines = (results.data as { baselines?: Matrix[] } | undefined)?.baselines ?? [];
-    const b = baselines.find((m) => m.variant === "question_answer") ?? baselines[0];
+    const baselines = results.data?.baselines ?? [];
+    const b = baselines.find((m) => m.variant === "question_reference") ?? baselines[0];
     return b ? frameOf(b.scores, b.eval_ids, b.train_ids) : null;
   }, [results.data]);
 

@@ -334,7 +334,8 @@ export interface paths {
         };
         /**
          * List Experiments
-         * @description Newest first, without the data itself (that is what ``get_experiment`` is for).
+         * @description The experiments, without their data (that is what ``get_experiment`` is for), each
+         *     with how many runs it has and its most recent run. One query, whatever the page size.
          */
         get: operations["list_experiments"];
         put?: never;
@@ -435,6 +436,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/imports/parse": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Parse Import
+         * @description The file's valid rows (ids kept, or numbered after ``existing_ids``) and every bad
+         *     row by its line; 200 whatever the rows (an empty file is one error). Nothing is
+         *     stored. Needs a signed-in user (a session or a ``full`` API token).
+         */
+        post: operations["parse_import"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/limits": {
         parameters: {
             query?: never;
@@ -444,6 +467,28 @@ export interface paths {
         };
         /** Get Limits */
         get: operations["get_limits"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/methods": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Methods
+         * @description The influence methods a run can compute, in the editor's order: label, speed, what
+         *     each is good at, its variants and every argument with its default, bounds or choices.
+         *     Public, like ``/api/limits``: it describes the deployment, not anyone's data.
+         */
+        get: operations["list_methods"];
         put?: never;
         post?: never;
         delete?: never;
@@ -605,9 +650,10 @@ export interface paths {
         };
         /**
          * Get Run Results
-         * @description What the run has produced so far; complete once its status is ``completed``. Every
-         *     influence matrix is complete, read from the object store when its result event
-         *     carried only the summary.
+         * @description What the run has produced so far; complete once its status is ``completed`` (a
+         *     failed run still serves what its completed stages produced). Every influence matrix is
+         *     complete, read from the object store when its result event carried only the summary.
+         *     The BM25 baseline is computed from the run's config, so it is there from the start.
          */
         get: operations["get_run_results"];
         put?: never;
@@ -732,6 +778,76 @@ export interface components {
             question: string;
             /** Reference */
             reference: string | null;
+            scores: components["schemas"]["AnswerScores"] | null;
+        };
+        /**
+         * AnswerAggregates
+         * @description Per-column aggregates of the answers' scores (see ``Answer.scores``).
+         */
+        AnswerAggregates: {
+            /** @description The base model's answers. */
+            base: components["schemas"]["AnswerColumnScores"];
+            /** @description The few-shot prompted base model's answers. */
+            few_shot: components["schemas"]["AnswerColumnScores"];
+            /** @description The fine-tuned model's answers. */
+            fine_tuned: components["schemas"]["AnswerColumnScores"];
+        };
+        /**
+         * AnswerColumnScores
+         * @description One column (model) of the answers table, over the evaluation questions with a
+         *     reference answer that were scored for it.
+         */
+        AnswerColumnScores: {
+            /**
+             * Contains Reference Rate
+             * @description Share of those answers that contain the reference (normalised text).
+             */
+            contains_reference_rate: number | null;
+            /**
+             * Exact Match Rate
+             * @description Share of those answers that equal the reference (normalised text); None without any.
+             */
+            exact_match_rate: number | null;
+            /**
+             * Mean Ref Logprob
+             * @description Mean over the questions of the reference answer's mean log-probability per token.
+             */
+            mean_ref_logprob: number | null;
+            /**
+             * Mean Token F1
+             * @description Mean word F1 against the reference.
+             */
+            mean_token_f1: number | null;
+            /**
+             * Questions
+             * @description Questions counted (with a reference answer and scores for this model).
+             */
+            questions: number;
+        };
+        /**
+         * AnswerScore
+         * @description One model's answer against the evaluation question's reference answer. The text
+         *     scores compare normalised text (``inflab.common.answer_scores``: lower-case, without
+         *     punctuation, the articles a/an/the and extra whitespace, as SQuAD does).
+         */
+        AnswerScore: {
+            /** Contains Reference */
+            contains_reference: boolean;
+            /** Exact Match */
+            exact_match: boolean;
+            /** Ref Logprob */
+            ref_logprob: number | null;
+            /** Token F1 */
+            token_f1: number;
+        };
+        /**
+         * AnswerScores
+         * @description Scores of the three answers to a question that has a reference answer.
+         */
+        AnswerScores: {
+            base: components["schemas"]["AnswerScore"];
+            few_shot: components["schemas"]["AnswerScore"];
+            fine_tuned: components["schemas"]["AnswerScore"] | null;
         };
         /** ApiTokenCreate */
         ApiTokenCreate: {
@@ -803,6 +919,53 @@ export interface components {
              * @enum {string}
              */
             scope: "full" | "read" | "submit";
+        };
+        /**
+         * BaselineMatrix
+         * @description A lexical baseline matrix, shaped like an influence matrix: ``scores[i][j]`` is the
+         *     BM25 score of training pair j (question + answer) for evaluation question i's query.
+         */
+        BaselineMatrix: {
+            /**
+             * Args
+             * @description How the scores were made (formula, k1, b, tokens, query).
+             */
+            args: {
+                [key: string]: unknown;
+            };
+            /**
+             * Eval Ids
+             * @description Rows: the evaluation questions, in the run's order.
+             */
+            eval_ids: string[];
+            /**
+             * Method
+             * @description The baseline's name.
+             * @constant
+             */
+            method: "bm25";
+            /**
+             * Scores
+             * @description ``scores[i][j]`` >= 0; larger is more word overlap.
+             */
+            scores: number[][];
+            /**
+             * Shape
+             * @description ``[len(eval_ids), len(train_ids)]``.
+             */
+            shape: number[];
+            /**
+             * Train Ids
+             * @description Columns: the training pairs, in the run's order.
+             */
+            train_ids: string[];
+            /**
+             * Variant
+             * @description The query: the evaluation question, or the question and its reference answer (the
+             *     question alone where it has none).
+             * @enum {string}
+             */
+            variant: "question" | "question_reference";
         };
         /** CheckpointEvent */
         CheckpointEvent: {
@@ -895,6 +1058,196 @@ export interface components {
             /** Password */
             password: string;
         };
+        /**
+         * DataInfArgs
+         * @description DataInf at one checkpoint (Kwon et al., ICLR 2024).
+         */
+        DataInfArgs: {
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Checkpoint Step
+             * @description The checkpoint to run on, by its training step; null: the final checkpoint.
+             */
+            checkpoint_step?: number | null;
+            /**
+             * Damping
+             * @description One fixed damping for every LoRA layer; null: the paper's per-layer default
+             *     (``damping_scale`` x the layer's mean squared gradient entry).
+             */
+            damping?: number | null;
+            /**
+             * Damping Scale
+             * @description The per-layer default damping's factor (the paper's 0.1), when ``damping`` is null.
+             * @default 0.1
+             */
+            damping_scale?: number;
+            /**
+             * Normalized
+             * @description Also compute the normalised variant (costs the training gradients' Gram matrix,
+             *     a few percent more at 1000 pairs).
+             * @default true
+             */
+            normalized?: boolean;
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+        };
+        /** DataInfArgsPatch */
+        DataInfArgsPatch: {
+            /** Batch Size */
+            batch_size?: number | null;
+            /** Checkpoint Step */
+            checkpoint_step?: number | null;
+            /** Damping */
+            damping?: number | null;
+            /** Damping Scale */
+            damping_scale?: number | null;
+            /** Normalized */
+            normalized?: boolean | null;
+            /** Top K */
+            top_k?: number | null;
+        };
+        /**
+         * EKFACArgs
+         * @description EK-FAC through kronfluence at one checkpoint (Grosse et al. 2023).
+         */
+        EKFACArgs: {
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Checkpoint Step
+             * @description The checkpoint to run on, by its training step; null: the final checkpoint.
+             */
+            checkpoint_step?: number | null;
+            /**
+             * Covariance Max Examples
+             * @description Training pairs the covariance factors are fitted on (the first ones); null: all.
+             * @default 100000
+             */
+            covariance_max_examples?: number | null;
+            /**
+             * Damping Factor
+             * @description Added to the curvature's eigenvalues before inverting; null: kronfluence's
+             *     heuristic (0.1 x their mean).
+             * @default 1e-8
+             */
+            damping_factor?: number | null;
+            /**
+             * Eigendecomposition Threads
+             * @description torch threads for the eigendecomposition (0: the worker's setting); one is fastest
+             *     for LoRA-sized factors on a CPU.
+             * @default 1
+             */
+            eigendecomposition_threads?: number;
+            /**
+             * Lambda Max Examples
+             * @description Training pairs the corrected eigenvalues are fitted on; null: all.
+             * @default 100000
+             */
+            lambda_max_examples?: number | null;
+            /**
+             * Lambda Pass
+             * @description ``shared``: the corrected eigenvalues from gradients taken on the covariance pass's
+             *     forward; ``kronfluence``: its own eigenvalue pass (one more pass over the training set).
+             * @default shared
+             * @enum {string}
+             */
+            lambda_pass?: "shared" | "kronfluence";
+            /**
+             * Normalized
+             * @description Also compute the normalised variant (nearly free with ``scoring: gradients``).
+             * @default true
+             */
+            normalized?: boolean;
+            /**
+             * Query Gradient Low Rank
+             * @description Approximate each evaluation question's gradient by this rank; null: exact.
+             */
+            query_gradient_low_rank?: number | null;
+            /**
+             * Scoring
+             * @description ``gradients``: scores from the per-example LoRA gradients preconditioned with
+             *     kronfluence's factors (shared with TracIn and DataInf); ``kronfluence``: its own
+             *     pairwise passes (two more passes over the training set, the same numbers).
+             * @default gradients
+             * @enum {string}
+             */
+            scoring?: "gradients" | "kronfluence";
+            /**
+             * Seed
+             * @description Seed of the answers sampled for the true Fisher.
+             * @default 0
+             */
+            seed?: number;
+            /**
+             * Strategy
+             * @description kronfluence's curvature approximation: ``ekfac`` (eigenvalue-corrected
+             *     Kronecker factors), ``kfac``, ``diagonal`` or ``identity`` (plain gradient dot products).
+             * @default ekfac
+             * @enum {string}
+             */
+            strategy?: "ekfac" | "kfac" | "diagonal" | "identity";
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+            /**
+             * Use Empirical Fisher
+             * @description true: the empirical Fisher (the pairs' own answers); false: the true Fisher
+             *     (answers sampled from the model), kronfluence's default.
+             * @default false
+             */
+            use_empirical_fisher?: boolean;
+        };
+        /** EKFACArgsPatch */
+        EKFACArgsPatch: {
+            /** Batch Size */
+            batch_size?: number | null;
+            /** Checkpoint Step */
+            checkpoint_step?: number | null;
+            /** Covariance Max Examples */
+            covariance_max_examples?: number | null;
+            /** Damping Factor */
+            damping_factor?: number | null;
+            /** Eigendecomposition Threads */
+            eigendecomposition_threads?: number | null;
+            /** Lambda Max Examples */
+            lambda_max_examples?: number | null;
+            /** Lambda Pass */
+            lambda_pass?: ("shared" | "kronfluence") | null;
+            /** Normalized */
+            normalized?: boolean | null;
+            /** Query Gradient Low Rank */
+            query_gradient_low_rank?: number | null;
+            /** Scoring */
+            scoring?: ("gradients" | "kronfluence") | null;
+            /** Seed */
+            seed?: number | null;
+            /** Strategy */
+            strategy?: ("ekfac" | "kfac" | "diagonal" | "identity") | null;
+            /** Top K */
+            top_k?: number | null;
+            /** Use Empirical Fisher */
+            use_empirical_fisher?: boolean | null;
+        };
         /** EmailAddress */
         EmailAddress: {
             /** Email */
@@ -951,6 +1304,7 @@ export interface components {
             /** Few Shot K */
             few_shot_k?: number | null;
             hyperparams?: components["schemas"]["Hyperparams-Input"];
+            influence_args?: components["schemas"]["InfluenceArgs"];
             /** Influence Methods */
             influence_methods?: string[] | null;
             /** Max New Tokens */
@@ -997,6 +1351,7 @@ export interface components {
             /** Few Shot K */
             few_shot_k?: number | null;
             hyperparams?: components["schemas"]["Hyperparams-Input"];
+            influence_args?: components["schemas"]["InfluenceArgs"];
             /** Influence Methods */
             influence_methods?: string[] | null;
             /** Max New Tokens */
@@ -1028,6 +1383,8 @@ export interface components {
              * Format: uuid
              */
             id: string;
+            /** @description Every method's arguments, defaults filled in (``GET /api/methods`` describes them). */
+            influence_args: components["schemas"]["InfluenceArgs"];
             /** Influence Methods */
             influence_methods: string[];
             /** Max New Tokens */
@@ -1054,18 +1411,31 @@ export interface components {
             created_at: string;
             /** Description */
             description: string;
-            /** Eval Questions */
+            /**
+             * Eval Questions
+             * @description Number of evaluation questions.
+             */
             eval_questions: number;
             /**
              * Id
              * Format: uuid
              */
             id: string;
+            /** @description The most recently started run, if any. */
+            last_run: components["schemas"]["LastRun"] | null;
             /** Model Id */
             model_id: string;
             /** Name */
             name: string;
-            /** Training Pairs */
+            /**
+             * Run Count
+             * @description Runs started from this experiment.
+             */
+            run_count: number;
+            /**
+             * Training Pairs
+             * @description Number of training pairs.
+             */
             training_pairs: number;
             /**
              * Updated At
@@ -1077,7 +1447,8 @@ export interface components {
          * ExperimentUpdate
          * @description Changes to an experiment: only the fields named change. ``training_data`` and
          *     ``eval_data`` are replaced whole; ``hyperparams`` and ``predictions`` are merged
-         *     key by key. Runs already started keep the settings they were started with.
+         *     key by key, ``influence_args`` method by method and then argument by argument (see
+         *     ``InfluenceArgsPatch``). Runs already started keep the settings they were started with.
          */
         ExperimentUpdate: {
             /** Description */
@@ -1087,6 +1458,7 @@ export interface components {
             /** Few Shot K */
             few_shot_k?: number | null;
             hyperparams?: components["schemas"]["HyperparamsPatch"] | null;
+            influence_args?: components["schemas"]["InfluenceArgsPatch"] | null;
             /** Influence Methods */
             influence_methods?: string[] | null;
             /** Max New Tokens */
@@ -1312,6 +1684,74 @@ export interface components {
             /** Weight Decay */
             weight_decay?: number | null;
         };
+        /** ImportParseReport */
+        ImportParseReport: {
+            /**
+             * Errors
+             * @description One per problem, by line: the rows named here are not in the lists above.
+             */
+            errors: components["schemas"]["RowError"][];
+            /**
+             * Errors Truncated
+             * @description More errors than listed (the first ones are).
+             * @default false
+             */
+            errors_truncated?: boolean;
+            /**
+             * Eval Data
+             * @description The valid rows when ``target`` is ``eval_data`` (ids given or numbered), in file order.
+             */
+            eval_data: components["schemas"]["EvalQuestion"][];
+            /**
+             * Rows
+             * @description Rows read from the file (blank lines are not rows).
+             */
+            rows: number;
+            /**
+             * Target
+             * @description What the rows are.
+             * @enum {string}
+             */
+            target: "training_data" | "eval_data";
+            /**
+             * Training Data
+             * @description The valid rows when ``target`` is ``training_data`` (ids given or numbered), in file order.
+             */
+            training_data: components["schemas"]["TrainingPair"][];
+        };
+        /**
+         * ImportParseRequest
+         * @description A file to read into rows without storing anything (the editor appends them to rows
+         *     not saved yet). The same formats, rules and per-row errors as an experiment's import.
+         */
+        ImportParseRequest: {
+            /**
+             * Content
+             * @description The file's text.
+             */
+            content: string;
+            /**
+             * Existing Ids
+             * @description Ids of the rows already in the page: a file row that repeats one is reported (as an
+             *     import into a stored experiment would), and rows without an id are numbered after
+             *     them.
+             */
+            existing_ids?: string[];
+            /**
+             * Format
+             * @description JSONL: one object per line with ``question``, ``answer`` and optionally ``id``. CSV: a
+             *     header row naming those columns (an empty ``answer`` cell in evaluation data means no
+             *     reference).
+             * @enum {string}
+             */
+            format: "jsonl" | "csv";
+            /**
+             * Target
+             * @description What the rows are: training pairs or evaluation questions.
+             * @enum {string}
+             */
+            target: "training_data" | "eval_data";
+        };
         /** ImportReport */
         ImportReport: {
             /** Applied */
@@ -1367,6 +1807,32 @@ export interface components {
              * @enum {string}
              */
             target: "training_data" | "eval_data";
+        };
+        /**
+         * InfluenceArgs
+         * @description Per-method arguments of a run, e.g. ``{"datainf": {"damping": 0.01}}``; a method
+         *     not named, and every argument not named, takes its default. Every method has its
+         *     arguments here whether or not the run computes it, so switching a method on in the
+         *     editor keeps what was set for it.
+         */
+        InfluenceArgs: {
+            /** @description DataInf's arguments. */
+            datainf?: components["schemas"]["DataInfArgs"];
+            /** @description EK-FAC's arguments. */
+            ekfac?: components["schemas"]["EKFACArgs"];
+            /** @description TracIn's arguments. */
+            tracin?: components["schemas"]["TracInArgs"];
+        };
+        /**
+         * InfluenceArgsPatch
+         * @description Changes to the influence arguments, per method: the arguments named replace the
+         *     stored ones (null included: ``{"datainf": {"damping": null}}`` goes back to the
+         *     per-layer default), the rest are kept; a method set to null goes back to its defaults.
+         */
+        InfluenceArgsPatch: {
+            datainf?: components["schemas"]["DataInfArgsPatch"] | null;
+            ekfac?: components["schemas"]["EKFACArgsPatch"] | null;
+            tracin?: components["schemas"]["TracInArgsPatch"] | null;
         };
         /**
          * InfluenceMatrix
@@ -1443,6 +1909,40 @@ export interface components {
              */
             variant: string;
         };
+        /** InfluenceMethodOut */
+        InfluenceMethodOut: {
+            /**
+             * Args
+             * @description Every argument the method takes, the shared ones first.
+             */
+            args: components["schemas"]["MethodArgument"][];
+            /**
+             * Description
+             * @description One line: what the method is good at, and what it misses.
+             */
+            description: string;
+            /**
+             * Id
+             * @description As named in an experiment's ``influence_methods`` and ``influence_args``.
+             */
+            id: string;
+            /**
+             * Label
+             * @description The name to show.
+             */
+            label: string;
+            /**
+             * Speed
+             * @description Where the method sits between speed and fidelity: ``fast``, ``balanced`` or ``precise``.
+             * @enum {string}
+             */
+            speed: "fast" | "balanced" | "precise";
+            /**
+             * Variants
+             * @description The influence matrices the method produces, in order.
+             */
+            variants: components["schemas"]["Variant"][];
+        };
         /**
          * InfluenceStats
          * @description Basic statistics of a whole influence matrix, over its finite cells (None when it
@@ -1462,6 +1962,42 @@ export interface components {
             nonfinite: number;
             /** Std */
             std: number | null;
+        };
+        /** LastRun */
+        LastRun: {
+            /**
+             * Created At
+             * Format: date-time
+             * @description When it was started.
+             */
+            created_at: string;
+            /**
+             * Finished At
+             * @description When it reached its final status.
+             */
+            finished_at: string | null;
+            /**
+             * Id
+             * Format: uuid
+             * @description The run's id (``GET /api/runs/{id}``).
+             */
+            id: string;
+            /**
+             * Loss
+             * @description The latest training loss reported.
+             */
+            loss: number | null;
+            /**
+             * Progress
+             * @description Overall, in [0, 1].
+             */
+            progress: number;
+            /**
+             * Status
+             * @description queued, running, completed, failed or cancelled.
+             * @enum {string}
+             */
+            status: "queued" | "running" | "checkpointing" | "completed" | "failed" | "cancelled";
         };
         /** Limits */
         Limits: {
@@ -1563,6 +2099,72 @@ export interface components {
             lora: number;
             /** Qlora */
             qlora: number;
+        };
+        /** MethodArgument */
+        MethodArgument: {
+            /**
+             * Advanced
+             * @description Rarely changed: an editor may fold it away.
+             * @default false
+             */
+            advanced?: boolean;
+            /**
+             * Choices
+             * @description The values allowed, for a string argument.
+             */
+            choices?: string[] | null;
+            /**
+             * Default
+             * @description The value when the argument is not given.
+             */
+            default: unknown;
+            /**
+             * Description
+             * @description What it does.
+             */
+            description: string;
+            /**
+             * Exclusive Maximum
+             * @description Values must be smaller than this.
+             */
+            exclusive_maximum?: number | null;
+            /**
+             * Exclusive Minimum
+             * @description Values must be larger than this.
+             */
+            exclusive_minimum?: number | null;
+            /**
+             * Maximum
+             * @description The largest value allowed, itself included.
+             */
+            maximum?: number | null;
+            /**
+             * Minimum
+             * @description The smallest value allowed, itself included.
+             */
+            minimum?: number | null;
+            /**
+             * Name
+             * @description The key in ``influence_args.<method>``.
+             */
+            name: string;
+            /**
+             * Nullable
+             * @description Whether null is a value (it then means what ``description`` says).
+             */
+            nullable: boolean;
+            /**
+             * Shared
+             * @description Taken by every method (``top_k``, ``batch_size``).
+             * @default false
+             */
+            shared?: boolean;
+            /**
+             * Type
+             * @description The JSON type of a value (besides null where ``nullable``).
+             * @enum {string}
+             */
+            type: "integer" | "number" | "boolean" | "string";
         };
         /** MetricEvent */
         MetricEvent: {
@@ -2014,7 +2616,12 @@ export interface components {
             /** Password */
             password: string;
         };
-        /** ResultEvent */
+        /**
+         * ResultEvent
+         * @description A stage's result: the train stage's ``training``, the inference stage's ``answers``,
+         *     an influence method's ``influence``. Every object-store key in it lies under
+         *     ``runs/{run_id}/``.
+         */
         ResultEvent: {
             /**
              * Answers
@@ -2074,12 +2681,22 @@ export interface components {
         };
         /** RunOut */
         RunOut: {
-            /** Actual Cost Usd */
+            /**
+             * Actual Cost Usd
+             * @description actual_duration_s priced as the estimate priced its devices.
+             */
             actual_cost_usd: number | null;
-            /** Actual Duration S */
+            /**
+             * Actual Duration S
+             * @description Once the run has ended: started_at to finished_at, in seconds.
+             */
             actual_duration_s: number | null;
-            /** Actual Training Duration S */
+            /**
+             * Actual Training Duration S
+             * @description Once training has ended: the part of actual_duration_s spent training.
+             */
             actual_training_duration_s: number | null;
+            /** @description The RunSpec as submitted. */
             config: components["schemas"]["RunSpec"];
             /**
              * Created At
@@ -2088,8 +2705,14 @@ export interface components {
             created_at: string;
             /** Current Epoch */
             current_epoch: number | null;
-            /** Error */
+            /**
+             * Error
+             * @description Once the run has ended failed: each failed stage and its error,
+             *     ``"<stage> failed: <error>"``, joined by ``"; "`` (for a cancelled run, the reasons
+             *     stages gave for their cancellation, if any).
+             */
             error: string | null;
+            /** @description Made at submission; None when the model's size could not be told. */
             estimate: components["schemas"]["Estimate"] | null;
             /** Eta S */
             eta_s: number | null;
@@ -2104,9 +2727,25 @@ export interface components {
             id: string;
             /** Loss */
             loss: number | null;
-            /** Progress */
+            /**
+             * Progress
+             * @description Overall, weighted over stages (train 0.6, inference 0.2, influence 0.2), in [0, 1].
+             */
             progress: number;
-            /** Stages */
+            /**
+             * Stage Errors
+             * @description Why a stage failed (or was cancelled, when it said), per stage key, as it happened.
+             */
+            stage_errors: {
+                [key: string]: string;
+            };
+            /**
+             * Stages
+             * @description Status per stage key: ``train``, ``inference``, ``influence.<method>``. A stage's
+             *     failure shows here at once; the run's own ``status`` is final only once every stage
+             *     has ended (stages that can no longer run, after a failed or cancelled training, end
+             *     ``cancelled``).
+             */
             stages: {
                 [key: string]: "queued" | "running" | "checkpointing" | "completed" | "failed" | "cancelled";
             };
@@ -2133,9 +2772,23 @@ export interface components {
         };
         /** RunResults */
         RunResults: {
-            /** Answers */
+            /** @description Per-column aggregates of the answers' scores. */
+            answer_scores: components["schemas"]["AnswerAggregates"];
+            /**
+             * Answers
+             * @description Base, few-shot and fine-tuned answers per evaluation question, with their scores
+             *     against the reference answer where there is one.
+             */
             answers: components["schemas"]["Answer"][];
-            /** Influence */
+            /**
+             * Baselines
+             * @description The lexical baseline beside the attributions: BM25, one matrix per query variant.
+             */
+            baselines: components["schemas"]["BaselineMatrix"][];
+            /**
+             * Influence
+             * @description One influence matrix per method and variant, always with its scores.
+             */
             influence: components["schemas"]["InfluenceMatrixOut"][];
             /**
              * Run Id
@@ -2162,12 +2815,7 @@ export interface components {
              */
             few_shot_k: number;
             hyperparams: components["schemas"]["Hyperparams-Output"];
-            /** Influence Args */
-            influence_args: {
-                [key: string]: {
-                    [key: string]: string | number | boolean | null;
-                };
-            };
+            influence_args: components["schemas"]["InfluenceArgs"];
             /** Influence Methods */
             influence_methods: string[];
             /**
@@ -2269,6 +2917,62 @@ export interface components {
             /** Positive */
             positive: components["schemas"]["RankedTrainingPair"][];
         };
+        /**
+         * TracInArgs
+         * @description TracIn over every saved checkpoint (Pruthi et al. 2020).
+         */
+        TracInArgs: {
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Damping
+             * @description ``trackstar`` only: the Gauss-Newton preconditioner's damping, as a multiple of its
+             *     mean eigenvalue; larger is closer to the plain cosine.
+             * @default 0.1
+             */
+            damping?: number;
+            /**
+             * Normalization
+             * @description The normalised variant's cosine: ``trackstar`` (Adam-corrected, Gauss-Newton
+             *     preconditioned gradients, Chang et al. 2024) or ``unit`` (plain cosine of the
+             *     gradients).
+             * @default trackstar
+             * @enum {string}
+             */
+            normalization?: "trackstar" | "unit";
+            /**
+             * Optimizer Correction
+             * @description ``trackstar`` only: scale gradients by Adam's per-parameter step size, read from
+             *     the optimizer state saved with each checkpoint.
+             * @default true
+             */
+            optimizer_correction?: boolean;
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+        };
+        /** TracInArgsPatch */
+        TracInArgsPatch: {
+            /** Batch Size */
+            batch_size?: number | null;
+            /** Damping */
+            damping?: number | null;
+            /** Normalization */
+            normalization?: ("trackstar" | "unit") | null;
+            /** Optimizer Correction */
+            optimizer_correction?: boolean | null;
+            /** Top K */
+            top_k?: number | null;
+        };
         /** TrainingPair */
         TrainingPair: {
             /** Answer */
@@ -2353,6 +3057,20 @@ export interface components {
             msg: string;
             /** Error Type */
             type: string;
+        };
+        /** Variant */
+        Variant: {
+            /**
+             * Description
+             * @description What the variant's scores mean, for this method.
+             */
+            description: string;
+            /**
+             * Id
+             * @description The ``variant`` of the method's influence matrices.
+             * @enum {string}
+             */
+            id: "raw" | "normalized";
         };
         /**
          * VerificationSent
@@ -2952,6 +3670,12 @@ export interface operations {
     list_experiments: {
         parameters: {
             query?: {
+                /** @description Only experiments whose name or description contains this text (case-insensitive). */
+                q?: string | null;
+                /** @description ``updated`` (when the experiment last changed), ``name``, ``last_run_status`` or ``created``. */
+                sort?: "updated" | "name" | "last_run_status" | "created";
+                /** @description The direction; by default newest first for the dates, A to Z for the name, and running runs first for the status. */
+                order?: ("asc" | "desc") | null;
                 limit?: number;
                 offset?: number;
             };
@@ -3262,6 +3986,37 @@ export interface operations {
             };
         };
     };
+    parse_import: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ImportParseRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ImportParseReport"];
+                };
+            };
+            /** @description Invalid request, or a JSONL line nested too deeply (`content`). */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
     get_limits: {
         parameters: {
             query?: never;
@@ -3278,6 +4033,26 @@ export interface operations {
                 };
                 content: {
                     "application/json": components["schemas"]["Limits"];
+                };
+            };
+        };
+    };
+    list_methods: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["InfluenceMethodOut"][];
                 };
             };
         };
