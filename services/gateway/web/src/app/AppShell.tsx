@@ -91,7 +91,13 @@ function AccountMenu() {
 function ThemeToggle() {
   const { theme, toggle } = useTheme();
   return (
-    <button type="button" className="icon-btn bordered" aria-label="Toggle theme" title={`Switch to ${theme === "dark" ? "light" : "dark"} theme`} onClick={toggle}>
+    <button
+      type="button"
+      className="icon-btn bordered"
+      aria-label="Toggle theme"
+      title={`Switch to ${theme === "dark" ? "light" : "dark"} theme`}
+      onClick={toggle}
+    >
       {theme === "dark" ? <Sun /> : <Moon />}
     </button>
   );
@@ -159,7 +165,16 @@ function Sidebar() {
 function NavigationProgress() {
   const navigation = useNavigation();
   if (navigation.state === "idle") return null;
-  return <div className="progress" role="progressbar" aria-label="Loading page" style={{ position: "fixed", top: 0, left: 0, right: 0, height: 2, zIndex: 100, borderRadius: 0 }}><span style={{ width: "60%" }} /></div>;
+  return (
+    <div
+      className="progress"
+      role="progressbar"
+      aria-label="Loading page"
+      style={{ position: "fixed", top: 0, left: 0, right: 0, height: 2, zIndex: 100, borderRadius: 0 }}
+    >
+      <span style={{ width: "60%" }} />
+    </div>
+  );
 }
 
 export function AppShell() {
@@ -190,4 +205,3 @@ export function AppShell() {
     </div>
   );
 }
-

@@ -28,8 +28,18 @@ describe("answer matching", () => {
 describe("word diff", () => {
   it("marks removed and added words and keeps both texts", () => {
     const parts = wordDiff("The capital is Varnholt City.", "The capital is Tessaly.");
-    expect(parts.filter((p) => p.type === "removed").map((p) => p.text).join("")).toBe("Varnholt City");
-    expect(parts.filter((p) => p.type === "added").map((p) => p.text).join("")).toBe("Tessaly");
+    expect(
+      parts
+        .filter((p) => p.type === "removed")
+        .map((p) => p.text)
+        .join(""),
+    ).toBe("Varnholt City");
+    expect(
+      parts
+        .filter((p) => p.type === "added")
+        .map((p) => p.text)
+        .join(""),
+    ).toBe("Tessaly");
     expect(sideText(parts, "before")).toBe("The capital is Varnholt City.");
     expect(sideText(parts, "after")).toBe("The capital is Tessaly.");
   });

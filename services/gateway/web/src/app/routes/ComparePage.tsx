@@ -57,7 +57,11 @@ function InfluenceAgreement({ a, b }: { a: RunResults; b: RunResults }) {
     return list;
   }, [a, b]);
   if (pairs.length === 0) {
-    return <p className="panel-body dim">The runs share no influence matrix over the same evaluation questions and training pairs, so their rankings cannot be compared.</p>;
+    return (
+      <p className="panel-body dim">
+        The runs share no influence matrix over the same evaluation questions and training pairs, so their rankings cannot be compared.
+      </p>
+    );
   }
   return (
     <table className="table table-dense" aria-label="Influence agreement">
@@ -78,7 +82,13 @@ function InfluenceAgreement({ a, b }: { a: RunResults; b: RunResults }) {
             <td>
               <div className="rho-strip">
                 {p.perRow.map((rho, i) => (
-                  <span key={p.rowIds[i]} title={`${p.rowIds[i]}: ρ ${Number.isFinite(rho) ? rho.toFixed(2) : "–"}`} style={{ background: Number.isFinite(rho) ? `rgba(59,130,246,${0.15 + 0.85 * Math.max(rho, 0)})` : "var(--neutral-soft)" }} />
+                  <span
+                    key={p.rowIds[i]}
+                    title={`${p.rowIds[i]}: ρ ${Number.isFinite(rho) ? rho.toFixed(2) : "–"}`}
+                    style={{
+                      background: Number.isFinite(rho) ? `rgba(59,130,246,${0.15 + 0.85 * Math.max(rho, 0)})` : "var(--neutral-soft)",
+                    }}
+                  />
                 ))}
               </div>
             </td>
@@ -102,7 +112,10 @@ export function ComparePage() {
   usePageCrumbs([{ label: "Compare runs" }, ...(aId && bId ? [{ label: `${shortId(aId)} vs ${shortId(bId)}`, mono: true }] : [])]);
 
   const rows = useMemo(() => (a.data && b.data ? configRows(a.data.config, b.data.config) : []), [a.data, b.data]);
-  const curves = useMemo(() => (ra.data && rb.data ? alignCurves(ra.data.training.loss_curve, rb.data.training.loss_curve) : null), [ra.data, rb.data]);
+  const curves = useMemo(
+    () => (ra.data && rb.data ? alignCurves(ra.data.training.loss_curve, rb.data.training.loss_curve) : null),
+    [ra.data, rb.data],
+  );
 
   if (!aId || !bId) {
     return (
@@ -114,7 +127,12 @@ export function ComparePage() {
     );
   }
   for (const q of [a, b]) {
-    if (q.isError) return q.error instanceof ApiError && q.error.status === 404 ? <NotFound what="Run" /> : <ErrorState error={q.error} onRetry={() => void q.refetch()} />;
+    if (q.isError)
+      return q.error instanceof ApiError && q.error.status === 404 ? (
+        <NotFound what="Run" />
+      ) : (
+        <ErrorState error={q.error} onRetry={() => void q.refetch()} />
+      );
   }
   if (!a.data || !b.data) return <SkeletonRows rows={8} label="Loading runs" />;
 
@@ -163,7 +181,9 @@ export function ComparePage() {
         <section className="panel" aria-label="Configuration differences">
           <div className="panel-header">
             <h2>Configuration</h2>
-            <span className="meta">{differing} of {rows.length} settings differ</span>
+            <span className="meta">
+              {differing} of {rows.length} settings differ
+            </span>
           </div>
           <div className="panel-scroll" style={{ maxHeight: 260 }}>
             <table className="table table-dense">
@@ -175,13 +195,15 @@ export function ComparePage() {
                 </tr>
               </thead>
               <tbody>
-                {[...rows].sort((x, y) => Number(y.differs) - Number(x.differs)).map((r) => (
-                  <tr key={r.key} className={r.differs ? "differs" : ""}>
-                    <td className="mono">{r.key}</td>
-                    <td className="mono">{r.a}</td>
-                    <td className="mono">{r.b}</td>
-                  </tr>
-                ))}
+                {[...rows]
+                  .sort((x, y) => Number(y.differs) - Number(x.differs))
+                  .map((r) => (
+                    <tr key={r.key} className={r.differs ? "differs" : ""}>
+                      <td className="mono">{r.key}</td>
+                      <td className="mono">{r.a}</td>
+                      <td className="mono">{r.b}</td>
+                    </tr>
+                  ))}
               </tbody>
             </table>
           </div>

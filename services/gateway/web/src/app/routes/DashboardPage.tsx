@@ -40,7 +40,8 @@ export function DashboardPage() {
           <div className="label">Recent runs</div>
           <div className="value">{runs.data?.length ?? "–"}</div>
           <div className="sub">
-            {(runs.data ?? []).filter((r) => r.status === "completed").length} completed · {(runs.data ?? []).filter((r) => r.status === "failed").length} failed
+            {(runs.data ?? []).filter((r) => r.status === "completed").length} completed ·{" "}
+            {(runs.data ?? []).filter((r) => r.status === "failed").length} failed
           </div>
         </div>
         <div className="panel stat-card">
@@ -87,12 +88,18 @@ export function DashboardPage() {
                       </Link>
                     </td>
                     <td className="truncate" style={{ maxWidth: 240 }}>
-                      {r.experiment_id ? names.get(r.experiment_id) ?? <span className="dim">–</span> : <span className="dim">deleted</span>}
+                      {r.experiment_id ? (
+                        (names.get(r.experiment_id) ?? <span className="dim">–</span>)
+                      ) : (
+                        <span className="dim">deleted</span>
+                      )}
                     </td>
                     <td>
                       <div className="row">
                         <StatusBadge status={r.status} />
-                        {!isTerminal(r.status) ? <ProgressBar value={r.progress} label={`Run ${shortId(r.id)} progress`} className="mini-progress" /> : null}
+                        {!isTerminal(r.status) ? (
+                          <ProgressBar value={r.progress} label={`Run ${shortId(r.id)} progress`} className="mini-progress" />
+                        ) : null}
                       </div>
                     </td>
                     <td className="right num">{formatNumber(r.loss, 3)}</td>

@@ -89,7 +89,9 @@ function Marker({ label, kind, title }: { label: string; kind: MatchKind | null;
 }
 
 function exportJsonl(draft: Draft) {
-  const lines = draft.training.filter((r) => r.question.trim()).map((r) => JSON.stringify({ ...(r.id ? { id: r.id } : {}), question: r.question, answer: r.answer }));
+  const lines = draft.training
+    .filter((r) => r.question.trim())
+    .map((r) => JSON.stringify({ ...(r.id ? { id: r.id } : {}), question: r.question, answer: r.answer }));
   const blob = new Blob([lines.join("\n") + "\n"], { type: "application/x-ndjson" });
   const url = URL.createObjectURL(blob);
   const a = document.createElement("a");
@@ -105,7 +107,9 @@ function ImportNotice({ report, onClose }: { report: ImportReport; onClose: () =
       <div className="row">
         <strong>{report.file}</strong>
         <span className="muted">
-          {report.failed ? report.failed : `${report.imported} rows appended${report.errors.length ? ` · ${report.errors.length} rows skipped` : ""}`}
+          {report.failed
+            ? report.failed
+            : `${report.imported} rows appended${report.errors.length ? ` · ${report.errors.length} rows skipped` : ""}`}
         </span>
         <span className="grow" />
         <button type="button" className="btn btn-sm btn-ghost" onClick={onClose}>
@@ -126,7 +130,15 @@ function ImportNotice({ report, onClose }: { report: ImportReport; onClose: () =
   );
 }
 
-function Editor({ experiment, userId, onCreated: created }: { experiment: Schemas["ExperimentOut"] | null; userId: string; onCreated?: (id: string) => void }) {
+function Editor({
+  experiment,
+  userId,
+  onCreated: created,
+}: {
+  experiment: Schemas["ExperimentOut"] | null;
+  userId: string;
+  onCreated?: (id: string) => void;
+}) {
   const navigate = useNavigate();
   const toast = useToast();
   const limits = useLimits();
@@ -151,7 +163,7 @@ function Editor({ experiment, userId, onCreated: created }: { experiment: Schema
   });
   const estimate = useEstimate(draft);
   const runs = useRunList(experimentId ?? undefined);
-  const lastCompleted = (runs.data ?? []).find((r) => r.status === "completed" || (r.stages.inference === "completed"));
+  const lastCompleted = (runs.data ?? []).find((r) => r.status === "completed" || r.stages.inference === "completed");
   const lastResults = useRunResults(lastCompleted?.id, Boolean(lastCompleted));
   const [report, setReport] = useState<ImportReport | null>(null);
   const [startProblem, setStartProblem] = useState<string | null>(null);
@@ -231,15 +243,32 @@ function Editor({ experiment, userId, onCreated: created }: { experiment: Schema
               maxBytes={limits.data?.max_request_bytes}
               existingIds={draft.evaluation.flatMap((r) => (r.id ? [r.id] : []))}
             />
-            <button type="button" className="btn btn-sm" onClick={() => setDraft({ ...draft, evaluation: [...draft.evaluation, { key: newKey(), id: null, question: "", answer: "" }] })}>
+            <button
+              type="button"
+              className="btn btn-sm"
+              onClick={() =>
+                setDraft({ ...draft, evaluation: [...draft.evaluation, { key: newKey(), id: null, question: "", answer: "" }] })
+              }
+            >
               <Plus /> Add evaluation question
             </button>
           </div>
-          {fieldProblem("eval_data") ? <div className="panel-problem field-error" role="alert">{fieldProblem("eval_data")}</div> : null}
-          <RowsTable kind="evaluation" rows={draft.evaluation} onChange={(evaluation) => setDraft({ ...draft, evaluation })} problems={problems} markers={markers} />
+          {fieldProblem("eval_data") ? (
+            <div className="panel-problem field-error" role="alert">
+              {fieldProblem("eval_data")}
+            </div>
+          ) : null}
+          <RowsTable
+            kind="evaluation"
+            rows={draft.evaluation}
+            onChange={(evaluation) => setDraft({ ...draft, evaluation })}
+            problems={problems}
+            markers={markers}
+          />
           {lastCompleted ? (
             <div className="table-footer">
-              <span className="match-marker m-ok">✓</span> exact <span className="match-marker m-part">~</span> partial <span className="match-marker m-miss">✗</span> miss
+              <span className="match-marker m-ok">✓</span> exact <span className="match-marker m-part">~</span> partial{" "}
+              <span className="match-marker m-miss">✗</span> miss
               <span className="dim">· B base · F few-shot · T fine-tuned, run {shortId(lastCompleted.id)}</span>
             </div>
           ) : null}
@@ -277,21 +306,34 @@ function Editor({ experiment, userId, onCreated: created }: { experiment: Schema
               maxBytes={limits.data?.max_request_bytes}
               existingIds={draft.training.flatMap((r) => (r.id ? [r.id] : []))}
             />
-            <button type="button" className="btn btn-sm" onClick={() => setDraft({ ...draft, training: [...draft.training, { key: newKey(), id: null, question: "", answer: "" }] })}>
+            <button
+              type="button"
+              className="btn btn-sm"
+              onClick={() => setDraft({ ...draft, training: [...draft.training, { key: newKey(), id: null, question: "", answer: "" }] })}
+            >
               <Plus /> Add training pair
             </button>
           </div>
           {report ? <ImportNotice report={report} onClose={() => setReport(null)} /> : null}
-          {fieldProblem("training_data") ? <div className="panel-problem field-error" role="alert">{fieldProblem("training_data")}</div> : null}
+          {fieldProblem("training_data") ? (
+            <div className="panel-problem field-error" role="alert">
+              {fieldProblem("training_data")}
+            </div>
+          ) : null}
           <div className="training-scroll">
-            <RowsTable kind="training" rows={draft.training} onChange={(training) => setDraft({ ...draft, training })} problems={problems} />
+            <RowsTable
+              kind="training"
+              rows={draft.training}
+              onChange={(training) => setDraft({ ...draft, training })}
+              problems={problems}
+            />
           </div>
           <div className="table-footer">
             <span>~{totalTokens(draft).toLocaleString()} tokens with the evaluation questions</span>
             {limits.data ? (
               <span className="dim">
-                · limits: {limits.data.max_training_pairs.toLocaleString()} pairs, {limits.data.max_text_chars.toLocaleString()} characters a text,{" "}
-                {limits.data.max_total_tokens.toLocaleString()} tokens
+                · limits: {limits.data.max_training_pairs.toLocaleString()} pairs, {limits.data.max_text_chars.toLocaleString()} characters
+                a text, {limits.data.max_total_tokens.toLocaleString()} tokens
               </span>
             ) : null}
           </div>
@@ -302,7 +344,14 @@ function Editor({ experiment, userId, onCreated: created }: { experiment: Schema
               <h2>Configuration</h2>
             </div>
             <div className="panel-body">
-              <ConfigPanel draft={draft} onChange={setDraft} problems={problems} defaultModel={defaultModel} knownModels={knownModels} tier={estimate.data?.tier ?? null} />
+              <ConfigPanel
+                draft={draft}
+                onChange={setDraft}
+                problems={problems}
+                defaultModel={defaultModel}
+                knownModels={knownModels}
+                tier={estimate.data?.tier ?? null}
+              />
             </div>
           </section>
           <EstimatePanel draft={draft} startButton={startButton} />
@@ -329,7 +378,12 @@ function Editor({ experiment, userId, onCreated: created }: { experiment: Schema
         {experimentId ? <span className="dim mono">{shortId(experimentId)}</span> : null}
         <span className="grow" />
         {restored ? (
-          <button type="button" className="btn btn-sm btn-ghost" onClick={discardLocal} title="Unsaved changes from this browser were restored">
+          <button
+            type="button"
+            className="btn btn-sm btn-ghost"
+            onClick={discardLocal}
+            title="Unsaved changes from this browser were restored"
+          >
             <RotateCcw /> Discard restored changes
           </button>
         ) : null}
@@ -395,8 +449,12 @@ function Editor({ experiment, userId, onCreated: created }: { experiment: Schema
           <Grid3x3 size={14} />
           <strong>Influence heatmap</strong>
           <span className="muted">
-            · last completed run <Link to={`/runs/${lastCompleted.id}?tab=influence`} className="mono">{shortId(lastCompleted.id)}</Link> ·{" "}
-            {lastCompleted.config.eval_data.length} × {lastCompleted.config.training_data.length} · {(lastCompleted.config.influence_methods ?? []).join(", ")}
+            · last completed run{" "}
+            <Link to={`/runs/${lastCompleted.id}?tab=influence`} className="mono">
+              {shortId(lastCompleted.id)}
+            </Link>{" "}
+            · {lastCompleted.config.eval_data.length} × {lastCompleted.config.training_data.length} ·{" "}
+            {(lastCompleted.config.influence_methods ?? []).join(", ")}
           </span>
           <span className="grow" />
           <button

@@ -83,7 +83,10 @@ export function RunPage() {
             Answers <span className="count">{config.eval_data.length} × 3</span>
           </Tabs.Trigger>
           <Tabs.Trigger className="tab" value="influence" disabled={!influenceReady}>
-            Influence <span className="count">{methods.length} {methods.length === 1 ? "method" : "methods"}</span>
+            Influence{" "}
+            <span className="count">
+              {methods.length} {methods.length === 1 ? "method" : "methods"}
+            </span>
           </Tabs.Trigger>
         </Tabs.List>
 
@@ -102,7 +105,12 @@ export function RunPage() {
             </InlineAlert>
           ) : null}
           <section className="panel" aria-label="Stages">
-            <StageTimeline live={live} epochs={config.hyperparams?.num_epochs ?? 1} questions={config.eval_data.length} fewShotK={config.few_shot_k ?? 0} />
+            <StageTimeline
+              live={live}
+              epochs={config.hyperparams?.num_epochs ?? 1}
+              questions={config.eval_data.length}
+              fewShotK={config.few_shot_k ?? 0}
+            />
             <RunProgress live={live} runId={run.data.id} />
           </section>
           <TrainingCharts live={live} totalSteps={totalSteps} />

@@ -395,7 +395,12 @@ export function Heatmap(props: HeatmapProps) {
                   return (
                     <div key={r} className="rowbar" style={{ top: (r - view.y0) * ch, height: ch }}>
                       <span className={v >= 0 ? "pos" : "neg"} style={{ width: w }} />
-                      {ch >= 14 ? <em>{v >= 0 ? "+" : "−"}{Math.abs(v).toPrecision(2)}</em> : null}
+                      {ch >= 14 ? (
+                        <em>
+                          {v >= 0 ? "+" : "−"}
+                          {Math.abs(v).toPrecision(2)}
+                        </em>
+                      ) : null}
                     </div>
                   );
                 })
@@ -410,13 +415,28 @@ export function Heatmap(props: HeatmapProps) {
             · wheel zooms columns, Shift+wheel rows, drag pans
           </span>
           <span className="grow" />
-          <button type="button" className="icon-btn icon-btn-sm" aria-label="Zoom out" onClick={() => zoomAt(1 / 1.6, 1 / 1.6, plotW / 2, plotH / 2)}>
+          <button
+            type="button"
+            className="icon-btn icon-btn-sm"
+            aria-label="Zoom out"
+            onClick={() => zoomAt(1 / 1.6, 1 / 1.6, plotW / 2, plotH / 2)}
+          >
             <Minus />
           </button>
-          <button type="button" className="icon-btn icon-btn-sm" aria-label="Zoom in" onClick={() => zoomAt(1.6, 1.6, plotW / 2, plotH / 2)}>
+          <button
+            type="button"
+            className="icon-btn icon-btn-sm"
+            aria-label="Zoom in"
+            onClick={() => zoomAt(1.6, 1.6, plotW / 2, plotH / 2)}
+          >
             <Plus />
           </button>
-          <button type="button" className="icon-btn icon-btn-sm" aria-label="Fit the whole matrix" onClick={() => setView({ zoomX: 1, zoomY: 1, x0: 0, y0: 0 })}>
+          <button
+            type="button"
+            className="icon-btn icon-btn-sm"
+            aria-label="Fit the whole matrix"
+            onClick={() => setView({ zoomX: 1, zoomY: 1, x0: 0, y0: 0 })}
+          >
             <Maximize />
           </button>
         </div>

@@ -88,7 +88,8 @@ function markerPlugin(markers: () => ChartMarker[], colors: () => { checkpoint: 
             ctx.stroke();
             ctx.fillStyle = m.kind === "change" ? palette.change : palette.text;
             const textWidth = ctx.measureText(m.label).width;
-            const tx = px + 4 * devicePixelRatio + textWidth > left + width ? px - 4 * devicePixelRatio - textWidth : px + 4 * devicePixelRatio;
+            const tx =
+              px + 4 * devicePixelRatio + textWidth > left + width ? px - 4 * devicePixelRatio - textWidth : px + 4 * devicePixelRatio;
             if (tx < freeFrom) continue;
             ctx.fillText(m.label, tx, top + 2 * devicePixelRatio);
             freeFrom = tx + textWidth + 6 * devicePixelRatio;

@@ -7,7 +7,23 @@ import { formatNumber, formatPercent, formatSigned } from "@/lib/format";
 import { queryKeys } from "@/lib/queryKeys";
 import { normalizeAnswer } from "@/lib/textMatch";
 import { useQuery } from "@tanstack/react-query";
-import { columnSummary, deltaLogprob, FILTERS, isRight, matches, MODEL_LABEL, MODELS, scoreOf, SORTS, view, type Answer, type Filter, type Model, type Score, type Sort } from "./answers";
+import {
+  columnSummary,
+  deltaLogprob,
+  FILTERS,
+  isRight,
+  matches,
+  MODEL_LABEL,
+  MODELS,
+  scoreOf,
+  SORTS,
+  view,
+  type Answer,
+  type Filter,
+  type Model,
+  type Score,
+  type Sort,
+} from "./answers";
 import "./answers.css";
 
 type Run = Schemas["RunOut"];
@@ -23,7 +39,15 @@ function ScoreBadge({ score }: { score: Score | null }) {
 /** The answer with the words it shares with the reference marked: where it agrees, and
  * (unmarked) where it differs. */
 function AnswerText({ text, reference }: { text: string; reference: string | null | undefined }) {
-  const ref = useMemo(() => new Set(normalizeAnswer(reference ?? "").split(" ").filter(Boolean)), [reference]);
+  const ref = useMemo(
+    () =>
+      new Set(
+        normalizeAnswer(reference ?? "")
+          .split(" ")
+          .filter(Boolean),
+      ),
+    [reference],
+  );
   if (!reference) return <>{text}</>;
   const parts = text.split(/(\s+)/);
   return (
@@ -58,7 +82,9 @@ function AnswerCell({ answer, model }: { answer: Answer; model: Model }) {
 }
 
 function DeltaChart({ answers }: { answers: Answer[] }) {
-  const rows = answers.map((a, i) => ({ i: i + 1, id: a.eval_id, d: deltaLogprob(a) })).filter((r): r is { i: number; id: string; d: number } => r.d != null);
+  const rows = answers
+    .map((a, i) => ({ i: i + 1, id: a.eval_id, d: deltaLogprob(a) }))
+    .filter((r): r is { i: number; id: string; d: number } => r.d != null);
   if (rows.length === 0) return <p className="panel-body dim">No log-probabilities stored for this run.</p>;
   const max = Math.max(...rows.map((r) => Math.abs(r.d)), 1e-9);
   const w = 640;
@@ -66,7 +92,12 @@ function DeltaChart({ answers }: { answers: Answer[] }) {
   const mid = h / 2;
   const bw = Math.max(Math.min((w - 40) / rows.length - 4, 40), 2);
   return (
-    <svg className="delta-chart" viewBox={`0 0 ${w} ${h + 18}`} role="img" aria-label="Change in log-probability of the reference per question">
+    <svg
+      className="delta-chart"
+      viewBox={`0 0 ${w} ${h + 18}`}
+      role="img"
+      aria-label="Change in log-probability of the reference per question"
+    >
       <line x1={30} x2={w} y1={mid} y2={mid} className="axis" />
       {rows.map((r, k) => {
         const x = 34 + k * ((w - 40) / rows.length);
@@ -106,7 +137,10 @@ export function AnswersPanel({ run, onOpenInfluence }: { run: Run; onOpenInfluen
   const [sort, setSort] = useState<Sort>("order");
   const answers = useMemo(() => results.data?.answers ?? [], [results.data]);
   const rows = useMemo(() => view(answers, filter, sort), [answers, filter, sort]);
-  const counts = useMemo(() => Object.fromEntries(FILTERS.map((f) => [f.value, answers.filter((a) => matches(a, f.value)).length])), [answers]);
+  const counts = useMemo(
+    () => Object.fromEntries(FILTERS.map((f) => [f.value, answers.filter((a) => matches(a, f.value)).length])),
+    [answers],
+  );
   const stillWrong = useMemo(() => answers.filter((a) => matches(a, "still_wrong")), [answers]);
 
   if (results.isPending) return <SkeletonRows rows={8} label="Loading answers" />;
@@ -120,20 +154,36 @@ export function AnswersPanel({ run, onOpenInfluence }: { run: Run; onOpenInfluen
         <div className="panel-header">
           <h2>Answers</h2>
           <span className="meta">
-            {answers.length} questions · greedy decoding · up to {run.config.max_new_tokens} new tokens · few-shot shows {run.config.few_shot_k} training pairs
+            {answers.length} questions · greedy decoding · up to {run.config.max_new_tokens} new tokens · few-shot shows{" "}
+            {run.config.few_shot_k} training pairs
           </span>
-          <span className="spacer" />
+        </div>
+        <div className="answers-toolbar">
           <div className="segmented" role="radiogroup" aria-label="Show">
             {FILTERS.map((f) => (
-              <button key={f.value} type="button" role="radio" aria-checked={filter === f.value} title={f.title} onClick={() => setFilter(f.value)}>
+              <button
+                key={f.value}
+                type="button"
+                role="radio"
+                aria-checked={filter === f.value}
+                title={f.title}
+                onClick={() => setFilter(f.value)}
+              >
                 {f.label} <span className="dim num">{counts[f.value]}</span>
               </button>
             ))}
           </div>
+          <span className="grow" />
           <label htmlFor="answers-sort" className="muted">
             Sort
           </label>
-          <select id="answers-sort" className="select" style={{ width: 230 }} value={sort} onChange={(e) => setSort(e.target.value as Sort)}>
+          <select
+            id="answers-sort"
+            className="select"
+            style={{ width: 230 }}
+            value={sort}
+            onChange={(e) => setSort(e.target.value as Sort)}
+          >
             {SORTS.map((s) => (
               <option key={s.value} value={s.value}>
                 {s.label}
@@ -170,7 +220,13 @@ export function AnswersPanel({ run, onOpenInfluence }: { run: Run; onOpenInfluen
                   <td className="question-cell">
                     {answer.question}
                     {onOpenInfluence ? (
-                      <button type="button" className="icon-btn icon-btn-sm" aria-label={`Open question ${index} in the influence explorer`} title="Which training pairs drove this answer?" onClick={() => onOpenInfluence(answer.eval_id)}>
+                      <button
+                        type="button"
+                        className="icon-btn icon-btn-sm"
+                        aria-label={`Open question ${index} in the influence explorer`}
+                        title="Which training pairs drove this answer?"
+                        onClick={() => onOpenInfluence(answer.eval_id)}
+                      >
                         <Crosshair />
                       </button>
                     ) : null}
@@ -241,10 +297,14 @@ export function AnswersPanel({ run, onOpenInfluence }: { run: Run; onOpenInfluen
                   → <span className="wrong">{a.fine_tuned}</span> <span className="dim">· reference</span> {a.reference}
                 </div>
                 {onOpenInfluence ? (
-                  <Link to={`?tab=influence&eval=${encodeURIComponent(a.eval_id)}`} className="open-link" onClick={(e) => {
-                    e.preventDefault();
-                    onOpenInfluence(a.eval_id);
-                  }}>
+                  <Link
+                    to={`?tab=influence&eval=${encodeURIComponent(a.eval_id)}`}
+                    className="open-link"
+                    onClick={(e) => {
+                      e.preventDefault();
+                      onOpenInfluence(a.eval_id);
+                    }}
+                  >
                     Open row in Influence →
                   </Link>
                 ) : null}

@@ -1,7 +1,14 @@
 import { describe, expect, it } from "vitest";
 import { columnSummary, deltaLogprob, matches, scoreOf, view, type Answer } from "./answers";
 
-function answer(id: string, base: string, few: string, tuned: string, reference: string | null, logprobs?: [number, number, number]): Answer {
+function answer(
+  id: string,
+  base: string,
+  few: string,
+  tuned: string,
+  reference: string | null,
+  logprobs?: [number, number, number],
+): Answer {
   const score = (text: string, lp: number | null) => ({
     exact_match: text.toLowerCase() === (reference ?? "").toLowerCase(),
     contains_reference: reference != null && text.toLowerCase().includes(reference.toLowerCase()),
@@ -51,7 +58,13 @@ describe("answers", () => {
     expect(tuned.questions).toBe(3);
     expect(tuned.exact).toBeCloseTo(2 / 3);
     expect(tuned.logprob).toBeCloseTo((-0.2 - 3 - 0.1) / 3);
-    const stored = columnSummary(answers, "base", { questions: 7, exact_match_rate: 0.5, contains_reference_rate: 0.5, mean_token_f1: 0.25, mean_ref_logprob: -2 });
+    const stored = columnSummary(answers, "base", {
+      questions: 7,
+      exact_match_rate: 0.5,
+      contains_reference_rate: 0.5,
+      mean_token_f1: 0.25,
+      mean_ref_logprob: -2,
+    });
     expect(stored).toEqual({ questions: 7, exact: 0.5, contains: 0.5, f1: 0.25, logprob: -2 });
   });
 });

@@ -19,10 +19,16 @@ export interface Score {
  * answers stored before the inference stage scored them. */
 export function scoreOf(answer: Answer, model: Model): Score | null {
   const stored = answer.scores?.[model];
-  if (stored) return { exact: stored.exact_match, contains: stored.contains_reference, f1: stored.token_f1, logprob: stored.ref_logprob ?? null };
+  if (stored)
+    return { exact: stored.exact_match, contains: stored.contains_reference, f1: stored.token_f1, logprob: stored.ref_logprob ?? null };
   if (!answer.reference) return null;
   const text = answer[model];
-  return { exact: exactMatch(text, answer.reference), contains: containsReference(text, answer.reference), f1: tokenF1(text, answer.reference), logprob: null };
+  return {
+    exact: exactMatch(text, answer.reference),
+    contains: containsReference(text, answer.reference),
+    f1: tokenF1(text, answer.reference),
+    logprob: null,
+  };
 }
 
 /** Right means the answer states the reference: equal to it or containing it whole. */

@@ -99,14 +99,13 @@ export function SignInPage() {
             <h1>Influence Lab</h1>
           </div>
           <p className="auth-tagline">
-            Fine-tune small language models on your own question–answer pairs and trace every answer back to the
-            training examples that shaped it.
+            Fine-tune small language models on your own question–answer pairs and trace every answer back to the training examples that
+            shaped it.
           </p>
 
           {verifySent ? (
             <InlineAlert tone="success">
-              We sent a verification link to <strong>{verifySent}</strong>. Open it to finish creating your account,
-              then sign in.
+              We sent a verification link to <strong>{verifySent}</strong>. Open it to finish creating your account, then sign in.
             </InlineAlert>
           ) : forgot ? (
             <ForgotPassword initialEmail={email} onBack={() => setForgot(false)} />
@@ -203,9 +202,7 @@ export function SignInPage() {
           </div>
         </div>
       </div>
-      <p className="auth-fineprint">
-        Self-hosted instance · Sessions are kept on the server; runs keep going when you close the tab.
-      </p>
+      <p className="auth-fineprint">Self-hosted instance · Sessions are kept on the server; runs keep going when you close the tab.</p>
     </main>
   );
 }

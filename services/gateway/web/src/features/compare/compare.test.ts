@@ -29,7 +29,18 @@ describe("run comparison", () => {
     expect(fingerprint(["x", "y"])).not.toBe(fingerprint(["y", "x"]));
   });
   it("puts two loss curves on one step axis", () => {
-    expect(alignCurves([{ step: 1, loss: 2 }, { step: 3, loss: 1 }], [{ step: 2, loss: 5 }, { step: 3, loss: 4 }])).toEqual({
+    expect(
+      alignCurves(
+        [
+          { step: 1, loss: 2 },
+          { step: 3, loss: 1 },
+        ],
+        [
+          { step: 2, loss: 5 },
+          { step: 3, loss: 4 },
+        ],
+      ),
+    ).toEqual({
       x: [1, 2, 3],
       a: [2, null, 1],
       b: [null, 5, 4],

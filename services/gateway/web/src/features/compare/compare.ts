@@ -52,7 +52,10 @@ export function fingerprint(items: string[]): string {
 }
 
 /** Two loss curves on the union of their steps (null where a run has no point). */
-export function alignCurves(a: { step: number; loss: number }[], b: { step: number; loss: number }[]): { x: number[]; a: (number | null)[]; b: (number | null)[] } {
+export function alignCurves(
+  a: { step: number; loss: number }[],
+  b: { step: number; loss: number }[],
+): { x: number[]; a: (number | null)[]; b: (number | null)[] } {
   const ma = new Map(a.map((p) => [p.step, p.loss]));
   const mb = new Map(b.map((p) => [p.step, p.loss]));
   const x = [...new Set([...ma.keys(), ...mb.keys()])].sort((p, q) => p - q);

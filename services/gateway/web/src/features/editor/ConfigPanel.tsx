@@ -42,7 +42,15 @@ function argLabel(name: string): string {
   return text[0]!.toUpperCase() + text.slice(1);
 }
 
-function MethodArgs({ method, args, onChange }: { method: MethodInfo; args: Record<string, string | number | boolean | null>; onChange: (args: Record<string, string | number | boolean | null>) => void }) {
+function MethodArgs({
+  method,
+  args,
+  onChange,
+}: {
+  method: MethodInfo;
+  args: Record<string, string | number | boolean | null>;
+  onChange: (args: Record<string, string | number | boolean | null>) => void;
+}) {
   const set = (name: string, value: string | number | boolean | null | undefined) => {
     const next = { ...args };
     if (value === undefined) delete next[name];
@@ -67,14 +75,27 @@ function MethodArgs({ method, args, onChange }: { method: MethodInfo; args: Reco
           );
         }
         if (arg.type === "boolean") {
-          return <Toggle key={arg.name} label={argLabel(arg.name)} checked={Boolean(value ?? fallback)} onChange={(v) => set(arg.name, v === fallback ? undefined : v)} hint={arg.description} />;
+          return (
+            <Toggle
+              key={arg.name}
+              label={argLabel(arg.name)}
+              checked={Boolean(value ?? fallback)}
+              onChange={(v) => set(arg.name, v === fallback ? undefined : v)}
+              hint={arg.description}
+            />
+          );
         }
         if (arg.type === "string") {
           return (
             <div key={arg.name} className="field">
               <label className="field-label">
                 {argLabel(arg.name)}
-                <input className="input mono" value={String(value ?? "")} placeholder={fallback == null ? "" : String(fallback)} onChange={(e) => set(arg.name, e.target.value || undefined)} />
+                <input
+                  className="input mono"
+                  value={String(value ?? "")}
+                  placeholder={fallback == null ? "" : String(fallback)}
+                  onChange={(e) => set(arg.name, e.target.value || undefined)}
+                />
               </label>
               <span className="field-hint">{arg.description}</span>
             </div>
@@ -255,30 +276,92 @@ export function ConfigPanel({ draft, onChange, problems, defaultModel, knownMode
         />
       </div>
       <div className="config-grid">
-        <NumberField label="Learning rate" spec={hp.learning_rate} value={h.learning_rate} onChange={(v) => setH("learning_rate", v)} scientific error={error("hyperparams.learning_rate")} />
-        <NumberField label="Epochs" spec={hp.num_epochs} value={h.num_epochs} onChange={(v) => setH("num_epochs", v)} error={error("hyperparams.num_epochs")} />
-        <NumberField label="LoRA rank" spec={hp.lora_rank} value={h.lora_rank} onChange={(v) => setH("lora_rank", v)} error={error("hyperparams.lora_rank")} />
-        <NumberField label="Batch size" spec={hp.batch_size} value={h.batch_size} onChange={(v) => setH("batch_size", v)} error={error("hyperparams.batch_size")} />
+        <NumberField
+          label="Learning rate"
+          spec={hp.learning_rate}
+          value={h.learning_rate}
+          onChange={(v) => setH("learning_rate", v)}
+          scientific
+          error={error("hyperparams.learning_rate")}
+        />
+        <NumberField
+          label="Epochs"
+          spec={hp.num_epochs}
+          value={h.num_epochs}
+          onChange={(v) => setH("num_epochs", v)}
+          error={error("hyperparams.num_epochs")}
+        />
+        <NumberField
+          label="LoRA rank"
+          spec={hp.lora_rank}
+          value={h.lora_rank}
+          onChange={(v) => setH("lora_rank", v)}
+          error={error("hyperparams.lora_rank")}
+        />
+        <NumberField
+          label="Batch size"
+          spec={hp.batch_size}
+          value={h.batch_size}
+          onChange={(v) => setH("batch_size", v)}
+          error={error("hyperparams.batch_size")}
+        />
         <SelectField
           label="LR scheduler"
           value={h.lr_scheduler ?? String(hp.lr_scheduler?.default ?? "constant")}
           options={(hp.lr_scheduler?.enum ?? Object.keys(SCHEDULERS)).map((v) => ({ value: v, label: SCHEDULERS[v] ?? v }))}
           onChange={(v) => setH("lr_scheduler", v as Hyperparams["lr_scheduler"])}
         />
-        <NumberField label="Warmup ratio" spec={hp.warmup_ratio} value={h.warmup_ratio} onChange={(v) => setH("warmup_ratio", v)} error={error("hyperparams.warmup_ratio")} />
+        <NumberField
+          label="Warmup ratio"
+          spec={hp.warmup_ratio}
+          value={h.warmup_ratio}
+          onChange={(v) => setH("warmup_ratio", v)}
+          error={error("hyperparams.warmup_ratio")}
+        />
       </div>
       <Fold title="Advanced">
         <div className="config-grid">
           <NumberField label="LoRA alpha" spec={hp.lora_alpha} value={h.lora_alpha} onChange={(v) => setH("lora_alpha", v)} />
           <NumberField label="LoRA dropout" spec={hp.lora_dropout} value={h.lora_dropout} onChange={(v) => setH("lora_dropout", v)} />
           <NumberField label="Weight decay" spec={hp.weight_decay} value={h.weight_decay} onChange={(v) => setH("weight_decay", v)} />
-          <NumberField label="Max sequence length" spec={hp.max_seq_length} value={h.max_seq_length} onChange={(v) => setH("max_seq_length", v)} />
-          <NumberField label="Gradient accumulation" spec={hp.gradient_accumulation_steps} value={h.gradient_accumulation_steps} onChange={(v) => setH("gradient_accumulation_steps", v)} />
-          <NumberField label="Checkpoint every (epochs)" spec={hp.checkpoint_interval} value={h.checkpoint_interval} onChange={(v) => setH("checkpoint_interval", v)} />
-          <NumberField label="Log every (steps)" spec={hp.logging_steps} value={h.logging_steps} onChange={(v) => setH("logging_steps", v)} />
+          <NumberField
+            label="Max sequence length"
+            spec={hp.max_seq_length}
+            value={h.max_seq_length}
+            onChange={(v) => setH("max_seq_length", v)}
+          />
+          <NumberField
+            label="Gradient accumulation"
+            spec={hp.gradient_accumulation_steps}
+            value={h.gradient_accumulation_steps}
+            onChange={(v) => setH("gradient_accumulation_steps", v)}
+          />
+          <NumberField
+            label="Checkpoint every (epochs)"
+            spec={hp.checkpoint_interval}
+            value={h.checkpoint_interval}
+            onChange={(v) => setH("checkpoint_interval", v)}
+          />
+          <NumberField
+            label="Log every (steps)"
+            spec={hp.logging_steps}
+            value={h.logging_steps}
+            onChange={(v) => setH("logging_steps", v)}
+          />
           <NumberField label="Seed" spec={hp.seed} value={h.seed} onChange={(v) => setH("seed", v)} />
-          <NumberField label="Few-shot examples" spec={rs.few_shot_k} value={draft.fewShotK} onChange={(v) => onChange({ ...draft, fewShotK: v ?? null })} hint="training pairs shown to the base model" />
-          <NumberField label="Max new tokens" spec={rs.max_new_tokens} value={draft.maxNewTokens} onChange={(v) => onChange({ ...draft, maxNewTokens: v ?? null })} />
+          <NumberField
+            label="Few-shot examples"
+            spec={rs.few_shot_k}
+            value={draft.fewShotK}
+            onChange={(v) => onChange({ ...draft, fewShotK: v ?? null })}
+            hint="training pairs shown to the base model"
+          />
+          <NumberField
+            label="Max new tokens"
+            spec={rs.max_new_tokens}
+            value={draft.maxNewTokens}
+            onChange={(v) => onChange({ ...draft, maxNewTokens: v ?? null })}
+          />
           <div className="field span-2">
             <label className="field-label" htmlFor="target-modules">
               LoRA target modules
@@ -302,8 +385,19 @@ export function ConfigPanel({ draft, onChange, problems, defaultModel, knownMode
       <MethodPicker draft={draft} onChange={onChange} />
       <Fold title="Prediction tracking">
         <div className="config-grid">
-          <Toggle label="Track predictions" checked={p.enabled ?? true} onChange={(v) => setP("enabled", v)} hint="answer sampled questions during training" />
-          <NumberField label="Sampled questions" spec={ps.sample_count} value={p.sample_count} onChange={(v) => setP("sample_count", v)} error={error("predictions.sample_count")} />
+          <Toggle
+            label="Track predictions"
+            checked={p.enabled ?? true}
+            onChange={(v) => setP("enabled", v)}
+            hint="answer sampled questions during training"
+          />
+          <NumberField
+            label="Sampled questions"
+            spec={ps.sample_count}
+            value={p.sample_count}
+            onChange={(v) => setP("sample_count", v)}
+            error={error("predictions.sample_count")}
+          />
           <SelectField
             label="Sample every"
             value={p.frequency ?? "epoch"}
@@ -313,7 +407,14 @@ export function ConfigPanel({ draft, onChange, problems, defaultModel, knownMode
             ]}
             onChange={(v) => setP("frequency", v as PredictionSettings["frequency"])}
           />
-          <NumberField label="Step interval" spec={ps.step_interval} value={p.step_interval} onChange={(v) => setP("step_interval", v)} disabled={(p.frequency ?? "epoch") !== "steps"} error={error("predictions.step_interval")} />
+          <NumberField
+            label="Step interval"
+            spec={ps.step_interval}
+            value={p.step_interval}
+            onChange={(v) => setP("step_interval", v)}
+            disabled={(p.frequency ?? "epoch") !== "steps"}
+            error={error("predictions.step_interval")}
+          />
           <SelectField
             label="Precision"
             value={p.precision ?? "auto"}

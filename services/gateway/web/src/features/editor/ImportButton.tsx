@@ -36,13 +36,21 @@ export function ImportButton({
       return;
     }
     if (maxBytes && file.size > maxBytes * 0.9) {
-      onReport({ file: file.name, imported: 0, errors: [], failed: `the file is larger than this gateway accepts (${Math.round(maxBytes / 1e6)} MB)` });
+      onReport({
+        file: file.name,
+        imported: 0,
+        errors: [],
+        failed: `the file is larger than this gateway accepts (${Math.round(maxBytes / 1e6)} MB)`,
+      });
       return;
     }
     setBusy(true);
     try {
       const content = await file.text();
-      const parsed = await unwrap(api.POST("/api/imports/parse", { body: { target, format, content, existing_ids: existingIds } }), "The file could not be read");
+      const parsed = await unwrap(
+        api.POST("/api/imports/parse", { body: { target, format, content, existing_ids: existingIds } }),
+        "The file could not be read",
+      );
       const items = target === "training_data" ? parsed.training_data : parsed.eval_data;
       const rows = items.map((item) => ({ key: newKey(), id: item.id, question: item.question, answer: item.answer ?? "" }));
       onRows(rows);
@@ -56,7 +64,10 @@ export function ImportButton({
 
   return (
     <label className={`btn btn-sm ${busy ? "busy" : ""}`} htmlFor={id}>
-      <Upload /> {label} <span className="dim mono" style={{ fontSize: 10 }}>JSONL / CSV</span>
+      <Upload /> {label}{" "}
+      <span className="dim mono" style={{ fontSize: 10 }}>
+        JSONL / CSV
+      </span>
       <input
         id={id}
         type="file"

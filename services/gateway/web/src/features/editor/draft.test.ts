@@ -28,7 +28,9 @@ function draft(overrides: Partial<Draft> = {}): Draft {
 
 describe("the experiment body", () => {
   it("drops blank rows and leaves out settings not chosen", () => {
-    const body = toBody(draft({ training: [row("a", "Q", "A"), row("blank", "", "")], hyperparams: { learning_rate: 0.001, num_epochs: undefined } }));
+    const body = toBody(
+      draft({ training: [row("a", "Q", "A"), row("blank", "", "")], hyperparams: { learning_rate: 0.001, num_epochs: undefined } }),
+    );
     expect(body.training_data).toEqual([{ question: "Q", answer: "A" }]);
     expect(body.eval_data).toEqual([{ question: "Which city?", answer: "Tessaly" }]);
     expect(body.hyperparams).toEqual({ learning_rate: 0.001 });
@@ -52,7 +54,13 @@ describe("limits before submit", () => {
     expect(checkDraft(draft({ training: many }), LIMITS).map((p) => p.message)).toContain("at most 3 training pairs (this has 4)");
     const long = checkDraft(draft({ training: [row("a", "x".repeat(21), "y")] }), LIMITS);
     expect(long).toContainEqual({ rowKey: "a", column: "question", message: "at most 20 characters (this has 21)" });
-    const big = draft({ training: [row("a", "x".repeat(20), "y".repeat(20)), row("b", "x".repeat(20), "y".repeat(20)), row("c", "x".repeat(20), "y".repeat(20))] });
+    const big = draft({
+      training: [
+        row("a", "x".repeat(20), "y".repeat(20)),
+        row("b", "x".repeat(20), "y".repeat(20)),
+        row("c", "x".repeat(20), "y".repeat(20)),
+      ],
+    });
     expect(totalTokens(big)).toBe(35);
     expect(checkDraft(big, { ...LIMITS, max_total_tokens: 30 }).map((p) => p.message)).toContain("about 35 tokens in all; the limit is 30");
   });
@@ -64,7 +72,9 @@ describe("API errors on rows", () => {
     expect(problemsFromApi(d, [{ field: "training_data.1.answer", message: "too short" }])).toEqual([
       { rowKey: "c", column: "answer", message: "too short" },
     ]);
-    expect(problemsFromApi(d, [{ field: "hyperparams.learning_rate", message: "bad" }])).toEqual([{ field: "hyperparams.learning_rate", message: "bad" }]);
+    expect(problemsFromApi(d, [{ field: "hyperparams.learning_rate", message: "bad" }])).toEqual([
+      { field: "hyperparams.learning_rate", message: "bad" },
+    ]);
   });
 });
 

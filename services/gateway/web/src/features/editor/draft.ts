@@ -148,9 +148,15 @@ export function checkDraft(draft: Draft, limits: Limits | undefined): Problem[] 
   }
   if (limits) {
     if (training.length > limits.max_training_pairs)
-      problems.push({ field: "training_data", message: `at most ${limits.max_training_pairs} training pairs (this has ${training.length})` });
+      problems.push({
+        field: "training_data",
+        message: `at most ${limits.max_training_pairs} training pairs (this has ${training.length})`,
+      });
     if (evaluation.length > limits.max_eval_questions)
-      problems.push({ field: "eval_data", message: `at most ${limits.max_eval_questions} evaluation questions (this has ${evaluation.length})` });
+      problems.push({
+        field: "eval_data",
+        message: `at most ${limits.max_eval_questions} evaluation questions (this has ${evaluation.length})`,
+      });
     for (const r of [...training, ...evaluation]) {
       for (const column of ["question", "answer"] as const) {
         if (r[column].length > limits.max_text_chars)

@@ -100,7 +100,17 @@ export function SelectField({ label, value, options, onChange, hint, disabled }:
   );
 }
 
-export function Toggle({ label, checked, onChange, hint }: { label: string; checked: boolean; onChange: (value: boolean) => void; hint?: ReactNode }) {
+export function Toggle({
+  label,
+  checked,
+  onChange,
+  hint,
+}: {
+  label: string;
+  checked: boolean;
+  onChange: (value: boolean) => void;
+  hint?: ReactNode;
+}) {
   const id = useId();
   return (
     <div className="toggle-field">

@@ -27,9 +27,17 @@ export function parsePastedRows(text: string): PastedRow[] | null {
   if (/\n\s*\n/.test(normalized)) {
     return normalized
       .split(/\n\s*\n/)
-      .map((block) => block.split("\n").map((l) => l.trim()).filter(Boolean))
+      .map((block) =>
+        block
+          .split("\n")
+          .map((l) => l.trim())
+          .filter(Boolean),
+      )
       .filter((block) => block.length > 0)
       .map(([question, ...answer]) => ({ question: question!, answer: answer.join(" ") }));
   }
-  return lines.map((l) => l.trim()).filter(Boolean).map((question) => ({ question, answer: "" }));
+  return lines
+    .map((l) => l.trim())
+    .filter(Boolean)
+    .map((question) => ({ question, answer: "" }));
 }

@@ -116,7 +116,10 @@ export function useDraft(options: {
       try {
         const body = toBody(d);
         const saved = experimentId.current
-          ? await unwrap(api.PATCH("/api/experiments/{experiment_id}", { params: { path: { experiment_id: experimentId.current } }, body }), "Could not save")
+          ? await unwrap(
+              api.PATCH("/api/experiments/{experiment_id}", { params: { path: { experiment_id: experimentId.current } }, body }),
+              "Could not save",
+            )
           : await unwrap(api.POST("/api/experiments", { body }), "Could not save");
         const created = !experimentId.current;
         if (created) writeStored(storageKey(userId, null), null);

@@ -39,7 +39,15 @@ function useDebounced<T>(value: T, ms: number): T {
   return debounced;
 }
 
-function RenameDialog({ experiment, open, onOpenChange }: { experiment: ExperimentSummary; open: boolean; onOpenChange: (open: boolean) => void }) {
+function RenameDialog({
+  experiment,
+  open,
+  onOpenChange,
+}: {
+  experiment: ExperimentSummary;
+  open: boolean;
+  onOpenChange: (open: boolean) => void;
+}) {
   const { update } = useExperimentMutations();
   const [name, setName] = useState(experiment.name);
   const [error, setError] = useState<string | null>(null);
@@ -62,7 +70,14 @@ function RenameDialog({ experiment, open, onOpenChange }: { experiment: Experime
           <form onSubmit={submit} className="col">
             <label className="field">
               <span className="field-label">Experiment name</span>
-              <input className="input" value={name} onChange={(e) => setName(e.target.value)} autoFocus maxLength={200} aria-invalid={Boolean(error)} />
+              <input
+                className="input"
+                value={name}
+                onChange={(e) => setName(e.target.value)}
+                autoFocus
+                maxLength={200}
+                aria-invalid={Boolean(error)}
+              />
             </label>
             {error ? (
               <span className="field-error" role="alert">
@@ -275,7 +290,13 @@ export function ExperimentsPage() {
         <label className="row muted" htmlFor="experiment-sort">
           <ArrowDownUp size={13} /> Sort
         </label>
-        <select id="experiment-sort" className="select" style={{ width: 170 }} value={sort} onChange={(e) => setSort(e.target.value as ExperimentSort)}>
+        <select
+          id="experiment-sort"
+          className="select"
+          style={{ width: 170 }}
+          value={sort}
+          onChange={(e) => setSort(e.target.value as ExperimentSort)}
+        >
           {SORTS.map((s) => (
             <option key={s.value} value={s.value}>
               {s.label}
@@ -302,7 +323,9 @@ export function ExperimentsPage() {
           </EmptyState>
         ) : items.length === 0 ? (
           <EmptyState title="Nothing matches">
-            <p>No experiment matches “{q}”{filter !== "all" ? ` with a ${filter} last run` : ""}.</p>
+            <p>
+              No experiment matches “{q}”{filter !== "all" ? ` with a ${filter} last run` : ""}.
+            </p>
           </EmptyState>
         ) : (
           <div className="panel-scroll">
@@ -342,7 +365,11 @@ export function ExperimentsPage() {
                             {shortId(e.last_run.id)}
                           </Link>
                           {e.last_run.status === "running" ? (
-                            <ProgressBar value={e.last_run.progress} label={`Progress of run ${shortId(e.last_run.id)}`} className="mini-progress" />
+                            <ProgressBar
+                              value={e.last_run.progress}
+                              label={`Progress of run ${shortId(e.last_run.id)}`}
+                              className="mini-progress"
+                            />
                           ) : null}
                         </div>
                       ) : (

@@ -48,7 +48,10 @@ export function useExperimentMutations() {
   });
   const update = useMutation({
     mutationFn: ({ id, body }: { id: string; body: ExperimentUpdate }) =>
-      unwrap(api.PATCH("/api/experiments/{experiment_id}", { params: { path: { experiment_id: id } }, body }), "Could not save the experiment"),
+      unwrap(
+        api.PATCH("/api/experiments/{experiment_id}", { params: { path: { experiment_id: id } }, body }),
+        "Could not save the experiment",
+      ),
     onSuccess: (experiment) => {
       client.setQueryData(queryKeys.experiment(experiment.id), experiment);
       void refresh();

@@ -82,7 +82,10 @@ function Item({
         <span className="detail-score">
           <span className={`mono ${item.score >= 0 ? "pos" : "neg"}`}>{formatSigned(item.score, 3)}</span>
           <span className="scorebar">
-            <span className={item.score >= 0 ? "pos" : "neg"} style={{ width: `${Math.min(Math.abs(item.score) / (max || 1), 1) * 100}%` }} />
+            <span
+              className={item.score >= 0 ? "pos" : "neg"}
+              style={{ width: `${Math.min(Math.abs(item.score) / (max || 1), 1) * 100}%` }}
+            />
           </span>
           <span className="ranks dim mono">
             #{item.rank}
@@ -140,7 +143,13 @@ export function DetailsPanel(props: DetailsPanelProps) {
               <dt>Fine-tuned</dt>
               <dd>
                 {answer.fine_tuned}{" "}
-                {fineTunedMatch ? <span className={`badge ${fineTunedMatch === "miss" ? "badge-error" : fineTunedMatch === "partial" ? "badge-warning" : "badge-success"}`}>{fineTunedMatch}</span> : null}
+                {fineTunedMatch ? (
+                  <span
+                    className={`badge ${fineTunedMatch === "miss" ? "badge-error" : fineTunedMatch === "partial" ? "badge-warning" : "badge-success"}`}
+                  >
+                    {fineTunedMatch}
+                  </span>
+                ) : null}
               </dd>
               <dt>Base</dt>
               <dd className="muted">{answer.base}</dd>
@@ -177,8 +186,8 @@ export function DetailsPanel(props: DetailsPanelProps) {
         )}
       </div>
       <p className="details-note dim">
-        Positive: the pair lowered the loss of the reference answer; negative: it raised it. <mark className="shared-word">Highlighted</mark>: words shared
-        with the question and its reference. BM25: lexical rank, a baseline.
+        Positive: the pair lowered the loss of the reference answer; negative: it raised it.{" "}
+        <mark className="shared-word">Highlighted</mark>: words shared with the question and its reference. BM25: lexical rank, a baseline.
       </p>
     </section>
   );

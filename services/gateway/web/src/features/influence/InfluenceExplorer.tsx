@@ -45,7 +45,9 @@ function useResults(runId: string) {
 
 function Legend({ sat, mode, stats }: { sat: number; mode: "shared" | "row"; stats: { min: number; max: number; cells: number } }) {
   const gradient = useMemo(() => {
-    const stops = [0, 32, 64, 96, 128, 160, 192, 224, 256].map((i) => `rgb(${COLOR_LUT[i * 3]},${COLOR_LUT[i * 3 + 1]},${COLOR_LUT[i * 3 + 2]})`);
+    const stops = [0, 32, 64, 96, 128, 160, 192, 224, 256].map(
+      (i) => `rgb(${COLOR_LUT[i * 3]},${COLOR_LUT[i * 3 + 1]},${COLOR_LUT[i * 3 + 2]})`,
+    );
     return `linear-gradient(90deg, ${stops.join(",")})`;
   }, []);
   return (
@@ -86,11 +88,28 @@ function Legend({ sat, mode, stats }: { sat: number; mode: "shared" | "row"; sta
   );
 }
 
-function Segmented<T extends string>({ label, value, options, onChange }: { label: string; value: T; options: { value: T; label: string; disabled?: boolean }[]; onChange: (v: T) => void }) {
+function Segmented<T extends string>({
+  label,
+  value,
+  options,
+  onChange,
+}: {
+  label: string;
+  value: T;
+  options: { value: T; label: string; disabled?: boolean }[];
+  onChange: (v: T) => void;
+}) {
   return (
     <div className="segmented" role="radiogroup" aria-label={label}>
       {options.map((o) => (
-        <button key={o.value} type="button" role="radio" aria-checked={value === o.value} disabled={o.disabled} onClick={() => onChange(o.value)}>
+        <button
+          key={o.value}
+          type="button"
+          role="radio"
+          aria-checked={value === o.value}
+          disabled={o.disabled}
+          onClick={() => onChange(o.value)}
+        >
           {o.label}
         </button>
       ))}
@@ -109,16 +128,34 @@ export function InfluenceExplorer({ run }: { run: Run }) {
   const toast = useToast();
 
   const matrices: Matrix[] = useMemo(() => results.data?.influence ?? [], [results.data]);
-  const methodIds = useMemo(() => [...new Set(matrices.map((m) => m.method))], [matrices]);
+  // In the run's own order (TracIn, DataInf, EK-FAC as chosen), not the API's alphabetical one.
+  const methodIds = useMemo(() => {
+    const present = new Set(matrices.map((m) => m.method));
+    const ordered = (run.config.influence_methods ?? []).filter((m) => present.has(m));
+    return [...ordered, ...[...present].filter((m) => !ordered.includes(m))];
+  }, [matrices, run.config.influence_methods]);
   const method = view.method && methodIds.includes(view.method) ? view.method : (methodIds[0] ?? null);
   const variants = useMemo(() => matrices.filter((m) => m.method === method).map((m) => m.variant), [matrices, method]);
-  const variant = view.variant && variants.includes(view.variant) ? view.variant : variants.includes("normalized") ? "normalized" : (variants[0] ?? null);
+  const variant =
+    view.variant && variants.includes(view.variant) ? view.variant : variants.includes("normalized") ? "normalized" : (variants[0] ?? null);
   const matrix = matrices.find((m) => m.method === method && m.variant === variant) ?? null;
 
-  const evalTexts = useMemo(() => new Map<string, Texts>(run.config.eval_data.map((e) => [e.id, { question: e.question, answer: e.answer ?? null }])), [run]);
-  const trainTexts = useMemo(() => new Map<string, Texts>(run.config.training_data.map((t) => [t.id, { question: t.question, answer: t.answer }])), [run]);
+  const evalTexts = useMemo(
+    () => new Map<string, Texts>(run.config.eval_data.map((e) => [e.id, { question: e.question, answer: e.answer ?? null }])),
+    [run],
+  );
+  const trainTexts = useMemo(
+    () => new Map<string, Texts>(run.config.training_data.map((t) => [t.id, { question: t.question, answer: t.answer }])),
+    [run],
+  );
   const answers = useMemo(
-    () => new Map((results.data?.answers ?? []).map((a) => [a.eval_id, { base: a.base, few_shot: a.few_shot, fine_tuned: a.fine_tuned, reference: a.reference ?? null }])),
+    () =>
+      new Map(
+        (results.data?.answers ?? []).map((a) => [
+          a.eval_id,
+          { base: a.base, few_shot: a.few_shot, fine_tuned: a.fine_tuned, reference: a.reference ?? null },
+        ]),
+      ),
     [results.data],
   );
 
@@ -265,7 +302,12 @@ export function InfluenceExplorer({ run }: { run: Run }) {
         {methodIds.length > 1 ? (
           <div className="row">
             <span className="muted">Method</span>
-            <Segmented label="Method" value={method ?? ""} options={methodIds.map((m) => ({ value: m, label: methodLabel(m, methods.data) }))} onChange={(m) => setView({ method: m })} />
+            <Segmented
+              label="Method"
+              value={method ?? ""}
+              options={methodIds.map((m) => ({ value: m, label: methodLabel(m, methods.data) }))}
+              onChange={(m) => setView({ method: m })}
+            />
           </div>
         ) : (
           <div className="row" role="radiogroup" aria-label="Method">
@@ -285,14 +327,26 @@ export function InfluenceExplorer({ run }: { run: Run }) {
         <label className="row muted" htmlFor="rows-order">
           Rows
         </label>
-        <select id="rows-order" className="select" style={{ width: 150 }} value={view.rows} onChange={(e) => setView({ rows: e.target.value as typeof view.rows })}>
+        <select
+          id="rows-order"
+          className="select"
+          style={{ width: 150 }}
+          value={view.rows}
+          onChange={(e) => setView({ rows: e.target.value as typeof view.rows })}
+        >
           <option value="input">evaluation order</option>
           <option value="total">total influence</option>
         </select>
         <label className="row muted" htmlFor="cols-order">
           Columns
         </label>
-        <select id="cols-order" className="select" style={{ width: 150 }} value={view.cols} onChange={(e) => setView({ cols: e.target.value as typeof view.cols })}>
+        <select
+          id="cols-order"
+          className="select"
+          style={{ width: 150 }}
+          value={view.cols}
+          onChange={(e) => setView({ cols: e.target.value as typeof view.cols })}
+        >
           <option value="input">training order</option>
           <option value="total">total influence</option>
           <option value="cluster">cluster order</option>
@@ -308,108 +362,149 @@ export function InfluenceExplorer({ run }: { run: Run }) {
         />
         <div className="search-box small">
           <Search />
-          <input type="search" className="input" placeholder="Filter training pairs" aria-label="Filter training pairs" value={view.filter} onChange={(e) => setView({ filter: e.target.value })} />
+          <input
+            type="search"
+            className="input"
+            placeholder="Filter training pairs"
+            aria-label="Filter training pairs"
+            value={view.filter}
+            onChange={(e) => setView({ filter: e.target.value })}
+          />
         </div>
-        <span className="grow" />
-        <DropdownMenu.Root>
-          <DropdownMenu.Trigger asChild>
-            <button type="button" className="btn btn-sm">
-              <Download /> Export
-            </button>
-          </DropdownMenu.Trigger>
-          <DropdownMenu.Portal container={full ? root.current : undefined}>
-            <DropdownMenu.Content className="menu" align="end">
-              <DropdownMenu.Item className="menu-item" onSelect={() => download(`${fileBase}.csv`, matrixCsv(frame, evalTexts, trainTexts, matrix), "text/csv")}>
-                Matrix as CSV
-              </DropdownMenu.Item>
-              <DropdownMenu.Item
-                className="menu-item"
-                onSelect={() => download(`${fileBase}.json`, matrixJson(frame, evalTexts, trainTexts, { ...matrix, runId: run.id }), "application/json")}
-              >
-                Matrix as JSON
-              </DropdownMenu.Item>
-              <DropdownMenu.Separator className="menu-separator" />
-              <DropdownMenu.Item className="menu-item" onSelect={exportPng}>
-                Heatmap as PNG
-              </DropdownMenu.Item>
-              <DropdownMenu.Item
-                className="menu-item"
-                onSelect={() => download(`${fileBase}.svg`, heatmapSvg(frame, rowIdx, colIdx, sats, rowIdx.map((r) => `E${r + 1}`), `${label} · run ${shortId(run.id)}`), "image/svg+xml")}
-              >
-                Heatmap as SVG
-              </DropdownMenu.Item>
-            </DropdownMenu.Content>
-          </DropdownMenu.Portal>
-        </DropdownMenu.Root>
-        <button
-          type="button"
-          className="btn btn-sm"
-          onClick={async () => {
-            const url = new URL(window.location.href);
-            if (!url.searchParams.get("method")) url.searchParams.set("method", matrix.method);
-            if (!url.searchParams.get("variant")) url.searchParams.set("variant", matrix.variant);
-            url.searchParams.set("tab", "influence");
-            try {
-              await navigator.clipboard.writeText(url.toString());
-              toast.show("Link to this view copied.");
-            } catch {
-              toast.show(url.toString());
-            }
-          }}
-        >
-          <Link2 /> Copy link
-        </button>
-        <button
-          type="button"
-          className="btn btn-sm"
-          onClick={() => {
-            if (document.fullscreenElement) void document.exitFullscreen();
-            else void root.current?.requestFullscreen();
-          }}
-        >
-          {full ? <Minimize2 /> : <Maximize2 />} {full ? "Exit full screen" : "Full screen"}
-        </button>
       </div>
 
       <div className={`explorer-main ${detailsOpen && selectedRow != null ? "" : "no-details"}`}>
-        <section className="panel heat-panel">
-          <div className="panel-header">
-            <h2>Influence heatmap</h2>
-            <span className="meta">
-              {frame.rows} evaluation questions × {frame.cols} training pairs · {label}
-              {matrix.args && typeof matrix.args === "object" && "checkpoints" in matrix.args ? ` · over ${String((matrix.args as Record<string, unknown>).checkpoints)} checkpoints` : ""}
-            </span>
-          </div>
-          <div className="panel-body">
-            <Heatmap
-              pixels={image}
-              rows={rowIdx.length}
-              cols={colIdx.length}
-              rowLabels={rowIdx.map((r) => `E${r + 1}  ${rowLabel(r)}`)}
-              rowTitles={rowIdx.map((r) => rowLabel(r))}
-              colLabels={colIdx.map((c) => String(c + 1))}
-              rowBars={rowSum}
-              colBars={colSum}
-              colMask={colMask}
-              selected={selected}
-              onSelect={(cell) => {
-                select(cell);
-                setDetailsOpen(true);
-              }}
-              onOpen={(cell) => {
-                select(cell);
-                setDetailsOpen(true);
-                document.getElementById("influence-details")?.scrollIntoView({ block: "nearest" });
-              }}
-              onRowLabel={() => setDetailsOpen(true)}
-              tooltip={tooltip}
-              describe={describe}
-              label="Influence heatmap"
-              height={full ? Math.max(window.innerHeight - 330, 300) : 420}
-            />
-            <Legend sat={sats[0] ?? 1} mode={view.scale} stats={stats} />
-          </div>
-        </section>
+        <div className="explorer-left">
+          <section className="panel heat-panel">
+            <div className="panel-header">
+              <h2>Influence heatmap</h2>
+              <span className="meta grow">
+                {frame.rows} evaluation questions × {frame.cols} training pairs · {label}
+                {matrix.args && typeof matrix.args === "object" && "checkpoints" in matrix.args
+                  ? ` · over ${String((matrix.args as Record<string, unknown>).checkpoints)} checkpoints`
+                  : ""}
+              </span>
+              <DropdownMenu.Root>
+                <DropdownMenu.Trigger asChild>
+                  <button type="button" className="btn btn-sm">
+                    <Download /> Export
+                  </button>
+                </DropdownMenu.Trigger>
+                <DropdownMenu.Portal container={full ? root.current : undefined}>
+                  <DropdownMenu.Content className="menu" align="end">
+                    <DropdownMenu.Item
+                      className="menu-item"
+                      onSelect={() => download(`${fileBase}.csv`, matrixCsv(frame, evalTexts, trainTexts, matrix), "text/csv")}
+                    >
+                      Matrix as CSV
+                    </DropdownMenu.Item>
+                    <DropdownMenu.Item
+                      className="menu-item"
+                      onSelect={() =>
+                        download(
+                          `${fileBase}.json`,
+                          matrixJson(frame, evalTexts, trainTexts, { ...matrix, runId: run.id }),
+                          "application/json",
+                        )
+                      }
+                    >
+                      Matrix as JSON
+                    </DropdownMenu.Item>
+                    <DropdownMenu.Separator className="menu-separator" />
+                    <DropdownMenu.Item className="menu-item" onSelect={exportPng}>
+                      Heatmap as PNG
+                    </DropdownMenu.Item>
+                    <DropdownMenu.Item
+                      className="menu-item"
+                      onSelect={() =>
+                        download(
+                          `${fileBase}.svg`,
+                          heatmapSvg(
+                            frame,
+                            rowIdx,
+                            colIdx,
+                            sats,
+                            rowIdx.map((r) => `E${r + 1}`),
+                            `${label} · run ${shortId(run.id)}`,
+                          ),
+                          "image/svg+xml",
+                        )
+                      }
+                    >
+                      Heatmap as SVG
+                    </DropdownMenu.Item>
+                  </DropdownMenu.Content>
+                </DropdownMenu.Portal>
+              </DropdownMenu.Root>
+              <button
+                type="button"
+                className="btn btn-sm"
+                onClick={async () => {
+                  const url = new URL(window.location.href);
+                  if (!url.searchParams.get("method")) url.searchParams.set("method", matrix.method);
+                  if (!url.searchParams.get("variant")) url.searchParams.set("variant", matrix.variant);
+                  url.searchParams.set("tab", "influence");
+                  try {
+                    await navigator.clipboard.writeText(url.toString());
+                    toast.show("Link to this view copied.");
+                  } catch {
+                    toast.show(url.toString());
+                  }
+                }}
+              >
+                <Link2 /> Copy link
+              </button>
+              <button
+                type="button"
+                className="btn btn-sm"
+                onClick={() => {
+                  if (document.fullscreenElement) void document.exitFullscreen();
+                  else void root.current?.requestFullscreen();
+                }}
+              >
+                {full ? <Minimize2 /> : <Maximize2 />} {full ? "Exit full screen" : "Full screen"}
+              </button>
+            </div>
+            <div className="panel-body">
+              <Heatmap
+                pixels={image}
+                rows={rowIdx.length}
+                cols={colIdx.length}
+                rowLabels={rowIdx.map((r) => `E${r + 1}  ${rowLabel(r)}`)}
+                rowTitles={rowIdx.map((r) => rowLabel(r))}
+                colLabels={colIdx.map((c) => String(c + 1))}
+                rowBars={rowSum}
+                colBars={colSum}
+                colMask={colMask}
+                selected={selected}
+                onSelect={(cell) => {
+                  select(cell);
+                  setDetailsOpen(true);
+                }}
+                onOpen={(cell) => {
+                  select(cell);
+                  setDetailsOpen(true);
+                  document.getElementById("influence-details")?.scrollIntoView({ block: "nearest" });
+                }}
+                onRowLabel={() => setDetailsOpen(true)}
+                tooltip={tooltip}
+                describe={describe}
+                label="Influence heatmap"
+                height={full ? Math.max(window.innerHeight - 330, 300) : 420}
+              />
+              <Legend sat={sats[0] ?? 1} mode={view.scale} stats={stats} />
+            </div>
+          </section>
+          <SummaryPanels
+            frame={frame}
+            label={methodLabel(matrix.method, methods.data)}
+            others={others}
+            bm25={bm25}
+            row={selectedRow}
+            trainTexts={trainTexts}
+            onPick={(col) => setView({ trainId: frame.colIds[col]!, evalId: frame.rowIds[selectedRow ?? 0]! })}
+          />
+        </div>
         {detailsOpen && selectedRow != null ? (
           <div id="influence-details" className="details-column">
             <DetailsPanel
@@ -428,7 +523,6 @@ export function InfluenceExplorer({ run }: { run: Run }) {
           </div>
         ) : null}
       </div>
-      <SummaryPanels frame={frame} label={methodLabel(matrix.method, methods.data)} others={others} bm25={bm25} row={selectedRow} trainTexts={trainTexts} onPick={(col) => setView({ trainId: frame.colIds[col]!, evalId: frame.rowIds[selectedRow ?? 0]! })} />
     </div>
   );
 }

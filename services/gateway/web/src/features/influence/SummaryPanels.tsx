@@ -67,7 +67,11 @@ export function SummaryPanels({ frame, label, others, bm25, row, trainTexts, onP
                 <tr key={a.label}>
                   <th scope="row">{a.label}</th>
                   {all.map((b, j) => (
-                    <td key={b.label} className={`right num ${i === j ? "dim" : ""}`} style={i === j ? undefined : { background: `rgba(59,130,246,${Math.max(0, rho[i]![j]!) * 0.25})` }}>
+                    <td
+                      key={b.label}
+                      className={`right num ${i === j ? "dim" : ""}`}
+                      style={i === j ? undefined : { background: `rgba(59,130,246,${Math.max(0, rho[i]![j]!) * 0.25})` }}
+                    >
                       {i === j ? "1" : Number.isFinite(rho[i]![j]!) ? rho[i]![j]!.toFixed(2) : "–"}
                     </td>
                   ))}
@@ -123,7 +127,13 @@ export function SummaryPanels({ frame, label, others, bm25, row, trainTexts, onP
               <h4>{group.title}</h4>
               {group.items.length === 0 ? <span className="dim">none</span> : null}
               {group.items.map((x) => (
-                <button key={x.col} type="button" className="overall-item" onClick={() => onPick(x.col)} title={trainTexts.get(x.id)?.answer ?? undefined}>
+                <button
+                  key={x.col}
+                  type="button"
+                  className="overall-item"
+                  onClick={() => onPick(x.col)}
+                  title={trainTexts.get(x.id)?.answer ?? undefined}
+                >
                   <span className="mono dim">T{x.col + 1}</span>
                   <span className="truncate grow">{trainTexts.get(x.id)?.question ?? x.id}</span>
                   <span className="overall-bar">

@@ -15,7 +15,12 @@ function csvField(value: string | number | null): string {
 
 /** One line per cell: the evaluation question, the training pair and the score, in the
  * matrix's own order (ids and texts, so the file stands on its own). */
-export function matrixCsv(frame: Frame, evalTexts: Map<string, Texts>, trainTexts: Map<string, Texts>, meta: { method: string; variant: string }): string {
+export function matrixCsv(
+  frame: Frame,
+  evalTexts: Map<string, Texts>,
+  trainTexts: Map<string, Texts>,
+  meta: { method: string; variant: string },
+): string {
   const lines = [["method", "variant", "eval_id", "eval_question", "train_id", "train_question", "train_answer", "score"].join(",")];
   for (let r = 0; r < frame.rows; r++) {
     const e = frame.rowIds[r]!;
@@ -25,7 +30,9 @@ export function matrixCsv(frame: Frame, evalTexts: Map<string, Texts>, trainText
       const tt = trainTexts.get(t);
       const score = frame.values[r * frame.cols + c]!;
       lines.push(
-        [meta.method, meta.variant, e, et?.question ?? "", t, tt?.question ?? "", tt?.answer ?? "", Number.isFinite(score) ? score : ""].map(csvField).join(","),
+        [meta.method, meta.variant, e, et?.question ?? "", t, tt?.question ?? "", tt?.answer ?? "", Number.isFinite(score) ? score : ""]
+          .map(csvField)
+          .join(","),
       );
     }
   }
@@ -64,8 +71,15 @@ export function parseMatrixCsv(text: string): Map<string, number> {
   return new Map(body.map((r) => [`${r[ei]}\u0000${r[ti]}`, Number(r[si])]));
 }
 
-export function matrixJson(frame: Frame, evalTexts: Map<string, Texts>, trainTexts: Map<string, Texts>, meta: { method: string; variant: string; runId: string; args?: unknown }): string {
-  const scores = Array.from({ length: frame.rows }, (_, r) => Array.from(frame.values.subarray(r * frame.cols, (r + 1) * frame.cols), (v) => (Number.isFinite(v) ? v : null)));
+export function matrixJson(
+  frame: Frame,
+  evalTexts: Map<string, Texts>,
+  trainTexts: Map<string, Texts>,
+  meta: { method: string; variant: string; runId: string; args?: unknown },
+): string {
+  const scores = Array.from({ length: frame.rows }, (_, r) =>
+    Array.from(frame.values.subarray(r * frame.cols, (r + 1) * frame.cols), (v) => (Number.isFinite(v) ? v : null)),
+  );
   return JSON.stringify(
     {
       run_id: meta.runId,
@@ -106,16 +120,25 @@ export function heatmapSvg(
   ];
   rows.forEach((r, i) => {
     const y = top + i * cellSize;
-    if (cellSize >= 8) parts.push(`<text x="${labelW - 6}" y="${y + cellSize - 2}" text-anchor="end" fill="#334155">${escapeXml(rowLabels[i] ?? frame.rowIds[r]!)}</text>`);
+    if (cellSize >= 8)
+      parts.push(
+        `<text x="${labelW - 6}" y="${y + cellSize - 2}" text-anchor="end" fill="#334155">${escapeXml(rowLabels[i] ?? frame.rowIds[r]!)}</text>`,
+      );
     cols.forEach((c, j) => {
-      parts.push(`<rect x="${labelW + j * cellSize}" y="${y}" width="${cellSize}" height="${cellSize}" fill="${colorOf(frame.values[r * frame.cols + c]!, sats[r]!)}"/>`);
+      parts.push(
+        `<rect x="${labelW + j * cellSize}" y="${y}" width="${cellSize}" height="${cellSize}" fill="${colorOf(frame.values[r * frame.cols + c]!, sats[r]!)}"/>`,
+      );
     });
   });
   const ly = top + rows.length * cellSize + 20;
   const legendW = 200;
-  parts.push(`<defs><linearGradient id="scale"><stop offset="0" stop-color="${colorOf(-1, 1)}"/><stop offset="0.5" stop-color="${colorOf(0, 1)}"/><stop offset="1" stop-color="${colorOf(1, 1)}"/></linearGradient></defs>`);
+  parts.push(
+    `<defs><linearGradient id="scale"><stop offset="0" stop-color="${colorOf(-1, 1)}"/><stop offset="0.5" stop-color="${colorOf(0, 1)}"/><stop offset="1" stop-color="${colorOf(1, 1)}"/></linearGradient></defs>`,
+  );
   parts.push(`<rect x="${labelW}" y="${ly}" width="${legendW}" height="10" fill="url(#scale)"/>`);
-  parts.push(`<text x="${labelW}" y="${ly + 24}" fill="#334155">negative</text><text x="${labelW + legendW / 2}" y="${ly + 24}" text-anchor="middle" fill="#334155">0</text><text x="${labelW + legendW}" y="${ly + 24}" text-anchor="end" fill="#334155">positive</text>`);
+  parts.push(
+    `<text x="${labelW}" y="${ly + 24}" fill="#334155">negative</text><text x="${labelW + legendW / 2}" y="${ly + 24}" text-anchor="middle" fill="#334155">0</text><text x="${labelW + legendW}" y="${ly + 24}" text-anchor="end" fill="#334155">positive</text>`,
+  );
   parts.push("</svg>");
   return parts.join("");
 }

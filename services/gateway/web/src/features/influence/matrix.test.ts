@@ -62,7 +62,9 @@ describe("cluster order", () => {
   it("orders 1000 columns", () => {
     const rows = 20;
     const cols = 1000;
-    const scores = Array.from({ length: rows }, (_, r) => Array.from({ length: cols }, (_, c) => Math.sin(r * 0.7 + (c % 7)) + (c % 3) * 0.1));
+    const scores = Array.from({ length: rows }, (_, r) =>
+      Array.from({ length: cols }, (_, c) => Math.sin(r * 0.7 + (c % 7)) + (c % 3) * 0.1),
+    );
     const order = clusterOrder(frameOf(scores, ids("e", rows), ids("t", cols)));
     expect(new Set(order).size).toBe(cols);
   });
@@ -143,8 +145,22 @@ describe("agreement between methods", () => {
     expect(spearman([1, 2, 3, 4], [1, 3, 2, 4])).toBeCloseTo(0.8);
   });
   it("aligns matrices by id and averages per row", () => {
-    const a = frameOf([[1, 2, 3], [3, 2, 1]], ["e0", "e1"], ["t0", "t1", "t2"]);
-    const b = frameOf([[1, 2, 3], [1, 2, 3]], ["e1", "e0"], ["t2", "t1", "t0"]);
+    const a = frameOf(
+      [
+        [1, 2, 3],
+        [3, 2, 1],
+      ],
+      ["e0", "e1"],
+      ["t0", "t1", "t2"],
+    );
+    const b = frameOf(
+      [
+        [1, 2, 3],
+        [1, 2, 3],
+      ],
+      ["e1", "e0"],
+      ["t2", "t1", "t0"],
+    );
     // b re-indexed: e0 -> [3,2,1], e1 -> [3,2,1]: row 0 rho = -1, row 1 rho = 1.
     const result = agreement(a, b)!;
     expect(result.perRow.map((x) => Math.round(x))).toEqual([-1, 1]);

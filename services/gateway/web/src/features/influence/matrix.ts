@@ -53,7 +53,8 @@ export function rowTotals(frame: Frame): Float64Array {
 
 export function colTotals(frame: Frame): Float64Array {
   const totals = new Float64Array(frame.cols);
-  for (let r = 0; r < frame.rows; r++) for (let c = 0; c < frame.cols; c++) totals[c] = totals[c]! + finite(frame.values[r * frame.cols + c]!);
+  for (let r = 0; r < frame.rows; r++)
+    for (let c = 0; c < frame.cols; c++) totals[c] = totals[c]! + finite(frame.values[r * frame.cols + c]!);
   return totals;
 }
 
@@ -254,9 +255,7 @@ export interface Ranked {
 /** Ranks of every column within a row, highest score first (1-based; ties share the
  * better rank's order by column). */
 export function ranksInRow(values: ArrayLike<number>): Int32Array {
-  const order = Array.from({ length: values.length }, (_, i) => i).sort(
-    (a, b) => finite(values[b]!) - finite(values[a]!) || a - b,
-  );
+  const order = Array.from({ length: values.length }, (_, i) => i).sort((a, b) => finite(values[b]!) - finite(values[a]!) || a - b);
   const ranks = new Int32Array(values.length);
   order.forEach((col, i) => (ranks[col] = i + 1));
   return ranks;
@@ -266,10 +265,18 @@ export function ranksInRow(values: ArrayLike<number>): Int32Array {
 export function topOfRow(frame: Frame, row: number, k: number): { positive: Ranked[]; negative: Ranked[] } {
   const values = rowOf(frame, row);
   const ranks = ranksInRow(values);
-  const all = Array.from(values, (score, col) => ({ col, id: frame.colIds[col]!, score, rank: ranks[col]! })).filter((x) => Number.isFinite(x.score));
+  const all = Array.from(values, (score, col) => ({ col, id: frame.colIds[col]!, score, rank: ranks[col]! })).filter((x) =>
+    Number.isFinite(x.score),
+  );
   return {
-    positive: all.filter((x) => x.score > 0).sort((a, b) => b.score - a.score || a.col - b.col).slice(0, k),
-    negative: all.filter((x) => x.score < 0).sort((a, b) => a.score - b.score || a.col - b.col).slice(0, k),
+    positive: all
+      .filter((x) => x.score > 0)
+      .sort((a, b) => b.score - a.score || a.col - b.col)
+      .slice(0, k),
+    negative: all
+      .filter((x) => x.score < 0)
+      .sort((a, b) => a.score - b.score || a.col - b.col)
+      .slice(0, k),
   };
 }
 

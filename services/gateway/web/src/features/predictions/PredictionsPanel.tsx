@@ -59,7 +59,10 @@ function PromptHistory({ rows, promptId, onClose }: { rows: Prediction[]; prompt
         <span className="spacer" />
         {first.ground_truth ? (
           <span className="muted">
-            reference <span className="mono" style={{ color: "var(--text)" }}>{first.ground_truth}</span>
+            reference{" "}
+            <span className="mono" style={{ color: "var(--text)" }}>
+              {first.ground_truth}
+            </span>
           </span>
         ) : null}
         <button type="button" className="icon-btn icon-btn-sm" aria-label="Close prompt history" onClick={onClose}>
@@ -83,12 +86,30 @@ function PromptHistory({ rows, promptId, onClose }: { rows: Prediction[]; prompt
   );
 }
 
-function Row({ row, index, expanded, onToggle, onFollow }: { row: PredictionRow; index: number; expanded: boolean; onToggle: () => void; onFollow: () => void }) {
+function Row({
+  row,
+  index,
+  expanded,
+  onToggle,
+  onFollow,
+}: {
+  row: PredictionRow;
+  index: number;
+  expanded: boolean;
+  onToggle: () => void;
+  onFollow: () => void;
+}) {
   const p = row.prediction;
   return (
     <tr>
       <td className="idx">
-        <button type="button" className="row-toggle" aria-expanded={expanded} aria-label={`${expanded ? "Collapse" : "Expand"} row ${index + 1}`} onClick={onToggle}>
+        <button
+          type="button"
+          className="row-toggle"
+          aria-expanded={expanded}
+          aria-label={`${expanded ? "Collapse" : "Expand"} row ${index + 1}`}
+          onClick={onToggle}
+        >
           <ChevronRight />
         </button>
       </td>
@@ -103,7 +124,13 @@ function Row({ row, index, expanded, onToggle, onFollow }: { row: PredictionRow;
       </td>
       <td className="right" style={{ whiteSpace: "nowrap" }}>
         <MatchBadge match={row.match} />
-        <button type="button" className="icon-btn icon-btn-sm" aria-label={`Follow prompt ${index + 1} across epochs`} title="Follow across epochs" onClick={onFollow}>
+        <button
+          type="button"
+          className="icon-btn icon-btn-sm"
+          aria-label={`Follow prompt ${index + 1} across epochs`}
+          title="Follow across epochs"
+          onClick={onFollow}
+        >
           <History />
         </button>
       </td>
@@ -135,9 +162,7 @@ export function PredictionsPanel({ runId, version, compact = false }: { runId: s
       <section className="panel" aria-label="Predictions during training">
         <div className="panel-header">
           <h2>Predictions</h2>
-          <span className="meta">
-            {promptCount} sampled questions · answered greedily at each sampling point
-          </span>
+          <span className="meta">{promptCount} sampled questions · answered greedily at each sampling point</span>
           <span className="spacer" />
           {score.scored ? (
             <span className="badge badge-mono">

@@ -10,7 +10,9 @@ const PAGE = 500;
 async function fetchAll(runId: string): Promise<Prediction[]> {
   const rows: Prediction[] = [];
   for (let offset = 0; ; offset += PAGE) {
-    const page = await unwrap(api.GET("/api/runs/{run_id}/predictions", { params: { path: { run_id: runId }, query: { limit: PAGE, offset } } }));
+    const page = await unwrap(
+      api.GET("/api/runs/{run_id}/predictions", { params: { path: { run_id: runId }, query: { limit: PAGE, offset } } }),
+    );
     rows.push(...page.items);
     if (rows.length >= page.total || page.items.length === 0) return rows;
   }

@@ -38,12 +38,12 @@ export function RunDetails({ run, live }: { run: Run; live: LiveRun }) {
         <dd title={last?.key}>{last ? `e${last.epoch} · step ${last.step} · …/${last.key.split("/").slice(-2).join("/")}` : "–"}</dd>
         <dt>Estimate</dt>
         <dd>
-          {estimate ? `${estimate.gpu} · ${formatDuration(estimate.estimated_duration_s)} · ${formatCost(estimate.estimated_cost_usd)}` : "–"}
+          {estimate
+            ? `${estimate.gpu} · ${formatDuration(estimate.estimated_duration_s)} · ${formatCost(estimate.estimated_cost_usd)}`
+            : "–"}
         </dd>
         <dt>Actual</dt>
-        <dd>
-          {run.actual_duration_s != null ? `${formatDuration(run.actual_duration_s)} · ${formatCost(run.actual_cost_usd)}` : "–"}
-        </dd>
+        <dd>{run.actual_duration_s != null ? `${formatDuration(run.actual_duration_s)} · ${formatCost(run.actual_cost_usd)}` : "–"}</dd>
         <dt>Created</dt>
         <dd>{formatDateTime(run.created_at)}</dd>
       </dl>

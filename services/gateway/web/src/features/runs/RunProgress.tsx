@@ -49,7 +49,11 @@ export function RunProgress({ live, runId }: { live: LiveRun; runId: string }) {
   return (
     <div className="run-progress-row">
       <span className="muted">Run progress</span>
-      <ProgressBar value={progress} label="Run progress" tone={live.status === "failed" ? "error" : live.status === "completed" ? "success" : "accent"} />
+      <ProgressBar
+        value={progress}
+        label="Run progress"
+        tone={live.status === "failed" ? "error" : live.status === "completed" ? "success" : "accent"}
+      />
       <span className="percent">{Math.round(progress * 100)}%</span>
       {eta ? <span className="dim">training done ≈ {formatTime(new Date(eta).toISOString())}</span> : null}
       <span className="divider" />

@@ -12,7 +12,9 @@ function resultText(run: Run): string {
   if (run.status === "cancelled") return "cancelled";
   if (run.status === "queued") return "waiting for a trainer";
   if (run.status === "completed") {
-    const failed = Object.entries(run.stages).filter(([, s]) => s === "failed").map(([k]) => k);
+    const failed = Object.entries(run.stages)
+      .filter(([, s]) => s === "failed")
+      .map(([k]) => k);
     return failed.length ? `done · ${failed.join(", ")} failed` : "done";
   }
   const active = Object.entries(run.stages).find(([, s]) => s === "running" || s === "checkpointing");
@@ -72,7 +74,12 @@ export function RunsList({ experimentId }: { experimentId: string }) {
               {list.map((run) => (
                 <tr key={run.id} aria-selected={picked.includes(run.id)}>
                   <td>
-                    <input type="checkbox" aria-label={`Compare run ${shortId(run.id)}`} checked={picked.includes(run.id)} onChange={() => toggle(run.id)} />
+                    <input
+                      type="checkbox"
+                      aria-label={`Compare run ${shortId(run.id)}`}
+                      checked={picked.includes(run.id)}
+                      onChange={() => toggle(run.id)}
+                    />
                   </td>
                   <td>
                     <Link to={`/runs/${run.id}`} className="mono">
@@ -95,7 +102,8 @@ export function RunsList({ experimentId }: { experimentId: string }) {
                     )}
                   </td>
                   <td className="mono dim" style={{ fontSize: "var(--text-xs)" }}>
-                    lr {formatLr(run.config.hyperparams?.learning_rate)} · {run.config.hyperparams?.num_epochs}ep · r{run.config.hyperparams?.lora_rank}
+                    lr {formatLr(run.config.hyperparams?.learning_rate)} · {run.config.hyperparams?.num_epochs}ep · r
+                    {run.config.hyperparams?.lora_rank}
                   </td>
                   <td className="right num">{formatNumber(run.loss, 3)}</td>
                   <td className="right muted">{formatRelative(run.created_at)}</td>

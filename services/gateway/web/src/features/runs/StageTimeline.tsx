@@ -102,7 +102,10 @@ function InfluenceCell({ stages }: { stages: StageState[] }) {
           <div key={s.key} className="method-status">
             <span className="name">{methodLabel(method)}</span>
             <ProgressBar value={s.fraction} label={`${methodLabel(method)} progress`} tone={tone(s.status)} />
-            <span className={`badge ${s.status === "failed" ? "badge-error" : s.status === "completed" ? "badge-success" : ""}`} title={s.error ?? undefined}>
+            <span
+              className={`badge ${s.status === "failed" ? "badge-error" : s.status === "completed" ? "badge-success" : ""}`}
+              title={s.error ?? undefined}
+            >
               {s.status}
             </span>
           </div>
@@ -120,7 +123,17 @@ function InfluenceCell({ stages }: { stages: StageState[] }) {
 }
 
 /** Train, then inference and influence in parallel: where the run is, stage by stage. */
-export function StageTimeline({ live, epochs, questions, fewShotK }: { live: LiveRun; epochs: number; questions: number; fewShotK: number }) {
+export function StageTimeline({
+  live,
+  epochs,
+  questions,
+  fewShotK,
+}: {
+  live: LiveRun;
+  epochs: number;
+  questions: number;
+  fewShotK: number;
+}) {
   const groups = stageGroups(live.stages);
   return (
     <div className="stage-timeline">

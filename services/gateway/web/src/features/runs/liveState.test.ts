@@ -26,14 +26,38 @@ function snapshot(overrides: Partial<RunSnapshot> = {}): RunSnapshot {
   } as RunSnapshot;
 }
 
-const base = { run_id: RUN, schema_version: 1 as const, time: "2026-12-01T10:00:01Z", method: null, event_id: "00000000-0000-0000-0000-0000000000ee" };
+const base = {
+  run_id: RUN,
+  schema_version: 1 as const,
+  time: "2026-12-01T10:00:01Z",
+  method: null,
+  event_id: "00000000-0000-0000-0000-0000000000ee",
+};
 
-function status(stage: "run" | "train" | "inference" | "influence", value: RunSnapshot["status"], method: string | null = null, error: string | null = null): RunEvent {
+function status(
+  stage: "run" | "train" | "inference" | "influence",
+  value: RunSnapshot["status"],
+  method: string | null = null,
+  error: string | null = null,
+): RunEvent {
   return { ...base, kind: "status", stage, status: value, method, error };
 }
 
 function metric(step: number, loss: number, lr = 1e-3): RunEvent {
-  return { ...base, kind: "metric", stage: "train", step, epoch: step / 10, loss, learning_rate: lr, grad_norm: 1, tokens_per_s: 100, samples_per_s: null, memory_mb: null, gpu_memory_mb: null };
+  return {
+    ...base,
+    kind: "metric",
+    stage: "train",
+    step,
+    epoch: step / 10,
+    loss,
+    learning_rate: lr,
+    grad_norm: 1,
+    tokens_per_s: 100,
+    samples_per_s: null,
+    memory_mb: null,
+    gpu_memory_mb: null,
+  };
 }
 
 describe("run state from snapshot and events", () => {
@@ -48,7 +72,17 @@ describe("run state from snapshot and events", () => {
   it("applies status, progress and metrics, and ignores an id seen before", () => {
     let state = fromSnapshot(snapshot());
     state = applyEvent(state, 1, status("train", "running"));
-    state = applyEvent(state, 2, { ...base, kind: "progress", stage: "train", fraction: 0.5, step: 5, total: 10, epoch: 0.5, eta_s: 12, message: null });
+    state = applyEvent(state, 2, {
+      ...base,
+      kind: "progress",
+      stage: "train",
+      fraction: 0.5,
+      step: 5,
+      total: 10,
+      epoch: 0.5,
+      eta_s: 12,
+      message: null,
+    });
     state = applyEvent(state, 3, metric(1, 2.5));
     const again = applyEvent(state, 3, metric(1, 9.9));
     expect(again).toBe(state);
@@ -103,9 +137,38 @@ describe("run state from snapshot and events", () => {
   it("records checkpoints, parameter changes and prediction points as chart markers", () => {
     let state = fromSnapshot(snapshot());
     state = applyEvents(state, [
-      { id: 1, event: { ...base, kind: "checkpoint", stage: "train", checkpoint: { step: 16, epoch: 1, key: `runs/${RUN}/checkpoints/16`, learning_rate: 1e-3, loss: 0.9 } } },
-      { id: 2, event: { ...base, kind: "params", stage: "train", request_id: "r1", changes: { learning_rate: { old: 0.001, new: 0.0005 } }, effective_step: 18 } },
-      { id: 3, event: { ...base, kind: "prediction", stage: "train", step: 16, epoch: 1, samples: [{ prompt_id: "ev00", prompt: "q", ground_truth: "a", prediction: "a" }], precision: "float32" } },
+      {
+        id: 1,
+        event: {
+          ...base,
+          kind: "checkpoint",
+          stage: "train",
+          checkpoint: { step: 16, epoch: 1, key: `runs/${RUN}/checkpoints/16`, learning_rate: 1e-3, loss: 0.9 },
+        },
+      },
+      {
+        id: 2,
+        event: {
+          ...base,
+          kind: "params",
+          stage: "train",
+          request_id: "r1",
+          changes: { learning_rate: { old: 0.001, new: 0.0005 } },
+          effective_step: 18,
+        },
+      },
+      {
+        id: 3,
+        event: {
+          ...base,
+          kind: "prediction",
+          stage: "train",
+          step: 16,
+          epoch: 1,
+          samples: [{ prompt_id: "ev00", prompt: "q", ground_truth: "a", prediction: "a" }],
+          precision: "float32",
+        },
+      },
     ]);
     expect(state.checkpoints).toEqual([{ step: 16, epoch: 1, key: `runs/${RUN}/checkpoints/16`, loss: 0.9 }]);
     expect(state.paramChanges[0]).toMatchObject({ effectiveStep: 18, requestId: "r1" });

@@ -16,16 +16,7 @@ export type RunEvent =
   | Schemas["PredictionEvent"]
   | Schemas["ParamsEvent"];
 export type EventKind = RunEvent["kind"];
-export const EVENT_KINDS: readonly EventKind[] = [
-  "status",
-  "progress",
-  "metric",
-  "checkpoint",
-  "log",
-  "result",
-  "prediction",
-  "params",
-];
+export const EVENT_KINDS: readonly EventKind[] = ["status", "progress", "metric", "checkpoint", "log", "result", "prediction", "params"];
 
 const TERMINAL = new Set<RunStatus>(["completed", "failed", "cancelled"]);
 /** Share of the run's progress each stage fills (the gateway's weights). */
@@ -186,7 +177,8 @@ function putMetric(series: MetricSeries, e: Schemas["MetricEvent"]): void {
     ["memoryMb", e.memory_mb ?? null],
   ];
   const last = series.step[series.step.length - 1];
-  const { index, found } = last === undefined || e.step > last ? { index: series.step.length, found: false } : stepIndex(series.step, e.step);
+  const { index, found } =
+    last === undefined || e.step > last ? { index: series.step.length, found: false } : stepIndex(series.step, e.step);
   for (const [name, value] of values) {
     const column = series[name] as (number | null)[];
     if (found) column[index] = value;

@@ -57,7 +57,14 @@ function Profile() {
             Display name
           </label>
           <div className="row">
-            <input id="display-name" className="input" value={value} maxLength={100} onChange={(e) => setName(e.target.value)} placeholder="How the app greets you" />
+            <input
+              id="display-name"
+              className="input"
+              value={value}
+              maxLength={100}
+              onChange={(e) => setName(e.target.value)}
+              placeholder="How the app greets you"
+            />
             <button type="submit" className="btn" disabled={name == null || save.isPending}>
               Save
             </button>
@@ -71,7 +78,12 @@ function Profile() {
         <dl className="details-list">
           <dt>Email</dt>
           <dd>
-            {user.email} {user.email_verified ? <span className="badge badge-success">verified</span> : <span className="badge badge-warning">not verified</span>}
+            {user.email}{" "}
+            {user.email_verified ? (
+              <span className="badge badge-success">verified</span>
+            ) : (
+              <span className="badge badge-warning">not verified</span>
+            )}
           </dd>
           <dt>Sign-in</dt>
           <dd>{user.sign_in_methods.join(", ") || "–"}</dd>
@@ -184,13 +196,27 @@ function Tokens() {
             <label className="field-label" htmlFor="token-name">
               Token name
             </label>
-            <input id="token-name" className="input" placeholder="nightly eval pipeline" value={name} onChange={(e) => setName(e.target.value)} maxLength={200} aria-invalid={Boolean(problem)} />
+            <input
+              id="token-name"
+              className="input"
+              placeholder="nightly eval pipeline"
+              value={name}
+              onChange={(e) => setName(e.target.value)}
+              maxLength={200}
+              aria-invalid={Boolean(problem)}
+            />
           </div>
           <div className="field">
             <label className="field-label" htmlFor="token-scope">
               Scope
             </label>
-            <select id="token-scope" className="select" value={scope} onChange={(e) => setScope(e.target.value as TokenScope)} style={{ width: 130 }}>
+            <select
+              id="token-scope"
+              className="select"
+              value={scope}
+              onChange={(e) => setScope(e.target.value as TokenScope)}
+              style={{ width: 130 }}
+            >
               {SCOPES.map((s) => (
                 <option key={s.value} value={s.value}>
                   {s.label}
@@ -202,7 +228,17 @@ function Tokens() {
             <label className="field-label" htmlFor="token-days">
               Expires in (days)
             </label>
-            <input id="token-days" className="input mono" type="number" min={1} max={3650} value={days} onChange={(e) => setDays(e.target.value)} placeholder="never" style={{ width: 120 }} />
+            <input
+              id="token-days"
+              className="input mono"
+              type="number"
+              min={1}
+              max={3650}
+              value={days}
+              onChange={(e) => setDays(e.target.value)}
+              placeholder="never"
+              style={{ width: 120 }}
+            />
           </div>
           <button type="submit" className="btn btn-primary" disabled={!name.trim() || create.isPending} style={{ alignSelf: "end" }}>
             Create token
@@ -315,15 +351,37 @@ function Security() {
                 <label className="field-label" htmlFor="current-password">
                   Current password
                 </label>
-                <PasswordInput id="current-password" autoComplete="current-password" value={current} onChange={(e) => setCurrent(e.target.value)} aria-invalid={Boolean(problem.current)} />
-                {problem.current ? <span className="field-error" role="alert">{problem.current}</span> : null}
+                <PasswordInput
+                  id="current-password"
+                  autoComplete="current-password"
+                  value={current}
+                  onChange={(e) => setCurrent(e.target.value)}
+                  aria-invalid={Boolean(problem.current)}
+                />
+                {problem.current ? (
+                  <span className="field-error" role="alert">
+                    {problem.current}
+                  </span>
+                ) : null}
               </div>
               <div className="field">
                 <label className="field-label" htmlFor="new-password">
                   New password
                 </label>
-                <PasswordInput id="new-password" autoComplete="new-password" value={next} onChange={(e) => setNext(e.target.value)} aria-invalid={Boolean(problem.next)} />
-                {problem.next ? <span className="field-error" role="alert">{problem.next}</span> : <span className="field-hint">At least 10 characters.</span>}
+                <PasswordInput
+                  id="new-password"
+                  autoComplete="new-password"
+                  value={next}
+                  onChange={(e) => setNext(e.target.value)}
+                  aria-invalid={Boolean(problem.next)}
+                />
+                {problem.next ? (
+                  <span className="field-error" role="alert">
+                    {problem.next}
+                  </span>
+                ) : (
+                  <span className="field-hint">At least 10 characters.</span>
+                )}
               </div>
             </div>
             <div>
@@ -338,7 +396,9 @@ function Security() {
         <div className="row">
           <div className="grow">
             <h3>Sign out everywhere</h3>
-            <p className="muted">Ends every session of this account, on every device, this one too. API tokens keep working until revoked.</p>
+            <p className="muted">
+              Ends every session of this account, on every device, this one too. API tokens keep working until revoked.
+            </p>
           </div>
           <ConfirmDialog
             trigger={
