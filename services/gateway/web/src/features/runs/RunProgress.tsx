@@ -18,6 +18,7 @@ export function RunProgress({ live, runId }: { live: LiveRun; runId: string }) {
   const { updateParams } = useRunControl(runId);
   const toast = useToast();
   const [text, setText] = useState("");
+  const [decayText, setDecayText] = useState("");
   const [requestId, setRequestId] = useState<string | null>(null);
   const [problem, setProblem] = useState<string | null>(null);
   const progress = live.status === "completed" ? 1 : overallProgress(live.stages);
@@ -25,22 +26,35 @@ export function RunProgress({ live, runId }: { live: LiveRun; runId: string }) {
   const training = train?.status === "running" || train?.status === "checkpointing";
   const mine = requestId ? live.paramChanges.find((p) => p.requestId === requestId) : undefined;
   const shown = mine ?? live.paramChanges[live.paramChanges.length - 1];
-  const lrChange = shown?.changes.learning_rate;
+  const shownChanges = shown ? Object.entries(shown.changes) : [];
   const eta = !isTerminal(live.status) && train?.etaS != null ? Date.now() + train.etaS * 1000 : null;
 
   async function apply(event: FormEvent) {
     event.preventDefault();
-    const rate = parseRate(text);
-    if (rate == null) {
-      setProblem("a number above 0 and at most 1, e.g. 2e-4");
-      return;
+    const params: { learning_rate?: number; weight_decay?: number } = {};
+    if (text.trim()) {
+      const rate = parseRate(text);
+      if (rate == null) {
+        setProblem("the learning rate is a number above 0 and at most 1, e.g. 2e-4");
+        return;
+      }
+      params.learning_rate = rate;
+    }
+    if (decayText.trim()) {
+      const decay = Number(decayText.trim());
+      if (!Number.isFinite(decay) || decay < 0 || decay > 1) {
+        setProblem("the weight decay is a number from 0 to 1");
+        return;
+      }
+      params.weight_decay = decay;
     }
     setProblem(null);
     try {
-      const accepted = await updateParams.mutateAsync({ learning_rate: rate });
+      const accepted = await updateParams.mutateAsync(params);
       setRequestId(accepted.request_id);
       setText("");
-      toast.show(`Learning rate ${formatLr(rate)} requested; it applies at the next optimizer step.`);
+      setDecayText("");
+      toast.show("Change requested; it applies at the next optimizer step.");
     } catch (e) {
       setProblem(describeError(e));
     }
@@ -72,7 +86,21 @@ export function RunProgress({ live, runId }: { live: LiveRun; runId: string }) {
           aria-invalid={Boolean(problem)}
           aria-describedby={problem ? "new-lr-error" : undefined}
         />
-        <button type="submit" className="btn btn-sm" disabled={!training || !text.trim() || updateParams.isPending}>
+        <label htmlFor="new-wd" className="muted">
+          weight decay
+        </label>
+        <input
+          id="new-wd"
+          className="input mono"
+          style={{ width: 80 }}
+          placeholder="e.g. 0.01"
+          inputMode="decimal"
+          aria-label="New weight decay"
+          value={decayText}
+          onChange={(e) => setDecayText(e.target.value)}
+          disabled={!training}
+        />
+        <button type="submit" className="btn btn-sm" disabled={!training || !(text.trim() || decayText.trim()) || updateParams.isPending}>
           Apply
         </button>
         {problem ? (
@@ -81,9 +109,13 @@ export function RunProgress({ live, runId }: { live: LiveRun; runId: string }) {
           </span>
         ) : requestId && !mine ? (
           <span className="dim">waiting for the next step…</span>
-        ) : shown && lrChange ? (
+        ) : shown && shownChanges.length ? (
           <span className="applied-note" role="status">
-            <Check size={12} /> lr {formatLr(lrChange.old)} → {formatLr(lrChange.new)} applied at step {shown.effectiveStep}
+            <Check size={12} />{" "}
+            {shownChanges
+              .map(([name, c]) => `${name === "learning_rate" ? "lr" : "wd"} ${formatLr(c.old)} → ${formatLr(c.new)}`)
+              .join(", ")}{" "}
+            applied at step {shown.effectiveStep}
           </span>
         ) : null}
       </form>
