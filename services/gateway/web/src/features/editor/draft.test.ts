@@ -10,6 +10,9 @@ const LIMITS = {
   max_request_bytes: 1_000_000,
   max_prediction_samples: 32,
   min_prediction_step_interval: 5,
+  max_active_runs_per_user: 100,
+  max_run_estimated_s: 86_400,
+  max_job_message_bytes: 1_000_000,
 };
 
 function row(key: string, question: string, answer = ""): Row {

@@ -428,6 +428,7 @@ export interface paths {
         /**
          * Start Run
          * @description Queue a run of the experiment: train, then inference and influence in parallel.
+         *     Runs wait in the gateway's queue and go to the trainers in turn, round-robin by user.
          */
         post: operations["start_run"];
         delete?: never;
@@ -2001,12 +2002,18 @@ export interface components {
         };
         /** Limits */
         Limits: {
+            /** Max Active Runs Per User */
+            max_active_runs_per_user: number;
             /** Max Eval Questions */
             max_eval_questions: number;
+            /** Max Job Message Bytes */
+            max_job_message_bytes: number;
             /** Max Prediction Samples */
             max_prediction_samples: number;
             /** Max Request Bytes */
             max_request_bytes: number;
+            /** Max Run Estimated S */
+            max_run_estimated_s: number;
             /** Max Text Chars */
             max_text_chars: number;
             /** Max Total Tokens */
@@ -2620,7 +2627,9 @@ export interface components {
          * ResultEvent
          * @description A stage's result: the train stage's ``training``, the inference stage's ``answers``,
          *     an influence method's ``influence``. Every object-store key in it lies under
-         *     ``runs/{run_id}/``.
+         *     ``runs/{run_id}/``. The inference stage's ``answers`` may come in several result
+         *     events (each under the NATS payload limit), every evaluation question in exactly one;
+         *     the stage's ``completed`` status follows the last.
          */
         ResultEvent: {
             /**
@@ -3658,7 +3667,7 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Invalid request, or a model whose size cannot be told. */
+            /** @description Invalid request, a model this deployment does not allow, or one whose size cannot be told. */
             422: {
                 headers: {
                     [name: string]: unknown;
@@ -3944,7 +3953,10 @@ export interface operations {
     start_run: {
         parameters: {
             query?: never;
-            header?: never;
+            header?: {
+                /** @description Makes a retried request safe: a repeat with the same key (from the same user, for the same experiment) answers with the run the first one started, and starts nothing. */
+                "Idempotency-Key"?: string | null;
+            };
             path: {
                 experiment_id: string;
             };
@@ -3968,17 +3980,15 @@ export interface operations {
                 };
                 content?: never;
             };
-            /** @description Validation Error */
+            /** @description Invalid request: the model is no longer allowed, the experiment is too large for a job message, the estimated training is over INFLAB_MAX_RUN_ESTIMATED_S, or the Idempotency-Key already started a run of another experiment. */
             422: {
                 headers: {
                     [name: string]: unknown;
                 };
-                content: {
-                    "application/json": components["schemas"]["HTTPValidationError"];
-                };
+                content?: never;
             };
-            /** @description The job could not be queued; the run is marked failed. */
-            503: {
+            /** @description The user has INFLAB_MAX_ACTIVE_RUNS_PER_USER runs queued or running. */
+            429: {
                 headers: {
                     [name: string]: unknown;
                 };
