@@ -12,7 +12,7 @@ import time
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import SLOW_MS, TINY_MODEL, api, new_researcher, register, shoot
+from helpers.browser import SLOW_MS, TINY_MODEL, api, new_researcher, register, shoot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

@@ -11,7 +11,7 @@ import re
 import pytest
 from playwright.sync_api import expect
 
-from .conftest import PASSWORD, SLOW_MS, TINY_MODEL, new_researcher, shoot
+from helpers.browser import PASSWORD, SLOW_MS, TINY_MODEL, new_researcher, shoot
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -72,7 +72,7 @@ def test_a_deep_link_asks_to_sign_in_and_an_account_is_verified_by_mail(research
     link = web_stack.mail.wait_for_link(researcher.email, "/verify-email")
     page.goto(link)
     expect(page.get_by_role("navigation", name="Main")).to_be_visible()
-    expect(page.get_by_role("link", name="Dashboard")).to_be_visible()
+    expect(page.get_by_role("navigation", name="Main").get_by_role("link", name="Dashboard")).to_be_visible()
     web_stack.accounts["researcher"] = researcher.email
 
 
@@ -205,9 +205,10 @@ def test_a_run_is_started_and_completes_with_live_progress(researcher, web_stack
 def test_a_long_run_is_steered_reloaded_and_cancelled(researcher, web_stack):
     page = researcher.page
     page.goto(researcher.state["experiment_url"])
-    page.get_by_role("spinbutton", name="Epochs").fill("3000")
+    page.get_by_role("spinbutton", name="Epochs").fill("1000")
+    page.get_by_role("spinbutton", name="Batch size").fill("1")
     page.get_by_role("button", name="Advanced").click()
-    page.get_by_role("spinbutton", name="Checkpoint every (epochs)").fill("500")
+    page.get_by_role("spinbutton", name="Checkpoint every (epochs)").fill("250")
     page.get_by_role("spinbutton", name="Log every (steps)").fill("5")
     page.get_by_role("button", name="Prediction tracking").click()
     page.get_by_role("combobox", name="Sample every").select_option("steps")
@@ -224,14 +225,14 @@ def test_a_long_run_is_steered_reloaded_and_cancelled(researcher, web_stack):
     expect(page.get_by_role("figure", name="Loss chart")).to_contain_text(re.compile(r"[1-9]\d* steps"), timeout=SLOW_MS)
     field.fill("5e-4")
     page.get_by_role("button", name="Apply").click()
-    expect(page.get_by_text(re.compile(r"applied at step \d+"))).to_be_visible(timeout=SLOW_MS)
+    expect(page.locator(".applied-note").filter(has_text=re.compile(r"applied at step \d+"))).to_be_visible(timeout=SLOW_MS)
     shoot(page, "run-live")
 
     # A reload mid-run rebuilds the same state from the snapshot and the event stream.
     steps_before = int(re.search(r"(\d+) steps", page.get_by_role("figure", name="Loss chart").inner_text()).group(1))
     page.reload()
     expect(status).to_contain_text("running")
-    expect(page.get_by_text(re.compile(r"applied at step \d+"))).to_be_visible()
+    expect(page.locator(".applied-note").filter(has_text=re.compile(r"applied at step \d+"))).to_be_visible()
     chart = page.get_by_role("figure", name="Loss chart")
     expect(chart).to_contain_text(re.compile(r"\d+ steps"))
     steps_after = int(re.search(r"(\d+) steps", chart.inner_text()).group(1))
@@ -258,7 +259,7 @@ def test_the_library_lists_the_experiment_and_its_runs(researcher, web_stack):
     page = researcher.page
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Experiments").click()
     page.get_by_role("searchbox", name="Search experiments").fill("Varnholt")
-    link = page.get_by_role("link", name="Varnholt facts")
+    link = page.get_by_role("region", name="Experiment list").get_by_role("link", name="Varnholt facts", exact=True)
     expect(link).to_have_attribute("href", re.compile(r"^/experiments/[0-9a-f-]{36}$"))
     shoot(page, "experiments")
     page.get_by_role("navigation", name="Main").get_by_role("link", name="Dashboard").click()

@@ -81,12 +81,23 @@ class Body(BaseModel):
 
 # --------------------------------------------------------------------------- experiments
 def _default_ids(items: Any, prefix: str) -> Any:
+    """Number the rows sent without an id ``tr00, tr01, ...`` by position, skipping ids
+    other rows of the same list already have (a list may mix both: rows imported with
+    their ids beside rows typed in the editor)."""
     if not isinstance(items, list):
         return items
-    return [
-        {**item, "id": f"{prefix}{i:02d}"} if isinstance(item, dict) and item.get("id") is None else item
-        for i, item in enumerate(items)
-    ]
+    taken = {item.get("id") for item in items if isinstance(item, dict) and item.get("id") is not None}
+    numbered = []
+    n = 0  # only moves forward, so numbering stays linear in the list's length
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and item.get("id") is None:
+            n = max(n, i)
+            while f"{prefix}{n:02d}" in taken:
+                n += 1
+            taken.add(f"{prefix}{n:02d}")
+            item = {**item, "id": f"{prefix}{n:02d}"}
+        numbered.append(item)
+    return numbered
 
 
 # The contract's id constraint, made optional: the server numbers pairs left without one.

@@ -189,7 +189,7 @@ export function AppShell() {
     <div className="shell">
       <NavigationProgress />
       <header className="shell-header">
-        <Link to="/" className="shell-brand" aria-label="Influence Lab, dashboard">
+        <Link to="/" className="shell-brand" aria-label="Influence Lab home">
           <Logo />
           Influence Lab
         </Link>

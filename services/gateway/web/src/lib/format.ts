@@ -2,7 +2,8 @@
 
 export function formatDuration(seconds: number | null | undefined): string {
   if (seconds == null || !Number.isFinite(seconds)) return "–";
-  if (seconds < 1) return "<1 s";
+  // Under a second still reads "1 s": durations are always "N s", "N min" or "N h".
+  if (seconds < 1) return "1 s";
   if (seconds < 90) return `${Math.round(seconds)} s`;
   if (seconds < 90 * 60) return `${Math.round(seconds / 60)} min`;
   const hours = seconds / 3600;

@@ -19,7 +19,9 @@ function useDebouncedValue<T>(value: T, ms: number): T {
 /** What the estimate depends on: the model, the training pairs and the hyperparameters. */
 function estimateBody(draft: Draft) {
   const body = toBody(draft);
-  return { model_id: body.model_id, training_data: body.training_data, hyperparams: body.hyperparams };
+  // Only complete pairs count: a half-typed row is not refused here (the editor marks it).
+  const complete = body.training_data.filter((p) => p.question.trim() && p.answer.trim());
+  return { model_id: body.model_id, training_data: complete, hyperparams: body.hyperparams };
 }
 
 export function useEstimate(draft: Draft) {
