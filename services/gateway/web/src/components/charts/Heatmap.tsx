@@ -282,7 +282,11 @@ export function Heatmap(props: HeatmapProps) {
   const lastRow = Math.min(Math.ceil(view.y0 + visibleRows), rows);
   const firstCol = Math.max(Math.floor(view.x0), 0);
   const lastCol = Math.min(Math.ceil(view.x0 + visibleCols), cols);
-  const labelEvery = cw >= 16 ? 1 : Math.ceil(16 / cw);
+  // Column numbers need room for their digits; row labels need about 12 px. Where cells
+  // are smaller, every k-th one is labelled.
+  const labelPx = 7 * String(cols).length + 8;
+  const labelEvery = cw >= labelPx ? 1 : Math.ceil(labelPx / cw);
+  const rowEvery = ch >= 11 ? 1 : Math.ceil(12 / ch);
   let rowMax = 0;
   props.rowBars?.forEach((v) => (rowMax = Math.max(rowMax, Math.abs(v))));
 
@@ -313,7 +317,7 @@ export function Heatmap(props: HeatmapProps) {
                   <span
                     key={c}
                     className={selected?.col === c ? "active" : ""}
-                    style={{ left: (c - view.x0) * cw, width: Math.max(cw * labelEvery, 16) }}
+                    style={{ left: (c - view.x0) * cw, width: Math.max(cw * labelEvery, labelPx) }}
                   >
                     {props.colLabels[c]}
                   </span>
@@ -324,24 +328,24 @@ export function Heatmap(props: HeatmapProps) {
             <span>Σ row</span>
           </div>
           <div className="heatmap-rowlabels" style={{ height: plotH }}>
-            {ch >= 11
-              ? Array.from({ length: lastRow - firstRow }, (_, i) => firstRow + i).map((r) => (
-                  <button
-                    key={r}
-                    type="button"
-                    tabIndex={-1}
-                    className={`heatmap-rowlabel ${selected?.row === r ? "active" : ""}`}
-                    style={{ top: (r - view.y0) * ch, height: ch, fontSize: ch < 16 ? 11 : 12 }}
-                    title={props.rowTitles?.[r]}
-                    onClick={() => {
-                      onSelect({ row: r, col: selected?.col ?? 0 });
-                      props.onRowLabel?.(r);
-                    }}
-                  >
-                    {props.rowLabels[r]}
-                  </button>
-                ))
-              : null}
+            {Array.from({ length: lastRow - firstRow }, (_, i) => firstRow + i)
+              .filter((r) => r % rowEvery === 0)
+              .map((r) => (
+                <button
+                  key={r}
+                  type="button"
+                  tabIndex={-1}
+                  className={`heatmap-rowlabel ${selected?.row === r ? "active" : ""} ${rowEvery > 1 ? "sparse" : ""}`}
+                  style={{ top: (r - view.y0) * ch, height: Math.max(ch * rowEvery, 12), fontSize: ch < 16 ? 11 : 12 }}
+                  title={props.rowTitles?.[r]}
+                  onClick={() => {
+                    onSelect({ row: r, col: selected?.col ?? 0 });
+                    props.onRowLabel?.(r);
+                  }}
+                >
+                  {rowEvery > 1 ? props.rowLabels[r]?.split(/\s+/)[0] : props.rowLabels[r]}
+                </button>
+              ))}
           </div>
           <canvas
             ref={canvas}

@@ -1,4 +1,4 @@
-import { AlertTriangle, Inbox, RotateCw } from "lucide-react";
+import { AlertTriangle, CheckCircle2, Inbox, Info, RotateCw } from "lucide-react";
 import type { CSSProperties, ReactNode } from "react";
 import { describeError } from "@/lib/api/errors";
 
@@ -50,7 +50,7 @@ export function EmptyState({ title, children, icon }: { title: string; children?
 export function InlineAlert({ children, tone = "error" }: { children: ReactNode; tone?: "error" | "info" | "success" | "warning" }) {
   return (
     <div className={`alert ${tone === "error" ? "" : `alert-${tone}`}`} role={tone === "error" ? "alert" : "status"}>
-      <AlertTriangle />
+      {tone === "success" ? <CheckCircle2 /> : tone === "info" ? <Info /> : <AlertTriangle />}
       <div>{children}</div>
     </div>
   );

@@ -5,6 +5,7 @@ import { InlineAlert } from "@/components/ui/Feedback";
 import { Logo } from "@/components/layout/Logo";
 import { ApiError, describeError } from "@/lib/api/errors";
 import { register, signIn, useAcceptSignIn, useMe, useProviders } from "./api";
+import { resendVerification } from "./flows";
 import { ForgotPassword } from "./ForgotPassword";
 import { GoogleIcon } from "./GoogleIcon";
 import { PasswordInput } from "./PasswordInput";
@@ -47,6 +48,7 @@ export function SignInPage() {
   const [busy, setBusy] = useState(false);
   const [problems, setProblems] = useState<Problems>({});
   const [verifySent, setVerifySent] = useState<string | null>(null);
+  const [resent, setResent] = useState(false);
 
   if (me.data) return <Navigate to={next} replace />;
 
@@ -104,9 +106,23 @@ export function SignInPage() {
           </p>
 
           {verifySent ? (
-            <InlineAlert tone="success">
-              We sent a verification link to <strong>{verifySent}</strong>. Open it to finish creating your account, then sign in.
-            </InlineAlert>
+            <>
+              <InlineAlert tone="success">
+                We sent a verification link to <strong>{verifySent}</strong>. Open it to finish creating your account; it signs you in.
+              </InlineAlert>
+              <button
+                type="button"
+                className="auth-link-btn"
+                style={{ alignSelf: "flex-start" }}
+                disabled={resent}
+                onClick={async () => {
+                  await resendVerification(verifySent);
+                  setResent(true);
+                }}
+              >
+                {resent ? "Sent again: check your inbox" : "No mail? Send the link again"}
+              </button>
+            </>
           ) : forgot ? (
             <ForgotPassword initialEmail={email} onBack={() => setForgot(false)} />
           ) : (
