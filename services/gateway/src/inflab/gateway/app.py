@@ -31,6 +31,7 @@ from inflab.gateway.auth.throttle import Rules, Throttle
 from inflab.gateway import errors, metrics
 from inflab.gateway.deadletters import DeadLetterConsumer
 from inflab.gateway.dispatch import Dispatcher
+from inflab.gateway.auth.gate import CredentialGateMiddleware
 from inflab.gateway.limits import BodyLimitMiddleware
 from inflab.gateway.mail import Mailer
 from inflab.gateway.notifier import RunNotifier
@@ -155,6 +156,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, errors.http_error)
     app.add_exception_handler(HasherBusy, _hasher_busy)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
+    # Outside the body limit: an anonymous body is refused before a byte of it is read.
+    app.add_middleware(CredentialGateMiddleware, settings=settings)
     # Outermost: a refused body still gets its request id, metrics and log line.
     app.add_middleware(metrics.RequestMiddleware, metrics=app.state.metrics)
     # Before everything: the client address (rate limits, logs) and scheme are the
