@@ -129,7 +129,11 @@ class RequestMiddleware:
 
 def _route(scope: Scope) -> str:
     route = scope.get("route")
-    return getattr(route, "path", None) or "unmatched"
+    path = getattr(route, "path", None)
+    if path == "/{path:path}":
+        # The web app's catch-all: its pages, one label; an /api path it refuses matched nothing.
+        return "unmatched" if scope.get("path", "").startswith("/api/") else "web app"
+    return path or "unmatched"
 
 
 def _scraper_only(request: Request) -> None:
