@@ -249,8 +249,15 @@ export function Heatmap(props: HeatmapProps) {
     });
   };
 
+  // The cell the keys last moved to: keys pressed faster than a render must build on it,
+  // not on the `selected` of the last render.
+  const keyed = useRef<CellRef | null>(null);
+  useEffect(() => {
+    keyed.current = selected;
+  }, [selected]);
+
   const onKeyDown = (e: KeyboardEvent<HTMLDivElement>) => {
-    const current = selected ?? { row: 0, col: 0 };
+    const current = keyed.current ?? selected ?? { row: 0, col: 0 };
     const step = e.shiftKey ? 10 : 1;
     let next: CellRef | null = null;
     if (e.key === "ArrowRight") next = { ...current, col: Math.min(current.col + step, cols - 1) };
@@ -273,6 +280,7 @@ export function Heatmap(props: HeatmapProps) {
     }
     e.preventDefault();
     if (next) {
+      keyed.current = next;
       onSelect(next);
       ensureVisible(next);
     }

@@ -481,8 +481,8 @@ export function InfluenceExplorer({ run }: { run: Run }) {
                   select(cell);
                   setDetailsOpen(true);
                 }}
-                onOpen={(cell) => {
-                  select(cell);
+                onOpen={() => {
+                  // The cell is already selected (in the URL); opening only shows its details.
                   setDetailsOpen(true);
                   document.getElementById("influence-details")?.scrollIntoView({ block: "nearest" });
                 }}
