@@ -18,7 +18,9 @@ from pydantic import RootModel
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inflab.common.bus import Bus, Rejected
-from inflab.common.messages import RunEvent
+from inflab.common.messages import ResultEvent, RunEvent
+from inflab.common.objectstore import ObjectStore
+from inflab.gateway import validations
 from inflab.gateway.dbwait import until_database_answers
 from inflab.gateway.event_origin import origin_refusal
 from inflab.gateway.next_stages import is_training_result, queue_next_stages
@@ -58,6 +60,12 @@ class EventPersister:
         #: Called with the category of each refused event (the refused-events metric).
         self.on_refused = on_refused
         self.durable = bus.subjects.durable("gateway_events")
+        self._store: ObjectStore | None = None
+
+    def object_store(self) -> ObjectStore:
+        if self._store is None:
+            self._store = ObjectStore(self.bus.settings.objects_url)
+        return self._store
 
     def poke_subject(self, run_id: object) -> str:
         # Gateway-internal and outside every stream: a lost poke costs one heartbeat of latency.
@@ -82,6 +90,9 @@ class EventPersister:
         if is_training_result(event):
             # Also for a redelivered (already stored) result: see next_stages.
             await queue_next_stages(self.bus, self.sessionmaker, event)
+        if isinstance(event, ResultEvent) and event.validation is not None:
+            # Also for a redelivered result: the analysis is written again, the same.
+            changed = await validations.finish(self.sessionmaker, self.object_store(), event) or changed
         if changed:
             if self.on_stored is not None:
                 self.on_stored(event)

@@ -4,7 +4,8 @@ Each frame is ``id: <run_events.id>``, ``event: <kind>``, ``data: <the event's J
 stream starts after the id the client names (``Last-Event-ID`` or ``?after=``), sends what
 is stored, then waits for the persister's poke or a heartbeat and reads again: Postgres is
 the only source, so reconnects, gateway restarts and replicas lose nothing. The stream
-ends after the run-level terminal status event, or once the session or API token that
+ends after the run-level terminal status event (or, for an ended run, once no
+validation of it is under way), or once the session or API token that
 opened it has ended (checked every heartbeat interval, busy or not).
 
 A plain async generator under ``StreamingResponse``: measured about half the per-event
@@ -20,16 +21,19 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from uuid import UUID
 
-from sqlalchemy import select
+from sqlalchemy import exists, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inflab.common.db.models import Run, RunEventRow
+from inflab.common.db.models import Run, RunEventRow, Validation
 from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.run_state import TERMINAL
 
 #: Rows read per query, so a long backlog is sent in bounded slices.
 BATCH = 500
 HEARTBEAT = b": keep-alive\n\n"
+#: What :func:`read_events` reports for an ended run with a validation under way: the
+#: stream stays open for the validation's events.
+VALIDATING = "validating"
 #: The largest event id Postgres can hold (bigint); a client's larger one means "the end".
 MAX_EVENT_ID = 2**63 - 1
 
@@ -51,10 +55,18 @@ class StoredEvent:
         return f"id: {self.id}\nevent: {self.kind}\ndata: {data}\n\n".encode()
 
 
+async def validation_under_way(session: AsyncSession, run_id: UUID) -> bool:
+    return await session.scalar(
+        select(exists().where(Validation.run_id == run_id, Validation.status.in_(("queued", "running"))))
+    )
+
+
 async def read_events(session: AsyncSession, run_id: UUID, after: int) -> tuple[str | None, list[StoredEvent]]:
     """The run's status, then its events after ``after``. Status first: if it reads
     terminal, the terminal event (committed with it) is visible to the second read."""
     status = await session.scalar(select(Run.status).where(Run.id == run_id))
+    if status in TERMINAL and await validation_under_way(session, run_id):
+        status = VALIDATING  # an ended run whose validation still sends events
     rows = await session.execute(
         select(RunEventRow.id, RunEventRow.kind, RunEventRow.stage, RunEventRow.payload)
         .where(RunEventRow.run_id == run_id, RunEventRow.id > after)
