@@ -25,6 +25,7 @@ import {
   type Frame,
 } from "./matrix";
 import { SummaryPanels } from "./SummaryPanels";
+import { ValidationPanel } from "./ValidationPanel";
 import { useExplorerView } from "./useExplorerView";
 import "./influence.css";
 
@@ -372,6 +373,8 @@ export function InfluenceExplorer({ run }: { run: Run }) {
           />
         </div>
       </div>
+
+      <ValidationPanel runId={run.id} method={method} />
 
       <div className={`explorer-main ${detailsOpen && selectedRow != null ? "" : "no-details"}`}>
         <div className="explorer-left">
