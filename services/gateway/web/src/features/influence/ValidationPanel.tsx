@@ -49,7 +49,10 @@ export function ValidationPanel({ runId, method }: { runId: string; method: stri
   });
   const cancel = useMutation({
     mutationFn: (id: string) =>
-      unwrap(api.POST("/api/runs/{run_id}/validations/{validation_id}/cancel", { params: { path: { run_id: runId, validation_id: id } } }), "Could not cancel"),
+      unwrap(
+        api.POST("/api/runs/{run_id}/validations/{validation_id}/cancel", { params: { path: { run_id: runId, validation_id: id } } }),
+        "Could not cancel",
+      ),
     onSuccess: () => void refresh(),
   });
 
@@ -84,25 +87,46 @@ export function ValidationPanel({ runId, method }: { runId: string; method: stri
           <div className="row">
             <label className="row muted">
               Subsets
-              <input className="input mono validation-number" type="number" min={2} value={settings.subsets}
-                onChange={(e) => change({ subsets: Number(e.target.value) })} aria-label="Subsets" />
+              <input
+                className="input mono validation-number"
+                type="number"
+                min={2}
+                value={settings.subsets}
+                onChange={(e) => change({ subsets: Number(e.target.value) })}
+                aria-label="Subsets"
+              />
             </label>
             <label className="row muted">
               Alpha
-              <input className="input mono validation-number" type="number" min={0.05} max={0.95} step={0.05} value={settings.alpha}
-                onChange={(e) => change({ alpha: Number(e.target.value) })} aria-label="Alpha" />
+              <input
+                className="input mono validation-number"
+                type="number"
+                min={0.05}
+                max={0.95}
+                step={0.05}
+                value={settings.alpha}
+                onChange={(e) => change({ alpha: Number(e.target.value) })}
+                aria-label="Alpha"
+              />
             </label>
             <label className="row muted">
               Removal k
-              <input className="input mono validation-number" type="number" min={1} value={settings.removal_k}
-                onChange={(e) => change({ removal_k: Number(e.target.value) })} aria-label="Removal k" />
+              <input
+                className="input mono validation-number"
+                type="number"
+                min={1}
+                value={settings.removal_k}
+                onChange={(e) => change({ removal_k: Number(e.target.value) })}
+                aria-label="Removal k"
+              />
             </label>
           </div>
           {estimate.isError ? <InlineAlert>{describeError(estimate.error)}</InlineAlert> : null}
           {estimate.data ? (
             <p className="mono">
-              {estimate.data.retrainings} retrainings ({estimate.data.subsets} subsets, {estimate.data.removals} removals, 1 on every pair) of{" "}
-              {estimate.data.matrices.length} matrices · about {formatDuration(estimate.data.estimated_duration_s)} on {estimate.data.workers} workers
+              {estimate.data.retrainings} retrainings ({estimate.data.subsets} subsets, {estimate.data.removals} removals, 1 on every pair)
+              of {estimate.data.matrices.length} matrices · about {formatDuration(estimate.data.estimated_duration_s)} on{" "}
+              {estimate.data.workers} workers
               {estimate.data.estimated_cost_usd != null ? ` · ${formatCost(estimate.data.estimated_cost_usd)}` : ""}
             </p>
           ) : estimate.isPending ? (
@@ -110,8 +134,12 @@ export function ValidationPanel({ runId, method }: { runId: string; method: stri
           ) : null}
           {start.isError ? <InlineAlert>{describeError(start.error)}</InlineAlert> : null}
           <div className="row">
-            <button type="button" className="btn btn-primary btn-sm" disabled={!estimate.data || start.isPending}
-              onClick={() => start.mutate(settings)}>
+            <button
+              type="button"
+              className="btn btn-primary btn-sm"
+              disabled={!estimate.data || start.isPending}
+              onClick={() => start.mutate(settings)}
+            >
               Start validation
             </button>
             <button type="button" className="btn btn-ghost btn-sm" onClick={() => setAsking(false)}>
