@@ -14,7 +14,7 @@ type Settings = { subsets: number; alpha: number; removal_k: number };
 
 const ACTIVE = new Set(["queued", "running"]);
 
-function useValidations(runId: string) {
+export function useValidations(runId: string) {
   return useQuery({
     queryKey: queryKeys.validations(runId),
     queryFn: () => unwrap(api.GET("/api/runs/{run_id}/validations", { params: { path: { run_id: runId } } })),
