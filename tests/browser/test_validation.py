@@ -69,3 +69,24 @@ def test_validate_attributions_estimate_progress_and_results(validator, web_stac
     runs = api(validator, "GET", f"/api/runs/{validator.state['run']}/validations")
     assert runs[0]["status"] == "completed"
     assert all(r["lds"] is None or -1 <= r["lds"] <= 1 for r in runs[0]["results"])
+
+
+def test_inflab_validate_prints_the_estimate_and_the_table(validator, web_stack):
+    """The CLI against the same stack, with a personal API token of the researcher."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    token = api(validator, "POST", "/api/tokens", {"name": "cli validation"})["token"]
+    done = subprocess.run(
+        [str(Path(sys.executable).with_name("inflab")), "validate", validator.state["run"], "--url", web_stack.url,
+         "--subsets", "2", "--removal-k", "1", "--seed", "7", "--yes"],
+        capture_output=True, text=True, timeout=SLOW_MS / 1000, env={**os.environ, "INFLAB_API_TOKEN": token,
+                                                                     "COLUMNS": "160"},
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "retrainings (2 LDS subsets" in done.stdout
+    assert "tracin" in done.stdout and "bm25" in done.stdout and "best LDS:" in done.stdout
+    validations = api(validator, "GET", f"/api/runs/{validator.state['run']}/validations")
+    assert validations[0]["settings"]["seed"] == 7 and validations[0]["status"] == "completed"
