@@ -575,7 +575,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--removal-k", type=int, default=3, help="--lds: pairs each removal takes out")
     p.add_argument("--seed", type=int, default=0, help="--lds: subset s is drawn from seed + s")
     p.add_argument("--bootstrap", type=int, default=1000, help="--lds: bootstrap resamples of the interval")
-    p.add_argument("--timing-retrainings", type=int, default=6,
+    p.add_argument("--removal-matrices", default="",
+                   help="--lds: the matrices (method/variant, comma-separated) the removal test retrains for (all)")
+    p.add_argument("--removal-questions", type=int, default=0,
+                   help="--lds: removal test on the first N evaluation questions only (0: all)")
+    p.add_argument("--timing-retrainings", type=int, default=2,
                    help="--lds: retrainings timed on 1 and on 2 Ray workers")
     # Internal: one measurement in a fresh process.
     p.add_argument("--worker", help=argparse.SUPPRESS)
@@ -585,6 +589,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.methods = [m for m in args.methods.split(",") if m]
     args.peers = [m for m in args.peers.split(",") if m]
     args.scale_sizes = [s for s in args.scale_sizes.split(",") if s]
+    args.removal_matrices = [m for m in args.removal_matrices.split(",") if m]
     return args
 
 

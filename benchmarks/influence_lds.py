@@ -88,12 +88,23 @@ def main_lds(args, log) -> dict[str, Any]:
     spec = wl.run_spec(args.model)
     path = model_path(args.model, args.cache_dir)
     checkpoints = trained_checkpoints(wl, args.model, args.cache_dir, args.work_dir / "checkpoints", log)
-    matrices = _influence_matrices(wl, path, checkpoints, args.batch_size, log)
+    # The matrices are kept beside the checkpoints: a rerun of the retrainings reuses them.
+    cached = args.work_dir / "checkpoints" / wl.digest(args.model) / "lds-matrices.npz"
+    if cached.is_file():
+        matrices = {k.replace("__", "/"): v for k, v in np.load(cached).items()}
+        log(f"influence matrices from {cached}")
+    else:
+        matrices = _influence_matrices(wl, path, checkpoints, args.batch_size, log)
+        np.savez(cached, **{k.replace("/", "__"): v for k, v in matrices.items()})
     matrices.update(_bm25(spec))
 
     n, m = len(wl.train), len(wl.evals)
-    plan = maths.plan_retrainings(n, m, matrices, subsets=args.subsets, alpha=args.alpha,
-                                  removal_k=args.removal_k, seed=args.seed)
+    # The removal test costs (matrices x questions) retrainings: on a small machine it can be
+    # limited to some matrices (--removal-matrices) and the first questions (--removal-questions).
+    removal_names = [k for k in matrices if not args.removal_matrices or k in args.removal_matrices]
+    removal_questions = min(args.removal_questions or m, m)
+    plan = maths.plan_retrainings(n, removal_questions, {k: matrices[k][:removal_questions] for k in removal_names},
+                                  subsets=args.subsets, alpha=args.alpha, removal_k=args.removal_k, seed=args.seed)
     retrainings = [(r.key, list(r.keep)) for r in plan.retrainings]
     targets = [(e["question"], e["answer"]) for e in wl.evals]
     log(f"{len(retrainings)} retrainings: 1 full, {len(plan.subsets)} subsets, "
@@ -124,7 +135,10 @@ def main_lds(args, log) -> dict[str, Any]:
         "benchmark": "influence-lds",
         "workload": {"train": n, "eval": m, "model": args.model, "hyperparams": spec.hyperparams.model_dump()},
         "settings": {"subsets": args.subsets, "alpha": args.alpha, "removal_k": args.removal_k, "seed": args.seed,
-                     "bootstrap": args.bootstrap, "subset_seeds": [s.seed for s in plan.subsets]},
+                     "bootstrap": args.bootstrap, "subset_seeds": [s.seed for s in plan.subsets],
+                     "removal_matrices": removal_names, "removal_questions": removal_questions,
+                     "loss_target": "each evaluation question's reference answer",
+                     "threads_per_retraining": 1},
         "retrainings": len(retrainings),
         "wall_s": {"timing_retrainings": len(timing), "one_worker": round(one_wall, 1),
                    "two_workers": round(two_wall, 1), "speedup": round(one_wall / two_wall, 2) if two_wall else None,
@@ -132,6 +146,7 @@ def main_lds(args, log) -> dict[str, Any]:
         "per_retraining_s": {"median": float(np.median([r["seconds"] for r in records.values()]))},
         "results": table,
         "ranking_by_lds": ranked,
+        "removed_pairs": {name: [list(t) for t in tops] for name, tops in plan.removed.items()},
         "full_losses": losses["full"],
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "load_average_start": os.getloadavg()},
