@@ -187,6 +187,27 @@ def asyncapi(
     raise typer.Exit(main(["--output", output, *(["--check"] if check else [])]))
 
 
+@app.command()
+def migrate(
+    revision: str = typer.Option("head", help="The Alembic revision to upgrade to."),
+) -> None:
+    """Upgrade the database at INFLAB_DATABASE_URL to the newest schema. Deployments run
+    this once before new code starts (the Helm chart's pre-install/pre-upgrade Job); the
+    services themselves never migrate."""
+    from inflab.common.db.migrate import upgrade
+    from inflab.common.logging import setup_logging
+    from inflab.common.redaction import redact
+
+    settings = _settings()
+    setup_logging(settings.log_level)
+    if not settings.database_url:
+        typer.echo("INFLAB_DATABASE_URL is not set: nothing to migrate", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"Migrating {redact(settings.database_url)} to {revision}")
+    upgrade(settings.database_url, revision)
+    typer.echo("Database schema is up to date")
+
+
 @app.command("job-keys")
 def job_keys() -> None:
     """Print a new key pair for signed job requests: the gateway's INFLAB_JOB_SIGNING_KEY
