@@ -23,6 +23,9 @@ from inflab.common.settings import Settings
 app = typer.Typer(help="Influence Lab: fine-tune, compare answers, trace influence.", no_args_is_help=True)
 model_app = typer.Typer(help="The default model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+from inflab.common.bench.cli import bench_app  # noqa: E402 (light: typer and rich only)
+
+app.add_typer(bench_app, name="bench")
 
 console = Console()
 #: Exit code after Ctrl-C, as a shell reports a SIGINT-terminated command.
