@@ -18,7 +18,6 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Annotated, get_args
 
@@ -81,15 +80,6 @@ class GatewayMetrics:
     def event_stored(self, event: EventBase) -> None:
         lag = (datetime.now(timezone.utc) - event.time).total_seconds()
         self.event_lag.labels(event.kind).observe(max(lag, 0.0))
-
-    async def streaming(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """``stream``, counted in ``inflab_sse_clients`` while it is open."""
-        self.sse_clients.inc()
-        try:
-            async for chunk in stream:
-                yield chunk
-        finally:
-            self.sse_clients.dec()
 
 
 class RequestMiddleware:
@@ -165,6 +155,9 @@ async def metrics(request: Request) -> Response:
     else:
         for status in get_args(RunStatus):
             gauge.runs.labels(status).set(counts.get(status, 0))
+    broadcaster = getattr(state, "broadcaster", None)
+    if broadcaster is not None:
+        gauge.sse_clients.set(broadcaster.streams)
     return Response(generate_latest(gauge.registry), media_type=CONTENT_TYPE_LATEST)
 
 
