@@ -12,6 +12,8 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from pydantic import SecretStr
 
 from inflab.common.messages import LogEvent, ProgressEvent, StatusEvent
 from inflab.common.settings import Settings
@@ -31,10 +33,20 @@ EXPERIMENT = {
 @pytest.fixture(scope="module")
 def gw_settings(settings: Settings) -> Iterator[Settings]:
     # A long heartbeat: every read below is one a change caused.
-    own = isolated_settings(settings, "gwfan").model_copy(update={"sse_heartbeat_s": 30.0,
-                                                                  "sse_max_streams_per_user": 3})
+    own = isolated_settings(settings, "gwfan").model_copy(update={
+        "sse_heartbeat_s": 30.0, "sse_max_streams_per_user": 3, "metrics_token": SecretStr(METRICS_TOKEN)})
     yield own
     asyncio.run(delete_streams(own))
+
+
+METRICS_TOKEN = "fan-out-scraper"
+
+
+async def scrape(client: httpx.AsyncClient) -> dict[str, float]:
+    """The unlabelled samples of the gateway's /metrics (histograms by their count and sum)."""
+    text = (await client.get("/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"})).text
+    return {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples
+            if not s.labels}
 
 
 def frames_of(body: str) -> list[int]:
@@ -100,6 +112,15 @@ async def test_many_streams_of_one_run_share_one_read_per_change(gw_settings, pr
         # where one read per stream per event would be 21 x 33.
         assert broadcaster.reads - reads_before <= len(events) + 2
         assert broadcaster.streams == 0 and not broadcaster.feeds
+        # What /metrics says of it: the persister's backlog worked off, its batches, the
+        # fan-out's reads and frames, and how late the live events were read.
+        figures = await scrape(client)
+        assert figures["inflab_persister_pending_events"] == 0
+        assert figures["inflab_persister_batch_events_sum"] == len(events)
+        assert figures["inflab_sse_feed_reads_total"] == broadcaster.reads
+        assert figures["inflab_sse_frames_total"] >= 20 * len(stored)
+        assert figures["inflab_sse_read_lag_seconds_count"] >= len(events)
+        assert figures["inflab_sse_runs_followed"] == 0 and figures["inflab_sse_clients"] == 0
 
 
 async def test_a_stream_that_falls_behind_catches_up_from_postgres(gw_settings, monkeypatch) -> None:
@@ -136,6 +157,9 @@ async def test_open_streams_are_capped_per_user(gw_settings) -> None:
             refused = await client.get(url)
             assert refused.status_code == 429
             assert "INFLAB_SSE_MAX_STREAMS_PER_USER" in refused.json()["detail"]
+            figures = await scrape(client)
+            assert figures["inflab_sse_streams_refused_total"] == 1
+            assert figures["inflab_sse_clients"] == 3 and figures["inflab_sse_runs_followed"] == 1
             # Another user is not held up by this one's streams.
             async with httpx.AsyncClient(base_url=base_url) as other:
                 await sign_up(other, f"other-{gw_settings.local_user_email}")

@@ -94,8 +94,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.user_sessionmaker = user_sessionmaker(engine)
             app.state.throttle = Throttle(sessionmaker)
             app.state.notifier = notifier
-            app.state.broadcaster = Broadcaster(sessionmaker, notifier, settings.sse_heartbeat_s,
-                                                settings.sse_max_streams_per_user)
+            broadcaster = app.state.broadcaster = Broadcaster(sessionmaker, notifier, settings.sse_heartbeat_s,
+                                                              settings.sse_max_streams_per_user)
+            broadcaster.on_read = app.state.metrics.sse_read
+            app.state.metrics.broadcaster = broadcaster
             app.state.loop = asyncio.get_running_loop()
             # The gateway creates the streams (and only its credential may).
             bus = app.state.bus = await Bus.connect(settings, "gateway", create_streams=True)

@@ -22,6 +22,7 @@ import time
 from collections import Counter as Tally
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from uuid import UUID
 
 from sqlalchemy import func, select
@@ -118,6 +119,7 @@ class RunFeed:
         self.last = after
         self.subscribers: set[Subscriber] = set()
         self.task: asyncio.Task | None = None
+        self.primed = False
 
     async def follow(self) -> None:
         b = self.broadcaster
@@ -148,6 +150,11 @@ class RunFeed:
         b.reads += 1
         if events:
             self.last = events[-1].id
+            if self.primed and b.on_read is not None:
+                now = datetime.now(timezone.utc)
+                b.on_read([(now - datetime.fromisoformat(e.payload["time"])).total_seconds()
+                           for e in events if isinstance(e.payload.get("time"), str)])
+        self.primed = True  # the first read may be history: its lag says nothing
         for subscriber in self.subscribers:
             subscriber.deliver((status, events))
         b.delivered += len(events) * len(self.subscribers)
@@ -175,6 +182,9 @@ class Broadcaster:
         self.reads = 0
         self.delivered = 0
         self.caught_up = 0
+        self.refused = 0
+        #: Called with, for each event a feed reads live, how long after its own time.
+        self.on_read: Callable[[list[float]], None] | None = None
 
     @property
     def streams(self) -> int:
@@ -184,6 +194,7 @@ class Broadcaster:
         """Count a stream the user is about to open; :class:`TooManyStreams` past the cap.
         The response that serves the stream releases it (:class:`CountedStream`)."""
         if self.streams_by_user[user_id] >= self.max_streams_per_user:
+            self.refused += 1
             raise TooManyStreams(self.max_streams_per_user)
         self.streams_by_user[user_id] += 1
 

@@ -193,6 +193,12 @@ class EventPersister:
                 for msg in msgs:
                     await msg.in_progress()
 
+    async def backlog(self) -> int:
+        """Events waiting for the persister (every replica's): the durable's messages not
+        yet delivered plus those delivered and not yet acknowledged."""
+        info = await self.bus.js.consumer_info(self.bus.subjects.events_stream, self.durable)
+        return (info.num_pending or 0) + (info.num_ack_pending or 0)
+
     # ------------------------------------------------------------------ consuming
     async def listen_for_pokes(self) -> None:
         """Wake this replica's streams when any replica stores an event."""
@@ -218,7 +224,7 @@ class EventPersister:
                 try:
                     # As many as are waiting, up to the batch; or the first to arrive.
                     msgs = await sub.fetch(self.batch, timeout=fetch_timeout)
-                except NatsTimeout:
+                except (NatsTimeout, asyncio.TimeoutError):  # a batch fetch times out with the latter
                     continue
                 except Exception:
                     if stop.is_set():
