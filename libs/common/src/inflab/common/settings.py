@@ -108,6 +108,14 @@ class Settings(BaseSettings):
     #: Run events the gateway's persister fetches from JetStream and stores in one
     #: transaction, at most (a busy stream is worked off in batches, an idle one at once).
     persister_batch: int = Field(100, ge=1, le=10_000)
+    #: Open SSE event streams one user may hold on one gateway replica; one more gets 429.
+    sse_max_streams_per_user: int = Field(50, ge=1)
+    #: The gateway's Postgres connection pool (per replica): connections kept open, extra
+    #: ones opened under load, and how long a request waits for one before failing. Keep
+    #: replicas x (size + overflow) within the server's max_connections.
+    db_pool_size: int = Field(10, ge=1)
+    db_max_overflow: int = Field(10, ge=0)
+    db_pool_timeout_s: float = Field(10.0, gt=0)
     #: The built browser app (``make web``) the gateway serves at ``/``. None: the source
     #: checkout's ``services/gateway/web/dist``; the gateway image sets its own folder.
     web_dir: Path | None = None

@@ -4595,6 +4595,13 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description The user has INFLAB_SSE_MAX_STREAMS_PER_USER event streams open on this server. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     update_run_params: {
