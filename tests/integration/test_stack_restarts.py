@@ -1,7 +1,8 @@
 """The supervisor restarting a real service: the stack runs the real influence worker
 (``python -m inflab.influence``, as ``inflab up`` starts it) on the run's NATS and Postgres
 with its own Ray; SIGKILLing the worker's process is seen in ``stack.json`` and
-``inflab ps`` (restarts, last exit reason), and a new worker process takes its place."""
+``inflab ps`` (restarts, last exit reason), and a new worker process takes its place,
+serving its metrics on the same port."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import signal
 import sys
 import time
 
+import httpx
 import psutil
 import pytest
 from typer.testing import CliRunner
@@ -60,6 +62,21 @@ async def until(predicate, timeout: float, what: str) -> None:
         await asyncio.sleep(0.05)
 
 
+async def scraped(url: str, timeout: float = 60.0) -> str:
+    """The metrics text once the port answers (the worker opens it once it has joined Ray)."""
+    deadline = time.monotonic() + timeout
+    async with httpx.AsyncClient(trust_env=False, timeout=5.0) as client:
+        while True:
+            try:
+                response = await client.get(url)
+                if response.status_code == 200:
+                    return response.text
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"{url} never answered"
+            await asyncio.sleep(0.1)
+
+
 def consuming(stack: Stack, pid: int) -> bool:
     """The worker process ``pid`` has said it consumes its request subject."""
     log = component(stack, "influence").log
@@ -79,6 +96,11 @@ async def test_a_killed_real_worker_is_restarted_and_reported(settings, tmp_path
             first = stack.service_pids()["influence"]
             await until(lambda: consuming(stack, first), 240, "the influence worker to start consuming")
 
+            # Its metrics port, shown in inflab ps, answers.
+            metrics_url = component(stack, "influence").metrics_url
+            assert metrics_url and metrics_url == stack.metrics_url("influence")
+            assert "inflab_worker_jobs_total" in await scraped(metrics_url)
+
             os.kill(first, signal.SIGKILL)
             await until(lambda: component(stack, "influence").restarts == 1, 60, "the supervisor to restart it")
             restarted = component(stack, "influence")
@@ -89,7 +111,9 @@ async def test_a_killed_real_worker_is_restarted_and_reported(settings, tmp_path
 
             shown = CliRunner().invoke(cli.app, ["ps"], env={"INFLAB_HOME": str(s.home), "COLUMNS": "250"}).output
             row = next(line for line in shown.splitlines() if "influence" in line and str(restarted.pid) in line)
-            assert "alive" in row and "SIGKILL" in row and " 1 " in row
+            assert "alive" in row and "SIGKILL" in row and " 1 " in row and metrics_url in row
+            # The new process serves its metrics on the same port.
+            assert "inflab_worker_jobs_total" in await scraped(metrics_url)
     finally:
         if ray_temp:
             shutil.rmtree(ray_temp, ignore_errors=True)
