@@ -7,6 +7,7 @@ serving its metrics on the same port."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -117,3 +118,63 @@ async def test_a_killed_real_worker_is_restarted_and_reported(settings, tmp_path
     finally:
         if ray_temp:
             shutil.rmtree(ray_temp, ignore_errors=True)
+
+
+CRASH = "import sys; print('stand-in crashing', flush=True); sys.exit(3)"
+
+
+async def test_inflab_up_keeps_the_stack_up_through_a_crash_loop(tmp_path, monkeypatch, capsys, caplog, nats_url,
+                                                                  database_url):
+    """``inflab up`` (its default restart policy) with a worker that crashes at every start:
+    the stack comes up and stays up, the crash loop is printed and shown by ``inflab ps``,
+    and only Ctrl-C stops it."""
+    caplog.set_level(logging.INFO, logger="inflab.stack")
+    from inflab.common.embedded import stack as stack_module
+    from inflab.common.settings import Settings
+
+    settings = Settings(
+        home=tmp_path / "home", nats_url=nats_url, database_url=database_url,
+        ray_address="127.0.0.1:1",  # given, so none is started; the stand-ins never use it
+        gateway_port=free_port(),
+    )
+
+    def stand_ins(s):
+        codes = {"gateway": GATEWAY, "inference": CRASH}
+        return [ServiceSpec(spec.name, (sys.executable, "-c", codes.get(spec.name, IDLE)), spec.url,
+                            spec.ready_path, spec.health_path) for spec in default_services(s)]
+
+    monkeypatch.setattr(stack_module, "default_services", stand_ins)
+    path = settings.home / "stack.json"
+
+    def in_crash_loop() -> bool:
+        state = read_state(path)
+        return bool(state) and any(c.name == "inference" and c.crash_loop for c in state["components"])
+
+    printed: list[str] = []
+
+    def said_up() -> bool:
+        printed.append(capsys.readouterr().out)
+        return "Influence Lab is up" in " ".join("".join(printed).split())
+
+    async def press_ctrl_c_in_the_crash_loop() -> dict:
+        await until(in_crash_loop, 120, "the inference stand-in's crash loop")
+        await until(said_up, 120, "inflab up to say the stack is up")
+        state = read_state(path)
+        shown = CliRunner().invoke(cli.app, ["ps"], env={"INFLAB_HOME": str(settings.home), "COLUMNS": "250"})
+        alive = {c.name for c in state["components"] if c.kind == "service" and c.alive()}
+        os.kill(os.getpid(), signal.SIGINT)
+        return {"state": state, "ps": shown.output, "alive": alive}
+
+    presser = asyncio.create_task(press_ctrl_c_in_the_crash_loop())
+    code = await cli._up(settings, ready_timeout=120)
+    seen = await presser
+    assert code in (0, cli.EXIT_INTERRUPTED)  # stopped by Ctrl-C, not by the crash loop
+    state = seen["state"]
+    assert state["status"] == "degraded" and state["failure"] is None
+    others = [c for c in state["components"] if c.kind == "service" and c.name != "inference"]
+    assert len(others) == 3 and all(c.restarts == 0 and c.name in seen["alive"] for c in others)
+    assert "crash loop" in seen["ps"] and "exit code 3" in seen["ps"]
+    printed.append(capsys.readouterr().out)
+    assert "Stack failed" not in "".join(printed) and "Stopped." in "".join(printed)
+    assert "inference is in a crash loop: 3 exits in a row" in caplog.text  # the supervisor's log
+    assert read_state(path)["status"] == "stopped"
