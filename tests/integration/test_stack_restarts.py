@@ -115,6 +115,8 @@ async def test_a_killed_real_worker_is_restarted_and_reported(settings, tmp_path
             assert "alive" in row and "SIGKILL" in row and " 1 " in row and metrics_url in row
             # The new process serves its metrics on the same port.
             assert "inflab_worker_jobs_total" in await scraped(metrics_url)
+            shown = CliRunner().invoke(cli.app, ["ps"], env={"INFLAB_HOME": str(s.home), "COLUMNS": "250"}).output
+            assert f"influence metrics ({metrics_url}): 200" in shown
     finally:
         if ray_temp:
             shutil.rmtree(ray_temp, ignore_errors=True)

@@ -102,7 +102,8 @@ def _print_ready(stack) -> None:
 
 @app.command()
 def ps() -> None:
-    """Show the embedded stack's components, whether they are alive, and gateway health."""
+    """Show the embedded stack's components (alive, restarts, last exit), gateway health and
+    whether each worker's metrics port answers."""
     from inflab.common.embedded._proc import same_process
     from inflab.common.embedded.stack import read_state, state_path
 
@@ -128,6 +129,8 @@ def ps() -> None:
     for comp in state["components"]:
         if comp.health_url and comp.alive():
             console.print(f"{comp.name} health ({comp.health_url}): {_health(comp.health_url)}")
+        if comp.metrics_url and comp.alive():
+            console.print(f"{comp.name} metrics ({comp.metrics_url}): {_health(comp.metrics_url)}")
 
 
 @app.command()
