@@ -19,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from nats.js.api import AckPolicy, ConsumerConfig
 from pydantic import BaseModel
 
-from inflab.common.bus import Bus, Rejected
+from inflab.common.bus import Bus, BusUnavailable, Rejected
 from inflab.common.embedded._proc import free_port
 from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner
 from inflab.common.subjects import Subjects
@@ -155,6 +155,8 @@ class Job(BaseModel):
     n: int
     fail_times: int = 0  # the handler fails this many deliveries (-1: every one)
     reject: bool = False
+    unavailable_times: int = 0  # NATS "unreachable" in this many deliveries
+    hang: bool = False  # until the worker stops
 
 
 async def test_bus_outcomes_redeliveries_and_consumer_lag_are_counted(settings):
@@ -171,6 +173,10 @@ async def test_bus_outcomes_redeliveries_and_consumer_lag_are_counted(settings):
         await handled.put((job.n, delivery))
         if job.reject:
             raise Rejected("not this one")
+        if delivery <= job.unavailable_times:
+            raise BusUnavailable("NATS away (as the test says)")
+        if job.hang:
+            await asyncio.Event().wait()
         if job.fail_times < 0 or delivery <= job.fail_times:
             raise RuntimeError(f"job {job.n} fails delivery {delivery}")
 
@@ -197,6 +203,7 @@ async def test_bus_outcomes_redeliveries_and_consumer_lag_are_counted(settings):
             return (value(m, "inflab_worker_jobs_total", stage="train", outcome="acked") == 2
                     and value(m, "inflab_worker_jobs_total", stage="train", outcome="dead_lettered") == 2)
 
+        assert await asyncio.wait_for(handled.get(), 60) == (3, 1)
         after = await until_scraped(url, settled)
         assert value(after, "inflab_worker_jobs_total", stage="train", outcome="retried") == 3
         assert value(after, "inflab_worker_redeliveries_total", stage="train") == 3
@@ -208,8 +215,25 @@ async def test_bus_outcomes_redeliveries_and_consumer_lag_are_counted(settings):
         # Nothing left waiting once they are all handled.
         assert await metrics.read_consumer(worker.js, worker.subjects.jobs_stream, durable)
         assert value(scrape(url), "inflab_worker_consumer_pending", stage="train") == 0
-        stop.set()
-        await asyncio.wait_for(consumer, 30)
+
+        # NATS unreachable while it worked: given back, not counted as its failure.
+        await gateway.publish_request("train", Job(n=4, unavailable_times=1), msg_id=f"job-4-{uuid.uuid4()}")
+        assert [await asyncio.wait_for(handled.get(), 60) for _ in range(2)] == [(4, 1), (4, 2)]
+        after = await until_scraped(
+            url, lambda m: value(m, "inflab_worker_jobs_total", stage="train", outcome="acked") == 3)
+        assert value(after, "inflab_worker_jobs_total", stage="train", outcome="given_back") == 1
+        assert value(after, "inflab_worker_jobs_total", stage="train", outcome="retried") == 3
+
+        # The worker stopping mid-job: interrupted (the message goes back for another replica).
+        await gateway.publish_request("train", Job(n=5, hang=True), msg_id=f"job-5-{uuid.uuid4()}")
+        assert await asyncio.wait_for(handled.get(), 60) == (5, 1)
+        assert value(scrape(url), "inflab_worker_jobs_in_progress", stage="train") == 1
+        consumer.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer
+        after = scrape(url)
+        assert value(after, "inflab_worker_jobs_total", stage="train", outcome="interrupted") == 1
+        assert value(after, "inflab_worker_jobs_in_progress", stage="train") == 0
     finally:
         stop.set()
         metrics.close()
