@@ -23,6 +23,9 @@ from inflab.common.settings import Settings
 app = typer.Typer(help="Influence Lab: fine-tune, compare answers, trace influence.", no_args_is_help=True)
 model_app = typer.Typer(help="The default model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+from inflab.common.bench.cli import bench_app  # noqa: E402 (light: typer and rich only)
+
+app.add_typer(bench_app, name="bench")
 
 console = Console()
 #: Exit code after Ctrl-C, as a shell reports a SIGINT-terminated command.
@@ -188,6 +191,27 @@ def asyncapi(
     from inflab.common.asyncapi import main
 
     raise typer.Exit(main(["--output", output, *(["--check"] if check else [])]))
+
+
+@app.command()
+def migrate(
+    revision: str = typer.Option("head", help="The Alembic revision to upgrade to."),
+) -> None:
+    """Upgrade the database at INFLAB_DATABASE_URL to the newest schema. Deployments run
+    this once before new code starts (the Helm chart's pre-install/pre-upgrade Job); the
+    services themselves never migrate."""
+    from inflab.common.db.migrate import upgrade
+    from inflab.common.logging import setup_logging
+    from inflab.common.redaction import redact
+
+    settings = _settings()
+    setup_logging(settings.log_level)
+    if not settings.database_url:
+        typer.echo("INFLAB_DATABASE_URL is not set: nothing to migrate", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"Migrating {redact(settings.database_url)} to {revision}")
+    upgrade(settings.database_url, revision)
+    typer.echo("Database schema is up to date")
 
 
 @app.command("job-keys")
