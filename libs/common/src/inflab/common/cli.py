@@ -105,7 +105,8 @@ def _print_ready(stack) -> None:
 
 @app.command()
 def ps() -> None:
-    """Show the embedded stack's components, whether they are alive, and gateway health."""
+    """Show the embedded stack's components (alive, restarts, last exit), gateway health and
+    whether each worker's metrics port answers."""
     from inflab.common.embedded._proc import same_process
     from inflab.common.embedded.stack import read_state, state_path
 
@@ -131,6 +132,8 @@ def ps() -> None:
     for comp in state["components"]:
         if comp.health_url and comp.alive():
             console.print(f"{comp.name} health ({comp.health_url}): {_health(comp.health_url)}")
+        if comp.metrics_url and comp.alive():
+            console.print(f"{comp.name} metrics ({comp.metrics_url}): {_health(comp.metrics_url)}")
 
 
 @app.command()
@@ -236,15 +239,15 @@ def _print_credentials(files: dict[str, str]) -> None:
 def _components_table(components, title: str | None = None) -> Table:
     """One row per component; logs are named relative to the logs folder printed with it.
     ``last exit`` is why the previous process of a restarted service ended (its exit code
-    or the signal's name) and when."""
+    or the signal's name) and when; ``metrics`` is where a worker serves Prometheus metrics."""
     table = Table(title=title)
-    for column in ("component", "pid", "state", "restarts", "last exit", "url", "log"):
+    for column in ("component", "pid", "state", "restarts", "last exit", "url", "metrics", "log"):
         table.add_column(column, overflow="fold")
     for comp in components:
         table.add_row(
             comp.name, str(comp.pid or "-"), _component_state(comp), str(comp.restarts),
             f"{comp.last_exit} at {comp.last_exit_at}" if comp.last_exit else "-",
-            comp.url or "-", os.path.basename(comp.log) if comp.log else "-",
+            comp.url or "-", comp.metrics_url or "-", os.path.basename(comp.log) if comp.log else "-",
         )
     return table
 

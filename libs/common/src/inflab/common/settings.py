@@ -139,6 +139,14 @@ class Settings(BaseSettings):
     #: and the run is not failed for it.
     bus_publish_retry_s: float = Field(30.0, ge=0)
 
+    # Worker metrics (inflab.common.worker_metrics): each worker (trainer, inference,
+    # influence) serves Prometheus metrics at http://metrics_host:metrics_port/metrics;
+    # port 0 serves none. The embedded stack gives each worker a free port of its own.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(0, ge=0, le=65535)
+    #: How often a worker reads its JetStream consumer's backlog for the lag gauges.
+    metrics_poll_s: float = Field(5.0, gt=0)
+
     # Retention of the streams that are kept rather than worked off (0: no limit). Events
     # are in Postgres once the gateway has stored them; the stream only has to hold them
     # through a gateway outage. Control messages must outlive the runs they steer. A

@@ -1,5 +1,6 @@
 """The shell of every worker service: connect the bus, join Ray, consume one request
-subject until SIGTERM/SIGINT, stop cleanly. Each service supplies only its handler."""
+subject until SIGTERM/SIGINT, stop cleanly, and serve the worker's Prometheus metrics
+(:mod:`inflab.common.worker_metrics`). Each service supplies only its handler."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from inflab.common.compute import ensure_ray
 from inflab.common.logging import setup_logging
 from inflab.common.model_ids import ModelIdRefused, check_model_id
 from inflab.common.settings import Settings, get_settings
+from inflab.common.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -42,18 +44,32 @@ async def serve(
     stop = stop or asyncio.Event()
     bus = await Bus.connect(settings, service)
     await asyncio.to_thread(ensure_ray, settings)
-    handler = make_handler(bus, settings)
+    metrics = WorkerMetrics(stage)
+    handler = metrics.instrument(bus, make_handler(bus, settings), settings.max_deliver)
+    durable = bus.subjects.durable(service)
+    poller: asyncio.Task | None = None
     log.info("%s consuming %s", service, bus.subjects.request(stage))
     try:
+        if settings.metrics_port:
+            metrics.serve(settings.metrics_host, settings.metrics_port)
+            log.info("%s metrics on http://%s:%d/metrics", service, settings.metrics_host, settings.metrics_port)
+        poller = asyncio.create_task(
+            metrics.poll_consumer(bus.js, bus.subjects.jobs_stream, durable, stop, settings.metrics_poll_s)
+        )
         await bus.consume(
             bus.subjects.request(stage),
             model,
             handler,
             stop,
-            durable=bus.subjects.durable(service),
+            durable=durable,
             signed=True,
         )
     finally:
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        metrics.close()
         await bus.close()
 
 
