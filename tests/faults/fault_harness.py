@@ -184,8 +184,12 @@ class FaultStack:
             await self.consuming(name)
 
     async def stop(self) -> None:
-        for proc in list(self.services.values()):
-            self.stop_service(proc.name)
+        for proc in self.services.values():  # all asked at once: each may take seconds
+            if proc.alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.process.pid, signal.SIGTERM)
+        for name in list(self.services):
+            self.stop_service(name)
         for server in (self.postgres, self.nats):
             if server is not None:
                 with contextlib.suppress(Exception):
