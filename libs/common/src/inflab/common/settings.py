@@ -226,6 +226,9 @@ class Settings(BaseSettings):
     #: Testing only: the gateway SIGKILLs itself right after a run's database commit,
     #: before anything is published or acknowledged (the crash the run outbox survives).
     test_fault_kill_after_run_commit: bool = False
+    #: Testing only: a worker SIGKILLs itself on every delivery of a job request whose JSON
+    #: contains this text, before handling it (the poison message the delivery limit stops).
+    test_fault_crash_on: str = ""
 
     local_user_email: str = Field(
         default="researcher@localhost",

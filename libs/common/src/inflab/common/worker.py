@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -31,6 +32,20 @@ def require_allowed_model(model_id: str, settings: Settings) -> None:
         raise Rejected(f"model_id: {exc}") from None
 
 
+def crash_on(marker: str, handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """The fault hook of the poison-message test (``INFLAB_TEST_FAULT_CRASH_ON``): the
+    process dies on every delivery of a request mentioning ``marker``, before handling it,
+    as it would on a request that crashes the interpreter or gets it OOM-killed."""
+
+    async def handle(request: BaseModel, msg) -> None:
+        if marker.encode() in msg.data:
+            log.error("test fault hook: SIGKILL on a request mentioning %r", marker)
+            os.kill(os.getpid(), signal.SIGKILL)
+        await handler(request, msg)
+
+    return handle
+
+
 async def serve(
     service: str,
     stage: str,
@@ -44,8 +59,11 @@ async def serve(
     stop = stop or asyncio.Event()
     bus = await Bus.connect(settings, service)
     await asyncio.to_thread(ensure_ray, settings)
+    handler = make_handler(bus, settings)
+    if settings.test_fault_crash_on:
+        handler = crash_on(settings.test_fault_crash_on, handler)
     metrics = WorkerMetrics(stage)
-    handler = metrics.instrument(bus, make_handler(bus, settings), settings.max_deliver)
+    handler = metrics.instrument(bus, handler, settings.max_deliver)
     durable = bus.subjects.durable(service)
     poller: asyncio.Task | None = None
     log.info("%s consuming %s", service, bus.subjects.request(stage))
