@@ -202,12 +202,24 @@ def test_kuberay_renders_one_raycluster_with_a_cpu_head_and_an_autoscaled_gpu_gr
         deployment = named(manifests, "Deployment", f"{FULL}-{worker}")
         container = deployment["spec"]["template"]["spec"]["containers"][0]
         assert container["image"] == image
-        # The Deployments are the cluster's clients: no GPU of their own, the head's address.
+        # The Deployments join the cluster as Ray nodes without resources (Ray Client cannot
+        # carry streaming tasks) at the head's GCS address, and need no GPU of their own.
         assert gpu_limit(container) is None and "nodeSelector" not in deployment["spec"]["template"]["spec"]
         head_service = f"{cluster['metadata']['name']}-head-svc"
-        assert env_of(container)["INFLAB_RAY_ADDRESS"]["value"] == f"ray://{head_service}:10001"
+        env = env_of(container)
+        assert env["RAY_GCS_ADDRESS"]["value"] == f"{head_service}:6379"
+        assert env["INFLAB_RAY_ADDRESS"]["value"] == "auto"
+        assert_joins_ray(container, worker)
     ports = {p["name"]: p["containerPort"] for p in head_container["ports"]}
-    assert ports["client"] == 10001
+    assert ports["gcs"] == 6379
+
+
+def assert_joins_ray(container: dict, worker: str) -> None:
+    command = container["command"]
+    assert command[:2] == ["/bin/sh", "-c"]
+    assert command[2] == (
+        f'ray start --address="$RAY_GCS_ADDRESS" --num-cpus=0 --num-gpus=0 && exec python -m inflab.{worker}'
+    )
 
 
 def test_local_ray_with_gpus_puts_them_on_the_trainer_and_influence_deployments():
@@ -229,7 +241,14 @@ def test_external_ray_hands_the_workers_its_address():
     assert not by_kind(manifests, "RayCluster")
     for worker in WORKERS:
         container = named(manifests, "Deployment", f"{FULL}-{worker}")["spec"]["template"]["spec"]["containers"][0]
-        assert env_of(container)["INFLAB_RAY_ADDRESS"]["value"] == "ray://ray-head.ray.svc:10001"
+        assert env_of(container)["RAY_GCS_ADDRESS"]["value"] == "ray-head.ray.svc:6379"
+        assert env_of(container)["INFLAB_RAY_ADDRESS"]["value"] == "auto"
+        assert_joins_ray(container, worker)
+    # Ray traffic both ways with the external cluster's nodes, and with nothing else.
+    policies = _policies(manifests)
+    external = [{"ipBlock": {"cidr": "10.20.0.0/16"}}]
+    assert {"from": external} in policies["ray-ingress"]["spec"]["ingress"]
+    assert {"to": external} in policies["egress"]["spec"]["egress"]
 
 
 def test_kuberay_without_gpus_has_a_cpu_worker_group():

@@ -83,12 +83,15 @@ imagePullSecrets:
 {{- end }}
 {{- end -}}
 
-{{/* Where Ray runs: empty (local), ray.address (external), the RayCluster's head (kuberay). */}}
+{{/* The GCS address (host:port) of the Ray cluster the workers join: ray.address
+(external) or the RayCluster's head service (kuberay); empty for local. The workers join
+as Ray nodes without resources and drive it from there: Ray Client (ray://) cannot carry
+the streaming tasks the stages run. */}}
 {{- define "inflab.rayAddress" -}}
 {{- if eq .Values.ray.mode "external" -}}
-{{- required "ray.address is required when ray.mode is external (e.g. ray://ray-head.ray:10001)" .Values.ray.address -}}
+{{- required "ray.address is required when ray.mode is external (the cluster's GCS address, e.g. ray-head.ray.svc:6379)" .Values.ray.address -}}
 {{- else if eq .Values.ray.mode "kuberay" -}}
-{{- printf "ray://%s-head-svc:%d" (include "inflab.componentName" (dict "root" . "component" "ray")) (int .Values.ray.clientPort) -}}
+{{- printf "%s-head-svc:6379" (include "inflab.componentName" (dict "root" . "component" "ray")) -}}
 {{- end -}}
 {{- end -}}
 
