@@ -67,13 +67,16 @@ def test_run_spec_refuses_arguments_for_unknown_methods():
 def test_the_catalogue_is_generated_from_the_models():
     catalogue = {m.id: m for m in method_catalogue()}
     assert [(m.id, m.label, m.speed) for m in catalogue.values()] == [
-        ("tracin", "TracIn", "fast"), ("datainf", "DataInf", "balanced"), ("ekfac", "EK-FAC", "precise")]
+        ("tracin", "TracIn", "fast"), ("datainf", "DataInf", "balanced"), ("ekfac", "EK-FAC", "precise"),
+        ("delta_h", "Concept change (Δh)", "fast"), ("act_grad", "Activation gradients", "fast"),
+        ("attr_change", "Attribution-weighted change", "balanced"), ("patching", "Causal patching", "precise")]
     for method in catalogue.values():
         names = [a.name for a in method.args]
         assert names == list(contract.ARGS_MODELS[method.id].model_fields)
         assert names[:2] == ["top_k", "batch_size"] and all(a.shared for a in method.args[:2])
         assert all(a.description for a in method.args), method.id
-        assert [v.id for v in method.variants] == ["raw", "normalized"]
+        representation = method.id in contract.REPRESENTATION_METHODS
+        assert [v.id for v in method.variants] == (["raw"] if representation else ["raw", "normalized"])
     # Final-checkpoint methods say what they miss; TracIn says what it keeps.
     assert "memorised" in catalogue["tracin"].description
     assert all("memorised" in catalogue[m].description for m in ("datainf", "ekfac"))

@@ -298,6 +298,19 @@ class Bus:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    async def pull_subscription(self, subject: str, durable: str, stream: str, stop: asyncio.Event):
+        """The durable pull subscription :meth:`consume` would use (same consumer
+        settings), for a caller that fetches and settles messages in batches itself;
+        waits for the stream like ``consume``. None if ``stop`` is set first."""
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.settings.ack_wait_s,
+            max_deliver=self.settings.max_deliver + 1,
+            filter_subject=subject,
+        )
+        return await self._subscribe_when_stream_exists(subject, durable, stream, config, stop)
+
     async def _subscribe_when_stream_exists(self, subject, durable, stream, config, stop: asyncio.Event):
         waiting = False
         while not stop.is_set():

@@ -23,6 +23,9 @@ from inflab.common.settings import Settings
 app = typer.Typer(help="Influence Lab: fine-tune, compare answers, trace influence.", no_args_is_help=True)
 model_app = typer.Typer(help="The default model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+from inflab.common.bench.cli import bench_app  # noqa: E402 (light: typer and rich only)
+
+app.add_typer(bench_app, name="bench")
 
 console = Console()
 #: Exit code after Ctrl-C, as a shell reports a SIGINT-terminated command.
@@ -61,7 +64,8 @@ async def _up(settings: Settings, ready_timeout: float) -> int:
 
     async def start() -> None:
         await stack.start()
-        await stack.wait_ready(ready_timeout)
+        # A service in a crash loop does not hold the rest back: it is reported, and restarted.
+        await stack.wait_ready(ready_timeout, allow_crash_loops=True)
 
     starting = asyncio.create_task(start())
     waiters = [asyncio.create_task(interrupted.wait()), asyncio.create_task(stack.failed.wait())]
@@ -90,6 +94,7 @@ async def _up(settings: Settings, ready_timeout: float) -> int:
 
 def _print_ready(stack) -> None:
     console.print(_components_table(stack.components, title="Influence Lab is up"))
+    _print_crash_loops(stack.components)
     console.print(f"Gateway: [bold green]{stack.gateway_url}[/]")
     console.print(f"Logs:    {stack.logs_dir}   State: {stack.state_path}")
     if not stack.settings.smtp_host:
@@ -118,6 +123,7 @@ def ps() -> None:
     if state.get("failure"):
         console.print(f"[red]Failure:[/] {state['failure']}")
     console.print(_components_table(state["components"]))
+    _print_crash_loops(state["components"])
     console.print(f"Logs in {state.get('logs_dir')}")
     if state.get("mail_dir"):
         console.print(f"Mail (verification and password-reset links) in {state['mail_dir']}")
@@ -228,20 +234,40 @@ def _print_credentials(files: dict[str, str]) -> None:
 
 
 def _components_table(components, title: str | None = None) -> Table:
-    """One row per component; logs are named relative to the logs folder printed with it."""
+    """One row per component; logs are named relative to the logs folder printed with it.
+    ``last exit`` is why the previous process of a restarted service ended (its exit code
+    or the signal's name) and when."""
     table = Table(title=title)
-    for column in ("component", "pid", "state", "restarts", "url", "log"):
+    for column in ("component", "pid", "state", "restarts", "last exit", "url", "log"):
         table.add_column(column, overflow="fold")
     for comp in components:
-        if comp.kind == "external":
-            state = "[cyan]external[/]"
-        elif comp.alive():
-            state = "[green]alive[/]" if comp.status == "running" else f"[yellow]{comp.status}[/]"
-        else:
-            state = f"[red]{comp.status if comp.status in ('stopped', 'failed') else 'dead'}[/]"
-        log_name = os.path.basename(comp.log) if comp.log else "-"
-        table.add_row(comp.name, str(comp.pid or "-"), state, str(comp.restarts), comp.url or "-", log_name)
+        table.add_row(
+            comp.name, str(comp.pid or "-"), _component_state(comp), str(comp.restarts),
+            f"{comp.last_exit} at {comp.last_exit_at}" if comp.last_exit else "-",
+            comp.url or "-", os.path.basename(comp.log) if comp.log else "-",
+        )
     return table
+
+
+def _component_state(comp) -> str:
+    if comp.kind == "external":
+        return "[cyan]external[/]"
+    if comp.crash_loop and comp.status not in ("stopped", "failed"):
+        return f"[red]crash loop[/] ({comp.crashes_in_a_row} exits in a row)"
+    if comp.alive():
+        return "[green]alive[/]" if comp.status == "running" else f"[yellow]{comp.status}[/]"
+    if comp.status == "restarting":
+        return "[yellow]restarting[/]"
+    return f"[red]{comp.status if comp.status in ('stopped', 'failed') else 'dead'}[/]"
+
+
+def _print_crash_loops(components) -> None:
+    for comp in components:
+        if comp.crash_loop and comp.status not in ("stopped", "failed"):
+            console.print(
+                f"[red]Crash loop:[/] {comp.name} exited {comp.crashes_in_a_row} times in a row "
+                f"(last: {comp.last_exit}); it is restarted with a growing back-off. See {comp.log}"
+            )
 
 
 def _health(url: str) -> str:

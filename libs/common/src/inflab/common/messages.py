@@ -19,7 +19,7 @@ from inflab.common.settings import DEFAULT_MODEL_ID
 SCHEMA_VERSION = 1
 
 #: Influence methods a run may ask for (their arguments: ``inflab.common.influence_methods``).
-INFLUENCE_METHODS = ("tracin", "datainf", "ekfac")
+INFLUENCE_METHODS = ("tracin", "datainf", "ekfac", "delta_h", "act_grad", "attr_change", "patching")
 
 RunStatus = Literal["queued", "running", "checkpointing", "completed", "failed", "cancelled"]
 QUANTIZATIONS = ("none", "4bit")

@@ -105,6 +105,9 @@ class Settings(BaseSettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
     sse_heartbeat_s: float = 15.0
+    #: Run events the gateway's persister fetches from JetStream and stores in one
+    #: transaction, at most (a busy stream is worked off in batches, an idle one at once).
+    persister_batch: int = Field(100, ge=1, le=10_000)
     #: The built browser app (``make web``) the gateway serves at ``/``. None: the source
     #: checkout's ``services/gateway/web/dist``; the gateway image sets its own folder.
     web_dir: Path | None = None

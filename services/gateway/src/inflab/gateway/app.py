@@ -102,8 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if event.kind == "status":  # a training started or a run ended: a place may have freed
                     dispatcher.poke()
 
-            persister = EventPersister(bus, sessionmaker, notifier, on_stored=stored,
-                                       on_refused=app.state.metrics.event_refused)
+            persister = app.state.persister = EventPersister(
+                bus, sessionmaker, notifier, on_stored=stored, on_refused=app.state.metrics.event_refused,
+                on_batch=app.state.metrics.persister_batch.observe)
             await persister.listen_for_pokes()
             tasks.append(asyncio.create_task(persister.run(stop), name="event-persister"))
             app.state.persister_task = tasks[0]

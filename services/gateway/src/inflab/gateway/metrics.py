@@ -64,6 +64,10 @@ class GatewayMetrics:
             "inflab_event_lag_seconds", "Now minus the event's own time, when the gateway stores it.",
             ["kind"], buckets=LAG_BUCKETS, registry=self.registry,
         )
+        self.persister_batch = Histogram(
+            "inflab_persister_batch_events", "Run events newly stored per persister transaction (one fetched batch).",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000), registry=self.registry,
+        )
         self.events_refused = Counter(
             "inflab_events_refused",
             "Run events the persister refused because their stage could not have sent them (by why: "

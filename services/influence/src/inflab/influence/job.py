@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from inflab.common.influence_methods import ARGS_MODELS, describe_errors
+from inflab.common.influence_methods import ARGS_MODELS, REPRESENTATION_METHODS, describe_errors
 from inflab.common.messages import CheckpointRef, InfluenceRequest
 from inflab.common.models import load_model, resolve_model
 from inflab.common.objectstore import ObjectStore, influence_key
@@ -97,6 +97,11 @@ def influence_job(
         model_path = resolve_model(req.spec.model_id, Path(models_dir))
     with tempfile.TemporaryDirectory(prefix=f"inflab-influence-{req.run_id}-") as work:
         checkpoints = [fetch_checkpoint(store, ref, Path(work) / f"{ref.step:08d}") for ref in req.checkpoints]
+        extra: dict[str, Any] = {}
+        if req.method in REPRESENTATION_METHODS:
+            # old_model/new_model: ids like the run's model_id (the service has checked them
+            # against the allow-list), resolved the same way.
+            extra["named_loader"] = lambda name: load_model(resolve_model(name, Path(models_dir)), Path(models_dir))
         try:
             matrices = method.compute(
                 lambda: load_model(model_path, Path(models_dir)),
@@ -106,6 +111,7 @@ def influence_job(
                 args,
                 emit,
                 cache=worker_cache(),
+                **extra,
             )
         except StageFailed:
             raise

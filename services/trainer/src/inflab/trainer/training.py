@@ -87,6 +87,9 @@ class TrainingOutcome:
     #: (mostly in a background thread, beside the training; see predictions.py).
     prediction_stall_s: float = 0.0
     prediction_decoding_s: float = 0.0
+    #: The trained model (PEFT-wrapped), for callers that go on using it (a validation's
+    #: retraining measures losses with it); not part of the summary.
+    model: Any = field(default=None, repr=False)
 
     def summary(self, refs: list[CheckpointRef]) -> TrainingSummary:
         return TrainingSummary(
@@ -235,6 +238,7 @@ def train_lora(
     resume_from: Path | None = None,
     prediction_limits: PredictionLimits | None = None,
     final_predictions_elsewhere: bool = False,
+    base_model: Any | None = None,
 ) -> TrainingOutcome:
     """Fine-tune ``model_path`` with LoRA (QLoRA with ``quantization: 4bit``) on
     ``spec.training_data``.
@@ -269,6 +273,11 @@ def train_lora(
     from which training continues with the next epoch. ``prediction_limits`` are the
     server's bounds on prediction tracking (clamped with a warning).
 
+    ``base_model``: the base model already in memory (float32, on the training device),
+    used instead of loading ``model_path``'s weights; it is wrapped with LoRA in place, so
+    give each call its own (a validation's retrainings build theirs from weights shared
+    through Ray's object store). The tokenizer still comes from ``model_path``.
+
     Raises ``QLoRAUnsupported`` (4-bit where bitsandbytes cannot run it) before loading
     anything, and ``InvalidTargetModules`` before the first step.
     """
@@ -291,7 +300,7 @@ def train_lora(
         sampler = PredictionSampler(plan, tokenizer, resolve_precision(plan.precision, device, hp.quantization == "4bit"))
         tracker = PredictionTracker(sampler, emit, lambda message: _log(emit, "warning", message))
 
-    model = load_base_model(model_path, device, hp.quantization)
+    model = load_base_model(model_path, device, hp.quantization) if base_model is None else base_model
     torch.manual_seed(hp.seed)  # LoRA init and dropout masks
     model = attach_lora(model, hp)  # validates the target modules; freezes every base weight
     trainable = [p for p in model.parameters() if p.requires_grad]
@@ -423,4 +432,5 @@ def train_lora(
         outcome.prediction_decoding_s = tracker.decoding_s
 
     outcome.duration_s = time.monotonic() - started
+    outcome.model = model
     return outcome

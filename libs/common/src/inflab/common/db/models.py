@@ -192,6 +192,12 @@ class Run(Base):
         JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
     )
     progress: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    #: Each stage key's latest reported fraction and the producer's time of that report
+    #: (``{"train": {"fraction": 0.4, "time": "<ISO 8601>"}}``): what ``progress`` is
+    #: computed from, kept here so an event never re-reads the run's progress events.
+    stage_progress: Mapped[dict] = mapped_column(
+        JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
+    )
     current_epoch: Mapped[float | None] = mapped_column(Float)
     loss: Mapped[float | None] = mapped_column(Float)
     eta_s: Mapped[float | None] = mapped_column(Float)

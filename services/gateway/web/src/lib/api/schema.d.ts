@@ -765,6 +765,88 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * ActGradArgs
+         * @description Activation-gradient similarity at the fine-tuned model.
+         */
+        ActGradArgs: {
+            /**
+             * Aggregation
+             * @description How the per-layer similarities become one score: their mean, the mean of the
+             *     ``top_layers`` largest, or convex weights fitted on a validation split of the queries
+             *     (benchmark runs only; elsewhere the mean).
+             * @default mean
+             * @enum {string}
+             */
+            aggregation?: "mean" | "topk_mean" | "learned";
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Checkpoint Step
+             * @description The fine-tuned checkpoint, by its training step; null: the final checkpoint.
+             */
+            checkpoint_step?: number | null;
+            /**
+             * Layers
+             * @description Decoder layers compared: ``all``, a list (``0,3,5``) or a range (``2-5``), from 0.
+             * @default all
+             */
+            layers?: string;
+            /**
+             * New Model
+             * @description The new model's id, with ``old_model``.
+             */
+            new_model?: string | null;
+            /**
+             * Normalization
+             * @description ``zscore``: each layer's similarities are standardised over the training examples
+             *     (per query) before aggregating, so no layer dominates by its scale.
+             * @default none
+             * @enum {string}
+             */
+            normalization?: "none" | "zscore";
+            /**
+             * Old Model
+             * @description Compare two full checkpoints instead of the run's base and adapter: the old model's
+             *     id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
+             *     architectures must match, or the job is refused before any work.
+             */
+            old_model?: string | null;
+            /**
+             * Pooling
+             * @description A sequence's vector per layer: its last position the loss reads (the token before
+             *     the last), or the mean over the tokens that carry the loss (the answer span; every
+             *     token of a benchmark document).
+             * @default answer_mean
+             * @enum {string}
+             */
+            pooling?: "last" | "answer_mean";
+            /**
+             * Similarity
+             * @description Cosine of the pooled vectors, or their dot product.
+             * @default cosine
+             * @enum {string}
+             */
+            similarity?: "cosine" | "dot";
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+            /**
+             * Top Layers
+             * @description ``topk_mean`` only: how many of the largest per-layer similarities are averaged.
+             * @default 3
+             */
+            top_layers?: number;
+        };
         /** Answer */
         Answer: {
             /** Base */
@@ -920,6 +1002,96 @@ export interface components {
              * @enum {string}
              */
             scope: "full" | "read" | "submit";
+        };
+        /**
+         * AttrChangeArgs
+         * @description Attribution-weighted change: pooled change times pooled activation gradient.
+         */
+        AttrChangeArgs: {
+            /**
+             * Aggregation
+             * @description How the per-layer similarities become one score: their mean, the mean of the
+             *     ``top_layers`` largest, or convex weights fitted on a validation split of the queries
+             *     (benchmark runs only; elsewhere the mean).
+             * @default mean
+             * @enum {string}
+             */
+            aggregation?: "mean" | "topk_mean" | "learned";
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Checkpoint Step
+             * @description The fine-tuned checkpoint, by its training step; null: the final checkpoint.
+             */
+            checkpoint_step?: number | null;
+            /**
+             * Ig Steps
+             * @description 0: the gradient at the fine-tuned model; K > 0: integrated gradients, the mean
+             *     gradient over K points on the path from the old to the new hidden states (a K-step
+             *     Riemann sum; K more forward and backward passes per layer).
+             * @default 0
+             */
+            ig_steps?: number;
+            /**
+             * Layers
+             * @description Decoder layers compared: ``all``, a list (``0,3,5``) or a range (``2-5``), from 0.
+             * @default all
+             */
+            layers?: string;
+            /**
+             * New Model
+             * @description The new model's id, with ``old_model``.
+             */
+            new_model?: string | null;
+            /**
+             * Normalization
+             * @description ``zscore``: each layer's similarities are standardised over the training examples
+             *     (per query) before aggregating, so no layer dominates by its scale.
+             * @default none
+             * @enum {string}
+             */
+            normalization?: "none" | "zscore";
+            /**
+             * Old Model
+             * @description Compare two full checkpoints instead of the run's base and adapter: the old model's
+             *     id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
+             *     architectures must match, or the job is refused before any work.
+             */
+            old_model?: string | null;
+            /**
+             * Pooling
+             * @description A sequence's vector per layer: its last position the loss reads (the token before
+             *     the last), or the mean over the tokens that carry the loss (the answer span; every
+             *     token of a benchmark document).
+             * @default answer_mean
+             * @enum {string}
+             */
+            pooling?: "last" | "answer_mean";
+            /**
+             * Similarity
+             * @description Cosine of the pooled vectors, or their dot product.
+             * @default cosine
+             * @enum {string}
+             */
+            similarity?: "cosine" | "dot";
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+            /**
+             * Top Layers
+             * @description ``topk_mean`` only: how many of the largest per-layer similarities are averaged.
+             * @default 3
+             */
+            top_layers?: number;
         };
         /**
          * BaselineMatrix
@@ -1117,6 +1289,88 @@ export interface components {
             normalized?: boolean | null;
             /** Top K */
             top_k?: number | null;
+        };
+        /**
+         * DeltaHArgs
+         * @description Concept-change similarity: cosine of pooled hidden-state changes between checkpoints.
+         */
+        DeltaHArgs: {
+            /**
+             * Aggregation
+             * @description How the per-layer similarities become one score: their mean, the mean of the
+             *     ``top_layers`` largest, or convex weights fitted on a validation split of the queries
+             *     (benchmark runs only; elsewhere the mean).
+             * @default mean
+             * @enum {string}
+             */
+            aggregation?: "mean" | "topk_mean" | "learned";
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Checkpoint Step
+             * @description The fine-tuned checkpoint, by its training step; null: the final checkpoint.
+             */
+            checkpoint_step?: number | null;
+            /**
+             * Layers
+             * @description Decoder layers compared: ``all``, a list (``0,3,5``) or a range (``2-5``), from 0.
+             * @default all
+             */
+            layers?: string;
+            /**
+             * New Model
+             * @description The new model's id, with ``old_model``.
+             */
+            new_model?: string | null;
+            /**
+             * Normalization
+             * @description ``zscore``: each layer's similarities are standardised over the training examples
+             *     (per query) before aggregating, so no layer dominates by its scale.
+             * @default none
+             * @enum {string}
+             */
+            normalization?: "none" | "zscore";
+            /**
+             * Old Model
+             * @description Compare two full checkpoints instead of the run's base and adapter: the old model's
+             *     id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
+             *     architectures must match, or the job is refused before any work.
+             */
+            old_model?: string | null;
+            /**
+             * Pooling
+             * @description A sequence's vector per layer: its last position the loss reads (the token before
+             *     the last), or the mean over the tokens that carry the loss (the answer span; every
+             *     token of a benchmark document).
+             * @default answer_mean
+             * @enum {string}
+             */
+            pooling?: "last" | "answer_mean";
+            /**
+             * Similarity
+             * @description Cosine of the pooled vectors, or their dot product.
+             * @default cosine
+             * @enum {string}
+             */
+            similarity?: "cosine" | "dot";
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+            /**
+             * Top Layers
+             * @description ``topk_mean`` only: how many of the largest per-layer similarities are averaged.
+             * @default 3
+             */
+            top_layers?: number;
         };
         /**
          * EKFACArgs
@@ -1817,10 +2071,18 @@ export interface components {
          *     editor keeps what was set for it.
          */
         InfluenceArgs: {
+            /** @description Activation-gradient similarity's arguments. */
+            act_grad?: components["schemas"]["ActGradArgs"];
+            /** @description Attribution-weighted change's arguments. */
+            attr_change?: components["schemas"]["AttrChangeArgs"];
             /** @description DataInf's arguments. */
             datainf?: components["schemas"]["DataInfArgs"];
+            /** @description Concept-change similarity's arguments. */
+            delta_h?: components["schemas"]["DeltaHArgs"];
             /** @description EK-FAC's arguments. */
             ekfac?: components["schemas"]["EKFACArgs"];
+            /** @description Gated causal patching's arguments. */
+            patching?: components["schemas"]["PatchingArgs"];
             /** @description TracIn's arguments. */
             tracin?: components["schemas"]["TracInArgs"];
         };
@@ -2315,6 +2577,101 @@ export interface components {
             new_password: string;
             /** Token */
             token: string;
+        };
+        /**
+         * PatchingArgs
+         * @description Gated cross-checkpoint causal patching (slow: one forward per query and example).
+         */
+        PatchingArgs: {
+            /**
+             * Aggregation
+             * @description How the per-layer similarities become one score: their mean, the mean of the
+             *     ``top_layers`` largest, or convex weights fitted on a validation split of the queries
+             *     (benchmark runs only; elsewhere the mean).
+             * @default mean
+             * @enum {string}
+             */
+            aggregation?: "mean" | "topk_mean" | "learned";
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Checkpoint Step
+             * @description The fine-tuned checkpoint, by its training step; null: the final checkpoint.
+             */
+            checkpoint_step?: number | null;
+            /**
+             * Layers
+             * @description Decoder layers compared: ``all``, a list (``0,3,5``) or a range (``2-5``), from 0.
+             * @default all
+             */
+            layers?: string;
+            /**
+             * New Model
+             * @description The new model's id, with ``old_model``.
+             */
+            new_model?: string | null;
+            /**
+             * Normalization
+             * @description ``zscore``: each layer's similarities are standardised over the training examples
+             *     (per query) before aggregating, so no layer dominates by its scale.
+             * @default none
+             * @enum {string}
+             */
+            normalization?: "none" | "zscore";
+            /**
+             * Old Model
+             * @description Compare two full checkpoints instead of the run's base and adapter: the old model's
+             *     id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
+             *     architectures must match, or the job is refused before any work.
+             */
+            old_model?: string | null;
+            /**
+             * Patch Fraction
+             * @description The share of hidden dimensions patched: the top ones by the training example's
+             *     attribution-weighted change at that layer.
+             * @default 0.05
+             */
+            patch_fraction?: number;
+            /**
+             * Patch Layer
+             * @description The decoder layer patched (negative: from the end).
+             * @default -1
+             */
+            patch_layer?: number;
+            /**
+             * Pooling
+             * @description A sequence's vector per layer: its last position the loss reads (the token before
+             *     the last), or the mean over the tokens that carry the loss (the answer span; every
+             *     token of a benchmark document).
+             * @default answer_mean
+             * @enum {string}
+             */
+            pooling?: "last" | "answer_mean";
+            /**
+             * Similarity
+             * @description Cosine of the pooled vectors, or their dot product.
+             * @default cosine
+             * @enum {string}
+             */
+            similarity?: "cosine" | "dot";
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+            /**
+             * Top Layers
+             * @description ``topk_mean`` only: how many of the largest per-layer similarities are averaged.
+             * @default 3
+             */
+            top_layers?: number;
         };
         /** PredictionEpoch */
         PredictionEpoch: {
