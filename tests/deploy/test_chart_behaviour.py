@@ -42,6 +42,7 @@ def gpu_limit(container: dict) -> object:
 def test_the_default_install_is_cpu_only_with_policies_and_budgets_and_no_operator_resources():
     manifests = render()
     assert "nvidia.com/gpu" not in yaml.safe_dump_all(manifests)
+    assert "NUM_GPUS" not in yaml.safe_dump_all(manifests)
     assert by_kind(manifests, "NetworkPolicy") and by_kind(manifests, "PodDisruptionBudget")
     assert not by_kind(manifests, "ScaledObject")
     assert not by_kind(manifests, "ServiceMonitor")
@@ -210,8 +211,26 @@ def test_kuberay_renders_one_raycluster_with_a_cpu_head_and_an_autoscaled_gpu_gr
         assert env["RAY_GCS_ADDRESS"]["value"] == f"{head_service}:6379"
         assert env["INFLAB_RAY_ADDRESS"]["value"] == "auto"
         assert_joins_ray(container, worker)
+        assert_stage_asks_for_a_gpu(container, worker)
     ports = {p["name"]: p["containerPort"] for p in head_container["ports"]}
     assert ports["gcs"] == 6379
+
+
+def assert_stage_asks_for_a_gpu(container: dict, worker: str) -> None:
+    """Training and influence ask Ray for one GPU (what makes the autoscaler add a GPU
+    pod); inference runs on CPUs."""
+    from inflab.common.settings import Settings
+
+    env = env_of(container)
+    asked = {name: var["value"] for name, var in env.items() if name.endswith("_NUM_GPUS")}
+    if worker == "inference":
+        assert asked == {}
+    else:
+        stage = "TRAIN" if worker == "trainer" else "INFLUENCE"
+        assert asked == {f"INFLAB_{stage}_NUM_GPUS": "1"}
+        # The variable is the setting the service reads.
+        assert getattr(Settings(**{f"{stage.lower()}_num_gpus": 1}), f"{stage.lower()}_num_gpus") == 1
+        assert f"{stage.lower()}_num_gpus" in Settings.model_fields
 
 
 def assert_joins_ray(container: dict, worker: str) -> None:
@@ -231,6 +250,7 @@ def test_local_ray_with_gpus_puts_them_on_the_trainer_and_influence_deployments(
             assert gpu_limit(pod["containers"][0]) is None and "nodeSelector" not in pod
             continue
         assert gpu_limit(pod["containers"][0]) == 1
+        assert_stage_asks_for_a_gpu(pod["containers"][0], worker)
         assert pod["nodeSelector"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
         assert pod["tolerations"][0]["key"] == "nvidia.com/gpu"
         assert pod["containers"][0]["resources"]["limits"]["memory"]  # kept beside the GPU
