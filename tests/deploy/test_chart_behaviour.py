@@ -418,3 +418,21 @@ def test_switches_turn_policies_and_budgets_off():
     gateway = named(manifests, "Deployment", f"{FULL}-gateway")["spec"]["template"]["spec"]["containers"][0]
     env = env_of(gateway)
     assert "INFLAB_NATS_PASSWORD" not in env and "AWS_ACCESS_KEY_ID" not in env and "INFLAB_SECRET_KEY" not in env
+
+
+def test_pull_secrets_reach_every_pod_and_node_selector_values_are_strings():
+    values = {"image": {"pullSecrets": ["regcred"]}, "ray": {"mode": "kuberay"},
+              "gpu": {"enabled": True, "nodeSelector": {"gpu": True, "pool": "a100"}}}
+    manifests = render(values)
+    for manifest in manifests:
+        for spec in pod_specs(manifest):
+            assert spec["imagePullSecrets"] == [{"name": "regcred"}]
+    (cluster,) = by_kind(manifests, "RayCluster")
+    assert cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]["nodeSelector"] == {"gpu": "true", "pool": "a100"}
+
+
+def test_a_monitoring_address_without_a_scheme_is_plain_http():
+    manifests = render({"keda": {"enabled": True}, "nats": {"monitoringUrl": "nats.messaging.svc:8222"}})
+    for scaled in by_kind(manifests, "ScaledObject"):
+        meta = scaled["spec"]["triggers"][0]["metadata"]
+        assert meta["natsServerMonitoringEndpoint"] == "nats.messaging.svc:8222" and meta["useHttps"] == "false"

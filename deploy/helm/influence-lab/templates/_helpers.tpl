@@ -74,11 +74,12 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
+{{/* imagePullSecrets of a pod spec, at the given indent (.indent); nothing without any. */}}
 {{- define "inflab.imagePullSecrets" -}}
-{{- with .Values.image.pullSecrets }}
-imagePullSecrets:
+{{- with .root.Values.image.pullSecrets }}
+{{- printf "imagePullSecrets:" | nindent $.indent }}
 {{- range . }}
-  - name: {{ . }}
+{{- printf "- name: %s" . | nindent (int (add $.indent 2)) }}
 {{- end }}
 {{- end }}
 {{- end -}}
@@ -101,6 +102,12 @@ the scheme's default port when the URL has none. */}}
 {{- $u := urlParse .url -}}
 {{- $parts := splitList ":" $u.host -}}
 {{- if gt (len $parts) 1 -}}{{ last $parts }}{{- else -}}{{ .default }}{{- end -}}
+{{- end -}}
+
+{{/* nats.monitoringUrl as a URL: host:port alone means http://host:port. */}}
+{{- define "inflab.monitoringUrl" -}}
+{{- $u := .Values.nats.monitoringUrl -}}
+{{- if contains "://" $u -}}{{ $u }}{{- else -}}{{ printf "http://%s" $u }}{{- end -}}
 {{- end -}}
 
 {{/* The object store's settings: URL, endpoint, region, and credentials from the Secret. */}}
@@ -189,7 +196,9 @@ folder, caches) and the models folder. */}}
 {{- define "inflab.gpuScheduling" -}}
 {{- with .Values.gpu.nodeSelector }}
 nodeSelector:
-  {{- toYaml . | nindent 2 }}
+  {{- range $key, $value := . }}
+  {{ $key }}: {{ $value | toString | quote }}
+  {{- end }}
 {{- end }}
 {{- with .Values.gpu.tolerations }}
 tolerations:
