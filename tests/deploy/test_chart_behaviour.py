@@ -131,6 +131,9 @@ def test_the_ingress_has_tls_for_its_host_when_enabled():
     assert ingress["spec"]["rules"][0]["host"] == "inflab.example.org"
     assert ingress["spec"]["tls"] == [{"hosts": ["inflab.example.org"], "secretName": "inflab-tls"}]
     assert ingress["spec"]["ingressClassName"] == "nginx"
+    # TLS by default (the session cookie is Secure); "" turns it off.
+    default = by_kind(render({"ingress": {"enabled": True, "host": "lab.example.org"}}), "Ingress")[0]
+    assert default["spec"]["tls"] == [{"hosts": ["lab.example.org"], "secretName": "inflab-tls"}]
     plain = by_kind(render({"ingress": {"enabled": True, "host": "lab.example.org", "tlsSecret": ""}}), "Ingress")[0]
     assert "tls" not in plain["spec"]
 
@@ -175,8 +178,9 @@ def test_the_workers_consume_their_own_subjects_with_the_workers_image():
         env = env_of(container)
         assert env["INFLAB_STREAM_PREFIX"]["value"] == "INFLAB" and env["INFLAB_SUBJECT_PREFIX"]["value"] == "inflab"
         assert env["INFLAB_RAY_ADDRESS"]["value"] == ""  # ray.mode local: a Ray in the pod
-        assert {"name": "metrics", "containerPort": 9100, "protocol": "TCP"} in container["ports"]
-        assert env["INFLAB_METRICS_PORT"]["value"] == "9100"
+        assert {"name": "metrics", "containerPort": 9464, "protocol": "TCP"} in container["ports"]
+        assert env["INFLAB_METRICS_PORT"]["value"] == "9464" and env["INFLAB_METRICS_HOST"]["value"] == "0.0.0.0"
+        assert "INFLAB_METRICS_TOKEN" not in env
 
 
 def test_kuberay_renders_one_raycluster_with_a_cpu_head_and_an_autoscaled_gpu_group():
@@ -404,6 +408,7 @@ def test_prometheus_reaches_the_metrics_ports_when_the_servicemonitor_is_on():
     endpoints = {e["port"]: e for e in monitor["spec"]["endpoints"]}
     assert endpoints["http"]["path"] == "/metrics" and endpoints["metrics"]["path"] == "/metrics"
     assert endpoints["http"]["authorization"]["credentials"] == {"name": "inflab-gateway", "key": "metrics-token"}
+    assert "authorization" not in endpoints["metrics"]  # the workers' port needs none
     assert monitor["metadata"]["labels"]["release"] == "prometheus"
     policies = _policies(manifests)
     prometheus = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}, "podSelector": {}}
