@@ -297,4 +297,7 @@ def test_without_the_operators_apis_the_chart_still_installs_without_their_resou
     kinds = {m["kind"] for m in manifests}
     assert not kinds & {"RayCluster", "ScaledObject", "ServiceMonitor"}
     assert {"Deployment", "Job", "NetworkPolicy"} <= kinds
+    # Without KEDA to own the count, the workers keep theirs.
+    for deployment in by_kind(manifests, "Deployment"):
+        assert deployment["spec"]["replicas"] >= 1
     assert OPERATOR_APIS  # the other renders do pass them

@@ -156,6 +156,17 @@ def test_the_migrations_run_in_a_hook_job_before_install_and_upgrade_and_nothing
             assert "migrate" not in " ".join(c.get("command", []) + c.get("args", []))
 
 
+def test_no_service_migrates_the_database_itself():
+    """Only `inflab migrate` (the hook Job) and the embedded stack upgrade the schema."""
+    root = CHART.parents[2]
+    sources = [*root.glob("services/*/src/**/*.py"), root / "libs/common/src/inflab/common/worker.py"]
+    assert len(sources) > 20
+    for path in sources:
+        text = path.read_text()
+        for call in ("inflab.common.db.migrate", "from alembic import command", "command.upgrade"):
+            assert call not in text, f"{path} migrates ({call})"
+
+
 def test_the_migrate_command_exists_in_the_cli():
     from typer.testing import CliRunner
 
