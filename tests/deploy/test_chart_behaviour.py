@@ -452,3 +452,22 @@ def test_a_monitoring_address_without_a_scheme_is_plain_http():
     for scaled in by_kind(manifests, "ScaledObject"):
         meta = scaled["spec"]["triggers"][0]["metadata"]
         assert meta["natsServerMonitoringEndpoint"] == "nats.messaging.svc:8222" and meta["useHttps"] == "false"
+
+
+#: Settings the workers' metrics bring (INFLAB_METRICS_HOST/PORT), read by a worker only once
+#: that part of the code is in; until then an unknown INFLAB_ variable is ignored.
+WORKER_METRICS_SETTINGS = {"INFLAB_METRICS_HOST", "INFLAB_METRICS_PORT"}
+
+
+@pytest.mark.parametrize("name", ALL_SETS)
+def test_every_inflab_variable_the_chart_sets_is_a_setting(name: str):
+    """Settings ignore unknown variables, so a misspelt one would be silently lost."""
+    from inflab.common.settings import Settings
+
+    fields = {f"INFLAB_{field.upper()}" for field in Settings.model_fields}
+    for manifest in render(values_files=ALL_SETS[name]):
+        for spec in pod_specs(manifest):
+            for container in containers(spec):
+                for var in container.get("env", []):
+                    if var["name"].startswith("INFLAB_") and var["name"] not in fields:
+                        assert var["name"] in WORKER_METRICS_SETTINGS, f"{var['name']} is no setting"
