@@ -471,3 +471,45 @@ def test_every_inflab_variable_the_chart_sets_is_a_setting(name: str):
                 for var in container.get("env", []):
                     if var["name"].startswith("INFLAB_") and var["name"] not in fields:
                         assert var["name"] in WORKER_METRICS_SETTINGS, f"{var['name']} is no setting"
+
+
+def test_ray_nodes_have_probes_that_need_no_tool_the_image_lacks():
+    """KubeRay's default probes run wget, which the workers' image does not ship; the
+    chart's run the image's Python against the same health endpoints. The check passes
+    against a server answering `success` and fails against one answering otherwise."""
+    import http.server
+    import subprocess
+    import sys
+    import threading
+
+    (cluster,) = by_kind(render(values_files=GPU), "RayCluster")
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+    worker = cluster["spec"]["workerGroupSpecs"][0]["template"]["spec"]["containers"][0]
+    for container, urls in ((head, 2), (worker, 1)):
+        for probe in ("readinessProbe", "livenessProbe"):
+            command = container[probe]["exec"]["command"]
+            assert command[:2] == ["python", "-c"] and "wget" not in command[2]
+            assert command[2].count("http://localhost:") == urls
+    code = head["readinessProbe"]["exec"]["command"][2]
+
+    answer = {"body": b"success"}
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(answer["body"])
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        port = server.server_address[1]
+        local = code.replace("localhost:52365", f"127.0.0.1:{port}").replace("localhost:8265", f"127.0.0.1:{port}")
+        assert subprocess.run([sys.executable, "-c", local], capture_output=True).returncode == 0
+        answer["body"] = b"unhealthy"
+        assert subprocess.run([sys.executable, "-c", local], capture_output=True).returncode != 0
+    finally:
+        server.shutdown()

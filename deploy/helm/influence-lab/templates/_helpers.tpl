@@ -205,3 +205,27 @@ tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* Probes of a Ray node's container (.head: also the GCS). KubeRay's own default probes
+run wget, which the workers' image does not ship, so the chart gives its own: the same
+health endpoints, read with the image's Python. */}}
+{{- define "inflab.rayProbes" -}}
+{{- $urls := list "http://localhost:52365/api/local_raylet_healthz" -}}
+{{- if .head }}{{- $urls = append $urls "http://localhost:8265/api/gcs_healthz" -}}{{- end -}}
+{{- $check := printf "import sys, urllib.request as u; sys.exit(0 if all(b'success' in u.urlopen(x, timeout=5).read() for x in %s) else 1)" ($urls | toJson) -}}
+readinessProbe:
+  exec:
+    command: ["python", "-c", {{ $check | quote }}]
+  initialDelaySeconds: 10
+  periodSeconds: 10
+  timeoutSeconds: 10
+  failureThreshold: 6
+livenessProbe:
+  exec:
+    command: ["python", "-c", {{ $check | quote }}]
+  initialDelaySeconds: 60
+  periodSeconds: 15
+  timeoutSeconds: 10
+  failureThreshold: 10
+{{- end -}}
+
