@@ -135,3 +135,6 @@ def test_the_workers_image_has_a_cpu_and_a_cuda_variant_with_matching_torch():
     # The one image runs every worker service (and the Ray nodes), so all three are in it.
     for service in ("trainer", "inference", "influence"):
         assert f"/src/services/{service}" in text
+    # KubeRay runs `ray start` in a login shell, whose PATH (Debian's /etc/profile) has
+    # /usr/local/bin but not the venv.
+    assert any(kind == "RUN" and "ln -s /opt/venv/bin/ray /usr/local/bin/ray" in arg for kind, arg in stages(WORKERS)[-1])

@@ -100,6 +100,12 @@ class Settings(BaseSettings):
     train_num_cpus: float = 2
     inference_num_cpus: float = 1
     influence_num_cpus: float = 1
+    # GPUs each stage asks Ray for (0: none). On a KubeRay cluster a stage asking for a GPU
+    # that no node has makes the Ray autoscaler add a GPU pod (deploy/helm sets these
+    # from gpu.count when gpu.enabled).
+    train_num_gpus: float = Field(0, ge=0)
+    inference_num_gpus: float = Field(0, ge=0)
+    influence_num_gpus: float = Field(0, ge=0)
 
     # Gateway.
     gateway_host: str = "127.0.0.1"
