@@ -37,7 +37,7 @@ from inflab.common.job_signing import SIGNATURE_HEADER, BadSignature, JobSigner,
 from inflab.common.messages import DeadLetter, EventBase
 from inflab.common.nats_permissions import inbox_prefix
 from inflab.common.settings import Settings
-from inflab.common.subjects import STAGES, Subjects
+from inflab.common.subjects import REQUEST_STAGES, Subjects
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def stream_configs(subjects: Subjects, settings: Settings) -> list[StreamConfig]
     return [
         StreamConfig(
             name=s.jobs_stream,
-            subjects=[s.request(stage) for stage in STAGES],
+            subjects=[s.request(stage) for stage in REQUEST_STAGES],
             retention=RetentionPolicy.WORK_QUEUE,
             duplicate_window=3600.0,
         ),

@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     train_num_gpus: float = Field(0, ge=0)
     inference_num_gpus: float = Field(0, ge=0)
     influence_num_gpus: float = Field(0, ge=0)
+    # Validations (LDS, removal test): each retraining is a Ray task asking for this many
+    # CPUs (its torch threads too), and the cost estimate assumes this many run at once.
+    validation_task_num_cpus: float = 1
+    validation_workers: int = 2
 
     # Gateway.
     gateway_host: str = "127.0.0.1"

@@ -25,11 +25,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from uuid import UUID
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.responses import StreamingResponse
 
-from inflab.common.db.models import Run, RunEventRow
+from inflab.common.db.models import Run, RunEventRow, Validation
 from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.run_state import TERMINAL
 
@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 #: Rows read per query, so a long backlog is sent in bounded slices.
 BATCH = 500
 HEARTBEAT = b": keep-alive\n\n"
+#: The status :func:`read_events` reports for an ended run with a validation under way:
+#: its streams stay open for the validation's events.
+VALIDATING = "validating"
 #: The largest event id Postgres can hold (bigint); a client's larger one means "the end".
 MAX_EVENT_ID = 2**63 - 1
 #: Feed reads a subscriber may have waiting before it is cut loose to catch up from
@@ -65,12 +68,20 @@ class StoredEvent:
         return self.kind == "status" and self.stage == "run" and self.payload.get("status") in TERMINAL
 
 
+async def validation_under_way(session: AsyncSession, run_id: UUID) -> bool:
+    return await session.scalar(
+        select(exists().where(Validation.run_id == run_id, Validation.status.in_(("queued", "running"))))
+    )
+
+
 async def read_events(session: AsyncSession, run_id: UUID, after: int,
                       upto: int = MAX_EVENT_ID) -> tuple[str | None, list[StoredEvent]]:
     """The run's status, then its events in ``(after, upto]`` (at most :data:`BATCH`).
     Status first: if it reads terminal, the terminal event (committed with it) is visible
     to the second read."""
     status = await session.scalar(select(Run.status).where(Run.id == run_id))
+    if status in TERMINAL and await validation_under_way(session, run_id):
+        status = VALIDATING  # an ended run whose validation still sends events
     rows = await session.execute(
         select(RunEventRow.id, RunEventRow.kind, RunEventRow.stage, RunEventRow.payload)
         .where(RunEventRow.run_id == run_id, RunEventRow.id > after, RunEventRow.id <= upto)

@@ -20,7 +20,9 @@ from pydantic import RootModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inflab.common.bus import Bus
-from inflab.common.messages import RunEvent
+from inflab.common.messages import ResultEvent, RunEvent
+from inflab.common.objectstore import ObjectStore
+from inflab.gateway import validations
 from inflab.gateway.dbwait import until_database_answers
 from inflab.gateway.event_origin import origin_refusal
 from inflab.gateway.next_stages import is_training_result, queue_next_stages
@@ -68,6 +70,12 @@ class EventPersister:
         self.durable = bus.subjects.durable("gateway_events")
         #: Sent with this replica's pokes, so it does not wake its own streams twice.
         self.origin = uuid4().hex.encode()
+        self._objects: ObjectStore | None = None
+
+    def object_store(self) -> ObjectStore:
+        if self._objects is None:
+            self._objects = ObjectStore(self.bus.settings.objects_url)
+        return self._objects
 
     def poke_subject(self, run_id: object) -> str:
         # Gateway-internal and outside every stream: a lost poke costs one heartbeat of latency.
@@ -88,7 +96,20 @@ class EventPersister:
         try:
             stored, failed = await self._store(events)
             for event, msg in events:
-                if id(msg) in failed or not is_training_result(event):
+                if id(msg) in failed:
+                    continue
+                if isinstance(event, ResultEvent) and event.validation is not None:
+                    try:
+                        # Also for a redelivered result: the analysis is written again, the same.
+                        if await validations.finish(self.sessionmaker, self.object_store(), event) and not any(
+                            e is event for e in stored
+                        ):
+                            stored.append(event)
+                    except Exception as exc:
+                        log.exception("could not finish run %s's validation", event.run_id)
+                        failed[id(msg)] = exc
+                    continue
+                if not is_training_result(event):
                     continue
                 try:
                     # Also for a redelivered (already stored) result: see next_stages.

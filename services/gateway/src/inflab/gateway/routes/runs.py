@@ -44,7 +44,7 @@ from inflab.gateway.schemas import (
     RunResults,
     TrainingResults,
 )
-from inflab.gateway.broadcast import MAX_EVENT_ID, CountedStream, TooManyStreams
+from inflab.gateway.broadcast import MAX_EVENT_ID, CountedStream, TooManyStreams, validation_under_way
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,8 @@ async def stream_run_events(
 ) -> Response:
     """Server-Sent Events: ``id`` is the event's sequence number, ``event`` its kind and
     ``data`` its JSON. Resumes after ``Last-Event-ID`` (or ``after``); ends after the
-    run-level terminal status event, or when the session or API token that opened it
+    run-level terminal status event (a validation of an ended run keeps it open while it
+    is under way: its events have stage ``validation``), or when the session or API token that opened it
     ends (re-checked every heartbeat interval)."""
     start = min(max(after or 0, _event_id(last_event_id)), MAX_EVENT_ID)
 
@@ -231,8 +232,10 @@ async def stream_run_events(
         async with sessionmaker() as check:
             return await still_valid(check, caller, settings)
 
-    finished = run.status in TERMINAL and not await session.scalar(
-        select(exists().where(RunEventRow.run_id == run.id, RunEventRow.id > start))
+    finished = (
+        run.status in TERMINAL
+        and not await session.scalar(select(exists().where(RunEventRow.run_id == run.id, RunEventRow.id > start)))
+        and not await validation_under_way(session, run.id)
     )
     # The stream reads through the broadcaster's short sessions; hand this one's
     # connection back now rather than hold it for the life of the stream.
