@@ -100,7 +100,7 @@ async def launch_run(
     await insert_event(session, StatusEvent(run_id=run.id, stage="run", status="queued"))
     await session.commit()
     kill_after_commit_if_asked(settings)
-    dispatcher.poke()
+    dispatcher.poke_queued()
     return Launched(run, created=True)
 
 
