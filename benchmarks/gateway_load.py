@@ -123,16 +123,18 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # --------------------------------------------------------------------------- submissions
-async def submissions(port: int, path: str, headers: dict[str, str], in_flight: int, seconds: float,
+async def submissions(port: int, targets: list[tuple[str, dict[str, str]]], in_flight: int, seconds: float,
                       warmup_s: float, idempotency: bool) -> dict:
-    """Requests back to back on ``in_flight`` connections; what completes after the warm-up counts."""
+    """Requests back to back on ``in_flight`` connections, connection ``i`` sending
+    ``targets[i % len(targets)]`` (a path and its headers); what completes after the
+    warm-up counts."""
     connections = [await Connection.open(port) for _ in range(in_flight)]
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     started = time.perf_counter()
     measure_from, end = started + warmup_s, started + warmup_s + seconds
 
-    async def client(connection: Connection) -> None:
+    async def client(connection: Connection, path: str, headers: dict[str, str]) -> None:
         while (now := time.perf_counter()) < end:
             sent = dict(headers)
             if idempotency:
@@ -144,7 +146,7 @@ async def submissions(port: int, path: str, headers: dict[str, str], in_flight: 
                 statuses[status] = statuses.get(status, 0) + 1
 
     try:
-        await asyncio.gather(*(client(c) for c in connections))
+        await asyncio.gather(*(client(c, *targets[i % len(targets)]) for i, c in enumerate(connections)))
     finally:
         for connection in connections:
             connection.close()
@@ -312,7 +314,7 @@ async def measure(settings: Settings, home: Path, seconds: float, warmup_s: floa
     try:
         await gateway.ready()
         port = gateway.port
-        async with httpx.AsyncClient(base_url=gateway.url) as client:
+        async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as client:
             account = (await client.post("/api/auth/register", json={"email": settings.local_user_email,
                                                                      "password": TEST_PASSWORD})).json()
             token = account["access_token"]
@@ -320,6 +322,17 @@ async def measure(settings: Settings, home: Path, seconds: float, warmup_s: floa
             experiment = (await client.post("/api/experiments", json=EXPERIMENT)).json()["id"]
             sse_runs = [uuid.UUID((await client.post(f"/api/experiments/{experiment}/runs")).json()["run_id"])
                         for _ in SUBSCRIBERS]
+            # Submissions come from one account per connection, as from that many clients:
+            # one account's run starts are serialised (its quota is counted under a lock).
+            submitters = []
+            async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as anonymous:
+                for n in range(max(IN_FLIGHT)):
+                    email = f"submitter-{n}-{settings.local_user_email}"
+                    own = (await anonymous.post("/api/auth/register", json={"email": email, "password": TEST_PASSWORD})
+                           ).json()["access_token"]
+                    auth = {"Authorization": f"Bearer {own}"}
+                    made = (await anonymous.post("/api/experiments", json=EXPERIMENT, headers=auth)).json()["id"]
+                    submitters.append((f"/api/experiments/{made}/runs", auth))
 
         result: dict = {"sse": [], "submissions": {"gateway": [], "bare_service": []}}
         # 1. SSE, before any worker stage runs: each run stays running while it is followed.
@@ -332,10 +345,8 @@ async def measure(settings: Settings, home: Path, seconds: float, warmup_s: floa
         # 2. Submissions, with the no-op stage working the runs off.
         stage = Process([sys.executable, "-m", "benchmarks.noop_stage"],
                         {**os.environ, **settings_environment(settings)}, home / "noop-stage.log")
-        auth = {"Authorization": f"Bearer {token}"}
         for in_flight in IN_FLIGHT:
-            figures = await submissions(port, f"/api/experiments/{experiment}/runs", auth, in_flight, seconds,
-                                        warmup_s, idempotency=True)
+            figures = await submissions(port, submitters, in_flight, seconds, warmup_s, idempotency=True)
             figures["gateway"] = gateway_figures(await scrape(gateway.url))
             print(json.dumps(figures), flush=True)
             result["submissions"]["gateway"].append(figures)
@@ -350,7 +361,8 @@ async def measure(settings: Settings, home: Path, seconds: float, warmup_s: floa
                        dict(os.environ), home / "bare-service.log")
         await until_answers(f"http://127.0.0.1:{bare_port}", "/docs")
         for in_flight in IN_FLIGHT:
-            figures = await submissions(bare_port, "/runs", auth, in_flight, seconds, warmup_s, idempotency=False)
+            figures = await submissions(bare_port, [("/runs", {"Authorization": f"Bearer {token}"})], in_flight,
+                                        seconds, warmup_s, idempotency=False)
             print(json.dumps({"bare_service": figures}), flush=True)
             result["submissions"]["bare_service"].append(figures)
         return result
@@ -394,6 +406,7 @@ async def run(seconds: float, warmup_s: float, drain_s: float, logs: Path) -> di
     await _admin(server_url, f'CREATE DATABASE "{name}"')
     database_url = f"{server_url.rpartition('/')[0]}/{name}"
     signing_key, verify_key = new_key_pair()
+    load_before = [round(x, 1) for x in os.getloadavg()]
     try:
         await asyncio.to_thread(upgrade, database_url)
         with tempfile.TemporaryDirectory(prefix="inflab-bench-gateway-") as home:
@@ -406,7 +419,7 @@ async def run(seconds: float, warmup_s: float, drain_s: float, logs: Path) -> di
                 # lines at INFO, /metrics behind its token (scraped after each phase).
                 log_level="INFO", metrics_token=METRICS_TOKEN, require_email_verification=False,
                 # One account drives all the load: its quota and stream cap out of the way.
-                max_active_runs_per_user=10**9, sse_max_streams_per_user=10_000,
+                max_active_runs_per_user=10**9, sse_max_streams_per_user=10_000, register_max_per_window=1000,
                 # The no-op stage takes runs as fast as the dispatcher hands them on.
                 dispatch_max_waiting=64,
             )
@@ -427,7 +440,10 @@ async def run(seconds: float, warmup_s: float, drain_s: float, logs: Path) -> di
         "seconds_per_phase": seconds, "warmup_s": warmup_s, "drain_s": drain_s,
         "clients": "raw HTTP/1.1 over asyncio streams (uvloop), in this process",
     }
-    result["machine"] = {"cpu": cpu_name(), "cores": os.cpu_count()}
+    result["machine"] = {"cpu": cpu_name(), "cores": os.cpu_count(),
+                         # Other work on the machine while this ran (1, 5, 15 minutes).
+                         "load_average_before": load_before,
+                         "load_average_after": [round(x, 1) for x in os.getloadavg()]}
     result["targets"] = targets(result)
     return result
 
