@@ -123,8 +123,10 @@ async def test_many_streams_of_one_run_share_one_read_per_change(gw_settings, pr
         assert figures["inflab_sse_runs_followed"] == 0 and figures["inflab_sse_clients"] == 0
 
 
-async def test_a_stream_that_falls_behind_catches_up_from_postgres(gw_settings, monkeypatch) -> None:
+@pytest.mark.parametrize("recent", [broadcast.RECENT, 2], ids=["from memory", "from postgres"])
+async def test_a_stream_that_falls_behind_catches_up(gw_settings, monkeypatch, recent) -> None:
     monkeypatch.setattr(broadcast, "MAX_QUEUED_READS", 2)
+    monkeypatch.setattr(broadcast, "RECENT", recent)  # what the feed keeps in memory
     async with gateway_in_process(gw_settings) as (app, client):
         run_id = await start_run(client, EXPERIMENT)
         broadcaster = app.state.broadcaster

@@ -3,10 +3,14 @@
 Each run some client follows has one :class:`RunFeed` on this replica. When the run's
 events change (the persister's poke, on this replica or through NATS from another) or
 a heartbeat passes, the feed reads the run's new events from Postgres once, encodes each
-frame once, and hands them to every subscriber's queue. Postgres stays the only source,
+frame once, and hands them to every subscriber's inbox. Postgres stays the only source,
 so replicas, restarts and reconnects (``Last-Event-ID``) lose nothing: a subscriber that
-joins, resumes from an older id or falls too far behind reads what it lacks from
-Postgres itself, up to where the feed is, then takes the feed's frames from there.
+joins, resumes from an older id or falls too far behind gets what it lacks from the
+feed's memory of the run's last events, or else reads it from Postgres itself, up to
+where the feed is, then takes the feed's frames from there. A stream takes everything
+its feed delivered since it last looked as one chunk, so a busy replica writes fewer,
+larger chunks instead of falling further behind. A session's or token's validity is
+re-checked once per heartbeat interval however many streams it holds open.
 
 Open streams are capped per user on each replica (``INFLAB_SSE_MAX_STREAMS_PER_USER``):
 one more is refused (429) rather than let one account hold every connection.
@@ -20,6 +24,7 @@ import json
 import logging
 import time
 from collections import Counter as Tally
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -97,27 +102,43 @@ class TooManyStreams(Exception):
                          "INFLAB_SSE_MAX_STREAMS_PER_USER): close one first")
 
 
-#: What a feed hands its subscribers: the run's status and the events of one read; None
-#: when the gateway is shutting down.
+#: What a feed hands its subscribers: the run's status and the events of one read; BEAT
+#: when the run has been quiet for a heartbeat interval; None when the stream must end.
 Delivery = tuple[str | None, list[StoredEvent]] | None
+BEAT: Delivery = ("", [])
+#: Events a feed keeps in memory, so a stream joining or resuming near the end catches
+#: up without reading Postgres.
+RECENT = 1000
 
 
 class Subscriber:
+    """One stream's inbox: what the feed delivered since the stream last looked, taken all
+    at once (a stream that was slow to look sends it as one chunk)."""
+
     def __init__(self) -> None:
-        self.queue: asyncio.Queue[Delivery] = asyncio.Queue()
-        #: Set when the queue overflowed and was dropped: catch up from Postgres again.
+        self.pending: list[Delivery] = []
+        self.wake = asyncio.Event()
+        #: Set when too much waited and was dropped: catch up from Postgres again.
         self.behind = False
 
     def deliver(self, delivery: Delivery) -> None:
-        if self.behind and delivery is not None:
-            return
-        if self.queue.qsize() >= MAX_QUEUED_READS and delivery is not None:
-            # Drop what waits (the stream reads it again from Postgres) and wake the stream.
-            self.behind = True
-            self.queue = asyncio.Queue()
-            self.queue.put_nowait(("", []))
-            return
-        self.queue.put_nowait(delivery)
+        if delivery is not None:
+            if self.behind:
+                return
+            if len(self.pending) >= MAX_QUEUED_READS:
+                self.behind = True
+                self.pending.clear()
+                self.wake.set()
+                return
+        self.pending.append(delivery)
+        self.wake.set()
+
+    async def take(self) -> list[Delivery]:
+        while not self.pending and not self.behind:
+            self.wake.clear()
+            await self.wake.wait()
+        taken, self.pending = self.pending, []
+        return taken
 
 
 class RunFeed:
@@ -128,47 +149,75 @@ class RunFeed:
         self.run_id = run_id
         #: The last event id broadcast: every subscriber has had (or reads itself) all up to it.
         self.last = after
+        #: The run's last events read, every one of the run's events in (floor, last].
+        self.recent: deque[StoredEvent] = deque()
+        self.floor = after
+        #: The run's status at the last read (None before the first).
+        self.status: str | None = None
         self.subscribers: set[Subscriber] = set()
         self.task: asyncio.Task | None = None
         self.primed = False
 
+    def since(self, after: int) -> list[StoredEvent] | None:
+        """The run's events after ``after`` from memory, or None if some are not there."""
+        if after < self.floor:
+            return None
+        return [event for event in self.recent if event.id > after]
+
     async def follow(self) -> None:
         b = self.broadcaster
-        with b.notifier.subscribe(self.run_id) as poked:
-            while self.subscribers and not b.notifier.closed:
-                poked.clear()  # before reading, so a poke during the read is not lost
-                try:
-                    more = await self.read_once()
-                except asyncio.CancelledError:
-                    raise
-                except Exception:  # Postgres away: the subscribers wait, the next poke or heartbeat retries
-                    log.warning("reading run %s's events failed", self.run_id, exc_info=True)
-                    more = False
-                if more:
-                    continue
-                with contextlib.suppress(TimeoutError):
-                    # The heartbeat re-read also catches a poke another replica lost.
-                    await asyncio.wait_for(poked.wait(), b.heartbeat_s)
-            if b.notifier.closed:
-                for subscriber in self.subscribers:
-                    subscriber.deliver(None)
+        try:
+            with b.notifier.subscribe(self.run_id) as poked:
+                quiet = False
+                while self.subscribers and not b.notifier.closed:
+                    poked.clear()  # before reading, so a poke during the read is not lost
+                    try:
+                        more = await self.read_once(quiet)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception:  # Postgres away: the subscribers wait, the next poke or heartbeat retries
+                        log.warning("reading run %s's events failed", self.run_id, exc_info=True)
+                        more = False
+                    if more:
+                        continue
+                    try:
+                        # The heartbeat re-read also catches a poke another replica lost.
+                        await asyncio.wait_for(poked.wait(), b.heartbeat_s)
+                        quiet = False
+                    except TimeoutError:
+                        quiet = True
+        finally:
+            # Whatever ended the feed (the app shutting down, a bug): its streams end too,
+            # and clients resume with Last-Event-ID.
+            for subscriber in self.subscribers:
+                subscriber.deliver(None)
 
-    async def read_once(self) -> bool:
-        """One read after ``last``, broadcast; True when a full slice says there is more."""
+    async def read_once(self, quiet: bool = False) -> bool:
+        """One read after ``last``, broadcast; True when a full slice says there is more.
+        ``quiet``: no poke came for a heartbeat interval (streams send a keep-alive)."""
         b = self.broadcaster
         async with b.sessionmaker() as session:
             status, events = await read_events(session, self.run_id, self.last)
         b.reads += 1
+        self.status = status
         if events:
             self.last = events[-1].id
+            for event in events:
+                if len(self.recent) >= RECENT:
+                    self.floor = self.recent.popleft().id
+                self.recent.append(event)
             if self.primed and b.on_read is not None:
                 now = datetime.now(timezone.utc)
                 b.on_read([(now - datetime.fromisoformat(e.payload["time"])).total_seconds()
                            for e in events if isinstance(e.payload.get("time"), str)])
         self.primed = True  # the first read may be history: its lag says nothing
-        for subscriber in self.subscribers:
-            subscriber.deliver((status, events))
-        b.delivered += len(events) * len(self.subscribers)
+        if events or status is None or status in TERMINAL:
+            for subscriber in self.subscribers:
+                subscriber.deliver((status, events))
+            b.delivered += len(events) * len(self.subscribers)
+        if quiet and not events:
+            for subscriber in self.subscribers:
+                subscriber.deliver(BEAT)
         return len(events) == BATCH
 
 
@@ -196,6 +245,7 @@ class Broadcaster:
         self.refused = 0
         #: Called with, for each event a feed reads live, how long after its own time.
         self.on_read: Callable[[list[float]], None] | None = None
+        self._checks: dict[object, tuple[float, asyncio.Future]] = {}
 
     @property
     def streams(self) -> int:
@@ -214,18 +264,25 @@ class Broadcaster:
         if self.streams_by_user[user_id] <= 0:
             del self.streams_by_user[user_id]
 
-    def _join(self, run_id: UUID, after: int) -> tuple[RunFeed, Subscriber, int]:
-        """Subscribe to the run's feed (started if none); with the id the feed is at, up to
-        which the subscriber reads on its own. No await: nothing is broadcast meanwhile."""
+    def _join(self, run_id: UUID, after: int, start: int) -> tuple[RunFeed, Subscriber, int]:
+        """Subscribe to the run's feed (started at ``start`` if there is none); with the id
+        up to which the subscriber must read Postgres on its own (what the feed keeps in
+        memory is handed over at once). No await: nothing is broadcast meanwhile."""
         feed = self.feeds.get(run_id)
         subscriber = Subscriber()
         if feed is None or feed.task is None or feed.task.done():
-            feed = self.feeds[run_id] = RunFeed(self, run_id, after)
+            feed = self.feeds[run_id] = RunFeed(self, run_id, start)
             feed.subscribers.add(subscriber)
             feed.task = asyncio.create_task(feed.follow(), name=f"sse-feed-{run_id}")
         else:
             feed.subscribers.add(subscriber)
-        return feed, subscriber, feed.last
+        known = feed.since(after)
+        if known is None:
+            return feed, subscriber, feed.last
+        if known:
+            status = feed.status if feed.status is not None else ""
+            subscriber.deliver((status, known))
+        return feed, subscriber, after
 
     def _leave(self, feed: RunFeed, subscriber: Subscriber) -> None:
         feed.subscribers.discard(subscriber)
@@ -244,6 +301,27 @@ class Broadcaster:
             newest = await session.scalar(select(func.max(RunEventRow.id)).where(RunEventRow.run_id == run_id))
         return min(after, newest or 0)
 
+    async def still_allowed(self, key: object, check: Callable[[], Awaitable[bool]]) -> bool:
+        """``check()`` (is the caller's session or token still valid?), asked at most once
+        per heartbeat interval per ``key`` however many streams it has open. A check that
+        fails (Postgres away, the pool exhausted) is asked again at the next heartbeat."""
+        now = time.monotonic()
+        entry = self._checks.get(key)
+        if entry is None or now - entry[0] >= self.heartbeat_s:
+            if len(self._checks) > 10_000:
+                self._checks = {k: v for k, v in self._checks.items() if now - v[0] < self.heartbeat_s}
+            entry = self._checks[key] = (now, asyncio.ensure_future(check()))
+        try:
+            return await asyncio.shield(entry[1])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if self._checks.get(key) is entry:
+                del self._checks[key]
+            log.warning("could not re-check an event stream's credential (%s); asking again later",
+                        type(exc).__name__)
+            return True
+
     async def stream(
         self,
         run_id: UUID,
@@ -257,11 +335,11 @@ class Broadcaster:
             return
         last = after
         checked = time.monotonic()
-        feed, subscriber, upto = self._join(run_id, await self._start(run_id, after))
+        feed, subscriber, upto = self._join(run_id, after, await self._start(run_id, after))
         try:
             while True:
                 # Catch up from Postgres on our own, up to where the feed was when we
-                # (re)joined; the feed's reads after that wait in our queue.
+                # (re)joined; the feed's reads after that wait in our inbox.
                 while last < upto:
                     async with self.sessionmaker() as session:
                         status, events = await read_events(session, run_id, last, upto)
@@ -274,34 +352,42 @@ class Broadcaster:
                         return
                     if len(events) < BATCH:
                         last = upto  # every event up to the feed's position is sent
-                # Live: the feed's reads.
+                # Live: whatever the feed delivered since we last looked, as one chunk.
                 while True:
+                    taken = await subscriber.take()
+                    if subscriber.behind:
+                        break
+                    parts, end, beat = [], False, False
+                    for delivery in taken:
+                        if delivery is None:
+                            end = True
+                            break
+                        if delivery is BEAT:
+                            beat = True
+                            continue
+                        status, events = delivery
+                        chunk, last, ended = _frames(events, last)
+                        if chunk:
+                            parts.append(chunk)
+                        # A read that saw the run ended also saw its terminal event (committed
+                        # with the status): sent now, or before (the client is past it).
+                        if ended or status is None or status in TERMINAL:
+                            end = True
+                            break
+                    if parts:
+                        yield b"".join(parts)
+                    elif beat:
+                        yield HEARTBEAT  # keeps proxies from closing an idle stream
+                    if end or self.notifier.closed:
+                        return
                     if still_allowed is not None and time.monotonic() - checked >= self.heartbeat_s:
                         if not await still_allowed():
                             return  # signed out, revoked or expired: the client must sign in again
                         checked = time.monotonic()
-                    try:
-                        async with asyncio.timeout(self.heartbeat_s):
-                            delivery = await subscriber.queue.get()
-                    except TimeoutError:
-                        yield HEARTBEAT  # keeps proxies from closing an idle stream
-                        continue
-                    if delivery is None or self.notifier.closed:
-                        return
-                    if subscriber.behind:
-                        break
-                    status, events = delivery
-                    chunk, last, ended = _frames(events, last)
-                    if chunk:
-                        yield chunk
-                    # A read that saw the run ended also saw its terminal event (committed
-                    # with the status): sent now, or before (the client is past it).
-                    if ended or status is None or status in TERMINAL:
-                        return
-                # Fell too far behind: rejoin where the feed is and catch up from Postgres.
+                # Fell too far behind: rejoin where the feed is and catch up.
                 self.caught_up += 1
                 self._leave(feed, subscriber)
-                feed, subscriber, upto = self._join(run_id, last)
+                feed, subscriber, upto = self._join(run_id, last, last)
         finally:
             self._leave(feed, subscriber)
 

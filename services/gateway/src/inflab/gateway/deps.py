@@ -37,11 +37,11 @@ CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = scopes.SAFE_METHODS
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
+async def get_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
     return request.app.state.sessionmaker
 
 
@@ -53,35 +53,35 @@ async def get_system_session(
         yield session
 
 
-def get_bus(request: Request) -> Bus:
+async def get_bus(request: Request) -> Bus:
     return request.app.state.bus
 
 
-def get_notifier(request: Request) -> RunNotifier:
+async def get_notifier(request: Request) -> RunNotifier:
     return request.app.state.notifier
 
 
-def get_broadcaster(request: Request) -> Broadcaster:
+async def get_broadcaster(request: Request) -> Broadcaster:
     return request.app.state.broadcaster
 
 
-def get_hasher(request: Request) -> PasswordHasher:
+async def get_hasher(request: Request) -> PasswordHasher:
     return request.app.state.hasher
 
 
-def get_throttle(request: Request) -> Throttle:
+async def get_throttle(request: Request) -> Throttle:
     return request.app.state.throttle
 
 
-def get_rules(request: Request) -> Rules:
+async def get_rules(request: Request) -> Rules:
     return request.app.state.rules
 
 
-def get_mailer(request: Request) -> Mailer:
+async def get_mailer(request: Request) -> Mailer:
     return request.app.state.mailer
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+async def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
@@ -121,7 +121,7 @@ async def current_caller(
 CallerDep = Annotated[Caller, Depends(current_caller)]
 
 
-def session_caller(caller: CallerDep) -> Caller:
+async def session_caller(caller: CallerDep) -> Caller:
     """A caller signed in with a session: what manages the account itself (API tokens,
     the password, every session) is not for API tokens, whatever their scope."""
     if caller.via == "api_token":
@@ -132,7 +132,7 @@ def session_caller(caller: CallerDep) -> Caller:
 SessionCallerDep = Annotated[Caller, Depends(session_caller)]
 
 
-def current_user(caller: CallerDep) -> User:
+async def current_user(caller: CallerDep) -> User:
     return caller.user
 
 

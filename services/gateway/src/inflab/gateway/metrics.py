@@ -225,7 +225,7 @@ async def metrics(request: Request) -> Response:
     return Response(generate_latest(gauge.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def get_metrics(request: Request) -> GatewayMetrics:
+async def get_metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics
 
 

@@ -32,6 +32,11 @@ from inflab.gateway.persistence import persist_events
 log = logging.getLogger(__name__)
 
 
+#: How long the persister waits for more events once one is in (a burst is taken whole
+#: at once; this bounds what a lone event waits for company).
+BURST_WAIT_S = 0.005
+
+
 class RunEventMessage(RootModel[RunEvent]):
     """Any run event. ``Bus.consume`` parses with a model class; this wraps the same
     discriminated union ``messages.parse_event`` uses, so a malformed event is
@@ -243,9 +248,9 @@ class EventPersister:
         try:
             while not stop.is_set():
                 try:
-                    # As many as are waiting, up to the batch; or the first to arrive.
-                    msgs = await sub.fetch(self.batch, timeout=fetch_timeout)
-                except (NatsTimeout, asyncio.TimeoutError):  # a batch fetch times out with the latter
+                    # The first to arrive (a long poll while the stream is quiet)...
+                    msgs = await sub.fetch(1, timeout=fetch_timeout)
+                except (NatsTimeout, asyncio.TimeoutError):
                     continue
                 except Exception:
                     if stop.is_set():
@@ -253,6 +258,12 @@ class EventPersister:
                     log.exception("fetch failed; retrying")
                     await asyncio.sleep(0.5)
                     continue
+                if self.batch > 1:
+                    # ...then whatever else is waiting, up to the batch. Not one fetch of the
+                    # whole batch: nats-py's waits for a full batch or its timeout once the
+                    # first message is in, which would hold every quiet event that long.
+                    with contextlib.suppress(NatsTimeout, asyncio.TimeoutError):
+                        msgs += await sub.fetch(self.batch - 1, timeout=BURST_WAIT_S)
                 await self.handle_batch(msgs)
         finally:
             with contextlib.suppress(Exception):

@@ -228,9 +228,13 @@ async def stream_run_events(
     ends (re-checked every heartbeat interval)."""
     start = min(max(after or 0, _event_id(last_event_id)), MAX_EVENT_ID)
 
+    async def check() -> bool:
+        async with sessionmaker() as session:
+            return await still_valid(session, caller, settings)
+
     async def still_allowed() -> bool:
-        async with sessionmaker() as check:
-            return await still_valid(check, caller, settings)
+        # Once per heartbeat for all the streams of one session or token.
+        return await broadcaster.still_allowed((caller.session_id, caller.api_token_id), check)
 
     finished = (
         run.status in TERMINAL
