@@ -51,7 +51,7 @@ async def serve(
     log.info("%s consuming %s", service, bus.subjects.request(stage))
     try:
         if settings.metrics_port:
-            metrics.serve(settings.metrics_host, settings.metrics_port)
+            metrics.serve(settings.metrics_host, settings.metrics_port, settings.metrics_token.get_secret_value())
             log.info("%s metrics on http://%s:%d/metrics", service, settings.metrics_host, settings.metrics_port)
         poller = asyncio.create_task(
             metrics.poll_consumer(bus.js, bus.subjects.jobs_stream, durable, stop, settings.metrics_poll_s)
