@@ -51,3 +51,39 @@ def test_every_worker_metric_is_documented_for_operators():
         shown = f"{name}_total" if kind == "counter" else name
         assert f"`{shown}`" in workers, f"{shown} is missing from docs/operations.md, Workers"
     assert "`inflab_worker_gpu_memory_used_bytes`" in workers and "process_resident_memory_bytes" in workers
+
+
+def test_with_a_token_only_its_holder_reads_the_metrics():
+    import httpx
+
+    from inflab.common.embedded._proc import free_port
+
+    metrics = WorkerMetrics("inference")
+    port = metrics.serve("127.0.0.1", free_port(), token="scrape-me")
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        with httpx.Client(trust_env=False, timeout=5.0) as client:
+            refused = client.get(url)
+            assert refused.status_code == 401 and refused.headers["www-authenticate"] == "Bearer"
+            assert "inflab_worker" not in refused.text
+            assert client.get(url, headers={"Authorization": "Bearer not-it"}).status_code == 401
+            shown = client.get(url, headers={"Authorization": "Bearer scrape-me"})
+            assert shown.status_code == 200 and "inflab_worker_jobs_total" in shown.text
+            assert shown.headers["content-type"].startswith("text/plain")
+            assert client.get(f"http://127.0.0.1:{port}/other", headers={"Authorization": "Bearer scrape-me"}
+                              ).status_code == 404
+    finally:
+        metrics.close()
+
+
+def test_without_a_token_the_metrics_are_open():
+    import httpx
+
+    from inflab.common.embedded._proc import free_port
+
+    metrics = WorkerMetrics("train")
+    port = metrics.serve("127.0.0.1", free_port())
+    try:
+        assert "inflab_worker_jobs_total" in httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
+    finally:
+        metrics.close()

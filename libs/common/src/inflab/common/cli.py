@@ -133,7 +133,9 @@ def ps() -> None:
         if comp.health_url and comp.alive():
             console.print(f"{comp.name} health ({comp.health_url}): {_health(comp.health_url)}")
         if comp.metrics_url and comp.alive():
-            console.print(f"{comp.name} metrics ({comp.metrics_url}): {_health(comp.metrics_url)}")
+            # With INFLAB_METRICS_TOKEN set, the workers' metrics answer only to it.
+            token = settings.metrics_token.get_secret_value()
+            console.print(f"{comp.name} metrics ({comp.metrics_url}): {_health(comp.metrics_url, token)}")
 
 
 @app.command()
@@ -294,11 +296,12 @@ def _print_crash_loops(components) -> None:
             )
 
 
-def _health(url: str) -> str:
+def _health(url: str, token: str = "") -> str:
     import httpx
 
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        response = httpx.get(url, timeout=2.0, trust_env=False)  # our own server: no proxy
+        response = httpx.get(url, timeout=2.0, trust_env=False, headers=headers)  # our own server: no proxy
     except httpx.HTTPError as exc:
         return f"[red]unreachable[/] ({type(exc).__name__})"
     colour = "green" if response.status_code == 200 else "red"

@@ -150,9 +150,10 @@ class Settings(BaseSettings):
     bus_publish_retry_s: float = Field(30.0, ge=0)
 
     # Worker metrics (inflab.common.worker_metrics): each worker (trainer, inference,
-    # influence) serves Prometheus metrics at http://metrics_host:metrics_port/metrics;
-    # port 0 serves none. The embedded stack gives each worker a free port of its own.
-    metrics_host: str = "127.0.0.1"
+    # influence) serves Prometheus metrics at http://metrics_host:metrics_port/metrics
+    # (only to metrics_token, when set); port 0 serves none. All interfaces by default,
+    # for Prometheus in a cluster; the embedded stack gives each worker a free loopback port.
+    metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(0, ge=0, le=65535)
     #: How often a worker reads its JetStream consumer's backlog for the lag gauges.
     metrics_poll_s: float = Field(5.0, gt=0)

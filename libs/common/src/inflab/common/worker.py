@@ -75,7 +75,7 @@ async def serve(
         # One port per process: a follow-up consumer (``durable`` given) shares the process
         # with the service's own stage, whose metrics the port serves.
         if settings.metrics_port and not follow_up:
-            metrics.serve(settings.metrics_host, settings.metrics_port)
+            metrics.serve(settings.metrics_host, settings.metrics_port, settings.metrics_token.get_secret_value())
             log.info("%s metrics on http://%s:%d/metrics", service, settings.metrics_host, settings.metrics_port)
         poller = asyncio.create_task(
             metrics.poll_consumer(bus.js, bus.subjects.jobs_stream, durable, stop, settings.metrics_poll_s)

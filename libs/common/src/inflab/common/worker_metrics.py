@@ -2,9 +2,11 @@
 
 Each worker serves them over plain HTTP on a port of its own (``INFLAB_METRICS_HOST`` /
 ``INFLAB_METRICS_PORT``; port 0, the default outside the embedded stack, serves none):
-a worker has no HTTP server otherwise, and its figures (no user data, no run ids) need no
-credential, so the port stays inside the cluster and Prometheus scrapes it directly.
-The embedded stack gives each worker a free port and shows it in ``inflab ps``.
+a worker has no HTTP server otherwise. With ``INFLAB_METRICS_TOKEN`` set, ``/metrics``
+answers only that bearer token (401 otherwise), as the gateway's does, so one Prometheus
+credential scrapes them all; without one it is open (its figures hold no user data and no
+run ids; keep the port inside the cluster). The embedded stack gives each worker a free
+loopback port and shows it in ``inflab ps``.
 
 What is counted, all labelled by ``stage`` (``train``, ``inference``, ``influence``):
 
@@ -36,12 +38,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import logging
 import sys
+import threading
 from collections.abc import Awaitable, Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+from urllib.parse import urlsplit
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, ProcessCollector
+from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
 log = logging.getLogger(__name__)
@@ -96,9 +103,12 @@ class WorkerMetrics:
         self._server: Any = None
 
     # -- serving -------------------------------------------------------------------------
-    def serve(self, host: str, port: int) -> int:
-        """Serve ``/metrics`` on ``host:port`` from a thread; returns the port listened on."""
-        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, host: str, port: int, token: str = "") -> int:
+        """Serve ``/metrics`` on ``host:port`` from a thread (only to ``Authorization:
+        Bearer <token>`` when a token is given); returns the port listened on."""
+        server = ThreadingHTTPServer((host, port), _handler(self.registry, token))
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, name="worker-metrics", daemon=True).start()
         self._server = server
         return server.server_address[1]
 
@@ -187,6 +197,34 @@ class WorkerMetrics:
         self.ack_pending.labels(self.stage).set(info.num_ack_pending or 0)
         self.redelivered.labels(self.stage).set(info.num_redelivered or 0)
         return True
+
+
+def _handler(registry: CollectorRegistry, token: str) -> type[BaseHTTPRequestHandler]:
+    expected = token.encode()
+
+    class MetricsHandler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+            if urlsplit(self.path).path != "/metrics":
+                return self._answer(404, b"only /metrics here\n", "text/plain")
+            scheme, _, sent = self.headers.get("Authorization", "").partition(" ")
+            if token and (scheme.lower() != "bearer" or not hmac.compare_digest(sent.strip().encode(), expected)):
+                return self._answer(401, b"send the metrics token as a bearer token\n", "text/plain",
+                                    {"WWW-Authenticate": "Bearer"})
+            self._answer(200, generate_latest(registry), CONTENT_TYPE_LATEST)
+
+        def _answer(self, code: int, body: bytes, content_type: str, headers: dict | None = None) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: Any) -> None:  # scrapes every few seconds: not worth a line
+            pass
+
+    return MetricsHandler
 
 
 def _deliveries(msg: Any) -> int:
