@@ -113,6 +113,9 @@ def test_the_gateway_has_two_replicas_probes_resources_a_service_and_a_budget():
     assert service["spec"]["ports"][0]["targetPort"] == "http"
     pdb = named(manifests, "PodDisruptionBudget", f"{FULL}-gateway")
     assert pdb["spec"]["minAvailable"] == 1
+    # The replicas spread over nodes where they can.
+    (term,) = gateway["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == gateway["spec"]["selector"]["matchLabels"]
 
 
 @pytest.mark.parametrize("name", ALL_SETS)
