@@ -84,6 +84,7 @@ def test_default_services_are_the_four_real_ones(settings):
         ("-m", "inflab.gateway"), ("-m", "inflab.trainer"), ("-m", "inflab.inference"), ("-m", "inflab.influence"),
     ]
     assert specs[0].ready_url == f"http://127.0.0.1:{settings.gateway_port}/readyz"
+    assert [s.metrics for s in specs] == [False, True, True, True]  # the gateway has its own /metrics
 
 
 def test_children_see_exactly_the_supervisor_settings(tmp_path, monkeypatch):
@@ -245,6 +246,20 @@ def test_service_command_is_what_the_supervisor_runs(settings):
     assert env["INFLAB_NATS_URL"] == settings.nats_url and env["OMP_NUM_THREADS"] == "1"
     with pytest.raises(KeyError):
         stack.service_command("nope")
+
+
+def test_each_worker_gets_a_metrics_port_of_its_own(settings):
+    stack = Stack(settings, with_ray=False, migrate=False)
+    ports = {}
+    for name in ("trainer", "inference", "influence"):
+        _, env = stack.service_command(name)
+        assert env["INFLAB_METRICS_HOST"] == "127.0.0.1"
+        ports[name] = int(env["INFLAB_METRICS_PORT"])
+        assert stack.metrics_url(name) == f"http://127.0.0.1:{ports[name]}/metrics"
+        assert stack.service_command(name)[1]["INFLAB_METRICS_PORT"] == str(ports[name])  # kept for restarts
+    assert len(set(ports.values())) == 3
+    assert stack.service_command("gateway")[1]["INFLAB_METRICS_PORT"] == str(settings.metrics_port)  # untouched
+    assert stack.metrics_url("gateway") is None
 
 
 async def test_a_second_stack_on_the_same_home_is_refused(settings):

@@ -105,7 +105,8 @@ def _print_ready(stack) -> None:
 
 @app.command()
 def ps() -> None:
-    """Show the embedded stack's components, whether they are alive, and gateway health."""
+    """Show the embedded stack's components (alive, restarts, last exit), gateway health and
+    whether each worker's metrics port answers."""
     from inflab.common.embedded._proc import same_process
     from inflab.common.embedded.stack import read_state, state_path
 
@@ -131,6 +132,8 @@ def ps() -> None:
     for comp in state["components"]:
         if comp.health_url and comp.alive():
             console.print(f"{comp.name} health ({comp.health_url}): {_health(comp.health_url)}")
+        if comp.metrics_url and comp.alive():
+            console.print(f"{comp.name} metrics ({comp.metrics_url}): {_health(comp.metrics_url)}")
 
 
 @app.command()
@@ -177,6 +180,27 @@ def demo() -> None:
     from inflab.common.demo import main
 
     raise SystemExit(main())
+
+
+@app.command()
+def validate(
+    run_id: str = typer.Argument(..., help="The completed run whose attributions to check."),
+    subsets: int = typer.Option(32, help="LDS: random subsets of the training pairs, each retrained on."),
+    alpha: float = typer.Option(0.5, help="LDS: the share of the training pairs each subset keeps."),
+    removal_k: int = typer.Option(3, help="Removal test: pairs taken out per evaluation question."),
+    seed: int = typer.Option(0, help="Subset s is drawn from seed + s."),
+    url: str = typer.Option("", help="The gateway (default: the embedded stack's)."),
+    token: str = typer.Option("", envvar="INFLAB_API_TOKEN", help="An API token (default: the demo's account)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Start without asking after the cost estimate."),
+) -> None:
+    """Check a run's attributions against retraining: each method's LDS with its 95%
+    interval and the removal test, beside BM25's (cost estimate first)."""
+    from inflab.common.validate_cli import run_validate
+
+    settings = _settings()
+    wanted = {"subsets": subsets, "alpha": alpha, "removal_k": removal_k, "seed": seed}
+    raise typer.Exit(asyncio.run(run_validate(settings, run_id, wanted, url=url, token=token, confirm=not yes,
+                                              console=console)))
 
 
 @app.command()
@@ -236,15 +260,15 @@ def _print_credentials(files: dict[str, str]) -> None:
 def _components_table(components, title: str | None = None) -> Table:
     """One row per component; logs are named relative to the logs folder printed with it.
     ``last exit`` is why the previous process of a restarted service ended (its exit code
-    or the signal's name) and when."""
+    or the signal's name) and when; ``metrics`` is where a worker serves Prometheus metrics."""
     table = Table(title=title)
-    for column in ("component", "pid", "state", "restarts", "last exit", "url", "log"):
+    for column in ("component", "pid", "state", "restarts", "last exit", "url", "metrics", "log"):
         table.add_column(column, overflow="fold")
     for comp in components:
         table.add_row(
             comp.name, str(comp.pid or "-"), _component_state(comp), str(comp.restarts),
             f"{comp.last_exit} at {comp.last_exit_at}" if comp.last_exit else "-",
-            comp.url or "-", os.path.basename(comp.log) if comp.log else "-",
+            comp.url or "-", comp.metrics_url or "-", os.path.basename(comp.log) if comp.log else "-",
         )
     return table
 

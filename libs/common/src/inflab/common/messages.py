@@ -31,7 +31,7 @@ LR_SCHEDULERS = (
     "cosine_with_restarts",
     "polynomial",
 )
-Stage = Literal["run", "train", "inference", "influence"]
+Stage = Literal["run", "train", "inference", "influence", "validation"]
 
 _ID = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 _TEXT = Annotated[str, Field(min_length=1, max_length=8000)]
@@ -253,15 +253,94 @@ class ControlMessage(Message):
 
     request_id: UUID = Field(default_factory=uuid4)
     run_id: UUID
-    action: Literal["update_params", "cancel"]
+    action: Literal["update_params", "cancel", "cancel_validation"]
     params: RuntimeParams | None = None
+    #: The validation a ``cancel_validation`` stops.
+    validation_id: UUID | None = None
     time: datetime = Field(default_factory=_now)
 
     @model_validator(mode="after")
     def _params_for_update(self) -> "ControlMessage":
         if self.action == "update_params" and self.params is None:
             raise ValueError("update_params needs params")
+        if self.action == "cancel_validation" and self.validation_id is None:
+            raise ValueError("cancel_validation needs validation_id")
         return self
+
+
+# --------------------------------------------------------------------------- validation
+class ValidationSettings(Contract):
+    """How a run's attributions are checked against retraining (``POST
+    /api/runs/{id}/validations``): ``subsets`` random subsets of the training pairs, each a
+    fraction ``alpha`` of them, for the linear datamodeling score; per evaluation question
+    a retraining without its ``removal_k`` most positive pairs under each method, and one
+    without ``removal_k`` random pairs, for the removal test. Subset ``s`` is drawn from
+    seed ``seed + s``."""
+
+    subsets: int = Field(32, ge=2, le=1024)
+    alpha: float = Field(0.5, gt=0, lt=1)
+    removal_k: int = Field(3, ge=1, le=1000)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class RetrainingJob(Contract):
+    """One retraining of a validation: the run's configuration on its training pairs
+    except those at ``drop`` (indices into the run's ``training_data``; what is left out
+    is the shorter list for removals, and half of it for LDS subsets)."""
+
+    key: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9\-]+$")]
+    drop: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+
+
+class ValidationTarget(Contract):
+    """The answer whose loss a retraining measures for one evaluation question: its
+    reference answer, or (where it has none) the fine-tuned model's answer."""
+
+    eval_id: str
+    answer: _TEXT
+    #: ``reference`` or ``fine_tuned``.
+    source: Literal["reference", "fine_tuned"]
+
+
+class TaskResourceRequest(Contract):
+    """What each retraining asks Ray for (from the run's model tier)."""
+
+    num_cpus: float = Field(1.0, gt=0, le=1024)
+    num_gpus: float = Field(0.0, ge=0, le=64)
+
+
+class ValidationRequest(Message):
+    """On ``inflab.v1.validation.request`` (the trainer takes it): retrain the run's
+    configuration as listed and measure each target's loss after each retraining."""
+
+    run_id: UUID
+    owner_id: UUID | None = None
+    validation_id: UUID
+    spec: RunSpec
+    retrainings: list[RetrainingJob] = Field(min_length=1, max_length=100_000)
+    targets: list[ValidationTarget] = Field(min_length=1)
+    resources: TaskResourceRequest = Field(default_factory=TaskResourceRequest)
+
+
+class RetrainingRecord(Contract):
+    """One retraining's measured losses (``targets`` order), and where and how long it ran."""
+
+    key: str
+    losses: list[float | None]
+    node_id: str
+    node_ip: str
+    pid: int
+    seconds: float
+    train_seconds: float | None = None
+
+
+class ValidationLosses(Contract):
+    """A validation's result: every retraining's measured losses."""
+
+    validation_id: UUID
+    eval_ids: list[str]
+    retrainings: list[RetrainingRecord]
+    wall_seconds: float
 
 
 # --------------------------------------------------------------------------- events
@@ -475,6 +554,7 @@ class ResultEvent(EventBase):
     training: TrainingSummary | None = None
     answers: list[Answer] | None = None
     influence: InfluenceMatrix | None = None
+    validation: ValidationLosses | None = None
 
     @model_validator(mode="after")
     def _keys_in_run(self) -> "ResultEvent":

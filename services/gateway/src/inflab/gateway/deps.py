@@ -28,6 +28,7 @@ from inflab.gateway.auth.passwords import PasswordHasher
 from inflab.gateway.auth.rls import session_for
 from inflab.gateway.auth.sessions import Caller, caller_for_token
 from inflab.gateway.auth.throttle import Rules, Throttle
+from inflab.gateway.broadcast import Broadcaster
 from inflab.gateway.mail import Mailer
 from inflab.gateway.dispatch import Dispatcher
 from inflab.gateway.notifier import RunNotifier
@@ -58,6 +59,10 @@ def get_bus(request: Request) -> Bus:
 
 def get_notifier(request: Request) -> RunNotifier:
     return request.app.state.notifier
+
+
+def get_broadcaster(request: Request) -> Broadcaster:
+    return request.app.state.broadcaster
 
 
 def get_hasher(request: Request) -> PasswordHasher:
@@ -143,6 +148,7 @@ SystemSessionDep = Annotated[AsyncSession, Depends(get_system_session)]
 SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
 BusDep = Annotated[Bus, Depends(get_bus)]
 NotifierDep = Annotated[RunNotifier, Depends(get_notifier)]
+BroadcasterDep = Annotated[Broadcaster, Depends(get_broadcaster)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 CurrentUser = Annotated[User, Depends(current_user)]
 HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]

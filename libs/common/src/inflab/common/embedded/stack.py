@@ -15,7 +15,10 @@ Start order is dependency order, stop order the reverse (services, Ray, PostgreS
   role with the permissions of :mod:`inflab.common.nats_permissions`, credentials in
   ``INFLAB_HOME/secrets`` (see ``bus_credentials.py``); a client without one is refused.
 * Ray: a local head node unless ``ray_address`` names a cluster.
-* Services: ``python -m inflab.<name>`` each (injectable, so tests run stand-ins).
+* Services: ``python -m inflab.<name>`` each (injectable, so tests run stand-ins). Each
+  worker serves its Prometheus metrics on a free loopback port of its own
+  (``INFLAB_METRICS_PORT``, chosen once and kept across restarts), recorded in
+  ``stack.json`` and shown by ``inflab ps``.
 
 The embedded stack serves one person, over plain http on their own machine, so it changes
 a few defaults (:func:`embedded_settings`; a setting given explicitly wins): no email
@@ -77,8 +80,10 @@ import psutil
 from pydantic import SecretBytes, SecretStr
 
 from inflab.common.embedded._proc import (
+    LOCALHOST,
     ServerProcess,
     die_with_parent,
+    free_port,
     kill_group,
     log_tail,
     same_process,
@@ -99,6 +104,8 @@ LOGS_DIR = "logs"
 DATABASE_NAME = "inflab"
 READY_PATH = "/readyz"
 HEALTH_PATH = "/healthz"
+#: Workers serve their metrics on loopback: the embedded stack is one person's machine.
+METRICS_HOST = LOCALHOST
 #: How often wait_ready re-probes.
 READY_POLL_S = 0.2
 #: Environment every child gets, whatever the settings (see the module docstring).
@@ -122,6 +129,7 @@ class ServiceSpec:
     url: str | None = None  # public base URL, shown by ``inflab ps``
     ready_path: str | None = None  # GET url+ready_path must answer 200 for wait_ready
     health_path: str | None = None  # GET url+health_path: liveness, for ``inflab ps``
+    metrics: bool = False  # serves Prometheus metrics on INFLAB_METRICS_PORT (the workers)
 
     @property
     def ready_url(self) -> str | None:
@@ -154,6 +162,7 @@ def default_services(settings: Settings, python: str = sys.executable) -> list[S
                 url=gateway_url(settings) if http else None,
                 ready_path=READY_PATH if http else None,
                 health_path=HEALTH_PATH if http else None,
+                metrics=not http,
             )
         )
     return specs
@@ -234,6 +243,7 @@ class Component:
     last_exit_at: str | None = None
     crashes_in_a_row: int = 0  # exits since the last process that ran long enough to be healthy
     crash_loop: bool = False
+    metrics_url: str | None = None  # a worker's Prometheus metrics
 
     def attach(self, process: subprocess.Popen, log_path: Path) -> None:
         self.pid = process.pid
@@ -392,6 +402,7 @@ class Stack:
         self._components: list[Component] = []
         #: Environment for children beyond the settings (the Ray node's credentials).
         self._child_env_extra: dict[str, str] = {}
+        self._metrics_ports: dict[str, int] = {}
         self._owns_state = False  # a refused start must not overwrite the running stack's file
         self._stopping = False
         self._stopped = False
@@ -467,7 +478,8 @@ class Stack:
         await self._start_ray()
         for spec in self.specs:
             service = _Service(
-                spec, Component(spec.name, "service", url=spec.url, health_url=spec.health_url),
+                spec, Component(spec.name, "service", url=spec.url, health_url=spec.health_url,
+                                metrics_url=self.metrics_url(spec.name)),
                 RestartTracker(self.restart_policy),
             )
             self._services.append(service)
@@ -608,8 +620,24 @@ class Stack:
         spec = next((s for s in self.specs if s.name == name), None)
         if spec is None:
             raise KeyError(f"no service {name!r} in this stack")
-        env = child_environment(self.service_settings(name), self._child_env_extra | SERVICE_ENV)
+        extra = self._child_env_extra | SERVICE_ENV
+        if spec.metrics:
+            extra |= {"INFLAB_METRICS_HOST": METRICS_HOST, "INFLAB_METRICS_PORT": str(self._metrics_port(name))}
+        env = child_environment(self.service_settings(name), extra)
         return list(spec.argv), env
+
+    def _metrics_port(self, name: str) -> int:
+        """The worker's metrics port: chosen free once, then the same for every restart."""
+        if name not in self._metrics_ports:
+            self._metrics_ports[name] = free_port(METRICS_HOST)
+        return self._metrics_ports[name]
+
+    def metrics_url(self, name: str) -> str | None:
+        """Where service ``name`` serves its Prometheus metrics (None: it serves none)."""
+        spec = next((s for s in self.specs if s.name == name), None)
+        if spec is None or not spec.metrics:
+            return None
+        return f"http://{METRICS_HOST}:{self._metrics_port(name)}/metrics"
 
     def _spawn_service(self, service: _Service) -> None:
         log_path = self.logs_dir / f"{service.spec.name}.log"

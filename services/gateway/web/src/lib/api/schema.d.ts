@@ -567,7 +567,8 @@ export interface paths {
          * Stream Run Events
          * @description Server-Sent Events: ``id`` is the event's sequence number, ``event`` its kind and
          *     ``data`` its JSON. Resumes after ``Last-Event-ID`` (or ``after``); ends after the
-         *     run-level terminal status event, or when the session or API token that opened it
+         *     run-level terminal status event (a validation of an ended run keeps it open while it
+         *     is under way: its events have stage ``validation``), or when the session or API token that opened it
          *     ends (re-checked every heartbeat interval).
          */
         get: operations["stream_run_events"];
@@ -659,6 +660,96 @@ export interface paths {
         get: operations["get_run_results"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/runs/{run_id}/validations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Validations
+         * @description The run's validations, newest first.
+         */
+        get: operations["list_validations"];
+        put?: never;
+        /**
+         * Start Validation
+         * @description Check the run's attributions against retraining: the LDS over ``subsets`` random
+         *     subsets of a fraction ``alpha`` of the training pairs, and per evaluation question the
+         *     removal of its top ``removal_k`` pairs under each method against ``removal_k`` random
+         *     ones; every influence matrix of the run and BM25's. Its events (stage ``validation``)
+         *     come on the run's event stream.
+         */
+        post: operations["start_validation"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/runs/{run_id}/validations/estimate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Estimate Validation
+         * @description What a validation with these settings would run and cost, before starting it.
+         */
+        post: operations["estimate_validation"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/runs/{run_id}/validations/{validation_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Validation
+         * @description One validation, with its detail from the object store once completed: the plan
+         *     (which pairs each retraining kept, the subsets' seeds), every retraining's losses and
+         *     where and how long it ran, and the per-question LDS and removal figures.
+         */
+        get: operations["get_validation"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/runs/{run_id}/validations/{validation_id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Cancel Validation
+         * @description Stop a validation: its retrainings are cancelled on Ray and it ends ``cancelled``.
+         */
+        post: operations["cancel_validation"];
         delete?: never;
         options?: never;
         head?: never;
@@ -1174,7 +1265,7 @@ export interface components {
              * Stage
              * @enum {string}
              */
-            stage: "run" | "train" | "inference" | "influence";
+            stage: "run" | "train" | "inference" | "influence" | "validation";
             /**
              * Time
              * Format: date-time
@@ -2331,7 +2422,7 @@ export interface components {
              * Stage
              * @enum {string}
              */
-            stage: "run" | "train" | "inference" | "influence";
+            stage: "run" | "train" | "inference" | "influence" | "validation";
             /**
              * Time
              * Format: date-time
@@ -2358,6 +2449,30 @@ export interface components {
             step: number;
             /** Tokens Per S */
             tokens_per_s?: number | null;
+        };
+        /**
+         * MatrixValidation
+         * @description One influence matrix (or BM25's) checked against retraining.
+         */
+        MatrixValidation: {
+            /** Lds */
+            lds: number | null;
+            /** Lds High */
+            lds_high: number | null;
+            /** Lds Low */
+            lds_low: number | null;
+            /** Method */
+            method: string;
+            /** Removal Increase Random */
+            removal_increase_random: number | null;
+            /** Removal Increase Top */
+            removal_increase_top: number | null;
+            /** Removal Over Random */
+            removal_over_random: number | null;
+            /** Removal Win Rate */
+            removal_win_rate: number | null;
+            /** Variant */
+            variant: string;
         };
         /**
          * MemoryEstimate
@@ -2494,7 +2609,7 @@ export interface components {
              * Stage
              * @enum {string}
              */
-            stage: "run" | "train" | "inference" | "influence";
+            stage: "run" | "train" | "inference" | "influence" | "validation";
             /** Step */
             step: number;
             /**
@@ -2557,7 +2672,7 @@ export interface components {
              * Stage
              * @enum {string}
              */
-            stage: "run" | "train" | "inference" | "influence";
+            stage: "run" | "train" | "inference" | "influence" | "validation";
             /**
              * Time
              * Format: date-time
@@ -2725,7 +2840,7 @@ export interface components {
              * Stage
              * @enum {string}
              */
-            stage: "run" | "train" | "inference" | "influence";
+            stage: "run" | "train" | "inference" | "influence" | "validation";
             /** Step */
             step: number;
             /**
@@ -2923,7 +3038,7 @@ export interface components {
              * Stage
              * @enum {string}
              */
-            stage: "run" | "train" | "inference" | "influence";
+            stage: "run" | "train" | "inference" | "influence" | "validation";
             /**
              * Step
              * @default 0
@@ -3027,7 +3142,7 @@ export interface components {
              * Stage
              * @enum {string}
              */
-            stage: "run" | "train" | "inference" | "influence";
+            stage: "run" | "train" | "inference" | "influence" | "validation";
             /**
              * Time
              * Format: date-time
@@ -3035,6 +3150,31 @@ export interface components {
             time: string;
             /** @default null */
             training: components["schemas"]["TrainingSummary"] | null;
+            /** @default null */
+            validation: components["schemas"]["ValidationLosses"] | null;
+        };
+        /**
+         * RetrainingRecord
+         * @description One retraining's measured losses (``targets`` order), and where and how long it ran.
+         */
+        RetrainingRecord: {
+            /** Key */
+            key: string;
+            /** Losses */
+            losses: (number | null)[];
+            /** Node Id */
+            node_id: string;
+            /** Node Ip */
+            node_ip: string;
+            /** Pid */
+            pid: number;
+            /** Seconds */
+            seconds: number;
+            /**
+             * Train Seconds
+             * @default null
+             */
+            train_seconds: number | null;
         };
         /** RowError */
         RowError: {
@@ -3258,7 +3398,7 @@ export interface components {
              * Stage
              * @enum {string}
              */
-            stage: "run" | "train" | "inference" | "influence";
+            stage: "run" | "train" | "inference" | "influence" | "validation";
             /**
              * Status
              * @enum {string}
@@ -3423,6 +3563,152 @@ export interface components {
             msg: string;
             /** Error Type */
             type: string;
+        };
+        /** ValidationEstimate */
+        ValidationEstimate: {
+            /** Assumptions */
+            assumptions: string[];
+            /** Estimated Compute S */
+            estimated_compute_s: number | null;
+            /** Estimated Cost Usd */
+            estimated_cost_usd: number | null;
+            /** Estimated Duration S */
+            estimated_duration_s: number | null;
+            /** Matrices */
+            matrices: string[];
+            /** Removals */
+            removals: number;
+            /** Retrainings */
+            retrainings: number;
+            /** Subsets */
+            subsets: number;
+            /** Training Pairs Trained */
+            training_pairs_trained: number;
+            /** Workers */
+            workers: number;
+        };
+        /**
+         * ValidationLosses
+         * @description A validation's result: every retraining's measured losses.
+         */
+        ValidationLosses: {
+            /** Eval Ids */
+            eval_ids: string[];
+            /** Retrainings */
+            retrainings: components["schemas"]["RetrainingRecord"][];
+            /**
+             * Validation Id
+             * Format: uuid
+             */
+            validation_id: string;
+            /** Wall Seconds */
+            wall_seconds: number;
+        };
+        /** ValidationOut */
+        ValidationOut: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Detail */
+            detail?: {
+                [key: string]: unknown;
+            } | null;
+            /** Detail Key */
+            detail_key: string | null;
+            /** Error */
+            error: string | null;
+            /** Estimate */
+            estimate: {
+                [key: string]: unknown;
+            } | null;
+            /** Finished At */
+            finished_at: string | null;
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /** Progress */
+            progress: number;
+            /** Results */
+            results: components["schemas"]["MatrixValidation"][];
+            /**
+             * Run Id
+             * Format: uuid
+             */
+            run_id: string;
+            settings: components["schemas"]["ValidationSettings-Output"];
+            /** Started At */
+            started_at: string | null;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "queued" | "running" | "completed" | "failed" | "cancelled";
+        };
+        /**
+         * ValidationSettings
+         * @description How a run's attributions are checked against retraining (``POST
+         *     /api/runs/{id}/validations``): ``subsets`` random subsets of the training pairs, each a
+         *     fraction ``alpha`` of them, for the linear datamodeling score; per evaluation question
+         *     a retraining without its ``removal_k`` most positive pairs under each method, and one
+         *     without ``removal_k`` random pairs, for the removal test. Subset ``s`` is drawn from
+         *     seed ``seed + s``.
+         */
+        "ValidationSettings-Input": {
+            /**
+             * Alpha
+             * @default 0.5
+             */
+            alpha?: number;
+            /**
+             * Removal K
+             * @default 3
+             */
+            removal_k?: number;
+            /**
+             * Seed
+             * @default 0
+             */
+            seed?: number;
+            /**
+             * Subsets
+             * @default 32
+             */
+            subsets?: number;
+        };
+        /**
+         * ValidationSettings
+         * @description How a run's attributions are checked against retraining (``POST
+         *     /api/runs/{id}/validations``): ``subsets`` random subsets of the training pairs, each a
+         *     fraction ``alpha`` of them, for the linear datamodeling score; per evaluation question
+         *     a retraining without its ``removal_k`` most positive pairs under each method, and one
+         *     without ``removal_k`` random pairs, for the removal test. Subset ``s`` is drawn from
+         *     seed ``seed + s``.
+         */
+        "ValidationSettings-Output": {
+            /**
+             * Alpha
+             * @default 0.5
+             */
+            alpha: number;
+            /**
+             * Removal K
+             * @default 3
+             */
+            removal_k: number;
+            /**
+             * Seed
+             * @default 0
+             */
+            seed: number;
+            /**
+             * Subsets
+             * @default 32
+             */
+            subsets: number;
         };
         /** Variant */
         Variant: {
@@ -4595,6 +4881,13 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description The user has INFLAB_SSE_MAX_STREAMS_PER_USER event streams open on this server. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     update_run_params: {
@@ -4777,6 +5070,231 @@ export interface operations {
             };
             /** @description An influence matrix could not be read from the object store. */
             502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    list_validations: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ValidationOut"][];
+                };
+            };
+            /** @description No such run or validation, or not yours. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The run has no results to validate (not completed, or no influence results), or a validation of it is already under way. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid settings (subsets < 2, alpha outside (0, 1), ...): the detail names the field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    start_validation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ValidationSettings-Input"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ValidationOut"];
+                };
+            };
+            /** @description No such run or validation, or not yours. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The run has no results to validate (not completed, or no influence results), or a validation of it is already under way. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid settings (subsets < 2, alpha outside (0, 1), ...): the detail names the field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    estimate_validation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ValidationSettings-Input"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ValidationEstimate"];
+                };
+            };
+            /** @description No such run or validation, or not yours. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The run has no results to validate (not completed, or no influence results), or a validation of it is already under way. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid settings (subsets < 2, alpha outside (0, 1), ...): the detail names the field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    get_validation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                validation_id: string;
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ValidationOut"];
+                };
+            };
+            /** @description No such run or validation, or not yours. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The run has no results to validate (not completed, or no influence results), or a validation of it is already under way. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid settings (subsets < 2, alpha outside (0, 1), ...): the detail names the field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    cancel_validation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                validation_id: string;
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ValidationOut"];
+                };
+            };
+            /** @description No such run or validation, or not yours. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The run has no results to validate (not completed, or no influence results), or a validation of it is already under way. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid settings (subsets < 2, alpha outside (0, 1), ...): the detail names the field. */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };
