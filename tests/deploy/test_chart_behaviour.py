@@ -11,6 +11,7 @@ import pytest
 import yaml
 from helpers.chart import CHART, by_kind, named, pod_specs, render
 
+from inflab.common.nats_permissions import WORKER_FOLLOW_UPS, follow_up_durable
 from inflab.common.subjects import Subjects
 
 pytestmark = pytest.mark.chart
@@ -113,6 +114,9 @@ def test_the_gateway_has_two_replicas_probes_resources_a_service_and_a_budget():
     assert service["spec"]["ports"][0]["targetPort"] == "http"
     pdb = named(manifests, "PodDisruptionBudget", f"{FULL}-gateway")
     assert pdb["spec"]["minAvailable"] == 1
+    # The replicas spread over nodes where they can.
+    (term,) = gateway["spec"]["template"]["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == gateway["spec"]["selector"]["matchLabels"]
 
 
 @pytest.mark.parametrize("name", ALL_SETS)
@@ -305,11 +309,17 @@ def test_one_scaledobject_per_worker_on_the_consumer_the_code_creates(prefix: st
     assert set(scaled) == {f"{FULL}-{w}" for w in WORKERS}
     for worker in WORKERS:
         spec = scaled[f"{FULL}-{worker}"]["spec"]
-        (trigger,) = spec["triggers"]
-        assert trigger["type"] == "nats-jetstream"
-        meta = trigger["metadata"]
-        assert meta["stream"] == code.jobs_stream
-        assert meta["consumer"] == code.durable(worker)
+        # One trigger per durable consumer the worker reads: its stage's and its follow-ups'.
+        consumers = [code.durable(worker)] + [
+            code.durable(follow_up_durable(worker, stage)) for stage in WORKER_FOLLOW_UPS.get(worker, ())
+        ]
+        assert [t["metadata"]["consumer"] for t in spec["triggers"]] == consumers
+        meta = spec["triggers"][0]["metadata"]
+        for trigger in spec["triggers"]:
+            assert trigger["type"] == "nats-jetstream"
+            assert trigger["metadata"]["stream"] == code.jobs_stream
+            assert {k: v for k, v in trigger["metadata"].items() if k != "consumer"} == {
+                k: v for k, v in meta.items() if k != "consumer"}
         assert meta["account"] == "$G"
         assert int(meta["lagThreshold"]) >= 1 and int(meta["activationLagThreshold"]) >= 0
         assert 0 <= spec["minReplicaCount"] <= spec["maxReplicaCount"]
@@ -323,15 +333,18 @@ def test_one_scaledobject_per_worker_on_the_consumer_the_code_creates(prefix: st
             assert meta["useHttps"] == "false"
 
 
-def test_the_workers_durable_consumer_is_named_by_the_subjects_module():
-    """The names the chart renders are the ones the workers' consumers get (worker.serve
-    passes Subjects.durable(service) on the jobs stream)."""
+def test_the_workers_durable_consumers_are_named_by_the_subjects_module():
+    """The names the chart renders are the ones the workers' consumers get: worker.serve
+    names its consumer Subjects.durable(service), or Subjects.durable(follow_up_durable(
+    service, stage)) for a follow-up stage that worker.main starts beside it."""
     import inspect
 
     from inflab.common import worker
 
-    assert "durable=bus.subjects.durable(service)" in inspect.getsource(worker.serve)
+    assert "durable = bus.subjects.durable(durable or service)" in inspect.getsource(worker.serve)
+    assert "durable=follow_up_durable(service, extra)" in inspect.getsource(worker.main)
     assert Subjects().jobs_stream == "INFLAB_JOBS" and Subjects().durable("trainer") == "INFLAB_trainer"
+    assert Subjects().durable(follow_up_durable("trainer", "validation")) == "INFLAB_trainer_validation"
 
 
 # Point 7: hardening, NetworkPolicies, ServiceMonitor -----------------------------------------
@@ -454,11 +467,6 @@ def test_a_monitoring_address_without_a_scheme_is_plain_http():
         assert meta["natsServerMonitoringEndpoint"] == "nats.messaging.svc:8222" and meta["useHttps"] == "false"
 
 
-#: Settings the workers' metrics bring (INFLAB_METRICS_HOST/PORT), read by a worker only once
-#: that part of the code is in; until then an unknown INFLAB_ variable is ignored.
-WORKER_METRICS_SETTINGS = {"INFLAB_METRICS_HOST", "INFLAB_METRICS_PORT"}
-
-
 @pytest.mark.parametrize("name", ALL_SETS)
 def test_every_inflab_variable_the_chart_sets_is_a_setting(name: str):
     """Settings ignore unknown variables, so a misspelt one would be silently lost."""
@@ -469,8 +477,8 @@ def test_every_inflab_variable_the_chart_sets_is_a_setting(name: str):
         for spec in pod_specs(manifest):
             for container in containers(spec):
                 for var in container.get("env", []):
-                    if var["name"].startswith("INFLAB_") and var["name"] not in fields:
-                        assert var["name"] in WORKER_METRICS_SETTINGS, f"{var['name']} is no setting"
+                    if var["name"].startswith("INFLAB_"):
+                        assert var["name"] in fields, f"{var['name']} is no setting"
 
 
 def test_ray_nodes_have_probes_that_need_no_tool_the_image_lacks():

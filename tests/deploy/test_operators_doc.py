@@ -11,7 +11,7 @@ import pytest
 import yaml
 from helpers.chart import CHART, render
 
-from inflab.common.nats_permissions import WORKER_STAGES
+from inflab.common.nats_permissions import WORKER_FOLLOW_UPS, WORKER_STAGES, follow_up_durable
 from inflab.common.subjects import Subjects
 
 pytestmark = pytest.mark.chart
@@ -25,6 +25,9 @@ def test_the_keda_names_in_the_doc_are_the_codes():
     for service, stage in WORKER_STAGES.items():
         row = f"| {service} | `{code.jobs_stream}` | `{code.durable(service)}` | `{code.request(stage)}` |"
         assert row in DOC
+        for follow_up in WORKER_FOLLOW_UPS.get(service, ()):
+            durable = code.durable(follow_up_durable(service, follow_up))
+            assert f"| {service} | `{code.jobs_stream}` | `{durable}` | `{code.request(follow_up)}` |" in DOC
 
 
 def test_every_hadolint_exception_is_listed():
