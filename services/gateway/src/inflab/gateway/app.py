@@ -38,7 +38,7 @@ from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.persister import EventPersister
 from inflab.gateway import limits
 from inflab.gateway.routes import contracts, control, estimates, experiments, health, imports, methods
-from inflab.gateway.routes import predictions, runs
+from inflab.gateway.routes import benchmarks, predictions, runs
 from inflab.gateway.routes import account, auth, tokens
 from inflab.gateway.submissions import RunSubmissions
 from inflab.gateway.webapp import mount_web_app
@@ -174,6 +174,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(imports.router)
     app.include_router(methods.router)
     app.include_router(runs.router)
+    app.include_router(benchmarks.router)
     app.include_router(control.router)
     app.include_router(predictions.router)
     app.include_router(estimates.router)
