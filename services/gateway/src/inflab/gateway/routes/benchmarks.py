@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, status
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 from sqlalchemy import select
 
 from inflab.common.bench.baselines import edit_distance_scores, random_scores
@@ -89,7 +89,7 @@ class Leaderboard(BaseModel):
     """Methods the run asked for whose scores are not stored yet."""
     rows: list[LeaderboardRow]
     queries: list[BenchmarkQuery]
-    documents: list[BenchmarkDocument] = Field(default_factory=list)
+    documents: list[BenchmarkDocument]
 
 
 def _baselines(spec: RunSpec) -> list[Entry]:

@@ -2412,7 +2412,7 @@ export interface components {
             /** Correct Queries */
             correct_queries: number | null;
             /** Documents */
-            documents?: components["schemas"]["BenchmarkDocument"][];
+            documents: components["schemas"]["BenchmarkDocument"][];
             /**
              * Pending Methods
              * @description Methods the run asked for whose scores are not stored yet.
