@@ -39,7 +39,7 @@ from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.persister import EventPersister
 from inflab.gateway import limits
 from inflab.gateway.routes import contracts, control, estimates, experiments, health, imports, methods
-from inflab.gateway.routes import predictions, runs, validations
+from inflab.gateway.routes import benchmarks, predictions, runs, validations
 from inflab.gateway.routes import account, auth, tokens
 from inflab.gateway.submissions import RunSubmissions
 from inflab.gateway.webapp import mount_web_app
@@ -182,6 +182,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(methods.router)
     app.include_router(runs.router)
     app.include_router(validations.router)
+    app.include_router(benchmarks.router)
     app.include_router(control.router)
     app.include_router(predictions.router)
     app.include_router(estimates.router)

@@ -166,6 +166,9 @@ class Experiment(Base):
     influence_args: Mapped[dict] = mapped_column(
         JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
     )
+    #: BenchmarkSpec of a benchmark experiment (ground truth, function tokens); NULL for a
+    #: question/answer experiment.
+    benchmark: Mapped[dict | None] = mapped_column(JSONB, nullable=True)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False

@@ -302,6 +302,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/benchmarks/{run_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Leaderboard
+         * @description The leaderboard of a benchmark run: every method and baseline ranked by recall@5,
+         *     with recall@1/5/10, precision@k, MRR, mAP and ROC-AUC (mean and standard deviation)
+         *     over the correctly answered queries and over all, and the per-query drill-down.
+         */
+        get: operations["get_leaderboard"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/estimates": {
         parameters: {
             query?: never;
@@ -883,6 +905,16 @@ export interface components {
              */
             checkpoint_step?: number | null;
             /**
+             * Grid
+             * @description An ablation grid: more settings of ``layers``, ``pooling``, ``aggregation``,
+             *     ``top_layers``, ``normalization`` and ``similarity`` (one dict each, the rest as above),
+             *     each scored from the same cached hidden states as its own variant ``grid1``, ``grid2``...
+             *     (a new pooling computes its features once).
+             */
+            grid?: {
+                [key: string]: string | number;
+            }[];
+            /**
              * Layers
              * @description Decoder layers compared: ``all``, a list (``0,3,5``) or a range (``2-5``), from 0.
              * @default all
@@ -1121,6 +1153,16 @@ export interface components {
              */
             checkpoint_step?: number | null;
             /**
+             * Grid
+             * @description An ablation grid: more settings of ``layers``, ``pooling``, ``aggregation``,
+             *     ``top_layers``, ``normalization`` and ``similarity`` (one dict each, the rest as above),
+             *     each scored from the same cached hidden states as its own variant ``grid1``, ``grid2``...
+             *     (a new pooling computes its features once).
+             */
+            grid?: {
+                [key: string]: string | number;
+            }[];
+            /**
              * Ig Steps
              * @description 0: the gradient at the fine-tuned model; K > 0: integrated gradients, the mean
              *     gradient over K points on the path from the old to the new hidden states (a K-step
@@ -1230,6 +1272,62 @@ export interface components {
              * @enum {string}
              */
             variant: "question" | "question_reference";
+        };
+        /** BenchmarkDocument */
+        BenchmarkDocument: {
+            /** Id */
+            id: string;
+            /** Label */
+            label: string;
+            /** Text */
+            text: string;
+        };
+        /** BenchmarkQuery */
+        BenchmarkQuery: {
+            /** Answer */
+            answer: string;
+            /** Correct */
+            correct: boolean | null;
+            /** Id */
+            id: string;
+            /** Question */
+            question: string;
+            /** Relevant Ids */
+            relevant_ids: string[];
+        };
+        /**
+         * BenchmarkSpec
+         * @description A benchmark run (``kind: benchmark``): its training examples are documents, each a
+         *     training pair whose ``answer`` is the document's text (trained with the causal-LM loss
+         *     on every token; ``question`` only names the document, e.g. its type, and is not
+         *     trained on); its evaluation questions are queries with their expected answer, asked as
+         *     plain text (no chat template); ``relevant`` is the ground truth. Training reads the
+         *     documents in their order (no shuffling), so a run is reproducible.
+         */
+        "BenchmarkSpec-Input": {
+            /** Relevant */
+            relevant: {
+                [key: string]: string[];
+            };
+            /** Special Tokens */
+            special_tokens?: string[];
+        };
+        /**
+         * BenchmarkSpec
+         * @description A benchmark run (``kind: benchmark``): its training examples are documents, each a
+         *     training pair whose ``answer`` is the document's text (trained with the causal-LM loss
+         *     on every token; ``question`` only names the document, e.g. its type, and is not
+         *     trained on); its evaluation questions are queries with their expected answer, asked as
+         *     plain text (no chat template); ``relevant`` is the ground truth. Training reads the
+         *     documents in their order (no shuffling), so a run is reproducible.
+         */
+        "BenchmarkSpec-Output": {
+            /** Relevant */
+            relevant: {
+                [key: string]: string[];
+            };
+            /** Special Tokens */
+            special_tokens: string[];
         };
         /** CheckpointEvent */
         CheckpointEvent: {
@@ -1407,6 +1505,16 @@ export interface components {
              * @description The fine-tuned checkpoint, by its training step; null: the final checkpoint.
              */
             checkpoint_step?: number | null;
+            /**
+             * Grid
+             * @description An ablation grid: more settings of ``layers``, ``pooling``, ``aggregation``,
+             *     ``top_layers``, ``normalization`` and ``similarity`` (one dict each, the rest as above),
+             *     each scored from the same cached hidden states as its own variant ``grid1``, ``grid2``...
+             *     (a new pooling computes its features once).
+             */
+            grid?: {
+                [key: string]: string | number;
+            }[];
             /**
              * Layers
              * @description Decoder layers compared: ``all``, a list (``0,3,5``) or a range (``2-5``), from 0.
@@ -1599,6 +1707,32 @@ export interface components {
             /** Email */
             email: string;
         };
+        /**
+         * EmbeddingArgs
+         * @description The embedding baseline: cosine of mean-pooled hidden states of the base model.
+         */
+        EmbeddingArgs: {
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Layer
+             * @description The decoder layer whose output is mean-pooled (negative: from the end).
+             * @default -1
+             */
+            layer?: number;
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+        };
         /** Estimate */
         Estimate: {
             /** Assumptions */
@@ -1640,6 +1774,7 @@ export interface components {
          *     evaluation questions may be left out.
          */
         EstimateRequest: {
+            benchmark?: components["schemas"]["BenchmarkSpec-Input"] | null;
             /**
              * Description
              * @default
@@ -1687,6 +1822,7 @@ export interface components {
          *     question ids to ``ev00, ...``; omitted run settings take the server's defaults.
          */
         ExperimentCreate: {
+            benchmark?: components["schemas"]["BenchmarkSpec-Input"] | null;
             /**
              * Description
              * @default
@@ -1712,6 +1848,8 @@ export interface components {
         };
         /** ExperimentOut */
         ExperimentOut: {
+            /** @description Set for a benchmark experiment: the ground truth and the function tokens. */
+            benchmark?: components["schemas"]["BenchmarkSpec-Output"] | null;
             /**
              * Created At
              * Format: date-time
@@ -2172,6 +2310,8 @@ export interface components {
             delta_h?: components["schemas"]["DeltaHArgs"];
             /** @description EK-FAC's arguments. */
             ekfac?: components["schemas"]["EKFACArgs"];
+            /** @description The embedding baseline's arguments. */
+            embedding?: components["schemas"]["EmbeddingArgs"];
             /** @description Gated causal patching's arguments. */
             patching?: components["schemas"]["PatchingArgs"];
             /** @description TracIn's arguments. */
@@ -2352,6 +2492,65 @@ export interface components {
              * @enum {string}
              */
             status: "queued" | "running" | "checkpointing" | "completed" | "failed" | "cancelled";
+        };
+        /** Leaderboard */
+        Leaderboard: {
+            /**
+             * Accuracy
+             * @description Share of queries the fine-tuned model answers correctly (null until the embedding baseline ran).
+             */
+            accuracy: number | null;
+            /** Correct Queries */
+            correct_queries: number | null;
+            /** Documents */
+            documents: components["schemas"]["BenchmarkDocument"][];
+            /**
+             * Pending Methods
+             * @description Methods the run asked for whose scores are not stored yet.
+             */
+            pending_methods: string[];
+            /** Queries */
+            queries: components["schemas"]["BenchmarkQuery"][];
+            /** Ranked By */
+            ranked_by: string;
+            /** Rows */
+            rows: components["schemas"]["LeaderboardRow"][];
+            /** Run Id */
+            run_id: string;
+            /** Status */
+            status: string;
+        };
+        /** LeaderboardRow */
+        LeaderboardRow: {
+            /**
+             * All
+             * @description Mean and standard deviation over all queries: recall@1/5/10, precision@1/5/10, mrr, map, roc_auc.
+             */
+            all: {
+                [key: string]: components["schemas"]["MetricSummary"];
+            };
+            /**
+             * Correct
+             * @description The same over the queries the fine-tuned model answers correctly (null: none, or unknown).
+             */
+            correct: {
+                [key: string]: components["schemas"]["MetricSummary"];
+            } | null;
+            /**
+             * Kind
+             * @description ``method`` (an attribution method of the run) or ``baseline``.
+             */
+            kind: string;
+            /** Label */
+            label: string;
+            /** Method */
+            method: string;
+            /** Per Query */
+            per_query: components["schemas"]["QueryScores"][];
+            /** Rank */
+            rank: number;
+            /** Variant */
+            variant: string;
         };
         /** Limits */
         Limits: {
@@ -2623,6 +2822,15 @@ export interface components {
              */
             tokens_per_s: number | null;
         };
+        /** MetricSummary */
+        MetricSummary: {
+            /** Mean */
+            mean: number | null;
+            /** N */
+            n: number;
+            /** Std */
+            std: number | null;
+        };
         /**
          * ParamsEvent
          * @description A runtime hyperparameter change, and the optimizer step it took effect at.
@@ -2719,6 +2927,16 @@ export interface components {
              * @description The fine-tuned checkpoint, by its training step; null: the final checkpoint.
              */
             checkpoint_step?: number | null;
+            /**
+             * Grid
+             * @description An ablation grid: more settings of ``layers``, ``pooling``, ``aggregation``,
+             *     ``top_layers``, ``normalization`` and ``similarity`` (one dict each, the rest as above),
+             *     each scored from the same cached hidden states as its own variant ``grid1``, ``grid2``...
+             *     (a new pooling computes its features once).
+             */
+            grid?: {
+                [key: string]: string | number;
+            }[];
             /**
              * Layers
              * @description Decoder layers compared: ``all``, a list (``0,3,5``) or a range (``2-5``), from 0.
@@ -3067,6 +3285,17 @@ export interface components {
              */
             password?: boolean;
         };
+        /** QueryScores */
+        QueryScores: {
+            /** Metrics */
+            metrics: {
+                [key: string]: number | null;
+            };
+            /** Query Id */
+            query_id: string;
+            /** Top Documents */
+            top_documents: string[];
+        };
         /** RankedTrainingPair */
         RankedTrainingPair: {
             /** Score */
@@ -3313,6 +3542,7 @@ export interface components {
          * @description Everything a run needs, frozen at submission (the run's config snapshot).
          */
         RunSpec: {
+            benchmark: components["schemas"]["BenchmarkSpec-Output"] | null;
             /** Eval Data */
             eval_data: components["schemas"]["EvalQuestion"][];
             /**
@@ -4274,6 +4504,58 @@ export interface operations {
             };
             /** @description Too many attempts: wait for the Retry-After seconds. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    get_leaderboard: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Leaderboard"];
+                };
+            };
+            /** @description No such run, or not yours. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The run is not a benchmark run. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description An influence matrix could not be read from the object store. */
+            502: {
                 headers: {
                     [name: string]: unknown;
                 };
