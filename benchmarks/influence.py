@@ -629,6 +629,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale-checkpoints", type=int, default=0,
                    help="--scale: TracIn over only the last N checkpoints (0: all)")
     p.add_argument("--scale-sizes", default="250x25,1000x100", help="NxM points for --scale, smallest first")
+    # Counterfactual validation (benchmarks/influence_lds.py).
+    p.add_argument("--lds", action="store_true",
+                   help="each method's LDS and removal test against retraining on Ray (1 and 2 workers)")
+    p.add_argument("--subsets", type=int, default=32, help="--lds: LDS subsets")
+    p.add_argument("--alpha", type=float, default=0.5, help="--lds: share of the pairs each subset keeps")
+    p.add_argument("--removal-k", type=int, default=3, help="--lds: pairs each removal takes out")
+    p.add_argument("--seed", type=int, default=0, help="--lds: subset s is drawn from seed + s")
+    p.add_argument("--bootstrap", type=int, default=1000, help="--lds: bootstrap resamples of the interval")
+    p.add_argument("--timing-retrainings", type=int, default=6,
+                   help="--lds: retrainings timed on 1 and on 2 Ray workers")
     # Internal: one measurement in a fresh process.
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--task", type=Path, help=argparse.SUPPRESS)
@@ -661,6 +671,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args.workload_path = find_workload(args.workload)
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    if args.lds:
+        from benchmarks.influence_lds import run as run_lds
+
+        return run_lds(args, log)
     mach = machine(args.threads)
     existing: dict[str, Any] = {}
     if args.json and args.json.is_file():
