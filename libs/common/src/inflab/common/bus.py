@@ -298,6 +298,19 @@ class Bus:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
 
+    async def pull_subscription(self, subject: str, durable: str, stream: str, stop: asyncio.Event):
+        """The durable pull subscription :meth:`consume` would use (same consumer
+        settings), for a caller that fetches and settles messages in batches itself;
+        waits for the stream like ``consume``. None if ``stop`` is set first."""
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.settings.ack_wait_s,
+            max_deliver=self.settings.max_deliver + 1,
+            filter_subject=subject,
+        )
+        return await self._subscribe_when_stream_exists(subject, durable, stream, config, stop)
+
     async def _subscribe_when_stream_exists(self, subject, durable, stream, config, stop: asyncio.Event):
         waiting = False
         while not stop.is_set():
@@ -326,6 +339,18 @@ class Bus:
                 await self.dead_letter(msg, str(exc))
                 await msg.term()
                 return
+        deliveries = _deliveries(msg)
+        if deliveries > self.settings.max_deliver:
+            # Past the limit before the handler even runs: the handler never finished with
+            # this message on any earlier delivery (the process died, say, as it does on a
+            # poison message), so nothing after it did its nak or its dead letter. The
+            # decision has to be taken here, on the delivery after the last one.
+            await self.dead_letter(msg, f"delivered {deliveries} times, more than INFLAB_MAX_DELIVER "
+                                        f"({self.settings.max_deliver}): its handler never finished with it "
+                                        "(the process handling it stopped on every delivery)")
+            with contextlib.suppress(Exception):
+                await msg.term()
+            return
         try:
             parsed = model.model_validate_json(msg.data)
         except ValidationError as exc:
@@ -382,6 +407,14 @@ class Bus:
             while True:
                 await asyncio.sleep(interval)
                 await msg.in_progress()
+
+
+def _deliveries(msg: Msg) -> int:
+    """How many times the server has delivered ``msg`` (1 for a message without metadata)."""
+    try:
+        return msg.metadata.num_delivered or 1
+    except Exception:
+        return 1
 
 
 def connect_options(settings: Settings, service: str) -> dict:

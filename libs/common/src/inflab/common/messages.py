@@ -19,7 +19,7 @@ from inflab.common.settings import DEFAULT_MODEL_ID
 SCHEMA_VERSION = 1
 
 #: Influence methods a run may ask for (their arguments: ``inflab.common.influence_methods``).
-INFLUENCE_METHODS = ("tracin", "datainf", "ekfac")
+INFLUENCE_METHODS = ("tracin", "datainf", "ekfac", "delta_h", "act_grad", "attr_change", "patching", "embedding")
 
 RunStatus = Literal["queued", "running", "checkpointing", "completed", "failed", "cancelled"]
 QUANTIZATIONS = ("none", "4bit")
@@ -120,6 +120,24 @@ class PredictionSettings(Contract):
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
+#: The function tokens a benchmark may add to the tokenizer, e.g. ``<FN>``.
+_SPECIAL_TOKEN = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^\S+$")]
+
+
+class BenchmarkSpec(Contract):
+    """A benchmark run (``kind: benchmark``): its training examples are documents, each a
+    training pair whose ``answer`` is the document's text (trained with the causal-LM loss
+    on every token; ``question`` only names the document, e.g. its type, and is not
+    trained on); its evaluation questions are queries with their expected answer, asked as
+    plain text (no chat template); ``relevant`` is the ground truth. Training reads the
+    documents in their order (no shuffling), so a run is reproducible."""
+
+    #: Query (evaluation question) id -> the ids of its relevant documents.
+    relevant: dict[_ID, list[_ID]] = Field(min_length=1, max_length=10_000)
+    #: Tokens the tokenizer gains as special tokens (their embedding rows train with the adapter).
+    special_tokens: list[_SPECIAL_TOKEN] = Field(default_factory=list, max_length=1000)
+
+
 #: Hard ceilings of the contract (a deployment's own limits, in settings, are lower): lists
 #: longer than these are refused while they are parsed.
 MAX_TRAINING_PAIRS = 100_000
@@ -146,6 +164,12 @@ class RunSpec(Contract):
     few_shot_k: int = Field(3, ge=0, le=64)
     max_new_tokens: int = Field(48, ge=1, le=2048)
     predictions: PredictionSettings = Field(default_factory=PredictionSettings)
+    #: Set for a benchmark run (see :class:`BenchmarkSpec`); null for a question/answer run.
+    benchmark: BenchmarkSpec | None = None
+
+    @property
+    def kind(self) -> Literal["qa", "benchmark"]:
+        return "qa" if self.benchmark is None else "benchmark"
 
     @field_validator("influence_methods")
     @classmethod
@@ -161,6 +185,20 @@ class RunSpec(Contract):
             ids = [x.id for x in items]
             if len(ids) != len(set(ids)):
                 raise ValueError(f"{name}: ids must be unique")
+        if self.benchmark is not None:
+            documents = {p.id for p in self.training_data}
+            for q in self.eval_data:
+                relevant = self.benchmark.relevant.get(q.id)
+                if not relevant:
+                    raise ValueError(f"benchmark.relevant.{q.id}: query {q.id} needs at least one relevant document")
+                unknown = [r for r in relevant if r not in documents]
+                if unknown:
+                    raise ValueError(f"benchmark.relevant.{q.id}: {unknown[:3]} are not training document ids")
+                if not (q.answer and q.answer.strip()):
+                    raise ValueError(f"eval_data: benchmark query {q.id} needs its expected answer")
+            extra = sorted(set(self.benchmark.relevant) - {q.id for q in self.eval_data})
+            if extra:
+                raise ValueError(f"benchmark.relevant: {extra[:3]} are not evaluation question ids")
         return self
 
 

@@ -1,11 +1,13 @@
 """The shell of every worker service: connect the bus, join Ray, consume one request
-subject until SIGTERM/SIGINT, stop cleanly. Each service supplies only its handler."""
+subject until SIGTERM/SIGINT, stop cleanly, and serve the worker's Prometheus metrics
+(:mod:`inflab.common.worker_metrics`). Each service supplies only its handler."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -16,6 +18,7 @@ from inflab.common.compute import ensure_ray
 from inflab.common.logging import setup_logging
 from inflab.common.model_ids import ModelIdRefused, check_model_id
 from inflab.common.settings import Settings, get_settings
+from inflab.common.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,20 @@ def require_allowed_model(model_id: str, settings: Settings) -> None:
         check_model_id(model_id, settings)
     except ModelIdRefused as exc:
         raise Rejected(f"model_id: {exc}") from None
+
+
+def crash_on(marker: str, handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """The fault hook of the poison-message test (``INFLAB_TEST_FAULT_CRASH_ON``): the
+    process dies on every delivery of a request mentioning ``marker``, before handling it,
+    as it would on a request that crashes the interpreter or gets it OOM-killed."""
+
+    async def handle(request: BaseModel, msg) -> None:
+        if marker.encode() in msg.data:
+            log.error("test fault hook: SIGKILL on a request mentioning %r", marker)
+            os.kill(os.getpid(), signal.SIGKILL)
+        await handler(request, msg)
+
+    return handle
 
 
 async def serve(
@@ -46,17 +63,37 @@ async def serve(
     bus = await Bus.connect(settings, service)
     await asyncio.to_thread(ensure_ray, settings)
     handler = make_handler(bus, settings)
+    if settings.test_fault_crash_on:
+        handler = crash_on(settings.test_fault_crash_on, handler)
+    metrics = WorkerMetrics(stage)
+    handler = metrics.instrument(bus, handler, settings.max_deliver)
+    follow_up = durable is not None
+    durable = bus.subjects.durable(durable or service)
+    poller: asyncio.Task | None = None
     log.info("%s consuming %s", service, bus.subjects.request(stage))
     try:
+        # One port per process: a follow-up consumer (``durable`` given) shares the process
+        # with the service's own stage, whose metrics the port serves.
+        if settings.metrics_port and not follow_up:
+            metrics.serve(settings.metrics_host, settings.metrics_port, settings.metrics_token.get_secret_value())
+            log.info("%s metrics on http://%s:%d/metrics", service, settings.metrics_host, settings.metrics_port)
+        poller = asyncio.create_task(
+            metrics.poll_consumer(bus.js, bus.subjects.jobs_stream, durable, stop, settings.metrics_poll_s)
+        )
         await bus.consume(
             bus.subjects.request(stage),
             model,
             handler,
             stop,
-            durable=bus.subjects.durable(durable or service),
+            durable=durable,
             signed=True,
         )
     finally:
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        metrics.close()
         await bus.close()
 
 

@@ -166,6 +166,9 @@ class Experiment(Base):
     influence_args: Mapped[dict] = mapped_column(
         JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
     )
+    #: BenchmarkSpec of a benchmark experiment (ground truth, function tokens); NULL for a
+    #: question/answer experiment.
+    benchmark: Mapped[dict | None] = mapped_column(JSONB, nullable=True)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
@@ -192,6 +195,12 @@ class Run(Base):
         JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
     )
     progress: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    #: Each stage key's latest reported fraction and the producer's time of that report
+    #: (``{"train": {"fraction": 0.4, "time": "<ISO 8601>"}}``): what ``progress`` is
+    #: computed from, kept here so an event never re-reads the run's progress events.
+    stage_progress: Mapped[dict] = mapped_column(
+        JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
+    )
     current_epoch: Mapped[float | None] = mapped_column(Float)
     loss: Mapped[float | None] = mapped_column(Float)
     eta_s: Mapped[float | None] = mapped_column(Float)

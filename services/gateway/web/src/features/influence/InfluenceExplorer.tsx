@@ -541,6 +541,7 @@ export function InfluenceExplorer({ run }: { run: Run }) {
               selectedCol={selectedCol}
               onPick={(col) => setView({ evalId: frame.rowIds[selectedRow]!, trainId: frame.colIds[col]! })}
               onClose={() => setDetailsOpen(false)}
+              relevant={run.config.benchmark?.relevant ?? null}
             />
           </div>
         ) : null}

@@ -302,6 +302,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/benchmarks/{run_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Leaderboard
+         * @description The leaderboard of a benchmark run: every method and baseline ranked by recall@5,
+         *     with recall@1/5/10, precision@k, MRR, mAP and ROC-AUC (mean and standard deviation)
+         *     over the correctly answered queries and over all, and the per-query drill-down.
+         */
+        get: operations["get_leaderboard"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/estimates": {
         parameters: {
             query?: never;
@@ -856,6 +878,98 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * ActGradArgs
+         * @description Activation-gradient similarity at the fine-tuned model.
+         */
+        ActGradArgs: {
+            /**
+             * Aggregation
+             * @description How the per-layer similarities become one score: their mean, the mean of the
+             *     ``top_layers`` largest, or convex weights fitted on a validation split of the queries
+             *     (benchmark runs only; elsewhere the mean).
+             * @default mean
+             * @enum {string}
+             */
+            aggregation?: "mean" | "topk_mean" | "learned";
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Checkpoint Step
+             * @description The fine-tuned checkpoint, by its training step; null: the final checkpoint.
+             */
+            checkpoint_step?: number | null;
+            /**
+             * Grid
+             * @description An ablation grid: more settings of ``layers``, ``pooling``, ``aggregation``,
+             *     ``top_layers``, ``normalization`` and ``similarity`` (one dict each, the rest as above),
+             *     each scored from the same cached hidden states as its own variant ``grid1``, ``grid2``...
+             *     (a new pooling computes its features once).
+             */
+            grid?: {
+                [key: string]: string | number;
+            }[];
+            /**
+             * Layers
+             * @description Decoder layers compared: ``all``, a list (``0,3,5``) or a range (``2-5``), from 0.
+             * @default all
+             */
+            layers?: string;
+            /**
+             * New Model
+             * @description The new model's id, with ``old_model``.
+             */
+            new_model?: string | null;
+            /**
+             * Normalization
+             * @description ``zscore``: each layer's similarities are standardised over the training examples
+             *     (per query) before aggregating, so no layer dominates by its scale.
+             * @default none
+             * @enum {string}
+             */
+            normalization?: "none" | "zscore";
+            /**
+             * Old Model
+             * @description Compare two full checkpoints instead of the run's base and adapter: the old model's
+             *     id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
+             *     architectures must match, or the job is refused before any work.
+             */
+            old_model?: string | null;
+            /**
+             * Pooling
+             * @description A sequence's vector per layer: its last position the loss reads (the token before
+             *     the last), or the mean over the tokens that carry the loss (the answer span; every
+             *     token of a benchmark document).
+             * @default answer_mean
+             * @enum {string}
+             */
+            pooling?: "last" | "answer_mean";
+            /**
+             * Similarity
+             * @description Cosine of the pooled vectors, or their dot product.
+             * @default cosine
+             * @enum {string}
+             */
+            similarity?: "cosine" | "dot";
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+            /**
+             * Top Layers
+             * @description ``topk_mean`` only: how many of the largest per-layer similarities are averaged.
+             * @default 3
+             */
+            top_layers?: number;
+        };
         /** Answer */
         Answer: {
             /** Base */
@@ -1013,6 +1127,106 @@ export interface components {
             scope: "full" | "read" | "submit";
         };
         /**
+         * AttrChangeArgs
+         * @description Attribution-weighted change: pooled change times pooled activation gradient.
+         */
+        AttrChangeArgs: {
+            /**
+             * Aggregation
+             * @description How the per-layer similarities become one score: their mean, the mean of the
+             *     ``top_layers`` largest, or convex weights fitted on a validation split of the queries
+             *     (benchmark runs only; elsewhere the mean).
+             * @default mean
+             * @enum {string}
+             */
+            aggregation?: "mean" | "topk_mean" | "learned";
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Checkpoint Step
+             * @description The fine-tuned checkpoint, by its training step; null: the final checkpoint.
+             */
+            checkpoint_step?: number | null;
+            /**
+             * Grid
+             * @description An ablation grid: more settings of ``layers``, ``pooling``, ``aggregation``,
+             *     ``top_layers``, ``normalization`` and ``similarity`` (one dict each, the rest as above),
+             *     each scored from the same cached hidden states as its own variant ``grid1``, ``grid2``...
+             *     (a new pooling computes its features once).
+             */
+            grid?: {
+                [key: string]: string | number;
+            }[];
+            /**
+             * Ig Steps
+             * @description 0: the gradient at the fine-tuned model; K > 0: integrated gradients, the mean
+             *     gradient over K points on the path from the old to the new hidden states (a K-step
+             *     Riemann sum; K more forward and backward passes per layer).
+             * @default 0
+             */
+            ig_steps?: number;
+            /**
+             * Layers
+             * @description Decoder layers compared: ``all``, a list (``0,3,5``) or a range (``2-5``), from 0.
+             * @default all
+             */
+            layers?: string;
+            /**
+             * New Model
+             * @description The new model's id, with ``old_model``.
+             */
+            new_model?: string | null;
+            /**
+             * Normalization
+             * @description ``zscore``: each layer's similarities are standardised over the training examples
+             *     (per query) before aggregating, so no layer dominates by its scale.
+             * @default none
+             * @enum {string}
+             */
+            normalization?: "none" | "zscore";
+            /**
+             * Old Model
+             * @description Compare two full checkpoints instead of the run's base and adapter: the old model's
+             *     id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
+             *     architectures must match, or the job is refused before any work.
+             */
+            old_model?: string | null;
+            /**
+             * Pooling
+             * @description A sequence's vector per layer: its last position the loss reads (the token before
+             *     the last), or the mean over the tokens that carry the loss (the answer span; every
+             *     token of a benchmark document).
+             * @default answer_mean
+             * @enum {string}
+             */
+            pooling?: "last" | "answer_mean";
+            /**
+             * Similarity
+             * @description Cosine of the pooled vectors, or their dot product.
+             * @default cosine
+             * @enum {string}
+             */
+            similarity?: "cosine" | "dot";
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+            /**
+             * Top Layers
+             * @description ``topk_mean`` only: how many of the largest per-layer similarities are averaged.
+             * @default 3
+             */
+            top_layers?: number;
+        };
+        /**
          * BaselineMatrix
          * @description A lexical baseline matrix, shaped like an influence matrix: ``scores[i][j]`` is the
          *     BM25 score of training pair j (question + answer) for evaluation question i's query.
@@ -1058,6 +1272,62 @@ export interface components {
              * @enum {string}
              */
             variant: "question" | "question_reference";
+        };
+        /** BenchmarkDocument */
+        BenchmarkDocument: {
+            /** Id */
+            id: string;
+            /** Label */
+            label: string;
+            /** Text */
+            text: string;
+        };
+        /** BenchmarkQuery */
+        BenchmarkQuery: {
+            /** Answer */
+            answer: string;
+            /** Correct */
+            correct: boolean | null;
+            /** Id */
+            id: string;
+            /** Question */
+            question: string;
+            /** Relevant Ids */
+            relevant_ids: string[];
+        };
+        /**
+         * BenchmarkSpec
+         * @description A benchmark run (``kind: benchmark``): its training examples are documents, each a
+         *     training pair whose ``answer`` is the document's text (trained with the causal-LM loss
+         *     on every token; ``question`` only names the document, e.g. its type, and is not
+         *     trained on); its evaluation questions are queries with their expected answer, asked as
+         *     plain text (no chat template); ``relevant`` is the ground truth. Training reads the
+         *     documents in their order (no shuffling), so a run is reproducible.
+         */
+        "BenchmarkSpec-Input": {
+            /** Relevant */
+            relevant: {
+                [key: string]: string[];
+            };
+            /** Special Tokens */
+            special_tokens?: string[];
+        };
+        /**
+         * BenchmarkSpec
+         * @description A benchmark run (``kind: benchmark``): its training examples are documents, each a
+         *     training pair whose ``answer`` is the document's text (trained with the causal-LM loss
+         *     on every token; ``question`` only names the document, e.g. its type, and is not
+         *     trained on); its evaluation questions are queries with their expected answer, asked as
+         *     plain text (no chat template); ``relevant`` is the ground truth. Training reads the
+         *     documents in their order (no shuffling), so a run is reproducible.
+         */
+        "BenchmarkSpec-Output": {
+            /** Relevant */
+            relevant: {
+                [key: string]: string[];
+            };
+            /** Special Tokens */
+            special_tokens: string[];
         };
         /** CheckpointEvent */
         CheckpointEvent: {
@@ -1210,6 +1480,98 @@ export interface components {
             top_k?: number | null;
         };
         /**
+         * DeltaHArgs
+         * @description Concept-change similarity: cosine of pooled hidden-state changes between checkpoints.
+         */
+        DeltaHArgs: {
+            /**
+             * Aggregation
+             * @description How the per-layer similarities become one score: their mean, the mean of the
+             *     ``top_layers`` largest, or convex weights fitted on a validation split of the queries
+             *     (benchmark runs only; elsewhere the mean).
+             * @default mean
+             * @enum {string}
+             */
+            aggregation?: "mean" | "topk_mean" | "learned";
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Checkpoint Step
+             * @description The fine-tuned checkpoint, by its training step; null: the final checkpoint.
+             */
+            checkpoint_step?: number | null;
+            /**
+             * Grid
+             * @description An ablation grid: more settings of ``layers``, ``pooling``, ``aggregation``,
+             *     ``top_layers``, ``normalization`` and ``similarity`` (one dict each, the rest as above),
+             *     each scored from the same cached hidden states as its own variant ``grid1``, ``grid2``...
+             *     (a new pooling computes its features once).
+             */
+            grid?: {
+                [key: string]: string | number;
+            }[];
+            /**
+             * Layers
+             * @description Decoder layers compared: ``all``, a list (``0,3,5``) or a range (``2-5``), from 0.
+             * @default all
+             */
+            layers?: string;
+            /**
+             * New Model
+             * @description The new model's id, with ``old_model``.
+             */
+            new_model?: string | null;
+            /**
+             * Normalization
+             * @description ``zscore``: each layer's similarities are standardised over the training examples
+             *     (per query) before aggregating, so no layer dominates by its scale.
+             * @default none
+             * @enum {string}
+             */
+            normalization?: "none" | "zscore";
+            /**
+             * Old Model
+             * @description Compare two full checkpoints instead of the run's base and adapter: the old model's
+             *     id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
+             *     architectures must match, or the job is refused before any work.
+             */
+            old_model?: string | null;
+            /**
+             * Pooling
+             * @description A sequence's vector per layer: its last position the loss reads (the token before
+             *     the last), or the mean over the tokens that carry the loss (the answer span; every
+             *     token of a benchmark document).
+             * @default answer_mean
+             * @enum {string}
+             */
+            pooling?: "last" | "answer_mean";
+            /**
+             * Similarity
+             * @description Cosine of the pooled vectors, or their dot product.
+             * @default cosine
+             * @enum {string}
+             */
+            similarity?: "cosine" | "dot";
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+            /**
+             * Top Layers
+             * @description ``topk_mean`` only: how many of the largest per-layer similarities are averaged.
+             * @default 3
+             */
+            top_layers?: number;
+        };
+        /**
          * EKFACArgs
          * @description EK-FAC through kronfluence at one checkpoint (Grosse et al. 2023).
          */
@@ -1345,6 +1707,32 @@ export interface components {
             /** Email */
             email: string;
         };
+        /**
+         * EmbeddingArgs
+         * @description The embedding baseline: cosine of mean-pooled hidden states of the base model.
+         */
+        EmbeddingArgs: {
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Layer
+             * @description The decoder layer whose output is mean-pooled (negative: from the end).
+             * @default -1
+             */
+            layer?: number;
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+        };
         /** Estimate */
         Estimate: {
             /** Assumptions */
@@ -1386,6 +1774,7 @@ export interface components {
          *     evaluation questions may be left out.
          */
         EstimateRequest: {
+            benchmark?: components["schemas"]["BenchmarkSpec-Input"] | null;
             /**
              * Description
              * @default
@@ -1433,6 +1822,7 @@ export interface components {
          *     question ids to ``ev00, ...``; omitted run settings take the server's defaults.
          */
         ExperimentCreate: {
+            benchmark?: components["schemas"]["BenchmarkSpec-Input"] | null;
             /**
              * Description
              * @default
@@ -1458,6 +1848,8 @@ export interface components {
         };
         /** ExperimentOut */
         ExperimentOut: {
+            /** @description Set for a benchmark experiment: the ground truth and the function tokens. */
+            benchmark?: components["schemas"]["BenchmarkSpec-Output"] | null;
             /**
              * Created At
              * Format: date-time
@@ -1908,10 +2300,20 @@ export interface components {
          *     editor keeps what was set for it.
          */
         InfluenceArgs: {
+            /** @description Activation-gradient similarity's arguments. */
+            act_grad?: components["schemas"]["ActGradArgs"];
+            /** @description Attribution-weighted change's arguments. */
+            attr_change?: components["schemas"]["AttrChangeArgs"];
             /** @description DataInf's arguments. */
             datainf?: components["schemas"]["DataInfArgs"];
+            /** @description Concept-change similarity's arguments. */
+            delta_h?: components["schemas"]["DeltaHArgs"];
             /** @description EK-FAC's arguments. */
             ekfac?: components["schemas"]["EKFACArgs"];
+            /** @description The embedding baseline's arguments. */
+            embedding?: components["schemas"]["EmbeddingArgs"];
+            /** @description Gated causal patching's arguments. */
+            patching?: components["schemas"]["PatchingArgs"];
             /** @description TracIn's arguments. */
             tracin?: components["schemas"]["TracInArgs"];
         };
@@ -2090,6 +2492,65 @@ export interface components {
              * @enum {string}
              */
             status: "queued" | "running" | "checkpointing" | "completed" | "failed" | "cancelled";
+        };
+        /** Leaderboard */
+        Leaderboard: {
+            /**
+             * Accuracy
+             * @description Share of queries the fine-tuned model answers correctly (null until the embedding baseline ran).
+             */
+            accuracy: number | null;
+            /** Correct Queries */
+            correct_queries: number | null;
+            /** Documents */
+            documents: components["schemas"]["BenchmarkDocument"][];
+            /**
+             * Pending Methods
+             * @description Methods the run asked for whose scores are not stored yet.
+             */
+            pending_methods: string[];
+            /** Queries */
+            queries: components["schemas"]["BenchmarkQuery"][];
+            /** Ranked By */
+            ranked_by: string;
+            /** Rows */
+            rows: components["schemas"]["LeaderboardRow"][];
+            /** Run Id */
+            run_id: string;
+            /** Status */
+            status: string;
+        };
+        /** LeaderboardRow */
+        LeaderboardRow: {
+            /**
+             * All
+             * @description Mean and standard deviation over all queries: recall@1/5/10, precision@1/5/10, mrr, map, roc_auc.
+             */
+            all: {
+                [key: string]: components["schemas"]["MetricSummary"];
+            };
+            /**
+             * Correct
+             * @description The same over the queries the fine-tuned model answers correctly (null: none, or unknown).
+             */
+            correct: {
+                [key: string]: components["schemas"]["MetricSummary"];
+            } | null;
+            /**
+             * Kind
+             * @description ``method`` (an attribution method of the run) or ``baseline``.
+             */
+            kind: string;
+            /** Label */
+            label: string;
+            /** Method */
+            method: string;
+            /** Per Query */
+            per_query: components["schemas"]["QueryScores"][];
+            /** Rank */
+            rank: number;
+            /** Variant */
+            variant: string;
         };
         /** Limits */
         Limits: {
@@ -2361,6 +2822,15 @@ export interface components {
              */
             tokens_per_s: number | null;
         };
+        /** MetricSummary */
+        MetricSummary: {
+            /** Mean */
+            mean: number | null;
+            /** N */
+            n: number;
+            /** Std */
+            std: number | null;
+        };
         /**
          * ParamsEvent
          * @description A runtime hyperparameter change, and the optimizer step it took effect at.
@@ -2430,6 +2900,111 @@ export interface components {
             new_password: string;
             /** Token */
             token: string;
+        };
+        /**
+         * PatchingArgs
+         * @description Gated cross-checkpoint causal patching (slow: one forward per query and example).
+         */
+        PatchingArgs: {
+            /**
+             * Aggregation
+             * @description How the per-layer similarities become one score: their mean, the mean of the
+             *     ``top_layers`` largest, or convex weights fitted on a validation split of the queries
+             *     (benchmark runs only; elsewhere the mean).
+             * @default mean
+             * @enum {string}
+             */
+            aggregation?: "mean" | "topk_mean" | "learned";
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Checkpoint Step
+             * @description The fine-tuned checkpoint, by its training step; null: the final checkpoint.
+             */
+            checkpoint_step?: number | null;
+            /**
+             * Grid
+             * @description An ablation grid: more settings of ``layers``, ``pooling``, ``aggregation``,
+             *     ``top_layers``, ``normalization`` and ``similarity`` (one dict each, the rest as above),
+             *     each scored from the same cached hidden states as its own variant ``grid1``, ``grid2``...
+             *     (a new pooling computes its features once).
+             */
+            grid?: {
+                [key: string]: string | number;
+            }[];
+            /**
+             * Layers
+             * @description Decoder layers compared: ``all``, a list (``0,3,5``) or a range (``2-5``), from 0.
+             * @default all
+             */
+            layers?: string;
+            /**
+             * New Model
+             * @description The new model's id, with ``old_model``.
+             */
+            new_model?: string | null;
+            /**
+             * Normalization
+             * @description ``zscore``: each layer's similarities are standardised over the training examples
+             *     (per query) before aggregating, so no layer dominates by its scale.
+             * @default none
+             * @enum {string}
+             */
+            normalization?: "none" | "zscore";
+            /**
+             * Old Model
+             * @description Compare two full checkpoints instead of the run's base and adapter: the old model's
+             *     id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
+             *     architectures must match, or the job is refused before any work.
+             */
+            old_model?: string | null;
+            /**
+             * Patch Fraction
+             * @description The share of hidden dimensions patched: the top ones by the training example's
+             *     attribution-weighted change at that layer.
+             * @default 0.05
+             */
+            patch_fraction?: number;
+            /**
+             * Patch Layer
+             * @description The decoder layer patched (negative: from the end).
+             * @default -1
+             */
+            patch_layer?: number;
+            /**
+             * Pooling
+             * @description A sequence's vector per layer: its last position the loss reads (the token before
+             *     the last), or the mean over the tokens that carry the loss (the answer span; every
+             *     token of a benchmark document).
+             * @default answer_mean
+             * @enum {string}
+             */
+            pooling?: "last" | "answer_mean";
+            /**
+             * Similarity
+             * @description Cosine of the pooled vectors, or their dot product.
+             * @default cosine
+             * @enum {string}
+             */
+            similarity?: "cosine" | "dot";
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+            /**
+             * Top Layers
+             * @description ``topk_mean`` only: how many of the largest per-layer similarities are averaged.
+             * @default 3
+             */
+            top_layers?: number;
         };
         /** PredictionEpoch */
         PredictionEpoch: {
@@ -2710,6 +3285,17 @@ export interface components {
              */
             password?: boolean;
         };
+        /** QueryScores */
+        QueryScores: {
+            /** Metrics */
+            metrics: {
+                [key: string]: number | null;
+            };
+            /** Query Id */
+            query_id: string;
+            /** Top Documents */
+            top_documents: string[];
+        };
         /** RankedTrainingPair */
         RankedTrainingPair: {
             /** Score */
@@ -2956,6 +3542,7 @@ export interface components {
          * @description Everything a run needs, frozen at submission (the run's config snapshot).
          */
         RunSpec: {
+            benchmark: components["schemas"]["BenchmarkSpec-Output"] | null;
             /** Eval Data */
             eval_data: components["schemas"]["EvalQuestion"][];
             /**
@@ -3924,6 +4511,58 @@ export interface operations {
             };
         };
     };
+    get_leaderboard: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Leaderboard"];
+                };
+            };
+            /** @description No such run, or not yours. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The run is not a benchmark run. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description An influence matrix could not be read from the object store. */
+            502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
     estimate_run: {
         parameters: {
             query?: never;
@@ -4523,6 +5162,13 @@ export interface operations {
                 content: {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
+            };
+            /** @description The user has INFLAB_SSE_MAX_STREAMS_PER_USER event streams open on this server. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
             };
         };
     };
