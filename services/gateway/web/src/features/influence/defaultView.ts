@@ -17,7 +17,14 @@ export interface ValidatedMatrix extends MatrixId {
 }
 
 /** Best LDS first on the shared workload (benchmarks/results/influence-lds-cpu.json). */
-export const EVIDENCE_ORDER: MatrixId[] = [];
+export const EVIDENCE_ORDER: MatrixId[] = [
+  { method: "tracin", variant: "normalized" },
+  { method: "ekfac", variant: "raw" },
+  { method: "ekfac", variant: "normalized" },
+  { method: "tracin", variant: "raw" },
+  { method: "datainf", variant: "normalized" },
+  { method: "datainf", variant: "raw" },
+];
 
 export function defaultView(
   present: MatrixId[],
