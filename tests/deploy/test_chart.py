@@ -262,8 +262,10 @@ def test_the_schema_refuses_bad_values(values: dict, message: str):
         ({"keda": {"enabled": True, "trainer": {"minReplicaCount": 3, "maxReplicaCount": 2, "lagThreshold": 1,
                                                  "activationLagThreshold": 0}}},
          "keda.trainer.minReplicaCount (3) must not exceed keda.trainer.maxReplicaCount (2)"),
+        ({"ray": {"mode": "kuberay", "workers": {"minReplicas": 5, "maxReplicas": 2}}},
+         "ray.workers.minReplicas (5) must not exceed ray.workers.maxReplicas (2)"),
     ],
-    ids=["ingress-without-host", "external-ray-without-address", "keda-min-above-max"],
+    ids=["ingress-without-host", "external-ray-without-address", "keda-min-above-max", "ray-min-above-max"],
 )
 def test_a_missing_or_contradictory_value_fails_with_its_message(values: dict, message: str):
     with pytest.raises(RenderError) as err:
@@ -297,4 +299,7 @@ def test_without_the_operators_apis_the_chart_still_installs_without_their_resou
     kinds = {m["kind"] for m in manifests}
     assert not kinds & {"RayCluster", "ScaledObject", "ServiceMonitor"}
     assert {"Deployment", "Job", "NetworkPolicy"} <= kinds
+    # Without KEDA to own the count, the workers keep theirs.
+    for deployment in by_kind(manifests, "Deployment"):
+        assert deployment["spec"]["replicas"] >= 1
     assert OPERATOR_APIS  # the other renders do pass them

@@ -8,6 +8,7 @@ made on the files themselves (docs/operators.md says what is not tested).
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -26,9 +27,9 @@ WORKERS = ROOT / "services/workers/Dockerfile"
 
 def dockerfiles() -> list[Path]:
     found = []
-    for path in ROOT.rglob("*Dockerfile*"):
-        if path.is_file() and not IGNORED_DIRS & set(path.relative_to(ROOT).parts):
-            found.append(path)
+    for folder, dirs, files in os.walk(ROOT):
+        dirs[:] = [d for d in dirs if d not in IGNORED_DIRS]  # never into .venv or node_modules
+        found += [Path(folder, name) for name in files if "Dockerfile" in name]
     return sorted(found)
 
 
@@ -135,3 +136,6 @@ def test_the_workers_image_has_a_cpu_and_a_cuda_variant_with_matching_torch():
     # The one image runs every worker service (and the Ray nodes), so all three are in it.
     for service in ("trainer", "inference", "influence"):
         assert f"/src/services/{service}" in text
+    # KubeRay runs `ray start` in a login shell, whose PATH (Debian's /etc/profile) has
+    # /usr/local/bin but not the venv.
+    assert any(kind == "RUN" and "ln -s /opt/venv/bin/ray /usr/local/bin/ray" in arg for kind, arg in stages(WORKERS)[-1])

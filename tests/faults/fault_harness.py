@@ -184,8 +184,12 @@ class FaultStack:
             await self.consuming(name)
 
     async def stop(self) -> None:
-        for proc in list(self.services.values()):
-            self.stop_service(proc.name)
+        for proc in self.services.values():  # all asked at once: each may take seconds
+            if proc.alive:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.process.pid, signal.SIGTERM)
+        for name in list(self.services):
+            self.stop_service(name)
         for server in (self.postgres, self.nats):
             if server is not None:
                 with contextlib.suppress(Exception):
@@ -419,6 +423,23 @@ async def read_sse(client: httpx.AsyncClient, run_id: uuid.UUID, last_event_id: 
                 if stop_after is not None and len(ids) >= stop_after:
                     break
     return ids
+
+
+async def follow_sse(client: httpx.AsyncClient, run_id: uuid.UUID, ids: list[int],
+                     last_event_id: int | None = None) -> bool:
+    """Append the ids of the run's SSE stream to ``ids`` until the server ends the stream
+    (True) or the connection breaks (False: the gateway went away)."""
+    headers = {"Last-Event-ID": str(last_event_id)} if last_event_id is not None else {}
+    try:
+        async with client.stream("GET", f"/api/runs/{run_id}/events", headers=headers,
+                                 timeout=httpx.Timeout(120, read=120)) as response:
+            assert response.status_code == 200, await response.aread()
+            async for line in response.aiter_lines():
+                if line.startswith("id:"):
+                    ids.append(int(line[3:].strip()))
+    except httpx.TransportError:
+        return False
+    return True
 
 
 async def assert_run_complete(stack: FaultStack, client: httpx.AsyncClient, run_id: uuid.UUID, spec: dict,

@@ -53,7 +53,8 @@ def render(
         for api in api_versions:
             args += ["--api-versions", api]
         out = run_helm(*args, values=values, values_files=values_files)
-        _cache[key] = [doc for doc in yaml.safe_load_all(out) if doc]
+        loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        _cache[key] = [doc for doc in yaml.load_all(out, Loader=loader) if doc]
     return _cache[key]
 
 

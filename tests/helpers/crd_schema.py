@@ -80,7 +80,8 @@ def schemas() -> dict[tuple[str, str], dict]:
         return {}
     found: dict[tuple[str, str], dict] = {}
     for path in sorted(folder.glob("*.yaml")):
-        for doc in yaml.safe_load_all(path.read_text()):
+        # The C loader when PyYAML has it: the KubeRay CRDs are megabytes (seconds in pure Python).
+        for doc in yaml.load_all(path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
             if not doc or doc.get("kind") != "CustomResourceDefinition":
                 continue
             group = doc["spec"]["group"]

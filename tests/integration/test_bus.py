@@ -109,6 +109,38 @@ async def test_failing_handler_is_retried_then_dead_lettered(bus: Bus):
     assert "boom" in letter.reason and letter.deliveries == bus.settings.max_deliver
 
 
+async def test_a_message_whose_handler_never_finishes_is_dead_lettered_before_running_again(bus: Bus):
+    """A handler that never finishes with a message (its process dies on it: here the
+    consumer is cancelled mid-handler every time) gets it ``max_deliver`` times; the next
+    delivery is dead-lettered without reaching the handler."""
+    calls: list[int] = []
+    started = asyncio.Event()
+
+    async def never_finishes(msg: TrainRequest, raw) -> None:
+        calls.append(raw.metadata.num_delivered)
+        started.set()
+        await asyncio.Event().wait()
+
+    await bus.publish(bus.subjects.train_request, _request())
+    for _ in range(bus.settings.max_deliver):
+        started.clear()
+        task = asyncio.create_task(bus.consume(bus.subjects.train_request, TrainRequest, never_finishes,
+                                               asyncio.Event()))
+        await asyncio.wait_for(started.wait(), 30)
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    stop = asyncio.Event()
+    task = asyncio.create_task(bus.consume(bus.subjects.train_request, TrainRequest, never_finishes, stop))
+    [letter] = await _dead_letters(bus, 1)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+    assert calls == list(range(1, bus.settings.max_deliver + 1))
+    assert letter.deliveries == bus.settings.max_deliver + 1
+    assert f"more than INFLAB_MAX_DELIVER ({bus.settings.max_deliver})" in letter.reason
+
+
 async def test_a_worker_runs_only_requests_the_gateway_signed(bus: Bus):
     """Unsigned, signed with another key, signed for another subject, or signed and then
     altered: dead-lettered with the reason and never handled. A signed request whose

@@ -5,6 +5,9 @@ credential in the URL out of its output, and refuses to run without a database U
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 import uuid
 
 import asyncpg
@@ -66,3 +69,20 @@ def test_migrate_without_a_database_url_refuses_with_the_reason():
     result = CliRunner().invoke(cli.app, ["migrate"], env={"INFLAB_DATABASE_URL": ""})
     assert result.exit_code == 2
     assert "INFLAB_DATABASE_URL" in result.output
+
+
+def test_migrate_runs_without_torch_or_ray_as_in_the_gateway_image(empty_database: str):
+    """The hook Job runs `inflab migrate` from the gateway image, which has no torch (nor
+    Ray): the command must not import them."""
+    script = (
+        "import sys; sys.modules['torch'] = None; sys.modules['ray'] = None\n"
+        "from inflab.common.cli import app\n"
+        "app(['migrate'])\n"
+    )
+    env = {**os.environ, "INFLAB_DATABASE_URL": empty_database}
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Database schema is up to date" in result.stdout
+    head = ScriptDirectory.from_config(alembic_config(empty_database)).get_current_head()
+    assert asyncio.run(_revision(empty_database)) == head
+

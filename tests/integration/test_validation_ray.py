@@ -158,3 +158,45 @@ def test_two_node_cluster_runs_retrainings_on_both_nodes(two_node_cluster: str, 
     # One CPU per node and one CPU per task: four retrainings cannot all fit on one node.
     assert used == set(result["nodes"]), result["records"]
     assert all(len(r["losses"]) == 2 for r in result["records"].values())
+
+
+# --------------------------------------------------------------------------- worker loss
+def _retraining_processes() -> list:
+    import psutil
+
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        # Ray titles a worker process after the task it runs.
+        if cmdline.startswith("ray::validation-retraining") or cmdline.startswith("ray::_retrain_task"):
+            found.append(process)
+    return found
+
+
+def test_a_killed_ray_worker_is_retried_and_the_retrainings_complete(ray_cluster, tiny_model: Path) -> None:
+    import threading
+
+    from inflab.trainer.validation_job import TaskResources, run_retrainings
+
+    killed: list[int] = []
+
+    def kill_one() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and not killed:
+            running = _retraining_processes()
+            if running:
+                killed.append(running[0].pid)
+                running[0].kill()  # SIGKILL: the worker is lost mid-retraining
+                return
+            time.sleep(0.2)  # another process's state: nothing to wait on
+
+    killer = threading.Thread(target=kill_one, daemon=True)
+    killer.start()
+    retrainings = [(f"subset-{i:03d}", [j for j in range(6) if j != i]) for i in range(3)]
+    records = run_retrainings(tiny_spec(tiny_model.name), retrainings, TARGETS, str(tiny_model.parent),
+                              lambda event: None, TaskResources(num_cpus=1, max_retries=3))
+    killer.join(timeout=5)
+    assert killed, "no retraining worker was seen running"
+    assert set(records) == {key for key, _ in retrainings}
+    assert all(len(r["losses"]) == 2 for r in records.values())
+    assert killed[0] not in {r["pid"] for r in records.values()}  # the lost one ran again elsewhere

@@ -151,3 +151,24 @@ def test_cli_generate_is_deterministic(tmp_path):
     assert _files(tmp_path / "a") == _files(tmp_path / "b")
     bad = runner.invoke(app, ["bench", "import", str(tmp_path / "a" / "queries.jsonl"), "--out", str(tmp_path / "c")])
     assert bad.exit_code == 2 and "missing field(s) ['uid', 'text']" in bad.output
+
+
+def test_leaderboard_ranks_and_formats():
+    from inflab.common.bench.client import markdown_table
+    from inflab.common.bench.cli import parse_grid
+    from inflab.common.bench.leaderboard import Entry, leaderboard
+
+    queries, documents = ["q1", "q2"], ["a", "b", "c"]
+    relevant = {"q1": ["a"], "q2": ["c"]}
+    perfect = np.array([[3.0, 2.0, 1.0], [1.0, 2.0, 3.0]])
+    board = leaderboard([Entry("worst", "raw", "baseline", -perfect), Entry("best", "raw", "method", perfect)],
+                        queries, documents, relevant, {"q1": True, "q2": False})
+    assert [r["method"] for r in board["rows"]] == ["best", "worst"] and board["rows"][0]["rank"] == 1
+    assert board["accuracy"] == 0.5 and board["ranked_by"] == "recall@5 over correctly answered queries"
+    best = board["rows"][0]
+    assert best["all"]["recall@1"]["mean"] == 1.0 and best["correct"]["mrr"] == {"mean": 1.0, "std": 0.0, "n": 1}
+    assert best["per_query"][1]["top_documents"] == ["c", "b", "a"]
+    table = markdown_table(board)
+    assert table.splitlines()[2].startswith("| 1 | best | method | 1.000±0.00")
+    assert parse_grid("layers=all,0-4|8;top_layers=2") == [{"layers": "all", "top_layers": 2},
+                                                           {"layers": "0-4,8", "top_layers": 2}]

@@ -364,3 +364,19 @@ def test_two_named_checkpoints(tmp_path, tiny_model, checkpoint):
                                       {**ARGS, "old_model": "old", "new_model": "new"}, events.append,
                                       named_loader=lambda name: _load(folders[name]))
     assert not [e for e in events if e.get("kind") == "progress"]
+
+
+def test_grid_scores_each_cell_from_one_feature_pass(tiny_model, checkpoint):
+    cache = GradientCache()
+    grid = [{"layers": "0"}, {"layers": "1", "similarity": "dot"}, {"normalization": "zscore"}]
+    out = get_method("delta_h").compute(lambda: _load(tiny_model), TRAIN, EVALS, [checkpoint], {**ARGS, "grid": grid},
+                                        lambda e: None, cache=cache)
+    assert [s.variant for s in out] == ["raw", "grid1", "grid2", "grid3"]
+    # e2's generated answer, then one feature pass for the questions and one for the examples.
+    assert cache.misses == 3
+    assert out[1].args["grid_cell"] == {"layers": "0"} and out[2].args["similarity"] == "dot"
+    single = get_method("delta_h").compute(lambda: _load(tiny_model), TRAIN, EVALS, [checkpoint],
+                                           {**ARGS, "layers": "1", "similarity": "dot"}, lambda e: None)[0]
+    np.testing.assert_allclose(out[2].scores, single.scores, rtol=1e-6, atol=1e-7)
+    with pytest.raises(Exception, match=r"grid.0: \['ig_steps'\] cannot vary"):
+        get_method("attr_change").Args.model_validate({**ARGS, "grid": [{"ig_steps": 2}]})

@@ -74,21 +74,25 @@ seccompProfile:
   type: RuntimeDefault
 {{- end -}}
 
+{{/* imagePullSecrets of a pod spec, at the given indent (.indent); nothing without any. */}}
 {{- define "inflab.imagePullSecrets" -}}
-{{- with .Values.image.pullSecrets }}
-imagePullSecrets:
+{{- with .root.Values.image.pullSecrets }}
+{{- printf "imagePullSecrets:" | nindent $.indent }}
 {{- range . }}
-  - name: {{ . }}
+{{- printf "- name: %s" . | nindent (int (add $.indent 2)) }}
 {{- end }}
 {{- end }}
 {{- end -}}
 
-{{/* Where Ray runs: empty (local), ray.address (external), the RayCluster's head (kuberay). */}}
+{{/* The GCS address (host:port) of the Ray cluster the workers join: ray.address
+(external) or the RayCluster's head service (kuberay); empty for local. The workers join
+as Ray nodes without resources and drive it from there: Ray Client (ray://) cannot carry
+the streaming tasks the stages run. */}}
 {{- define "inflab.rayAddress" -}}
 {{- if eq .Values.ray.mode "external" -}}
-{{- required "ray.address is required when ray.mode is external (e.g. ray://ray-head.ray:10001)" .Values.ray.address -}}
+{{- required "ray.address is required when ray.mode is external (the cluster's GCS address, e.g. ray-head.ray.svc:6379)" .Values.ray.address -}}
 {{- else if eq .Values.ray.mode "kuberay" -}}
-{{- printf "ray://%s-head-svc:%d" (include "inflab.componentName" (dict "root" . "component" "ray")) (int .Values.ray.clientPort) -}}
+{{- printf "%s-head-svc:6379" (include "inflab.componentName" (dict "root" . "component" "ray")) -}}
 {{- end -}}
 {{- end -}}
 
@@ -98,6 +102,12 @@ the scheme's default port when the URL has none. */}}
 {{- $u := urlParse .url -}}
 {{- $parts := splitList ":" $u.host -}}
 {{- if gt (len $parts) 1 -}}{{ last $parts }}{{- else -}}{{ .default }}{{- end -}}
+{{- end -}}
+
+{{/* nats.monitoringUrl as a URL: host:port alone means http://host:port. */}}
+{{- define "inflab.monitoringUrl" -}}
+{{- $u := .Values.nats.monitoringUrl -}}
+{{- if contains "://" $u -}}{{ $u }}{{- else -}}{{ printf "http://%s" $u }}{{- end -}}
 {{- end -}}
 
 {{/* The object store's settings: URL, endpoint, region, and credentials from the Secret. */}}
@@ -186,10 +196,36 @@ folder, caches) and the models folder. */}}
 {{- define "inflab.gpuScheduling" -}}
 {{- with .Values.gpu.nodeSelector }}
 nodeSelector:
-  {{- toYaml . | nindent 2 }}
+  {{- range $key, $value := . }}
+  {{ $key }}: {{ $value | toString | quote }}
+  {{- end }}
 {{- end }}
 {{- with .Values.gpu.tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end -}}
+
+{{/* Probes of a Ray node's container (.head: also the GCS). KubeRay's own default probes
+run wget, which the workers' image does not ship, so the chart gives its own: the same
+health endpoints, read with the image's Python. */}}
+{{- define "inflab.rayProbes" -}}
+{{- $urls := list "http://localhost:52365/api/local_raylet_healthz" -}}
+{{- if .head }}{{- $urls = append $urls "http://localhost:8265/api/gcs_healthz" -}}{{- end -}}
+{{- $check := printf "import sys, urllib.request as u; sys.exit(0 if all(b'success' in u.urlopen(x, timeout=5).read() for x in %s) else 1)" ($urls | toJson) -}}
+readinessProbe:
+  exec:
+    command: ["python", "-c", {{ $check | quote }}]
+  initialDelaySeconds: 10
+  periodSeconds: 10
+  timeoutSeconds: 10
+  failureThreshold: 6
+livenessProbe:
+  exec:
+    command: ["python", "-c", {{ $check | quote }}]
+  initialDelaySeconds: 60
+  periodSeconds: 15
+  timeoutSeconds: 10
+  failureThreshold: 10
+{{- end -}}
+

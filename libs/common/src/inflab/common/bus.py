@@ -37,7 +37,7 @@ from inflab.common.job_signing import SIGNATURE_HEADER, BadSignature, JobSigner,
 from inflab.common.messages import DeadLetter, EventBase
 from inflab.common.nats_permissions import inbox_prefix
 from inflab.common.settings import Settings
-from inflab.common.subjects import STAGES, Subjects
+from inflab.common.subjects import REQUEST_STAGES, Subjects
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ def stream_configs(subjects: Subjects, settings: Settings) -> list[StreamConfig]
     return [
         StreamConfig(
             name=s.jobs_stream,
-            subjects=[s.request(stage) for stage in STAGES],
+            subjects=[s.request(stage) for stage in REQUEST_STAGES],
             retention=RetentionPolicy.WORK_QUEUE,
             duplicate_window=3600.0,
         ),
@@ -339,6 +339,18 @@ class Bus:
                 await self.dead_letter(msg, str(exc))
                 await msg.term()
                 return
+        deliveries = _deliveries(msg)
+        if deliveries > self.settings.max_deliver:
+            # Past the limit before the handler even runs: the handler never finished with
+            # this message on any earlier delivery (the process died, say, as it does on a
+            # poison message), so nothing after it did its nak or its dead letter. The
+            # decision has to be taken here, on the delivery after the last one.
+            await self.dead_letter(msg, f"delivered {deliveries} times, more than INFLAB_MAX_DELIVER "
+                                        f"({self.settings.max_deliver}): its handler never finished with it "
+                                        "(the process handling it stopped on every delivery)")
+            with contextlib.suppress(Exception):
+                await msg.term()
+            return
         try:
             parsed = model.model_validate_json(msg.data)
         except ValidationError as exc:
@@ -395,6 +407,14 @@ class Bus:
             while True:
                 await asyncio.sleep(interval)
                 await msg.in_progress()
+
+
+def _deliveries(msg: Msg) -> int:
+    """How many times the server has delivered ``msg`` (1 for a message without metadata)."""
+    try:
+        return msg.metadata.num_delivered or 1
+    except Exception:
+        return 1
 
 
 def connect_options(settings: Settings, service: str) -> dict:

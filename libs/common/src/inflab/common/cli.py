@@ -185,6 +185,27 @@ def demo() -> None:
 
 
 @app.command()
+def validate(
+    run_id: str = typer.Argument(..., help="The completed run whose attributions to check."),
+    subsets: int = typer.Option(32, help="LDS: random subsets of the training pairs, each retrained on."),
+    alpha: float = typer.Option(0.5, help="LDS: the share of the training pairs each subset keeps."),
+    removal_k: int = typer.Option(3, help="Removal test: pairs taken out per evaluation question."),
+    seed: int = typer.Option(0, help="Subset s is drawn from seed + s."),
+    url: str = typer.Option("", help="The gateway (default: the embedded stack's)."),
+    token: str = typer.Option("", envvar="INFLAB_API_TOKEN", help="An API token (default: the demo's account)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Start without asking after the cost estimate."),
+) -> None:
+    """Check a run's attributions against retraining: each method's LDS with its 95%
+    interval and the removal test, beside BM25's (cost estimate first)."""
+    from inflab.common.validate_cli import run_validate
+
+    settings = _settings()
+    wanted = {"subsets": subsets, "alpha": alpha, "removal_k": removal_k, "seed": seed}
+    raise typer.Exit(asyncio.run(run_validate(settings, run_id, wanted, url=url, token=token, confirm=not yes,
+                                              console=console)))
+
+
+@app.command()
 def asyncapi(
     output: str = typer.Option("docs/asyncapi.json", "--output", "-o", help="File to write ('-' for stdout)."),
     check: bool = typer.Option(False, help="Exit 1 if the file differs from the code instead of writing it."),

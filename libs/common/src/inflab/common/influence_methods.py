@@ -109,6 +109,8 @@ class EKFACArgs(MethodArgs):
     """Seed of the answers sampled for the true Fisher."""
 
 
+#: What an ablation grid of a representation method may vary (all from cached features).
+GRID_KEYS = ("layers", "pooling", "aggregation", "top_layers", "normalization", "similarity")
 #: ``layers``: ``all``, a list ``0,3,5`` or a range ``2-5`` (decoder layers, from 0).
 LAYERS_PATTERN = r"^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$"
 
@@ -142,6 +144,21 @@ class RepresentationArgs(MethodArgs):
     architectures must match, or the job is refused before any work."""
     new_model: str | None = Field(None, min_length=1, max_length=512, json_schema_extra=ADVANCED)
     """The new model's id, with ``old_model``."""
+    grid: list[dict[str, str | int]] = Field(default_factory=list, max_length=64,
+                                             json_schema_extra={**ADVANCED, "cli_only": True})
+    """An ablation grid: more settings of ``layers``, ``pooling``, ``aggregation``,
+    ``top_layers``, ``normalization`` and ``similarity`` (one dict each, the rest as above),
+    each scored from the same cached hidden states as its own variant ``grid1``, ``grid2``...
+    (a new pooling computes its features once)."""
+
+    @model_validator(mode="after")
+    def _grid_keys(self) -> "RepresentationArgs":
+        for i, cell in enumerate(self.grid):
+            unknown = sorted(set(cell) - set(GRID_KEYS))
+            if unknown:
+                raise ValueError(f"grid.{i}: {unknown} cannot vary in a grid; these can: {list(GRID_KEYS)}")
+            type(self).model_validate({**self.model_dump(exclude={"grid"}), **cell})
+        return self
 
     @model_validator(mode="after")
     def _pair(self) -> "RepresentationArgs":
@@ -177,10 +194,18 @@ class PatchingArgs(RepresentationArgs):
     attribution-weighted change at that layer."""
 
 
+class EmbeddingArgs(MethodArgs):
+    """The embedding baseline: cosine of mean-pooled hidden states of the base model."""
+
+    layer: int = Field(-1, ge=-1024, le=1024)
+    """The decoder layer whose output is mean-pooled (negative: from the end)."""
+
+
 #: method id -> its argument model.
 ARGS_MODELS: dict[str, type[MethodArgs]] = {
     "tracin": TracInArgs, "datainf": DataInfArgs, "ekfac": EKFACArgs,
     "delta_h": DeltaHArgs, "act_grad": ActGradArgs, "attr_change": AttrChangeArgs, "patching": PatchingArgs,
+    "embedding": EmbeddingArgs,
 }
 #: The representation methods (base vs fine-tuned hidden states; no parameter gradients).
 REPRESENTATION_METHODS = ("delta_h", "act_grad", "attr_change", "patching")
@@ -208,6 +233,8 @@ class InfluenceArgs(BaseModel):
     """Attribution-weighted change's arguments."""
     patching: PatchingArgs = Field(default_factory=PatchingArgs)
     """Gated causal patching's arguments."""
+    embedding: EmbeddingArgs = Field(default_factory=EmbeddingArgs)
+    """The embedding baseline's arguments."""
 
     @model_validator(mode="before")
     @classmethod
@@ -355,6 +382,17 @@ METHODS: dict[str, MethodInfo] = {
                 "forward per question and example: slow."
             ),
             variants=[Variant(id="raw", description="Change of the correct answer's logit margin, toward the new model.")],
+        ),
+        MethodInfo(
+            id="embedding",
+            label="Embedding cosine (baseline)",
+            speed="fast",
+            description=(
+                "Not an attribution: the cosine of the base model's mean-pooled hidden states of the question "
+                "and each training example, a semantic-similarity baseline. On a benchmark run it also records "
+                "which queries the fine-tuned model answers correctly."
+            ),
+            variants=[Variant(id="raw", description="Cosine of mean-pooled hidden states (question text only).")],
         ),
     )
 }

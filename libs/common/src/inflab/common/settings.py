@@ -100,6 +100,16 @@ class Settings(BaseSettings):
     train_num_cpus: float = 2
     inference_num_cpus: float = 1
     influence_num_cpus: float = 1
+    # GPUs each stage asks Ray for (0: none). On a KubeRay cluster a stage asking for a GPU
+    # that no node has makes the Ray autoscaler add a GPU pod (deploy/helm sets these
+    # from gpu.count when gpu.enabled).
+    train_num_gpus: float = Field(0, ge=0)
+    inference_num_gpus: float = Field(0, ge=0)
+    influence_num_gpus: float = Field(0, ge=0)
+    # Validations (LDS, removal test): each retraining is a Ray task asking for this many
+    # CPUs (its torch threads too), and the cost estimate assumes this many run at once.
+    validation_task_num_cpus: float = 1
+    validation_workers: int = 2
 
     # Gateway.
     gateway_host: str = "127.0.0.1"
@@ -108,6 +118,14 @@ class Settings(BaseSettings):
     #: Run events the gateway's persister fetches from JetStream and stores in one
     #: transaction, at most (a busy stream is worked off in batches, an idle one at once).
     persister_batch: int = Field(100, ge=1, le=10_000)
+    #: Open SSE event streams one user may hold on one gateway replica; one more gets 429.
+    sse_max_streams_per_user: int = Field(50, ge=1)
+    #: The gateway's Postgres connection pool (per replica): connections kept open, extra
+    #: ones opened under load, and how long a request waits for one before failing. Keep
+    #: replicas x (size + overflow) within the server's max_connections.
+    db_pool_size: int = Field(10, ge=1)
+    db_max_overflow: int = Field(10, ge=0)
+    db_pool_timeout_s: float = Field(10.0, gt=0)
     #: The built browser app (``make web``) the gateway serves at ``/``. None: the source
     #: checkout's ``services/gateway/web/dist``; the gateway image sets its own folder.
     web_dir: Path | None = None
@@ -219,6 +237,9 @@ class Settings(BaseSettings):
     #: Testing only: the gateway SIGKILLs itself right after a run's database commit,
     #: before anything is published or acknowledged (the crash the run outbox survives).
     test_fault_kill_after_run_commit: bool = False
+    #: Testing only: a worker SIGKILLs itself on every delivery of a job request whose JSON
+    #: contains this text, before handling it (the poison message the delivery limit stops).
+    test_fault_crash_on: str = ""
 
     local_user_email: str = Field(
         default="researcher@localhost",

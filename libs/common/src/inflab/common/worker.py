@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 from collections.abc import Awaitable, Callable
 
@@ -31,6 +32,20 @@ def require_allowed_model(model_id: str, settings: Settings) -> None:
         raise Rejected(f"model_id: {exc}") from None
 
 
+def crash_on(marker: str, handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """The fault hook of the poison-message test (``INFLAB_TEST_FAULT_CRASH_ON``): the
+    process dies on every delivery of a request mentioning ``marker``, before handling it,
+    as it would on a request that crashes the interpreter or gets it OOM-killed."""
+
+    async def handle(request: BaseModel, msg) -> None:
+        if marker.encode() in msg.data:
+            log.error("test fault hook: SIGKILL on a request mentioning %r", marker)
+            os.kill(os.getpid(), signal.SIGKILL)
+        await handler(request, msg)
+
+    return handle
+
+
 async def serve(
     service: str,
     stage: str,
@@ -38,19 +53,28 @@ async def serve(
     make_handler: Callable[[Bus, Settings], Callable[..., Awaitable[None]]],
     settings: Settings,
     stop: asyncio.Event | None = None,
+    durable: str | None = None,
 ) -> None:
     """Consume ``stage`` requests with the handler ``make_handler(bus, settings)`` returns,
-    until ``stop`` is set (or a signal arrives when run as a process)."""
+    until ``stop`` is set (or a signal arrives when run as a process). ``durable``: the
+    consumer's name when it is not the service's own (a follow-up stage's, see
+    :data:`inflab.common.nats_permissions.WORKER_FOLLOW_UPS`)."""
     stop = stop or asyncio.Event()
     bus = await Bus.connect(settings, service)
     await asyncio.to_thread(ensure_ray, settings)
+    handler = make_handler(bus, settings)
+    if settings.test_fault_crash_on:
+        handler = crash_on(settings.test_fault_crash_on, handler)
     metrics = WorkerMetrics(stage)
-    handler = metrics.instrument(bus, make_handler(bus, settings), settings.max_deliver)
-    durable = bus.subjects.durable(service)
+    handler = metrics.instrument(bus, handler, settings.max_deliver)
+    follow_up = durable is not None
+    durable = bus.subjects.durable(durable or service)
     poller: asyncio.Task | None = None
     log.info("%s consuming %s", service, bus.subjects.request(stage))
     try:
-        if settings.metrics_port:
+        # One port per process: a follow-up consumer (``durable`` given) shares the process
+        # with the service's own stage, whose metrics the port serves.
+        if settings.metrics_port and not follow_up:
             metrics.serve(settings.metrics_host, settings.metrics_port, settings.metrics_token.get_secret_value())
             log.info("%s metrics on http://%s:%d/metrics", service, settings.metrics_host, settings.metrics_port)
         poller = asyncio.create_task(
@@ -73,8 +97,12 @@ async def serve(
         await bus.close()
 
 
-def main(service: str, stage: str, model: type[BaseModel], make_handler) -> None:
-    """Process entry point (``python -m inflab.<service>``)."""
+def main(service: str, stage: str, model: type[BaseModel], make_handler, follow_ups: tuple = ()) -> None:
+    """Process entry point (``python -m inflab.<service>``). ``follow_ups``: ``(stage,
+    model, make_handler)`` of further request subjects the service takes, each with its
+    own durable consumer, side by side with its own stage."""
+    from inflab.common.nats_permissions import follow_up_durable
+
     settings = get_settings()
     setup_logging(settings.log_level)
 
@@ -86,12 +114,19 @@ def main(service: str, stage: str, model: type[BaseModel], make_handler) -> None
         await asyncio.to_thread(ensure_ray, settings)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        task = asyncio.create_task(serve(service, stage, model, make_handler, settings, stop))
-        await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        tasks = [asyncio.create_task(serve(service, stage, model, make_handler, settings, stop))]
+        tasks += [
+            asyncio.create_task(serve(service, extra, extra_model, extra_handler, settings, stop,
+                                      durable=follow_up_durable(service, extra)))
+            for extra, extra_model, extra_handler in follow_ups
+        ]
+        await asyncio.wait([*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         # A job in flight is cancelled: its message is nak'ed, so a replica (or this
         # service after a restart) takes it up again.
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     asyncio.run(run())

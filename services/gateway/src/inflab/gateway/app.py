@@ -29,6 +29,7 @@ from inflab.gateway.auth.passwords import HasherBusy, PasswordHasher
 from inflab.gateway.auth.rls import user_sessionmaker
 from inflab.gateway.auth.throttle import Rules, Throttle
 from inflab.gateway import errors, metrics
+from inflab.gateway.broadcast import Broadcaster
 from inflab.gateway.deadletters import DeadLetterConsumer
 from inflab.gateway.dispatch import Dispatcher
 from inflab.gateway.auth.gate import CredentialGateMiddleware
@@ -38,7 +39,7 @@ from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.persister import EventPersister
 from inflab.gateway import limits
 from inflab.gateway.routes import contracts, control, estimates, experiments, health, imports, methods
-from inflab.gateway.routes import predictions, runs
+from inflab.gateway.routes import benchmarks, predictions, runs, validations
 from inflab.gateway.routes import account, auth, tokens
 from inflab.gateway.submissions import RunSubmissions
 from inflab.gateway.webapp import mount_web_app
@@ -81,7 +82,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not settings.job_signing_key.get_secret_value():
             raise RuntimeError("INFLAB_JOB_SIGNING_KEY is not set: the gateway signs every job request "
                                "(`inflab job-keys` makes a key pair; see docs/security.md)")
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
+                             max_overflow=settings.db_max_overflow, pool_timeout=settings.db_pool_timeout_s)
         notifier = RunNotifier()
         stop = asyncio.Event()
         bus: Bus | None = None
@@ -92,6 +94,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.user_sessionmaker = user_sessionmaker(engine)
             app.state.throttle = Throttle(sessionmaker)
             app.state.notifier = notifier
+            broadcaster = app.state.broadcaster = Broadcaster(sessionmaker, notifier, settings.sse_heartbeat_s,
+                                                              settings.sse_max_streams_per_user)
+            broadcaster.on_read = app.state.metrics.sse_read
+            app.state.metrics.broadcaster = broadcaster
             app.state.loop = asyncio.get_running_loop()
             # The gateway creates the streams (and only its credential may).
             bus = app.state.bus = await Bus.connect(settings, "gateway", create_streams=True)
@@ -175,6 +181,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(imports.router)
     app.include_router(methods.router)
     app.include_router(runs.router)
+    app.include_router(validations.router)
+    app.include_router(benchmarks.router)
     app.include_router(control.router)
     app.include_router(predictions.router)
     app.include_router(estimates.router)

@@ -162,6 +162,12 @@ async def persist_events(session: AsyncSession, events: Sequence[EventBase]) -> 
 
 
 async def _apply(session: AsyncSession, run: Run, event: EventBase) -> None:
+    if event.stage == "validation":
+        # A validation follows an ended run and never changes its status (validations.py).
+        from inflab.gateway.validations import apply_event
+
+        await apply_event(session, run, event)
+        return
     match event:
         case StatusEvent():
             await _apply_status(session, run, event)

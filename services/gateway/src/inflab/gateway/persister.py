@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
-from uuid import UUID
+from uuid import UUID, uuid4
 
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
@@ -20,7 +20,9 @@ from pydantic import RootModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inflab.common.bus import Bus
-from inflab.common.messages import RunEvent
+from inflab.common.messages import ResultEvent, RunEvent
+from inflab.common.objectstore import ObjectStore
+from inflab.gateway import validations
 from inflab.gateway.dbwait import until_database_answers
 from inflab.gateway.event_origin import origin_refusal
 from inflab.gateway.next_stages import is_training_result, queue_next_stages
@@ -28,6 +30,11 @@ from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.persistence import persist_events
 
 log = logging.getLogger(__name__)
+
+
+#: How long the persister waits for more events once one is in (a burst is taken whole
+#: at once; this bounds what a lone event waits for company).
+BURST_WAIT_S = 0.005
 
 
 class RunEventMessage(RootModel[RunEvent]):
@@ -66,6 +73,14 @@ class EventPersister:
         self.on_batch = on_batch
         self.batch = batch or bus.settings.persister_batch
         self.durable = bus.subjects.durable("gateway_events")
+        #: Sent with this replica's pokes, so it does not wake its own streams twice.
+        self.origin = uuid4().hex.encode()
+        self._objects: ObjectStore | None = None
+
+    def object_store(self) -> ObjectStore:
+        if self._objects is None:
+            self._objects = ObjectStore(self.bus.settings.objects_url)
+        return self._objects
 
     def poke_subject(self, run_id: object) -> str:
         # Gateway-internal and outside every stream: a lost poke costs one heartbeat of latency.
@@ -86,7 +101,20 @@ class EventPersister:
         try:
             stored, failed = await self._store(events)
             for event, msg in events:
-                if id(msg) in failed or not is_training_result(event):
+                if id(msg) in failed:
+                    continue
+                if isinstance(event, ResultEvent) and event.validation is not None:
+                    try:
+                        # Also for a redelivered result: the analysis is written again, the same.
+                        if await validations.finish(self.sessionmaker, self.object_store(), event) and not any(
+                            e is event for e in stored
+                        ):
+                            stored.append(event)
+                    except Exception as exc:
+                        log.exception("could not finish run %s's validation", event.run_id)
+                        failed[id(msg)] = exc
+                    continue
+                if not is_training_result(event):
                     continue
                 try:
                     # Also for a redelivered (already stored) result: see next_stages.
@@ -102,7 +130,7 @@ class EventPersister:
             for run_id in dict.fromkeys(event.run_id for event in stored):
                 self.notifier.notify(run_id)
                 try:
-                    await self.bus.nc.publish(self.poke_subject(run_id), b"")
+                    await self.bus.nc.publish(self.poke_subject(run_id), self.origin)
                 except Exception:  # best effort; local streams were poked above
                     log.debug("could not poke other replicas", exc_info=True)
         except asyncio.CancelledError:
@@ -191,11 +219,19 @@ class EventPersister:
                 for msg in msgs:
                     await msg.in_progress()
 
+    async def backlog(self) -> int:
+        """Events waiting for the persister (every replica's): the durable's messages not
+        yet delivered plus those delivered and not yet acknowledged."""
+        info = await self.bus.js.consumer_info(self.bus.subjects.events_stream, self.durable)
+        return (info.num_pending or 0) + (info.num_ack_pending or 0)
+
     # ------------------------------------------------------------------ consuming
     async def listen_for_pokes(self) -> None:
         """Wake this replica's streams when any replica stores an event."""
 
         async def on_poke(msg: Msg) -> None:
+            if msg.data == self.origin:
+                return  # ours: this replica's streams were poked when it stored
             try:
                 self.notifier.notify(UUID(msg.subject.rsplit(".", 1)[-1]))
             except ValueError:
@@ -212,9 +248,9 @@ class EventPersister:
         try:
             while not stop.is_set():
                 try:
-                    # As many as are waiting, up to the batch; or the first to arrive.
-                    msgs = await sub.fetch(self.batch, timeout=fetch_timeout)
-                except NatsTimeout:
+                    # The first to arrive (a long poll while the stream is quiet)...
+                    msgs = await sub.fetch(1, timeout=fetch_timeout)
+                except (NatsTimeout, asyncio.TimeoutError):
                     continue
                 except Exception:
                     if stop.is_set():
@@ -222,6 +258,12 @@ class EventPersister:
                     log.exception("fetch failed; retrying")
                     await asyncio.sleep(0.5)
                     continue
+                if self.batch > 1:
+                    # ...then whatever else is waiting, up to the batch. Not one fetch of the
+                    # whole batch: nats-py's waits for a full batch or its timeout once the
+                    # first message is in, which would hold every quiet event that long.
+                    with contextlib.suppress(NatsTimeout, asyncio.TimeoutError):
+                        msgs += await sub.fetch(self.batch - 1, timeout=BURST_WAIT_S)
                 await self.handle_batch(msgs)
         finally:
             with contextlib.suppress(Exception):

@@ -105,6 +105,7 @@ class InfluenceService:
             str(self.settings.models_dir),
             self.settings.influence_inline_max_cells,
             num_cpus=self.settings.influence_num_cpus,
+            num_gpus=self.settings.influence_num_gpus,
             failure_text=_failure_text,
         )
         if not ok:

@@ -37,7 +37,8 @@ from typing import Any
 
 import torch
 
-from inflab.common.chat import EncodedExample, answer_loss, collate, encode_pair
+from inflab.common.chat import EncodedExample, answer_loss, collate, encode_document, encode_pair
+from inflab.common.function_tokens import add_to_tokenizer, grow_embeddings
 from inflab.common.messages import CheckpointRef, RunSpec, TrainingSummary
 from inflab.common.models import load_tokenizer
 from inflab.trainer.checkpoints import (
@@ -108,7 +109,11 @@ def _log(emit: Emit, level: str, message: str) -> None:
 
 
 def encode_training_pairs(spec: RunSpec, tokenizer: Any) -> list[EncodedExample]:
+    """Question/answer pairs through the chat template; a benchmark run's documents as
+    plain text with the loss on every token."""
     max_length = spec.hyperparams.max_seq_length
+    if spec.benchmark is not None:
+        return [encode_document(tokenizer, p.answer, max_length) for p in spec.training_data]
     return [encode_pair(tokenizer, p.question, p.answer, max_length) for p in spec.training_data]
 
 
@@ -290,9 +295,14 @@ def train_lora(
     require_quantization_support(hp.quantization, device)
 
     tokenizer = load_tokenizer(model_path)
+    benchmark = spec.benchmark
+    token_ids = add_to_tokenizer(tokenizer, benchmark.special_tokens) if benchmark is not None else []
     examples = encode_training_pairs(spec, tokenizer)
     truncated = _report_truncation(examples, hp.max_seq_length, emit)
     plan, warnings = plan_predictions(spec, prediction_limits)
+    if benchmark is not None and plan is not None:
+        # Its queries are plain text, not chat turns: the inference stage answers them.
+        plan, warnings = None, [*warnings, "prediction tracking is off for a benchmark run"]
     for warning in warnings:
         _log(emit, "warning", warning)
     tracker = None
@@ -301,8 +311,9 @@ def train_lora(
         tracker = PredictionTracker(sampler, emit, lambda message: _log(emit, "warning", message))
 
     model = load_base_model(model_path, device, hp.quantization) if base_model is None else base_model
+    grow_embeddings(model, tokenizer)  # a benchmark's function tokens: new rows at the mean row
     torch.manual_seed(hp.seed)  # LoRA init and dropout masks
-    model = attach_lora(model, hp)  # validates the target modules; freezes every base weight
+    model = attach_lora(model, hp, trainable_tokens=token_ids)  # validates the target modules; freezes every base weight
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
 
@@ -351,7 +362,8 @@ def train_lora(
     pad_id = tokenizer.pad_token_id
     # The chat template's common opening computed once per batch (shared_prefix.py), where
     # that is exact: no dropout to share, no gradient checkpointing (QLoRA) to disable the cache.
-    exact_sharing = hp.lora_dropout == 0 and hp.quantization == "none"  # 4-bit: checkpointing is on
+    # Documents share no chat-template opening.
+    exact_sharing = hp.lora_dropout == 0 and hp.quantization == "none" and benchmark is None  # 4-bit: checkpointing is on
     loss_fn = answer_loss_shared_prefix if exact_sharing else answer_loss
 
     def tracking_due(step: int, epoch_end: bool) -> bool:
@@ -367,7 +379,8 @@ def train_lora(
     try:
         loop_started = time.monotonic()
         for epoch in range(first_epoch, hp.num_epochs + 1):
-            order = _epoch_order(len(examples), hp.seed, epoch)
+            # A benchmark reads its documents in their order (reproducible, as its authors trained).
+            order = list(range(len(examples))) if benchmark is not None else _epoch_order(len(examples), hp.seed, epoch)
             chunks = [[examples[i] for i in order[j : j + hp.batch_size]] for j in range(0, len(order), hp.batch_size)]
             groups = [chunks[j : j + hp.gradient_accumulation_steps] for j in range(0, len(chunks), hp.gradient_accumulation_steps)]
             for index, group in enumerate(groups):

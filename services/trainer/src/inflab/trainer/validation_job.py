@@ -113,3 +113,36 @@ def run_retrainings(
             ray.cancel(ref, force=True)
         raise
     return records
+
+
+def validation_job(request: dict, models_dir: str, *, emit: Emit) -> dict:
+    """The job of a ``ValidationRequest`` (as JSON): every retraining it lists, fanned out
+    over Ray from inside this (coordinating) task. Returns ``ValidationLosses`` as JSON."""
+    from inflab.common.messages import RetrainingRecord, ValidationLosses, ValidationRequest
+
+    req = ValidationRequest.model_validate(request)
+    spec = req.spec
+    n = len(spec.training_data)
+    questions = {q.id: q.question for q in spec.eval_data}
+    unknown = [t.eval_id for t in req.targets if t.eval_id not in questions]
+    if unknown:
+        raise ValueError(f"targets name evaluation questions the run does not have: {unknown[:5]}")
+    out_of_range = [r.key for r in req.retrainings if any(i >= n for i in r.drop)]
+    if out_of_range:
+        raise ValueError(f"retrainings {out_of_range[:5]} drop training pairs beyond the run's {n}")
+    retrainings = [(r.key, [i for i in range(n) if i not in set(r.drop)]) for r in req.retrainings]
+    targets = [(questions[t.eval_id], t.answer) for t in req.targets]
+    started = time.monotonic()
+    records = run_retrainings(spec, retrainings, targets, models_dir, emit,
+                              TaskResources(num_cpus=req.resources.num_cpus, num_gpus=req.resources.num_gpus))
+    return ValidationLosses(
+        validation_id=req.validation_id,
+        eval_ids=[t.eval_id for t in req.targets],
+        retrainings=[
+            RetrainingRecord(key=key, losses=[v if v == v else None for v in record["losses"]],
+                             node_id=record["node_id"], node_ip=record["node_ip"], pid=record["pid"],
+                             seconds=record["seconds"], train_seconds=record.get("train_seconds"))
+            for key, record in records.items()
+        ],
+        wall_seconds=round(time.monotonic() - started, 3),
+    ).model_dump(mode="json")

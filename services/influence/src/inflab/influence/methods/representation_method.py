@@ -23,12 +23,19 @@ import torch
 from pydantic import Field
 
 from inflab.common import influence_methods as contract
-from inflab.common.chat import encode_pair
 from inflab.common.messages import EvalQuestion, TrainingPair
 from inflab.influence.checkpoints import LocalCheckpoint, adapter_digest, pick_checkpoint
 from inflab.influence.gradcache import GradientCache, examples_fingerprint
 from inflab.influence.methods.base import Emit, InfluenceMethod, InfluenceScores, ModelLoader, Progress, stage
-from inflab.influence.methods.prepare import check_inputs, generation_units, greedy_answer, has_reference, prepare
+from inflab.influence.methods.prepare import (
+    check_inputs,
+    encode_eval,
+    encode_train,
+    generation_units,
+    greedy_answer,
+    has_reference,
+    prepare,
+)
 from inflab.influence.methods.representation import (
     Features,
     ModelPair,
@@ -41,8 +48,6 @@ from inflab.influence.methods.representation import (
 
 #: Loads a model named by id (``old_model`` / ``new_model``): ``(model, tokenizer)``.
 NamedLoader = Callable[[str], tuple[Any, Any]]
-#: A training example as token ids, e.g. a benchmark document (loss on every token).
-Encoder = Callable[[Any, TrainingPair, int], Any]
 
 
 class Limits(contract.MethodArgs):
@@ -50,6 +55,8 @@ class Limits(contract.MethodArgs):
 
     max_length: int = Field(128, ge=1)
     max_new_tokens: int = Field(48, ge=1)
+    #: A benchmark run (documents and plain-text queries; see ``prepare.encode_train``).
+    benchmark: bool = False
 
 
 class Setup:
@@ -80,10 +87,9 @@ def load_setup(
     *,
     cache: GradientCache | None,
     named_loader: NamedLoader | None,
-    encode_train: Encoder | None,
 ) -> Setup:
     """Load the pair, answer the questions without a reference (with the new model) and
-    tokenise; ``encode_train`` overrides how a training example becomes tokens."""
+    tokenise."""
     if opts.old_model is not None:
         if named_loader is None:
             raise ValueError("old_model/new_model: this job cannot load models by id")
@@ -114,12 +120,10 @@ def load_setup(
         info = {"models": pair.description, "checkpoint_step": checkpoint.step, "generated_answers": generated}
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     with stage("tokenising"):
-        if encode_train is None:
-            train_examples = [encode_pair(tokenizer, p.question, p.answer, opts.max_length) for p in train]
-        else:
-            train_examples = [encode_train(tokenizer, p, opts.max_length) for p in train]
+        train_examples = [encode_train(tokenizer, p, opts.max_length, opts.benchmark) for p in train]
         eval_examples = [
-            encode_pair(tokenizer, q.question, q.answer if has_reference(q) else generated[q.id], opts.max_length)
+            encode_eval(tokenizer, q.question, q.answer if has_reference(q) else generated[q.id], opts.max_length,
+                        opts.benchmark)
             for q in evals
         ]
     info["truncated_training_examples"] = sum(e.truncated for e in train_examples)
@@ -183,32 +187,45 @@ class RepresentationMethod(InfluenceMethod):
         *,
         cache: GradientCache | None = None,
         named_loader: NamedLoader | None = None,
-        encode_train: Encoder | None = None,
         ground_truth: dict[str, Sequence[str]] | None = None,
     ) -> list[InfluenceScores]:
         opts = self.Args.model_validate(args)
         with stage("checking the request"):
             if not train or not evals:
                 raise ValueError(f"{self.name} needs training examples and evaluation questions")
-        progress = Progress(emit, generation_units(evals) + len(train) + len(evals) + self.extra_units(opts, evals, train))
+        cells = 1 + len(opts.grid)
+        progress = Progress(emit, generation_units(evals)
+                            + cells * (len(train) + len(evals) + self.extra_units(opts, evals, train)))
         setup = load_setup(model_loader, train, evals, checkpoints, opts, progress, cache=cache,
-                           named_loader=named_loader, encode_train=encode_train)
-        with stage("choosing the layers"):
-            layers = parse_layers(opts.layers, setup.pair.num_layers)
-        common = dict(layers=layers, kinds=self.kinds(opts), pooling=opts.pooling, batch_size=opts.batch_size,
-                      ig_steps=getattr(opts, "ig_steps", 0), cache=cache)
-        with stage("computing the evaluation questions' features"):
-            eval_f = features(setup, "eval", on_batch=lambda n: progress.advance("evaluation-question features", n),
-                              **common)
-        with stage("computing the training examples' features"):
-            train_f = features(setup, "train", on_batch=lambda n: progress.advance("training-example features", n),
-                               **common)
+                           named_loader=named_loader)
+        cache = cache if cache is not None else GradientCache()  # a grid reuses features within the job
         eval_ids, train_ids = [q.id for q in evals], [p.id for p in train]
         relevant = relevance_matrix(eval_ids, train_ids, ground_truth)
-        with stage("scoring"):
-            scores, extra = self.score(setup, opts, layers, eval_f, train_f, relevant, progress)
-        info = {**opts.model_dump(), **setup.info, **extra}
-        return [InfluenceScores(self.name, "raw", scores.numpy().astype(np.float32), eval_ids, train_ids, info)]
+        settings = [("raw", opts)] + [
+            (f"grid{i}", self.Args.model_validate({**opts.model_dump(exclude={"grid"}), **cell}))
+            for i, cell in enumerate(opts.grid, start=1)
+        ]
+        out = []
+        for variant, cell in settings:
+            with stage("choosing the layers"):
+                layers = parse_layers(cell.layers, setup.pair.num_layers)
+            # Features of every layer, so that a grid's layer subsets come from the cache.
+            common = dict(layers=list(range(setup.pair.num_layers)) if opts.grid else layers, kinds=self.kinds(cell),
+                          pooling=cell.pooling, batch_size=cell.batch_size, ig_steps=getattr(cell, "ig_steps", 0),
+                          cache=cache)
+            with stage("computing the evaluation questions' features"):
+                eval_f = features(setup, "eval", on_batch=lambda n: progress.advance("evaluation-question features", n),
+                                  **common).select(layers)
+            with stage("computing the training examples' features"):
+                train_f = features(setup, "train", on_batch=lambda n: progress.advance("training-example features", n),
+                                   **common).select(layers)
+            with stage(f"scoring {variant}"):
+                scores, extra = self.score(setup, cell, layers, eval_f, train_f, relevant, progress)
+            info = {**cell.model_dump(), **setup.info, **extra}
+            if variant != "raw":
+                info["grid_cell"] = dict(opts.grid[int(variant[4:]) - 1])
+            out.append(InfluenceScores(self.name, variant, scores.numpy().astype(np.float32), eval_ids, train_ids, info))
+        return out
 
     def extra_units(self, opts: Any, evals: Sequence[EvalQuestion], train: Sequence[TrainingPair]) -> int:
         return 0
