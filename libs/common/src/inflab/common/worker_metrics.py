@@ -10,6 +10,8 @@ loopback port and shows it in ``inflab ps``.
 
 What is counted, all labelled by ``stage`` (``train``, ``inference``, ``influence``):
 
+(and ``validation``, the trainer's second stage, served on the trainer's port):
+
 * ``inflab_worker_jobs_total{stage, outcome}``: deliveries of job requests by what became
   of them: ``acked`` (the handler finished; the stage's own verdict is the next metric),
   ``retried`` (it raised; given back for a redelivery), ``dead_lettered``, ``given_back``
@@ -60,10 +62,19 @@ FINAL_STATUSES = ("completed", "failed", "cancelled")
 
 
 class WorkerMetrics:
-    """One worker's metrics in a registry of its own (tests run several in one process)."""
+    """A worker's metrics for one ``stage``, in a registry of its own (tests run several in
+    one process), or, made by :meth:`for_stage`, in the registry of another: a process that
+    consumes several stages (the trainer also runs validations) serves them on one port."""
 
-    def __init__(self, stage: str) -> None:
+    def __init__(self, stage: str, *, _shared: WorkerMetrics | None = None) -> None:
         self.stage = stage
+        self._server: Any = None
+        if _shared is not None:
+            for name in _FAMILIES:
+                setattr(self, name, getattr(_shared, name))
+            self.registry = _shared.registry
+            self._prepare(stage)
+            return
         self.registry = CollectorRegistry()
         r = self.registry
         self.jobs = Counter("inflab_worker_jobs", "Job request deliveries, by what became of them.",
@@ -90,6 +101,13 @@ class WorkerMetrics:
                                    "Polls of the consumer's info that failed.", ["stage"], registry=r)
         ProcessCollector(registry=r)
         r.register(_GpuMemory())
+        self._prepare(stage)
+
+    def for_stage(self, stage: str) -> WorkerMetrics:
+        """The same registry's metrics, labelled with another ``stage``."""
+        return WorkerMetrics(stage, _shared=self)
+
+    def _prepare(self, stage: str) -> None:
         # Every series exists from the start, at 0: a rate or an alert needs no first event.
         for outcome in ("acked", "retried", "dead_lettered", "given_back", "interrupted"):
             self.jobs.labels(stage, outcome)
@@ -100,7 +118,6 @@ class WorkerMetrics:
         self.redeliveries.labels(stage)
         self.in_progress.labels(stage)
         self.info_errors.labels(stage)
-        self._server: Any = None
 
     # -- serving -------------------------------------------------------------------------
     def serve(self, host: str, port: int, token: str = "") -> int:
@@ -197,6 +214,11 @@ class WorkerMetrics:
         self.ack_pending.labels(self.stage).set(info.num_ack_pending or 0)
         self.redelivered.labels(self.stage).set(info.num_redelivered or 0)
         return True
+
+
+#: The metric families a stage's view shares with the registry's first.
+_FAMILIES = ("jobs", "results", "duration", "in_progress", "redeliveries", "dead_letters", "pending", "ack_pending",
+             "redelivered", "info_errors")
 
 
 def _handler(registry: CollectorRegistry, token: str) -> type[BaseHTTPRequestHandler]:
