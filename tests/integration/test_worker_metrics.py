@@ -272,6 +272,29 @@ async def test_bus_outcomes_redeliveries_and_consumer_lag_are_counted(settings):
         after = scrape(url)
         assert value(after, "inflab_worker_jobs_total", stage="train", outcome="interrupted") == 1
         assert value(after, "inflab_worker_jobs_in_progress", stage="train") == 0
+
+        # A message whose every delivery ended without its handler finishing (the process
+        # died on it, as on a poison message; here taken and given back by hand) is
+        # dead-lettered on the next delivery before the handler runs: exhausted.
+        await gateway.publish_request("train", Job(n=6), msg_id=f"job-6-{uuid.uuid4()}")
+        by_hand = await worker.js.pull_subscribe(subject, durable=durable, stream=worker.subjects.jobs_stream)
+        deliveries = 0
+        while deliveries < s.max_deliver:
+            for msg in await by_hand.fetch(10, timeout=10):
+                if Job.model_validate_json(msg.data).n == 6:
+                    deliveries = msg.metadata.num_delivered
+                    await msg.nak()
+                else:
+                    await msg.term()  # the interrupted job 5, given back on cancel: out of the way
+        await by_hand.unsubscribe()
+        stop = asyncio.Event()
+        consumer = asyncio.create_task(worker.consume(subject, Job, timed, stop, durable=durable, signed=True))
+        after = await until_scraped(
+            url, lambda m: value(m, "inflab_worker_dead_letters_total", stage="train", reason="exhausted") == 2)
+        assert value(after, "inflab_worker_dead_letters_total", stage="train", reason="refused") == 0
+        assert handled.empty()  # the handler never saw job 6
+        stop.set()
+        await asyncio.wait_for(consumer, 30)
     finally:
         stop.set()
         metrics.close()

@@ -25,7 +25,7 @@ What is counted, all labelled by ``stage`` (``train``, ``inference``, ``influenc
 * ``inflab_worker_redeliveries_total{stage}``: deliveries that were not a message's first;
 * ``inflab_worker_dead_letters_total{stage, reason}``: ``refused`` (no valid signature or
   an unparsable payload: it never reached the handler), ``rejected`` (the handler refused
-  it), ``exhausted`` (every delivery failed);
+  it), ``exhausted`` (every delivery failed, or the worker died on each);
 * ``inflab_worker_consumer_pending{stage}``, ``..._ack_pending``, ``..._redelivered``:
   the durable consumer's backlog (not yet delivered), deliveries awaiting their ack, and
   messages being redelivered, polled from JetStream every ``INFLAB_METRICS_POLL_S``
@@ -147,7 +147,10 @@ class WorkerMetrics:
         dead_letter, publish_event = bus.dead_letter, bus.publish_event
 
         async def counting_dead_letter(msg: Any, reason: str) -> None:
-            self.dead_letters.labels(stage, reached_handler.pop(id(msg), "refused")).inc()
+            why = reached_handler.pop(id(msg), None)
+            if why is None:  # before the handler: past the limit (the worker died on it each time), or refused
+                why = "exhausted" if _deliveries(msg) > max_deliver else "refused"
+            self.dead_letters.labels(stage, why).inc()
             await dead_letter(msg, reason)
 
         async def counting_publish_event(event: Any) -> None:
