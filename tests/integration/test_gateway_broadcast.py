@@ -1,7 +1,8 @@
 """SSE fan-out through the broadcaster, against real NATS and Postgres: many streams of one
 run cost one Postgres read per change (not one per stream), each stream still gets every
 event once and in order (joining late, resuming, or falling behind and catching up from
-Postgres), and a user's open streams are capped.
+Postgres), and a user's open streams are capped. And the database pool, sized from
+settings, answers 503 rather than fail when it is exhausted.
 """
 
 from __future__ import annotations
@@ -174,3 +175,16 @@ async def test_open_streams_are_capped_per_user(gw_settings) -> None:
                 await asyncio.sleep(0.02)
         async with client.stream("GET", url) as again:
             assert again.status_code == 200
+
+
+async def test_an_exhausted_database_pool_is_a_503_not_a_500(gw_settings) -> None:
+    """Every pooled connection taken for longer than INFLAB_DB_POOL_TIMEOUT_S: the request
+    is answered 503 with Retry-After (overloaded, retry), not a 500 or a reset."""
+    tight = gw_settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0, "db_pool_timeout_s": 0.5})
+    async with gateway_in_process(tight) as (app, client):
+        async with app.state.sessionmaker() as holder:
+            await holder.connection()  # the pool's only connection, held
+            busy = await client.get("/api/runs")
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+        assert "busy" in busy.json()["detail"]
+        assert (await client.get("/api/runs")).status_code == 200
