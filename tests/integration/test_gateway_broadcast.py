@@ -180,11 +180,19 @@ async def test_open_streams_are_capped_per_user(gw_settings) -> None:
 async def test_an_exhausted_database_pool_is_a_503_not_a_500(gw_settings) -> None:
     """Every pooled connection taken for longer than INFLAB_DB_POOL_TIMEOUT_S: the request
     is answered 503 with Retry-After (overloaded, retry), not a 500 or a reset."""
-    tight = gw_settings.model_copy(update={"db_pool_size": 1, "db_max_overflow": 0, "db_pool_timeout_s": 0.5})
-    async with gateway_in_process(tight) as (app, client):
-        async with app.state.sessionmaker() as holder:
-            await holder.connection()  # the pool's only connection, held
+    small = gw_settings.model_copy(update={"db_pool_size": 2, "db_max_overflow": 0, "db_pool_timeout_s": 30})
+    async with gateway_in_process(small) as (app, client):
+        pool = app.state.sessionmaker.kw["bind"].pool
+        held = [app.state.sessionmaker() for _ in range(2)]
+        for session in held:
+            await session.connection()  # every connection of the pool, held
+        pool._timeout = 0.3  # QueuePool's wait, shortened once the pool is ours
+        try:
             busy = await client.get("/api/runs")
+        finally:
+            pool._timeout = 30
+            for session in held:
+                await session.close()
         assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
         assert "busy" in busy.json()["detail"]
         assert (await client.get("/api/runs")).status_code == 200
