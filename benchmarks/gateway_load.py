@@ -139,7 +139,13 @@ async def submissions(port: int, targets: list[tuple[str, dict[str, str]]], in_f
             sent = dict(headers)
             if idempotency:
                 sent["Idempotency-Key"] = str(uuid.uuid4())
-            status, _ = await connection.request("POST", path, sent)
+            try:
+                status, _ = await connection.request("POST", path, sent)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                status = 0  # the server closed the connection: counted, and a new one opened
+                connection.close()
+                connection = await Connection.open(port)
+                connections.append(connection)
             done = time.perf_counter()
             if now >= measure_from:
                 latencies.append(done - now)

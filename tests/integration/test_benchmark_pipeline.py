@@ -120,3 +120,22 @@ async def test_benchmark_run_end_to_end(stack, tiny_model):
     assert {q: sorted(v["relevant_ids"]) for q, v in queries.items()} == {
         q.id: sorted(q.relevant_ids) for q in bench.queries}
     assert len(board["documents"]) == len(bench.documents)
+
+
+async def test_generate_from_the_api_matches_the_cli(stack):
+    async with httpx.AsyncClient(base_url=stack, timeout=httpx.Timeout(60)) as client:
+        await sign_up(client, f"bench-gen-{uuid.uuid4().hex[:8]}@tests.invalid")
+        body = {"seed": 3, "docs_per_base": 2, "docs_per_wrapper": 1, "distractors": 2}
+        first = await client.post("/api/benchmarks/generate", json=body)
+        again = await client.post("/api/benchmarks/generate", json=body)
+        assert first.status_code == 200, first.text
+        assert first.json() == again.json()
+        bench = generate(GeneratorOptions(**body))
+        data = first.json()
+        assert [d["uid"] for d in data["documents"]] == [d.uid for d in bench.documents]
+        assert {q["id"]: q["relevant_ids"] for q in data["queries"]} == bench.ground_truth
+        # The experiment body it returns is accepted as it is.
+        created = await client.post("/api/experiments", json={**data["experiment"], "model_id": None})
+        assert created.status_code == 201, created.text
+        bad = await client.post("/api/benchmarks/generate", json={"seed": -1})
+        assert bad.status_code == 422 and "seed" in bad.text

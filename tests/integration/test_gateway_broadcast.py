@@ -1,7 +1,8 @@
 """SSE fan-out through the broadcaster, against real NATS and Postgres: many streams of one
 run cost one Postgres read per change (not one per stream), each stream still gets every
 event once and in order (joining late, resuming, or falling behind and catching up from
-Postgres), and a user's open streams are capped.
+Postgres), and a user's open streams are capped. And the database pool, sized from
+settings, answers 503 rather than fail when it is exhausted.
 """
 
 from __future__ import annotations
@@ -174,3 +175,24 @@ async def test_open_streams_are_capped_per_user(gw_settings) -> None:
                 await asyncio.sleep(0.02)
         async with client.stream("GET", url) as again:
             assert again.status_code == 200
+
+
+async def test_an_exhausted_database_pool_is_a_503_not_a_500(gw_settings) -> None:
+    """Every pooled connection taken for longer than INFLAB_DB_POOL_TIMEOUT_S: the request
+    is answered 503 with Retry-After (overloaded, retry), not a 500 or a reset."""
+    small = gw_settings.model_copy(update={"db_pool_size": 2, "db_max_overflow": 0, "db_pool_timeout_s": 30})
+    async with gateway_in_process(small) as (app, client):
+        pool = app.state.sessionmaker.kw["bind"].pool
+        held = [app.state.sessionmaker() for _ in range(2)]
+        for session in held:
+            await session.connection()  # every connection of the pool, held
+        pool._timeout = 0.3  # QueuePool's wait, shortened once the pool is ours
+        try:
+            busy = await client.get("/api/runs")
+        finally:
+            pool._timeout = 30
+            for session in held:
+                await session.close()
+        assert busy.status_code == 503 and busy.headers["Retry-After"] == "1"
+        assert "busy" in busy.json()["detail"]
+        assert (await client.get("/api/runs")).status_code == 200

@@ -141,7 +141,13 @@ async def test_a_gateway_killed_after_the_commit_loses_no_run(gw_settings, tmp_p
         run_ids = [str(TrainRequest.model_validate_json(m.data).run_id) for m in requests]
         assert run_ids == [str(first.id), str(second.id)]
         assert [m.headers["Nats-Msg-Id"] for m in requests] == run_ids
-        assert all(r.dispatched_at is not None for r in await _runs(sessionmaker, gw_settings))
+
+        async def both_marked() -> bool:
+            # The dispatcher marks them in the transaction it publishes from, committed
+            # after the publishes: a trainer may see a request before its mark.
+            return all(r.dispatched_at is not None for r in await _runs(sessionmaker, gw_settings))
+
+        await _until(both_marked, "both runs to be marked as handed on")
         healthy.stop()
         # Each was published once: nothing else waits on the work queue.
         assert (await js.stream_info(subjects.jobs_stream)).state.messages == 0

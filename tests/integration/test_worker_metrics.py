@@ -1,6 +1,7 @@
 """Worker metrics against real NATS: the influence worker runs in this process with its
-metrics port on, real requests go through it, and its /metrics (scraped over HTTP, parsed
-as Prometheus reads it) shows what happened; the bus-level outcomes (retried, redelivered,
+metrics port on, real requests go through it (refused ones, one its stage fails, one it
+completes on Ray with the tiny model), and its /metrics (scraped over HTTP, parsed as
+Prometheus reads it) shows what happened; the bus-level outcomes (retried, redelivered,
 dead-lettered after every delivery failed) and the consumer-lag gauges are checked on a
 real consumer with a handler of the test's own."""
 
@@ -22,6 +23,7 @@ from pydantic import BaseModel
 from inflab.common.bus import Bus, BusUnavailable, Rejected
 from inflab.common.embedded._proc import free_port
 from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner
+from inflab.common.objectstore import ObjectStore
 from inflab.common.subjects import Subjects
 from inflab.common.worker import serve
 from inflab.common.worker_metrics import WorkerMetrics
@@ -64,7 +66,27 @@ async def until_scraped(url: str, check, timeout: float = 60.0) -> dict:
         await asyncio.sleep(0.1)
 
 
-async def test_the_influence_worker_counts_its_jobs_on_its_metrics_port(settings, ray_cluster, tiny_model):
+def store_random_adapter(store: ObjectStore, tiny_model, key: str, folder) -> None:
+    """A real LoRA adapter of the tiny model (random weights) stored at ``key``, as the
+    trainer stores a checkpoint."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from inflab.common.models import load_model
+
+    model, _ = load_model(str(tiny_model), tiny_model / "cache")
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "lora_" in name:
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    model.save_pretrained(folder)
+    for file in folder.iterdir():
+        store.put(f"{key}/{file.name}", file.read_bytes())
+
+
+async def test_the_influence_worker_counts_its_jobs_on_its_metrics_port(settings, ray_cluster, tiny_model, tmp_path):
     from inflab.influence import service as influence
 
     port = free_port()
@@ -110,7 +132,8 @@ async def test_the_influence_worker_counts_its_jobs_on_its_metrics_port(settings
             run_id = str(uuid.uuid4())
             statuses[run_id] = asyncio.Queue()
             spec = {"model_id": model_id, "training_data": [{"id": "t", "question": "q?", "answer": "a."}],
-                    "eval_data": [{"id": "e", "question": "q?"}], "influence_methods": ["tracin"]}
+                    "eval_data": [{"id": "e", "question": "q?", "answer": "a."}], "influence_methods": ["tracin"],
+                    "hyperparams": {"max_seq_length": 64}, "max_new_tokens": 4}
             return {"schema_version": 1, "run_id": run_id, "spec": spec, "method": method,
                     "checkpoints": [{"step": 1, "epoch": 1, "learning_rate": 0.01, "loss": 1.0,
                                      "key": f"runs/{run_id}/checkpoints/1"}]}
@@ -141,6 +164,21 @@ async def test_the_influence_worker_counts_its_jobs_on_its_metrics_port(settings
                      stage="influence", outcome="dead_lettered") == 1
         assert value(after, "inflab_worker_jobs_in_progress", stage="influence") == 0
         assert value(after, "inflab_worker_redeliveries_total", stage="influence") == 0
+
+        # A stage that does its work: TracIn on Ray over a real adapter of the tiny model.
+        work = request(tiny_model.name, "tracin")
+        await asyncio.to_thread(store_random_adapter, ObjectStore(s.objects_url), tiny_model,
+                                work["checkpoints"][0]["key"], tmp_path / "adapter")
+        await publish(work)
+        while (terminal := await asyncio.wait_for(statuses[work["run_id"]].get(), 400))["status"] == "running":
+            pass
+        assert terminal["status"] == "completed", terminal
+        done = await until_scraped(
+            url, lambda m: value(m, "inflab_worker_jobs_total", stage="influence", outcome="acked") == 2)
+        assert value(done, "inflab_worker_stage_results_total", stage="influence", status="completed") == 1
+        assert value(done, "inflab_worker_stage_duration_seconds_count", stage="influence", outcome="acked") == 2
+        assert (value(done, "inflab_worker_stage_duration_seconds_sum", stage="influence", outcome="acked")
+                > value(after, "inflab_worker_stage_duration_seconds_sum", stage="influence", outcome="acked"))
     finally:
         await nc.close()
         stop.set()
@@ -234,6 +272,29 @@ async def test_bus_outcomes_redeliveries_and_consumer_lag_are_counted(settings):
         after = scrape(url)
         assert value(after, "inflab_worker_jobs_total", stage="train", outcome="interrupted") == 1
         assert value(after, "inflab_worker_jobs_in_progress", stage="train") == 0
+
+        # A message whose every delivery ended without its handler finishing (the process
+        # died on it, as on a poison message; here taken and given back by hand) is
+        # dead-lettered on the next delivery before the handler runs: exhausted.
+        await gateway.publish_request("train", Job(n=6), msg_id=f"job-6-{uuid.uuid4()}")
+        by_hand = await worker.js.pull_subscribe(subject, durable=durable, stream=worker.subjects.jobs_stream)
+        deliveries = 0
+        while deliveries < s.max_deliver:
+            for msg in await by_hand.fetch(10, timeout=10):
+                if Job.model_validate_json(msg.data).n == 6:
+                    deliveries = msg.metadata.num_delivered
+                    await msg.nak()
+                else:
+                    await msg.term()  # the interrupted job 5, given back on cancel: out of the way
+        await by_hand.unsubscribe()
+        stop = asyncio.Event()
+        consumer = asyncio.create_task(worker.consume(subject, Job, timed, stop, durable=durable, signed=True))
+        after = await until_scraped(
+            url, lambda m: value(m, "inflab_worker_dead_letters_total", stage="train", reason="exhausted") == 2)
+        assert value(after, "inflab_worker_dead_letters_total", stage="train", reason="refused") == 0
+        assert handled.empty()  # the handler never saw job 6
+        stop.set()
+        await asyncio.wait_for(consumer, 30)
     finally:
         stop.set()
         metrics.close()

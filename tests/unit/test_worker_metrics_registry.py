@@ -87,3 +87,16 @@ def test_without_a_token_the_metrics_are_open():
         assert "inflab_worker_jobs_total" in httpx.get(f"http://127.0.0.1:{port}/metrics", trust_env=False).text
     finally:
         metrics.close()
+
+
+def test_a_process_with_two_stages_serves_both_on_one_registry():
+    trainer = WorkerMetrics("train")
+    validation = trainer.for_stage("validation")
+    validation.jobs.labels("validation", "acked").inc()
+    assert validation.registry is trainer.registry
+    samples = {(s.name, s.labels.get("stage"), s.labels.get("outcome")): s.value
+               for family in text_string_to_metric_families(generate_latest(trainer.registry).decode())
+               for s in family.samples}
+    assert samples[("inflab_worker_jobs_total", "validation", "acked")] == 1
+    assert samples[("inflab_worker_jobs_total", "train", "acked")] == 0
+    assert sum(1 for name, *_ in samples if name == "process_resident_memory_bytes") == 1

@@ -262,15 +262,16 @@ def _print_credentials(files: dict[str, str]) -> None:
 def _components_table(components, title: str | None = None) -> Table:
     """One row per component; logs are named relative to the logs folder printed with it.
     ``last exit`` is why the previous process of a restarted service ended (its exit code
-    or the signal's name) and when; ``metrics`` is where a worker serves Prometheus metrics."""
+    or the signal's name) and when (UTC); a worker's ``url`` is where it serves Prometheus
+    metrics."""
     table = Table(title=title)
-    for column in ("component", "pid", "state", "restarts", "last exit", "url", "metrics", "log"):
+    for column in ("component", "pid", "state", "restarts", "last exit", "url", "log"):
         table.add_column(column, overflow="fold")
     for comp in components:
         table.add_row(
             comp.name, str(comp.pid or "-"), _component_state(comp), str(comp.restarts),
-            f"{comp.last_exit} at {comp.last_exit_at}" if comp.last_exit else "-",
-            comp.url or "-", comp.metrics_url or "-", os.path.basename(comp.log) if comp.log else "-",
+            f"{comp.last_exit} at {(comp.last_exit_at or '')[11:19]}" if comp.last_exit else "-",
+            comp.url or comp.metrics_url or "-", os.path.basename(comp.log) if comp.log else "-",
         )
     return table
 
@@ -279,7 +280,7 @@ def _component_state(comp) -> str:
     if comp.kind == "external":
         return "[cyan]external[/]"
     if comp.crash_loop and comp.status not in ("stopped", "failed"):
-        return f"[red]crash loop[/] ({comp.crashes_in_a_row} exits in a row)"
+        return "[red]crash loop[/]"
     if comp.alive():
         return "[green]alive[/]" if comp.status == "running" else f"[yellow]{comp.status}[/]"
     if comp.status == "restarting":

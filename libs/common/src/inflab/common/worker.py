@@ -54,29 +54,29 @@ async def serve(
     settings: Settings,
     stop: asyncio.Event | None = None,
     durable: str | None = None,
+    metrics: WorkerMetrics | None = None,
 ) -> None:
     """Consume ``stage`` requests with the handler ``make_handler(bus, settings)`` returns,
     until ``stop`` is set (or a signal arrives when run as a process). ``durable``: the
     consumer's name when it is not the service's own (a follow-up stage's, see
-    :data:`inflab.common.nats_permissions.WORKER_FOLLOW_UPS`)."""
+    :data:`inflab.common.nats_permissions.WORKER_FOLLOW_UPS`). ``metrics``: the process's
+    metrics, served by the caller (:func:`main`); without them, this stage's own are
+    served on ``INFLAB_METRICS_PORT`` (when set) while it runs."""
     stop = stop or asyncio.Event()
     bus = await Bus.connect(settings, service)
     await asyncio.to_thread(ensure_ray, settings)
     handler = make_handler(bus, settings)
     if settings.test_fault_crash_on:
         handler = crash_on(settings.test_fault_crash_on, handler)
-    metrics = WorkerMetrics(stage)
+    own_metrics = metrics is None
+    metrics = WorkerMetrics(stage) if metrics is None else metrics.for_stage(stage)
     handler = metrics.instrument(bus, handler, settings.max_deliver)
-    follow_up = durable is not None
     durable = bus.subjects.durable(durable or service)
     poller: asyncio.Task | None = None
     log.info("%s consuming %s", service, bus.subjects.request(stage))
     try:
-        # One port per process: a follow-up consumer (``durable`` given) shares the process
-        # with the service's own stage, whose metrics the port serves.
-        if settings.metrics_port and not follow_up:
-            metrics.serve(settings.metrics_host, settings.metrics_port, settings.metrics_token.get_secret_value())
-            log.info("%s metrics on http://%s:%d/metrics", service, settings.metrics_host, settings.metrics_port)
+        if own_metrics:
+            serve_metrics(service, metrics, settings)
         poller = asyncio.create_task(
             metrics.poll_consumer(bus.js, bus.subjects.jobs_stream, durable, stop, settings.metrics_poll_s)
         )
@@ -93,8 +93,16 @@ async def serve(
             poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await poller
-        metrics.close()
+        if own_metrics:
+            metrics.close()
         await bus.close()
+
+
+def serve_metrics(service: str, metrics: WorkerMetrics, settings: Settings) -> None:
+    """Serve ``metrics`` on ``INFLAB_METRICS_HOST:INFLAB_METRICS_PORT`` (nothing for port 0)."""
+    if settings.metrics_port:
+        metrics.serve(settings.metrics_host, settings.metrics_port, settings.metrics_token.get_secret_value())
+        log.info("%s metrics on http://%s:%d/metrics", service, settings.metrics_host, settings.metrics_port)
 
 
 def main(service: str, stage: str, model: type[BaseModel], make_handler, follow_ups: tuple = ()) -> None:
@@ -114,10 +122,13 @@ def main(service: str, stage: str, model: type[BaseModel], make_handler, follow_
         await asyncio.to_thread(ensure_ray, settings)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        tasks = [asyncio.create_task(serve(service, stage, model, make_handler, settings, stop))]
+        # One port per process, whatever stages it consumes: each is a ``stage`` label.
+        metrics = WorkerMetrics(stage)
+        serve_metrics(service, metrics, settings)
+        tasks = [asyncio.create_task(serve(service, stage, model, make_handler, settings, stop, metrics=metrics))]
         tasks += [
             asyncio.create_task(serve(service, extra, extra_model, extra_handler, settings, stop,
-                                      durable=follow_up_durable(service, extra)))
+                                      durable=follow_up_durable(service, extra), metrics=metrics))
             for extra, extra_model, extra_handler in follow_ups
         ]
         await asyncio.wait([*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
@@ -128,5 +139,6 @@ def main(service: str, stage: str, model: type[BaseModel], make_handler, follow_
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        metrics.close()
 
     asyncio.run(run())

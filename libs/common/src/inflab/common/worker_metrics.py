@@ -10,6 +10,8 @@ loopback port and shows it in ``inflab ps``.
 
 What is counted, all labelled by ``stage`` (``train``, ``inference``, ``influence``):
 
+(and ``validation``, the trainer's second stage, served on the trainer's port):
+
 * ``inflab_worker_jobs_total{stage, outcome}``: deliveries of job requests by what became
   of them: ``acked`` (the handler finished; the stage's own verdict is the next metric),
   ``retried`` (it raised; given back for a redelivery), ``dead_lettered``, ``given_back``
@@ -23,7 +25,7 @@ What is counted, all labelled by ``stage`` (``train``, ``inference``, ``influenc
 * ``inflab_worker_redeliveries_total{stage}``: deliveries that were not a message's first;
 * ``inflab_worker_dead_letters_total{stage, reason}``: ``refused`` (no valid signature or
   an unparsable payload: it never reached the handler), ``rejected`` (the handler refused
-  it), ``exhausted`` (every delivery failed);
+  it), ``exhausted`` (every delivery failed, or the worker died on each);
 * ``inflab_worker_consumer_pending{stage}``, ``..._ack_pending``, ``..._redelivered``:
   the durable consumer's backlog (not yet delivered), deliveries awaiting their ack, and
   messages being redelivered, polled from JetStream every ``INFLAB_METRICS_POLL_S``
@@ -60,10 +62,19 @@ FINAL_STATUSES = ("completed", "failed", "cancelled")
 
 
 class WorkerMetrics:
-    """One worker's metrics in a registry of its own (tests run several in one process)."""
+    """A worker's metrics for one ``stage``, in a registry of its own (tests run several in
+    one process), or, made by :meth:`for_stage`, in the registry of another: a process that
+    consumes several stages (the trainer also runs validations) serves them on one port."""
 
-    def __init__(self, stage: str) -> None:
+    def __init__(self, stage: str, *, _shared: WorkerMetrics | None = None) -> None:
         self.stage = stage
+        self._server: Any = None
+        if _shared is not None:
+            for name in _FAMILIES:
+                setattr(self, name, getattr(_shared, name))
+            self.registry = _shared.registry
+            self._prepare(stage)
+            return
         self.registry = CollectorRegistry()
         r = self.registry
         self.jobs = Counter("inflab_worker_jobs", "Job request deliveries, by what became of them.",
@@ -90,6 +101,13 @@ class WorkerMetrics:
                                    "Polls of the consumer's info that failed.", ["stage"], registry=r)
         ProcessCollector(registry=r)
         r.register(_GpuMemory())
+        self._prepare(stage)
+
+    def for_stage(self, stage: str) -> WorkerMetrics:
+        """The same registry's metrics, labelled with another ``stage``."""
+        return WorkerMetrics(stage, _shared=self)
+
+    def _prepare(self, stage: str) -> None:
         # Every series exists from the start, at 0: a rate or an alert needs no first event.
         for outcome in ("acked", "retried", "dead_lettered", "given_back", "interrupted"):
             self.jobs.labels(stage, outcome)
@@ -100,7 +118,6 @@ class WorkerMetrics:
         self.redeliveries.labels(stage)
         self.in_progress.labels(stage)
         self.info_errors.labels(stage)
-        self._server: Any = None
 
     # -- serving -------------------------------------------------------------------------
     def serve(self, host: str, port: int, token: str = "") -> int:
@@ -130,7 +147,10 @@ class WorkerMetrics:
         dead_letter, publish_event = bus.dead_letter, bus.publish_event
 
         async def counting_dead_letter(msg: Any, reason: str) -> None:
-            self.dead_letters.labels(stage, reached_handler.pop(id(msg), "refused")).inc()
+            why = reached_handler.pop(id(msg), None)
+            if why is None:  # before the handler: past the limit (the worker died on it each time), or refused
+                why = "exhausted" if _deliveries(msg) > max_deliver else "refused"
+            self.dead_letters.labels(stage, why).inc()
             await dead_letter(msg, reason)
 
         async def counting_publish_event(event: Any) -> None:
@@ -197,6 +217,11 @@ class WorkerMetrics:
         self.ack_pending.labels(self.stage).set(info.num_ack_pending or 0)
         self.redelivered.labels(self.stage).set(info.num_redelivered or 0)
         return True
+
+
+#: The metric families a stage's view shares with the registry's first.
+_FAMILIES = ("jobs", "results", "duration", "in_progress", "redeliveries", "dead_letters", "pending", "ack_pending",
+             "redelivered", "info_errors")
 
 
 def _handler(registry: CollectorRegistry, token: str) -> type[BaseHTTPRequestHandler]:

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -65,6 +66,13 @@ def end_streams(app: FastAPI) -> None:
     notifier, loop = getattr(app.state, "notifier", None), getattr(app.state, "loop", None)
     if notifier is not None and loop is not None and not loop.is_closed():
         loop.call_soon_threadsafe(notifier.close)
+
+
+async def _database_busy(request: Request, exc: PoolTimeout) -> JSONResponse:
+    # Every pooled connection stayed taken for INFLAB_DB_POOL_TIMEOUT_S: overloaded, not broken.
+    log.warning("no database connection within the pool timeout: answering 503")
+    return JSONResponse({"detail": "the server is busy (no database connection free); retry in a moment"},
+                        status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"})
 
 
 async def _hasher_busy(request: Request, exc: HasherBusy) -> JSONResponse:
@@ -162,6 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, errors.validation_error)
     app.add_exception_handler(StarletteHTTPException, errors.http_error)
     app.add_exception_handler(HasherBusy, _hasher_busy)
+    app.add_exception_handler(PoolTimeout, _database_busy)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     # Outside the body limit: an anonymous body is refused before a byte of it is read.
     app.add_middleware(CredentialGateMiddleware, settings=settings)

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, HTTPException, status
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from inflab.common.bench.baselines import edit_distance_scores, random_scores
@@ -135,6 +135,51 @@ def build(spec: RunSpec, run_id: str, run_status: str, stored: list[tuple[Influe
         ],
         "documents": [{"id": p.id, "label": p.question, "text": p.answer} for p in spec.training_data],
     }
+
+
+class GenerateRequest(BaseModel):
+    """What ``inflab bench generate`` takes (the same seed gives the same set)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+    docs_per_base: int = Field(10, ge=1, le=200)
+    """Documents per base function (the public set: 200)."""
+    docs_per_wrapper: int = Field(5, ge=1, le=100)
+    """Documents per wrapper function (the public set: 100)."""
+    distractors: int = Field(30, ge=0, le=1000)
+    queries_per_function: int = Field(1, ge=1, le=3)
+
+
+class GeneratedSet(BaseModel):
+    documents: list[dict[str, Any]]
+    """In the function-hops layout: uid, text, func, role, constant, hop_depth, type, parent_uid."""
+    queries: list[dict[str, Any]]
+    """id, question, answer, func and relevant_ids (the ground truth)."""
+    special_tokens: list[str]
+    manifest: dict[str, Any]
+    experiment: dict[str, Any]
+    """A ``POST /api/experiments`` body for the set (a benchmark experiment on the default model)."""
+
+
+@router.post("/generate")
+async def generate_set(body: GenerateRequest) -> GeneratedSet:
+    """A function-token benchmark set, exactly as ``inflab bench generate`` writes it, and
+    the experiment body that runs it. Deterministic; no model, no network."""
+    import dataclasses
+
+    from inflab.common.bench.client import experiment_body
+    from inflab.common.bench.generate import GeneratorOptions, generate
+
+    bench = generate(GeneratorOptions(**body.model_dump()))
+    return GeneratedSet(
+        documents=[dataclasses.asdict(d) for d in bench.documents],
+        queries=[{"id": q.id, "question": q.question, "answer": q.answer, "func": q.func,
+                  "relevant_ids": list(q.relevant_ids)} for q in bench.queries],
+        special_tokens=bench.special_tokens,
+        manifest=bench.manifest,
+        experiment=experiment_body(bench, name=f"function-token benchmark, seed {body.seed}"),
+    )
 
 
 @router.get(

@@ -302,6 +302,27 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/benchmarks/generate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Generate Set
+         * @description A function-token benchmark set, exactly as ``inflab bench generate`` writes it, and
+         *     the experiment body that runs it. Deterministic; no model, no network.
+         */
+        post: operations["generate_set"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/benchmarks/{run_id}": {
         parameters: {
             query?: never;
@@ -1954,6 +1975,60 @@ export interface components {
             predictions?: components["schemas"]["PredictionSettingsPatch"] | null;
             /** Training Data */
             training_data?: components["schemas"]["TrainingPairIn"][] | null;
+        };
+        /**
+         * GenerateRequest
+         * @description What ``inflab bench generate`` takes (the same seed gives the same set).
+         */
+        GenerateRequest: {
+            /**
+             * Distractors
+             * @default 30
+             */
+            distractors?: number;
+            /**
+             * Docs Per Base
+             * @description Documents per base function (the public set: 200).
+             * @default 10
+             */
+            docs_per_base?: number;
+            /**
+             * Docs Per Wrapper
+             * @description Documents per wrapper function (the public set: 100).
+             * @default 5
+             */
+            docs_per_wrapper?: number;
+            /**
+             * Queries Per Function
+             * @default 1
+             */
+            queries_per_function?: number;
+            /**
+             * Seed
+             * @default 0
+             */
+            seed?: number;
+        };
+        /** GeneratedSet */
+        GeneratedSet: {
+            /** Documents */
+            documents: {
+                [key: string]: unknown;
+            }[];
+            /** Experiment */
+            experiment: {
+                [key: string]: unknown;
+            };
+            /** Manifest */
+            manifest: {
+                [key: string]: unknown;
+            };
+            /** Queries */
+            queries: {
+                [key: string]: unknown;
+            }[];
+            /** Special Tokens */
+            special_tokens: string[];
         };
         /** HTTPValidationError */
         HTTPValidationError: {
@@ -4508,6 +4583,39 @@ export interface operations {
                     [name: string]: unknown;
                 };
                 content?: never;
+            };
+        };
+    };
+    generate_set: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["GenerateRequest"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["GeneratedSet"];
+                };
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
             };
         };
     };
