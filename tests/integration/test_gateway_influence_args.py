@@ -92,6 +92,13 @@ async def test_arguments_are_stored_with_defaults_and_shown(gateway) -> None:
         ({"ekfac": {"strategy": "newton"}}, ["body", "influence_args", "ekfac", "strategy"], "'ekfac', 'kfac'"),
         ({"tracin": {"top_k": 0}}, ["body", "influence_args", "tracin", "top_k"], "greater than or equal to 1"),
         ({"lissa": {}}, ["body", "influence_args"], "unknown influence method(s) ['lissa']"),
+        # Object-store paths of full models: only under models/, never another run's files.
+        ({"delta_h": {"old_model": "store:runs/x/checkpoints/1", "new_model": "store:models/new"}},
+         ["body", "influence_args", "delta_h", "old_model"], "store:models/<name>"),
+        ({"act_grad": {"old_model": "store:models/old", "new_model": "store:models/../runs/x"}},
+         ["body", "influence_args", "act_grad", "new_model"], "without '..'"),
+        ({"patching": {"old_model": "no-such-model", "new_model": "store:models/new"}},
+         ["body", "influence_args", "patching", "old_model"], "not a model this deployment allows"),
     ],
 )
 async def test_a_bad_argument_is_a_422_naming_it(gateway, influence_args, loc, message) -> None:
