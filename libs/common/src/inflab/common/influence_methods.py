@@ -14,9 +14,8 @@ over every checkpoint with normalised gradients keeps finding it.
 
 from __future__ import annotations
 
-from typing import Any, Literal
-
 import re
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
