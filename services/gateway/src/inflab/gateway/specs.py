@@ -28,7 +28,7 @@ from inflab.common.db.models import Experiment
 from inflab.common.influence_methods import REPRESENTATION_METHODS, stored_model_key
 from inflab.common.messages import CheckpointRef, InfluenceRequest, RunSpec
 from inflab.common.model_ids import ModelIdRefused, check_model_id
-from inflab.common.objectstore import checkpoint_prefix
+from inflab.common.objectstore import ObjectStore, checkpoint_prefix
 from inflab.common.settings import Settings
 from inflab.gateway.limits import estimated_tokens
 
@@ -100,6 +100,22 @@ def named_model_errors(spec: RunSpec, settings: Settings) -> list[dict[str, Any]
                 errors.append(body_error(("influence_args", method, field),
                                          f"{exc}, or an object-store path store:models/<name>"))
     return errors
+
+
+async def check_stored_models(spec: RunSpec, store: ObjectStore) -> None:
+    """A 422 naming each ``old_model``/``new_model`` object-store path (``store:models/...``)
+    under which no saved model (its ``config.json``) is stored now. The worker checks again
+    before any work: a model can be removed after the experiment is saved."""
+    errors = []
+    for method in REPRESENTATION_METHODS:
+        args = getattr(spec.influence_args, method, None)
+        for field in ("old_model", "new_model"):
+            key = stored_model_key(value) if (value := getattr(args, field, None)) is not None else None
+            if key is not None and not await store.exists_async(f"{key}/config.json"):
+                errors.append(body_error(("influence_args", method, field),
+                                         f"no saved model (config.json) under {key!r} in the object store"))
+    if errors:
+        raise RequestValidationError(errors)
 
 
 def job_message_bytes(spec: RunSpec) -> int:
