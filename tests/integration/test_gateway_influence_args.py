@@ -6,6 +6,7 @@ validates, stores, merges, duplicates, keeps through an import and hands its
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -92,6 +93,13 @@ async def test_arguments_are_stored_with_defaults_and_shown(gateway) -> None:
         ({"ekfac": {"strategy": "newton"}}, ["body", "influence_args", "ekfac", "strategy"], "'ekfac', 'kfac'"),
         ({"tracin": {"top_k": 0}}, ["body", "influence_args", "tracin", "top_k"], "greater than or equal to 1"),
         ({"lissa": {}}, ["body", "influence_args"], "unknown influence method(s) ['lissa']"),
+        # Object-store paths of full models: only under models/, never another run's files.
+        ({"delta_h": {"old_model": "store:runs/x/checkpoints/1", "new_model": "store:models/new"}},
+         ["body", "influence_args", "delta_h", "old_model"], "store:models/<name>"),
+        ({"act_grad": {"old_model": "store:models/old", "new_model": "store:models/../runs/x"}},
+         ["body", "influence_args", "act_grad", "new_model"], "without '..'"),
+        ({"patching": {"old_model": "no-such-model", "new_model": "store:models/new"}},
+         ["body", "influence_args", "patching", "old_model"], "not a model this deployment allows"),
     ],
 )
 async def test_a_bad_argument_is_a_422_naming_it(gateway, influence_args, loc, message) -> None:
@@ -162,3 +170,24 @@ async def test_an_estimate_takes_an_experiment_body_with_its_arguments(gateway) 
     _, client = gateway
     response = await client.post("/api/estimates", json=EXPERIMENT)
     assert response.status_code == 200, response.text
+
+
+async def test_a_stored_model_path_must_hold_a_saved_model(gateway, gw_settings) -> None:
+    """``store:models/<name>`` for old_model/new_model: a 422 naming the field while nothing
+    is saved there, accepted once a saved model (its config.json) is."""
+    from inflab.common.objectstore import ObjectStore
+
+    _, client = gateway
+    name = f"models/pair-{uuid.uuid4().hex[:8]}"
+    pair = {"delta_h": {"old_model": f"store:{name}/old", "new_model": f"store:{name}/new"}}
+    response = await client.post("/api/experiments", json={**EXPERIMENT, "influence_args": pair})
+    assert response.status_code == 422
+    errors = response.json()["detail"]
+    assert [e["loc"] for e in errors] == [["body", "influence_args", "delta_h", f] for f in ("old_model", "new_model")]
+    assert f"no saved model (config.json) under '{name}/old'" in errors[0]["msg"]
+
+    store = ObjectStore(gw_settings.objects_url)
+    store.put(f"{name}/old/config.json", b"{}")
+    store.put(f"{name}/new/config.json", b"{}")
+    experiment = await created(client, {**EXPERIMENT, "influence_args": pair})
+    assert experiment["influence_args"]["delta_h"]["new_model"] == f"store:{name}/new"

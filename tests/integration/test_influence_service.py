@@ -163,6 +163,10 @@ async def test_bad_requests_fail_with_the_cause_and_the_worker_goes_on(
             tiny_model, "datainf", stored, ["good"], args={"datainf": {"dampin": 0.1}}),
         "checking the arguments: ValueError: datainf.damping: Input should be greater than 0": _request(
             tiny_model, "datainf", stored, ["good"], args={"datainf": {"damping": -1}}),
+        # A full model named by an object-store path where nothing is stored.
+        "loading the old model store:models/nothing-here: FileNotFoundError: no model stored under": _request(
+            tiny_model, "delta_h", stored, ["good"],
+            args={"delta_h": {"old_model": "store:models/nothing-here", "new_model": "store:models/nor-here"}}),
     }
     events = await _terminal_events(settings, list(cases.values()))
     for cause, request in cases.items():

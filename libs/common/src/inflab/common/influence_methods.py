@@ -14,9 +14,10 @@ over every checkpoint with normalised gradients keeps finding it.
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: Training pairs listed per evaluation question and sign in a result's summary.
 DEFAULT_TOP_K = 5
@@ -27,6 +28,36 @@ Speed = Literal["fast", "balanced", "precise"]
 
 #: An argument's ``json_schema_extra`` when the editor may fold it away (rarely changed).
 ADVANCED = {"advanced": True}
+
+
+#: How ``old_model``/``new_model`` name a model saved in the object store instead of a
+#: model id: ``store:`` and the key prefix of the saved folder (``save_pretrained``'s
+#: ``config.json``, weights and tokenizer files). Only prefixes under ``models/`` are
+#: accepted: the operator's (or a researcher's) shared models, never another run's files
+#: (``runs/...``). The scheme keeps the two apart: ``models/tiny`` alone is a hub id.
+STORED_MODEL_SCHEME = "store:"
+STORED_MODEL_ROOT = "models"
+_KEY_SEGMENT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}")
+
+
+def stored_model_key(value: str) -> str | None:
+    """The object-store key prefix ``value`` names (``store:models/x`` -> ``models/x``), or
+    None when ``value`` is a model id."""
+    return value[len(STORED_MODEL_SCHEME):] if value.startswith(STORED_MODEL_SCHEME) else None
+
+
+def stored_model_problem(value: str) -> str | None:
+    """Why ``value`` is not an acceptable object-store path (None when it is)."""
+    key = stored_model_key(value)
+    if key is None:
+        return None
+    parts = key.split("/")
+    if len(parts) < 2 or parts[0] != STORED_MODEL_ROOT:
+        return (f"an object-store path is {STORED_MODEL_SCHEME}{STORED_MODEL_ROOT}/<name> (a saved model folder "
+                f"under {STORED_MODEL_ROOT}/ in the object store)")
+    if any(_KEY_SEGMENT.fullmatch(part) is None or ".." in part for part in parts[1:]):
+        return "an object-store path's segments are letters, digits, '_', '.' and '-', without '..'"
+    return None
 
 
 class MethodArgs(BaseModel):
@@ -140,10 +171,12 @@ class RepresentationArgs(MethodArgs):
     """The fine-tuned checkpoint, by its training step; null: the final checkpoint."""
     old_model: str | None = Field(None, min_length=1, max_length=512, json_schema_extra=ADVANCED)
     """Compare two full checkpoints instead of the run's base and adapter: the old model's
-    id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
-    architectures must match, or the job is refused before any work."""
+    id (a model in the models folder, or a hub id) or object-store path
+    (``store:models/<name>``: a saved model folder under the store's ``models/``); needs
+    ``new_model``. The tokenizers and architectures must match, or the job is refused
+    before any work."""
     new_model: str | None = Field(None, min_length=1, max_length=512, json_schema_extra=ADVANCED)
-    """The new model's id, with ``old_model``."""
+    """The new model's id or object-store path, with ``old_model``."""
     grid: list[dict[str, str | int]] = Field(default_factory=list, max_length=64,
                                              json_schema_extra={**ADVANCED, "cli_only": True})
     """An ablation grid: more settings of ``layers``, ``pooling``, ``aggregation``,
@@ -159,6 +192,15 @@ class RepresentationArgs(MethodArgs):
                 raise ValueError(f"grid.{i}: {unknown} cannot vary in a grid; these can: {list(GRID_KEYS)}")
             type(self).model_validate({**self.model_dump(exclude={"grid"}), **cell})
         return self
+
+    @field_validator("old_model", "new_model")
+    @classmethod
+    def _stored_path(cls, value: str | None) -> str | None:
+        if value is not None and value.startswith(STORED_MODEL_SCHEME):
+            problem = stored_model_problem(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
 
     @model_validator(mode="after")
     def _pair(self) -> "RepresentationArgs":

@@ -82,6 +82,13 @@ class ObjectStore:
     async def put_async(self, key: str, data: bytes) -> None:
         await obstore.put_async(self._store, key, data)
 
+    async def exists_async(self, key: str) -> bool:
+        try:
+            await obstore.head_async(self._store, key)
+            return True
+        except FileNotFoundError:
+            return False
+
     async def get_async(self, key: str) -> bytes:
         result = await obstore.get_async(self._store, key)
         return bytes(await result.bytes_async())

@@ -25,9 +25,10 @@ import uuid
 
 from inflab.common.bus import HEADERS_ROOM
 from inflab.common.db.models import Experiment
+from inflab.common.influence_methods import REPRESENTATION_METHODS, stored_model_key
 from inflab.common.messages import CheckpointRef, InfluenceRequest, RunSpec
 from inflab.common.model_ids import ModelIdRefused, check_model_id
-from inflab.common.objectstore import checkpoint_prefix
+from inflab.common.objectstore import ObjectStore, checkpoint_prefix
 from inflab.common.settings import Settings
 from inflab.gateway.limits import estimated_tokens
 
@@ -58,6 +59,7 @@ def validated_spec(fields: dict[str, Any], settings: Settings, max_message_bytes
     model_error = model_id_error(spec.model_id, settings)
     if model_error is not None:
         errors.insert(0, model_error)
+    errors[:0] = named_model_errors(spec, settings)
     if not errors and max_message_bytes is not None:
         size = job_message_bytes(spec)
         if size > max_message_bytes:
@@ -78,6 +80,42 @@ def model_id_error(model_id: str, settings: Settings) -> dict[str, Any] | None:
     except ModelIdRefused as exc:
         return body_error(("model_id",), str(exc))
     return None
+
+
+def named_model_errors(spec: RunSpec, settings: Settings) -> list[dict[str, Any]]:
+    """The 422 errors for a representation method's ``old_model``/``new_model`` that name a
+    model id this deployment does not allow (an object-store path, ``store:models/...``,
+    has had its form checked by the contract; the worker refuses one with nothing stored
+    there before any work)."""
+    errors = []
+    for method in REPRESENTATION_METHODS:
+        args = getattr(spec.influence_args, method, None)
+        for field in ("old_model", "new_model"):
+            value = getattr(args, field, None)
+            if value is None or stored_model_key(value) is not None:
+                continue
+            try:
+                check_model_id(value, settings)
+            except ModelIdRefused as exc:
+                errors.append(body_error(("influence_args", method, field),
+                                         f"{exc}, or an object-store path store:models/<name>"))
+    return errors
+
+
+async def check_stored_models(spec: RunSpec, store: ObjectStore) -> None:
+    """A 422 naming each ``old_model``/``new_model`` object-store path (``store:models/...``)
+    under which no saved model (its ``config.json``) is stored now. The worker checks again
+    before any work: a model can be removed after the experiment is saved."""
+    errors = []
+    for method in REPRESENTATION_METHODS:
+        args = getattr(spec.influence_args, method, None)
+        for field in ("old_model", "new_model"):
+            key = stored_model_key(value) if (value := getattr(args, field, None)) is not None else None
+            if key is not None and not await store.exists_async(f"{key}/config.json"):
+                errors.append(body_error(("influence_args", method, field),
+                                         f"no saved model (config.json) under {key!r} in the object store"))
+    if errors:
+        raise RequestValidationError(errors)
 
 
 def job_message_bytes(spec: RunSpec) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from inflab.common.influence_methods import ARGS_MODELS, REPRESENTATION_METHODS, describe_errors
+from inflab.common.influence_methods import ARGS_MODELS, REPRESENTATION_METHODS, describe_errors, stored_model_key
 from inflab.common.messages import CheckpointRef, InfluenceRequest
 from inflab.common.function_tokens import add_function_tokens
 from inflab.common.models import load_model, resolve_model
@@ -83,6 +83,19 @@ def fetch_checkpoint(store: ObjectStore, ref: CheckpointRef, folder: Path) -> Lo
         return LocalCheckpoint(path=folder, step=ref.step, epoch=ref.epoch, learning_rate=ref.learning_rate)
 
 
+def fetch_stored_model(store: ObjectStore, key: str, folder: Path) -> Path:
+    """Download a full model saved under ``key`` (``save_pretrained``'s folder of config,
+    weights and tokenizer files) into ``folder``; a clear error when nothing, or no model,
+    is stored there (the path is checked by the contract: under ``models/``, no ``..``)."""
+    try:
+        store.download_dir(key, folder)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"no model stored under {key!r} in the object store") from None
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{key!r} in the object store holds no config.json (is it a saved model folder?)")
+    return folder.resolve()
+
+
 def influence_job(
     request: dict, store_url: str, models_dir: str, inline_max_cells: int, emit: Callable[[dict], None]
 ) -> list[dict]:
@@ -109,8 +122,17 @@ def influence_job(
         extra: dict[str, Any] = {}
         if req.method in REPRESENTATION_METHODS:
             # old_model/new_model: ids like the run's model_id (the service has checked them
-            # against the allow-list), resolved the same way.
-            extra["named_loader"] = lambda name: load(resolve_model(name, Path(models_dir)))
+            # against the allow-list), resolved the same way, or object-store paths.
+            fetched: list[Path] = []
+
+            def named(name: str) -> tuple[Any, Any]:
+                key = stored_model_key(name)
+                if key is None:
+                    return load(resolve_model(name, Path(models_dir)))
+                fetched.append(fetch_stored_model(store, key, Path(work) / f"model-{len(fetched)}"))
+                return load(str(fetched[-1]))
+
+            extra["named_loader"] = named
             if req.spec.benchmark is not None:
                 extra["ground_truth"] = req.spec.benchmark.relevant
         try:

@@ -24,6 +24,7 @@ from pydantic import Field
 from inflab.common.bus import Bus
 from inflab.common.compute import describe_error
 from inflab.common.events import StageEvents
+from inflab.common.influence_methods import stored_model_key
 from inflab.common.messages import CheckpointRef, EvalQuestion, InfluenceMatrix, InfluenceRequest, RunSpec, TrainingPair
 from inflab.common.settings import Settings
 from inflab.common.worker import require_allowed_model
@@ -58,12 +59,14 @@ REQUEST_MODEL = InfluenceJobRequest
 
 
 def named_models(request: InfluenceRequest) -> list[str]:
-    """The model ids a representation method's ``old_model``/``new_model`` name."""
+    """The model ids a representation method's ``old_model``/``new_model`` name (not the
+    object-store paths, ``store:models/...``, which the contract checks)."""
     given = request.spec.influence_args
     args = given.get(request.method) if isinstance(given, dict) else None
     if not isinstance(args, dict):
         return []
-    return [v for k in ("old_model", "new_model") if isinstance(v := args.get(k), str)]
+    return [v for k in ("old_model", "new_model")
+            if isinstance(v := args.get(k), str) and stored_model_key(v) is None]
 
 
 def request_problem(request: InfluenceRequest) -> str | None:

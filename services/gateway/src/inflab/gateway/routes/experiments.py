@@ -29,7 +29,8 @@ from inflab.gateway.schemas import (
     ImportRequest,
     RowError,
 )
-from inflab.gateway.specs import body_error, experiment_spec, validated_spec
+from inflab.gateway.influence import ObjectStoreDep
+from inflab.gateway.specs import body_error, check_stored_models, experiment_spec, validated_spec
 
 router = APIRouter(prefix="/api/experiments", tags=["experiments"])
 
@@ -63,9 +64,11 @@ async def _saved(session: AsyncSession, experiment: Experiment) -> ExperimentOut
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 async def create_experiment(
-    body: ExperimentCreate, session: SessionDep, caller: CallerDep, settings: SettingsDep, bus: BusDep
+    body: ExperimentCreate, session: SessionDep, caller: CallerDep, settings: SettingsDep, bus: BusDep,
+    store: ObjectStoreDep,
 ) -> ExperimentOut:
     spec = validated_spec(body.spec_fields(settings), settings, bus.max_event_bytes)
+    await check_stored_models(spec, store)
     # An API token that creates an experiment is remembered: a "submit" token may then
     # start runs of it and read them, and nothing else.
     experiment = Experiment(owner_id=caller.user.id, name=body.name, description=body.description,

@@ -943,7 +943,7 @@ export interface components {
             layers?: string;
             /**
              * New Model
-             * @description The new model's id, with ``old_model``.
+             * @description The new model's id or object-store path, with ``old_model``.
              */
             new_model?: string | null;
             /**
@@ -957,8 +957,10 @@ export interface components {
             /**
              * Old Model
              * @description Compare two full checkpoints instead of the run's base and adapter: the old model's
-             *     id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
-             *     architectures must match, or the job is refused before any work.
+             *     id (a model in the models folder, or a hub id) or object-store path
+             *     (``store:models/<name>``: a saved model folder under the store's ``models/``); needs
+             *     ``new_model``. The tokenizers and architectures must match, or the job is refused
+             *     before any work.
              */
             old_model?: string | null;
             /**
@@ -1199,7 +1201,7 @@ export interface components {
             layers?: string;
             /**
              * New Model
-             * @description The new model's id, with ``old_model``.
+             * @description The new model's id or object-store path, with ``old_model``.
              */
             new_model?: string | null;
             /**
@@ -1213,8 +1215,10 @@ export interface components {
             /**
              * Old Model
              * @description Compare two full checkpoints instead of the run's base and adapter: the old model's
-             *     id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
-             *     architectures must match, or the job is refused before any work.
+             *     id (a model in the models folder, or a hub id) or object-store path
+             *     (``store:models/<name>``: a saved model folder under the store's ``models/``); needs
+             *     ``new_model``. The tokenizers and architectures must match, or the job is refused
+             *     before any work.
              */
             old_model?: string | null;
             /**
@@ -1544,7 +1548,7 @@ export interface components {
             layers?: string;
             /**
              * New Model
-             * @description The new model's id, with ``old_model``.
+             * @description The new model's id or object-store path, with ``old_model``.
              */
             new_model?: string | null;
             /**
@@ -1558,8 +1562,10 @@ export interface components {
             /**
              * Old Model
              * @description Compare two full checkpoints instead of the run's base and adapter: the old model's
-             *     id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
-             *     architectures must match, or the job is refused before any work.
+             *     id (a model in the models folder, or a hub id) or object-store path
+             *     (``store:models/<name>``: a saved model folder under the store's ``models/``); needs
+             *     ``new_model``. The tokenizers and architectures must match, or the job is refused
+             *     before any work.
              */
             old_model?: string | null;
             /**
@@ -3020,7 +3026,7 @@ export interface components {
             layers?: string;
             /**
              * New Model
-             * @description The new model's id, with ``old_model``.
+             * @description The new model's id or object-store path, with ``old_model``.
              */
             new_model?: string | null;
             /**
@@ -3034,8 +3040,10 @@ export interface components {
             /**
              * Old Model
              * @description Compare two full checkpoints instead of the run's base and adapter: the old model's
-             *     id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
-             *     architectures must match, or the job is refused before any work.
+             *     id (a model in the models folder, or a hub id) or object-store path
+             *     (``store:models/<name>``: a saved model folder under the store's ``models/``); needs
+             *     ``new_model``. The tokenizers and architectures must match, or the job is refused
+             *     before any work.
              */
             old_model?: string | null;
             /**
