@@ -87,6 +87,10 @@ def train_job(
             if refs:
                 # Redelivered after the previous worker died: go on from its last checkpoint.
                 resume_from = store.download_dir(refs[-1].key, Path(work) / "resume")
+                # Its checkpoint events may not all have been sent (ids derived from the
+                # step: those already stored are dropped as duplicates).
+                for ref in refs:
+                    emit({"kind": "checkpoint", "checkpoint": ref.model_dump(mode="json")})
             try:
                 outcome = train_lora(
                     req.spec, model_path, Path(work), emit, on_checkpoint,
