@@ -19,7 +19,7 @@ from inflab.common.predictions import PredictionLimits
 from inflab.common.settings import Settings
 from inflab.common.worker import require_allowed_model
 from inflab.trainer.control_subscription import ControlSubscription
-from inflab.trainer.job import load_summary, train_job
+from inflab.trainer.job import finished_events, load_summary, train_job
 
 
 SERVICE = "trainer"
@@ -76,6 +76,9 @@ class TrainerService:
             if outcome is None:
                 return
             summary = outcome
+        else:
+            for item in await asyncio.to_thread(finished_events, self.store, request.run_id):
+                await events.forward(item)
         await events.publish("result", training=summary)
         await events.status("completed")
 

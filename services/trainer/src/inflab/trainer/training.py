@@ -81,6 +81,8 @@ class TrainingOutcome:
     checkpoints: list[CheckpointInfo] = field(default_factory=list)
     #: Loss of each optimizer step run by this call (steps before a resume point are not included).
     losses: list[float] = field(default_factory=list)
+    #: Every metric event of the run's training so far (a resumed call's included), in order.
+    metrics: list[dict] = field(default_factory=list)
     #: The step this call started from (0, or the resumed checkpoint's step).
     start_step: int = 0
     #: Prediction tracking: seconds the loop waited for it, and seconds spent decoding
@@ -435,4 +437,5 @@ def train_lora(
         outcome.prediction_decoding_s = tracker.decoding_s
 
     outcome.duration_s = time.monotonic() - started
+    outcome.metrics = list(metric_history)
     return outcome
