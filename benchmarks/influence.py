@@ -21,6 +21,11 @@ What one run does (see README "Influence benchmark"):
 EK-FAC); ``--ekfac-noise N`` adds kronfluence-default under global seeds 1..N, whose rho
 against seed 0 is the agreement its own label sampling leaves any estimator.
 
+``--representation`` times the representation methods (delta_h, act_grad, attr_change)
+against the final-checkpoint lower bound measured in the same run and updates the
+``representation`` part of the JSON (targets ``delta_h_vs_floor``, ``act_grad_vs_floor``),
+with their recall@4 beside the others'.
+
 ``--scale`` times ours at generated workloads (N=250/M=25 and N=1000/M=100 by default) and
 updates the ``scale`` part of the same JSON file (the targets are recomputed).
 
@@ -52,8 +57,11 @@ from benchmarks.workload import REPO, DEFAULT_MODEL, Workload, generated_workloa
 #: Methods of ours the benchmark knows how to run; each is skipped with a note if the
 #: registry does not have it (yet).
 OURS = ("tracin", "datainf", "ekfac")
+#: The representation methods, timed by ``--representation`` against the final-checkpoint
+#: lower bound measured in the same run.
+REPRESENTATION = ("delta_h", "act_grad", "attr_change")
 #: Which of ours use only the final checkpoint.
-FINAL_ONLY = {"datainf", "ekfac"}
+FINAL_ONLY = {"datainf", "ekfac", *REPRESENTATION}
 K = 4
 
 
@@ -446,6 +454,52 @@ def main_benchmark(args: argparse.Namespace, log) -> dict[str, Any]:
     }
 
 
+def representation_benchmark(args: argparse.Namespace, log) -> dict[str, Any]:
+    """The representation methods (forward passes and activation gradients only) against
+    the gradient lower bound at the final checkpoint, measured in the same run (passes
+    alternate, even ones reversed), with their recall@4 beside BM25's."""
+    from benchmarks.workload import model_path, trained_checkpoints
+
+    wl = load_workload(args.workload)
+    path = model_path(args.model, args.cache_dir)
+    ckpts = trained_checkpoints(wl, args.model, args.cache_dir, args.work_dir / "checkpoints", log=log)
+    outdir = Path(tempfile.mkdtemp(prefix="run-", dir=args.work_dir))
+    task = {"workload": str(args.workload_path), "model_path": path, "checkpoints": [str(c) for c in ckpts],
+            "threads": args.threads, "batch_size": args.batch_size, "tmp": str(outdir)}
+    runner = Runner(args, task, outdir, log)
+    have = registered_methods()
+    order = ["floor1"] + [f"ours:{m}" for m in REPRESENTATION if m in have]
+    runs: dict[str, list[dict[str, Any]]] = {j: [] for j in order}
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    for number in range(args.passes):
+        jobs = order if number % 2 == 0 else list(reversed(order))
+        log(f"representation pass {number + 1}/{args.passes}: {jobs}")
+        for job in jobs:
+            result, arrays = runner.run(job, f"r{number}")
+            runs[job].append(result)
+            if arrays:
+                scores[job] = arrays
+    methods: dict[str, Any] = {}
+    for job, results in runs.items():
+        ok = [r for r in results if "wall_s" in r]
+        entry: dict[str, Any] = {"wall_s": _r(_median([r["wall_s"] for r in ok])),
+                                 "wall_s_passes": [_r(r["wall_s"]) for r in ok],
+                                 "peak_rss_gb": _r(max((r["peak_rss_gb"] for r in ok), default=None))}
+        if len(ok) < len(results):
+            entry["errors"] = [r.get("error") for r in results if "wall_s" not in r]
+        if ok and "args" in ok[-1]:
+            entry["args"] = ok[-1]["args"]
+        if "raw" in scores.get(job, {}):
+            entry["recall_at_4"] = {"raw": _r(metrics.recall_at_k(scores[job]["raw"], wl.related, K))}
+        if job != "floor1":
+            entry["vs_floor"] = _ratio(entry["wall_s"], _median([r["wall_s"] for r in runs["floor1"] if "wall_s" in r]))
+        methods[job] = entry
+    return {"methods": methods,
+            "settings": {"threads": args.threads, "passes": args.passes, "batch_size": args.batch_size,
+                         "lower_bound": "floor1: plain answer-token loss forward+backward over all train+eval "
+                                        "examples at the final checkpoint, in this run"}}
+
+
 def scale_benchmark(args: argparse.Namespace, log, save=None) -> dict[str, Any]:
     from benchmarks.workload import model_path, trained_checkpoints
 
@@ -534,6 +588,11 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     else:
         out["scale_rss_and_linear_time"] = {"goal": "peak RSS < 8 GB at N=1000, M=100, time linear in N+M",
                                             "value": None, "met": None}
+    rep = (result.get("representation") or {}).get("methods", {})
+    for name in ("delta_h", "act_grad"):
+        v = rep.get(f"ours:{name}", {}).get("vs_floor")
+        out[f"{name}_vs_floor"] = {"goal": f"{name} wall time <= 0.5x the gradient lower bound (final checkpoint)",
+                                   "value": v, "met": None if v is None else v <= 0.5}
     bm25 = result.get("baselines", {}).get("bm25", {}).get("recall_at_4")
     normalized = {job: m["recall_at_4"]["normalized"] for job, m in methods.items()
                   if job.startswith("ours:") and "normalized" in m.get("recall_at_4", {})}
@@ -564,9 +623,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ekfac-noise", type=int, default=0,
                    help="also run kronfluence-default with global seeds 1..N (its rho against itself)")
     p.add_argument("--scale", action="store_true", help="time ours on generated workloads instead")
+    p.add_argument("--representation", action="store_true",
+                   help="time the representation methods against the lower bound instead (updates the "
+                        "'representation' part of the JSON)")
     p.add_argument("--scale-checkpoints", type=int, default=0,
                    help="--scale: TracIn over only the last N checkpoints (0: all)")
     p.add_argument("--scale-sizes", default="250x25,1000x100", help="NxM points for --scale, smallest first")
+    # Counterfactual validation (benchmarks/influence_lds.py).
+    p.add_argument("--lds", action="store_true",
+                   help="each method's LDS and removal test against retraining on Ray (1 and 2 workers)")
+    p.add_argument("--subsets", type=int, default=32, help="--lds: LDS subsets")
+    p.add_argument("--alpha", type=float, default=0.5, help="--lds: share of the pairs each subset keeps")
+    p.add_argument("--removal-k", type=int, default=3, help="--lds: pairs each removal takes out")
+    p.add_argument("--seed", type=int, default=0, help="--lds: subset s is drawn from seed + s")
+    p.add_argument("--bootstrap", type=int, default=1000, help="--lds: bootstrap resamples of the interval")
+    p.add_argument("--timing-retrainings", type=int, default=6,
+                   help="--lds: retrainings timed on 1 and on 2 Ray workers")
     # Internal: one measurement in a fresh process.
     p.add_argument("--worker", help=argparse.SUPPRESS)
     p.add_argument("--task", type=Path, help=argparse.SUPPRESS)
@@ -599,6 +671,10 @@ def main(argv: list[str] | None = None) -> int:
 
     args.workload_path = find_workload(args.workload)
     args.work_dir.mkdir(parents=True, exist_ok=True)
+    if args.lds:
+        from benchmarks.influence_lds import run as run_lds
+
+        return run_lds(args, log)
     mach = machine(args.threads)
     existing: dict[str, Any] = {}
     if args.json and args.json.is_file():
@@ -607,7 +683,12 @@ def main(argv: list[str] | None = None) -> int:
         except json.JSONDecodeError:
             existing = {}
     started = time.perf_counter()
-    if args.scale:
+    if args.representation:
+        result = existing or {"benchmark": "influence"}
+        result["representation"] = representation_benchmark(args, log)
+        result["representation"]["machine"] = mach
+        result["representation"]["total_s"] = round(time.perf_counter() - started, 1)
+    elif args.scale:
         result = existing or {"benchmark": "influence"}
 
         def save(partial: dict[str, Any]) -> None:
@@ -624,8 +705,9 @@ def main(argv: list[str] | None = None) -> int:
         result = main_benchmark(args, log)
         result["machine"] = mach
         result["total_s"] = round(time.perf_counter() - started, 1)
-        if "scale" in existing:
-            result["scale"] = existing["scale"]
+        for part in ("scale", "representation"):
+            if part in existing:
+                result[part] = existing[part]
     # "targets" last, as the issue asks.
     result.pop("targets", None)
     result["targets"] = targets(result)

@@ -9,12 +9,7 @@ submission is answered (accepted) instead of being dropped.
 from __future__ import annotations
 
 import asyncio
-import os
-import subprocess
-import sys
-import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import nats
@@ -24,11 +19,12 @@ from sqlalchemy import select
 
 from inflab.common.db.models import Run
 from inflab.common.db.session import make_engine, make_sessionmaker
-from inflab.common.embedded._proc import free_port
 from inflab.common.messages import RunSubmission, SubmissionOutcome, TrainRequest
 from inflab.common.settings import Settings
 from inflab.common.subjects import Subjects
 from inflab.gateway.testing import delete_streams, gateway_in_process, isolated_settings
+
+from helpers.gateway_process import GatewayProcess
 
 pytestmark = pytest.mark.integration
 
@@ -45,51 +41,6 @@ def gw_settings(settings: Settings) -> Iterator[Settings]:
     own = isolated_settings(settings, "gwcrash").model_copy(update={"ack_wait_s": 2.0, "dispatch_max_waiting": 10})
     yield own
     asyncio.run(delete_streams(own))
-
-
-class GatewayProcess:
-    """``python -m inflab.gateway`` with the settings given, on a port of its own."""
-
-    def __init__(self, settings: Settings, log: Path, **env: str) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environment = {
-            **os.environ,
-            "INFLAB_NATS_URL": settings.nats_url,
-            "INFLAB_DATABASE_URL": settings.database_url,
-            "INFLAB_SUBJECT_PREFIX": settings.subject_prefix,
-            "INFLAB_STREAM_PREFIX": settings.stream_prefix,
-            "INFLAB_HOME": str(settings.home),
-            "INFLAB_GATEWAY_PORT": str(self.port),
-            "INFLAB_ACK_WAIT_S": str(settings.ack_wait_s),
-            "INFLAB_DISPATCH_MAX_WAITING": str(settings.dispatch_max_waiting),
-            "INFLAB_JOB_SIGNING_KEY": settings.job_signing_key.get_secret_value(),
-            **env,
-        }
-        self.process = subprocess.Popen([sys.executable, "-m", "inflab.gateway"], env=environment,
-                                        stdout=log.open("ab"), stderr=subprocess.STDOUT)
-
-    async def ready(self, timeout: float = 60) -> None:
-        async with httpx.AsyncClient(base_url=self.url) as client, asyncio.timeout(timeout):
-            while True:
-                assert self.process.poll() is None, "the gateway exited during startup"
-                try:
-                    if (await client.get("/readyz")).status_code == 200:
-                        return
-                except httpx.TransportError:
-                    pass
-                await asyncio.sleep(0.1)
-
-    async def killed(self, timeout: float = 30) -> int:
-        async with asyncio.timeout(timeout):
-            while self.process.poll() is None:
-                await asyncio.sleep(0.05)
-        return self.process.returncode
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
 
 
 async def _train_requests(settings: Settings, count: int, timeout: float = 30) -> list:
@@ -190,7 +141,13 @@ async def test_a_gateway_killed_after_the_commit_loses_no_run(gw_settings, tmp_p
         run_ids = [str(TrainRequest.model_validate_json(m.data).run_id) for m in requests]
         assert run_ids == [str(first.id), str(second.id)]
         assert [m.headers["Nats-Msg-Id"] for m in requests] == run_ids
-        assert all(r.dispatched_at is not None for r in await _runs(sessionmaker, gw_settings))
+
+        async def both_marked() -> bool:
+            # The dispatcher marks them in the transaction it publishes from, committed
+            # after the publishes: a trainer may see a request before its mark.
+            return all(r.dispatched_at is not None for r in await _runs(sessionmaker, gw_settings))
+
+        await _until(both_marked, "both runs to be marked as handed on")
         healthy.stop()
         # Each was published once: nothing else waits on the work queue.
         assert (await js.stream_info(subjects.jobs_stream)).state.messages == 0

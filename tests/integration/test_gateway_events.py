@@ -346,12 +346,34 @@ async def test_sse_follows_events_another_replica_stores(gw_settings, producer) 
         assert frames[-1]["data"]["status"] == "completed"
 
 
+class Delivered:
+    """A JetStream message as the persister's fetch hands it over: its subject, its
+    bytes, and how it was settled."""
+
+    def __init__(self, subject: str, event: EventBase) -> None:
+        self.subject = subject
+        self.data = event.model_dump_json().encode()
+        self.acked = asyncio.Event()
+        self.metadata = SimpleNamespace(num_delivered=1)
+
+    async def ack(self) -> None:
+        self.acked.set()
+
+    async def in_progress(self) -> None:
+        pass
+
+    async def nak(self, delay: float | None = None) -> None:
+        raise AssertionError("an event waiting for Postgres must not be nak'ed")
+
+    term = nak
+
+
 async def test_persister_waits_for_postgres_instead_of_dropping_events(gw_settings, producer) -> None:
-    """While Postgres is unreachable an event is retried in place (not nak'ed towards the
+    """While Postgres is unreachable a batch is retried in place (not nak'ed towards the
     dead-letter subject) and stored once it is back."""
     from sqlalchemy.ext.asyncio import async_sessionmaker, create_async_engine
 
-    from inflab.gateway.persister import EventPersister, RunEventMessage
+    from inflab.gateway.persister import EventPersister
 
     async with gateway_in_process(gw_settings) as (app, client):
         run_id = await start_run(client, EXPERIMENT)
@@ -365,18 +387,64 @@ async def test_persister_waits_for_postgres_instead_of_dropping_events(gw_settin
             return unreachable()
 
         persister.sessionmaker = failing_sessionmaker
-        event = StatusEvent(run_id=run_id, stage="train", status="running")
-        # Handed over as the consumer would, with the subject it arrived on.
-        delivered = SimpleNamespace(subject=producer.subjects.event(run_id, "train", "status"))
-        handling = asyncio.create_task(persister.handle(RunEventMessage(event), delivered))
+        events = [StatusEvent(run_id=run_id, stage="train", status="running"),
+                  ProgressEvent(run_id=run_id, stage="train", fraction=0.25, step=1, total=4)]
+        # Handed over as the consumer would, with the subjects they arrived on.
+        delivered = [Delivered(producer.subjects.event(run_id, "train", e.kind), e) for e in events]
+        handling = asyncio.create_task(persister.handle_batch(delivered))
         for _ in range(3):  # three refused connections, and still handling
             await asyncio.wait_for(attempts.get(), 5)
         assert not handling.done()
         persister.sessionmaker = app.state.sessionmaker  # Postgres is back
         await asyncio.wait_for(handling, 5)
         await dead.dispose()
+        assert all(m.acked.is_set() for m in delivered)
         run = await wait_for_run(app, run_id, lambda r: r.status == "running")
         assert run.stages["train"] == "running"
+        assert run.progress == pytest.approx(0.25 * 0.6)
+
+
+async def test_a_backlog_is_stored_in_batches_with_progress_kept_on_the_run(gw_settings, producer) -> None:
+    """A gateway that comes back to 400 waiting events stores them in batches (each batch
+    one transaction), once each, in order; a run's progress follows each stage's latest
+    fraction by the producer's clock, a late redelivered fraction not pulling it back."""
+    from datetime import timedelta
+
+    settings = gw_settings.model_copy(update={"persister_batch": 64})
+    async with gateway_in_process(settings) as (_, client):
+        run_id = await start_run(client, EXPERIMENT)
+    train = dict(run_id=run_id, stage="train")
+    steps = [ProgressEvent(**train, fraction=step / 400, step=step, total=400) for step in range(1, 400)]
+    stale = ProgressEvent(**train, fraction=0.01, step=4, total=400, time=steps[0].time - timedelta(seconds=5))
+    backlog = [StatusEvent(**train, status="running"), *steps, stale]
+    await publish(producer, backlog)
+    async with gateway_in_process(settings) as (app, _):
+        await wait_for_event(app, run_id, stale.event_id)
+        run = await wait_for_run(app, run_id, lambda r: r.status == "running")
+        stored = [kind for _, kind in await stored_events(app, run_id)]
+        registry = app.state.metrics.registry
+        events = registry.get_sample_value("inflab_persister_batch_events_sum")
+        batches = registry.get_sample_value("inflab_persister_batch_events_count")
+    assert stored == ["status"] + ["status"] + ["progress"] * 399 + ["progress"]  # queued, running, ...
+    assert events == 401 and batches < 401 / 2
+    assert run.stage_progress["train"]["fraction"] == 399 / 400
+    assert run.progress == pytest.approx(399 / 400 * 0.6)
+
+
+async def test_a_batch_stores_each_event_once_and_skips_unknown_runs(gateway, producer) -> None:
+    from inflab.gateway.persistence import persist_events
+
+    app, client = gateway
+    run_id = await start_run(client, EXPERIMENT)
+    running = StatusEvent(run_id=run_id, stage="train", status="running")
+    stranger = LogEvent(run_id=uuid.uuid4(), stage="train", message="not a run of ours")
+    progress = ProgressEvent(run_id=run_id, stage="train", fraction=0.5, step=1, total=2)
+    async with app.state.sessionmaker() as session:
+        stored = await persist_events(session, [running, stranger, running, progress])
+    assert stored == [running, progress]
+    async with app.state.sessionmaker() as session:
+        assert await persist_events(session, [running, progress]) == []  # redelivered: nothing new
+    assert [kind for _, kind in await stored_events(app, run_id)] == ["status", "status", "progress"]
 
 
 async def test_the_python_client_follows_a_run_to_its_results(gw_settings, producer) -> None:

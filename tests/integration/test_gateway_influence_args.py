@@ -48,11 +48,17 @@ async def test_methods_are_listed_from_the_contract(gateway) -> None:
     assert response.status_code == 200
     methods = response.json()
     assert [(m["id"], m["label"], m["speed"]) for m in methods] == [
-        ("tracin", "TracIn", "fast"), ("datainf", "DataInf", "balanced"), ("ekfac", "EK-FAC", "precise")]
+        ("tracin", "TracIn", "fast"), ("datainf", "DataInf", "balanced"), ("ekfac", "EK-FAC", "precise"),
+        ("delta_h", "Concept change (Δh)", "fast"), ("act_grad", "Activation gradients", "fast"),
+        ("attr_change", "Attribution-weighted change", "balanced"), ("patching", "Causal patching", "precise"),
+        ("embedding", "Embedding cosine (baseline)", "fast")]
     for method in methods:
-        assert [a["name"] for a in method["args"]] == list(ARGS_MODELS[method["id"]].model_fields)
-        assert {a["name"]: a["default"] for a in method["args"]} == DEFAULTS[method["id"]]
-        assert [v["id"] for v in method["variants"]] == ["raw", "normalized"]
+        # The representation methods' ablation grid is the CLI's, not a form field.
+        fields = [n for n in ARGS_MODELS[method["id"]].model_fields if n != "grid"]
+        assert [a["name"] for a in method["args"]] == fields
+        assert {a["name"]: a["default"] for a in method["args"]} == {n: DEFAULTS[method["id"]][n] for n in fields}
+        gradient = method["id"] in ("tracin", "datainf", "ekfac")
+        assert [v["id"] for v in method["variants"]] == (["raw", "normalized"] if gradient else ["raw"])
         assert method["description"] and all(v["description"] for v in method["variants"])
     datainf = {a["name"]: a for a in methods[1]["args"]}
     assert datainf["damping"] | {"description": ""} == {

@@ -12,7 +12,7 @@ from jsonschema import Draft202012Validator
 
 from inflab.common import messages as m
 from inflab.common.asyncapi import DOC_PATH, build_asyncapi, event_models, main, render
-from inflab.common.subjects import STAGES, Subjects
+from inflab.common.subjects import REQUEST_STAGES, Subjects
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = build_asyncapi()
@@ -34,7 +34,7 @@ def test_check_flags_a_stale_file(tmp_path):
 def test_every_subject_has_a_channel_with_its_payload():
     subjects = Subjects()
     addresses = {c["address"]: c for c in DOC["channels"].values()}
-    expected = {subjects.request(stage) for stage in STAGES}
+    expected = {subjects.request(stage) for stage in REQUEST_STAGES}
     expected |= {subjects.event("{run_id}", "{stage}", kind) for kind in m.EVENT_KINDS}
     expected |= {subjects.control("{run_id}"), subjects.dead_letter("{service}"), subjects.run_submit,
                  subjects.submission_outcome("{submission_id}")}

@@ -179,10 +179,13 @@ def test_targets_judge_each_goal():
             {"n_train": 250, "n_eval": 25, "methods": {"tracin": {"wall_s": 10.0, "peak_rss_gb": 2.0}}},
             {"n_train": 1000, "n_eval": 100, "methods": {"tracin": {"wall_s": 41.0, "peak_rss_gb": 3.0}}},
         ], "growth": {"tracin": {"time_ratio": 4.1, "size_ratio": 4.0}}},
+        "representation": {"methods": {"ours:delta_h": {"vs_floor": 0.45}, "ours:act_grad": {"vs_floor": 0.8}}},
     }
     t = targets(result)
     assert list(t) == ["tracin_vs_bergson", "datainf_vs_lower_bound", "ekfac_vs_kronfluence",
-                       "scale_rss_and_linear_time", "normalized_recall_vs_bm25"]
+                       "scale_rss_and_linear_time", "delta_h_vs_floor", "act_grad_vs_floor",
+                       "normalized_recall_vs_bm25"]
+    assert t["delta_h_vs_floor"]["met"] is True and t["act_grad_vs_floor"]["met"] is False
     assert t["tracin_vs_bergson"]["met"] is True
     assert t["datainf_vs_lower_bound"]["met"] is False
     assert t["ekfac_vs_kronfluence"]["met"] is True

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -82,6 +84,7 @@ def test_default_services_are_the_four_real_ones(settings):
         ("-m", "inflab.gateway"), ("-m", "inflab.trainer"), ("-m", "inflab.inference"), ("-m", "inflab.influence"),
     ]
     assert specs[0].ready_url == f"http://127.0.0.1:{settings.gateway_port}/readyz"
+    assert [s.metrics for s in specs] == [False, True, True, True]  # the gateway has its own /metrics
 
 
 def test_children_see_exactly_the_supervisor_settings(tmp_path, monkeypatch):
@@ -129,14 +132,104 @@ async def test_stack_runs_services_until_stopped(settings):
     assert all(c.status in ("stopped", "external") for c in state["components"])
 
 
-async def test_a_crashing_service_is_restarted_then_fails_the_stack(settings):
+async def until(predicate, timeout: float, what: str) -> None:
+    """Poll a condition of the supervisor's state (the stack gives no event per restart)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def _ps(settings: Settings) -> str:
+    """``inflab ps``'s output, on a terminal wide enough that no cell is folded."""
+    result = CliRunner().invoke(_cli_app(), ["ps"], env={"INFLAB_HOME": str(settings.home), "COLUMNS": "250"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def _component(stack: Stack, name: str):
+    return next(c for c in read_state(stack.state_path)["components"] if c.name == name)
+
+
+async def test_a_crash_looping_service_is_reported_while_the_rest_stays_up(settings):
+    stack = Stack(
+        settings, stand_ins(settings, gateway=GATEWAY, influence=CRASH),
+        with_ray=False, migrate=False, restart_backoff_s=0.02, restart_backoff_max_s=0.1, crash_loop_after=3,
+    )
+    async with stack:
+        # Restarted beyond any fixed bound, never failing the stack.
+        await until(lambda: _component(stack, "influence").restarts >= 6, 60, "six restarts of influence")
+        assert not stack.failed.is_set()
+        state = read_state(stack.state_path)
+        assert state["status"] == "degraded"
+        influence = next(c for c in state["components"] if c.name == "influence")
+        assert influence.crash_loop and influence.crashes_in_a_row >= 6
+        assert influence.last_exit == "exit code 3" and influence.last_exit_at
+        others = [c for c in state["components"] if c.kind == "service" and c.name != "influence"]
+        assert all(c.alive() and c.restarts == 0 and c.last_exit is None for c in others)
+        await stack.wait_ready(timeout=30, allow_crash_loops=True)
+        with pytest.raises(StackError, match=r"influence \(crash loop; last exit: exit code 3\)"):
+            await stack.wait_ready(timeout=0.5)
+
+        shown = _ps(settings)
+        assert "degraded" in shown and "crash loop" in shown
+        assert "Crash loop: influence exited" in shown
+        assert "exit code 3" in shown
+        assert (settings.home / "logs" / "influence.log").read_text().count("stand-in crashing") >= 7
+        pids = stack.all_pids()
+    assert _all_gone(pids)
+    assert read_state(stack.state_path)["status"] == "stopped"
+
+
+#: Crashes on its first two starts, then runs.
+CRASHES_TWICE = r"""
+import os, pathlib, sys, threading
+count = pathlib.Path(os.environ["INFLAB_HOME"]) / "trainer-starts"
+starts = len(count.read_text()) if count.exists() else 0
+count.write_text("x" * (starts + 1))
+if starts < 2:
+    sys.exit(4)
+threading.Event().wait()
+"""
+
+
+async def test_a_service_that_runs_healthy_again_leaves_the_crash_loop(settings):
+    stack = Stack(
+        settings, stand_ins(settings, gateway=GATEWAY, trainer=CRASHES_TWICE),
+        with_ray=False, migrate=False, restart_backoff_s=0.02, crash_loop_after=2, healthy_after_s=0.5,
+    )
+    async with stack:
+        await until(lambda: _component(stack, "trainer").crash_loop, 30, "the trainer's crash loop")
+        await until(lambda: not _component(stack, "trainer").crash_loop, 30, "the trainer to run healthy")
+        trainer = _component(stack, "trainer")
+        assert trainer.restarts == 2 and trainer.crashes_in_a_row == 0 and trainer.alive()
+        assert trainer.last_exit == "exit code 4"  # what happened stays shown
+        assert read_state(stack.state_path)["status"] == "running"
+
+
+async def test_a_killed_service_is_restarted_and_its_signal_shown(settings):
+    stack = Stack(settings, stand_ins(settings, gateway=GATEWAY), with_ray=False, migrate=False,
+                  restart_backoff_s=0.02)
+    async with stack:
+        await stack.wait_ready(timeout=30)
+        first = stack.service_pids()["inference"]
+        os.kill(first, signal.SIGKILL)
+        await until(lambda: _component(stack, "inference").restarts == 1 and _component(stack, "inference").alive(),
+                    30, "inference to be restarted")
+        inference = _component(stack, "inference")
+        assert inference.pid != first and inference.last_exit == "SIGKILL" and not inference.crash_loop
+        shown = _ps(settings)
+        assert "SIGKILL" in shown and "last exit" in shown
+
+
+async def test_a_given_restart_bound_still_fails_the_stack(settings):
     stack = Stack(
         settings, stand_ins(settings, gateway=GATEWAY, influence=CRASH),
         with_ray=False, migrate=False, max_restarts=2, restart_backoff_s=0.05,
     )
     async with stack:
         await asyncio.wait_for(stack.failed.wait(), timeout=30)
-        with pytest.raises(StackError, match="influence exited with code 3 after 2 restarts"):
+        with pytest.raises(StackError, match=r"influence exited \(exit code 3\) after 2 restarts"):
             await stack.wait_ready(timeout=30)
         influence = next(c for c in stack.components if c.name == "influence")
         assert influence.restarts == 2 and influence.status == "failed"
@@ -144,6 +237,29 @@ async def test_a_crashing_service_is_restarted_then_fails_the_stack(settings):
         pids = stack.all_pids()
     assert _all_gone(pids)
     assert read_state(stack.state_path)["failure"].startswith("influence exited")
+
+
+def test_service_command_is_what_the_supervisor_runs(settings):
+    stack = Stack(settings, with_ray=False, migrate=False)
+    argv, env = stack.service_command("trainer")
+    assert argv[1:] == ["-m", "inflab.trainer"]
+    assert env["INFLAB_NATS_URL"] == settings.nats_url and env["OMP_NUM_THREADS"] == "1"
+    with pytest.raises(KeyError):
+        stack.service_command("nope")
+
+
+def test_each_worker_gets_a_metrics_port_of_its_own(settings):
+    stack = Stack(settings, with_ray=False, migrate=False)
+    ports = {}
+    for name in ("trainer", "inference", "influence"):
+        _, env = stack.service_command(name)
+        assert env["INFLAB_METRICS_HOST"] == "127.0.0.1"
+        ports[name] = int(env["INFLAB_METRICS_PORT"])
+        assert stack.metrics_url(name) == f"http://127.0.0.1:{ports[name]}/metrics"
+        assert stack.service_command(name)[1]["INFLAB_METRICS_PORT"] == str(ports[name])  # kept for restarts
+    assert len(set(ports.values())) == 3
+    assert stack.service_command("gateway")[1]["INFLAB_METRICS_PORT"] == str(settings.metrics_port)  # untouched
+    assert stack.metrics_url("gateway") is None
 
 
 async def test_a_second_stack_on_the_same_home_is_refused(settings):

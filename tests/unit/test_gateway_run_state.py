@@ -103,3 +103,24 @@ async def test_notifier_wakes_only_the_poked_run_and_forgets_left_streams() -> N
         notifier.close()
         assert poked_b.is_set()
     assert notifier.subscribers(a) == notifier.subscribers(b) == 0
+
+
+def test_a_stage_keeps_its_latest_fraction_by_the_producers_clock() -> None:
+    from datetime import timedelta
+
+    from inflab.common.messages import ProgressEvent
+    from inflab.gateway.persistence import latest_fractions
+
+    run_id = uuid.uuid4()
+    now = ProgressEvent(run_id=run_id, stage="train", fraction=0.5, step=5, total=10)
+    earlier = ProgressEvent(run_id=run_id, stage="train", fraction=0.1, step=1, total=10,
+                            time=now.time - timedelta(seconds=3))
+    tracin = ProgressEvent(run_id=run_id, stage="influence", method="tracin", fraction=0.2, time=now.time)
+    kept = latest_fractions({}, now)
+    assert kept == {"train": {"fraction": 0.5, "time": now.time.isoformat()}}
+    assert latest_fractions(kept, earlier) is kept  # a late redelivery does not pull the bar back
+    kept = latest_fractions(kept, tracin)
+    assert kept["influence.tracin"]["fraction"] == 0.2 and kept["train"]["fraction"] == 0.5
+    # The same time: the one stored later wins (as the old per-event rescan ordered by id).
+    again = ProgressEvent(run_id=run_id, stage="train", fraction=0.6, time=now.time)
+    assert latest_fractions(kept, again)["train"]["fraction"] == 0.6

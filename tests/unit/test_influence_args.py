@@ -26,7 +26,7 @@ def test_every_method_has_one_argument_model_used_everywhere():
     for name, cls in METHODS.items():
         # The service's model is the contract's plus the run's token limits, nothing else.
         assert issubclass(cls.Args, contract.ARGS_MODELS[name])
-        assert set(cls.Args.model_fields) - set(contract.ARGS_MODELS[name].model_fields) == {"max_length", "max_new_tokens"}
+        assert set(cls.Args.model_fields) - set(contract.ARGS_MODELS[name].model_fields) == {"max_length", "max_new_tokens", "benchmark"}
         assert [v.id for v in contract.METHODS[name].variants] == list(cls.variants)
         assert cls.description == contract.METHODS[name].description
 
@@ -67,13 +67,18 @@ def test_run_spec_refuses_arguments_for_unknown_methods():
 def test_the_catalogue_is_generated_from_the_models():
     catalogue = {m.id: m for m in method_catalogue()}
     assert [(m.id, m.label, m.speed) for m in catalogue.values()] == [
-        ("tracin", "TracIn", "fast"), ("datainf", "DataInf", "balanced"), ("ekfac", "EK-FAC", "precise")]
+        ("tracin", "TracIn", "fast"), ("datainf", "DataInf", "balanced"), ("ekfac", "EK-FAC", "precise"),
+        ("delta_h", "Concept change (Δh)", "fast"), ("act_grad", "Activation gradients", "fast"),
+        ("attr_change", "Attribution-weighted change", "balanced"), ("patching", "Causal patching", "precise"),
+        ("embedding", "Embedding cosine (baseline)", "fast")]
     for method in catalogue.values():
         names = [a.name for a in method.args]
-        assert names == list(contract.ARGS_MODELS[method.id].model_fields)
+        # The ablation grid is the CLI's (inflab bench run --grid), not a form field.
+        assert names == [n for n in contract.ARGS_MODELS[method.id].model_fields if n != "grid"]
         assert names[:2] == ["top_k", "batch_size"] and all(a.shared for a in method.args[:2])
         assert all(a.description for a in method.args), method.id
-        assert [v.id for v in method.variants] == ["raw", "normalized"]
+        representation = method.id in (*contract.REPRESENTATION_METHODS, "embedding")
+        assert [v.id for v in method.variants] == (["raw"] if representation else ["raw", "normalized"])
     # Final-checkpoint methods say what they miss; TracIn says what it keeps.
     assert "memorised" in catalogue["tracin"].description
     assert all("memorised" in catalogue[m].description for m in ("datainf", "ekfac"))
@@ -105,7 +110,8 @@ def _request(method="datainf", training=True, evals=True, checkpoints=True, args
 def test_the_service_parses_with_the_contract_and_adds_the_run_limits():
     args, top_k = job_arguments(_request(args={"datainf": {"damping": 0.5, "top_k": 3}}))
     assert top_k == 3
-    assert args == {**DataInfArgs(damping=0.5, top_k=3).model_dump(), "max_length": 64, "max_new_tokens": 48}
+    assert args == {**DataInfArgs(damping=0.5, top_k=3).model_dump(), "max_length": 64, "max_new_tokens": 48,
+                    "benchmark": False}
     assert METHODS["datainf"].Args.model_validate(args).damping == 0.5
 
 

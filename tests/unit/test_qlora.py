@@ -47,8 +47,8 @@ def test_qlora_trains_on_the_cpu(tiny_model: str, tmp_path: Path, monkeypatch) -
     captured = {}
     real_attach = training.attach_lora
 
-    def spy(model, hp):
-        captured["model"] = model = real_attach(model, hp)
+    def spy(model, hp, **kwargs):
+        captured["model"] = model = real_attach(model, hp, **kwargs)
         return model
 
     monkeypatch.setattr(training, "attach_lora", spy)

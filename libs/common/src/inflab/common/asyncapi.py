@@ -19,7 +19,7 @@ from pydantic.json_schema import models_json_schema
 
 from inflab.common import messages as m
 from inflab.common.job_signing import SCHEME, SIGNATURE_HEADER
-from inflab.common.subjects import STAGE_EVENT_KINDS, STAGES, VERSION, Subjects
+from inflab.common.subjects import REQUEST_STAGES, STAGE_EVENT_KINDS, VERSION, Subjects
 
 #: Where the checked-in copy lives, relative to the repository root.
 DOC_PATH = Path("docs/asyncapi.json")
@@ -28,6 +28,7 @@ _REQUESTS: dict[str, type[BaseModel]] = {
     "train": m.TrainRequest,
     "inference": m.InferenceRequest,
     "influence": m.InfluenceRequest,
+    "validation": m.ValidationRequest,
 }
 
 _MSG_ID = {
@@ -110,7 +111,7 @@ def build_asyncapi(subjects: Subjects | None = None) -> dict[str, Any]:
             "messages": [{"$ref": f"#/channels/{channel_id}/messages/{message_id}"}],
         }
 
-    for stage in STAGES:
+    for stage in REQUEST_STAGES:
         model = _REQUESTS[stage]
         cid = f"{stage}Request"
         request = _message(cid, model, f"Start the {stage} stage of a run.")

@@ -37,7 +37,7 @@ from inflab.common.job_signing import SIGNATURE_HEADER, BadSignature, JobSigner,
 from inflab.common.messages import DeadLetter, EventBase
 from inflab.common.nats_permissions import inbox_prefix
 from inflab.common.settings import Settings
-from inflab.common.subjects import STAGES, Subjects
+from inflab.common.subjects import REQUEST_STAGES, Subjects
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def stream_configs(subjects: Subjects, settings: Settings) -> list[StreamConfig]
     return [
         StreamConfig(
             name=s.jobs_stream,
-            subjects=[s.request(stage) for stage in STAGES],
+            subjects=[s.request(stage) for stage in REQUEST_STAGES],
             retention=RetentionPolicy.WORK_QUEUE,
             duplicate_window=3600.0,
         ),
@@ -307,6 +307,19 @@ class Bus:
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
+
+    async def pull_subscription(self, subject: str, durable: str, stream: str, stop: asyncio.Event):
+        """The durable pull subscription :meth:`consume` would use (same consumer
+        settings), for a caller that fetches and settles messages in batches itself;
+        waits for the stream like ``consume``. None if ``stop`` is set first."""
+        config = ConsumerConfig(
+            durable_name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self.settings.ack_wait_s,
+            max_deliver=self.settings.max_deliver + 1,
+            filter_subject=subject,
+        )
+        return await self._subscribe_when_stream_exists(subject, durable, stream, config, stop)
 
     async def _subscribe_when_stream_exists(self, subject, durable, stream, config, stop: asyncio.Event):
         waiting = False

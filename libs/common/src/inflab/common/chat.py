@@ -125,6 +125,34 @@ def encode_pair(
     return EncodedExample(input_ids=input_ids, labels=labels, truncated=truncated)
 
 
+def encode_document(tokenizer: Any, text: str, max_length: int) -> EncodedExample:
+    """A benchmark document for causal-LM training: its tokens then end-of-sequence, the
+    loss on every token (cut from the right to ``max_length``)."""
+    ids = _tokenize(tokenizer, text)
+    if tokenizer.bos_token_id is not None and getattr(tokenizer, "add_bos_token", False):
+        ids = [tokenizer.bos_token_id] + ids
+    if tokenizer.eos_token_id is not None:
+        ids = ids + [tokenizer.eos_token_id]
+    truncated = len(ids) > max_length
+    ids = ids[:max_length]
+    return EncodedExample(input_ids=ids, labels=list(ids), truncated=truncated)
+
+
+def plain_prompt_ids(tokenizer: Any, question: str) -> list[int]:
+    """A benchmark query's prompt: its plain text (no chat template)."""
+    return _tokenize(tokenizer, question)
+
+
+def encode_query(tokenizer: Any, question: str, answer: str, max_length: int) -> EncodedExample:
+    """A benchmark query as plain text (no chat template, as the documents were read):
+    the question, then ``" " + answer`` carrying the loss."""
+    prompt = plain_prompt_ids(tokenizer, question)
+    answer_ids = _tokenize(tokenizer, " " + answer.strip())
+    ids, labels = prompt + answer_ids, [IGNORE_INDEX] * len(prompt) + answer_ids
+    truncated = len(ids) > max_length
+    return EncodedExample(input_ids=ids[:max_length], labels=labels[:max_length], truncated=truncated)
+
+
 def collate(examples: Sequence[EncodedExample], pad_id: int) -> dict[str, "torch.Tensor"]:
     """Right-pad a batch for training: ``input_ids``, ``attention_mask`` (1 on real tokens)
     and ``labels`` (IGNORE_INDEX on padding), each of shape (batch, longest)."""

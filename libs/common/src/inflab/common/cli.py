@@ -23,6 +23,9 @@ from inflab.common.settings import Settings
 app = typer.Typer(help="Influence Lab: fine-tune, compare answers, trace influence.", no_args_is_help=True)
 model_app = typer.Typer(help="The default model.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
+from inflab.common.bench.cli import bench_app  # noqa: E402 (light: typer and rich only)
+
+app.add_typer(bench_app, name="bench")
 
 console = Console()
 #: Exit code after Ctrl-C, as a shell reports a SIGINT-terminated command.
@@ -61,7 +64,8 @@ async def _up(settings: Settings, ready_timeout: float) -> int:
 
     async def start() -> None:
         await stack.start()
-        await stack.wait_ready(ready_timeout)
+        # A service in a crash loop does not hold the rest back: it is reported, and restarted.
+        await stack.wait_ready(ready_timeout, allow_crash_loops=True)
 
     starting = asyncio.create_task(start())
     waiters = [asyncio.create_task(interrupted.wait()), asyncio.create_task(stack.failed.wait())]
@@ -90,6 +94,7 @@ async def _up(settings: Settings, ready_timeout: float) -> int:
 
 def _print_ready(stack) -> None:
     console.print(_components_table(stack.components, title="Influence Lab is up"))
+    _print_crash_loops(stack.components)
     console.print(f"Gateway: [bold green]{stack.gateway_url}[/]")
     console.print(f"Logs:    {stack.logs_dir}   State: {stack.state_path}")
     if not stack.settings.smtp_host:
@@ -100,7 +105,8 @@ def _print_ready(stack) -> None:
 
 @app.command()
 def ps() -> None:
-    """Show the embedded stack's components, whether they are alive, and gateway health."""
+    """Show the embedded stack's components (alive, restarts, last exit), gateway health and
+    whether each worker's metrics port answers."""
     from inflab.common.embedded._proc import same_process
     from inflab.common.embedded.stack import read_state, state_path
 
@@ -118,6 +124,7 @@ def ps() -> None:
     if state.get("failure"):
         console.print(f"[red]Failure:[/] {state['failure']}")
     console.print(_components_table(state["components"]))
+    _print_crash_loops(state["components"])
     console.print(f"Logs in {state.get('logs_dir')}")
     if state.get("mail_dir"):
         console.print(f"Mail (verification and password-reset links) in {state['mail_dir']}")
@@ -125,6 +132,10 @@ def ps() -> None:
     for comp in state["components"]:
         if comp.health_url and comp.alive():
             console.print(f"{comp.name} health ({comp.health_url}): {_health(comp.health_url)}")
+        if comp.metrics_url and comp.alive():
+            # With INFLAB_METRICS_TOKEN set, the workers' metrics answer only to it.
+            token = settings.metrics_token.get_secret_value()
+            console.print(f"{comp.name} metrics ({comp.metrics_url}): {_health(comp.metrics_url, token)}")
 
 
 @app.command()
@@ -174,6 +185,27 @@ def demo() -> None:
 
 
 @app.command()
+def validate(
+    run_id: str = typer.Argument(..., help="The completed run whose attributions to check."),
+    subsets: int = typer.Option(32, help="LDS: random subsets of the training pairs, each retrained on."),
+    alpha: float = typer.Option(0.5, help="LDS: the share of the training pairs each subset keeps."),
+    removal_k: int = typer.Option(3, help="Removal test: pairs taken out per evaluation question."),
+    seed: int = typer.Option(0, help="Subset s is drawn from seed + s."),
+    url: str = typer.Option("", help="The gateway (default: the embedded stack's)."),
+    token: str = typer.Option("", envvar="INFLAB_API_TOKEN", help="An API token (default: the demo's account)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Start without asking after the cost estimate."),
+) -> None:
+    """Check a run's attributions against retraining: each method's LDS with its 95%
+    interval and the removal test, beside BM25's (cost estimate first)."""
+    from inflab.common.validate_cli import run_validate
+
+    settings = _settings()
+    wanted = {"subsets": subsets, "alpha": alpha, "removal_k": removal_k, "seed": seed}
+    raise typer.Exit(asyncio.run(run_validate(settings, run_id, wanted, url=url, token=token, confirm=not yes,
+                                              console=console)))
+
+
+@app.command()
 def asyncapi(
     output: str = typer.Option("docs/asyncapi.json", "--output", "-o", help="File to write ('-' for stdout)."),
     check: bool = typer.Option(False, help="Exit 1 if the file differs from the code instead of writing it."),
@@ -182,6 +214,27 @@ def asyncapi(
     from inflab.common.asyncapi import main
 
     raise typer.Exit(main(["--output", output, *(["--check"] if check else [])]))
+
+
+@app.command()
+def migrate(
+    revision: str = typer.Option("head", help="The Alembic revision to upgrade to."),
+) -> None:
+    """Upgrade the database at INFLAB_DATABASE_URL to the newest schema. Deployments run
+    this once before new code starts (the Helm chart's pre-install/pre-upgrade Job); the
+    services themselves never migrate."""
+    from inflab.common.db.migrate import upgrade
+    from inflab.common.logging import setup_logging
+    from inflab.common.redaction import redact
+
+    settings = _settings()
+    setup_logging(settings.log_level)
+    if not settings.database_url:
+        typer.echo("INFLAB_DATABASE_URL is not set: nothing to migrate", err=True)
+        raise typer.Exit(2)
+    typer.echo(f"Migrating {redact(settings.database_url)} to {revision}")
+    upgrade(settings.database_url, revision)
+    typer.echo("Database schema is up to date")
 
 
 @app.command("job-keys")
@@ -207,27 +260,48 @@ def _print_credentials(files: dict[str, str]) -> None:
 
 
 def _components_table(components, title: str | None = None) -> Table:
-    """One row per component; logs are named relative to the logs folder printed with it."""
+    """One row per component; logs are named relative to the logs folder printed with it.
+    ``last exit`` is why the previous process of a restarted service ended (its exit code
+    or the signal's name) and when; ``metrics`` is where a worker serves Prometheus metrics."""
     table = Table(title=title)
-    for column in ("component", "pid", "state", "restarts", "url", "log"):
+    for column in ("component", "pid", "state", "restarts", "last exit", "url", "metrics", "log"):
         table.add_column(column, overflow="fold")
     for comp in components:
-        if comp.kind == "external":
-            state = "[cyan]external[/]"
-        elif comp.alive():
-            state = "[green]alive[/]" if comp.status == "running" else f"[yellow]{comp.status}[/]"
-        else:
-            state = f"[red]{comp.status if comp.status in ('stopped', 'failed') else 'dead'}[/]"
-        log_name = os.path.basename(comp.log) if comp.log else "-"
-        table.add_row(comp.name, str(comp.pid or "-"), state, str(comp.restarts), comp.url or "-", log_name)
+        table.add_row(
+            comp.name, str(comp.pid or "-"), _component_state(comp), str(comp.restarts),
+            f"{comp.last_exit} at {comp.last_exit_at}" if comp.last_exit else "-",
+            comp.url or "-", comp.metrics_url or "-", os.path.basename(comp.log) if comp.log else "-",
+        )
     return table
 
 
-def _health(url: str) -> str:
+def _component_state(comp) -> str:
+    if comp.kind == "external":
+        return "[cyan]external[/]"
+    if comp.crash_loop and comp.status not in ("stopped", "failed"):
+        return f"[red]crash loop[/] ({comp.crashes_in_a_row} exits in a row)"
+    if comp.alive():
+        return "[green]alive[/]" if comp.status == "running" else f"[yellow]{comp.status}[/]"
+    if comp.status == "restarting":
+        return "[yellow]restarting[/]"
+    return f"[red]{comp.status if comp.status in ('stopped', 'failed') else 'dead'}[/]"
+
+
+def _print_crash_loops(components) -> None:
+    for comp in components:
+        if comp.crash_loop and comp.status not in ("stopped", "failed"):
+            console.print(
+                f"[red]Crash loop:[/] {comp.name} exited {comp.crashes_in_a_row} times in a row "
+                f"(last: {comp.last_exit}); it is restarted with a growing back-off. See {comp.log}"
+            )
+
+
+def _health(url: str, token: str = "") -> str:
     import httpx
 
+    headers = {"Authorization": f"Bearer {token}"} if token else None
     try:
-        response = httpx.get(url, timeout=2.0, trust_env=False)  # our own server: no proxy
+        response = httpx.get(url, timeout=2.0, trust_env=False, headers=headers)  # our own server: no proxy
     except httpx.HTTPError as exc:
         return f"[red]unreachable[/] ({type(exc).__name__})"
     colour = "green" if response.status_code == 200 else "red"

@@ -239,6 +239,22 @@ class GatewayClient:
     async def run_results(self, run_id: str) -> dict[str, Any]:
         return await self._request("GET", f"/api/runs/{run_id}/results", 200)
 
+    async def estimate_validation(self, run_id: str, settings: dict[str, Any]) -> dict[str, Any]:
+        return await self._request("POST", f"/api/runs/{run_id}/validations/estimate", 200, json=settings)
+
+    async def start_validation(self, run_id: str, settings: dict[str, Any]) -> dict[str, Any]:
+        return await self._request("POST", f"/api/runs/{run_id}/validations", 202, json=settings)
+
+    async def validation(self, run_id: str, validation_id: str) -> dict[str, Any]:
+        return await self._request("GET", f"/api/runs/{run_id}/validations/{validation_id}", 200)
+
+    async def cancel_validation(self, run_id: str, validation_id: str) -> dict[str, Any]:
+        return await self._request("POST", f"/api/runs/{run_id}/validations/{validation_id}/cancel", 202)
+
+    async def benchmark(self, run_id: str) -> dict[str, Any]:
+        """A benchmark run's leaderboard (``GET /api/benchmarks/{run_id}``)."""
+        return await self._request("GET", f"/api/benchmarks/{run_id}", 200)
+
     async def follow_run(self, run_id: str, last_event_id: str | None = None) -> AsyncIterator[RunEventMessage]:
         """Yield the run's events, in order and each once, until its terminal status.
 

@@ -95,13 +95,15 @@ async def run_streaming(
     *args: Any,
     num_cpus: float,
     on_event: Callable[[Any], Awaitable[None]],
+    num_gpus: float = 0,
     **kwargs: Any,
 ) -> Any:
-    """Run ``fn(*args, emit=..., **kwargs)`` on Ray; await ``on_event`` for each emitted
-    object in order; return ``fn``'s result (or raise its exception)."""
+    """Run ``fn(*args, emit=..., **kwargs)`` on Ray with ``num_cpus`` CPUs and ``num_gpus``
+    GPUs; await ``on_event`` for each emitted object in order; return ``fn``'s result (or
+    raise its exception)."""
     import ray
 
-    gen = _remote_fn().options(num_cpus=num_cpus).remote(fn, num_cpus, args, kwargs)
+    gen = _remote_fn().options(num_cpus=num_cpus, num_gpus=num_gpus).remote(fn, num_cpus, args, kwargs)
     result: Any = None
     try:
         async for ref in gen:

@@ -132,6 +132,7 @@ class StageEvents:
         fn: Callable,
         *args: Any,
         num_cpus: float,
+        num_gpus: float = 0,
         failure_text: Callable[[BaseException], str] = describe_error,
         deadline_s: float | None = None,
     ) -> tuple[bool, Any]:
@@ -146,7 +147,7 @@ class StageEvents:
         timeout = asyncio.timeout(deadline_s)
         try:
             async with timeout:
-                result = await run_streaming(fn, *args, num_cpus=num_cpus, on_event=self.forward)
+                result = await run_streaming(fn, *args, num_cpus=num_cpus, num_gpus=num_gpus, on_event=self.forward)
             return True, result
         except (asyncio.CancelledError, BusUnavailable):
             raise

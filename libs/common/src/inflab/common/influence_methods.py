@@ -109,8 +109,106 @@ class EKFACArgs(MethodArgs):
     """Seed of the answers sampled for the true Fisher."""
 
 
+#: What an ablation grid of a representation method may vary (all from cached features).
+GRID_KEYS = ("layers", "pooling", "aggregation", "top_layers", "normalization", "similarity")
+#: ``layers``: ``all``, a list ``0,3,5`` or a range ``2-5`` (decoder layers, from 0).
+LAYERS_PATTERN = r"^(all|\d+(-\d+)?(,\d+(-\d+)?)*)$"
+
+
+class RepresentationArgs(MethodArgs):
+    """What the representation methods share (they compare the base and the fine-tuned
+    model's hidden states; forward passes and activation gradients only)."""
+
+    layers: str = Field("all", pattern=LAYERS_PATTERN, max_length=512)
+    """Decoder layers compared: ``all``, a list (``0,3,5``) or a range (``2-5``), from 0."""
+    pooling: Literal["last", "answer_mean"] = "answer_mean"
+    """A sequence's vector per layer: its last position the loss reads (the token before
+    the last), or the mean over the tokens that carry the loss (the answer span; every
+    token of a benchmark document)."""
+    aggregation: Literal["mean", "topk_mean", "learned"] = "mean"
+    """How the per-layer similarities become one score: their mean, the mean of the
+    ``top_layers`` largest, or convex weights fitted on a validation split of the queries
+    (benchmark runs only; elsewhere the mean)."""
+    top_layers: int = Field(3, ge=1, le=1024, json_schema_extra=ADVANCED)
+    """``topk_mean`` only: how many of the largest per-layer similarities are averaged."""
+    normalization: Literal["none", "zscore"] = "none"
+    """``zscore``: each layer's similarities are standardised over the training examples
+    (per query) before aggregating, so no layer dominates by its scale."""
+    similarity: Literal["cosine", "dot"] = "cosine"
+    """Cosine of the pooled vectors, or their dot product."""
+    checkpoint_step: int | None = Field(None, ge=0, json_schema_extra=ADVANCED)
+    """The fine-tuned checkpoint, by its training step; null: the final checkpoint."""
+    old_model: str | None = Field(None, min_length=1, max_length=512, json_schema_extra=ADVANCED)
+    """Compare two full checkpoints instead of the run's base and adapter: the old model's
+    id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
+    architectures must match, or the job is refused before any work."""
+    new_model: str | None = Field(None, min_length=1, max_length=512, json_schema_extra=ADVANCED)
+    """The new model's id, with ``old_model``."""
+    grid: list[dict[str, str | int]] = Field(default_factory=list, max_length=64,
+                                             json_schema_extra={**ADVANCED, "cli_only": True})
+    """An ablation grid: more settings of ``layers``, ``pooling``, ``aggregation``,
+    ``top_layers``, ``normalization`` and ``similarity`` (one dict each, the rest as above),
+    each scored from the same cached hidden states as its own variant ``grid1``, ``grid2``...
+    (a new pooling computes its features once)."""
+
+    @model_validator(mode="after")
+    def _grid_keys(self) -> "RepresentationArgs":
+        for i, cell in enumerate(self.grid):
+            unknown = sorted(set(cell) - set(GRID_KEYS))
+            if unknown:
+                raise ValueError(f"grid.{i}: {unknown} cannot vary in a grid; these can: {list(GRID_KEYS)}")
+            type(self).model_validate({**self.model_dump(exclude={"grid"}), **cell})
+        return self
+
+    @model_validator(mode="after")
+    def _pair(self) -> "RepresentationArgs":
+        if (self.old_model is None) != (self.new_model is None):
+            raise ValueError("old_model and new_model go together: name both or neither")
+        return self
+
+
+class DeltaHArgs(RepresentationArgs):
+    """Concept-change similarity: cosine of pooled hidden-state changes between checkpoints."""
+
+
+class ActGradArgs(RepresentationArgs):
+    """Activation-gradient similarity at the fine-tuned model."""
+
+
+class AttrChangeArgs(RepresentationArgs):
+    """Attribution-weighted change: pooled change times pooled activation gradient."""
+
+    ig_steps: int = Field(0, ge=0, le=64)
+    """0: the gradient at the fine-tuned model; K > 0: integrated gradients, the mean
+    gradient over K points on the path from the old to the new hidden states (a K-step
+    Riemann sum; K more forward and backward passes per layer)."""
+
+
+class PatchingArgs(RepresentationArgs):
+    """Gated cross-checkpoint causal patching (slow: one forward per query and example)."""
+
+    patch_layer: int = Field(-1, ge=-1024, le=1024)
+    """The decoder layer patched (negative: from the end)."""
+    patch_fraction: float = Field(0.05, gt=0, le=1)
+    """The share of hidden dimensions patched: the top ones by the training example's
+    attribution-weighted change at that layer."""
+
+
+class EmbeddingArgs(MethodArgs):
+    """The embedding baseline: cosine of mean-pooled hidden states of the base model."""
+
+    layer: int = Field(-1, ge=-1024, le=1024)
+    """The decoder layer whose output is mean-pooled (negative: from the end)."""
+
+
 #: method id -> its argument model.
-ARGS_MODELS: dict[str, type[MethodArgs]] = {"tracin": TracInArgs, "datainf": DataInfArgs, "ekfac": EKFACArgs}
+ARGS_MODELS: dict[str, type[MethodArgs]] = {
+    "tracin": TracInArgs, "datainf": DataInfArgs, "ekfac": EKFACArgs,
+    "delta_h": DeltaHArgs, "act_grad": ActGradArgs, "attr_change": AttrChangeArgs, "patching": PatchingArgs,
+    "embedding": EmbeddingArgs,
+}
+#: The representation methods (base vs fine-tuned hidden states; no parameter gradients).
+REPRESENTATION_METHODS = ("delta_h", "act_grad", "attr_change", "patching")
 
 
 class InfluenceArgs(BaseModel):
@@ -127,6 +225,16 @@ class InfluenceArgs(BaseModel):
     """DataInf's arguments."""
     ekfac: EKFACArgs = Field(default_factory=EKFACArgs)
     """EK-FAC's arguments."""
+    delta_h: DeltaHArgs = Field(default_factory=DeltaHArgs)
+    """Concept-change similarity's arguments."""
+    act_grad: ActGradArgs = Field(default_factory=ActGradArgs)
+    """Activation-gradient similarity's arguments."""
+    attr_change: AttrChangeArgs = Field(default_factory=AttrChangeArgs)
+    """Attribution-weighted change's arguments."""
+    patching: PatchingArgs = Field(default_factory=PatchingArgs)
+    """Gated causal patching's arguments."""
+    embedding: EmbeddingArgs = Field(default_factory=EmbeddingArgs)
+    """The embedding baseline's arguments."""
 
     @model_validator(mode="before")
     @classmethod
@@ -233,6 +341,58 @@ METHODS: dict[str, MethodInfo] = {
                     ),
                 ),
             ],
+        ),
+        MethodInfo(
+            id="delta_h",
+            label="Concept change (Δh)",
+            speed="fast",
+            description=(
+                "Cosine of the pooled hidden-state changes between the base and the fine-tuned model, per "
+                "layer, aggregated over layers: two forward passes, no gradients."
+            ),
+            variants=[Variant(id="raw", description="Aggregated per-layer similarity of the hidden-state changes.")],
+        ),
+        MethodInfo(
+            id="act_grad",
+            label="Activation gradients",
+            speed="fast",
+            description=(
+                "Cosine of the pooled loss gradients at the fine-tuned model's hidden states, per layer: one "
+                "forward and one activation backward, no parameter gradients, no Hessian."
+            ),
+            variants=[Variant(id="raw", description="Aggregated per-layer similarity of the activation gradients.")],
+        ),
+        MethodInfo(
+            id="attr_change",
+            label="Attribution-weighted change",
+            speed="balanced",
+            description=(
+                "The hidden-state change weighted by the loss gradient (Δh ⊙ g), optionally with integrated "
+                "gradients along the path from the old to the new states: keeps the changes that matter."
+            ),
+            variants=[Variant(id="raw", description="Aggregated per-layer similarity of Δh ⊙ g.")],
+        ),
+        MethodInfo(
+            id="patching",
+            label="Causal patching",
+            speed="precise",
+            description=(
+                "Patches the training example's most changed dimensions from the fine-tuned into the base "
+                "model on the question: the answer's logit-margin gain toward the fine-tuned model. One "
+                "forward per question and example: slow."
+            ),
+            variants=[Variant(id="raw", description="Change of the correct answer's logit margin, toward the new model.")],
+        ),
+        MethodInfo(
+            id="embedding",
+            label="Embedding cosine (baseline)",
+            speed="fast",
+            description=(
+                "Not an attribution: the cosine of the base model's mean-pooled hidden states of the question "
+                "and each training example, a semantic-similarity baseline. On a benchmark run it also records "
+                "which queries the fine-tuned model answers correctly."
+            ),
+            variants=[Variant(id="raw", description="Cosine of mean-pooled hidden states (question text only).")],
         ),
     )
 }

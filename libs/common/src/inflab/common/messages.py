@@ -19,7 +19,7 @@ from inflab.common.settings import DEFAULT_MODEL_ID
 SCHEMA_VERSION = 1
 
 #: Influence methods a run may ask for (their arguments: ``inflab.common.influence_methods``).
-INFLUENCE_METHODS = ("tracin", "datainf", "ekfac")
+INFLUENCE_METHODS = ("tracin", "datainf", "ekfac", "delta_h", "act_grad", "attr_change", "patching", "embedding")
 
 RunStatus = Literal["queued", "running", "checkpointing", "completed", "failed", "cancelled"]
 QUANTIZATIONS = ("none", "4bit")
@@ -31,7 +31,7 @@ LR_SCHEDULERS = (
     "cosine_with_restarts",
     "polynomial",
 )
-Stage = Literal["run", "train", "inference", "influence"]
+Stage = Literal["run", "train", "inference", "influence", "validation"]
 
 _ID = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 _TEXT = Annotated[str, Field(min_length=1, max_length=8000)]
@@ -120,6 +120,24 @@ class PredictionSettings(Contract):
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
 
 
+#: The function tokens a benchmark may add to the tokenizer, e.g. ``<FN>``.
+_SPECIAL_TOKEN = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^\S+$")]
+
+
+class BenchmarkSpec(Contract):
+    """A benchmark run (``kind: benchmark``): its training examples are documents, each a
+    training pair whose ``answer`` is the document's text (trained with the causal-LM loss
+    on every token; ``question`` only names the document, e.g. its type, and is not
+    trained on); its evaluation questions are queries with their expected answer, asked as
+    plain text (no chat template); ``relevant`` is the ground truth. Training reads the
+    documents in their order (no shuffling), so a run is reproducible."""
+
+    #: Query (evaluation question) id -> the ids of its relevant documents.
+    relevant: dict[_ID, list[_ID]] = Field(min_length=1, max_length=10_000)
+    #: Tokens the tokenizer gains as special tokens (their embedding rows train with the adapter).
+    special_tokens: list[_SPECIAL_TOKEN] = Field(default_factory=list, max_length=1000)
+
+
 #: Hard ceilings of the contract (a deployment's own limits, in settings, are lower): lists
 #: longer than these are refused while they are parsed.
 MAX_TRAINING_PAIRS = 100_000
@@ -146,6 +164,12 @@ class RunSpec(Contract):
     few_shot_k: int = Field(3, ge=0, le=64)
     max_new_tokens: int = Field(48, ge=1, le=2048)
     predictions: PredictionSettings = Field(default_factory=PredictionSettings)
+    #: Set for a benchmark run (see :class:`BenchmarkSpec`); null for a question/answer run.
+    benchmark: BenchmarkSpec | None = None
+
+    @property
+    def kind(self) -> Literal["qa", "benchmark"]:
+        return "qa" if self.benchmark is None else "benchmark"
 
     @field_validator("influence_methods")
     @classmethod
@@ -161,6 +185,20 @@ class RunSpec(Contract):
             ids = [x.id for x in items]
             if len(ids) != len(set(ids)):
                 raise ValueError(f"{name}: ids must be unique")
+        if self.benchmark is not None:
+            documents = {p.id for p in self.training_data}
+            for q in self.eval_data:
+                relevant = self.benchmark.relevant.get(q.id)
+                if not relevant:
+                    raise ValueError(f"benchmark.relevant.{q.id}: query {q.id} needs at least one relevant document")
+                unknown = [r for r in relevant if r not in documents]
+                if unknown:
+                    raise ValueError(f"benchmark.relevant.{q.id}: {unknown[:3]} are not training document ids")
+                if not (q.answer and q.answer.strip()):
+                    raise ValueError(f"eval_data: benchmark query {q.id} needs its expected answer")
+            extra = sorted(set(self.benchmark.relevant) - {q.id for q in self.eval_data})
+            if extra:
+                raise ValueError(f"benchmark.relevant: {extra[:3]} are not evaluation question ids")
         return self
 
 
@@ -253,15 +291,94 @@ class ControlMessage(Message):
 
     request_id: UUID = Field(default_factory=uuid4)
     run_id: UUID
-    action: Literal["update_params", "cancel"]
+    action: Literal["update_params", "cancel", "cancel_validation"]
     params: RuntimeParams | None = None
+    #: The validation a ``cancel_validation`` stops.
+    validation_id: UUID | None = None
     time: datetime = Field(default_factory=_now)
 
     @model_validator(mode="after")
     def _params_for_update(self) -> "ControlMessage":
         if self.action == "update_params" and self.params is None:
             raise ValueError("update_params needs params")
+        if self.action == "cancel_validation" and self.validation_id is None:
+            raise ValueError("cancel_validation needs validation_id")
         return self
+
+
+# --------------------------------------------------------------------------- validation
+class ValidationSettings(Contract):
+    """How a run's attributions are checked against retraining (``POST
+    /api/runs/{id}/validations``): ``subsets`` random subsets of the training pairs, each a
+    fraction ``alpha`` of them, for the linear datamodeling score; per evaluation question
+    a retraining without its ``removal_k`` most positive pairs under each method, and one
+    without ``removal_k`` random pairs, for the removal test. Subset ``s`` is drawn from
+    seed ``seed + s``."""
+
+    subsets: int = Field(32, ge=2, le=1024)
+    alpha: float = Field(0.5, gt=0, lt=1)
+    removal_k: int = Field(3, ge=1, le=1000)
+    seed: int = Field(0, ge=0, le=2**31 - 1)
+
+
+class RetrainingJob(Contract):
+    """One retraining of a validation: the run's configuration on its training pairs
+    except those at ``drop`` (indices into the run's ``training_data``; what is left out
+    is the shorter list for removals, and half of it for LDS subsets)."""
+
+    key: Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[a-z0-9\-]+$")]
+    drop: list[Annotated[int, Field(ge=0)]] = Field(default_factory=list)
+
+
+class ValidationTarget(Contract):
+    """The answer whose loss a retraining measures for one evaluation question: its
+    reference answer, or (where it has none) the fine-tuned model's answer."""
+
+    eval_id: str
+    answer: _TEXT
+    #: ``reference`` or ``fine_tuned``.
+    source: Literal["reference", "fine_tuned"]
+
+
+class TaskResourceRequest(Contract):
+    """What each retraining asks Ray for (from the run's model tier)."""
+
+    num_cpus: float = Field(1.0, gt=0, le=1024)
+    num_gpus: float = Field(0.0, ge=0, le=64)
+
+
+class ValidationRequest(Message):
+    """On ``inflab.v1.validation.request`` (the trainer takes it): retrain the run's
+    configuration as listed and measure each target's loss after each retraining."""
+
+    run_id: UUID
+    owner_id: UUID | None = None
+    validation_id: UUID
+    spec: RunSpec
+    retrainings: list[RetrainingJob] = Field(min_length=1, max_length=100_000)
+    targets: list[ValidationTarget] = Field(min_length=1)
+    resources: TaskResourceRequest = Field(default_factory=TaskResourceRequest)
+
+
+class RetrainingRecord(Contract):
+    """One retraining's measured losses (``targets`` order), and where and how long it ran."""
+
+    key: str
+    losses: list[float | None]
+    node_id: str
+    node_ip: str
+    pid: int
+    seconds: float
+    train_seconds: float | None = None
+
+
+class ValidationLosses(Contract):
+    """A validation's result: every retraining's measured losses."""
+
+    validation_id: UUID
+    eval_ids: list[str]
+    retrainings: list[RetrainingRecord]
+    wall_seconds: float
 
 
 # --------------------------------------------------------------------------- events
@@ -475,6 +592,7 @@ class ResultEvent(EventBase):
     training: TrainingSummary | None = None
     answers: list[Answer] | None = None
     influence: InfluenceMatrix | None = None
+    validation: ValidationLosses | None = None
 
     @model_validator(mode="after")
     def _keys_in_run(self) -> "ResultEvent":

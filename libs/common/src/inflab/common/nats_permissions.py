@@ -11,7 +11,8 @@ Roles:
   ``run.submit``).
 * ``trainer``, ``inference``, ``influence``: take their stage's job requests (their own
   durable pull consumer), publish only their stage's event kinds and their dead letters;
-  the trainer also reads the control stream.
+  the trainer also reads the control stream, and takes validation requests (a second
+  durable) and publishes validation events.
 * ``pipeline``: other teams' pipelines. Publishes ``run.submit`` and nothing else on the
   product's subjects; reads the gateway's answer to a submission
   (``submission.{submission_id}``, no token or experiment in it) and follows its runs over
@@ -36,7 +37,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from inflab.common.subjects import STAGE_EVENT_KINDS, STAGES, Subjects
+from inflab.common.subjects import REQUEST_STAGES, STAGE_EVENT_KINDS, Subjects
 
 JS_API = "$JS.API"
 
@@ -44,6 +45,14 @@ JS_API = "$JS.API"
 ROLES = ("gateway", "trainer", "inference", "influence", "pipeline", "operator")
 #: The services among them, and the stage each worker serves.
 WORKER_STAGES = {"trainer": "train", "inference": "inference", "influence": "influence"}
+#: Follow-up jobs a worker also takes (its own durable each): the trainer retrains for
+#: validations.
+WORKER_FOLLOW_UPS: dict[str, tuple[str, ...]] = {"trainer": ("validation",)}
+
+
+def follow_up_durable(role: str, stage: str) -> str:
+    """The durable name (before the stream prefix) of ``role``'s consumer of ``stage``."""
+    return f"{role}_{stage}"
 
 
 def inbox_prefix(role: str) -> str:
@@ -108,7 +117,10 @@ class RolePermissions:
                 Consumer(s.dead_letter_stream, s.durable("gateway_deadletters"), s.all_dead_letters),
             ]
         if role in WORKER_STAGES:
-            return [Consumer(s.jobs_stream, s.durable(role), s.request(WORKER_STAGES[role]))]
+            return [Consumer(s.jobs_stream, s.durable(role), s.request(WORKER_STAGES[role]))] + [
+                Consumer(s.jobs_stream, s.durable(follow_up_durable(role, stage)), s.request(stage))
+                for stage in WORKER_FOLLOW_UPS.get(role, ())
+            ]
         return []
 
     # -- permissions ----------------------------------------------------------------------
@@ -126,7 +138,7 @@ class RolePermissions:
         for consumer in self.consumers(role):
             publish += consumer.api()
         if role == "gateway":
-            publish += [s.request(stage) for stage in STAGES]
+            publish += [s.request(stage) for stage in REQUEST_STAGES]
             publish.append(s.control("*"))
             publish.append(s.dead_letter("gateway"))
             publish.append(s.submission_outcome("*"))
@@ -136,8 +148,8 @@ class RolePermissions:
             for stream in self.streams():
                 publish += [f"{JS_API}.STREAM.{op}.{stream}" for op in ("INFO", "CREATE", "UPDATE")]
         else:
-            stage = WORKER_STAGES[role]
-            publish += [s.stage_events(stage, kind) for kind in STAGE_EVENT_KINDS[stage]]
+            for stage in (WORKER_STAGES[role], *WORKER_FOLLOW_UPS.get(role, ())):
+                publish += [s.stage_events(stage, kind) for kind in STAGE_EVENT_KINDS[stage]]
             publish.append(s.dead_letter(role))
             if role == "trainer":
                 publish += self._control_reader()

@@ -100,11 +100,32 @@ class Settings(BaseSettings):
     train_num_cpus: float = 2
     inference_num_cpus: float = 1
     influence_num_cpus: float = 1
+    # GPUs each stage asks Ray for (0: none). On a KubeRay cluster a stage asking for a GPU
+    # that no node has makes the Ray autoscaler add a GPU pod (deploy/helm sets these
+    # from gpu.count when gpu.enabled).
+    train_num_gpus: float = Field(0, ge=0)
+    inference_num_gpus: float = Field(0, ge=0)
+    influence_num_gpus: float = Field(0, ge=0)
+    # Validations (LDS, removal test): each retraining is a Ray task asking for this many
+    # CPUs (its torch threads too), and the cost estimate assumes this many run at once.
+    validation_task_num_cpus: float = 1
+    validation_workers: int = 2
 
     # Gateway.
     gateway_host: str = "127.0.0.1"
     gateway_port: int = 8000
     sse_heartbeat_s: float = 15.0
+    #: Run events the gateway's persister fetches from JetStream and stores in one
+    #: transaction, at most (a busy stream is worked off in batches, an idle one at once).
+    persister_batch: int = Field(100, ge=1, le=10_000)
+    #: Open SSE event streams one user may hold on one gateway replica; one more gets 429.
+    sse_max_streams_per_user: int = Field(50, ge=1)
+    #: The gateway's Postgres connection pool (per replica): connections kept open, extra
+    #: ones opened under load, and how long a request waits for one before failing. Keep
+    #: replicas x (size + overflow) within the server's max_connections.
+    db_pool_size: int = Field(10, ge=1)
+    db_max_overflow: int = Field(10, ge=0)
+    db_pool_timeout_s: float = Field(10.0, gt=0)
     #: The built browser app (``make web``) the gateway serves at ``/``. None: the source
     #: checkout's ``services/gateway/web/dist``; the gateway image sets its own folder.
     web_dir: Path | None = None
@@ -127,6 +148,15 @@ class Settings(BaseSettings):
     #: gives the job back (nak): the job is redelivered and resumes from its checkpoint,
     #: and the run is not failed for it.
     bus_publish_retry_s: float = Field(30.0, ge=0)
+
+    # Worker metrics (inflab.common.worker_metrics): each worker (trainer, inference,
+    # influence) serves Prometheus metrics at http://metrics_host:metrics_port/metrics
+    # (only to metrics_token, when set); port 0 serves none. All interfaces by default,
+    # for Prometheus in a cluster; the embedded stack gives each worker a free loopback port.
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = Field(0, ge=0, le=65535)
+    #: How often a worker reads its JetStream consumer's backlog for the lag gauges.
+    metrics_poll_s: float = Field(5.0, gt=0)
 
     # Retention of the streams that are kept rather than worked off (0: no limit). Events
     # are in Postgres once the gateway has stored them; the stream only has to hold them

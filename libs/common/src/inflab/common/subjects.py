@@ -12,6 +12,11 @@ VERSION = "v1"
 
 #: Stages of a run, in the order they start. Inference and influence run in parallel.
 STAGES = ("train", "inference", "influence")
+#: Jobs asked of a worker about a run after its own stages: a validation of its
+#: attributions against retraining (the trainer's). They do not change the run's status.
+FOLLOW_UP_STAGES = ("validation",)
+#: Every stage a job request can be published for.
+REQUEST_STAGES = STAGES + FOLLOW_UP_STAGES
 
 #: The event kinds each stage's worker sends. The stage is part of the event subject, so
 #: the NATS permissions bind each worker's credential to its own stage's subjects, and the
@@ -21,6 +26,7 @@ STAGE_EVENT_KINDS: dict[str, tuple[str, ...]] = {
     # The fine-tuned answers of the sampled questions close the run's prediction table.
     "inference": ("status", "progress", "log", "result", "prediction"),
     "influence": ("status", "progress", "log", "result"),
+    "validation": ("status", "progress", "log", "result"),
 }
 
 
@@ -35,7 +41,7 @@ class Subjects:
 
     def request(self, stage: str) -> str:
         """Where a stage's job requests are published: ``inflab.v1.train.request``."""
-        if stage not in STAGES:
+        if stage not in REQUEST_STAGES:
             raise ValueError(f"unknown stage {stage!r}")
         return f"{self.root}.{stage}.request"
 
@@ -50,6 +56,10 @@ class Subjects:
     @property
     def influence_request(self) -> str:
         return self.request("influence")
+
+    @property
+    def validation_request(self) -> str:
+        return self.request("validation")
 
     @property
     def run_submit(self) -> str:

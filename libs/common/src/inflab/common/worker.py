@@ -1,5 +1,6 @@
 """The shell of every worker service: connect the bus, join Ray, consume one request
-subject until SIGTERM/SIGINT, stop cleanly. Each service supplies only its handler."""
+subject until SIGTERM/SIGINT, stop cleanly, and serve the worker's Prometheus metrics
+(:mod:`inflab.common.worker_metrics`). Each service supplies only its handler."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from inflab.common.compute import ensure_ray
 from inflab.common.logging import setup_logging
 from inflab.common.model_ids import ModelIdRefused, check_model_id
 from inflab.common.settings import Settings, get_settings
+from inflab.common.worker_metrics import WorkerMetrics
 
 log = logging.getLogger(__name__)
 
@@ -51,31 +53,56 @@ async def serve(
     make_handler: Callable[[Bus, Settings], Callable[..., Awaitable[None]]],
     settings: Settings,
     stop: asyncio.Event | None = None,
+    durable: str | None = None,
 ) -> None:
     """Consume ``stage`` requests with the handler ``make_handler(bus, settings)`` returns,
-    until ``stop`` is set (or a signal arrives when run as a process)."""
+    until ``stop`` is set (or a signal arrives when run as a process). ``durable``: the
+    consumer's name when it is not the service's own (a follow-up stage's, see
+    :data:`inflab.common.nats_permissions.WORKER_FOLLOW_UPS`)."""
     stop = stop or asyncio.Event()
     bus = await Bus.connect(settings, service)
     await asyncio.to_thread(ensure_ray, settings)
     handler = make_handler(bus, settings)
     if settings.test_fault_crash_on:
         handler = crash_on(settings.test_fault_crash_on, handler)
+    metrics = WorkerMetrics(stage)
+    handler = metrics.instrument(bus, handler, settings.max_deliver)
+    follow_up = durable is not None
+    durable = bus.subjects.durable(durable or service)
+    poller: asyncio.Task | None = None
     log.info("%s consuming %s", service, bus.subjects.request(stage))
     try:
+        # One port per process: a follow-up consumer (``durable`` given) shares the process
+        # with the service's own stage, whose metrics the port serves.
+        if settings.metrics_port and not follow_up:
+            metrics.serve(settings.metrics_host, settings.metrics_port, settings.metrics_token.get_secret_value())
+            log.info("%s metrics on http://%s:%d/metrics", service, settings.metrics_host, settings.metrics_port)
+        poller = asyncio.create_task(
+            metrics.poll_consumer(bus.js, bus.subjects.jobs_stream, durable, stop, settings.metrics_poll_s)
+        )
         await bus.consume(
             bus.subjects.request(stage),
             model,
             handler,
             stop,
-            durable=bus.subjects.durable(service),
+            durable=durable,
             signed=True,
         )
     finally:
+        if poller is not None:
+            poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await poller
+        metrics.close()
         await bus.close()
 
 
-def main(service: str, stage: str, model: type[BaseModel], make_handler) -> None:
-    """Process entry point (``python -m inflab.<service>``)."""
+def main(service: str, stage: str, model: type[BaseModel], make_handler, follow_ups: tuple = ()) -> None:
+    """Process entry point (``python -m inflab.<service>``). ``follow_ups``: ``(stage,
+    model, make_handler)`` of further request subjects the service takes, each with its
+    own durable consumer, side by side with its own stage."""
+    from inflab.common.nats_permissions import follow_up_durable
+
     settings = get_settings()
     setup_logging(settings.log_level)
 
@@ -87,12 +114,19 @@ def main(service: str, stage: str, model: type[BaseModel], make_handler) -> None
         await asyncio.to_thread(ensure_ray, settings)
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        task = asyncio.create_task(serve(service, stage, model, make_handler, settings, stop))
-        await asyncio.wait([task, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+        tasks = [asyncio.create_task(serve(service, stage, model, make_handler, settings, stop))]
+        tasks += [
+            asyncio.create_task(serve(service, extra, extra_model, extra_handler, settings, stop,
+                                      durable=follow_up_durable(service, extra)))
+            for extra, extra_model, extra_handler in follow_ups
+        ]
+        await asyncio.wait([*tasks, asyncio.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
         # A job in flight is cancelled: its message is nak'ed, so a replica (or this
         # service after a restart) takes it up again.
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     asyncio.run(run())

@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -29,6 +30,7 @@ from inflab.gateway.auth.passwords import HasherBusy, PasswordHasher
 from inflab.gateway.auth.rls import user_sessionmaker
 from inflab.gateway.auth.throttle import Rules, Throttle
 from inflab.gateway import errors, metrics
+from inflab.gateway.broadcast import Broadcaster
 from inflab.gateway.deadletters import DeadLetterConsumer
 from inflab.gateway.dispatch import Dispatcher
 from inflab.gateway.auth.gate import CredentialGateMiddleware
@@ -38,7 +40,7 @@ from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.persister import EventPersister
 from inflab.gateway import limits
 from inflab.gateway.routes import contracts, control, estimates, experiments, health, imports, methods
-from inflab.gateway.routes import predictions, runs
+from inflab.gateway.routes import benchmarks, predictions, runs, validations
 from inflab.gateway.routes import account, auth, tokens
 from inflab.gateway.submissions import RunSubmissions
 from inflab.gateway.webapp import mount_web_app
@@ -66,6 +68,13 @@ def end_streams(app: FastAPI) -> None:
         loop.call_soon_threadsafe(notifier.close)
 
 
+async def _database_busy(request: Request, exc: PoolTimeout) -> JSONResponse:
+    # Every pooled connection stayed taken for INFLAB_DB_POOL_TIMEOUT_S: overloaded, not broken.
+    log.warning("no database connection within the pool timeout: answering 503")
+    return JSONResponse({"detail": "the server is busy (no database connection free); retry in a moment"},
+                        status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"})
+
+
 async def _hasher_busy(request: Request, exc: HasherBusy) -> JSONResponse:
     return JSONResponse({"detail": "too many sign-ins at once; retry in a moment"},
                         status_code=status.HTTP_503_SERVICE_UNAVAILABLE, headers={"Retry-After": "1"})
@@ -81,7 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if not settings.job_signing_key.get_secret_value():
             raise RuntimeError("INFLAB_JOB_SIGNING_KEY is not set: the gateway signs every job request "
                                "(`inflab job-keys` makes a key pair; see docs/security.md)")
-        engine = make_engine(settings.database_url)
+        engine = make_engine(settings.database_url, pool_size=settings.db_pool_size,
+                             max_overflow=settings.db_max_overflow, pool_timeout=settings.db_pool_timeout_s)
         notifier = RunNotifier()
         stop = asyncio.Event()
         bus: Bus | None = None
@@ -92,6 +102,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.user_sessionmaker = user_sessionmaker(engine)
             app.state.throttle = Throttle(sessionmaker)
             app.state.notifier = notifier
+            broadcaster = app.state.broadcaster = Broadcaster(sessionmaker, notifier, settings.sse_heartbeat_s,
+                                                              settings.sse_max_streams_per_user)
+            broadcaster.on_read = app.state.metrics.sse_read
+            app.state.metrics.broadcaster = broadcaster
             app.state.loop = asyncio.get_running_loop()
             # The gateway creates the streams (and only its credential may).
             bus = app.state.bus = await Bus.connect(settings, "gateway", create_streams=True)
@@ -102,8 +116,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 if event.kind == "status":  # a training started or a run ended: a place may have freed
                     dispatcher.poke()
 
-            persister = EventPersister(bus, sessionmaker, notifier, on_stored=stored,
-                                       on_refused=app.state.metrics.event_refused)
+            persister = app.state.persister = EventPersister(
+                bus, sessionmaker, notifier, on_stored=stored, on_refused=app.state.metrics.event_refused,
+                on_batch=app.state.metrics.persister_batch.observe)
             await persister.listen_for_pokes()
             tasks.append(asyncio.create_task(persister.run(stop), name="event-persister"))
             app.state.persister_task = tasks[0]
@@ -155,6 +170,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_exception_handler(RequestValidationError, errors.validation_error)
     app.add_exception_handler(StarletteHTTPException, errors.http_error)
     app.add_exception_handler(HasherBusy, _hasher_busy)
+    app.add_exception_handler(PoolTimeout, _database_busy)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_request_bytes)
     # Outside the body limit: an anonymous body is refused before a byte of it is read.
     app.add_middleware(CredentialGateMiddleware, settings=settings)
@@ -174,6 +190,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(imports.router)
     app.include_router(methods.router)
     app.include_router(runs.router)
+    app.include_router(validations.router)
+    app.include_router(benchmarks.router)
     app.include_router(control.router)
     app.include_router(predictions.router)
     app.include_router(estimates.router)

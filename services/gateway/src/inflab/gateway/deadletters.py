@@ -21,7 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from inflab.common.bus import Bus
 from inflab.common.db.models import Run
 from inflab.common.messages import DeadLetter, StatusEvent
-from inflab.common.subjects import STAGES
+from inflab.common.subjects import REQUEST_STAGES
 from inflab.gateway.dbwait import until_database_answers
 from inflab.gateway.dispatch import Dispatcher
 from inflab.gateway.notifier import RunNotifier
@@ -47,7 +47,7 @@ class DeadLetterConsumer:
         self.notifier = notifier
         self.dispatcher = dispatcher
         self.durable = bus.subjects.durable("gateway_deadletters")
-        self._stages = {bus.subjects.request(stage): stage for stage in STAGES}
+        self._stages = {bus.subjects.request(stage): stage for stage in REQUEST_STAGES}
 
     async def handle(self, letter: DeadLetter, msg: Msg) -> None:
         stage = self._stages.get(letter.subject)
@@ -58,6 +58,14 @@ class DeadLetterConsumer:
         async def fail() -> bool:
             async with self.sessionmaker() as session:
                 run = await session.get(Run, letter.run_id)
+                if run is not None and stage == "validation":
+                    # The run has ended (a validation follows it): the validation fails.
+                    event = StatusEvent(
+                        event_id=uuid.uuid5(LETTER_EVENTS, str(letter.letter_id)),
+                        run_id=letter.run_id, stage="validation", status="failed", error=reason,
+                    )
+                    await session.rollback()
+                    return await persist_event(session, event)
                 if run is None or run.status in TERMINAL:
                     return False
                 method = letter.method if stage == "influence" else None

@@ -28,6 +28,7 @@ from inflab.gateway.auth.passwords import PasswordHasher
 from inflab.gateway.auth.rls import session_for
 from inflab.gateway.auth.sessions import Caller, caller_for_token
 from inflab.gateway.auth.throttle import Rules, Throttle
+from inflab.gateway.broadcast import Broadcaster
 from inflab.gateway.mail import Mailer
 from inflab.gateway.dispatch import Dispatcher
 from inflab.gateway.notifier import RunNotifier
@@ -36,11 +37,11 @@ CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = scopes.SAFE_METHODS
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
+async def get_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
     return request.app.state.sessionmaker
 
 
@@ -52,31 +53,35 @@ async def get_system_session(
         yield session
 
 
-def get_bus(request: Request) -> Bus:
+async def get_bus(request: Request) -> Bus:
     return request.app.state.bus
 
 
-def get_notifier(request: Request) -> RunNotifier:
+async def get_notifier(request: Request) -> RunNotifier:
     return request.app.state.notifier
 
 
-def get_hasher(request: Request) -> PasswordHasher:
+async def get_broadcaster(request: Request) -> Broadcaster:
+    return request.app.state.broadcaster
+
+
+async def get_hasher(request: Request) -> PasswordHasher:
     return request.app.state.hasher
 
 
-def get_throttle(request: Request) -> Throttle:
+async def get_throttle(request: Request) -> Throttle:
     return request.app.state.throttle
 
 
-def get_rules(request: Request) -> Rules:
+async def get_rules(request: Request) -> Rules:
     return request.app.state.rules
 
 
-def get_mailer(request: Request) -> Mailer:
+async def get_mailer(request: Request) -> Mailer:
     return request.app.state.mailer
 
 
-def get_dispatcher(request: Request) -> Dispatcher:
+async def get_dispatcher(request: Request) -> Dispatcher:
     return request.app.state.dispatcher
 
 
@@ -116,7 +121,7 @@ async def current_caller(
 CallerDep = Annotated[Caller, Depends(current_caller)]
 
 
-def session_caller(caller: CallerDep) -> Caller:
+async def session_caller(caller: CallerDep) -> Caller:
     """A caller signed in with a session: what manages the account itself (API tokens,
     the password, every session) is not for API tokens, whatever their scope."""
     if caller.via == "api_token":
@@ -127,7 +132,7 @@ def session_caller(caller: CallerDep) -> Caller:
 SessionCallerDep = Annotated[Caller, Depends(session_caller)]
 
 
-def current_user(caller: CallerDep) -> User:
+async def current_user(caller: CallerDep) -> User:
     return caller.user
 
 
@@ -143,6 +148,7 @@ SystemSessionDep = Annotated[AsyncSession, Depends(get_system_session)]
 SessionmakerDep = Annotated[async_sessionmaker[AsyncSession], Depends(get_sessionmaker)]
 BusDep = Annotated[Bus, Depends(get_bus)]
 NotifierDep = Annotated[RunNotifier, Depends(get_notifier)]
+BroadcasterDep = Annotated[Broadcaster, Depends(get_broadcaster)]
 DispatcherDep = Annotated[Dispatcher, Depends(get_dispatcher)]
 CurrentUser = Annotated[User, Depends(current_user)]
 HasherDep = Annotated[PasswordHasher, Depends(get_hasher)]

@@ -18,7 +18,8 @@ from inflab.common.messages import EventBase, ResultEvent
 from inflab.common.subjects import STAGE_EVENT_KINDS, Subjects
 
 #: What a result event of each stage carries.
-RESULT_FIELDS = {"train": "training", "inference": "answers", "influence": "influence"}
+RESULT_FIELDS = {"train": "training", "inference": "answers", "influence": "influence",
+                 "validation": "validation"}
 
 
 class Refusal(NamedTuple):

@@ -37,7 +37,7 @@ class MatrixUnavailable(Exception):
     """The matrix of a stored result could not be read from the object store."""
 
 
-def get_object_store(request: Request) -> ObjectStore:
+async def get_object_store(request: Request) -> ObjectStore:
     """The deployment's object store, opened on first use (a gateway that never serves a
     large matrix never needs it)."""
     store = getattr(request.app.state, "object_store", None)

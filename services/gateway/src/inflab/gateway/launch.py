@@ -64,6 +64,14 @@ async def launch_run(
     already made. Raises :class:`RunRefused` (the model is no longer allowed, the spec
     is too large for NATS), :class:`~inflab.gateway.quotas.QuotaExceeded` or
     :class:`IdempotencyKeyReused`."""
+    # What needs no lock first (the spec, its refusals, the estimate: CPU work), so the
+    # per-user lock below is held only for the reads and writes it serialises.
+    spec = experiment_spec(experiment)
+    refused = run_refusals(spec, settings, max_message_bytes)
+    try:
+        run_estimate = estimate(spec.model_id, spec.training_data, spec.hyperparams, settings).model_dump(mode="json")
+    except UnknownModelSize:
+        run_estimate = None  # not knowing the model's size is no reason to refuse the run
     await lock_user_runs(session, owner_id)
     if idempotency_key is not None:
         earlier = await session.scalar(
@@ -73,15 +81,9 @@ async def launch_run(
             if earlier.experiment_id != experiment.id:
                 raise IdempotencyKeyReused()
             return Launched(earlier, created=False)
-    spec = experiment_spec(experiment)
-    refused = run_refusals(spec, settings, max_message_bytes)
     if refused:
         raise RunRefused(refused)
     await check_active_runs(session, owner_id, settings)
-    try:
-        run_estimate = estimate(spec.model_id, spec.training_data, spec.hyperparams, settings).model_dump(mode="json")
-    except UnknownModelSize:
-        run_estimate = None  # not knowing the model's size is no reason to refuse the run
     check_estimated_duration(run_estimate, settings)
     run = Run(
         id=run_id or uuid.uuid4(),
@@ -100,7 +102,7 @@ async def launch_run(
     await insert_event(session, StatusEvent(run_id=run.id, stage="run", status="queued"))
     await session.commit()
     kill_after_commit_if_asked(settings)
-    dispatcher.poke()
+    dispatcher.poke_queued()
     return Launched(run, created=True)
 
 

@@ -18,12 +18,12 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime, timezone
 from typing import Annotated, get_args
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response, status
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -64,12 +64,38 @@ class GatewayMetrics:
             "inflab_event_lag_seconds", "Now minus the event's own time, when the gateway stores it.",
             ["kind"], buckets=LAG_BUCKETS, registry=self.registry,
         )
+        self.persister_batch = Histogram(
+            "inflab_persister_batch_events", "Run events newly stored per persister transaction (one fetched batch).",
+            buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000), registry=self.registry,
+        )
+        self.persister_pending = Gauge(
+            "inflab_persister_pending_events",
+            "Run events in JetStream the persister has not stored yet (all replicas: the shared durable's "
+            "undelivered plus unacknowledged messages), read at scrape time.", registry=self.registry,
+        )
+        self.persister_pending_errors = Counter(
+            "inflab_persister_pending_errors", "Scrapes whose persister backlog query to NATS failed.",
+            registry=self.registry,
+        )
+        self.sse_delivery_lag = Histogram(
+            "inflab_sse_read_lag_seconds",
+            "Now minus the event's own time when this replica's SSE fan-out reads it from Postgres (storing, "
+            "the poke and the read; before the frames are written to the streams).",
+            buckets=LAG_BUCKETS, registry=self.registry,
+        )
+        self.registry.register(FanOutCollector(self))
+        #: The app's broadcaster once the lifespan has made it (read by FanOutCollector).
+        self.broadcaster = None
         self.events_refused = Counter(
             "inflab_events_refused",
             "Run events the persister refused because their stage could not have sent them (by why: "
             "subject, stage, kind, mismatch, content); see docs/security.md.",
             ["reason"], registry=self.registry,
         )
+
+    def sse_read(self, lags: list[float]) -> None:
+        for lag in lags:
+            self.sse_delivery_lag.observe(max(lag, 0.0))
 
     def event_refused(self, category: str) -> None:
         self.events_refused.labels(category).inc()
@@ -78,14 +104,38 @@ class GatewayMetrics:
         lag = (datetime.now(timezone.utc) - event.time).total_seconds()
         self.event_lag.labels(event.kind).observe(max(lag, 0.0))
 
-    async def streaming(self, stream: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-        """``stream``, counted in ``inflab_sse_clients`` while it is open."""
-        self.sse_clients.inc()
-        try:
-            async for chunk in stream:
-                yield chunk
-        finally:
-            self.sse_clients.dec()
+
+class FanOutCollector:
+    """The SSE fan-out's counters, read off the broadcaster at scrape time."""
+
+    def __init__(self, metrics: GatewayMetrics) -> None:
+        self.metrics = metrics
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        b = self.metrics.broadcaster
+        figures = {"runs": len(b.feeds), "reads": b.reads, "delivered": b.delivered, "caught_up": b.caught_up,
+                   "refused": b.refused} if b is not None else dict.fromkeys(("runs", "reads", "delivered",
+                                                                              "caught_up", "refused"), 0)
+        yield GaugeMetricFamily("inflab_sse_runs_followed",
+                                "Runs with at least one open SSE stream on this replica (one feed each).",
+                                value=figures["runs"])
+        yield CounterMetricFamily("inflab_sse_feed_reads",
+                                  "Reads of Postgres by this replica's SSE feeds (one per change per followed "
+                                  "run, shared by all of its streams, plus heartbeat re-reads).",
+                                  value=figures["reads"])
+        yield CounterMetricFamily("inflab_sse_frames",
+                                  "Event frames handed to SSE streams by the feeds (events x streams).",
+                                  value=figures["delivered"])
+        yield CounterMetricFamily("inflab_sse_catch_ups",
+                                  "SSE streams that fell too far behind their feed and caught up from Postgres.",
+                                  value=figures["caught_up"])
+        yield CounterMetricFamily("inflab_sse_streams_refused",
+                                  "SSE streams refused (429) because their user had "
+                                  "INFLAB_SSE_MAX_STREAMS_PER_USER open on this replica.",
+                                  value=figures["refused"])
 
 
 class RequestMiddleware:
@@ -161,10 +211,21 @@ async def metrics(request: Request) -> Response:
     else:
         for status in get_args(RunStatus):
             gauge.runs.labels(status).set(counts.get(status, 0))
+    broadcaster = getattr(state, "broadcaster", None)
+    if broadcaster is not None:
+        gauge.sse_clients.set(broadcaster.streams)
+    persister = getattr(state, "persister", None)
+    if persister is not None:
+        try:
+            async with asyncio.timeout(RUNS_QUERY_TIMEOUT_S):
+                gauge.persister_pending.set(await persister.backlog())
+        except Exception as exc:  # NATS away: the rest is still worth scraping
+            log.warning("persister backlog not read: %s", type(exc).__name__)
+            gauge.persister_pending_errors.inc()
     return Response(generate_latest(gauge.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-def get_metrics(request: Request) -> GatewayMetrics:
+async def get_metrics(request: Request) -> GatewayMetrics:
     return request.app.state.metrics
 
 

@@ -1,18 +1,22 @@
 """Storing a run event in Postgres and applying it to its run.
 
-One event is one transaction: the ``run_events`` insert (deduplicated on ``event_id``)
-and its effect on the run commit together, so a redelivered event — JetStream is
-at-least-once — finds its row and changes nothing. The run row is locked first, which
-serialises events of one run across gateway replicas and keeps a run's ``run_events.id``
-order equal to its commit order (what SSE resumption relies on).
+A batch of events is one transaction: the ``run_events`` inserts (deduplicated on
+``event_id``) and their effects on the runs commit together, so a redelivered event —
+JetStream is at-least-once — finds its row and changes nothing. The run rows are locked
+first, which serialises events of one run across gateway replicas and keeps a run's
+``run_events.id`` order equal to its commit order (what SSE resumption relies on). A
+run's progress bar is computed from the latest fraction of each stage, kept on the run
+row (``runs.stage_progress``), so an event costs the same however long the run is.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from datetime import datetime
+from uuid import UUID
 
-from sqlalchemy import DateTime, select
+from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -42,7 +46,6 @@ from inflab.gateway.run_state import (
     overall_progress,
     run_error,
     run_outcome,
-    stage_key,
     stages_after_training,
 )
 
@@ -54,18 +57,16 @@ METRIC_VALUES = {"epoch", "loss", "learning_rate", "grad_norm", "tokens_per_s", 
 
 
 # --------------------------------------------------------------------------- storing
+def _event_row(event: EventBase) -> dict:
+    return dict(event_id=event.event_id, run_id=event.run_id, kind=event.kind, stage=event.stage,
+                method=event.method, payload=event.model_dump(mode="json"))
+
+
 async def insert_event(session: AsyncSession, event: EventBase) -> int | None:
     """Store an event; its ``run_events.id``, or None if it was stored before."""
     stmt = (
         insert(RunEventRow)
-        .values(
-            event_id=event.event_id,
-            run_id=event.run_id,
-            kind=event.kind,
-            stage=event.stage,
-            method=event.method,
-            payload=event.model_dump(mode="json"),
-        )
+        .values(**_event_row(event))
         .on_conflict_do_nothing(index_elements=[RunEventRow.event_id])
         .returning(RunEventRow.id)
     )
@@ -112,20 +113,61 @@ def _record_actuals(run: Run) -> None:
 async def persist_event(session: AsyncSession, event: EventBase) -> bool:
     """Store and apply one event in one transaction. True when something was written
     (so SSE streams should look); False for a duplicate or an unknown run."""
+    return bool(await persist_events(session, [event]))
+
+
+async def persist_events(session: AsyncSession, events: Sequence[EventBase]) -> list[EventBase]:
+    """Store and apply a batch of events in one transaction (one commit for the batch);
+    the events that wrote something, in order. Duplicates (stored before, or twice in the
+    batch) and events of unknown runs write nothing.
+
+    The batch's runs are locked in id order, so two replicas storing overlapping batches
+    wait for each other instead of deadlocking; the events are inserted with one
+    statement, then applied to their runs in arrival order."""
+    if not events:
+        return []
     async with session.begin():
-        run = await session.scalar(select(Run).where(Run.id == event.run_id).with_for_update())
-        if run is None:
-            # Not ours to invent: a run exists once its owner created it. Ack and move on.
-            log.warning("%s event for unknown run %s dropped", event.kind, event.run_id)
-            return False
-        if await insert_event(session, event) is None:
-            log.debug("duplicate event %s ignored", event.event_id)
-            return False
-        await _apply(session, run, event)
-    return True
+        run_ids = sorted({event.run_id for event in events})
+        runs = {
+            run.id: run
+            for run in await session.scalars(
+                select(Run).where(Run.id.in_(run_ids)).order_by(Run.id).with_for_update()
+            )
+        }
+        known: dict[UUID, EventBase] = {}
+        for event in events:
+            if event.run_id not in runs:
+                # Not ours to invent: a run exists once its owner created it. Ack and move on.
+                log.warning("%s event for unknown run %s dropped", event.kind, event.run_id)
+            else:
+                known.setdefault(event.event_id, event)
+        if not known:
+            return []
+        inserted = set(
+            await session.scalars(
+                insert(RunEventRow)
+                .values([_event_row(event) for event in known.values()])
+                .on_conflict_do_nothing(index_elements=[RunEventRow.event_id])
+                .returning(RunEventRow.event_id)
+            )
+        )
+        stored = []
+        for event in known.values():
+            if event.event_id not in inserted:
+                log.debug("duplicate event %s ignored", event.event_id)
+                continue
+            await _apply(session, runs[event.run_id], event)
+            stored.append(event)
+    return stored
 
 
 async def _apply(session: AsyncSession, run: Run, event: EventBase) -> None:
+    if event.stage == "validation":
+        # A validation follows an ended run and never changes its status (validations.py).
+        from inflab.gateway.validations import apply_event
+
+        await apply_event(session, run, event)
+        return
     match event:
         case StatusEvent():
             await _apply_status(session, run, event)
@@ -208,7 +250,7 @@ async def _apply_status(session: AsyncSession, run: Run, event: StatusEvent) -> 
         run.started_at = run.started_at or event.time
     if key == "train" and stages[key] in TERMINAL and run.started_at and run.actual_training_duration_s is None:
         run.actual_training_duration_s = max((event.time - run.started_at).total_seconds(), 0.0)
-    await _update_progress(session, run)
+    _update_progress(run)
     outcome = run_outcome(stages)
     if outcome is not None:
         # Every stage has ended: the run's final status, with the failed stages' reasons.
@@ -220,22 +262,26 @@ async def _apply_progress(session: AsyncSession, run: Run, event: ProgressEvent)
         run.current_epoch = event.epoch
     if event.eta_s is not None:
         run.eta_s = event.eta_s
-    await _update_progress(session, run)
+    run.stage_progress = latest_fractions(run.stage_progress or {}, event)
+    _update_progress(run)
 
 
-async def _update_progress(session: AsyncSession, run: Run) -> None:
+def latest_fractions(kept: dict, event: ProgressEvent) -> dict:
+    """``runs.stage_progress`` with ``event`` applied: a stage's fraction is its latest by
+    the producer's clock (a tie goes to the event stored later), so a progress event
+    redelivered late does not pull the bar back. A new dict (JSONB does not track
+    in-place changes)."""
+    key = event_stage_key(event)
+    current = kept.get(key)
+    if current is not None and datetime.fromisoformat(current["time"]) > event.time:
+        return kept
+    return {**kept, key: {"fraction": event.fraction, "time": event.time.isoformat()}}
+
+
+def _update_progress(run: Run) -> None:
     if run.status in TERMINAL:
         return
-    # The latest reported fraction of each stage, by the producer's clock, so a progress
-    # event redelivered late does not pull the bar back.
-    event_time = RunEventRow.payload["time"].astext.cast(DateTime(timezone=True))
-    rows = await session.execute(
-        select(RunEventRow.stage, RunEventRow.method, RunEventRow.payload["fraction"].as_float())
-        .where(RunEventRow.run_id == run.id, RunEventRow.kind == "progress")
-        .distinct(RunEventRow.stage, RunEventRow.method)
-        .order_by(RunEventRow.stage, RunEventRow.method, event_time.desc(), RunEventRow.id.desc())
-    )
-    fractions = {stage_key(stage, method): fraction or 0.0 for stage, method, fraction in rows}
+    fractions = {key: kept.get("fraction") or 0.0 for key, kept in (run.stage_progress or {}).items()}
     run.progress = overall_progress(run.stages, fractions)
 
 

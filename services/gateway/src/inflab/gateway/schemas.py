@@ -21,6 +21,7 @@ from inflab.common.messages import (
     MAX_INFLUENCE_METHODS,
     MAX_TRAINING_PAIRS,
     Answer,
+    BenchmarkSpec,
     CheckpointRef,
     EvalQuestion,
     Hyperparams,
@@ -134,6 +135,10 @@ class ExperimentCreate(Body):
     #: and ranges), e.g. ``{"datainf": {"damping": 0.01}}``; what is not named takes its
     #: default, and every method's arguments are stored, used or not.
     influence_args: InfluenceArgs = Field(default_factory=InfluenceArgs)
+    #: A benchmark experiment (``kind: benchmark``): the training pairs are its documents
+    #: (text in ``answer``), the evaluation questions its queries, and this holds the
+    #: ground truth and the function tokens. ``inflab bench run`` fills it from a set.
+    benchmark: BenchmarkSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -168,6 +173,7 @@ class ExperimentCreate(Body):
             "max_new_tokens": settings.max_new_tokens if self.max_new_tokens is None else self.max_new_tokens,
             "predictions": self.predictions.model_dump(),
             "influence_args": self.influence_args.model_dump(),
+            "benchmark": None if self.benchmark is None else self.benchmark.model_dump(),
         }
         if self.influence_methods is not None:
             fields["influence_methods"] = self.influence_methods
@@ -351,6 +357,8 @@ class ExperimentOut(BaseModel):
     predictions: PredictionSettings
     influence_args: InfluenceArgs
     """Every method's arguments, defaults filled in (``GET /api/methods`` describes them)."""
+    benchmark: BenchmarkSpec | None = None
+    """Set for a benchmark experiment: the ground truth and the function tokens."""
     created_at: datetime
     updated_at: datetime
 

@@ -140,5 +140,6 @@ def experiment_spec(experiment: Experiment) -> RunSpec:
             "predictions": experiment.predictions,
             # ``{}`` (rows from before the column) means every method's defaults.
             "influence_args": experiment.influence_args or {},
+            "benchmark": experiment.benchmark,
         }
     )

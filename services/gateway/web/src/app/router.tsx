@@ -56,6 +56,10 @@ const routes: RouteObject[] = [
         lazy: async () => ({ Component: (await import("./routes/RunPage")).RunPage }),
       },
       {
+        path: "benchmarks/:runId",
+        lazy: async () => ({ Component: (await import("@/features/benchmarks/BenchmarkPage")).BenchmarkPage }),
+      },
+      {
         path: "compare",
         lazy: async () => ({ Component: (await import("./routes/ComparePage")).ComparePage }),
       },

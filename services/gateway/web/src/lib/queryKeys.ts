@@ -13,6 +13,7 @@ export const queryKeys = {
   runList: (params: object) => ["runs", "list", params] as const,
   run: (id: string) => ["runs", "detail", id] as const,
   runResults: (id: string) => ["runs", "results", id] as const,
+  validations: (id: string) => ["runs", "validations", id] as const,
   predictions: (id: string, params: object) => ["runs", "predictions", id, params] as const,
   predictionEpochs: (id: string) => ["runs", "prediction-epochs", id] as const,
   estimate: (body: object) => ["estimate", body] as const,

@@ -27,9 +27,10 @@ from typing import Any
 import torch
 
 from inflab.common.answer_scores import has_reference
-from inflab.common.chat import prompt_ids
+from inflab.common.chat import encode_query, plain_prompt_ids, prompt_ids
 from inflab.common.generation import greedy_texts
 from inflab.common.messages import Answer, AnswerScores, RunSpec
+from inflab.common.function_tokens import add_function_tokens
 from inflab.common.models import load_tokenizer
 from inflab.inference.scoring import answer_score, reference_examples, reference_logprobs
 
@@ -56,13 +57,16 @@ def generate_texts(
     return greedy_texts(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, on_batch=on_batch)
 
 
-def load_for_generation(model_path: str, adapter_dir: Path | None) -> tuple[Any, Any]:
-    """The base model (float32, eval mode) with the adapter attached when given."""
+def load_for_generation(model_path: str, adapter_dir: Path | None, special_tokens: list[str] | None = None
+                        ) -> tuple[Any, Any]:
+    """The base model (float32, eval mode) with the adapter attached when given;
+    ``special_tokens``: a benchmark run's function tokens, added first."""
     from transformers import AutoModelForCausalLM
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(model_path)
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+    add_function_tokens(model, tokenizer, special_tokens or [])
     if adapter_dir is not None:
         from peft import PeftModel
 
@@ -83,13 +87,17 @@ def generate_answers(
     few-shot and fine-tuned answers. Emits ``{"kind": "progress", "fraction", "step",
     "total", "eta_s", "message"}`` after each generated batch (step counts generations)."""
     started = time.monotonic()
-    model, tokenizer = load_for_generation(model_path, adapter_dir)
+    benchmark = spec.benchmark
+    model, tokenizer = load_for_generation(model_path, adapter_dir, benchmark.special_tokens if benchmark else None)
     questions = [q.question for q in spec.eval_data]
-    shots = [(p.question, p.answer) for p in spec.training_data[: spec.few_shot_k]]
+    # A benchmark's queries are plain text, as its documents were trained (no chat turns,
+    # and its documents are no question/answer examples to show).
+    shots = [] if benchmark else [(p.question, p.answer) for p in spec.training_data[: spec.few_shot_k]]
 
     # Which variants need their own generation: with k = 0 the few-shot prompt *is* the
     # base prompt, and without an adapter there is no fine-tuned model.
-    variants: list[tuple[str, list[list[int]]]] = [("base", [prompt_ids(tokenizer, q) for q in questions])]
+    base_prompts = [plain_prompt_ids(tokenizer, q) for q in questions] if benchmark else [prompt_ids(tokenizer, q) for q in questions]
+    variants: list[tuple[str, list[list[int]]]] = [("base", base_prompts)]
     if shots:
         variants.append(("few_shot", [prompt_ids(tokenizer, q, shots) for q in questions]))
     if adapter_dir is not None:
@@ -124,8 +132,10 @@ def generate_answers(
                 model, tokenizer, prompts, spec.max_new_tokens, batch_size=batch_size, on_batch=progress
             )
             if scored:
-                examples = reference_examples(tokenizer, scored_questions, references,
-                                              shots if name == "few_shot" else ())
+                examples = (
+                    [encode_query(tokenizer, q, r, 10**9) for q, r in zip(scored_questions, references)] if benchmark
+                    else reference_examples(tokenizer, scored_questions, references, shots if name == "few_shot" else ())
+                )
                 logprobs[name] = reference_logprobs(model, tokenizer, examples, batch_size=batch_size)
 
     texts.setdefault("few_shot", texts["base"])

@@ -37,6 +37,7 @@ class InferenceService:
             str(self.settings.models_dir),
             asdict(PredictionLimits.from_settings(self.settings)),
             num_cpus=self.settings.inference_num_cpus,
+            num_gpus=self.settings.inference_num_gpus,
         )
         if not ok:
             return

@@ -23,8 +23,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from inflab.common.influence_methods import ARGS_MODELS, describe_errors
+from inflab.common.influence_methods import ARGS_MODELS, REPRESENTATION_METHODS, describe_errors
 from inflab.common.messages import CheckpointRef, InfluenceRequest
+from inflab.common.function_tokens import add_function_tokens
 from inflab.common.models import load_model, resolve_model
 from inflab.common.objectstore import ObjectStore, influence_key
 from inflab.influence.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, META, LocalCheckpoint
@@ -58,7 +59,7 @@ def method_arguments(req: InfluenceRequest) -> tuple[dict[str, Any], int]:
         except ValidationError as exc:
             raise ValueError(describe_errors(exc.errors(include_url=False), req.method)) from None
     args = {**parsed.model_dump(), "max_length": req.spec.hyperparams.max_seq_length,
-            "max_new_tokens": req.spec.max_new_tokens}
+            "max_new_tokens": req.spec.max_new_tokens, "benchmark": req.spec.benchmark is not None}
     return args, parsed.top_k
 
 
@@ -97,15 +98,31 @@ def influence_job(
         model_path = resolve_model(req.spec.model_id, Path(models_dir))
     with tempfile.TemporaryDirectory(prefix=f"inflab-influence-{req.run_id}-") as work:
         checkpoints = [fetch_checkpoint(store, ref, Path(work) / f"{ref.step:08d}") for ref in req.checkpoints]
+        tokens = req.spec.benchmark.special_tokens if req.spec.benchmark is not None else []
+
+        def load(path: str) -> tuple[Any, Any]:
+            # A benchmark run's function tokens, as the trainer added them.
+            model, tokenizer = load_model(path, Path(models_dir))
+            add_function_tokens(model, tokenizer, tokens)
+            return model, tokenizer
+
+        extra: dict[str, Any] = {}
+        if req.method in REPRESENTATION_METHODS:
+            # old_model/new_model: ids like the run's model_id (the service has checked them
+            # against the allow-list), resolved the same way.
+            extra["named_loader"] = lambda name: load(resolve_model(name, Path(models_dir)))
+            if req.spec.benchmark is not None:
+                extra["ground_truth"] = req.spec.benchmark.relevant
         try:
             matrices = method.compute(
-                lambda: load_model(model_path, Path(models_dir)),
+                lambda: load(model_path),
                 req.spec.training_data,
                 req.spec.eval_data,
                 checkpoints,
                 args,
                 emit,
                 cache=worker_cache(),
+                **extra,
             )
         except StageFailed:
             raise

@@ -57,6 +57,15 @@ class InfluenceJobRequest(InfluenceRequest):
 REQUEST_MODEL = InfluenceJobRequest
 
 
+def named_models(request: InfluenceRequest) -> list[str]:
+    """The model ids a representation method's ``old_model``/``new_model`` name."""
+    given = request.spec.influence_args
+    args = given.get(request.method) if isinstance(given, dict) else None
+    if not isinstance(args, dict):
+        return []
+    return [v for k in ("old_model", "new_model") if isinstance(v := args.get(k), str)]
+
+
 def request_problem(request: InfluenceRequest) -> str | None:
     """Why ``request`` cannot be run, or None."""
     if request.method not in METHODS:
@@ -80,6 +89,8 @@ class InfluenceService:
 
     async def on_influence_request(self, request: InfluenceRequest, msg: Msg | None = None) -> None:
         require_allowed_model(request.spec.model_id, self.settings)
+        for name in named_models(request):
+            require_allowed_model(name, self.settings)
         events = StageEvents(self.bus, request.run_id, STAGE, method=request.method)
         problem = request_problem(request)
         if problem is not None:
@@ -94,6 +105,7 @@ class InfluenceService:
             str(self.settings.models_dir),
             self.settings.influence_inline_max_cells,
             num_cpus=self.settings.influence_num_cpus,
+            num_gpus=self.settings.influence_num_gpus,
             failure_text=_failure_text,
         )
         if not ok:

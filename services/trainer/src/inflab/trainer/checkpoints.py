@@ -55,7 +55,9 @@ def save_checkpoint(model: Any, work_dir: Path, meta: dict, state: dict) -> Chec
     final = Path(work_dir) / "checkpoints" / f"{meta['step']:08d}"
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
+    # A benchmark run grows the embeddings for its function tokens; every service regrows
+    # them identically (inflab.common.function_tokens), so only the trained rows are saved.
+    model.save_pretrained(tmp, save_embedding_layers=False)
     torch.save(state, tmp / STATE_FILE)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
     if final.exists():

@@ -134,10 +134,12 @@ def validate_target_modules(model: Any, targets: list[str]) -> None:
         )
 
 
-def attach_lora(model: Any, hp: Hyperparams) -> Any:
+def attach_lora(model: Any, hp: Hyperparams, trainable_tokens: list[int] | None = None) -> Any:
     """Wrap ``model`` with LoRA adapters (every base weight frozen). For a 4-bit model peft's
     k-bit preparation comes first: it casts the non-quantised weights (norms, embeddings)
-    to float32 and turns on gradient checkpointing, QLoRA's memory recipe."""
+    to float32 and turns on gradient checkpointing, QLoRA's memory recipe.
+    ``trainable_tokens``: token ids whose embedding rows train too (a benchmark's function
+    tokens; peft's ``trainable_token_indices``, saved with the adapter)."""
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
     validate_target_modules(model, list(hp.lora_target_modules))
@@ -153,5 +155,6 @@ def attach_lora(model: Any, hp: Hyperparams) -> Any:
         target_modules=targets,
         bias="none",
         task_type="CAUSAL_LM",
+        **({"trainable_token_indices": list(trainable_tokens)} if trainable_tokens else {}),
     )
     return get_peft_model(model, config)

@@ -106,6 +106,7 @@ class TrainerService:
                 asdict(PredictionLimits.from_settings(self.settings)),
                 mailbox,
                 num_cpus=self.settings.train_num_cpus,
+                num_gpus=self.settings.train_num_gpus,
             )
         finally:
             await controls.stop()

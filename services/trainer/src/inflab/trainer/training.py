@@ -37,7 +37,8 @@ from typing import Any
 
 import torch
 
-from inflab.common.chat import EncodedExample, answer_loss, collate, encode_pair
+from inflab.common.chat import EncodedExample, answer_loss, collate, encode_document, encode_pair
+from inflab.common.function_tokens import add_to_tokenizer, grow_embeddings
 from inflab.common.messages import CheckpointRef, RunSpec, TrainingSummary
 from inflab.common.models import load_tokenizer
 from inflab.trainer.checkpoints import (
@@ -89,6 +90,9 @@ class TrainingOutcome:
     #: (mostly in a background thread, beside the training; see predictions.py).
     prediction_stall_s: float = 0.0
     prediction_decoding_s: float = 0.0
+    #: The trained model (PEFT-wrapped), for callers that go on using it (a validation's
+    #: retraining measures losses with it); not part of the summary.
+    model: Any = field(default=None, repr=False)
 
     def summary(self, refs: list[CheckpointRef]) -> TrainingSummary:
         return TrainingSummary(
@@ -107,7 +111,11 @@ def _log(emit: Emit, level: str, message: str) -> None:
 
 
 def encode_training_pairs(spec: RunSpec, tokenizer: Any) -> list[EncodedExample]:
+    """Question/answer pairs through the chat template; a benchmark run's documents as
+    plain text with the loss on every token."""
     max_length = spec.hyperparams.max_seq_length
+    if spec.benchmark is not None:
+        return [encode_document(tokenizer, p.answer, max_length) for p in spec.training_data]
     return [encode_pair(tokenizer, p.question, p.answer, max_length) for p in spec.training_data]
 
 
@@ -237,6 +245,7 @@ def train_lora(
     resume_from: Path | None = None,
     prediction_limits: PredictionLimits | None = None,
     final_predictions_elsewhere: bool = False,
+    base_model: Any | None = None,
 ) -> TrainingOutcome:
     """Fine-tune ``model_path`` with LoRA (QLoRA with ``quantization: 4bit``) on
     ``spec.training_data``.
@@ -271,6 +280,11 @@ def train_lora(
     from which training continues with the next epoch. ``prediction_limits`` are the
     server's bounds on prediction tracking (clamped with a warning).
 
+    ``base_model``: the base model already in memory (float32, on the training device),
+    used instead of loading ``model_path``'s weights; it is wrapped with LoRA in place, so
+    give each call its own (a validation's retrainings build theirs from weights shared
+    through Ray's object store). The tokenizer still comes from ``model_path``.
+
     Raises ``QLoRAUnsupported`` (4-bit where bitsandbytes cannot run it) before loading
     anything, and ``InvalidTargetModules`` before the first step.
     """
@@ -283,9 +297,14 @@ def train_lora(
     require_quantization_support(hp.quantization, device)
 
     tokenizer = load_tokenizer(model_path)
+    benchmark = spec.benchmark
+    token_ids = add_to_tokenizer(tokenizer, benchmark.special_tokens) if benchmark is not None else []
     examples = encode_training_pairs(spec, tokenizer)
     truncated = _report_truncation(examples, hp.max_seq_length, emit)
     plan, warnings = plan_predictions(spec, prediction_limits)
+    if benchmark is not None and plan is not None:
+        # Its queries are plain text, not chat turns: the inference stage answers them.
+        plan, warnings = None, [*warnings, "prediction tracking is off for a benchmark run"]
     for warning in warnings:
         _log(emit, "warning", warning)
     tracker = None
@@ -293,9 +312,10 @@ def train_lora(
         sampler = PredictionSampler(plan, tokenizer, resolve_precision(plan.precision, device, hp.quantization == "4bit"))
         tracker = PredictionTracker(sampler, emit, lambda message: _log(emit, "warning", message))
 
-    model = load_base_model(model_path, device, hp.quantization)
+    model = load_base_model(model_path, device, hp.quantization) if base_model is None else base_model
+    grow_embeddings(model, tokenizer)  # a benchmark's function tokens: new rows at the mean row
     torch.manual_seed(hp.seed)  # LoRA init and dropout masks
-    model = attach_lora(model, hp)  # validates the target modules; freezes every base weight
+    model = attach_lora(model, hp, trainable_tokens=token_ids)  # validates the target modules; freezes every base weight
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=hp.learning_rate, weight_decay=hp.weight_decay)
 
@@ -353,7 +373,8 @@ def train_lora(
     pad_id = tokenizer.pad_token_id
     # The chat template's common opening computed once per batch (shared_prefix.py), where
     # that is exact: no dropout to share, no gradient checkpointing (QLoRA) to disable the cache.
-    exact_sharing = hp.lora_dropout == 0 and hp.quantization == "none"  # 4-bit: checkpointing is on
+    # Documents share no chat-template opening.
+    exact_sharing = hp.lora_dropout == 0 and hp.quantization == "none" and benchmark is None  # 4-bit: checkpointing is on
     loss_fn = answer_loss_shared_prefix if exact_sharing else answer_loss
 
     def tracking_due(step: int, epoch_end: bool) -> bool:
@@ -369,7 +390,8 @@ def train_lora(
     try:
         loop_started = time.monotonic()
         for epoch in range(first_epoch, hp.num_epochs + 1):
-            order = _epoch_order(len(examples), hp.seed, epoch)
+            # A benchmark reads its documents in their order (reproducible, as its authors trained).
+            order = list(range(len(examples))) if benchmark is not None else _epoch_order(len(examples), hp.seed, epoch)
             chunks = [[examples[i] for i in order[j : j + hp.batch_size]] for j in range(0, len(order), hp.batch_size)]
             groups = [chunks[j : j + hp.gradient_accumulation_steps] for j in range(0, len(chunks), hp.gradient_accumulation_steps)]
             for index, group in enumerate(groups):
@@ -438,4 +460,5 @@ def train_lora(
 
     outcome.duration_s = time.monotonic() - started
     outcome.metrics = list(metric_history)
+    outcome.model = model
     return outcome

@@ -166,6 +166,9 @@ class Experiment(Base):
     influence_args: Mapped[dict] = mapped_column(
         JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
     )
+    #: BenchmarkSpec of a benchmark experiment (ground truth, function tokens); NULL for a
+    #: question/answer experiment.
+    benchmark: Mapped[dict | None] = mapped_column(JSONB, nullable=True)
     created_at: Mapped[datetime] = _created()
     updated_at: Mapped[datetime] = mapped_column(
         DateTime(timezone=True), server_default=func.now(), onupdate=func.now(), nullable=False
@@ -192,6 +195,12 @@ class Run(Base):
         JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
     )
     progress: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    #: Each stage key's latest reported fraction and the producer's time of that report
+    #: (``{"train": {"fraction": 0.4, "time": "<ISO 8601>"}}``): what ``progress`` is
+    #: computed from, kept here so an event never re-reads the run's progress events.
+    stage_progress: Mapped[dict] = mapped_column(
+        JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
+    )
     current_epoch: Mapped[float | None] = mapped_column(Float)
     loss: Mapped[float | None] = mapped_column(Float)
     eta_s: Mapped[float | None] = mapped_column(Float)
@@ -320,3 +329,30 @@ class InfluenceResult(Base):
     #: Per evaluation question, the strongest positive and negative training pairs
     #: (``TopInfluences`` of the message contract), so lists read without the matrix.
     top_k: Mapped[list | None] = mapped_column(JSONB)
+
+
+class Validation(Base):
+    """A counterfactual validation of a run's attributions (LDS and removal test against
+    retraining). The summary lives here; every retraining's losses, the plan and the
+    per-question figures are in the object store at ``detail_key``."""
+
+    __tablename__ = "validations"
+    id: Mapped[uuid.UUID] = _uuid_pk()
+    run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    #: queued, running, completed, failed, cancelled.
+    status: Mapped[str] = mapped_column(String(32), nullable=False, default="queued")
+    #: ValidationSettings as asked (defaults filled in).
+    settings: Mapped[dict] = mapped_column(JSONB, nullable=False)
+    #: What each retraining keeps and answers (``inflab.common.validation.Plan`` as JSON).
+    plan: Mapped[dict] = mapped_column(JSONB, nullable=False)
+    #: The cost estimate shown before it was started.
+    estimate: Mapped[dict | None] = mapped_column(JSONB)
+    progress: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    #: Per matrix (``tracin/raw``, ``bm25/question``...): LDS with its interval and the
+    #: removal test, once completed.
+    summary: Mapped[dict | None] = mapped_column(JSONB)
+    detail_key: Mapped[str | None] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))

@@ -15,7 +15,10 @@ Start order is dependency order, stop order the reverse (services, Ray, PostgreS
   role with the permissions of :mod:`inflab.common.nats_permissions`, credentials in
   ``INFLAB_HOME/secrets`` (see ``bus_credentials.py``); a client without one is refused.
 * Ray: a local head node unless ``ray_address`` names a cluster.
-* Services: ``python -m inflab.<name>`` each (injectable, so tests run stand-ins).
+* Services: ``python -m inflab.<name>`` each (injectable, so tests run stand-ins). Each
+  worker serves its Prometheus metrics on a free loopback port of its own
+  (``INFLAB_METRICS_PORT``, chosen once and kept across restarts), recorded in
+  ``stack.json`` and shown by ``inflab ps``.
 
 The embedded stack serves one person, over plain http on their own machine, so it changes
 a few defaults (:func:`embedded_settings`; a setting given explicitly wins): no email
@@ -41,9 +44,17 @@ records every component (pid, url, log, start time, restarts, status) for ``infl
 later start finds components a killed supervisor left behind there and stops them, and
 refuses to start while that file's supervisor is still running.
 
-A service that exits is reported and restarted, with a growing back-off, up to
-``max_restarts`` times; after that, or when NATS, PostgreSQL or Ray exits, the stack is
-*failed*: :attr:`Stack.failed` is set and :meth:`Stack.wait_ready` raises.
+A service that exits is reported (its exit code or signal, the tail of its log) and
+restarted, forever, after a back-off that doubles with each crash in a row up to a cap and
+starts again once a process has run long enough to count as healthy (``restarts.py``).
+A service that keeps crashing is in a *crash loop*: the supervisor's log says so,
+``stack.json`` (and so ``inflab ps``) shows it with the stack *degraded*, and everything
+else keeps running. Only when NATS, PostgreSQL or Ray exits (or when a test asks for a
+``max_restarts`` bound and a service exceeds it) is the stack *failed*:
+:attr:`Stack.failed` is set and :meth:`Stack.wait_ready` raises.
+
+:meth:`Stack.service_command` is each service's command line and environment, exactly as
+the supervisor starts it (for tools that start or restart a service themselves).
 """
 
 from __future__ import annotations
@@ -69,14 +80,17 @@ import psutil
 from pydantic import SecretBytes, SecretStr
 
 from inflab.common.embedded._proc import (
+    LOCALHOST,
     ServerProcess,
     die_with_parent,
+    free_port,
     kill_group,
     log_tail,
     same_process,
     stop_process_tree,
 )
 from inflab.common.embedded.bus_credentials import BusCredentials
+from inflab.common.embedded.restarts import RestartPolicy, RestartTracker, exit_reason
 from inflab.common.job_signing import verify_key_of
 from inflab.common.settings import Settings
 
@@ -90,6 +104,8 @@ LOGS_DIR = "logs"
 DATABASE_NAME = "inflab"
 READY_PATH = "/readyz"
 HEALTH_PATH = "/healthz"
+#: Workers serve their metrics on loopback: the embedded stack is one person's machine.
+METRICS_HOST = LOCALHOST
 #: How often wait_ready re-probes.
 READY_POLL_S = 0.2
 #: Environment every child gets, whatever the settings (see the module docstring).
@@ -113,6 +129,7 @@ class ServiceSpec:
     url: str | None = None  # public base URL, shown by ``inflab ps``
     ready_path: str | None = None  # GET url+ready_path must answer 200 for wait_ready
     health_path: str | None = None  # GET url+health_path: liveness, for ``inflab ps``
+    metrics: bool = False  # serves Prometheus metrics on INFLAB_METRICS_PORT (the workers)
 
     @property
     def ready_url(self) -> str | None:
@@ -145,6 +162,7 @@ def default_services(settings: Settings, python: str = sys.executable) -> list[S
                 url=gateway_url(settings) if http else None,
                 ready_path=READY_PATH if http else None,
                 health_path=HEALTH_PATH if http else None,
+                metrics=not http,
             )
         )
     return specs
@@ -221,6 +239,11 @@ class Component:
     restarts: int = 0
     status: str = "starting"  # starting | running | restarting | failed | stopped | external
     stop_signal: int = int(signal.SIGTERM)
+    last_exit: str | None = None  # why the last process exited: "exit code 3", "SIGKILL"
+    last_exit_at: str | None = None
+    crashes_in_a_row: int = 0  # exits since the last process that ran long enough to be healthy
+    crash_loop: bool = False
+    metrics_url: str | None = None  # a worker's Prometheus metrics
 
     def attach(self, process: subprocess.Popen, log_path: Path) -> None:
         self.pid = process.pid
@@ -312,6 +335,7 @@ async def _in_thread(fn: Callable[..., T], *args: Any) -> T:
 class _Service:
     spec: ServiceSpec
     component: Component
+    tracker: RestartTracker
     process: subprocess.Popen | None = None
     watcher: asyncio.Task | None = None
 
@@ -328,6 +352,9 @@ class Stack:
 
     ``services`` defaults to the four real services; ``with_ray=False`` and
     ``migrate=False`` leave those steps out (tests of the supervisor itself).
+    A crashed service is restarted forever (see ``restarts.py`` for the back-off the
+    ``restart_*``, ``healthy_after_s`` and ``crash_loop_after`` arguments set); only a
+    given ``max_restarts`` turns more restarts than that into a failed stack.
     """
 
     def __init__(
@@ -335,8 +362,11 @@ class Stack:
         settings: Settings,
         services: Sequence[ServiceSpec] | None = None,
         *,
-        max_restarts: int = 3,
+        max_restarts: int | None = None,
         restart_backoff_s: float = 1.0,
+        restart_backoff_max_s: float = 30.0,
+        healthy_after_s: float = 60.0,
+        crash_loop_after: int = 3,
         stop_timeout_s: float = 15.0,
         with_ray: bool = True,
         migrate: bool = True,
@@ -357,7 +387,10 @@ class Stack:
         self._job_keys: tuple[str, str] = ("", "")
         self.specs = list(services) if services is not None else default_services(settings)
         self.max_restarts = max_restarts
-        self.restart_backoff_s = restart_backoff_s
+        self.restart_policy = RestartPolicy(
+            initial_s=restart_backoff_s, max_s=restart_backoff_max_s,
+            healthy_after_s=healthy_after_s, crash_loop_after=crash_loop_after,
+        )
         self.stop_timeout_s = stop_timeout_s
         self.with_ray = with_ray
         self.migrate = migrate
@@ -369,6 +402,7 @@ class Stack:
         self._components: list[Component] = []
         #: Environment for children beyond the settings (the Ray node's credentials).
         self._child_env_extra: dict[str, str] = {}
+        self._metrics_ports: dict[str, int] = {}
         self._owns_state = False  # a refused start must not overwrite the running stack's file
         self._stopping = False
         self._stopped = False
@@ -443,7 +477,11 @@ class Stack:
             await _in_thread(upgrade, self.settings.database_url)
         await self._start_ray()
         for spec in self.specs:
-            service = _Service(spec, Component(spec.name, "service", url=spec.url, health_url=spec.health_url))
+            service = _Service(
+                spec, Component(spec.name, "service", url=spec.url, health_url=spec.health_url,
+                                metrics_url=self.metrics_url(spec.name)),
+                RestartTracker(self.restart_policy),
+            )
             self._services.append(service)
             self._components.append(service.component)
             self._spawn_service(service)
@@ -576,14 +614,39 @@ class Stack:
         if parts.scheme == "file":
             Path(url2pathname(parts.path)).mkdir(parents=True, exist_ok=True)
 
+    def service_command(self, name: str) -> tuple[list[str], dict[str, str]]:
+        """Service ``name``'s command line and environment, as the supervisor starts it
+        (its settings, its own NATS credential and job key, the stack's extra variables)."""
+        spec = next((s for s in self.specs if s.name == name), None)
+        if spec is None:
+            raise KeyError(f"no service {name!r} in this stack")
+        extra = self._child_env_extra | SERVICE_ENV
+        if spec.metrics:
+            extra |= {"INFLAB_METRICS_HOST": METRICS_HOST, "INFLAB_METRICS_PORT": str(self._metrics_port(name))}
+        env = child_environment(self.service_settings(name), extra)
+        return list(spec.argv), env
+
+    def _metrics_port(self, name: str) -> int:
+        """The worker's metrics port: chosen free once, then the same for every restart."""
+        if name not in self._metrics_ports:
+            self._metrics_ports[name] = free_port(METRICS_HOST)
+        return self._metrics_ports[name]
+
+    def metrics_url(self, name: str) -> str | None:
+        """Where service ``name`` serves its Prometheus metrics (None: it serves none)."""
+        spec = next((s for s in self.specs if s.name == name), None)
+        if spec is None or not spec.metrics:
+            return None
+        return f"http://{METRICS_HOST}:{self._metrics_port(name)}/metrics"
+
     def _spawn_service(self, service: _Service) -> None:
         log_path = self.logs_dir / f"{service.spec.name}.log"
-        env = child_environment(self.service_settings(service.spec.name), self._child_env_extra | SERVICE_ENV)
+        argv, env = self.service_command(service.spec.name)
         with log_path.open("ab") as out:
-            out.write(f"--- {_now()} starting {' '.join(service.spec.argv)}\n".encode())
+            out.write(f"--- {_now()} starting {' '.join(argv)}\n".encode())
             out.flush()
             service.process = subprocess.Popen(
-                list(service.spec.argv),
+                argv,
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
@@ -596,29 +659,63 @@ class Stack:
 
     # -- supervision ----------------------------------------------------------------------
     async def _watch_service(self, service: _Service) -> None:
-        comp = service.component
+        """Restart the service whenever it exits, after the policy's back-off, until stop()."""
+        comp, tracker = service.component, service.tracker
+        loop = asyncio.get_running_loop()
+        tracker.started(loop.time())
         while True:
-            code = await wait_process(service.process)
+            code = await self._wait_exit(service)
             if self._stopping:
                 return
             await _in_thread(kill_group, service.process.pid)  # whatever it forked dies too
+            delay = tracker.exited(loop.time())
+            comp.last_exit, comp.last_exit_at = exit_reason(code), _now()
+            comp.crashes_in_a_row, comp.crash_loop = tracker.crashes_in_a_row, tracker.crash_loop
             log.error(
-                "%s exited with code %s (restarts so far: %d); last lines of %s:\n%s",
-                comp.name, code, comp.restarts, comp.log, log_tail(Path(comp.log), 15),
+                "%s (pid %s) exited: %s; restarts so far: %d; last lines of %s:\n%s",
+                comp.name, service.process.pid, comp.last_exit, comp.restarts, comp.log,
+                log_tail(Path(comp.log), 15),
             )
-            if comp.restarts >= self.max_restarts:
+            if self.max_restarts is not None and comp.restarts >= self.max_restarts:
                 comp.status = "failed"
-                self._fail(f"{comp.name} exited with code {code} after {comp.restarts} restarts")
+                self._fail(f"{comp.name} exited ({comp.last_exit}) after {comp.restarts} restarts")
                 return
+            if comp.crash_loop:
+                log.error(
+                    "%s is in a crash loop: %d exits in a row, each within %.0f s of its start; "
+                    "restarting it in %.1f s (the rest of the stack keeps running)",
+                    comp.name, comp.crashes_in_a_row, self.restart_policy.healthy_after_s, delay,
+                )
+            else:
+                log.warning("restarting %s in %.1f s", comp.name, delay)
             comp.status = "restarting"
             self._write_state()
             # A deliberate back-off (not a readiness wait): a crash loop must not spin.
-            await asyncio.sleep(min(self.restart_backoff_s * 2**comp.restarts, 30.0))
+            await asyncio.sleep(delay)
             if self._stopping:
                 return
             comp.restarts += 1
             self._spawn_service(service)
+            tracker.started(loop.time())
             self._write_state()
+
+    async def _wait_exit(self, service: _Service) -> int:
+        """The process's exit code; meanwhile, once it has run long enough to count as
+        healthy, its crash count (and any crash loop) is cleared."""
+        comp, tracker = service.component, service.tracker
+        exit_task = asyncio.ensure_future(wait_process(service.process))
+        try:
+            if tracker.crashes_in_a_row:
+                done, _ = await asyncio.wait([exit_task], timeout=self.restart_policy.healthy_after_s)
+                if not done and tracker.ran_healthy(asyncio.get_running_loop().time()):
+                    if comp.crash_loop:
+                        log.info("%s has run %.0f s since its restart: no longer in a crash loop",
+                                 comp.name, self.restart_policy.healthy_after_s)
+                    comp.crashes_in_a_row, comp.crash_loop = 0, False
+                    self._write_state()
+            return await exit_task
+        finally:
+            exit_task.cancel()
 
     async def _watch_server(self, entry: _Server) -> None:
         code = await wait_process(entry.server.process)
@@ -631,14 +728,19 @@ class Stack:
         )
         self._fail(f"{entry.server.name} exited with code {code}")
 
+    def crash_loops(self) -> list[Component]:
+        """The services in a crash loop now."""
+        return [s.component for s in self._services if s.component.crash_loop]
+
     def _fail(self, reason: str) -> None:
         if self.failure is None:
             self.failure = reason
         self.failed.set()
         self._write_state()
 
-    async def wait_ready(self, timeout: float = 120.0) -> None:
-        """Until every service process is alive and every ready URL answers 200.
+    async def wait_ready(self, timeout: float = 120.0, *, allow_crash_loops: bool = False) -> None:
+        """Until every service process is alive and every ready URL answers 200 (with
+        ``allow_crash_loops``, services in a crash loop aside: see :meth:`crash_loops`).
 
         Raises :class:`StackError` when the stack fails meanwhile or after ``timeout``.
         """
@@ -650,9 +752,17 @@ class Stack:
             while True:
                 if self.failed.is_set():
                     raise StackError(f"stack failed: {self.failure}")
-                waiting = [s.spec.name for s in self._services if not s.process or s.process.poll() is not None]
+                waiting = []
                 for s in self._services:
-                    if s.spec.ready_url and s.spec.name not in waiting and not await _answers(client, s.spec.ready_url):
+                    if s.component.crash_loop:
+                        # Reported in the state file and the log; alive between two crashes
+                        # is not ready.
+                        if not allow_crash_loops:
+                            waiting.append(f"{s.spec.name} (crash loop; last exit: {s.component.last_exit})")
+                        continue
+                    if not s.process or s.process.poll() is not None:
+                        waiting.append(s.spec.name)
+                    elif s.spec.ready_url and not await _answers(client, s.spec.ready_url):
                         waiting.append(f"{s.spec.name} ({s.spec.ready_url})")
                 if not waiting:
                     return
@@ -703,7 +813,9 @@ class Stack:
             return "stopped"
         if self.failed.is_set():
             return "failed"
-        return "stopping" if self._stopping else "running"
+        if self._stopping:
+            return "stopping"
+        return "degraded" if self.crash_loops() else "running"
 
     def _write_state(self) -> None:
         if not self._owns_state:

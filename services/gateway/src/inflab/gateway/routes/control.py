@@ -48,7 +48,7 @@ RESPONSES = {
 }
 
 
-def runtime_params(body: Annotated[dict[str, Any], Body()]) -> RuntimeParams:
+async def runtime_params(body: Annotated[dict[str, Any], Body()]) -> RuntimeParams:
     """The body as RuntimeParams, with a 422 that says why a known hyperparameter is refused
     (the contract's own error would only call it an extra field)."""
     refused = [

@@ -52,6 +52,7 @@ def _apply_spec(experiment: Experiment, spec: RunSpec) -> None:
     experiment.max_new_tokens = spec.max_new_tokens
     experiment.predictions = spec.predictions.model_dump(mode="json")
     experiment.influence_args = spec.influence_args.model_dump(mode="json")
+    experiment.benchmark = None if spec.benchmark is None else spec.benchmark.model_dump(mode="json")
 
 
 async def _saved(session: AsyncSession, experiment: Experiment) -> ExperimentOut:

@@ -79,7 +79,9 @@ def method_arguments(model: type[MethodArgs]) -> list[MethodArgument]:
     defaults and the field docstrings), in declaration order (the shared ones first)."""
     schema = model.model_json_schema()
     shared = set(MethodArgs.model_fields)
-    return [_argument(name, prop, shared) for name, prop in schema["properties"].items()]
+    # Arguments for scripts only (a representation method's ablation ``grid``) are not
+    # form fields; the CLI sets them (``inflab bench run --grid``).
+    return [_argument(name, prop, shared) for name, prop in schema["properties"].items() if not prop.get("cli_only")]
 
 
 @lru_cache(maxsize=1)

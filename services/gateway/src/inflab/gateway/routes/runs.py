@@ -19,11 +19,11 @@ from inflab.common.messages import Answer, CheckpointRef, RunSpec, TrainingSumma
 from inflab.gateway.auth.sessions import still_valid
 from inflab.gateway.baselines import run_baselines
 from inflab.gateway.deps import (
+    BroadcasterDep,
     BusDep,
     CallerDep,
     CurrentUser,
     DispatcherDep,
-    NotifierDep,
     OwnedExperiment,
     OwnedRun,
     SessionDep,
@@ -44,8 +44,7 @@ from inflab.gateway.schemas import (
     RunResults,
     TrainingResults,
 )
-from inflab.gateway.metrics import MetricsDep
-from inflab.gateway.sse import MAX_EVENT_ID, run_event_stream
+from inflab.gateway.broadcast import MAX_EVENT_ID, CountedStream, TooManyStreams, validation_under_way
 
 log = logging.getLogger(__name__)
 
@@ -209,6 +208,7 @@ def answer_aggregates(answers: list[Answer]) -> AnswerAggregates:
         **NOT_FOUND,
         200: {"content": {"text/event-stream": {}}, "description": "The run's events, live."},
         204: {"description": "The run has finished and the client has every event: stop reconnecting."},
+        429: {"description": "The user has INFLAB_SSE_MAX_STREAMS_PER_USER event streams open on this server."},
     },
 )
 async def stream_run_events(
@@ -216,35 +216,45 @@ async def stream_run_events(
     caller: CallerDep,
     session: SessionDep,
     sessionmaker: SessionmakerDep,
-    notifier: NotifierDep,
+    broadcaster: BroadcasterDep,
     settings: SettingsDep,
-    metrics: MetricsDep,
     last_event_id: Annotated[str | None, Header()] = None,
     after: Annotated[int | None, Query(ge=0, description="Send only events with a larger id.")] = None,
 ) -> Response:
     """Server-Sent Events: ``id`` is the event's sequence number, ``event`` its kind and
     ``data`` its JSON. Resumes after ``Last-Event-ID`` (or ``after``); ends after the
-    run-level terminal status event, or when the session or API token that opened it
+    run-level terminal status event (a validation of an ended run keeps it open while it
+    is under way: its events have stage ``validation``), or when the session or API token that opened it
     ends (re-checked every heartbeat interval)."""
     start = min(max(after or 0, _event_id(last_event_id)), MAX_EVENT_ID)
 
-    async def still_allowed() -> bool:
-        async with sessionmaker() as check:
-            return await still_valid(check, caller, settings)
+    async def check() -> bool:
+        async with sessionmaker() as session:
+            return await still_valid(session, caller, settings)
 
-    finished = run.status in TERMINAL and not await session.scalar(
-        select(exists().where(RunEventRow.run_id == run.id, RunEventRow.id > start))
+    async def still_allowed() -> bool:
+        # Once per heartbeat for all the streams of one session or token.
+        return await broadcaster.still_allowed((caller.session_id, caller.api_token_id), check)
+
+    finished = (
+        run.status in TERMINAL
+        and not await session.scalar(select(exists().where(RunEventRow.run_id == run.id, RunEventRow.id > start)))
+        and not await validation_under_way(session, run.id)
     )
-    # The stream reads through its own short sessions; hand this one's connection back
-    # now rather than hold it for the life of the stream.
+    # The stream reads through the broadcaster's short sessions; hand this one's
+    # connection back now rather than hold it for the life of the stream.
     await session.close()
     if finished:
         # EventSource reconnects when a stream ends; 204 is how the spec says "stop".
         return Response(status_code=status.HTTP_204_NO_CONTENT)
-    return StreamingResponse(
-        metrics.streaming(
-            run_event_stream(sessionmaker, notifier, run.id, start, settings.sse_heartbeat_s, still_allowed)
-        ),
+    user_id = caller.user.id
+    try:
+        broadcaster.reserve(user_id)
+    except TooManyStreams as exc:
+        raise HTTPException(status.HTTP_429_TOO_MANY_REQUESTS, str(exc)) from None
+    return CountedStream(
+        broadcaster.stream(run.id, start, still_allowed),
+        release=lambda: broadcaster.release(user_id),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

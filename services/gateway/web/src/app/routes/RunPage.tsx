@@ -1,6 +1,6 @@
 import { Tabs } from "radix-ui";
 import { lazy, Suspense } from "react";
-import { useParams, useSearchParams } from "react-router";
+import { Link, useParams, useSearchParams } from "react-router";
 import { usePageCrumbs } from "@/components/layout/crumbs";
 import { ErrorState, InlineAlert, SkeletonRows } from "@/components/ui/Feedback";
 import { useExperiment } from "@/features/experiments/api";
@@ -88,6 +88,11 @@ export function RunPage() {
               {methods.length} {methods.length === 1 ? "method" : "methods"}
             </span>
           </Tabs.Trigger>
+          {run.data.config.benchmark ? (
+            <Link className="tab" to={`/benchmarks/${run.data.id}`}>
+              Leaderboard
+            </Link>
+          ) : null}
         </Tabs.List>
 
         <Tabs.Content value="overview" className="run-body">

@@ -25,6 +25,8 @@ interface DetailsPanelProps {
   onPick: (col: number) => void;
   onClose?: () => void;
   k?: number;
+  /** A benchmark run's ground truth: evaluation question id -> its relevant training ids. */
+  relevant?: Record<string, string[]> | null;
 }
 
 function Highlighted({ text, against }: { text: string; against: Set<string> }) {
@@ -65,10 +67,12 @@ function Item({
 }) {
   const t = props.trainTexts.get(item.id);
   const bm25 = props.bm25 ? rankUnder(props.bm25, evalId, item.id) : null;
+  const isRelevant = props.relevant?.[evalId]?.includes(item.id) ?? false;
   return (
-    <li className={`detail-item ${props.selectedCol === item.col ? "active" : ""}`}>
+    <li className={`detail-item ${props.selectedCol === item.col ? "active" : ""} ${isRelevant ? "relevant" : ""}`}>
       <button type="button" className="detail-pick" onClick={() => props.onPick(item.col)} title="Select this cell">
         <span className="tid mono">T{item.col + 1}</span>
+        {isRelevant ? <span className="badge badge-success relevant-badge">relevant</span> : null}
         <span className="detail-text">
           <span className="q">
             <Highlighted text={t?.question ?? item.id} against={against} />
@@ -113,6 +117,7 @@ export function DetailsPanel(props: DetailsPanelProps) {
   const top = topOfRow(frame, row, k);
   const max = Math.max(...top.positive.map((x) => Math.abs(x.score)), ...top.negative.map((x) => Math.abs(x.score)), 0);
   const fineTunedMatch = answer ? matchKind(answer.fine_tuned, answer.reference) : null;
+  const relevantCount = props.relevant?.[evalId]?.length ?? null;
 
   return (
     <section className="panel details-panel" aria-label="Influence details">
@@ -188,6 +193,7 @@ export function DetailsPanel(props: DetailsPanelProps) {
       <p className="details-note dim">
         Positive: the pair lowered the loss of the reference answer; negative: it raised it.{" "}
         <mark className="shared-word">Highlighted</mark>: words shared with the question and its reference. BM25: lexical rank, a baseline.
+        {relevantCount != null ? ` Benchmark: ${relevantCount} relevant training documents by construction, marked "relevant".` : null}
       </p>
     </section>
   );

@@ -25,6 +25,8 @@ import {
   type Frame,
 } from "./matrix";
 import { SummaryPanels } from "./SummaryPanels";
+import { defaultView } from "./defaultView";
+import { useValidations, ValidationPanel } from "./ValidationPanel";
 import { useExplorerView } from "./useExplorerView";
 import "./influence.css";
 
@@ -134,10 +136,28 @@ export function InfluenceExplorer({ run }: { run: Run }) {
     const ordered = (run.config.influence_methods ?? []).filter((m) => present.has(m));
     return [...ordered, ...[...present].filter((m) => !ordered.includes(m))];
   }, [matrices, run.config.influence_methods]);
-  const method = view.method && methodIds.includes(view.method) ? view.method : (methodIds[0] ?? null);
+  // Without a method in the URL: the evidence's choice (the run's own validation, else the
+  // shared workload's LDS ranking; defaultView.ts).
+  const validations = useValidations(run.id);
+  const preferred = useMemo(
+    () =>
+      defaultView(
+        matrices.map((m) => ({ method: m.method, variant: m.variant })),
+        methodIds,
+        validations.data?.find((v) => v.status === "completed")?.results ?? null,
+      ),
+    [matrices, methodIds, validations.data],
+  );
+  const method = view.method && methodIds.includes(view.method) ? view.method : (preferred?.method ?? null);
   const variants = useMemo(() => matrices.filter((m) => m.method === method).map((m) => m.variant), [matrices, method]);
   const variant =
-    view.variant && variants.includes(view.variant) ? view.variant : variants.includes("normalized") ? "normalized" : (variants[0] ?? null);
+    view.variant && variants.includes(view.variant)
+      ? view.variant
+      : !view.method && preferred && variants.includes(preferred.variant)
+        ? preferred.variant
+        : variants.includes("normalized")
+          ? "normalized"
+          : (variants[0] ?? null);
   const matrix = matrices.find((m) => m.method === method && m.variant === variant) ?? null;
 
   const evalTexts = useMemo(
@@ -373,6 +393,8 @@ export function InfluenceExplorer({ run }: { run: Run }) {
         </div>
       </div>
 
+      <ValidationPanel runId={run.id} method={method} />
+
       <div className={`explorer-main ${detailsOpen && selectedRow != null ? "" : "no-details"}`}>
         <div className="explorer-left">
           <section className="panel heat-panel">
@@ -519,6 +541,7 @@ export function InfluenceExplorer({ run }: { run: Run }) {
               selectedCol={selectedCol}
               onPick={(col) => setView({ evalId: frame.rowIds[selectedRow]!, trainId: frame.colIds[col]! })}
               onClose={() => setDetailsOpen(false)}
+              relevant={run.config.benchmark?.relevant ?? null}
             />
           </div>
         ) : null}

@@ -35,7 +35,7 @@ const base = {
 };
 
 function status(
-  stage: "run" | "train" | "inference" | "influence",
+  stage: "run" | "train" | "inference" | "influence" | "validation",
   value: RunSnapshot["status"],
   method: string | null = null,
   error: string | null = null,
@@ -205,5 +205,31 @@ describe("run state from snapshot and events", () => {
     expect(overallProgress(state.stages)).toBeCloseTo(0.6);
     state = applyEvent(state, 2, status("influence", "completed", "tracin"));
     expect(overallProgress(state.stages)).toBeCloseTo(0.7);
+  });
+});
+
+describe("a validation of the ended run", () => {
+  it("is logged but adds no stage and moves no progress", () => {
+    const done = fromSnapshot(snapshot({ status: "completed", progress: 1, stages: { train: "completed", inference: "completed" } }));
+    const after = applyEvents(done, [
+      { id: 50, event: status("validation", "running") },
+      {
+        id: 51,
+        event: {
+          ...base,
+          kind: "progress",
+          stage: "validation",
+          fraction: 0.5,
+          step: 1,
+          total: 2,
+          epoch: null,
+          eta_s: null,
+          message: "retraining full done",
+        } as RunEvent,
+      },
+    ]);
+    expect(Object.keys(after.stages).sort()).toEqual(["inference", "train"]);
+    expect(after.status).toBe("completed");
+    expect(overallProgress(after.stages)).toBe(overallProgress(done.stages));
   });
 });

@@ -270,7 +270,8 @@ function draftOf(state: LiveRun): LiveRun {
 function applyInto(next: LiveRun, id: number, e: RunEvent): void {
   next.lastEventId = id;
   const key = stageKey(e.stage, e.method);
-  const stage = e.stage === "run" ? undefined : (next.stages[key] ?? newStage(key, "queued"));
+  // A validation follows an ended run (its own panel shows it): no stage of the run.
+  const stage = e.stage === "run" || e.stage === "validation" ? undefined : (next.stages[key] ?? newStage(key, "queued"));
 
   switch (e.kind) {
     case "status": {

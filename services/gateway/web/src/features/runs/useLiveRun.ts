@@ -57,7 +57,9 @@ export function useLiveRun(snapshot: RunSnapshot | undefined): { live: LiveRun |
         void client.invalidateQueries({ queryKey: queryKeys.runs });
         void client.invalidateQueries({ queryKey: queryKeys.experiments });
       }
-      if (event.kind === "result") void client.invalidateQueries({ queryKey: queryKeys.runResults(runId) });
+      if (event.stage === "validation") {
+        void client.invalidateQueries({ queryKey: queryKeys.validations(runId) });
+      } else if (event.kind === "result") void client.invalidateQueries({ queryKey: queryKeys.runResults(runId) });
     };
     for (const kind of EVENT_KINDS) source.addEventListener(kind, onEvent as EventListener);
     source.onopen = () => setStream("live");

@@ -302,6 +302,28 @@ export interface paths {
         patch?: never;
         trace?: never;
     };
+    "/api/benchmarks/{run_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Leaderboard
+         * @description The leaderboard of a benchmark run: every method and baseline ranked by recall@5,
+         *     with recall@1/5/10, precision@k, MRR, mAP and ROC-AUC (mean and standard deviation)
+         *     over the correctly answered queries and over all, and the per-query drill-down.
+         */
+        get: operations["get_leaderboard"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
     "/api/estimates": {
         parameters: {
             query?: never;
@@ -567,7 +589,8 @@ export interface paths {
          * Stream Run Events
          * @description Server-Sent Events: ``id`` is the event's sequence number, ``event`` its kind and
          *     ``data`` its JSON. Resumes after ``Last-Event-ID`` (or ``after``); ends after the
-         *     run-level terminal status event, or when the session or API token that opened it
+         *     run-level terminal status event (a validation of an ended run keeps it open while it
+         *     is under way: its events have stage ``validation``), or when the session or API token that opened it
          *     ends (re-checked every heartbeat interval).
          */
         get: operations["stream_run_events"];
@@ -659,6 +682,96 @@ export interface paths {
         get: operations["get_run_results"];
         put?: never;
         post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/runs/{run_id}/validations": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * List Validations
+         * @description The run's validations, newest first.
+         */
+        get: operations["list_validations"];
+        put?: never;
+        /**
+         * Start Validation
+         * @description Check the run's attributions against retraining: the LDS over ``subsets`` random
+         *     subsets of a fraction ``alpha`` of the training pairs, and per evaluation question the
+         *     removal of its top ``removal_k`` pairs under each method against ``removal_k`` random
+         *     ones; every influence matrix of the run and BM25's. Its events (stage ``validation``)
+         *     come on the run's event stream.
+         */
+        post: operations["start_validation"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/runs/{run_id}/validations/estimate": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Estimate Validation
+         * @description What a validation with these settings would run and cost, before starting it.
+         */
+        post: operations["estimate_validation"];
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/runs/{run_id}/validations/{validation_id}": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        /**
+         * Get Validation
+         * @description One validation, with its detail from the object store once completed: the plan
+         *     (which pairs each retraining kept, the subsets' seeds), every retraining's losses and
+         *     where and how long it ran, and the per-question LDS and removal figures.
+         */
+        get: operations["get_validation"];
+        put?: never;
+        post?: never;
+        delete?: never;
+        options?: never;
+        head?: never;
+        patch?: never;
+        trace?: never;
+    };
+    "/api/runs/{run_id}/validations/{validation_id}/cancel": {
+        parameters: {
+            query?: never;
+            header?: never;
+            path?: never;
+            cookie?: never;
+        };
+        get?: never;
+        put?: never;
+        /**
+         * Cancel Validation
+         * @description Stop a validation: its retrainings are cancelled on Ray and it ends ``cancelled``.
+         */
+        post: operations["cancel_validation"];
         delete?: never;
         options?: never;
         head?: never;
@@ -765,6 +878,98 @@ export interface paths {
 export type webhooks = Record<string, never>;
 export interface components {
     schemas: {
+        /**
+         * ActGradArgs
+         * @description Activation-gradient similarity at the fine-tuned model.
+         */
+        ActGradArgs: {
+            /**
+             * Aggregation
+             * @description How the per-layer similarities become one score: their mean, the mean of the
+             *     ``top_layers`` largest, or convex weights fitted on a validation split of the queries
+             *     (benchmark runs only; elsewhere the mean).
+             * @default mean
+             * @enum {string}
+             */
+            aggregation?: "mean" | "topk_mean" | "learned";
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Checkpoint Step
+             * @description The fine-tuned checkpoint, by its training step; null: the final checkpoint.
+             */
+            checkpoint_step?: number | null;
+            /**
+             * Grid
+             * @description An ablation grid: more settings of ``layers``, ``pooling``, ``aggregation``,
+             *     ``top_layers``, ``normalization`` and ``similarity`` (one dict each, the rest as above),
+             *     each scored from the same cached hidden states as its own variant ``grid1``, ``grid2``...
+             *     (a new pooling computes its features once).
+             */
+            grid?: {
+                [key: string]: string | number;
+            }[];
+            /**
+             * Layers
+             * @description Decoder layers compared: ``all``, a list (``0,3,5``) or a range (``2-5``), from 0.
+             * @default all
+             */
+            layers?: string;
+            /**
+             * New Model
+             * @description The new model's id, with ``old_model``.
+             */
+            new_model?: string | null;
+            /**
+             * Normalization
+             * @description ``zscore``: each layer's similarities are standardised over the training examples
+             *     (per query) before aggregating, so no layer dominates by its scale.
+             * @default none
+             * @enum {string}
+             */
+            normalization?: "none" | "zscore";
+            /**
+             * Old Model
+             * @description Compare two full checkpoints instead of the run's base and adapter: the old model's
+             *     id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
+             *     architectures must match, or the job is refused before any work.
+             */
+            old_model?: string | null;
+            /**
+             * Pooling
+             * @description A sequence's vector per layer: its last position the loss reads (the token before
+             *     the last), or the mean over the tokens that carry the loss (the answer span; every
+             *     token of a benchmark document).
+             * @default answer_mean
+             * @enum {string}
+             */
+            pooling?: "last" | "answer_mean";
+            /**
+             * Similarity
+             * @description Cosine of the pooled vectors, or their dot product.
+             * @default cosine
+             * @enum {string}
+             */
+            similarity?: "cosine" | "dot";
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+            /**
+             * Top Layers
+             * @description ``topk_mean`` only: how many of the largest per-layer similarities are averaged.
+             * @default 3
+             */
+            top_layers?: number;
+        };
         /** Answer */
         Answer: {
             /** Base */
@@ -922,6 +1127,106 @@ export interface components {
             scope: "full" | "read" | "submit";
         };
         /**
+         * AttrChangeArgs
+         * @description Attribution-weighted change: pooled change times pooled activation gradient.
+         */
+        AttrChangeArgs: {
+            /**
+             * Aggregation
+             * @description How the per-layer similarities become one score: their mean, the mean of the
+             *     ``top_layers`` largest, or convex weights fitted on a validation split of the queries
+             *     (benchmark runs only; elsewhere the mean).
+             * @default mean
+             * @enum {string}
+             */
+            aggregation?: "mean" | "topk_mean" | "learned";
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Checkpoint Step
+             * @description The fine-tuned checkpoint, by its training step; null: the final checkpoint.
+             */
+            checkpoint_step?: number | null;
+            /**
+             * Grid
+             * @description An ablation grid: more settings of ``layers``, ``pooling``, ``aggregation``,
+             *     ``top_layers``, ``normalization`` and ``similarity`` (one dict each, the rest as above),
+             *     each scored from the same cached hidden states as its own variant ``grid1``, ``grid2``...
+             *     (a new pooling computes its features once).
+             */
+            grid?: {
+                [key: string]: string | number;
+            }[];
+            /**
+             * Ig Steps
+             * @description 0: the gradient at the fine-tuned model; K > 0: integrated gradients, the mean
+             *     gradient over K points on the path from the old to the new hidden states (a K-step
+             *     Riemann sum; K more forward and backward passes per layer).
+             * @default 0
+             */
+            ig_steps?: number;
+            /**
+             * Layers
+             * @description Decoder layers compared: ``all``, a list (``0,3,5``) or a range (``2-5``), from 0.
+             * @default all
+             */
+            layers?: string;
+            /**
+             * New Model
+             * @description The new model's id, with ``old_model``.
+             */
+            new_model?: string | null;
+            /**
+             * Normalization
+             * @description ``zscore``: each layer's similarities are standardised over the training examples
+             *     (per query) before aggregating, so no layer dominates by its scale.
+             * @default none
+             * @enum {string}
+             */
+            normalization?: "none" | "zscore";
+            /**
+             * Old Model
+             * @description Compare two full checkpoints instead of the run's base and adapter: the old model's
+             *     id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
+             *     architectures must match, or the job is refused before any work.
+             */
+            old_model?: string | null;
+            /**
+             * Pooling
+             * @description A sequence's vector per layer: its last position the loss reads (the token before
+             *     the last), or the mean over the tokens that carry the loss (the answer span; every
+             *     token of a benchmark document).
+             * @default answer_mean
+             * @enum {string}
+             */
+            pooling?: "last" | "answer_mean";
+            /**
+             * Similarity
+             * @description Cosine of the pooled vectors, or their dot product.
+             * @default cosine
+             * @enum {string}
+             */
+            similarity?: "cosine" | "dot";
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+            /**
+             * Top Layers
+             * @description ``topk_mean`` only: how many of the largest per-layer similarities are averaged.
+             * @default 3
+             */
+            top_layers?: number;
+        };
+        /**
          * BaselineMatrix
          * @description A lexical baseline matrix, shaped like an influence matrix: ``scores[i][j]`` is the
          *     BM25 score of training pair j (question + answer) for evaluation question i's query.
@@ -968,6 +1273,62 @@ export interface components {
              */
             variant: "question" | "question_reference";
         };
+        /** BenchmarkDocument */
+        BenchmarkDocument: {
+            /** Id */
+            id: string;
+            /** Label */
+            label: string;
+            /** Text */
+            text: string;
+        };
+        /** BenchmarkQuery */
+        BenchmarkQuery: {
+            /** Answer */
+            answer: string;
+            /** Correct */
+            correct: boolean | null;
+            /** Id */
+            id: string;
+            /** Question */
+            question: string;
+            /** Relevant Ids */
+            relevant_ids: string[];
+        };
+        /**
+         * BenchmarkSpec
+         * @description A benchmark run (``kind: benchmark``): its training examples are documents, each a
+         *     training pair whose ``answer`` is the document's text (trained with the causal-LM loss
+         *     on every token; ``question`` only names the document, e.g. its type, and is not
+         *     trained on); its evaluation questions are queries with their expected answer, asked as
+         *     plain text (no chat template); ``relevant`` is the ground truth. Training reads the
+         *     documents in their order (no shuffling), so a run is reproducible.
+         */
+        "BenchmarkSpec-Input": {
+            /** Relevant */
+            relevant: {
+                [key: string]: string[];
+            };
+            /** Special Tokens */
+            special_tokens?: string[];
+        };
+        /**
+         * BenchmarkSpec
+         * @description A benchmark run (``kind: benchmark``): its training examples are documents, each a
+         *     training pair whose ``answer`` is the document's text (trained with the causal-LM loss
+         *     on every token; ``question`` only names the document, e.g. its type, and is not
+         *     trained on); its evaluation questions are queries with their expected answer, asked as
+         *     plain text (no chat template); ``relevant`` is the ground truth. Training reads the
+         *     documents in their order (no shuffling), so a run is reproducible.
+         */
+        "BenchmarkSpec-Output": {
+            /** Relevant */
+            relevant: {
+                [key: string]: string[];
+            };
+            /** Special Tokens */
+            special_tokens: string[];
+        };
         /** CheckpointEvent */
         CheckpointEvent: {
             checkpoint: components["schemas"]["CheckpointRef"];
@@ -1002,7 +1363,7 @@ export interface components {
              * Stage
              * @enum {string}
              */
-            stage: "run" | "train" | "inference" | "influence";
+            stage: "run" | "train" | "inference" | "influence" | "validation";
             /**
              * Time
              * Format: date-time
@@ -1117,6 +1478,98 @@ export interface components {
             normalized?: boolean | null;
             /** Top K */
             top_k?: number | null;
+        };
+        /**
+         * DeltaHArgs
+         * @description Concept-change similarity: cosine of pooled hidden-state changes between checkpoints.
+         */
+        DeltaHArgs: {
+            /**
+             * Aggregation
+             * @description How the per-layer similarities become one score: their mean, the mean of the
+             *     ``top_layers`` largest, or convex weights fitted on a validation split of the queries
+             *     (benchmark runs only; elsewhere the mean).
+             * @default mean
+             * @enum {string}
+             */
+            aggregation?: "mean" | "topk_mean" | "learned";
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Checkpoint Step
+             * @description The fine-tuned checkpoint, by its training step; null: the final checkpoint.
+             */
+            checkpoint_step?: number | null;
+            /**
+             * Grid
+             * @description An ablation grid: more settings of ``layers``, ``pooling``, ``aggregation``,
+             *     ``top_layers``, ``normalization`` and ``similarity`` (one dict each, the rest as above),
+             *     each scored from the same cached hidden states as its own variant ``grid1``, ``grid2``...
+             *     (a new pooling computes its features once).
+             */
+            grid?: {
+                [key: string]: string | number;
+            }[];
+            /**
+             * Layers
+             * @description Decoder layers compared: ``all``, a list (``0,3,5``) or a range (``2-5``), from 0.
+             * @default all
+             */
+            layers?: string;
+            /**
+             * New Model
+             * @description The new model's id, with ``old_model``.
+             */
+            new_model?: string | null;
+            /**
+             * Normalization
+             * @description ``zscore``: each layer's similarities are standardised over the training examples
+             *     (per query) before aggregating, so no layer dominates by its scale.
+             * @default none
+             * @enum {string}
+             */
+            normalization?: "none" | "zscore";
+            /**
+             * Old Model
+             * @description Compare two full checkpoints instead of the run's base and adapter: the old model's
+             *     id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
+             *     architectures must match, or the job is refused before any work.
+             */
+            old_model?: string | null;
+            /**
+             * Pooling
+             * @description A sequence's vector per layer: its last position the loss reads (the token before
+             *     the last), or the mean over the tokens that carry the loss (the answer span; every
+             *     token of a benchmark document).
+             * @default answer_mean
+             * @enum {string}
+             */
+            pooling?: "last" | "answer_mean";
+            /**
+             * Similarity
+             * @description Cosine of the pooled vectors, or their dot product.
+             * @default cosine
+             * @enum {string}
+             */
+            similarity?: "cosine" | "dot";
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+            /**
+             * Top Layers
+             * @description ``topk_mean`` only: how many of the largest per-layer similarities are averaged.
+             * @default 3
+             */
+            top_layers?: number;
         };
         /**
          * EKFACArgs
@@ -1254,6 +1707,32 @@ export interface components {
             /** Email */
             email: string;
         };
+        /**
+         * EmbeddingArgs
+         * @description The embedding baseline: cosine of mean-pooled hidden states of the base model.
+         */
+        EmbeddingArgs: {
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Layer
+             * @description The decoder layer whose output is mean-pooled (negative: from the end).
+             * @default -1
+             */
+            layer?: number;
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+        };
         /** Estimate */
         Estimate: {
             /** Assumptions */
@@ -1295,6 +1774,7 @@ export interface components {
          *     evaluation questions may be left out.
          */
         EstimateRequest: {
+            benchmark?: components["schemas"]["BenchmarkSpec-Input"] | null;
             /**
              * Description
              * @default
@@ -1342,6 +1822,7 @@ export interface components {
          *     question ids to ``ev00, ...``; omitted run settings take the server's defaults.
          */
         ExperimentCreate: {
+            benchmark?: components["schemas"]["BenchmarkSpec-Input"] | null;
             /**
              * Description
              * @default
@@ -1367,6 +1848,8 @@ export interface components {
         };
         /** ExperimentOut */
         ExperimentOut: {
+            /** @description Set for a benchmark experiment: the ground truth and the function tokens. */
+            benchmark?: components["schemas"]["BenchmarkSpec-Output"] | null;
             /**
              * Created At
              * Format: date-time
@@ -1817,10 +2300,20 @@ export interface components {
          *     editor keeps what was set for it.
          */
         InfluenceArgs: {
+            /** @description Activation-gradient similarity's arguments. */
+            act_grad?: components["schemas"]["ActGradArgs"];
+            /** @description Attribution-weighted change's arguments. */
+            attr_change?: components["schemas"]["AttrChangeArgs"];
             /** @description DataInf's arguments. */
             datainf?: components["schemas"]["DataInfArgs"];
+            /** @description Concept-change similarity's arguments. */
+            delta_h?: components["schemas"]["DeltaHArgs"];
             /** @description EK-FAC's arguments. */
             ekfac?: components["schemas"]["EKFACArgs"];
+            /** @description The embedding baseline's arguments. */
+            embedding?: components["schemas"]["EmbeddingArgs"];
+            /** @description Gated causal patching's arguments. */
+            patching?: components["schemas"]["PatchingArgs"];
             /** @description TracIn's arguments. */
             tracin?: components["schemas"]["TracInArgs"];
         };
@@ -2000,6 +2493,65 @@ export interface components {
              */
             status: "queued" | "running" | "checkpointing" | "completed" | "failed" | "cancelled";
         };
+        /** Leaderboard */
+        Leaderboard: {
+            /**
+             * Accuracy
+             * @description Share of queries the fine-tuned model answers correctly (null until the embedding baseline ran).
+             */
+            accuracy: number | null;
+            /** Correct Queries */
+            correct_queries: number | null;
+            /** Documents */
+            documents: components["schemas"]["BenchmarkDocument"][];
+            /**
+             * Pending Methods
+             * @description Methods the run asked for whose scores are not stored yet.
+             */
+            pending_methods: string[];
+            /** Queries */
+            queries: components["schemas"]["BenchmarkQuery"][];
+            /** Ranked By */
+            ranked_by: string;
+            /** Rows */
+            rows: components["schemas"]["LeaderboardRow"][];
+            /** Run Id */
+            run_id: string;
+            /** Status */
+            status: string;
+        };
+        /** LeaderboardRow */
+        LeaderboardRow: {
+            /**
+             * All
+             * @description Mean and standard deviation over all queries: recall@1/5/10, precision@1/5/10, mrr, map, roc_auc.
+             */
+            all: {
+                [key: string]: components["schemas"]["MetricSummary"];
+            };
+            /**
+             * Correct
+             * @description The same over the queries the fine-tuned model answers correctly (null: none, or unknown).
+             */
+            correct: {
+                [key: string]: components["schemas"]["MetricSummary"];
+            } | null;
+            /**
+             * Kind
+             * @description ``method`` (an attribution method of the run) or ``baseline``.
+             */
+            kind: string;
+            /** Label */
+            label: string;
+            /** Method */
+            method: string;
+            /** Per Query */
+            per_query: components["schemas"]["QueryScores"][];
+            /** Rank */
+            rank: number;
+            /** Variant */
+            variant: string;
+        };
         /** Limits */
         Limits: {
             /** Max Active Runs Per User */
@@ -2069,7 +2621,7 @@ export interface components {
              * Stage
              * @enum {string}
              */
-            stage: "run" | "train" | "inference" | "influence";
+            stage: "run" | "train" | "inference" | "influence" | "validation";
             /**
              * Time
              * Format: date-time
@@ -2096,6 +2648,30 @@ export interface components {
             step: number;
             /** Tokens Per S */
             tokens_per_s?: number | null;
+        };
+        /**
+         * MatrixValidation
+         * @description One influence matrix (or BM25's) checked against retraining.
+         */
+        MatrixValidation: {
+            /** Lds */
+            lds: number | null;
+            /** Lds High */
+            lds_high: number | null;
+            /** Lds Low */
+            lds_low: number | null;
+            /** Method */
+            method: string;
+            /** Removal Increase Random */
+            removal_increase_random: number | null;
+            /** Removal Increase Top */
+            removal_increase_top: number | null;
+            /** Removal Over Random */
+            removal_over_random: number | null;
+            /** Removal Win Rate */
+            removal_win_rate: number | null;
+            /** Variant */
+            variant: string;
         };
         /**
          * MemoryEstimate
@@ -2232,7 +2808,7 @@ export interface components {
              * Stage
              * @enum {string}
              */
-            stage: "run" | "train" | "inference" | "influence";
+            stage: "run" | "train" | "inference" | "influence" | "validation";
             /** Step */
             step: number;
             /**
@@ -2245,6 +2821,15 @@ export interface components {
              * @default null
              */
             tokens_per_s: number | null;
+        };
+        /** MetricSummary */
+        MetricSummary: {
+            /** Mean */
+            mean: number | null;
+            /** N */
+            n: number;
+            /** Std */
+            std: number | null;
         };
         /**
          * ParamsEvent
@@ -2295,7 +2880,7 @@ export interface components {
              * Stage
              * @enum {string}
              */
-            stage: "run" | "train" | "inference" | "influence";
+            stage: "run" | "train" | "inference" | "influence" | "validation";
             /**
              * Time
              * Format: date-time
@@ -2315,6 +2900,111 @@ export interface components {
             new_password: string;
             /** Token */
             token: string;
+        };
+        /**
+         * PatchingArgs
+         * @description Gated cross-checkpoint causal patching (slow: one forward per query and example).
+         */
+        PatchingArgs: {
+            /**
+             * Aggregation
+             * @description How the per-layer similarities become one score: their mean, the mean of the
+             *     ``top_layers`` largest, or convex weights fitted on a validation split of the queries
+             *     (benchmark runs only; elsewhere the mean).
+             * @default mean
+             * @enum {string}
+             */
+            aggregation?: "mean" | "topk_mean" | "learned";
+            /**
+             * Batch Size
+             * @description Examples per forward and backward pass (grouped by length); more is faster and needs
+             *     more memory; the scores do not change.
+             * @default 8
+             */
+            batch_size?: number;
+            /**
+             * Checkpoint Step
+             * @description The fine-tuned checkpoint, by its training step; null: the final checkpoint.
+             */
+            checkpoint_step?: number | null;
+            /**
+             * Grid
+             * @description An ablation grid: more settings of ``layers``, ``pooling``, ``aggregation``,
+             *     ``top_layers``, ``normalization`` and ``similarity`` (one dict each, the rest as above),
+             *     each scored from the same cached hidden states as its own variant ``grid1``, ``grid2``...
+             *     (a new pooling computes its features once).
+             */
+            grid?: {
+                [key: string]: string | number;
+            }[];
+            /**
+             * Layers
+             * @description Decoder layers compared: ``all``, a list (``0,3,5``) or a range (``2-5``), from 0.
+             * @default all
+             */
+            layers?: string;
+            /**
+             * New Model
+             * @description The new model's id, with ``old_model``.
+             */
+            new_model?: string | null;
+            /**
+             * Normalization
+             * @description ``zscore``: each layer's similarities are standardised over the training examples
+             *     (per query) before aggregating, so no layer dominates by its scale.
+             * @default none
+             * @enum {string}
+             */
+            normalization?: "none" | "zscore";
+            /**
+             * Old Model
+             * @description Compare two full checkpoints instead of the run's base and adapter: the old model's
+             *     id (a model in the models folder, or a hub id); needs ``new_model``. The tokenizers and
+             *     architectures must match, or the job is refused before any work.
+             */
+            old_model?: string | null;
+            /**
+             * Patch Fraction
+             * @description The share of hidden dimensions patched: the top ones by the training example's
+             *     attribution-weighted change at that layer.
+             * @default 0.05
+             */
+            patch_fraction?: number;
+            /**
+             * Patch Layer
+             * @description The decoder layer patched (negative: from the end).
+             * @default -1
+             */
+            patch_layer?: number;
+            /**
+             * Pooling
+             * @description A sequence's vector per layer: its last position the loss reads (the token before
+             *     the last), or the mean over the tokens that carry the loss (the answer span; every
+             *     token of a benchmark document).
+             * @default answer_mean
+             * @enum {string}
+             */
+            pooling?: "last" | "answer_mean";
+            /**
+             * Similarity
+             * @description Cosine of the pooled vectors, or their dot product.
+             * @default cosine
+             * @enum {string}
+             */
+            similarity?: "cosine" | "dot";
+            /**
+             * Top K
+             * @description Training pairs listed per evaluation question, for each sign, in the result's summary
+             *     (the full matrix is stored whatever this is).
+             * @default 5
+             */
+            top_k?: number;
+            /**
+             * Top Layers
+             * @description ``topk_mean`` only: how many of the largest per-layer similarities are averaged.
+             * @default 3
+             */
+            top_layers?: number;
         };
         /** PredictionEpoch */
         PredictionEpoch: {
@@ -2368,7 +3058,7 @@ export interface components {
              * Stage
              * @enum {string}
              */
-            stage: "run" | "train" | "inference" | "influence";
+            stage: "run" | "train" | "inference" | "influence" | "validation";
             /** Step */
             step: number;
             /**
@@ -2566,7 +3256,7 @@ export interface components {
              * Stage
              * @enum {string}
              */
-            stage: "run" | "train" | "inference" | "influence";
+            stage: "run" | "train" | "inference" | "influence" | "validation";
             /**
              * Step
              * @default 0
@@ -2594,6 +3284,17 @@ export interface components {
              * @default true
              */
             password?: boolean;
+        };
+        /** QueryScores */
+        QueryScores: {
+            /** Metrics */
+            metrics: {
+                [key: string]: number | null;
+            };
+            /** Query Id */
+            query_id: string;
+            /** Top Documents */
+            top_documents: string[];
         };
         /** RankedTrainingPair */
         RankedTrainingPair: {
@@ -2670,7 +3371,7 @@ export interface components {
              * Stage
              * @enum {string}
              */
-            stage: "run" | "train" | "inference" | "influence";
+            stage: "run" | "train" | "inference" | "influence" | "validation";
             /**
              * Time
              * Format: date-time
@@ -2678,6 +3379,31 @@ export interface components {
             time: string;
             /** @default null */
             training: components["schemas"]["TrainingSummary"] | null;
+            /** @default null */
+            validation: components["schemas"]["ValidationLosses"] | null;
+        };
+        /**
+         * RetrainingRecord
+         * @description One retraining's measured losses (``targets`` order), and where and how long it ran.
+         */
+        RetrainingRecord: {
+            /** Key */
+            key: string;
+            /** Losses */
+            losses: (number | null)[];
+            /** Node Id */
+            node_id: string;
+            /** Node Ip */
+            node_ip: string;
+            /** Pid */
+            pid: number;
+            /** Seconds */
+            seconds: number;
+            /**
+             * Train Seconds
+             * @default null
+             */
+            train_seconds: number | null;
         };
         /** RowError */
         RowError: {
@@ -2816,6 +3542,7 @@ export interface components {
          * @description Everything a run needs, frozen at submission (the run's config snapshot).
          */
         RunSpec: {
+            benchmark: components["schemas"]["BenchmarkSpec-Output"] | null;
             /** Eval Data */
             eval_data: components["schemas"]["EvalQuestion"][];
             /**
@@ -2901,7 +3628,7 @@ export interface components {
              * Stage
              * @enum {string}
              */
-            stage: "run" | "train" | "inference" | "influence";
+            stage: "run" | "train" | "inference" | "influence" | "validation";
             /**
              * Status
              * @enum {string}
@@ -3066,6 +3793,152 @@ export interface components {
             msg: string;
             /** Error Type */
             type: string;
+        };
+        /** ValidationEstimate */
+        ValidationEstimate: {
+            /** Assumptions */
+            assumptions: string[];
+            /** Estimated Compute S */
+            estimated_compute_s: number | null;
+            /** Estimated Cost Usd */
+            estimated_cost_usd: number | null;
+            /** Estimated Duration S */
+            estimated_duration_s: number | null;
+            /** Matrices */
+            matrices: string[];
+            /** Removals */
+            removals: number;
+            /** Retrainings */
+            retrainings: number;
+            /** Subsets */
+            subsets: number;
+            /** Training Pairs Trained */
+            training_pairs_trained: number;
+            /** Workers */
+            workers: number;
+        };
+        /**
+         * ValidationLosses
+         * @description A validation's result: every retraining's measured losses.
+         */
+        ValidationLosses: {
+            /** Eval Ids */
+            eval_ids: string[];
+            /** Retrainings */
+            retrainings: components["schemas"]["RetrainingRecord"][];
+            /**
+             * Validation Id
+             * Format: uuid
+             */
+            validation_id: string;
+            /** Wall Seconds */
+            wall_seconds: number;
+        };
+        /** ValidationOut */
+        ValidationOut: {
+            /**
+             * Created At
+             * Format: date-time
+             */
+            created_at: string;
+            /** Detail */
+            detail?: {
+                [key: string]: unknown;
+            } | null;
+            /** Detail Key */
+            detail_key: string | null;
+            /** Error */
+            error: string | null;
+            /** Estimate */
+            estimate: {
+                [key: string]: unknown;
+            } | null;
+            /** Finished At */
+            finished_at: string | null;
+            /**
+             * Id
+             * Format: uuid
+             */
+            id: string;
+            /** Progress */
+            progress: number;
+            /** Results */
+            results: components["schemas"]["MatrixValidation"][];
+            /**
+             * Run Id
+             * Format: uuid
+             */
+            run_id: string;
+            settings: components["schemas"]["ValidationSettings-Output"];
+            /** Started At */
+            started_at: string | null;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "queued" | "running" | "completed" | "failed" | "cancelled";
+        };
+        /**
+         * ValidationSettings
+         * @description How a run's attributions are checked against retraining (``POST
+         *     /api/runs/{id}/validations``): ``subsets`` random subsets of the training pairs, each a
+         *     fraction ``alpha`` of them, for the linear datamodeling score; per evaluation question
+         *     a retraining without its ``removal_k`` most positive pairs under each method, and one
+         *     without ``removal_k`` random pairs, for the removal test. Subset ``s`` is drawn from
+         *     seed ``seed + s``.
+         */
+        "ValidationSettings-Input": {
+            /**
+             * Alpha
+             * @default 0.5
+             */
+            alpha?: number;
+            /**
+             * Removal K
+             * @default 3
+             */
+            removal_k?: number;
+            /**
+             * Seed
+             * @default 0
+             */
+            seed?: number;
+            /**
+             * Subsets
+             * @default 32
+             */
+            subsets?: number;
+        };
+        /**
+         * ValidationSettings
+         * @description How a run's attributions are checked against retraining (``POST
+         *     /api/runs/{id}/validations``): ``subsets`` random subsets of the training pairs, each a
+         *     fraction ``alpha`` of them, for the linear datamodeling score; per evaluation question
+         *     a retraining without its ``removal_k`` most positive pairs under each method, and one
+         *     without ``removal_k`` random pairs, for the removal test. Subset ``s`` is drawn from
+         *     seed ``seed + s``.
+         */
+        "ValidationSettings-Output": {
+            /**
+             * Alpha
+             * @default 0.5
+             */
+            alpha: number;
+            /**
+             * Removal K
+             * @default 3
+             */
+            removal_k: number;
+            /**
+             * Seed
+             * @default 0
+             */
+            seed: number;
+            /**
+             * Subsets
+             * @default 32
+             */
+            subsets: number;
         };
         /** Variant */
         Variant: {
@@ -3631,6 +4504,58 @@ export interface operations {
             };
             /** @description Too many attempts: wait for the Retry-After seconds. */
             429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    get_leaderboard: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["Leaderboard"];
+                };
+            };
+            /** @description No such run, or not yours. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The run is not a benchmark run. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Validation Error */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["HTTPValidationError"];
+                };
+            };
+            /** @description An influence matrix could not be read from the object store. */
+            502: {
                 headers: {
                     [name: string]: unknown;
                 };
@@ -4238,6 +5163,13 @@ export interface operations {
                     "application/json": components["schemas"]["HTTPValidationError"];
                 };
             };
+            /** @description The user has INFLAB_SSE_MAX_STREAMS_PER_USER event streams open on this server. */
+            429: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
         };
     };
     update_run_params: {
@@ -4420,6 +5352,231 @@ export interface operations {
             };
             /** @description An influence matrix could not be read from the object store. */
             502: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    list_validations: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ValidationOut"][];
+                };
+            };
+            /** @description No such run or validation, or not yours. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The run has no results to validate (not completed, or no influence results), or a validation of it is already under way. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid settings (subsets < 2, alpha outside (0, 1), ...): the detail names the field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    start_validation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ValidationSettings-Input"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ValidationOut"];
+                };
+            };
+            /** @description No such run or validation, or not yours. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The run has no results to validate (not completed, or no influence results), or a validation of it is already under way. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid settings (subsets < 2, alpha outside (0, 1), ...): the detail names the field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    estimate_validation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody: {
+            content: {
+                "application/json": components["schemas"]["ValidationSettings-Input"];
+            };
+        };
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ValidationEstimate"];
+                };
+            };
+            /** @description No such run or validation, or not yours. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The run has no results to validate (not completed, or no influence results), or a validation of it is already under way. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid settings (subsets < 2, alpha outside (0, 1), ...): the detail names the field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    get_validation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                validation_id: string;
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            200: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ValidationOut"];
+                };
+            };
+            /** @description No such run or validation, or not yours. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The run has no results to validate (not completed, or no influence results), or a validation of it is already under way. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid settings (subsets < 2, alpha outside (0, 1), ...): the detail names the field. */
+            422: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+        };
+    };
+    cancel_validation: {
+        parameters: {
+            query?: never;
+            header?: never;
+            path: {
+                validation_id: string;
+                run_id: string;
+            };
+            cookie?: never;
+        };
+        requestBody?: never;
+        responses: {
+            /** @description Successful Response */
+            202: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content: {
+                    "application/json": components["schemas"]["ValidationOut"];
+                };
+            };
+            /** @description No such run or validation, or not yours. */
+            404: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description The run has no results to validate (not completed, or no influence results), or a validation of it is already under way. */
+            409: {
+                headers: {
+                    [name: string]: unknown;
+                };
+                content?: never;
+            };
+            /** @description Invalid settings (subsets < 2, alpha outside (0, 1), ...): the detail names the field. */
+            422: {
                 headers: {
                     [name: string]: unknown;
                 };

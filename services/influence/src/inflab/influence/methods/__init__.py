@@ -11,13 +11,20 @@ from inflab.influence.methods.base import (
     Progress,
     StageFailed,
 )
+from inflab.influence.methods.act_grad import ActGrad
+from inflab.influence.methods.attr_change import AttrChange
 from inflab.influence.methods.datainf import DataInf
+from inflab.influence.methods.delta_h import DeltaH
+from inflab.influence.methods.embedding import Embedding
 from inflab.influence.methods.ekfac import EKFAC
+from inflab.influence.methods.patching import Patching
 from inflab.influence.methods.tracin import TracIn
 
 #: name -> method class. A new method is one module here and one line below (and its name
 #: in ``inflab.common.messages.INFLUENCE_METHODS``, so requests may ask for it).
-METHODS: dict[str, type[InfluenceMethod]] = {cls.name: cls for cls in (TracIn, DataInf, EKFAC)}
+METHODS: dict[str, type[InfluenceMethod]] = {
+    cls.name: cls for cls in (TracIn, DataInf, EKFAC, DeltaH, ActGrad, AttrChange, Patching, Embedding)
+}
 
 
 class UnknownMethod(KeyError):
@@ -34,6 +41,11 @@ def get_method(name: str) -> InfluenceMethod:
 
 __all__ = [
     "METHODS",
+    "ActGrad",
+    "AttrChange",
+    "DeltaH",
+    "Embedding",
+    "Patching",
     "DataInf",
     "EKFAC",
     "Emit",

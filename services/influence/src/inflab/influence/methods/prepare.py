@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from inflab.common.chat import EncodedExample, encode_pair, prompt_ids
+from inflab.common.chat import EncodedExample, encode_document, encode_pair, encode_query, prompt_ids
 from inflab.common.influence_methods import MethodArgs
 from inflab.common.messages import EvalQuestion, TrainingPair
 from inflab.influence.checkpoints import LocalCheckpoint, adapter_digest, attach_adapter
@@ -35,6 +35,23 @@ class GradientArgs(MethodArgs):
     max_length: int = Field(128, ge=1)
     #: Length of the greedy answer generated for an evaluation question without a reference.
     max_new_tokens: int = Field(48, ge=1)
+    #: A benchmark run: training examples are documents (loss on every token) and the
+    #: questions plain-text queries (see :func:`encode_train` / :func:`encode_eval`).
+    benchmark: bool = False
+
+
+def encode_train(tokenizer: Any, pair: TrainingPair, max_length: int, benchmark: bool) -> EncodedExample:
+    """A training example's tokens, as the trainer saw them."""
+    if benchmark:
+        return encode_document(tokenizer, pair.answer, max_length)
+    return encode_pair(tokenizer, pair.question, pair.answer, max_length)
+
+
+def encode_eval(tokenizer: Any, question: str, answer: str, max_length: int, benchmark: bool) -> EncodedExample:
+    """An evaluation question with the answer its loss is taken on."""
+    if benchmark:
+        return encode_query(tokenizer, question, answer, max_length)
+    return encode_pair(tokenizer, question, answer, max_length)
 
 
 def has_reference(question: EvalQuestion) -> bool:
@@ -178,9 +195,10 @@ def prepare(
             prep.generated[q.id] = answer
         progress.advance(f"generated the answer to evaluation question {q.id}")
     with stage("tokenising"):
-        prep.train_examples = [encode_pair(tokenizer, p.question, p.answer, opts.max_length) for p in train]
+        prep.train_examples = [encode_train(tokenizer, p, opts.max_length, opts.benchmark) for p in train]
         prep.eval_examples = [
-            encode_pair(tokenizer, q.question, q.answer if has_reference(q) else prep.generated[q.id], opts.max_length)
+            encode_eval(tokenizer, q.question, q.answer if has_reference(q) else prep.generated[q.id], opts.max_length,
+                        opts.benchmark)
             for q in evals
         ]
     return prep
@@ -228,5 +246,5 @@ def unit_rows(grads: torch.Tensor) -> torch.Tensor:
     return grads / grads.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
 
-__all__ = ["GradientArgs", "adam_preconditioner", "Prepared", "check_inputs", "checkpoint_name", "fingerprint", "generation_units",
+__all__ = ["GradientArgs", "encode_eval", "encode_train", "adam_preconditioner", "Prepared", "check_inputs", "checkpoint_name", "fingerprint", "generation_units",
            "greedy_answer", "has_reference", "prepare", "unit_rows"]
