@@ -145,7 +145,7 @@ async def _delete_streams_with_prefix(url: str, prefix: str) -> None:
     try:
         js = nc.jetstream()
         for info in await js.streams_info():
-            if info.config.name.startswith(prefix):
+            if info.config.name.startswith((prefix, f"KV_{prefix}")):  # and the leases bucket
                 await js.delete_stream(info.config.name)
     finally:
         await nc.close()

@@ -87,15 +87,15 @@ class NatsServer(EmbeddedNats):
 
 
 class Seen(logging.Handler):
-    """Sets an asyncio event when a log record containing ``text`` is emitted."""
+    """Sets an asyncio event when a log record containing one of ``texts`` is emitted."""
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, *texts: str) -> None:
         super().__init__()
-        self.text = text
+        self.texts = texts
         self.event = asyncio.Event()
 
     def emit(self, record: logging.LogRecord) -> None:
-        if self.text in record.getMessage():
+        if any(text in record.getMessage() for text in self.texts):
             self.event.set()
 
 
@@ -142,7 +142,9 @@ async def test_nats_away_while_training_publishes_resumes_from_the_checkpoint(
     own = isolated_settings(settings, "busdown").model_copy(update={
         "nats_url": server.url, "ack_wait_s": 3.0, "bus_publish_retry_s": 0.5, "train_num_cpus": 1,
     })
-    gave_up = Seen("NATS unavailable while handling a message")
+    # The trainer gives the job up when its publishes fail for good, or (often sooner) when
+    # it cannot renew its lease on the run (inflab.common.leases): either way, to be redelivered.
+    gave_up = Seen("NATS unavailable while handling a message", "left a message on")
     logging.getLogger("inflab.common.bus").addHandler(gave_up)
     try:
         async with gateway_in_process(own) as (app, client), worker(trainer, TrainRequest, own):
@@ -150,7 +152,7 @@ async def test_nats_away_while_training_publishes_resumes_from_the_checkpoint(
             # give the job back: the first job must not finish on its own meanwhile.
             run_id = await start_run(client, _experiment(tiny_model.name, num_epochs=60, checkpoint_interval=5))
             await wait_for_run(app, run_id, lambda r: r.current_epoch is not None and r.current_epoch >= 2, 120)
-            # NATS dies mid-training; the trainer's publishes fail until it gives the job back.
+            # NATS dies mid-training; the trainer's publishes fail until it gives the job up.
             server.stop_signal = signal.SIGKILL
             server.stop()
             await asyncio.wait_for(gave_up.event.wait(), 60)

@@ -255,7 +255,9 @@ def test_resuming_from_a_checkpoint_continues_the_same_run(tiny_model: str, tmp_
     def curve(evs):
         return [(m["step"], m["loss"], m["learning_rate"]) for m in kinds(evs, "metric")]
 
-    assert curve(events) == [m for m in curve(full_events) if m[0] > 4]
+    # The metrics up to the checkpoint come again first (the worker that wrote it may have
+    # died before sending them all), then the rest: the whole curve, each step once.
+    assert curve(events) == curve(full_events)
     assert any("resumed from the checkpoint at step 4" in e["message"] for e in kinds(events, "log"))
     assert kinds(events, "progress")[0]["step"] == 5
 
@@ -301,7 +303,8 @@ def test_learning_rate_change_scales_the_schedule_and_survives_a_resume(tiny_mod
     again: list[dict] = []
     train_lora(spec, tiny_model, tmp_path / "c", again.append, control=replay, resume_from=first.checkpoints[0].path)
     assert not kinds(again, "params")
-    assert [m["learning_rate"] for m in kinds(again, "metric")] == pytest.approx(doubled[4:])
+    # (the metrics up to the checkpoint come again first, as they were)
+    assert [m["learning_rate"] for m in kinds(again, "metric")] == pytest.approx(doubled)
 
 
 def test_shared_prefix_loss_equals_the_plain_answer_loss(tiny_model: str) -> None:

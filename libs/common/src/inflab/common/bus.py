@@ -47,6 +47,12 @@ class Rejected(Exception):
     token, an invalid payload): it is dead-lettered at once with this reason."""
 
 
+class Deferred(Exception):
+    """Raised by a handler for a message that is someone else's for now (another replica
+    holds its run's lease): neither acknowledged nor given back, and no heartbeat. If the
+    other one stops, the server redelivers the message after the ack wait."""
+
+
 class BusUnavailable(Exception):
     """NATS could not take a message (disconnected, no JetStream answer in time): an
     infrastructure error, not the job's. The consumer gives the message back (nak)."""
@@ -149,6 +155,10 @@ class Bus:
         """Create the streams if missing, and bring an existing stream's subjects and
         retention (``max_age``, ``max_bytes``) up to date (idempotent; the gateway's job at
         start-up, and the only role allowed to)."""
+        from inflab.common.leases import ensure_bucket
+
+        # The trainers' leases on runs (inflab.common.leases) expire after the ack wait.
+        await ensure_bucket(self.js, self.subjects.leases_bucket, self.settings.ack_wait_s)
         for config in stream_configs(self.subjects, self.settings):
             try:
                 info = await self.js.stream_info(config.name)
@@ -366,6 +376,11 @@ class Bus:
             with contextlib.suppress(Exception):
                 await msg.nak()
             raise
+        except Deferred as exc:
+            heartbeat.cancel()
+            log.warning("left a message on %s (delivery %d) to another consumer: %s",
+                        msg.subject, _deliveries(msg), exc)
+            return
         except Rejected as exc:
             heartbeat.cancel()
             await self.dead_letter(msg, str(exc))

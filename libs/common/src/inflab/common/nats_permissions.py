@@ -102,7 +102,8 @@ class RolePermissions:
     # -- who owns what ------------------------------------------------------------------
     def streams(self) -> list[str]:
         s = self.subjects
-        return [s.jobs_stream, s.submissions_stream, s.events_stream, s.control_stream, s.dead_letter_stream]
+        return [s.jobs_stream, s.submissions_stream, s.events_stream, s.control_stream, s.dead_letter_stream,
+                f"KV_{s.leases_bucket}"]
 
     def consumers(self, role: str) -> list[Consumer]:
         """The durable consumers ``role`` creates and pulls from (names as the services
@@ -152,6 +153,7 @@ class RolePermissions:
             publish.append(s.dead_letter(role))
             if role == "trainer":
                 publish += self._control_reader()
+                publish += self._lease_keeper()
         return Permissions(publish=tuple(publish), subscribe=tuple(subscribe))
 
     @property
@@ -168,6 +170,18 @@ class RolePermissions:
             f"{JS_API}.STREAM.MSG.GET.{stream}",
             # Flow-control replies of the ordered consumer.
             f"$JS.FC.{stream}.>",
+        ]
+
+    def _lease_keeper(self) -> list[str]:
+        """The trainer's leases on runs (inflab.common.leases): write the bucket's keys (a
+        compare-and-set publish), read one (direct get, or message get), look the bucket up."""
+        bucket = self.subjects.leases_bucket
+        stream = f"KV_{bucket}"
+        return [
+            f"$KV.{bucket}.>",
+            f"{JS_API}.STREAM.INFO.{stream}",
+            f"{JS_API}.DIRECT.GET.{stream}.>",
+            f"{JS_API}.STREAM.MSG.GET.{stream}",
         ]
 
     def all(self) -> dict[str, Permissions]:

@@ -134,6 +134,11 @@ class Subjects:
     def dead_letter_stream(self) -> str:
         return f"{self.stream_prefix}_DEADLETTER"
 
+    @property
+    def leases_bucket(self) -> str:
+        """The key-value bucket of the trainers' leases on runs (stream ``KV_<bucket>``)."""
+        return f"{self.stream_prefix}_LEASES".replace(".", "_")
+
     def durable(self, service: str) -> str:
         """Durable consumer name of a service (one per service, shared by its replicas)."""
         return f"{self.stream_prefix}_{service}".replace(".", "_")

@@ -18,12 +18,37 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+#: SQLSTATEs of a server that is going away or not there yet: class 08 (connection
+#: exceptions) and 57P (shutting down, terminated by the administrator, crashed, starting
+#: up). asyncpg raises these as server errors, which SQLAlchemy wraps as a plain DBAPIError.
+UNREACHABLE_SQLSTATES = ("08", "57P")
+
+
+def _chain(exc: BaseException):
+    """``exc`` and what it wraps (``orig``, and its explicit cause)."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        yield err
+        todo += [getattr(err, "orig", None), err.__cause__]
+
+
+def _away(err: BaseException) -> bool:
+    if isinstance(err, (OSError, OperationalError, InterfaceError, PoolTimeout)):
+        return True
+    if getattr(err, "connection_invalidated", False):
+        return True
+    code = getattr(err, "sqlstate", None) or getattr(err, "pgcode", None)
+    return isinstance(code, str) and code.startswith(UNREACHABLE_SQLSTATES)
+
+
 def database_unreachable(exc: BaseException) -> bool:
     """Postgres is away (not the work's own fault)."""
-    return (
-        isinstance(exc, (OSError, OperationalError, InterfaceError, PoolTimeout))
-        or getattr(exc, "connection_invalidated", False)
-    )
+    return any(_away(err) for err in _chain(exc))
 
 
 async def until_database_answers(

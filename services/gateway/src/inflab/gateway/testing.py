@@ -106,7 +106,7 @@ async def delete_streams(settings: Settings) -> None:
     try:
         js = nc.jetstream()
         for name in (subjects.jobs_stream, subjects.events_stream, subjects.control_stream,
-                     subjects.dead_letter_stream, subjects.submissions_stream):
+                     subjects.dead_letter_stream, subjects.submissions_stream, f"KV_{subjects.leases_bucket}"):
             with contextlib.suppress(NotFoundError):
                 await js.delete_stream(name)
     finally:

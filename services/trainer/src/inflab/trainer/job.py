@@ -27,6 +27,11 @@ def summary_key(run_id: object) -> str:
     return f"{run_prefix(run_id)}/train/summary.json"
 
 
+def metrics_key(run_id: object) -> str:
+    """Every metric of the finished training, written just before the summary."""
+    return f"{run_prefix(run_id)}/train/metrics.json"
+
+
 def checkpoints_prefix(run_id: object) -> str:
     return f"{run_prefix(run_id)}/checkpoints/"
 
@@ -87,6 +92,10 @@ def train_job(
             if refs:
                 # Redelivered after the previous worker died: go on from its last checkpoint.
                 resume_from = store.download_dir(refs[-1].key, Path(work) / "resume")
+                # Its checkpoint events may not all have been sent (ids derived from the
+                # step: those already stored are dropped as duplicates).
+                for ref in refs:
+                    emit({"kind": "checkpoint", "checkpoint": ref.model_dump(mode="json")})
             try:
                 outcome = train_lora(
                     req.spec, model_path, Path(work), emit, on_checkpoint,
@@ -103,6 +112,7 @@ def train_job(
             reader.stop()
 
     summary = outcome.summary(refs)
+    store.put(metrics_key(req.run_id), json.dumps(outcome.metrics).encode())
     store.put(summary_key(req.run_id), summary.model_dump_json().encode())
     return {"outcome": "completed", "summary": summary.model_dump(mode="json")}
 
@@ -112,3 +122,15 @@ def load_summary(store: ObjectStore, run_id: object) -> TrainingSummary | None:
     if not store.exists(key):
         return None
     return TrainingSummary.model_validate(json.loads(store.get(key)))
+
+
+def finished_events(store: ObjectStore, run_id: object) -> list[dict]:
+    """The metric and checkpoint items of a finished training, to send again with its
+    result: the worker that finished it may have died (or lost the run) before sending
+    them all. Their event ids come from the step, so what was stored is not stored twice."""
+    items: list[dict] = []
+    if store.exists(metrics_key(run_id)):
+        items += [dict(m) for m in json.loads(store.get(metrics_key(run_id)))]
+    items += [{"kind": "checkpoint", "checkpoint": ref.model_dump(mode="json")}
+              for ref in stored_checkpoints(store, run_id)]
+    return items

@@ -5,23 +5,41 @@ run's next stages from the result event). No ML here (see training.py)."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import asdict
 
 from nats.aio.msg import Msg
 
 from inflab.common.bus import Bus
 from inflab.common.events import StageEvents
+from inflab.common.leases import RunLease
 from inflab.common.messages import TrainingSummary, TrainRequest
 from inflab.common.objectstore import ObjectStore
 from inflab.common.predictions import PredictionLimits
 from inflab.common.settings import Settings
 from inflab.common.worker import require_allowed_model
 from inflab.trainer.control_subscription import ControlSubscription
-from inflab.trainer.job import load_summary, train_job
+from inflab.trainer.job import finished_events, load_summary, train_job
 
 
 SERVICE = "trainer"
 STAGE = "train"
+#: Namespace of the ids of the training's metric and checkpoint events (see TrainEvents).
+TRAIN_EVENTS = uuid.UUID("0b7d7f0e-51c4-4d8e-a3d5-6f0f3c1e9b27")
+
+
+class TrainEvents(StageEvents):
+    """The train stage's events, its metric and checkpoint events with ids derived from
+    the run and the step: a training resumed from a checkpoint sends those up to it again
+    (the worker that died may not have sent them all), and the gateway stores each once."""
+
+    def build(self, kind: str, **fields):
+        if kind == "metric" and "step" in fields:
+            fields.setdefault("event_id", uuid.uuid5(TRAIN_EVENTS, f"{self.run_id}:metric:{fields['step']}"))
+        elif kind == "checkpoint" and isinstance(fields.get("checkpoint"), dict) and "step" in fields["checkpoint"]:
+            step = fields["checkpoint"]["step"]
+            fields.setdefault("event_id", uuid.uuid5(TRAIN_EVENTS, f"{self.run_id}:checkpoint:{step}"))
+        return super().build(kind, **fields)
 
 
 class TrainerService:
@@ -41,7 +59,14 @@ class TrainerService:
 
     async def on_train_request(self, request: TrainRequest, msg: Msg | None = None) -> None:
         require_allowed_model(request.spec.model_id, self.settings)
-        events = StageEvents(self.bus, request.run_id, STAGE)
+        # One training of a run at a time, whatever JetStream redelivers to which replica:
+        # LeaseHeld leaves the request to the holder, LeaseLost stops this one (leases.py).
+        lease = await RunLease.acquire(self.bus, request.run_id)
+        async with lease.kept():
+            await self._handle(request)
+
+    async def _handle(self, request: TrainRequest) -> None:
+        events = TrainEvents(self.bus, request.run_id, STAGE)
         # Idempotent on redelivery: a finished training is not run again, its result is
         # re-published instead. The gateway queues the next stages when it stores the
         # result (only the gateway publishes job requests).
@@ -51,6 +76,9 @@ class TrainerService:
             if outcome is None:
                 return
             summary = outcome
+        else:
+            for item in await asyncio.to_thread(finished_events, self.store, request.run_id):
+                await events.forward(item)
         await events.publish("result", training=summary)
         await events.status("completed")
 

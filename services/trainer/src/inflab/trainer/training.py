@@ -82,6 +82,8 @@ class TrainingOutcome:
     checkpoints: list[CheckpointInfo] = field(default_factory=list)
     #: Loss of each optimizer step run by this call (steps before a resume point are not included).
     losses: list[float] = field(default_factory=list)
+    #: Every metric event of the run's training so far (a resumed call's included), in order.
+    metrics: list[dict] = field(default_factory=list)
     #: The step this call started from (0, or the resumed checkpoint's step).
     start_step: int = 0
     #: Prediction tracking: seconds the loop waited for it, and seconds spent decoding
@@ -328,6 +330,8 @@ def train_lora(
     step, first_epoch = 0, 1
     applied: set[str] = set()
     window_state = None
+    #: Every metric emitted so far, saved in each checkpoint (see the resume below).
+    metric_history: list[dict] = []
     if resume_from is not None:
         meta = read_meta(resume_from)
         step, first_epoch = int(meta["step"]), int(meta["epoch"]) + 1
@@ -341,9 +345,16 @@ def train_lora(
             restore_rng(state["rng"])
             applied = set(state.get("applied_controls", []))
             window_state = state.get("metric_window")
+            metric_history = list(state.get("metric_history", []))
         else:
             _log(emit, "warning", "the checkpoint has no optimizer state; the optimizer starts afresh")
         _log(emit, "info", f"resumed from the checkpoint at step {step} (epoch {meta['epoch']})")
+        # The metrics up to the checkpoint again: the worker that wrote it ran ahead of what
+        # it had published, and died (or lost the run) with those events unsent. The trainer
+        # gives metric events ids derived from their step, so those already stored are
+        # dropped as duplicates.
+        for metric in metric_history:
+            emit(dict(metric))
     start_step = step
     n_trainable = sum(p.numel() for p in trainable)
     _log(emit, "info", (
@@ -409,7 +420,9 @@ def train_lora(
                 emit({"kind": "progress", "fraction": step / total, "step": step, "total": total,
                       "epoch": fractional_epoch, "eta_s": round(eta, 2)})
                 if log_now:
-                    emit(window.flush(step, fractional_epoch, learning_rate, grad_norm))
+                    metric = window.flush(step, fractional_epoch, learning_rate, grad_norm)
+                    metric_history.append(metric)
+                    emit(dict(metric))
                 if tracking_due(step, epoch_end=index == len(groups) - 1):
                     tracker.sample(model, step, fractional_epoch)  # at an epoch's end, fractional_epoch == epoch
 
@@ -428,6 +441,7 @@ def train_lora(
                     "rng": rng_state(),
                     "applied_controls": sorted(applied),
                     "metric_window": window.state(),
+                    "metric_history": list(metric_history),
                 }
                 info = save_checkpoint(model, work_dir, meta, state)
                 interval_losses, interval_rates = [], []
@@ -445,5 +459,6 @@ def train_lora(
         outcome.prediction_decoding_s = tracker.decoding_s
 
     outcome.duration_s = time.monotonic() - started
+    outcome.metrics = list(metric_history)
     outcome.model = model
     return outcome
