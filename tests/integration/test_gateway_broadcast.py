@@ -149,6 +149,23 @@ async def test_a_stream_that_falls_behind_catches_up(gw_settings, monkeypatch, r
         assert not broadcaster.feeds
 
 
+@pytest.mark.parametrize("after", [0, 1], ids=["from the start", "resumed"])
+async def test_an_ended_run_longer_than_one_slice_is_replayed_whole(gw_settings, monkeypatch, after) -> None:
+    """A stream opened on an ended run whose events fill more than one read: the feed's first
+    read already sees the run ended, but the stream goes on to the terminal event."""
+    monkeypatch.setattr(broadcast, "BATCH", 4)
+    async with gateway_in_process(gw_settings) as (app, client):
+        run_id = await start_run(client, EXPERIMENT)
+        async with app.state.sessionmaker() as session:
+            await persist_events(session, run_events(run_id, 9))
+        stored = await stored_ids(app, run_id)
+        assert len(stored) > 2 * broadcast.BATCH
+        start = stored[0] if after else 0
+        async with asyncio.timeout(10):
+            received = [chunk async for chunk in app.state.broadcaster.stream(run_id, start)]
+        assert frames_of(b"".join(received).decode()) == [i for i in stored if i > start]
+
+
 async def test_open_streams_are_capped_per_user(gw_settings) -> None:
     async with gateway_server(gw_settings) as (app, base_url), httpx.AsyncClient(base_url=base_url) as client:
         await sign_up(client, gw_settings.local_user_email)

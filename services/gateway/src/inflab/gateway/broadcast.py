@@ -370,8 +370,9 @@ class Broadcaster:
                         if chunk:
                             parts.append(chunk)
                         # A read that saw the run ended also saw its terminal event (committed
-                        # with the status): sent now, or before (the client is past it).
-                        if ended or status is None or status in TERMINAL:
+                        # with the status): sent now, or before (the client is past it), unless
+                        # the read was a full slice: then the feed reads the rest next.
+                        if ended or status is None or (status in TERMINAL and len(events) < BATCH):
                             end = True
                             break
                     if parts:
