@@ -141,6 +141,15 @@ async def test_patch_merges_per_method_and_argument(gateway) -> None:
     assert unknown.json()["detail"][0]["loc"] == ["body", "influence_args", "ekfac", "nope"]
     assert (await client.get(url)).json()["influence_args"] == args
 
+    # Every method of the contract is patchable, the representation methods included (the
+    # editor sends the arguments of every method it lists).
+    patched = await client.patch(url, json={"influence_args": {"delta_h": {"pooling": "last"},
+                                                               "patching": {"top_k": 2}}})
+    assert patched.status_code == 200, patched.text
+    args = patched.json()["influence_args"]
+    assert args["delta_h"] == {**DEFAULTS["delta_h"], "pooling": "last"}
+    assert args["patching"]["top_k"] == 2 and args["datainf"]["damping_scale"] == 0.5
+
 
 async def test_duplicate_and_import_keep_them_and_a_run_gets_them(gateway, gw_settings) -> None:
     _, client = gateway

@@ -15,7 +15,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from inflab.common.influence_methods import DataInfArgs, EKFACArgs, InfluenceArgs, TracInArgs
+from inflab.common.influence_methods import ARGS_MODELS, InfluenceArgs
 from inflab.common.messages import (
     MAX_EVAL_QUESTIONS,
     MAX_INFLUENCE_METHODS,
@@ -194,16 +194,17 @@ HyperparamsPatch = _partial(Hyperparams)
 PredictionSettingsPatch = _partial(PredictionSettings)
 
 
-class InfluenceArgsPatch(BaseModel):
-    """Changes to the influence arguments, per method: the arguments named replace the
-    stored ones (null included: ``{"datainf": {"damping": null}}`` goes back to the
-    per-layer default), the rest are kept; a method set to null goes back to its defaults."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    tracin: _partial(TracInArgs) | None = None  # type: ignore[valid-type]
-    datainf: _partial(DataInfArgs) | None = None  # type: ignore[valid-type]
-    ekfac: _partial(EKFACArgs) | None = None  # type: ignore[valid-type]
+#: Changes to the influence arguments, per method (every method of the contract): the
+#: arguments named replace the stored ones (null included: ``{"datainf": {"damping": null}}``
+#: goes back to the per-layer default), the rest are kept; a method set to null goes back
+#: to its defaults.
+InfluenceArgsPatch = create_model(
+    "InfluenceArgsPatch",
+    __config__=ConfigDict(extra="forbid"),
+    __doc__="Changes to the influence arguments, per method: the arguments named replace the stored ones "
+            "(null included), the rest are kept; a method set to null goes back to its defaults.",
+    **{method: (_partial(model) | None, None) for method, model in ARGS_MODELS.items()},
+)
 
 
 class ExperimentUpdate(Body):

@@ -125,9 +125,11 @@ async def update_experiment(
         elif name == "influence_args":
             # Per method; within one, an argument named as null is a value (several mean
             # "the method's own default"), so it replaces the stored one too.
+            # A method the stored experiment predates is patched onto its defaults.
             fields[name] = {
-                method: {} if value.get(method, ...) is None else {**stored, **value.get(method, {})}
-                for method, stored in fields[name].items()
+                method: {} if value.get(method, ...) is None
+                else {**fields[name].get(method, {}), **value.get(method, {})}
+                for method in {**fields[name], **value}
             }
         else:
             fields[name] = value

@@ -993,6 +993,35 @@ export interface components {
              */
             top_layers?: number;
         };
+        /** ActGradArgsPatch */
+        ActGradArgsPatch: {
+            /** Aggregation */
+            aggregation?: ("mean" | "topk_mean" | "learned") | null;
+            /** Batch Size */
+            batch_size?: number | null;
+            /** Checkpoint Step */
+            checkpoint_step?: number | null;
+            /** Grid */
+            grid?: {
+                [key: string]: string | number;
+            }[] | null;
+            /** Layers */
+            layers?: string | null;
+            /** New Model */
+            new_model?: string | null;
+            /** Normalization */
+            normalization?: ("none" | "zscore") | null;
+            /** Old Model */
+            old_model?: string | null;
+            /** Pooling */
+            pooling?: ("last" | "answer_mean") | null;
+            /** Similarity */
+            similarity?: ("cosine" | "dot") | null;
+            /** Top K */
+            top_k?: number | null;
+            /** Top Layers */
+            top_layers?: number | null;
+        };
         /** Answer */
         Answer: {
             /** Base */
@@ -1250,6 +1279,37 @@ export interface components {
              * @default 3
              */
             top_layers?: number;
+        };
+        /** AttrChangeArgsPatch */
+        AttrChangeArgsPatch: {
+            /** Aggregation */
+            aggregation?: ("mean" | "topk_mean" | "learned") | null;
+            /** Batch Size */
+            batch_size?: number | null;
+            /** Checkpoint Step */
+            checkpoint_step?: number | null;
+            /** Grid */
+            grid?: {
+                [key: string]: string | number;
+            }[] | null;
+            /** Ig Steps */
+            ig_steps?: number | null;
+            /** Layers */
+            layers?: string | null;
+            /** New Model */
+            new_model?: string | null;
+            /** Normalization */
+            normalization?: ("none" | "zscore") | null;
+            /** Old Model */
+            old_model?: string | null;
+            /** Pooling */
+            pooling?: ("last" | "answer_mean") | null;
+            /** Similarity */
+            similarity?: ("cosine" | "dot") | null;
+            /** Top K */
+            top_k?: number | null;
+            /** Top Layers */
+            top_layers?: number | null;
         };
         /**
          * BaselineMatrix
@@ -1598,6 +1658,35 @@ export interface components {
              */
             top_layers?: number;
         };
+        /** DeltaHArgsPatch */
+        DeltaHArgsPatch: {
+            /** Aggregation */
+            aggregation?: ("mean" | "topk_mean" | "learned") | null;
+            /** Batch Size */
+            batch_size?: number | null;
+            /** Checkpoint Step */
+            checkpoint_step?: number | null;
+            /** Grid */
+            grid?: {
+                [key: string]: string | number;
+            }[] | null;
+            /** Layers */
+            layers?: string | null;
+            /** New Model */
+            new_model?: string | null;
+            /** Normalization */
+            normalization?: ("none" | "zscore") | null;
+            /** Old Model */
+            old_model?: string | null;
+            /** Pooling */
+            pooling?: ("last" | "answer_mean") | null;
+            /** Similarity */
+            similarity?: ("cosine" | "dot") | null;
+            /** Top K */
+            top_k?: number | null;
+            /** Top Layers */
+            top_layers?: number | null;
+        };
         /**
          * EKFACArgs
          * @description EK-FAC through kronfluence at one checkpoint (Grosse et al. 2023).
@@ -1759,6 +1848,15 @@ export interface components {
              * @default 5
              */
             top_k?: number;
+        };
+        /** EmbeddingArgsPatch */
+        EmbeddingArgsPatch: {
+            /** Batch Size */
+            batch_size?: number | null;
+            /** Layer */
+            layer?: number | null;
+            /** Top K */
+            top_k?: number | null;
         };
         /** Estimate */
         Estimate: {
@@ -2400,13 +2498,16 @@ export interface components {
         };
         /**
          * InfluenceArgsPatch
-         * @description Changes to the influence arguments, per method: the arguments named replace the
-         *     stored ones (null included: ``{"datainf": {"damping": null}}`` goes back to the
-         *     per-layer default), the rest are kept; a method set to null goes back to its defaults.
+         * @description Changes to the influence arguments, per method: the arguments named replace the stored ones (null included), the rest are kept; a method set to null goes back to its defaults.
          */
         InfluenceArgsPatch: {
+            act_grad?: components["schemas"]["ActGradArgsPatch"] | null;
+            attr_change?: components["schemas"]["AttrChangeArgsPatch"] | null;
             datainf?: components["schemas"]["DataInfArgsPatch"] | null;
+            delta_h?: components["schemas"]["DeltaHArgsPatch"] | null;
             ekfac?: components["schemas"]["EKFACArgsPatch"] | null;
+            embedding?: components["schemas"]["EmbeddingArgsPatch"] | null;
+            patching?: components["schemas"]["PatchingArgsPatch"] | null;
             tracin?: components["schemas"]["TracInArgsPatch"] | null;
         };
         /**
@@ -3088,6 +3189,39 @@ export interface components {
              * @default 3
              */
             top_layers?: number;
+        };
+        /** PatchingArgsPatch */
+        PatchingArgsPatch: {
+            /** Aggregation */
+            aggregation?: ("mean" | "topk_mean" | "learned") | null;
+            /** Batch Size */
+            batch_size?: number | null;
+            /** Checkpoint Step */
+            checkpoint_step?: number | null;
+            /** Grid */
+            grid?: {
+                [key: string]: string | number;
+            }[] | null;
+            /** Layers */
+            layers?: string | null;
+            /** New Model */
+            new_model?: string | null;
+            /** Normalization */
+            normalization?: ("none" | "zscore") | null;
+            /** Old Model */
+            old_model?: string | null;
+            /** Patch Fraction */
+            patch_fraction?: number | null;
+            /** Patch Layer */
+            patch_layer?: number | null;
+            /** Pooling */
+            pooling?: ("last" | "answer_mean") | null;
+            /** Similarity */
+            similarity?: ("cosine" | "dot") | null;
+            /** Top K */
+            top_k?: number | null;
+            /** Top Layers */
+            top_layers?: number | null;
         };
         /** PredictionEpoch */
         PredictionEpoch: {
