@@ -14,7 +14,7 @@ from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from inflab.common.db.models import Validation
+from inflab.common.db.models import Run, Validation
 from inflab.common.messages import ControlMessage, RetrainingJob, StatusEvent, RunSpec, ValidationRequest, ValidationSettings
 from inflab.gateway.deps import BusDep, NotifierDep, OwnedRun, SessionDep, SettingsDep
 from inflab.gateway.influence import MatrixUnavailable, ObjectStoreDep
@@ -170,12 +170,15 @@ async def list_validations(run: OwnedRun, session: SessionDep) -> list[Validatio
     return [validation_out(row) for row in rows]
 
 
-async def _owned_validation(session, run, validation_id: str) -> Validation:
+async def _owned_validation(session, run, validation_id: str, lock: bool = False) -> Validation:
     try:
         wanted = UUID(validation_id)
     except ValueError:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such validation") from None
-    row = await session.scalar(select(Validation).where(Validation.id == wanted, Validation.run_id == run.id))
+    query = select(Validation).where(Validation.id == wanted, Validation.run_id == run.id)
+    if lock:
+        query = query.with_for_update().execution_options(populate_existing=True)
+    row = await session.scalar(query)
     if row is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "no such validation")
     return row
@@ -203,7 +206,11 @@ async def cancel_validation(
     run: OwnedRun, validation_id: Annotated[str, Path()], session: SessionDep, bus: BusDep, notifier: NotifierDep,
 ) -> ValidationOut:
     """Stop a validation: its retrainings are cancelled on Ray and it ends ``cancelled``."""
-    row = await _owned_validation(session, run, validation_id)
+    # The run's row first, then the validation's: the persister's order (it locks the runs
+    # of a batch before applying their events), so the two never deadlock; and the status
+    # checked is the one this transaction will overwrite.
+    await session.execute(select(Run.id).where(Run.id == run.id).with_for_update())
+    row = await _owned_validation(session, run, validation_id, lock=True)
     if row.status not in ACTIVE:
         raise HTTPException(status.HTTP_409_CONFLICT, f"the validation has already ended ({row.status})")
     message = ControlMessage(run_id=run.id, action="cancel_validation", validation_id=row.id)
