@@ -667,7 +667,7 @@ def main(argv: list[str] | None = None) -> int:
     t = str(args.threads)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = t
-    # On a shared 2-core box, spinning OpenMP workers make torch 10-20x slower (GROUND.md).
+    # On a shared 2-core box, spinning OpenMP workers make torch 10-20x slower.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 

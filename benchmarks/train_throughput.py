@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # Before torch loads OpenMP: a fixed thread count, and threads that sleep rather than
     # spin while waiting. On a shared, oversubscribed machine spinning threads made single
-    # steps 4-8x slower at random (GROUND.md saw 20x for QLoRA), which would measure the
+    # steps 4-8x slower at random (20x was seen for QLoRA), which would measure the
     # neighbours rather than the trainers.
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")

@@ -21,7 +21,7 @@ from inflab.common.settings import Settings
 RUN_TAG = uuid.uuid4().hex[:10]
 
 # Before anything loads OpenMP: idle torch threads sleep rather than spin, so the test
-# process, its Ray workers and the services' subprocesses share the cores (GROUND.md).
+# process, its Ray workers and the services' subprocesses share the cores.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

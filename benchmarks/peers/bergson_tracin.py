@@ -6,7 +6,7 @@ The examples are the very token ids and labels our methods see (``encode_pair``)
 in the same length buckets, and the loss is bergson's ``loss_reduction="mean"`` cross-entropy
 over the labelled (answer) tokens: the same per-example loss as ours.
 
-Gotcha (GROUND.md): bergson writes ``total_processed.pt`` into ``<run_path>.part`` and
+Gotcha: bergson writes ``total_processed.pt`` into ``<run_path>.part`` and
 does not create that folder itself.
 """
 

@@ -2,7 +2,7 @@
 
 Default ``FactorArguments()`` (strategy ``ekfac``, fitted on the training set) and default
 ``ScoreArguments()``; micro-batches of 8 like every other method here. The Task tracks the
-LoRA ``lora_A`` / ``lora_B`` modules only and passes the attention mask (GROUND.md), and
+LoRA ``lora_A`` / ``lora_B`` modules only and passes the attention mask, and
 its loss is the same per-example mean answer-token cross-entropy as ours, with vocabulary
 logits only at answer positions (so the comparison is about the influence machinery, not
 about the loss code). For the covariance fit kronfluence asks for ``sample=True``: labels

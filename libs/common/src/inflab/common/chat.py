@@ -177,7 +177,7 @@ def answer_loss(model: Any, batch: dict[str, "torch.Tensor"], *, per_example: bo
     only at the positions that carry a label.
 
     Full (batch x length x vocabulary) logits dominate memory and time for a 49k-token
-    vocabulary (GROUND.md); here the decoder's hidden states are taken and the output layer
+    vocabulary; here the decoder's hidden states are taken and the output layer
     is applied to the few positions that predict an answer token. Labels follow the
     transformers convention (aligned with ``input_ids``; position t-1 predicts token t),
     so this equals ``model(**batch).loss`` without the waste. Works on PEFT-wrapped models

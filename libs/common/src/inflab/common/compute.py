@@ -38,7 +38,7 @@ def ensure_ray(settings: Settings) -> None:
 
 
 def set_threads(num_cpus: float) -> int:
-    """Pin torch's intra-op threads to the CPUs this task was given (see GROUND.md:
+    """Pin torch's intra-op threads to the CPUs this task was given (measured here:
     OpenMP oversubscription on 2 cores cost 20x)."""
     import torch
 

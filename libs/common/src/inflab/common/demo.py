@@ -52,7 +52,7 @@ READY_TIMEOUT_S = 180.0
 #: under 3 minutes on 2 CPU cores; this leaves room for a slow or busy machine.
 RUN_TIMEOUT_S = 900.0
 #: The variant shown when the influence service reports several: unit-normalised gradients
-#: keep finding memorised examples whose raw gradients have shrunk (see GROUND.md).
+#: keep finding memorised examples whose raw gradients have shrunk.
 PREFERRED_VARIANT = "normalized"
 
 

@@ -35,7 +35,7 @@ class ComputeTier(BaseModel):
 
 
 # The small tier runs on the CPU: the embedded default has no GPU, and 180 tokens/s is
-# what LoRA on SmolLM2-135M measured there (GROUND.md). The GPU tiers' throughputs are
+# what LoRA on SmolLM2-135M measured there. The GPU tiers' throughputs are
 # ~40% of the device's dense bf16 peak at ~4 FLOPs per parameter per token (forward, and
 # backward through frozen weights); measure yours and set INFLAB_ESTIMATE_TIERS.
 DEFAULT_ESTIMATE_TIERS: dict[str, ComputeTier] = {

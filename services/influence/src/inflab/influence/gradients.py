@@ -19,7 +19,7 @@ attention) and one backward per example (20.7 s) were twice as slow. Micro-batch
 
 The loss of an example is the mean cross-entropy over its answer tokens (labels != -100),
 exactly what training minimises for a batch of one, and the logits are computed at answer
-positions only: full-vocabulary logits at every position dominated memory (GROUND.md).
+positions only: full-vocabulary logits at every position dominated memory.
 """
 
 from __future__ import annotations

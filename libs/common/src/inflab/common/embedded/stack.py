@@ -111,7 +111,7 @@ READY_POLL_S = 0.2
 #: Environment every child gets, whatever the settings (see the module docstring).
 SERVICE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # Passive OpenMP waits: idle torch threads sleep instead of spinning, so the stages that
-# share the cores (and anything else on a laptop) do not starve each other (GROUND.md
+# share the cores (and anything else on a laptop) do not starve each other
 # measured QLoRA steps at 45-58 s spinning vs 2.4-2.7 s passive on 2 cores).
 COMMON_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 

@@ -29,7 +29,7 @@ Variants:
   scores exactly 1 with it, the maximum; large-gradient pairs no longer dominate.
 
 It runs on one checkpoint, the final one unless ``checkpoint_step`` names another. Note
-(GROUND.md): memorised pairs have small gradients at the final checkpoint, so a
+that memorised pairs have small gradients at the final checkpoint, so a
 final-checkpoint method loses track of them; TracIn over all checkpoints does not.
 
 Cost: one forward+backward per example (the gradients, shared with TracIn through the

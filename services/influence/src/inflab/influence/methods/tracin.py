@@ -9,7 +9,7 @@ the training pair lowered the evaluation question's loss, at least to first orde
 Two variants come from the same gradients:
 
 * ``raw``: the definition above. Its scores are dominated by a few training pairs with
-  large gradients (GROUND.md: the top-4 lists of eight questions held only 14 of 32 pairs).
+  large gradients (the top-4 lists of eight questions held only 14 of 32 pairs).
 * ``normalized``: at each checkpoint a cosine between the evaluation question's and the
   training pair's gradient, learning-rate-weighted and summed over checkpoints like ``raw``,
   so a pair ranks high because its gradient points the same way, not because it is large.
