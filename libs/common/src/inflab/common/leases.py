@@ -1,4 +1,5 @@
-"""A lease on a run: which trainer replica trains it right now.
+"""A lease on a run: which trainer replica trains it right now (also: which gateway
+replica persists the run events, :data:`PERSISTER_KEY`).
 
 Delivery is at-least-once. After a NATS outage longer than the ack wait, JetStream
 redelivers a train request whose first trainer may still be training (its heartbeats
@@ -49,6 +50,9 @@ log = logging.getLogger(__name__)
 #: The share of the TTL after the last successful renewal's send at which a holder that
 #: could not renew gives the lease up (stops its job): before the entry can expire.
 FENCE = 0.8
+#: The key of the gateway replicas' lease on persisting run events: one replica stores
+#: them at a time, in the order JetStream delivers them (inflab.gateway.persister).
+PERSISTER_KEY = "gateway-event-persister"
 #: One process's identity as a lease holder.
 HOLDER = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
@@ -79,7 +83,10 @@ class RunLease:
         self._valid_until = asyncio.get_running_loop().time() + ttl_s * FENCE
 
     @classmethod
-    async def acquire(cls, bus: Bus, run_id: object) -> RunLease:
+    async def acquire(cls, bus: Bus, run_id: object, what: str | None = None,
+                      doing: str = "trained") -> RunLease:
+        """The lease on ``run_id`` (or on any other key of the bucket); :class:`LeaseHeld`
+        when another holder has it, with ``what`` (default: the run) ``doing`` in its message."""
         loop = asyncio.get_running_loop()
         kv = await bus.js.key_value(bus.subjects.leases_bucket)
         key = str(run_id)
@@ -101,10 +108,10 @@ class RunLease:
                 if loop.time() < give_up:
                     await asyncio.sleep(0.2)  # polled: an expiry sends no watch update
                     continue
-            holder = "another trainer"
+            holder = "another process"
             with contextlib.suppress(Exception):
                 holder = json.loads((await kv.get(key)).value)["holder"]
-            raise LeaseHeld(f"run {run_id} is being trained by {holder}; left to it")
+            raise LeaseHeld(f"{what or f'run {key}'} is being {doing} by {holder}; left to it")
         lease = cls(kv, key, value, ttl_s, revision)
         lease._valid_until = sent + lease.ttl_s * FENCE
         return lease

@@ -145,6 +145,8 @@ class RolePermissions:
             # Core NATS pokes between gateway replicas (see inflab.gateway.persister).
             publish.append(self.gateway_pokes)
             subscribe.append(self.gateway_pokes)
+            # One replica at a time persists the events (inflab.gateway.persister).
+            publish += self._lease_keeper()
             for stream in self.streams():
                 publish += [f"{JS_API}.STREAM.{op}.{stream}" for op in ("INFO", "CREATE", "UPDATE")]
         else:
@@ -173,7 +175,8 @@ class RolePermissions:
         ]
 
     def _lease_keeper(self) -> list[str]:
-        """The trainer's leases on runs (inflab.common.leases): write the bucket's keys (a
+        """Leases (inflab.common.leases; the trainer's on runs, the gateway's on persisting
+        events): write the bucket's keys (a
         compare-and-set publish), read one (direct get, or message get), look the bucket up."""
         bucket = self.subjects.leases_bucket
         stream = f"KV_{bucket}"

@@ -4,6 +4,12 @@ fetches events in batches, refuses an event whose stage could not have sent it
 in one transaction per batch (:mod:`inflab.gateway.persistence`), queues a run's next
 stages when its training result arrives (:mod:`inflab.gateway.next_stages`), then wakes
 the run's SSE streams on this replica and, through a core NATS poke, on every other.
+
+One replica persists at a time: it holds a lease (:data:`inflab.common.leases.PERSISTER_KEY`)
+and the others stand by, taking over within the lease's time-to-live when it dies. Were
+two to fetch at once, a later batch of one run could commit before an earlier one (a
+stage's end stored, and the run ended, before its last progress events), and SSE streams,
+which end at the run's end, would miss what was stored after it.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from pydantic import RootModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inflab.common.bus import Bus
+from inflab.common.leases import PERSISTER_KEY, LeaseHeld, LeaseLost, RunLease
 from inflab.common.messages import ResultEvent, RunEvent
 from inflab.common.objectstore import ObjectStore
 from inflab.gateway import validations
@@ -45,10 +52,10 @@ class RunEventMessage(RootModel[RunEvent]):
 
 class EventPersister:
     """Consumes ``subjects.all_events`` with the gateway's durable and persists the events
-    in batches: up to ``batch`` messages per fetch, stored in one transaction. Replicas
-    share the durable, so each event is stored by one of them; after each commit every run
-    the batch changed is poked on every replica (a core NATS message), so their SSE
-    streams follow without waiting for a heartbeat."""
+    in batches: up to ``batch`` messages per fetch, stored in one transaction, by the one
+    replica that holds the persister's lease (see the module docstring); after each commit
+    every run the batch changed is poked on every replica (a core NATS message), so their
+    SSE streams follow without waiting for a heartbeat."""
 
     def __init__(
         self,
@@ -270,19 +277,33 @@ class EventPersister:
                 await sub.unsubscribe()
 
     async def run(self, stop: asyncio.Event, retry_s: float = 1.0) -> None:
-        """Consume until ``stop``; if the consumer itself fails (NATS away at subscribe
+        """Consume until ``stop`` while holding the persister's lease, standing by while
+        another replica holds it; if the consumer itself fails (NATS away at subscribe
         time), log and start it again rather than leave the gateway deaf."""
+        standing_by = False
         while not stop.is_set():
             try:
-                await self.consume(stop)
+                lease = await RunLease.acquire(self.bus, PERSISTER_KEY, what="run events", doing="persisted")
+                if standing_by:
+                    log.info("this replica persists the run events now")
+                    standing_by = False
+                async with lease.kept():
+                    await self.consume(stop)
+                continue
             except asyncio.CancelledError:
                 raise
+            except LeaseHeld as exc:
+                if not standing_by:
+                    log.info("standing by: %s", exc)
+                    standing_by = True
+            except LeaseLost as exc:
+                log.warning("event persister stopped: %s", exc)
             except Exception:
                 log.exception("event persister stopped; restarting in %.1fs", retry_s)
-                try:
-                    await asyncio.wait_for(stop.wait(), retry_s)
-                except TimeoutError:
-                    pass
+            try:
+                await asyncio.wait_for(stop.wait(), retry_s)
+            except TimeoutError:
+                pass
 
 
 def _short(exc: ValidationError) -> str:
