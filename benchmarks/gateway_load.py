@@ -46,16 +46,16 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.machine import cpu_name
-from inflab.common.bus import Bus
-from inflab.common.db.migrate import upgrade
-from inflab.common.embedded._proc import free_port
-from inflab.common.job_signing import new_key_pair
-from inflab.common.messages import ProgressEvent, StatusEvent
-from inflab.common.settings import Settings
-from inflab.gateway.testing import TEST_PASSWORD, delete_streams
+from inflab.core.bus import Bus
+from inflab.core.db.migrate import upgrade
+from inflab.devtools.embedded._proc import free_port
+from inflab.core.job_signing import new_key_pair
+from inflab.core.messages import ProgressEvent, StatusEvent
+from inflab.core.settings import Settings
 
 # The gateway runs as tests/helpers starts it (tests/ itself is no package; see results_api).
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers.gateway import TEST_PASSWORD, delete_streams  # noqa: E402
 from helpers.gateway_process import GatewayProcess, settings_environment  # noqa: E402
 
 with contextlib.suppress(ImportError):  # uvicorn's own loop where the gateway has it

@@ -92,8 +92,8 @@ def run_worker(job: str, task_path: Path, out_path: Path) -> None:
     """Runs one measurement in this (fresh) process and writes ``out_path`` (.npz + .json)."""
     import torch
 
-    from inflab.common.chat import encode_pair
-    from inflab.common.models import load_tokenizer
+    from inflab.ml.chat import encode_pair
+    from inflab.ml.models import load_tokenizer
     from inflab.influence.checkpoints import LocalCheckpoint
     from transformers import AutoModelForCausalLM
 

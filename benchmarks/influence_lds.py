@@ -7,7 +7,7 @@ What it does, all in one run on this machine:
    every method's influence matrices over its checkpoints (TracIn over all of them,
    DataInf and EK-FAC on the final one, as the product runs them), both variants; BM25's
    two variants as the product's gateway computes them;
-2. the validation plan the product would make (``inflab.common.validation``: ``--subsets``
+2. the validation plan the product would make (``inflab.analysis.validation``: ``--subsets``
    subsets of ``--alpha`` of the pairs, the removal of each question's top ``--removal-k``
    pairs under every matrix and of ``--removal-k`` random ones), every retraining run as
    a Ray task by the product's own fan-out (``inflab.trainer.validation_job``), each
@@ -36,7 +36,7 @@ def _influence_matrices(wl, path: str, checkpoints: list[Path], batch_size: int,
     import torch
     from transformers import AutoModelForCausalLM
 
-    from inflab.common.models import load_tokenizer
+    from inflab.ml.models import load_tokenizer
     from inflab.influence.checkpoints import LocalCheckpoint
     from inflab.influence.methods import get_method
 
@@ -82,7 +82,7 @@ def _run_on_ray(workers: int, spec, retrainings, targets, models_dir: str, log) 
 
 
 def main_lds(args, log) -> dict[str, Any]:
-    from inflab.common import validation as maths
+    from inflab.analysis import validation as maths
 
     wl = load_workload(args.workload)
     spec = wl.run_spec(args.model)

@@ -44,8 +44,8 @@ def compute_gradients(out: Path, workload: str | None, seed: int | None = None) 
     from transformers import AutoModelForCausalLM
 
     from benchmarks.workload import model_path, trained_checkpoints
-    from inflab.common.chat import IGNORE_INDEX, EncodedExample, encode_pair
-    from inflab.common.models import load_tokenizer
+    from inflab.ml.chat import IGNORE_INDEX, EncodedExample, encode_pair
+    from inflab.ml.models import load_tokenizer
     from inflab.influence.checkpoints import LocalCheckpoint, attach_adapter
     from inflab.influence.gradients import example_gradients, lora_blocks
     from inflab.trainer.model_setup import attach_lora

@@ -13,8 +13,8 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from inflab.common.bus import Bus
-from inflab.common.messages import (
+from inflab.core.bus import Bus
+from inflab.core.messages import (
     CheckpointRef,
     InferenceRequest,
     InfluenceRequest,
@@ -23,7 +23,7 @@ from inflab.common.messages import (
     TrainingSummary,
     TrainRequest,
 )
-from inflab.common.settings import get_settings
+from inflab.core.settings import get_settings
 
 
 async def main() -> None:

@@ -29,15 +29,15 @@ from pathlib import Path
 import asyncpg
 
 from benchmarks.machine import cpu_name
-from inflab.common.db.migrate import upgrade
-from inflab.common.messages import RunSpec
-from inflab.common.settings import Settings
+from inflab.core.db.migrate import upgrade
+from inflab.core.messages import RunSpec
+from inflab.core.settings import Settings
 from inflab.gateway.baselines import run_baselines
-from inflab.gateway.testing import delete_streams, gateway_in_process, start_run, wait_for_event
 
 # The test helper lives under tests/ (tests/ itself is no package: a site-packages "tests"
 # some dependency ships would shadow it), so it is imported the way the tests import it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from helpers.gateway import delete_streams, gateway_in_process, start_run, wait_for_event  # noqa: E402
 from helpers.influence_results import random_matrix, store_influence_matrix  # noqa: E402
 
 M, N = 100, 1000

@@ -82,7 +82,7 @@ def release_memory() -> None:
 
 
 def build_spec(workload: dict, epochs: int, batch_size: int, max_length: int):
-    from inflab.common.messages import RunSpec
+    from inflab.core.messages import RunSpec
 
     lora, train = workload["lora"], workload["train"]
     return RunSpec(
@@ -142,8 +142,8 @@ def run_reference(spec, model_path: str) -> dict:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
-    from inflab.common.chat import collate
-    from inflab.common.models import load_tokenizer
+    from inflab.ml.chat import collate
+    from inflab.ml.models import load_tokenizer
     from inflab.trainer.training import encode_training_pairs
 
     hp = spec.hyperparams
@@ -219,7 +219,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 
-    from inflab.common.models import trusted_model_path
+    from inflab.ml.models import trusted_model_path
 
     torch.set_num_threads(args.threads)
     machine = machine_info(args.threads)

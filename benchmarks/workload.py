@@ -54,18 +54,18 @@ class Workload:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def training_pairs(self) -> list[Any]:
-        from inflab.common.messages import TrainingPair
+        from inflab.core.messages import TrainingPair
 
         return [TrainingPair(id=t["id"], question=t["question"], answer=t["answer"]) for t in self.train]
 
     def eval_questions(self) -> list[Any]:
-        from inflab.common.messages import EvalQuestion
+        from inflab.core.messages import EvalQuestion
 
         return [EvalQuestion(id=e["id"], question=e["question"], answer=e["answer"]) for e in self.evals]
 
     def run_spec(self, model_id: str) -> Any:
         """The RunSpec that trains this workload exactly as the workload file says."""
-        from inflab.common.messages import Hyperparams, RunSpec
+        from inflab.core.messages import Hyperparams, RunSpec
 
         s, lora = self.settings, self.lora
         hp = Hyperparams(
@@ -158,7 +158,7 @@ def generated_workload(n_train: int, n_eval: int, like: Workload, seed: int = 0)
 
 # --------------------------------------------------------------------------- checkpoints
 def model_path(model_id: str, cache_dir: Path) -> str:
-    from inflab.common.models import trusted_model_path
+    from inflab.ml.models import trusted_model_path
 
     return trusted_model_path(model_id, Path(cache_dir))
 

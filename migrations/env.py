@@ -1,5 +1,5 @@
 """Alembic environment (async, asyncpg). The URL is the ``sqlalchemy.url`` main option when
-set by :mod:`inflab.common.db.migrate`, else ``INFLAB_DATABASE_URL``."""
+set by :mod:`inflab.core.db.migrate`, else ``INFLAB_DATABASE_URL``."""
 
 import asyncio
 import os
@@ -7,8 +7,8 @@ import os
 from alembic import context
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from inflab.common.db.models import Base
-from inflab.common.db.session import async_url
+from inflab.core.db.models import Base
+from inflab.core.db.session import async_url
 
 config = context.config
 target_metadata = Base.metadata

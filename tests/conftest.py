@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from inflab.common.settings import Settings
+from inflab.core.settings import Settings
 
 RUN_TAG = uuid.uuid4().hex[:10]
 
@@ -41,7 +41,7 @@ def nats_url(session_dir: Path) -> Iterator[str]:
     if url:
         yield url
         return
-    from inflab.common.embedded.nats import EmbeddedNats
+    from inflab.devtools.embedded.nats import EmbeddedNats
 
     server = EmbeddedNats(data_dir=session_dir / "nats", port=0)
     server.start()
@@ -58,7 +58,7 @@ def postgres_server_url(session_dir: Path) -> Iterator[str]:
     if url:
         yield url
         return
-    from inflab.common.embedded.postgres import EmbeddedPostgres
+    from inflab.devtools.embedded.postgres import EmbeddedPostgres
 
     server = EmbeddedPostgres(data_dir=session_dir / "pg", port=0)
     server.start()
@@ -86,7 +86,7 @@ async def _admin(url: str, sql: str) -> None:
 @pytest.fixture(scope="session")
 def database_url(postgres_server_url: str, run_tag: str) -> Iterator[str]:
     """A fresh database for this test run, migrated to head, dropped at the end."""
-    from inflab.common.db.migrate import upgrade
+    from inflab.core.db.migrate import upgrade
 
     name = f"inflab_test_{run_tag}"
     asyncio.run(_admin(postgres_server_url, f'CREATE DATABASE "{name}"'))
@@ -103,7 +103,7 @@ def settings(session_dir: Path, nats_url: str, database_url: str, run_tag: str) 
     """Settings for this test run: its own subjects, streams, database and object store,
     and one job-signing key pair (the in-process gateway signs, workers verify). Every
     stream of the run (its prefix's and the tests' own under it) is deleted at the end."""
-    from inflab.common.job_signing import new_key_pair
+    from inflab.core.job_signing import new_key_pair
 
     signing_key, verify_key = new_key_pair()
     settings = Settings(
@@ -159,7 +159,7 @@ TINY_MODEL = "tiny-llama"
 def tiny_model(settings: Settings) -> Path:
     """A tiny random Llama (seed 0) placed in the models folder of ``settings``, as an
     operator places a model: runs name it by its folder name, ``tiny_model.name``."""
-    from inflab.common.models import build_tiny_model
+    from helpers.tiny_model import build_tiny_model
 
     return build_tiny_model(settings.models_dir / TINY_MODEL, seed=0)
 

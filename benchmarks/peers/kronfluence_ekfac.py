@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from inflab.common.chat import IGNORE_INDEX, collate
+from inflab.ml.chat import IGNORE_INDEX, collate
 from inflab.influence.checkpoints import LocalCheckpoint, attach_adapter
 
 

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from inflab.common.chat import answer_loss, collate
+from inflab.ml.chat import answer_loss, collate
 from inflab.influence.checkpoints import LocalCheckpoint, attach_adapter
 from inflab.influence.gradients import length_buckets, lora_blocks
 

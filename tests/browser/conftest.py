@@ -31,8 +31,8 @@ import pytest
 from playwright.sync_api import expect
 
 from helpers.browser import CHROMIUM, SCREENSHOTS, TINY_MODEL, Mailbox, WebStack
-from inflab.common.embedded._proc import free_port
-from inflab.common.models import build_tiny_model
+from inflab.devtools.embedded._proc import free_port
+from helpers.tiny_model import build_tiny_model
 
 
 

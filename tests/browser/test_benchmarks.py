@@ -10,8 +10,8 @@ import pytest
 from playwright.sync_api import expect
 
 from helpers.browser import SLOW_MS, TINY_MODEL, api, new_researcher, register, shoot
-from inflab.common.bench.client import experiment_body
-from inflab.common.bench.generate import GeneratorOptions, generate
+from inflab.analysis.bench.client import experiment_body
+from inflab.analysis.bench.generate import GeneratorOptions, generate
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 

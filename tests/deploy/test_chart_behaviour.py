@@ -11,8 +11,8 @@ import pytest
 import yaml
 from helpers.chart import CHART, by_kind, named, pod_specs, render
 
-from inflab.common.nats_permissions import WORKER_FOLLOW_UPS, follow_up_durable
-from inflab.common.subjects import Subjects
+from inflab.core.nats_permissions import WORKER_FOLLOW_UPS, follow_up_durable
+from inflab.core.subjects import Subjects
 
 pytestmark = pytest.mark.chart
 
@@ -150,7 +150,7 @@ def test_the_migrations_run_in_a_hook_job_before_install_and_upgrade_and_nothing
     assert annotations["helm.sh/hook-delete-policy"] == "before-hook-creation,hook-succeeded"
     assert job["spec"]["backoffLimit"] == 3
     container = job["spec"]["template"]["spec"]["containers"][0]
-    assert container["command"] == ["inflab", "migrate"]
+    assert container["command"] == ["inflab-migrate"]
     assert container["image"] == "inflab-gateway:0.1.0"  # no torch needed to migrate
     assert env_of(container)["INFLAB_DATABASE_URL"]["valueFrom"]["secretKeyRef"] == {"name": "inflab-database", "key": "url"}
     assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
@@ -161,20 +161,20 @@ def test_the_migrations_run_in_a_hook_job_before_install_and_upgrade_and_nothing
 
 
 def test_no_service_migrates_the_database_itself():
-    """Only `inflab migrate` (the hook Job) and the embedded stack upgrade the schema."""
+    """Only `inflab-migrate` (the hook Job), `inflab migrate` and the embedded stack upgrade the schema."""
     root = CHART.parents[2]
-    sources = [*root.glob("services/*/src/**/*.py"), root / "libs/common/src/inflab/common/worker.py"]
+    sources = [*root.glob("services/*/src/**/*.py"), root / "libs/core/src/inflab/core/worker.py"]
     assert len(sources) > 20
     for path in sources:
         text = path.read_text()
-        for call in ("inflab.common.db.migrate", "from alembic import command", "command.upgrade"):
+        for call in ("inflab.core.db.migrate", "from alembic import command", "command.upgrade"):
             assert call not in text, f"{path} migrates ({call})"
 
 
 def test_the_migrate_command_exists_in_the_cli():
     from typer.testing import CliRunner
 
-    from inflab.common import cli
+    from inflab.devtools import cli
 
     result = CliRunner().invoke(cli.app, ["migrate", "--help"])
     assert result.exit_code == 0 and "INFLAB_DATABASE_URL" in result.output
@@ -238,7 +238,7 @@ def test_kuberay_renders_one_raycluster_with_a_cpu_head_and_an_autoscaled_gpu_gr
 def assert_stage_asks_for_a_gpu(container: dict, worker: str) -> None:
     """Training and influence ask Ray for one GPU (what makes the autoscaler add a GPU
     pod); inference runs on CPUs."""
-    from inflab.common.settings import Settings
+    from inflab.core.settings import Settings
 
     env = env_of(container)
     asked = {name: var["value"] for name, var in env.items() if name.endswith("_NUM_GPUS")}
@@ -339,7 +339,7 @@ def test_the_workers_durable_consumers_are_named_by_the_subjects_module():
     service, stage)) for a follow-up stage that worker.main starts beside it."""
     import inspect
 
-    from inflab.common import worker
+    from inflab.core import worker
 
     assert "durable = bus.subjects.durable(durable or service)" in inspect.getsource(worker.serve)
     assert "durable=follow_up_durable(service, extra)" in inspect.getsource(worker.main)
@@ -470,7 +470,7 @@ def test_a_monitoring_address_without_a_scheme_is_plain_http():
 @pytest.mark.parametrize("name", ALL_SETS)
 def test_every_inflab_variable_the_chart_sets_is_a_setting(name: str):
     """Settings ignore unknown variables, so a misspelt one would be silently lost."""
-    from inflab.common.settings import Settings
+    from inflab.core.settings import Settings
 
     fields = {f"INFLAB_{field.upper()}" for field in Settings.model_fields}
     for manifest in render(values_files=ALL_SETS[name]):

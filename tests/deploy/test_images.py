@@ -115,7 +115,9 @@ def test_every_base_is_pinned_and_the_final_user_is_numeric(path: Path):
 def test_the_gateway_image_has_no_torch_and_builds_the_web_app_in_a_node_stage():
     text = GATEWAY.read_text()
     assert not re.search(r"pip install[^\n]*torch", text)
-    assert "find_spec('torch') is None" in text  # the build itself fails should torch come along
+    # The build itself fails should torch, plotting or Ray come along.
+    assert "u.find_spec(m) is None for m in ('torch', 'matplotlib', 'ray')" in text
+    assert "libs/devtools" not in text and "libs/ml" not in text
     all_stages = stages(GATEWAY)
     node = [s for s in all_stages if s[0][1].startswith("node:")]
     assert node and any("npm run build" in arg for _, arg in node[0])

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from helpers.chart import CHART, render
 
-from inflab.common.nats_permissions import WORKER_FOLLOW_UPS, WORKER_STAGES, follow_up_durable
-from inflab.common.subjects import Subjects
+from inflab.core.nats_permissions import WORKER_FOLLOW_UPS, WORKER_STAGES, follow_up_durable
+from inflab.core.subjects import Subjects
 
 pytestmark = pytest.mark.chart
 

@@ -15,7 +15,7 @@ from fault_harness import TINY_MODEL, FaultStack
 async def fault_stack(tmp_path_factory, ray_cluster) -> AsyncIterator[FaultStack]:
     import ray
 
-    from inflab.common.models import build_tiny_model
+    from helpers.tiny_model import build_tiny_model
 
     stack = FaultStack(tmp_path_factory.mktemp("faults"), ray.get_runtime_context().gcs_address)
     build_tiny_model(stack.settings.models_dir / TINY_MODEL, seed=0)

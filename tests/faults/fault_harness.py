@@ -2,11 +2,11 @@
 it, against a nats-server and a PostgreSQL this harness owns (so a test may kill, stop and
 restart them), with the run's Ray shared by the whole test session.
 
-What is the same as ``inflab up`` (:mod:`inflab.common.embedded.stack`): each service's
+What is the same as ``inflab up`` (:mod:`inflab.devtools.embedded.stack`): each service's
 argv (:func:`default_services`), its environment (:func:`child_environment` over the
 service's settings with ``SERVICE_ENV``), its own process group, and NATS with
 authentication on: one generated user per role with the permissions of
-:mod:`inflab.common.nats_permissions` (``BusCredentials``), each service connecting with
+:mod:`inflab.core.nats_permissions` (``BusCredentials``), each service connecting with
 its own credential and only the gateway holding the job-signing key. What differs, on
 purpose: no supervisor restarts a dead service here; the test does, when it has seen what
 it wants to see while the service was down (the supervisor's own restarts are tested in
@@ -37,20 +37,20 @@ import nats
 from nats.js.errors import NotFoundError
 from pydantic import SecretStr
 
-from inflab.common.embedded._proc import die_with_parent, free_port, log_tail
-from inflab.common.embedded.bus_credentials import BusCredentials
-from inflab.common.embedded.nats import EmbeddedNats
-from inflab.common.embedded.postgres import EmbeddedPostgres, ensure_database
-from inflab.common.embedded.stack import (
+from inflab.devtools.embedded._proc import die_with_parent, free_port, log_tail
+from inflab.devtools.embedded.bus_credentials import BusCredentials
+from inflab.devtools.embedded.nats import EmbeddedNats
+from inflab.devtools.embedded.postgres import EmbeddedPostgres, ensure_database
+from inflab.devtools.embedded.stack import (
     DATABASE_NAME,
     SERVICE_ENV,
     child_environment,
     default_services,
     embedded_settings,
 )
-from inflab.common.settings import Settings
-from inflab.common.subjects import Subjects
-from inflab.gateway.testing import sign_up
+from inflab.core.settings import Settings
+from inflab.core.subjects import Subjects
+from helpers.gateway import sign_up
 
 log = logging.getLogger("faults")
 
@@ -165,7 +165,7 @@ class FaultStack:
         self.postgres.stop()
 
     async def start(self) -> None:
-        from inflab.common.db.migrate import upgrade
+        from inflab.core.db.migrate import upgrade
 
         passwords = self.credentials.write_nats(self.subjects)
         self.start_nats()

@@ -19,8 +19,8 @@ from fault_harness import (
     until,
     wait_run_ended,
 )
-from inflab.common.messages import RunSubmission, SubmissionOutcome
-from inflab.common.nats_permissions import inbox_prefix
+from inflab.core.messages import RunSubmission, SubmissionOutcome
+from inflab.core.nats_permissions import inbox_prefix
 
 pytestmark = [pytest.mark.faults, pytest.mark.slow, pytest.mark.integration,
               pytest.mark.asyncio(loop_scope="session")]

@@ -1,6 +1,6 @@
 """Two trainer replicas and a NATS outage longer than the ack wait: the train request is
 redelivered when NATS returns (its heartbeats stopped), possibly to the other replica,
-while the first one's training may still be going. The run's lease (inflab.common.leases)
+while the first one's training may still be going. The run's lease (inflab.core.leases)
 keeps the same run from being trained twice at once: the first replica stops its job
 once it can no longer renew the lease, and whoever takes the redelivery resumes from the
 last checkpoint. So the run's loss curve comes from one training at a time (its steps

@@ -13,8 +13,8 @@ from pathlib import Path
 import httpx
 from pydantic import SecretStr
 
-from inflab.common.embedded._proc import free_port
-from inflab.common.settings import Settings
+from inflab.devtools.embedded._proc import free_port
+from inflab.core.settings import Settings
 
 
 def settings_environment(settings: Settings) -> dict[str, str]:

@@ -29,11 +29,11 @@ from uuid import UUID
 import httpx
 import numpy as np
 
-from inflab.common.bus import Bus
-from inflab.common.events import StageEvents
-from inflab.common.messages import ResultEvent
-from inflab.common.objectstore import ObjectStore, influence_key
-from inflab.common.settings import Settings
+from inflab.core.bus import Bus
+from inflab.core.events import StageEvents
+from inflab.core.messages import ResultEvent
+from inflab.core.objectstore import ObjectStore, influence_key
+from inflab.core.settings import Settings
 
 
 def random_matrix(rows: int, columns: int, seed: int = 0) -> np.ndarray:

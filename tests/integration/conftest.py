@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 
-from inflab.common.bus import Bus
-from inflab.gateway.testing import gateway_in_process
+from inflab.core.bus import Bus
+from helpers.gateway import gateway_in_process
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-from inflab.common.settings import Settings
+from inflab.core.settings import Settings
 
 
 class LocalSmtp:

@@ -16,11 +16,11 @@ import pytest
 import pytest_asyncio
 import uvicorn
 
-from inflab.common.bench.client import experiment_body
-from inflab.common.bench.generate import GeneratorOptions, generate
-from inflab.common.messages import InferenceRequest, InfluenceRequest, TrainRequest
-from inflab.common.worker import serve
-from inflab.gateway.testing import sign_up
+from inflab.analysis.bench.client import experiment_body
+from inflab.analysis.bench.generate import GeneratorOptions, generate
+from inflab.core.messages import InferenceRequest, InfluenceRequest, TrainRequest
+from inflab.core.worker import serve
+from helpers.gateway import sign_up
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

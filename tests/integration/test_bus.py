@@ -13,10 +13,10 @@ import uuid
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
 
-from inflab.common.bus import Bus
-from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner, new_key_pair
-from inflab.common.messages import DeadLetter, InferenceRequest, TrainRequest
-from inflab.common.settings import Settings
+from inflab.core.bus import Bus
+from inflab.core.job_signing import SIGNATURE_HEADER, JobSigner, new_key_pair
+from inflab.core.messages import DeadLetter, InferenceRequest, TrainRequest
+from inflab.core.settings import Settings
 
 pytestmark = pytest.mark.integration
 

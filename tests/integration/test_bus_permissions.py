@@ -1,5 +1,5 @@
 """The closed bus, against a real nats-server from the wheel started with the generated
-authorization (inflab.common.nats_permissions, written by the embedded stack's own code)
+authorization (inflab.core.nats_permissions, written by the embedded stack's own code)
 and real role credentials, plus the real gateway and Postgres:
 
 * a client without credentials (or with a wrong password) is refused;
@@ -28,12 +28,12 @@ import pytest
 from nats.aio.client import Client as NATS
 from sqlalchemy import func, select
 
-from inflab.common.bus import Bus, connect_options
-from inflab.common.db.models import Checkpoint, Run, RunEventRow
-from inflab.common.embedded.bus_credentials import BusCredentials
-from inflab.common.embedded.nats import EmbeddedNats
-from inflab.common.events import StageEvents
-from inflab.common.messages import (
+from inflab.core.bus import Bus, connect_options
+from inflab.core.db.models import Checkpoint, Run, RunEventRow
+from inflab.devtools.embedded.bus_credentials import BusCredentials
+from inflab.devtools.embedded.nats import EmbeddedNats
+from inflab.core.events import StageEvents
+from inflab.core.messages import (
     Answer,
     CheckpointRef,
     InferenceRequest,
@@ -45,10 +45,10 @@ from inflab.common.messages import (
     TrainingSummary,
     TrainRequest,
 )
-from inflab.common.nats_permissions import ROLES, inbox_prefix
-from inflab.common.settings import Settings
-from inflab.common.subjects import Subjects
-from inflab.gateway.testing import gateway_in_process, wait_for_event, wait_for_run
+from inflab.core.nats_permissions import ROLES, inbox_prefix
+from inflab.core.settings import Settings
+from inflab.core.subjects import Subjects
+from helpers.gateway import gateway_in_process, wait_for_event, wait_for_run
 from inflab.trainer.control_subscription import ControlSubscription
 
 pytestmark = pytest.mark.integration
@@ -262,7 +262,7 @@ async def influence(bus: Bus, request: InfluenceRequest) -> None:
 async def test_every_role_does_its_job_within_its_permissions(secured: SecuredNats, streams, caplog) -> None:
     """A pipeline's submission goes through the gateway, the trainer, inference and
     influence to a completed run, each on its own credential, with no violation."""
-    caplog.set_level(logging.ERROR, logger="inflab.common.bus")
+    caplog.set_level(logging.ERROR, logger="inflab.core.bus")
     stop = asyncio.Event()
     workers = [
         asyncio.create_task(stage_worker(secured, "trainer", "train", TrainRequest, train, stop)),

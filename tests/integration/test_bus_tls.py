@@ -16,12 +16,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from inflab.common.bus import Bus, connect_options
-from inflab.common.embedded.bus_credentials import write_private
-from inflab.common.embedded.nats import EmbeddedNats
-from inflab.common.nats_permissions import authorization_config
-from inflab.common.settings import Settings
-from inflab.common.subjects import Subjects
+from inflab.core.bus import Bus, connect_options
+from inflab.devtools.embedded.bus_credentials import write_private
+from inflab.devtools.embedded.nats import EmbeddedNats
+from inflab.core.nats_permissions import authorization_config
+from inflab.core.settings import Settings
+from inflab.core.subjects import Subjects
 
 pytestmark = pytest.mark.integration
 

@@ -17,11 +17,11 @@ import pytest
 from nats.errors import TimeoutError as NatsTimeout
 from sqlalchemy import select
 
-from inflab.common.db.models import Experiment, Run, RunEventRow, User
-from inflab.common.messages import TrainRequest
-from inflab.common.settings import Settings
-from inflab.common.subjects import Subjects
-from inflab.gateway.testing import delete_streams, gateway_in_process, isolated_settings
+from inflab.core.db.models import Experiment, Run, RunEventRow, User
+from inflab.core.messages import TrainRequest
+from inflab.core.settings import Settings
+from inflab.core.subjects import Subjects
+from helpers.gateway import delete_streams, gateway_in_process, isolated_settings
 
 pytestmark = pytest.mark.integration
 

@@ -20,10 +20,10 @@ from sqlalchemy import select, update
 
 from argon2 import PasswordHasher as Argon2
 
-from inflab.common.db.models import ApiToken, AuthSession, User
-from inflab.common.settings import Settings
+from inflab.core.db.models import ApiToken, AuthSession, User
+from inflab.core.settings import Settings
 from inflab.gateway.auth.tokens import token_hash
-from inflab.gateway.testing import TEST_PASSWORD, delete_streams, gateway_in_process, isolated_settings, sign_up
+from helpers.gateway import TEST_PASSWORD, delete_streams, gateway_in_process, isolated_settings, sign_up
 
 pytestmark = pytest.mark.integration
 
@@ -272,8 +272,8 @@ async def test_the_client_address_comes_from_x_forwarded_for_only_behind_a_liste
 
 async def test_the_python_client_signs_in_registering_the_account_first(auth_settings) -> None:
     """What `inflab demo` does against the real gateway: register on first use, log in after."""
-    from inflab.common.client import GatewayClient, GatewayError
-    from inflab.gateway.testing import gateway_server
+    from inflab.devtools.client import GatewayClient, GatewayError
+    from helpers.gateway import gateway_server
 
     address = email()
     async with gateway_server(auth_settings) as (_, base_url):

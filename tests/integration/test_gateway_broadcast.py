@@ -16,11 +16,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
-from inflab.common.messages import LogEvent, ProgressEvent, StatusEvent
-from inflab.common.settings import Settings
+from inflab.core.messages import LogEvent, ProgressEvent, StatusEvent
+from inflab.core.settings import Settings
 from inflab.gateway import broadcast
 from inflab.gateway.persistence import persist_events
-from inflab.gateway.testing import delete_streams, gateway_in_process, gateway_server, isolated_settings, sign_up, start_run
+from helpers.gateway import delete_streams, gateway_in_process, gateway_server, isolated_settings, sign_up, start_run
 
 pytestmark = pytest.mark.integration
 
@@ -57,7 +57,7 @@ def frames_of(body: str) -> list[int]:
 async def stored_ids(app, run_id: uuid.UUID) -> list[int]:
     from sqlalchemy import select
 
-    from inflab.common.db.models import RunEventRow
+    from inflab.core.db.models import RunEventRow
 
     async with app.state.sessionmaker() as session:
         return list(await session.scalars(

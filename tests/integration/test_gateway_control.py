@@ -14,10 +14,10 @@ import nats
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
 
-from inflab.common.messages import ControlMessage, StatusEvent
-from inflab.common.settings import Settings
-from inflab.common.subjects import Subjects
-from inflab.gateway.testing import (
+from inflab.core.messages import ControlMessage, StatusEvent
+from inflab.core.settings import Settings
+from inflab.core.subjects import Subjects
+from helpers.gateway import (
     delete_streams,
     isolated_settings,
     publish_and_wait,

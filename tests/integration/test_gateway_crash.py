@@ -17,12 +17,12 @@ import pytest
 from nats.errors import TimeoutError as NatsTimeout
 from sqlalchemy import select
 
-from inflab.common.db.models import Run
-from inflab.common.db.session import make_engine, make_sessionmaker
-from inflab.common.messages import RunSubmission, SubmissionOutcome, TrainRequest
-from inflab.common.settings import Settings
-from inflab.common.subjects import Subjects
-from inflab.gateway.testing import delete_streams, gateway_in_process, isolated_settings
+from inflab.core.db.models import Run
+from inflab.core.db.session import make_engine, make_sessionmaker
+from inflab.core.messages import RunSubmission, SubmissionOutcome, TrainRequest
+from inflab.core.settings import Settings
+from inflab.core.subjects import Subjects
+from helpers.gateway import delete_streams, gateway_in_process, isolated_settings
 
 from helpers.gateway_process import GatewayProcess
 

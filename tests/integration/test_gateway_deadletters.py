@@ -15,11 +15,11 @@ import nats
 import pytest
 from nats.errors import TimeoutError as NatsTimeout
 
-from inflab.common.bus import Bus, Rejected
-from inflab.common.messages import DeadLetter, InferenceRequest, InfluenceRequest, TrainRequest
-from inflab.common.settings import Settings
-from inflab.common.subjects import Subjects
-from inflab.gateway.testing import delete_streams, gateway_in_process, isolated_settings, start_run, wait_for_run
+from inflab.core.bus import Bus, Rejected
+from inflab.core.messages import DeadLetter, InferenceRequest, InfluenceRequest, TrainRequest
+from inflab.core.settings import Settings
+from inflab.core.subjects import Subjects
+from helpers.gateway import delete_streams, gateway_in_process, isolated_settings, start_run, wait_for_run
 from inflab.inference.service import InferenceService
 from inflab.influence.service import InfluenceService
 from inflab.trainer.service import TrainerService

@@ -19,9 +19,9 @@ import nats
 import pytest
 from sqlalchemy import func, select
 
-from inflab.common.bus import Bus
-from inflab.common.db.models import Checkpoint, Generation, InfluenceResult, Metric, Run, RunEventRow
-from inflab.common.messages import (
+from inflab.core.bus import Bus
+from inflab.core.db.models import Checkpoint, Generation, InfluenceResult, Metric, Run, RunEventRow
+from inflab.core.messages import (
     Answer,
     CheckpointEvent,
     CheckpointRef,
@@ -34,8 +34,8 @@ from inflab.common.messages import (
     StatusEvent,
     TrainingSummary,
 )
-from inflab.common.settings import Settings
-from inflab.gateway.testing import (
+from inflab.core.settings import Settings
+from helpers.gateway import (
     access_token,
     delete_streams,
     gateway_in_process,
@@ -448,8 +448,8 @@ async def test_a_batch_stores_each_event_once_and_skips_unknown_runs(gateway, pr
 
 
 async def test_the_python_client_follows_a_run_to_its_results(gw_settings, producer) -> None:
-    """inflab.common.client (the CLI's and scripts' client) against the real gateway."""
-    from inflab.common.client import GatewayClient
+    """inflab.devtools.client (the CLI's and scripts' client) against the real gateway."""
+    from inflab.devtools.client import GatewayClient
 
     async with gateway_server(gw_settings) as (_, base_url):
         token = await access_token(base_url, gw_settings.local_user_email)

@@ -11,9 +11,9 @@ from collections.abc import Iterator
 import pytest
 from sqlalchemy import event
 
-from inflab.common.messages import MetricEvent, StatusEvent
-from inflab.common.settings import Settings
-from inflab.gateway.testing import delete_streams, isolated_settings, publish_and_wait, sign_up, wait_for_run
+from inflab.core.messages import MetricEvent, StatusEvent
+from inflab.core.settings import Settings
+from helpers.gateway import delete_streams, isolated_settings, publish_and_wait, sign_up, wait_for_run
 
 pytestmark = pytest.mark.integration
 

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from inflab.common.settings import Settings
-from inflab.gateway.testing import delete_streams, gateway_in_process, isolated_settings
+from inflab.core.settings import Settings
+from helpers.gateway import delete_streams, gateway_in_process, isolated_settings
 
 pytestmark = pytest.mark.integration
 

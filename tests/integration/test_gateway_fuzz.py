@@ -21,9 +21,9 @@ from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
 
-from inflab.common.settings import Settings
-from inflab.gateway import testing
-from inflab.gateway.testing import delete_streams, gateway_server, isolated_settings
+from inflab.core.settings import Settings
+from helpers import gateway as testing
+from helpers.gateway import delete_streams, gateway_server, isolated_settings
 
 pytestmark = pytest.mark.integration
 

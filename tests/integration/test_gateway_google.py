@@ -25,8 +25,8 @@ from starlette.routing import Route
 
 from pydantic import SecretStr
 
-from inflab.common.settings import Settings
-from inflab.gateway.testing import TEST_PASSWORD, delete_streams, gateway_in_process, isolated_settings
+from inflab.core.settings import Settings
+from helpers.gateway import TEST_PASSWORD, delete_streams, gateway_in_process, isolated_settings
 from mailserver import LocalSmtp, link_token
 
 pytestmark = pytest.mark.integration

@@ -11,10 +11,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from inflab.common.influence_methods import ARGS_MODELS, InfluenceArgs
-from inflab.common.messages import TrainRequest
-from inflab.common.settings import Settings
-from inflab.gateway.testing import delete_streams, isolated_settings
+from inflab.core.influence_methods import ARGS_MODELS, InfluenceArgs
+from inflab.core.messages import TrainRequest
+from inflab.core.settings import Settings
+from helpers.gateway import delete_streams, isolated_settings
 
 from test_gateway_api import pull_train_request
 
@@ -184,7 +184,7 @@ async def test_an_estimate_takes_an_experiment_body_with_its_arguments(gateway) 
 async def test_a_stored_model_path_must_hold_a_saved_model(gateway, gw_settings) -> None:
     """``store:models/<name>`` for old_model/new_model: a 422 naming the field while nothing
     is saved there, accepted once a saved model (its config.json) is."""
-    from inflab.common.objectstore import ObjectStore
+    from inflab.core.objectstore import ObjectStore
 
     _, client = gateway
     name = f"models/pair-{uuid.uuid4().hex[:8]}"

@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import DBAPIError
 
-from inflab.common.bus import Bus
-from inflab.common.db.models import (
+from inflab.core.bus import Bus
+from inflab.core.db.models import (
     ApiToken,
     AuthSession,
     Checkpoint,
@@ -29,7 +29,7 @@ from inflab.common.db.models import (
     RunEventRow,
     User,
 )
-from inflab.common.messages import (
+from inflab.core.messages import (
     Answer,
     CheckpointEvent,
     CheckpointRef,
@@ -40,9 +40,9 @@ from inflab.common.messages import (
     ResultEvent,
     StatusEvent,
 )
-from inflab.common.settings import Settings
+from inflab.core.settings import Settings
 from inflab.gateway.auth.rls import session_for
-from inflab.gateway.testing import (
+from helpers.gateway import (
     delete_streams,
     gateway_in_process,
     isolated_settings,

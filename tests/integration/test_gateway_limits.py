@@ -17,10 +17,10 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from inflab.common.messages import MAX_TRAINING_PAIRS
-from inflab.common.settings import Settings
+from inflab.core.messages import MAX_TRAINING_PAIRS
+from inflab.core.settings import Settings
 from inflab.gateway.schemas import ExperimentCreate
-from inflab.gateway.testing import (
+from helpers.gateway import (
     TEST_PASSWORD,
     delete_streams,
     gateway_in_process,

@@ -16,11 +16,11 @@ import pytest
 from pydantic import SecretStr
 from prometheus_client.parser import text_string_to_metric_families
 
-from inflab.common.messages import LogEvent
-from inflab.common.settings import Settings
-from inflab.gateway import testing
+from inflab.core.messages import LogEvent
+from inflab.core.settings import Settings
+from helpers import gateway as testing
 from inflab.gateway.logs import JsonFormatter, redact
-from inflab.gateway.testing import (
+from helpers.gateway import (
     delete_streams,
     gateway_in_process,
     gateway_server,
@@ -232,8 +232,8 @@ async def test_absurd_query_numbers_are_422(gateway):
 
 
 async def test_asyncapi_is_served_with_the_deployments_prefix(gateway, ops_settings):
-    from inflab.common.asyncapi import build_asyncapi
-    from inflab.common.subjects import Subjects
+    from inflab.core.asyncapi import build_asyncapi
+    from inflab.core.subjects import Subjects
 
     _, client = gateway
     response = await client.get("/asyncapi.json")

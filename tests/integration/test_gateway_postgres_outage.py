@@ -13,17 +13,17 @@ from urllib.parse import urlsplit, urlunsplit
 import nats
 import pytest
 
-from inflab.common.bus import Bus
-from inflab.common.db.models import Run
-from inflab.common.db.session import make_engine, make_sessionmaker
-from inflab.common.messages import RunSubmission
-from inflab.common.settings import Settings
-from inflab.common.subjects import Subjects
+from inflab.core.bus import Bus
+from inflab.core.db.models import Run
+from inflab.core.db.session import make_engine, make_sessionmaker
+from inflab.core.messages import RunSubmission
+from inflab.core.settings import Settings
+from inflab.core.subjects import Subjects
 from inflab.gateway.auth.rls import user_sessionmaker
 from inflab.gateway.dispatch import Dispatcher
 from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.submissions import RunSubmissions
-from inflab.gateway.testing import delete_streams, gateway_in_process, isolated_settings
+from helpers.gateway import delete_streams, gateway_in_process, isolated_settings
 
 pytestmark = pytest.mark.integration
 

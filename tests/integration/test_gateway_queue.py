@@ -19,12 +19,12 @@ import pytest
 from nats.errors import TimeoutError as NatsTimeout
 from sqlalchemy import func, select
 
-from inflab.common.bus import Bus
-from inflab.common.db.models import Run
-from inflab.common.messages import DeadLetter, RunSubmission, StatusEvent, TrainRequest
-from inflab.common.settings import Settings
-from inflab.common.subjects import Subjects
-from inflab.gateway.testing import delete_streams, gateway_in_process, isolated_settings, sign_up, wait_for_run
+from inflab.core.bus import Bus
+from inflab.core.db.models import Run
+from inflab.core.messages import DeadLetter, RunSubmission, StatusEvent, TrainRequest
+from inflab.core.settings import Settings
+from inflab.core.subjects import Subjects
+from helpers.gateway import delete_streams, gateway_in_process, isolated_settings, sign_up, wait_for_run
 
 pytestmark = pytest.mark.integration
 

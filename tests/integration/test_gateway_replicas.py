@@ -16,11 +16,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from inflab.common.db.models import RunEventRow
-from inflab.common.db.session import make_engine, make_sessionmaker
-from inflab.common.messages import ProgressEvent, StatusEvent
-from inflab.common.settings import Settings
-from inflab.gateway.testing import TEST_PASSWORD, delete_streams, isolated_settings
+from inflab.core.db.models import RunEventRow
+from inflab.core.db.session import make_engine, make_sessionmaker
+from inflab.core.messages import ProgressEvent, StatusEvent
+from inflab.core.settings import Settings
+from helpers.gateway import TEST_PASSWORD, delete_streams, isolated_settings
 
 from helpers.gateway_process import GatewayProcess
 

@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from inflab.common.db.models import Generation
-from inflab.common.events import StageEvents
-from inflab.common.messages import Answer, AnswerScore, AnswerScores
-from inflab.common.settings import Settings
+from inflab.core.db.models import Generation
+from inflab.core.events import StageEvents
+from inflab.core.messages import Answer, AnswerScore, AnswerScores
+from inflab.core.settings import Settings
 from inflab.gateway.baselines import bm25_scores
-from inflab.gateway.testing import delete_streams, isolated_settings, publish_and_wait, start_run
+from helpers.gateway import delete_streams, isolated_settings, publish_and_wait, start_run
 
 pytestmark = pytest.mark.integration
 

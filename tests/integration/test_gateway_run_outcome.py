@@ -12,10 +12,10 @@ from collections.abc import Iterator
 
 import pytest
 
-from inflab.common.events import StageEvents
-from inflab.common.messages import Answer, InfluenceMatrix, StatusEvent
-from inflab.common.settings import Settings
-from inflab.gateway.testing import (
+from inflab.core.events import StageEvents
+from inflab.core.messages import Answer, InfluenceMatrix, StatusEvent
+from inflab.core.settings import Settings
+from helpers.gateway import (
     delete_streams,
     isolated_settings,
     publish_and_wait,

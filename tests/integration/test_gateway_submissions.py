@@ -17,10 +17,10 @@ import httpx
 import nats
 import pytest
 
-from inflab.common.messages import DeadLetter, RunSubmission, TrainRequest
-from inflab.common.settings import Settings
-from inflab.common.subjects import Subjects
-from inflab.gateway.testing import delete_streams, gateway_in_process, isolated_settings, sign_up
+from inflab.core.messages import DeadLetter, RunSubmission, TrainRequest
+from inflab.core.settings import Settings
+from inflab.core.subjects import Subjects
+from helpers.gateway import delete_streams, gateway_in_process, isolated_settings, sign_up
 
 pytestmark = pytest.mark.integration
 

@@ -16,11 +16,11 @@ import nats
 import pytest
 from sqlalchemy import select, update
 
-from inflab.common.db.models import ApiToken
-from inflab.common.messages import DeadLetter, RunSubmission
-from inflab.common.settings import Settings
-from inflab.common.subjects import Subjects
-from inflab.gateway.testing import (
+from inflab.core.db.models import ApiToken
+from inflab.core.messages import DeadLetter, RunSubmission
+from inflab.core.settings import Settings
+from inflab.core.subjects import Subjects
+from helpers.gateway import (
     delete_streams,
     gateway_in_process,
     gateway_server,

@@ -18,16 +18,16 @@ from datetime import datetime, timedelta, timezone
 import pytest
 from sqlalchemy import func, select
 
-from inflab.common.db.models import Metric, Prediction
-from inflab.common.messages import (
+from inflab.core.db.models import Metric, Prediction
+from inflab.core.messages import (
     MetricEvent,
     ParamsEvent,
     PredictionEvent,
     PredictionSample,
     StatusEvent,
 )
-from inflab.common.settings import Settings
-from inflab.gateway.testing import (
+from inflab.core.settings import Settings
+from helpers.gateway import (
     delete_streams,
     gateway_in_process,
     isolated_settings,

@@ -19,10 +19,10 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy import func, select, update
 
-from inflab.common.db.models import EmailToken
-from inflab.common.settings import Settings
+from inflab.core.db.models import EmailToken
+from inflab.core.settings import Settings
 from inflab.gateway.auth.tokens import token_hash
-from inflab.gateway.testing import TEST_PASSWORD, delete_streams, gateway_in_process, isolated_settings
+from helpers.gateway import TEST_PASSWORD, delete_streams, gateway_in_process, isolated_settings
 from mailserver import LocalSmtp, link_token, self_signed_certificate
 
 pytestmark = pytest.mark.integration

@@ -18,11 +18,11 @@ import pytest
 from nats.errors import MaxPayloadError
 from sqlalchemy import select
 
-from inflab.common.db.models import InfluenceResult
-from inflab.common.events import StageEvents
-from inflab.common.objectstore import ObjectStore, influence_key
-from inflab.common.settings import Settings
-from inflab.gateway.testing import (
+from inflab.core.db.models import InfluenceResult
+from inflab.core.events import StageEvents
+from inflab.core.objectstore import ObjectStore, influence_key
+from inflab.core.settings import Settings
+from helpers.gateway import (
     delete_streams,
     isolated_settings,
     start_run,
@@ -144,8 +144,8 @@ async def test_the_demo_draws_a_matrix_that_travelled_by_key(gateway, producer, 
     """What `inflab demo` does with the results API's answer: results.json and the heatmap,
     for a matrix the event carried only by key (the demo's own run is small enough to go
     inline; a limit of 0 sends even it by key)."""
-    from inflab.common.demo import build_results_document, draw_heatmap, write_results
-    from inflab.common.messages import Answer
+    from inflab.devtools.demo import build_results_document, draw_heatmap, write_results
+    from inflab.core.messages import Answer
 
     app, client = gateway
     run_id = await start_run(client, EXPERIMENT)

@@ -13,10 +13,10 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from inflab.common import influence_files
-from inflab.common.objectstore import ObjectStore, influence_key
-from inflab.common.settings import Settings
-from inflab.gateway.testing import delete_streams, isolated_settings, start_run, wait_for_event
+from inflab.core import influence_files
+from inflab.core.objectstore import ObjectStore, influence_key
+from inflab.core.settings import Settings
+from helpers.gateway import delete_streams, isolated_settings, start_run, wait_for_event
 
 from helpers.influence_results import random_matrix, store_influence_matrix, wait_for_results
 

@@ -16,13 +16,13 @@ import pytest
 import pytest_asyncio
 import torch
 
-from inflab.common import influence_files
-from inflab.common.bus import Bus
-from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner
-from inflab.common.models import load_model
-from inflab.common.objectstore import ObjectStore
-from inflab.common.subjects import Subjects
-from inflab.common.worker import serve
+from inflab.core import influence_files
+from inflab.core.bus import Bus
+from inflab.core.job_signing import SIGNATURE_HEADER, JobSigner
+from inflab.ml.models import load_model
+from inflab.core.objectstore import ObjectStore
+from inflab.core.subjects import Subjects
+from inflab.core.worker import serve
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 

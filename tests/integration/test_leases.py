@@ -11,8 +11,8 @@ import uuid
 import pytest
 from nats.js.errors import KeyNotFoundError
 
-from inflab.common.bus import Bus
-from inflab.common.leases import LeaseHeld, LeaseLost, RunLease
+from inflab.core.bus import Bus
+from inflab.core.leases import LeaseHeld, LeaseLost, RunLease
 
 pytestmark = pytest.mark.integration
 

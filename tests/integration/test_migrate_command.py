@@ -1,4 +1,5 @@
-"""``inflab migrate``: the command the Helm chart's pre-install/pre-upgrade Job runs. It
+"""``inflab migrate`` and ``inflab-migrate`` (what the Helm chart's pre-install/pre-upgrade
+Job runs, from the gateway image). It
 brings a new, empty database to the newest schema, is a no-op when run again, keeps the
 credential in the URL out of its output, and refuses to run without a database URL."""
 
@@ -15,8 +16,8 @@ import pytest
 from alembic.script import ScriptDirectory
 from typer.testing import CliRunner
 
-from inflab.common import cli
-from inflab.common.db.migrate import alembic_config
+from inflab.devtools import cli
+from inflab.core.db.migrate import alembic_config
 
 pytestmark = pytest.mark.integration
 
@@ -72,12 +73,14 @@ def test_migrate_without_a_database_url_refuses_with_the_reason():
 
 
 def test_migrate_runs_without_torch_or_ray_as_in_the_gateway_image(empty_database: str):
-    """The hook Job runs `inflab migrate` from the gateway image, which has no torch (nor
-    Ray): the command must not import them."""
+    """The hook Job runs `inflab-migrate` from the gateway image, which has no torch, Ray
+    or developer tooling: the command must not import them."""
     script = (
-        "import sys; sys.modules['torch'] = None; sys.modules['ray'] = None\n"
-        "from inflab.common.cli import app\n"
-        "app(['migrate'])\n"
+        "import sys\n"
+        "for name in ('torch', 'ray', 'typer', 'matplotlib', 'inflab.devtools', 'inflab.ml'):\n"
+        "    sys.modules[name] = None\n"
+        "from inflab.core.db.migrate import main\n"
+        "sys.exit(main([]))\n"
     )
     env = {**os.environ, "INFLAB_DATABASE_URL": empty_database}
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)

@@ -18,15 +18,15 @@ import pytest_asyncio
 import uvicorn
 from sqlalchemy import func, select
 
-from inflab.common.db.models import Checkpoint, Generation, InfluenceResult, Metric, Prediction, Run, RunEventRow
-from inflab.common.db.session import make_engine, make_sessionmaker
-from inflab.common.answer_scores import text_scores
-from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner
-from inflab.common.messages import AnswerScores, InferenceRequest, InfluenceRequest, TrainRequest
-from inflab.common.objectstore import ObjectStore
-from inflab.common.subjects import Subjects
-from inflab.common.worker import serve
-from inflab.gateway.testing import sign_up
+from inflab.core.db.models import Checkpoint, Generation, InfluenceResult, Metric, Prediction, Run, RunEventRow
+from inflab.core.db.session import make_engine, make_sessionmaker
+from inflab.analysis.answer_scores import text_scores
+from inflab.core.job_signing import SIGNATURE_HEADER, JobSigner
+from inflab.core.messages import AnswerScores, InferenceRequest, InfluenceRequest, TrainRequest
+from inflab.core.objectstore import ObjectStore
+from inflab.core.subjects import Subjects
+from inflab.core.worker import serve
+from helpers.gateway import sign_up
 from inflab.inference.generation import load_for_generation
 from inflab.inference.scoring import reference_examples, reference_logprobs
 

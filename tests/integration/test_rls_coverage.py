@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from inflab.common.db.models import Base
+from inflab.core.db.models import Base
 from inflab.gateway.auth.rls import APP_ROLE
 
 pytestmark = pytest.mark.integration

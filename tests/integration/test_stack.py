@@ -20,11 +20,11 @@ import pytest
 
 from typer.testing import CliRunner
 
-from inflab.common import cli
-from inflab.common.embedded._proc import free_port, port_open
-from inflab.common.embedded.ray import short_temp_dir
-from inflab.common.embedded.stack import ServiceSpec, Stack, default_services, read_state
-from inflab.common.settings import Settings
+from inflab.devtools import cli
+from inflab.devtools.embedded._proc import free_port, port_open
+from inflab.devtools.embedded.ray import short_temp_dir
+from inflab.devtools.embedded.stack import ServiceSpec, Stack, default_services, read_state
+from inflab.core.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -213,8 +213,8 @@ async def test_stack_starts_everything_and_stops_without_orphans(tmp_path):
 
 async def test_up_stops_everything_on_ctrl_c(tmp_path, monkeypatch, nats_url, database_url):
     """``inflab up`` against given servers: ready, then SIGINT stops every child."""
-    from inflab.common import cli
-    from inflab.common.embedded import stack as stack_module
+    from inflab.devtools import cli
+    from inflab.devtools.embedded import stack as stack_module
 
     settings = Settings(
         home=tmp_path / "home", nats_url=nats_url, database_url=database_url,
@@ -245,8 +245,8 @@ async def test_up_stops_everything_on_ctrl_c(tmp_path, monkeypatch, nats_url, da
 
 SUPERVISOR = r"""
 import asyncio, json, pathlib, sys
-from inflab.common.embedded.stack import Stack, ServiceSpec
-from inflab.common.settings import Settings
+from inflab.devtools.embedded.stack import Stack, ServiceSpec
+from inflab.core.settings import Settings
 
 async def main():
     settings = Settings.model_validate_json(sys.argv[1])

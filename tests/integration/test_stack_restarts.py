@@ -19,9 +19,9 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from inflab.common import cli
-from inflab.common.embedded._proc import free_port
-from inflab.common.embedded.stack import ServiceSpec, Stack, default_services, read_state
+from inflab.devtools import cli
+from inflab.devtools.embedded._proc import free_port
+from inflab.devtools.embedded.stack import ServiceSpec, Stack, default_services, read_state
 
 pytestmark = pytest.mark.integration
 
@@ -131,8 +131,8 @@ async def test_inflab_up_keeps_the_stack_up_through_a_crash_loop(tmp_path, monke
     the stack comes up and stays up, the crash loop is printed and shown by ``inflab ps``,
     and only Ctrl-C stops it."""
     caplog.set_level(logging.INFO, logger="inflab.stack")
-    from inflab.common.embedded import stack as stack_module
-    from inflab.common.settings import Settings
+    from inflab.devtools.embedded import stack as stack_module
+    from inflab.core.settings import Settings
 
     settings = Settings(
         home=tmp_path / "home", nats_url=nats_url, database_url=database_url,

@@ -25,14 +25,14 @@ import pytest
 import pytest_asyncio
 from sqlalchemy import func, select
 
-from inflab.common.bus import Bus
-from inflab.common.db.models import Generation, RunEventRow
-from inflab.common.embedded.nats import EmbeddedNats
-from inflab.common.messages import InferenceRequest, TrainRequest
-from inflab.common.objectstore import ObjectStore, checkpoint_prefix
-from inflab.common.settings import Settings
-from inflab.common.worker import serve
-from inflab.gateway.testing import delete_streams, gateway_in_process, isolated_settings, start_run, wait_for_run
+from inflab.core.bus import Bus
+from inflab.core.db.models import Generation, RunEventRow
+from inflab.devtools.embedded.nats import EmbeddedNats
+from inflab.core.messages import InferenceRequest, TrainRequest
+from inflab.core.objectstore import ObjectStore, checkpoint_prefix
+from inflab.core.settings import Settings
+from inflab.core.worker import serve
+from helpers.gateway import delete_streams, gateway_in_process, isolated_settings, start_run, wait_for_run
 from inflab.inference import service as inference
 from inflab.trainer import service as trainer
 from inflab.trainer.job import upload_checkpoint
@@ -143,9 +143,9 @@ async def test_nats_away_while_training_publishes_resumes_from_the_checkpoint(
         "nats_url": server.url, "ack_wait_s": 3.0, "bus_publish_retry_s": 0.5, "train_num_cpus": 1,
     })
     # The trainer gives the job up when its publishes fail for good, or (often sooner) when
-    # it cannot renew its lease on the run (inflab.common.leases): either way, to be redelivered.
+    # it cannot renew its lease on the run (inflab.core.leases): either way, to be redelivered.
     gave_up = Seen("NATS unavailable while handling a message", "left a message on")
-    logging.getLogger("inflab.common.bus").addHandler(gave_up)
+    logging.getLogger("inflab.core.bus").addHandler(gave_up)
     try:
         async with gateway_in_process(own) as (app, client), worker(trainer, TrainRequest, own):
             # Long enough (~0.3 s an epoch here) to outlast the ~6 s the trainer takes to
@@ -166,7 +166,7 @@ async def test_nats_away_while_training_publishes_resumes_from_the_checkpoint(
             finally:
                 restarted.stop()
     finally:
-        logging.getLogger("inflab.common.bus").removeHandler(gave_up)
+        logging.getLogger("inflab.core.bus").removeHandler(gave_up)
         server.stop()
     assert run.stages["train"] == "completed" and run.status == "running", (run.status, run.error)
     assert "failed" not in statuses and run.error is None

@@ -14,12 +14,12 @@ import nats
 import pytest
 import pytest_asyncio
 
-from inflab.common.bus import Bus
-from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner
-from inflab.common.messages import ControlMessage, TrainRequest
-from inflab.common.objectstore import ObjectStore
-from inflab.common.subjects import Subjects
-from inflab.common.worker import serve
+from inflab.core.bus import Bus
+from inflab.core.job_signing import SIGNATURE_HEADER, JobSigner
+from inflab.core.messages import ControlMessage, TrainRequest
+from inflab.core.objectstore import ObjectStore
+from inflab.core.subjects import Subjects
+from inflab.core.worker import serve
 from inflab.trainer import service as trainer
 from inflab.trainer.job import summary_key
 

@@ -18,12 +18,12 @@ import nats
 import pytest
 import torch
 
-from inflab.common.bus import Bus
-from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner
-from inflab.common.messages import TrainRequest
-from inflab.common.models import build_tiny_model
-from inflab.common.objectstore import ObjectStore
-from inflab.common.subjects import Subjects
+from inflab.core.bus import Bus
+from inflab.core.job_signing import SIGNATURE_HEADER, JobSigner
+from inflab.core.messages import TrainRequest
+from helpers.tiny_model import build_tiny_model
+from inflab.core.objectstore import ObjectStore
+from inflab.core.subjects import Subjects
 from inflab.trainer.training import train_lora
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]

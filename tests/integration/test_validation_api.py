@@ -20,12 +20,12 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from inflab.common.db.models import RunEventRow, Validation
-from inflab.common.messages import Answer, ResultEvent, StatusEvent, ValidationRequest
-from inflab.common.nats_permissions import follow_up_durable
-from inflab.common.settings import Settings
-from inflab.common.worker import serve
-from inflab.gateway.testing import delete_streams, isolated_settings, publish_and_wait, start_run, wait_for_run
+from inflab.core.db.models import RunEventRow, Validation
+from inflab.core.messages import Answer, ResultEvent, StatusEvent, ValidationRequest
+from inflab.core.nats_permissions import follow_up_durable
+from inflab.core.settings import Settings
+from inflab.core.worker import serve
+from helpers.gateway import delete_streams, isolated_settings, publish_and_wait, start_run, wait_for_run
 from inflab.trainer import validation_service
 
 from helpers.influence_results import store_influence_matrix

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from inflab.common.messages import RunSpec
+from inflab.core.messages import RunSpec
 
 PAIRS = [
     {"id": f"p{i}", "question": f"What is fact number {i}?", "answer": f"Fact {i} is {word}."}
@@ -131,7 +131,7 @@ def _wait_for_nodes(address: str, count: int, process: subprocess.Popen, log: Pa
 DRIVER = """
 import json, sys
 import ray
-from inflab.common.messages import RunSpec
+from inflab.core.messages import RunSpec
 from inflab.trainer.validation_job import TaskResources, run_retrainings
 address, spec, models_dir, targets = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3], json.loads(sys.argv[4])
 ray.init(address=address, logging_level="WARNING")

@@ -20,13 +20,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from nats.js.api import AckPolicy, ConsumerConfig
 from pydantic import BaseModel
 
-from inflab.common.bus import Bus, BusUnavailable, Rejected
-from inflab.common.embedded._proc import free_port
-from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner
-from inflab.common.objectstore import ObjectStore
-from inflab.common.subjects import Subjects
-from inflab.common.worker import serve
-from inflab.common.worker_metrics import WorkerMetrics
+from inflab.core.bus import Bus, BusUnavailable, Rejected
+from inflab.devtools.embedded._proc import free_port
+from inflab.core.job_signing import SIGNATURE_HEADER, JobSigner
+from inflab.core.objectstore import ObjectStore
+from inflab.core.subjects import Subjects
+from inflab.core.worker import serve
+from inflab.core.worker_metrics import WorkerMetrics
 
 pytestmark = pytest.mark.integration
 
@@ -72,7 +72,7 @@ def store_random_adapter(store: ObjectStore, tiny_model, key: str, folder) -> No
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from inflab.common.models import load_model
+    from inflab.ml.models import load_model
 
     model, _ = load_model(str(tiny_model), tiny_model / "cache")
     model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))

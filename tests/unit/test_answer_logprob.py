@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inflab.common.chat import IGNORE_INDEX, prompt_ids
-from inflab.common.models import build_tiny_model
+from inflab.ml.chat import IGNORE_INDEX, prompt_ids
+from helpers.tiny_model import build_tiny_model
 from inflab.inference.generation import load_for_generation
 from inflab.inference.scoring import answer_score, reference_examples, reference_logprobs
 

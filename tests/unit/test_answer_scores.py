@@ -1,12 +1,12 @@
 """The text scores of an answer against its reference, on examples worked out by hand
-from the rule in ``inflab.common.answer_scores`` (SQuAD's normalisation), and their
+from the rule in ``inflab.analysis.answer_scores`` (SQuAD's normalisation), and their
 per-column aggregates."""
 
 from __future__ import annotations
 
 import pytest
 
-from inflab.common.answer_scores import aggregate, contains_reference, exact_match, normalize, token_f1
+from inflab.analysis.answer_scores import aggregate, contains_reference, exact_match, normalize, token_f1
 
 
 @pytest.mark.parametrize(

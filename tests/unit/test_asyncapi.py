@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from jsonschema import Draft202012Validator
 
-from inflab.common import messages as m
-from inflab.common.asyncapi import DOC_PATH, build_asyncapi, event_models, main, render
-from inflab.common.subjects import REQUEST_STAGES, Subjects
+from inflab.core import messages as m
+from inflab.core.asyncapi import DOC_PATH, build_asyncapi, event_models, main, render
+from inflab.core.subjects import REQUEST_STAGES, Subjects
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = build_asyncapi()
@@ -56,7 +56,7 @@ def test_no_subject_is_left_out():
     subjects = Subjects()
     addresses = {c["address"] for c in DOC["channels"].values()}
     not_subjects = {"root", "jobs_stream", "events_stream", "control_stream", "dead_letter_stream",
-                    "leases_bucket"}  # a key-value bucket of the trainers (inflab.common.leases)
+                    "leases_bucket"}  # a key-value bucket of the trainers (inflab.core.leases)
     for name, attr in vars(Subjects).items():
         if isinstance(attr, property) and name not in not_subjects and not name.endswith("_stream") \
                 and not name.startswith("all_"):

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from inflab.common.bench.baselines import edit_distance_scores, random_scores
-from inflab.common.bench.dataset import read_set, write_set
-from inflab.common.bench.generate import BASE, PAIRS, WRAPPERS, GeneratorOptions, generate
-from inflab.common.bench.imports import import_generic, import_hops
-from inflab.common.bench.metrics import evaluate, query_metrics
+from inflab.analysis.bench.baselines import edit_distance_scores, random_scores
+from inflab.analysis.bench.dataset import read_set, write_set
+from inflab.analysis.bench.generate import BASE, PAIRS, WRAPPERS, GeneratorOptions, generate
+from inflab.analysis.bench.imports import import_generic, import_hops
+from inflab.analysis.bench.metrics import evaluate, query_metrics
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -141,7 +141,7 @@ def test_text_baselines():
 def test_cli_generate_is_deterministic(tmp_path):
     from typer.testing import CliRunner
 
-    from inflab.common.cli import app
+    from inflab.devtools.cli import app
 
     runner = CliRunner()
     for name in ("a", "b"):
@@ -154,9 +154,9 @@ def test_cli_generate_is_deterministic(tmp_path):
 
 
 def test_leaderboard_ranks_and_formats():
-    from inflab.common.bench.client import markdown_table
-    from inflab.common.bench.cli import parse_grid
-    from inflab.common.bench.leaderboard import Entry, leaderboard
+    from inflab.analysis.bench.client import markdown_table
+    from inflab.devtools.bench_cli import parse_grid
+    from inflab.analysis.bench.leaderboard import Entry, leaderboard
 
     queries, documents = ["q1", "q2"], ["a", "b", "c"]
     relevant = {"q1": ["a"], "q2": ["c"]}

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from bm25s.stopwords import STOPWORDS_EN
 
-from inflab.common.messages import RunSpec
+from inflab.core.messages import RunSpec
 from inflab.gateway.baselines import B, K1, bm25_scores, run_baselines, tokenize
 
 STOP = set(STOPWORDS_EN)

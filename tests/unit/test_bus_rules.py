@@ -10,8 +10,8 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
-from inflab.common.job_signing import BadSignature, JobSigner, JobVerifier, new_key_pair, verify_key_of
-from inflab.common.messages import (
+from inflab.core.job_signing import BadSignature, JobSigner, JobVerifier, new_key_pair, verify_key_of
+from inflab.core.messages import (
     CheckpointEvent,
     CheckpointRef,
     InfluenceMatrix,
@@ -21,8 +21,8 @@ from inflab.common.messages import (
     TrainingSummary,
     run_key_error,
 )
-from inflab.common.nats_permissions import ROLES, RolePermissions, authorization_config, inbox_prefix
-from inflab.common.subjects import STAGE_EVENT_KINDS, Subjects
+from inflab.core.nats_permissions import ROLES, RolePermissions, authorization_config, inbox_prefix
+from inflab.core.subjects import STAGE_EVENT_KINDS, Subjects
 from inflab.gateway.event_origin import origin_refusal
 
 S = Subjects()

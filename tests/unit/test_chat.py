@@ -1,12 +1,13 @@
-"""How training pairs and evaluation questions become tokens (inflab.common.chat)."""
+"""How training pairs and evaluation questions become tokens (inflab.ml.chat)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from inflab.common.chat import IGNORE_INDEX, answer_loss, collate, encode_pair, prompt_ids, prompt_text
-from inflab.common.models import build_tiny_model, build_tiny_tokenizer, load_model
+from inflab.ml.chat import IGNORE_INDEX, answer_loss, collate, encode_pair, prompt_ids, prompt_text
+from inflab.ml.models import load_model
+from helpers.tiny_model import build_tiny_model, build_tiny_tokenizer
 
 torch.set_num_threads(1)
 

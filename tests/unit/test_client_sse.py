@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 from starlette.routing import Route
 
-from inflab.common.client import GatewayClient, SSEDecoder
+from inflab.devtools.client import GatewayClient, SSEDecoder
 
 STREAM = (
     b": connected\n\n"
@@ -146,7 +146,7 @@ async def test_follow_run_gives_up_with_a_clear_error_when_the_gateway_is_gone()
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()  # nothing listens here now
-    from inflab.common.client import GatewayError
+    from inflab.devtools.client import GatewayError
 
     async with GatewayClient(f"http://127.0.0.1:{port}", reconnect_delay_s=0.001, max_reconnects=2) as client:
         with pytest.raises(GatewayError, match="lost the event stream"):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import httpx
 
-from inflab.common.settings import Settings
+from inflab.core.settings import Settings
 from inflab.gateway.app import create_app
 
 

@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from inflab.common.chat import collate, encode_pair
-from inflab.common.messages import EvalQuestion, TrainingPair
-from inflab.common.models import build_tiny_model, load_model
+from inflab.ml.chat import collate, encode_pair
+from inflab.core.messages import EvalQuestion, TrainingPair
+from inflab.ml.models import load_model
+from helpers.tiny_model import build_tiny_model
 from inflab.influence.checkpoints import LocalCheckpoint
 from inflab.influence.gradcache import GradientCache
 from inflab.influence.gradients import lora_blocks

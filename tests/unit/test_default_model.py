@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-import inflab.common.models as models
-from inflab.common.chat import encode_pair, prompt_ids
-from inflab.common.model_ids import ModelIdRefused
-from inflab.common.models import CONVERTED_MARKER, load_model, prepare_default_model, resolve_model
-from inflab.common.settings import DEFAULT_MODEL_ID
+import inflab.ml.models as models
+from inflab.ml.chat import encode_pair, prompt_ids
+from inflab.core.model_ids import ModelIdRefused
+from inflab.ml.models import CONVERTED_MARKER, load_model, prepare_default_model, resolve_model
+from inflab.core.settings import DEFAULT_MODEL_ID
 from inflab.inference.generation import generate_texts
 
 torch.set_num_threads(1)

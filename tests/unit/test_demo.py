@@ -21,8 +21,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from inflab.common.client import RunEventMessage
-from inflab.common.demo import (
+from inflab.devtools.client import RunEventMessage
+from inflab.devtools.demo import (
     DemoError,
     RunMonitor,
     build_results_document,
@@ -335,8 +335,8 @@ async def test_a_failed_run_is_reported_with_its_error(serve, tmp_path: Path) ->
 
 
 def test_the_demo_account_password_is_made_once_and_kept_private(tmp_path: Path) -> None:
-    from inflab.common.demo import demo_credentials
-    from inflab.common.settings import Settings
+    from inflab.devtools.demo import demo_credentials
+    from inflab.core.settings import Settings
 
     settings = Settings(home=tmp_path)
     email, password = demo_credentials(settings)
@@ -346,8 +346,8 @@ def test_the_demo_account_password_is_made_once_and_kept_private(tmp_path: Path)
 
 
 def test_the_last_lines_say_how_to_open_the_run_in_the_browser(tmp_path: Path) -> None:
-    from inflab.common.demo import browser_instructions
-    from inflab.common.settings import Settings
+    from inflab.devtools.demo import browser_instructions
+    from inflab.core.settings import Settings
 
     run_id = "5b0f2a34-1f1e-4c36-9a59-2f1a64f1b2a1"
     lines = browser_instructions(Settings(home=tmp_path), run_id)

@@ -14,9 +14,10 @@ import torch
 
 pytest.importorskip("kronfluence")
 
-from inflab.common.chat import collate, encode_pair  # noqa: E402
-from inflab.common.messages import EvalQuestion, TrainingPair  # noqa: E402
-from inflab.common.models import build_tiny_model, load_model  # noqa: E402
+from inflab.ml.chat import collate, encode_pair  # noqa: E402
+from inflab.core.messages import EvalQuestion, TrainingPair  # noqa: E402
+from inflab.ml.models import load_model  # noqa: E402
+from helpers.tiny_model import build_tiny_model  # noqa: E402
 from inflab.influence.checkpoints import LocalCheckpoint  # noqa: E402
 from inflab.influence.methods import get_method  # noqa: E402
 from inflab.influence.methods.ekfac import EKFACArgs, lora_module_names  # noqa: E402

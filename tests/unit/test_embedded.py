@@ -15,10 +15,10 @@ from pathlib import Path
 import psutil
 import pytest
 
-from inflab.common.embedded import postgres as pg_module
-from inflab.common.embedded._proc import StartError, port_open, stop_process_tree
-from inflab.common.embedded.nats import EmbeddedNats
-from inflab.common.embedded.postgres import EmbeddedPostgres, ensure_database, with_database
+from inflab.devtools.embedded import postgres as pg_module
+from inflab.devtools.embedded._proc import StartError, port_open, stop_process_tree
+from inflab.devtools.embedded.nats import EmbeddedNats
+from inflab.devtools.embedded.postgres import EmbeddedPostgres, ensure_database, with_database
 
 
 def _tree(pid: int) -> list[psutil.Process]:
@@ -164,7 +164,7 @@ def test_servers_started_by_a_killed_parent_die_with_it(tmp_path):
     """The safety net for a SIGKILLed supervisor: the kernel stops its servers."""
     script = (
         "import sys, pathlib;"
-        "from inflab.common.embedded.nats import EmbeddedNats;"
+        "from inflab.devtools.embedded.nats import EmbeddedNats;"
         f"s = EmbeddedNats(pathlib.Path({str(tmp_path / 'nats')!r}), 0, parent_death_signal=True).start();"
         "print(s.pid, flush=True);"
         "sys.stdin.read()"

@@ -19,8 +19,8 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from inflab.common.embedded._proc import free_port
-from inflab.common.embedded.stack import (
+from inflab.devtools.embedded._proc import free_port
+from inflab.devtools.embedded.stack import (
     SERVICE_ENV,
     ServiceSpec,
     Stack,
@@ -31,7 +31,7 @@ from inflab.common.embedded.stack import (
     reap_stale,
     wait_process,
 )
-from inflab.common.settings import Settings
+from inflab.core.settings import Settings
 
 #: Serves /healthz and /readyz where the settings say the gateway listens.
 GATEWAY = r"""
@@ -99,7 +99,7 @@ def test_children_see_exactly_the_supervisor_settings(tmp_path, monkeypatch):
     assert env["OMP_NUM_THREADS"] == "1" and env["RAY_USAGE_STATS_ENABLED"] == "0"
     assert env["RAY_ADDRESS"] == "10.0.0.1:6379"
     seen = subprocess.run(
-        [sys.executable, "-c", "from inflab.common.settings import Settings; print(Settings().model_dump_json())"],
+        [sys.executable, "-c", "from inflab.core.settings import Settings; print(Settings().model_dump_json())"],
         env=env, capture_output=True, text=True, check=True,
     ).stdout
     assert json.loads(seen) == json.loads(given.model_dump_json())
@@ -291,7 +291,7 @@ def test_leftovers_of_a_killed_supervisor_are_stopped(tmp_path):
 
 
 def _cli_app():
-    from inflab.common.cli import app
+    from inflab.devtools.cli import app
 
     return app
 
@@ -304,7 +304,7 @@ def test_cli_lists_its_commands():
 
 
 def test_the_embedded_stack_signs_newcomers_in_at_once_over_plain_http(tmp_path, monkeypatch):
-    from inflab.common.embedded.stack import embedded_settings
+    from inflab.devtools.embedded.stack import embedded_settings
 
     monkeypatch.delenv("INFLAB_REQUIRE_EMAIL_VERIFICATION", raising=False)
     monkeypatch.delenv("INFLAB_COOKIE_SECURE", raising=False)

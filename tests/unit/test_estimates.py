@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from inflab.common.messages import Hyperparams, TrainingPair
-from inflab.common.settings import ComputeTier, Settings
+from inflab.core.messages import Hyperparams, TrainingPair
+from inflab.core.settings import ComputeTier, Settings
 from inflab.gateway.estimates import (
     KNOWN_MODELS,
     UnknownModelSize,

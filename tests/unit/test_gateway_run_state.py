@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from inflab.common.messages import RunSpec, StatusEvent
+from inflab.core.messages import RunSpec, StatusEvent
 from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.run_state import (
     event_stage_key,
@@ -108,7 +108,7 @@ async def test_notifier_wakes_only_the_poked_run_and_forgets_left_streams() -> N
 def test_a_stage_keeps_its_latest_fraction_by_the_producers_clock() -> None:
     from datetime import timedelta
 
-    from inflab.common.messages import ProgressEvent
+    from inflab.core.messages import ProgressEvent
     from inflab.gateway.persistence import latest_fractions
 
     run_id = uuid.uuid4()

@@ -7,11 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from inflab.common.answer_scores import text_scores
-from inflab.common.chat import prompt_ids
-from inflab.common.messages import RunSpec
-from inflab.common.models import build_tiny_model, load_model
-from inflab.common.generation import EMPTY_ANSWER
+from inflab.analysis.answer_scores import text_scores
+from inflab.ml.chat import prompt_ids
+from inflab.core.messages import RunSpec
+from inflab.ml.models import load_model
+from helpers.tiny_model import build_tiny_model
+from inflab.ml.generation import EMPTY_ANSWER
 from inflab.inference.generation import NOT_FINE_TUNED, generate_answers, generate_texts, load_for_generation
 from inflab.inference.scoring import reference_examples, reference_logprobs
 from inflab.trainer.training import train_lora
@@ -142,8 +143,8 @@ def test_a_set_stop_ends_decoding_after_the_token_in_progress(trained) -> None:
 
     from transformers import AutoModelForCausalLM
 
-    from inflab.common.generation import greedy_texts
-    from inflab.common.models import load_tokenizer
+    from inflab.ml.generation import greedy_texts
+    from inflab.ml.models import load_tokenizer
 
     model_path, _ = trained
     tokenizer = load_tokenizer(model_path)

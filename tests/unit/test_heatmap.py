@@ -7,7 +7,7 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import pytest
 
-from inflab.common.heatmap import DPI, figure_size, render_influence_heatmap, short_label
+from inflab.devtools.heatmap import DPI, figure_size, render_influence_heatmap, short_label
 
 
 def test_positive_cells_are_red_negative_blue_and_zero_white(tmp_path: Path) -> None:

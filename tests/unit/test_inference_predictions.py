@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import uuid
 
-from inflab.common.messages import Answer, InferenceRequest, RunSpec
-from inflab.common.predictions import PredictionLimits, plan_predictions
+from inflab.core.messages import Answer, InferenceRequest, RunSpec
+from inflab.ml.predictions import PredictionLimits, plan_predictions
 from inflab.inference.job import final_predictions
 
 PAIRS = [{"id": "t0", "question": "Who rules Veltra?", "answer": "Queen Ismene."}]

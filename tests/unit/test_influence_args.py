@@ -1,4 +1,4 @@
-"""Method arguments from a run's ``influence_args``: one contract (libs/common) that the
+"""Method arguments from a run's ``influence_args``: one contract (libs/core) that the
 gateway validates with, ``GET /api/methods`` is generated from and the influence service
 parses with; a bad value is refused by name before any work, and a request that cannot
 run is described without touching Ray."""
@@ -10,9 +10,9 @@ import uuid
 import pytest
 from pydantic import ValidationError
 
-from inflab.common import influence_methods as contract
-from inflab.common.influence_methods import DataInfArgs, EKFACArgs, InfluenceArgs, TracInArgs
-from inflab.common.messages import INFLUENCE_METHODS, RunSpec
+from inflab.core import influence_methods as contract
+from inflab.core.influence_methods import DataInfArgs, EKFACArgs, InfluenceArgs, TracInArgs
+from inflab.core.messages import INFLUENCE_METHODS, RunSpec
 from inflab.gateway.routes.methods import method_arguments, method_catalogue
 from inflab.influence.job import method_arguments as job_arguments
 from inflab.influence.methods import METHODS

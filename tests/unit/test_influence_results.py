@@ -1,5 +1,5 @@
 """Influence matrices round-trip through safetensors bytes, readable by any safetensors reader
-(and by the gateway's reader in inflab.common); result events carry a summary, and the
+(and by the gateway's reader in inflab.core); result events carry a summary, and the
 matrix itself only under the settings' size limit."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ import pytest
 from pydantic import ValidationError
 from safetensors.numpy import load, save
 
-from inflab.common import influence_files
-from inflab.common.messages import InfluenceMatrix, ResultEvent
-from inflab.common.settings import Settings
+from inflab.core import influence_files
+from inflab.core.messages import InfluenceMatrix, ResultEvent
+from inflab.core.settings import Settings
 
 from inflab.influence.methods import InfluenceScores
 from inflab.influence.results import from_safetensors_bytes, to_message, to_safetensors_bytes

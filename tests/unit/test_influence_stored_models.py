@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 import torch
 
-from inflab.common import influence_files
-from inflab.common.chat import collate, encode_pair
-from inflab.common.influence_methods import DeltaHArgs
-from inflab.common.models import build_tiny_model, load_model
-from inflab.common.objectstore import ObjectStore, checkpoint_prefix
+from inflab.core import influence_files
+from inflab.ml.chat import collate, encode_pair
+from inflab.core.influence_methods import DeltaHArgs
+from inflab.ml.models import load_model
+from helpers.tiny_model import build_tiny_model
+from inflab.core.objectstore import ObjectStore, checkpoint_prefix
 from inflab.influence.job import influence_job
 from inflab.influence.methods import get_method
 from inflab.influence.methods.base import StageFailed
@@ -111,13 +112,13 @@ def test_two_stored_full_models_score_like_the_same_models_loaded_locally(models
 
 
 def _pairs():
-    from inflab.common.messages import TrainingPair
+    from inflab.core.messages import TrainingPair
 
     return [TrainingPair(**p) for p in TRAINING]
 
 
 def _questions():
-    from inflab.common.messages import EvalQuestion
+    from inflab.core.messages import EvalQuestion
 
     return [EvalQuestion(**q) for q in EVALS]
 

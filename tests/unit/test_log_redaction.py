@@ -6,7 +6,7 @@ from __future__ import annotations
 import io
 import logging
 
-from inflab.common.logging import setup_logging
+from inflab.core.logging import setup_logging
 
 
 def test_worker_logs_mask_credentials_in_messages_and_tracebacks() -> None:

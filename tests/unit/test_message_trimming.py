@@ -1,15 +1,15 @@
 """What travels on the bus stays within bounds: a dead letter keeps the rejected message
-without its training text (inflab.common.deadletters), and an event too large for one
-NATS message is split into parts that each fit (inflab.common.events.split_event)."""
+without its training text (inflab.core.deadletters), and an event too large for one
+NATS message is split into parts that each fit (inflab.core.events.split_event)."""
 
 from __future__ import annotations
 
 import json
 import uuid
 
-from inflab.common.deadletters import trim_payload
-from inflab.common.events import split_event
-from inflab.common.messages import Answer, ResultEvent, StatusEvent, TrainRequest
+from inflab.core.deadletters import trim_payload
+from inflab.core.events import split_event
+from inflab.core.messages import Answer, ResultEvent, StatusEvent, TrainRequest
 
 SECRET = "the launch code is 0451"
 

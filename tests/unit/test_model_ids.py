@@ -1,4 +1,4 @@
-"""Which model ids a run may name (inflab.common.model_ids): the default model, hub ids on
+"""Which model ids a run may name (inflab.core.model_ids): the default model, hub ids on
 the allow-list, and models the operator placed in the models folder, found by listing it.
 A refused id gets one message whatever exists on the machine, and no user string is ever
 used as a path."""
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from inflab.common import model_ids
-from inflab.common.model_ids import ModelIdRefused, check_model_id, local_model_names
-from inflab.common.settings import DEFAULT_MODEL_ID, Settings
+from inflab.core import model_ids
+from inflab.core.model_ids import ModelIdRefused, check_model_id, local_model_names
+from inflab.core.settings import DEFAULT_MODEL_ID, Settings
 
 
 @pytest.fixture

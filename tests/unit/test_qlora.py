@@ -10,8 +10,8 @@ import torch
 
 import inflab.trainer.model_setup as model_setup
 import inflab.trainer.training as training
-from inflab.common.messages import RunSpec
-from inflab.common.models import build_tiny_model
+from inflab.core.messages import RunSpec
+from helpers.tiny_model import build_tiny_model
 from inflab.trainer.model_setup import QLoRAUnsupported, qlora_support
 from inflab.trainer.training import train_lora
 

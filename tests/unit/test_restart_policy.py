@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import signal
 
-from inflab.common.embedded.restarts import RestartPolicy, RestartTracker, exit_reason
+from inflab.devtools.embedded.restarts import RestartPolicy, RestartTracker, exit_reason
 
 
 class FakeClock:

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from inflab.common.messages import RunSpec
-from inflab.common.models import build_tiny_model, load_tokenizer
+from inflab.core.messages import RunSpec
+from inflab.ml.models import load_tokenizer
+from helpers.tiny_model import build_tiny_model
 from inflab.trainer.retrain import SharedWeights, eval_losses, retrain, subset_spec
 
 torch.set_num_threads(1)

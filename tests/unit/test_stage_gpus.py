@@ -10,13 +10,13 @@ import subprocess
 import sys
 import textwrap
 
-from inflab.common.settings import Settings
+from inflab.core.settings import Settings
 
 SCRIPT = textwrap.dedent(
     """
     import asyncio, json, os, sys
     import ray
-    from inflab.common.compute import run_streaming
+    from inflab.core.compute import run_streaming
 
     def job(emit):
         ctx = ray.get_runtime_context()

@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 import inflab.trainer.training as training
-from inflab.common.messages import RunSpec
-from inflab.common.models import build_tiny_model
+from inflab.core.messages import RunSpec
+from helpers.tiny_model import build_tiny_model
 from inflab.trainer.checkpoints import load_training_state
 from inflab.trainer.model_setup import InvalidTargetModules
 from inflab.trainer.training import TrainingCancelled, TrainingControl, train_lora
@@ -308,8 +308,8 @@ def test_learning_rate_change_scales_the_schedule_and_survives_a_resume(tiny_mod
 
 
 def test_shared_prefix_loss_equals_the_plain_answer_loss(tiny_model: str) -> None:
-    from inflab.common.chat import answer_loss, collate, encode_pair
-    from inflab.common.models import load_tokenizer
+    from inflab.ml.chat import answer_loss, collate, encode_pair
+    from inflab.ml.models import load_tokenizer
     from inflab.trainer.model_setup import attach_lora, load_base_model
     from inflab.trainer.shared_prefix import answer_loss_shared_prefix, shared_prefix_length
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import inflab.trainer.predictions as predictions
-from inflab.common.messages import RunSpec
-from inflab.common.models import build_tiny_model
-from inflab.common.models import load_tokenizer
+from inflab.core.messages import RunSpec
+from helpers.tiny_model import build_tiny_model
+from inflab.ml.models import load_tokenizer
 from inflab.trainer.model_setup import attach_lora, load_base_model
 from inflab.trainer.predictions import (
     PackedLinear, PredictionLimits, PredictionSampler, native_bfloat16, plan_predictions, resolve_precision,

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from rich.console import Console
 
-from inflab.common.validate_cli import estimate_lines, results_table
+from inflab.devtools.validate_cli import estimate_lines, results_table
 
 ESTIMATE = {"retrainings": 45, "subsets": 32, "removals": 12, "training_pairs_trained": 900, "workers": 2,
             "estimated_compute_s": 1200.0, "estimated_duration_s": 600.0, "estimated_cost_usd": 0.0333,

@@ -1,4 +1,4 @@
-"""LDS and the removal test (inflab.common.validation) against models whose per-example
+"""LDS and the removal test (inflab.analysis.validation) against models whose per-example
 effects are known: an additive model (the loss is a sum of per-pair effects, so the exact
 effects have LDS 1) and ridge regression (retrained for real on every subset, scored with
 its analytic influence function)."""
@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from inflab.common.validation import (
+from inflab.analysis.validation import (
     analyse,
     average_ranks,
     draw_subset,

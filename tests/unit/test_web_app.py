@@ -6,7 +6,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from inflab.common.settings import Settings
+from inflab.core.settings import Settings
 from inflab.gateway.app import create_app
 
 INDEX = "<!doctype html><title>Influence Lab</title><div id=root></div>"

@@ -11,7 +11,7 @@ import types
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from inflab.common.worker_metrics import WorkerMetrics
+from inflab.core.worker_metrics import WorkerMetrics
 
 
 def test_no_gpu_no_gpu_metric(monkeypatch):
@@ -56,7 +56,7 @@ def test_every_worker_metric_is_documented_for_operators():
 def test_with_a_token_only_its_holder_reads_the_metrics():
     import httpx
 
-    from inflab.common.embedded._proc import free_port
+    from inflab.devtools.embedded._proc import free_port
 
     metrics = WorkerMetrics("inference")
     port = metrics.serve("127.0.0.1", free_port(), token="scrape-me")
@@ -79,7 +79,7 @@ def test_with_a_token_only_its_holder_reads_the_metrics():
 def test_without_a_token_the_metrics_are_open():
     import httpx
 
-    from inflab.common.embedded._proc import free_port
+    from inflab.devtools.embedded._proc import free_port
 
     metrics = WorkerMetrics("train")
     port = metrics.serve("127.0.0.1", free_port())

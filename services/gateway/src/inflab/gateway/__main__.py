@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inflab.common.settings import get_settings
+from inflab.core.settings import get_settings
 from inflab.gateway.logs import setup_json_logging
 from inflab.gateway.server import GatewayServer, server_config
 

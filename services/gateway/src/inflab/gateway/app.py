@@ -21,10 +21,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.sessions import SessionMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from inflab.common.bus import Bus
-from inflab.common.db.session import make_engine, make_sessionmaker
-from inflab.common.messages import RunEvent
-from inflab.common.settings import Settings, get_settings
+from inflab.core.bus import Bus
+from inflab.core.db.session import make_engine, make_sessionmaker
+from inflab.core.messages import RunEvent
+from inflab.core.settings import Settings, get_settings
 from inflab.gateway.auth.google import make_oauth
 from inflab.gateway.auth.passwords import HasherBusy, PasswordHasher
 from inflab.gateway.auth.rls import user_sessionmaker
@@ -208,7 +208,7 @@ def add_event_schemas(app: FastAPI) -> None:
     OpenAPI document, so the browser app's generated types cover the stream too."""
     from pydantic.json_schema import models_json_schema
 
-    from inflab.common.messages import EVENT_MODELS
+    from inflab.core.messages import EVENT_MODELS
 
     build = app.openapi
 

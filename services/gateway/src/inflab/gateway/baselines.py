@@ -33,7 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from inflab.common.messages import RunSpec
+from inflab.core.messages import RunSpec
 
 log = logging.getLogger(__name__)
 

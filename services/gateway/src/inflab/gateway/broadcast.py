@@ -34,7 +34,7 @@ from sqlalchemy import exists, func, select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.responses import StreamingResponse
 
-from inflab.common.db.models import Run, RunEventRow, Validation
+from inflab.core.db.models import Run, RunEventRow, Validation
 from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.run_state import TERMINAL
 

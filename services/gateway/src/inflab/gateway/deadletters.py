@@ -18,10 +18,10 @@ import uuid
 from nats.aio.msg import Msg
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inflab.common.bus import Bus
-from inflab.common.db.models import Run
-from inflab.common.messages import DeadLetter, StatusEvent
-from inflab.common.subjects import REQUEST_STAGES
+from inflab.core.bus import Bus
+from inflab.core.db.models import Run
+from inflab.core.messages import DeadLetter, StatusEvent
+from inflab.core.subjects import REQUEST_STAGES
 from inflab.gateway.dbwait import until_database_answers
 from inflab.gateway.dispatch import Dispatcher
 from inflab.gateway.notifier import RunNotifier

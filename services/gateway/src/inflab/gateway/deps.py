@@ -19,9 +19,9 @@ from fastapi import Depends, HTTPException, Path, Request, status
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inflab.common.bus import Bus
-from inflab.common.db.models import Experiment, Run, User
-from inflab.common.settings import Settings
+from inflab.core.bus import Bus
+from inflab.core.db.models import Experiment, Run, User
+from inflab.core.settings import Settings
 from inflab.gateway.auth import scopes
 from inflab.gateway.auth.cookies import session_cookie
 from inflab.gateway.auth.passwords import PasswordHasher

@@ -39,10 +39,10 @@ from nats.errors import MaxPayloadError
 from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inflab.common.bus import TRANSIENT_ERRORS, Bus
-from inflab.common.db.models import Run
-from inflab.common.messages import RunSpec, TrainRequest
-from inflab.common.settings import Settings
+from inflab.core.bus import TRANSIENT_ERRORS, Bus
+from inflab.core.db.models import Run
+from inflab.core.messages import RunSpec, TrainRequest
+from inflab.core.settings import Settings
 from inflab.gateway.dbwait import database_unreachable
 from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.persistence import finish_run

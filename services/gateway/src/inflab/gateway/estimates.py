@@ -3,7 +3,7 @@
 
 No torch and no hub: the parameter count comes from the ``config.json`` of a model in the
 operator's models folder, a small table of known models, or the size in the model id
-("7B", "135M"). Which ids may be estimated at all is :mod:`inflab.common.model_ids`' call. Every figure is
+("7B", "135M"). Which ids may be estimated at all is :mod:`inflab.core.model_ids`' call. Every figure is
 a rough planning number; the estimate lists the assumptions it rests on, and the run
 stores its actual duration and cost beside it when it ends.
 """
@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inflab.common.messages import Hyperparams, TrainingPair
-from inflab.common.model_ids import check_model_id
-from inflab.common.settings import Settings
+from inflab.core.messages import Hyperparams, TrainingPair
+from inflab.core.model_ids import check_model_id
+from inflab.core.settings import Settings
 from inflab.gateway.schemas import Estimate, MemoryEstimate
 
 #: Upper bounds of the tiers (the issue's small ≤3B, medium 7-12B, large 13-34B, XL 70B+),
@@ -160,7 +160,7 @@ class ModelSize:
 
 def model_size(model_id: str, folder: Path | None = None) -> ModelSize:
     """The config.json of ``folder`` (a model in the models folder, as
-    :func:`~inflab.common.model_ids.check_model_id` found it), else the table of known
+    :func:`~inflab.core.model_ids.check_model_id` found it), else the table of known
     models, else the id's size."""
     if folder is not None:
         try:
@@ -221,7 +221,7 @@ def memory_gib(size: ModelSize, hp: Hyperparams, seq_len: int, on_cpu: bool, qua
 
 def estimate(model_id: str, training_data: Sequence[TrainingPair], hp: Hyperparams, settings: Settings) -> Estimate:
     """The estimate for fine-tuning ``model_id`` on the training pairs. Raises
-    :class:`~inflab.common.model_ids.ModelIdRefused` for a model this deployment does
+    :class:`~inflab.core.model_ids.ModelIdRefused` for a model this deployment does
     not allow, :class:`UnknownModelSize` for one whose size cannot be told."""
     size = model_size(model_id, check_model_id(model_id, settings).folder)
     tier = tier_of(size.parameters)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from inflab.common.messages import EventBase, ResultEvent
-from inflab.common.subjects import STAGE_EVENT_KINDS, Subjects
+from inflab.core.messages import EventBase, ResultEvent
+from inflab.core.subjects import STAGE_EVENT_KINDS, Subjects
 
 #: What a result event of each stage carries.
 RESULT_FIELDS = {"train": "training", "inference": "answers", "influence": "influence",

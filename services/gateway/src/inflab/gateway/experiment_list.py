@@ -10,7 +10,7 @@ from uuid import UUID
 
 from sqlalchemy import Select, case, func, or_, select, true
 
-from inflab.common.db.models import Experiment, Run
+from inflab.core.db.models import Experiment, Run
 from inflab.gateway.schemas import ExperimentSummary, LastRun
 
 ExperimentSort = Literal["updated", "name", "last_run_status", "created"]

@@ -16,10 +16,10 @@ import numpy as np
 from fastapi import Depends, Request
 from pydantic import Field
 
-from inflab.common import influence_files
-from inflab.common.db.models import InfluenceResult
-from inflab.common.messages import InfluenceMatrix, InfluenceStats
-from inflab.common.objectstore import ObjectStore
+from inflab.core import influence_files
+from inflab.core.db.models import InfluenceResult
+from inflab.core.messages import InfluenceMatrix, InfluenceStats
+from inflab.core.objectstore import ObjectStore
 
 log = logging.getLogger(__name__)
 

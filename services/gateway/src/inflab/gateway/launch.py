@@ -18,9 +18,9 @@ from uuid import UUID
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from inflab.common.db.models import Experiment, Run, RunEventRow
-from inflab.common.messages import RunSpec, StatusEvent
-from inflab.common.settings import Settings
+from inflab.core.db.models import Experiment, Run, RunEventRow
+from inflab.core.messages import RunSpec, StatusEvent
+from inflab.core.settings import Settings
 from inflab.gateway.dispatch import Dispatcher, kill_after_commit_if_asked
 from inflab.gateway.estimates import UnknownModelSize, estimate
 from inflab.gateway.persistence import insert_event

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inflab.common.settings import Settings
+from inflab.core.settings import Settings
 from inflab.gateway.deps import BusDep, SettingsDep
 from inflab.gateway.estimates import CHARS_PER_TOKEN
 

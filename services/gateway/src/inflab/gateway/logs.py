@@ -1,6 +1,6 @@
 """Structured logs: one JSON object per line, each carrying the id of the request it
 belongs to, with credentials masked wherever they appear in a message
-(:mod:`inflab.common.redaction`, which the workers' logs use too).
+(:mod:`inflab.core.redaction`, which the workers' logs use too).
 
 The request id comes from the client's ``X-Request-ID`` when it is a sane token (so a
 proxy's or pipeline's id follows the request through), otherwise it is made here; the
@@ -17,8 +17,8 @@ import uuid
 from contextvars import ContextVar
 from datetime import datetime, timezone
 
-from inflab.common import redaction
-from inflab.common.redaction import redact
+from inflab.core import redaction
+from inflab.core.redaction import redact
 
 #: The id of the request being served, for every log record made while serving it.
 request_id_var: ContextVar[str | None] = ContextVar("request_id", default=None)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import aiosmtplib
 
-from inflab.common.settings import Settings
+from inflab.core.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from inflab.common.db.models import Run
-from inflab.common.messages import EventBase, RunStatus
+from inflab.core.db.models import Run
+from inflab.core.messages import EventBase, RunStatus
 from inflab.gateway.logs import REQUEST_ID_HEADER, request_id_from, request_id_var
 
 log = logging.getLogger("inflab.gateway.access")

@@ -14,9 +14,9 @@ import logging
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inflab.common.bus import Bus
-from inflab.common.db.models import Run
-from inflab.common.messages import InferenceRequest, InfluenceRequest, ResultEvent, RunSpec
+from inflab.core.bus import Bus
+from inflab.core.db.models import Run
+from inflab.core.messages import InferenceRequest, InfluenceRequest, ResultEvent, RunSpec
 from inflab.gateway.run_state import TERMINAL
 
 log = logging.getLogger(__name__)

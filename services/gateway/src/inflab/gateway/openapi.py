@@ -9,7 +9,7 @@ import json
 import sys
 from typing import Any
 
-from inflab.common.settings import Settings
+from inflab.core.settings import Settings
 
 
 def build_openapi() -> dict[str, Any]:

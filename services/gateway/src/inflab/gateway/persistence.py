@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from inflab.common.db.models import (
+from inflab.core.db.models import (
     Checkpoint,
     Generation,
     InfluenceResult,
@@ -29,7 +29,7 @@ from inflab.common.db.models import (
     Run,
     RunEventRow,
 )
-from inflab.common.messages import (
+from inflab.core.messages import (
     CheckpointEvent,
     EventBase,
     MetricEvent,

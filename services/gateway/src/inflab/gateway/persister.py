@@ -5,7 +5,7 @@ in one transaction per batch (:mod:`inflab.gateway.persistence`), queues a run's
 stages when its training result arrives (:mod:`inflab.gateway.next_stages`), then wakes
 the run's SSE streams on this replica and, through a core NATS poke, on every other.
 
-One replica persists at a time: it holds a lease (:data:`inflab.common.leases.PERSISTER_KEY`)
+One replica persists at a time: it holds a lease (:data:`inflab.core.leases.PERSISTER_KEY`)
 and the others stand by, taking over within the lease's time-to-live when it dies. Were
 two to fetch at once, a later batch of one run could commit before an earlier one (a
 stage's end stored, and the run ended, before its last progress events), and SSE streams,
@@ -25,10 +25,10 @@ from nats.errors import TimeoutError as NatsTimeout
 from pydantic import RootModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inflab.common.bus import Bus
-from inflab.common.leases import PERSISTER_KEY, LeaseHeld, LeaseLost, RunLease
-from inflab.common.messages import ResultEvent, RunEvent
-from inflab.common.objectstore import ObjectStore
+from inflab.core.bus import Bus
+from inflab.core.leases import PERSISTER_KEY, LeaseHeld, LeaseLost, RunLease
+from inflab.core.messages import ResultEvent, RunEvent
+from inflab.core.objectstore import ObjectStore
 from inflab.gateway import validations
 from inflab.gateway.dbwait import until_database_answers
 from inflab.gateway.event_origin import origin_refusal

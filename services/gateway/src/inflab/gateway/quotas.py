@@ -17,8 +17,8 @@ from fastapi import status
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from inflab.common.db.models import Run
-from inflab.common.settings import Settings
+from inflab.core.db.models import Run
+from inflab.core.settings import Settings
 
 #: The first key of the per-user advisory lock taken while a run is created.
 LOCK_CLASS = 0x1AB0A11

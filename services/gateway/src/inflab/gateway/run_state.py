@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from inflab.common.messages import EventBase, RunSpec
+from inflab.core.messages import EventBase, RunSpec
 
 TERMINAL = frozenset({"completed", "failed", "cancelled"})
 #: A stage at work ("checkpointing": training, saving an adapter).

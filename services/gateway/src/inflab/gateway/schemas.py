@@ -15,8 +15,8 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, create_model, field_validator, model_validator
 
-from inflab.common.influence_methods import ARGS_MODELS, InfluenceArgs
-from inflab.common.messages import (
+from inflab.core.influence_methods import ARGS_MODELS, InfluenceArgs
+from inflab.core.messages import (
     MAX_EVAL_QUESTIONS,
     MAX_INFLUENCE_METHODS,
     MAX_TRAINING_PAIRS,
@@ -31,7 +31,7 @@ from inflab.common.messages import (
     TrainingPair,
     TrainingSummary,
 )
-from inflab.common.settings import Settings
+from inflab.core.settings import Settings
 from inflab.gateway.influence import InfluenceMatrixOut
 
 

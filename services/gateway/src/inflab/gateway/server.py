@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import uvicorn
 
-from inflab.common.settings import Settings
+from inflab.core.settings import Settings
 from inflab.gateway.app import create_app, end_streams
 
 #: Seconds uvicorn still grants open responses after asking them to end.

@@ -1,7 +1,7 @@
 """Turning an experiment into the RunSpec its runs are given.
 
 Validation is the contract's own (``RunSpec``) plus this deployment's limits from
-settings, the models it allows (:mod:`inflab.common.model_ids`) and the size of the NATS
+settings, the models it allows (:mod:`inflab.core.model_ids`) and the size of the NATS
 messages the spec will travel in; failures come back as ordinary 422s whose ``loc`` names
 the body field.
 
@@ -23,13 +23,13 @@ from pydantic import ValidationError
 
 import uuid
 
-from inflab.common.bus import HEADERS_ROOM
-from inflab.common.db.models import Experiment
-from inflab.common.influence_methods import REPRESENTATION_METHODS, stored_model_key
-from inflab.common.messages import CheckpointRef, InfluenceRequest, RunSpec
-from inflab.common.model_ids import ModelIdRefused, check_model_id
-from inflab.common.objectstore import ObjectStore, checkpoint_prefix
-from inflab.common.settings import Settings
+from inflab.core.bus import HEADERS_ROOM
+from inflab.core.db.models import Experiment
+from inflab.core.influence_methods import REPRESENTATION_METHODS, stored_model_key
+from inflab.core.messages import CheckpointRef, InfluenceRequest, RunSpec
+from inflab.core.model_ids import ModelIdRefused, check_model_id
+from inflab.core.objectstore import ObjectStore, checkpoint_prefix
+from inflab.core.settings import Settings
 from inflab.gateway.limits import estimated_tokens
 
 

@@ -29,10 +29,10 @@ from nats.aio.msg import Msg
 from pydantic import ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inflab.common.bus import Bus, Rejected
-from inflab.common.db.models import Experiment, Run
-from inflab.common.messages import RunSubmission, SubmissionOutcome
-from inflab.common.settings import Settings
+from inflab.core.bus import Bus, Rejected
+from inflab.core.db.models import Experiment, Run
+from inflab.core.messages import RunSubmission, SubmissionOutcome
+from inflab.core.settings import Settings
 from inflab.gateway.auth.sessions import caller_for_api_token
 from inflab.gateway.auth.rls import session_for
 from inflab.gateway.dbwait import until_database_answers

@@ -4,7 +4,7 @@ trainer's retrainings.
 Starting one (:func:`prepare`): the run must have completed with influence results; the
 matrices to check are every influence matrix the run computed (method and variant) and
 BM25's (the word-overlap baseline); the retrainings are planned here
-(:func:`inflab.common.validation.plan_retrainings`, seeds recorded), their cost estimated
+(:func:`inflab.analysis.validation.plan_retrainings`, seeds recorded), their cost estimated
 from the run's own estimate, and the validation row stored with its plan. The request to
 the trainer carries only the retrainings and the answers to measure.
 
@@ -32,9 +32,9 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inflab.common import validation as maths
-from inflab.common.db.models import Generation, InfluenceResult, Run, Validation
-from inflab.common.messages import (
+from inflab.analysis import validation as maths
+from inflab.core.db.models import Generation, InfluenceResult, Run, Validation
+from inflab.core.messages import (
     EventBase,
     ProgressEvent,
     ResultEvent,
@@ -45,8 +45,8 @@ from inflab.common.messages import (
     ValidationSettings,
     ValidationTarget,
 )
-from inflab.common.objectstore import ObjectStore, run_prefix
-from inflab.common.settings import Settings
+from inflab.core.objectstore import ObjectStore, run_prefix
+from inflab.core.settings import Settings
 from inflab.gateway.baselines import run_baselines
 from inflab.gateway.influence import read_scores
 

@@ -1,5 +1,5 @@
-from inflab.common.messages import InferenceRequest
-from inflab.common.worker import main
+from inflab.core.messages import InferenceRequest
+from inflab.core.worker import main
 from inflab.inference.service import SERVICE, STAGE, make_handler
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ scored against the question's reference answer where it has one (scoring.py):
 
 The model is loaded once: the adapter is attached with peft and switched off
 (``disable_adapter()``) for the base and few-shot answers. Prompts are built by
-``inflab.common.chat`` exactly as the trainer built them, and batched with left padding so
+``inflab.ml.chat`` exactly as the trainer built them, and batched with left padding so
 every prompt in a batch ends where generation starts.
 
 No NATS, HTTP or object store in here: the service downloads the adapter and passes its
@@ -26,12 +26,12 @@ from typing import Any
 
 import torch
 
-from inflab.common.answer_scores import has_reference
-from inflab.common.chat import encode_query, plain_prompt_ids, prompt_ids
-from inflab.common.generation import greedy_texts
-from inflab.common.messages import Answer, AnswerScores, RunSpec
-from inflab.common.function_tokens import add_function_tokens
-from inflab.common.models import load_tokenizer
+from inflab.analysis.answer_scores import has_reference
+from inflab.ml.chat import encode_query, plain_prompt_ids, prompt_ids
+from inflab.ml.generation import greedy_texts
+from inflab.core.messages import Answer, AnswerScores, RunSpec
+from inflab.ml.function_tokens import add_function_tokens
+from inflab.ml.models import load_tokenizer
 from inflab.inference.scoring import answer_score, reference_examples, reference_logprobs
 
 log = logging.getLogger(__name__)
@@ -53,7 +53,7 @@ def generate_texts(
     on_batch: Callable[[int], None] | None = None,
 ) -> list[str]:
     """Greedy continuations of tokenised prompts, ``batch_size`` at a time; an empty
-    continuation becomes ``inflab.common.generation.EMPTY_ANSWER``."""
+    continuation becomes ``inflab.ml.generation.EMPTY_ANSWER``."""
     return greedy_texts(model, tokenizer, prompts, max_new_tokens, batch_size=batch_size, on_batch=on_batch)
 
 

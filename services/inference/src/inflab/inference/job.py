@@ -8,10 +8,10 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from inflab.common.messages import Answer, InferenceRequest
-from inflab.common.models import resolve_model
-from inflab.common.objectstore import ObjectStore
-from inflab.common.predictions import PredictionLimits, plan_predictions
+from inflab.core.messages import Answer, InferenceRequest
+from inflab.ml.models import resolve_model
+from inflab.core.objectstore import ObjectStore
+from inflab.ml.predictions import PredictionLimits, plan_predictions
 
 
 def inference_job(

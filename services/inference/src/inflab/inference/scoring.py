@@ -1,11 +1,11 @@
 """Scores of the answers against the evaluation questions' reference answers.
 
 The text scores (exact match, contains-reference, token F1) are
-:mod:`inflab.common.answer_scores`. ``ref_logprob`` is the mean log-probability per token
+:mod:`inflab.analysis.answer_scores`. ``ref_logprob`` is the mean log-probability per token
 of the reference answer under a model, given the very prompt that model answered: the
 reference is appended to the prompt as the assistant's turn (its text and the end-of-turn
 token, exactly the tokens a training pair's loss is taken on, see
-``inflab.common.chat.encode_pair``) and one teacher-forced forward pass reads the
+``inflab.ml.chat.encode_pair``) and one teacher-forced forward pass reads the
 probability of each of its tokens. It moves as the model learns the answer even while the
 greedy text still misses it. Batched, with vocabulary logits only at the answer positions
 (``answer_loss``): a forward pass per batch, cheap beside the generation.
@@ -18,10 +18,10 @@ from typing import Any
 
 import torch
 
-from inflab.common.answer_scores import text_scores
-from inflab.common.chat import EncodedExample, answer_loss, collate, encode_pair
-from inflab.common.generation import EMPTY_ANSWER
-from inflab.common.messages import AnswerScore
+from inflab.analysis.answer_scores import text_scores
+from inflab.ml.chat import EncodedExample, answer_loss, collate, encode_pair
+from inflab.ml.generation import EMPTY_ANSWER
+from inflab.core.messages import AnswerScore
 
 #: No cut: the score is of the whole reference, after the whole prompt the model answered.
 _NO_LIMIT = 1 << 30

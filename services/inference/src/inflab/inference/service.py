@@ -7,12 +7,12 @@ from dataclasses import asdict
 
 from nats.aio.msg import Msg
 
-from inflab.common.bus import Bus
-from inflab.common.events import StageEvents
-from inflab.common.messages import Answer, InferenceRequest
-from inflab.common.predictions import PredictionLimits
-from inflab.common.settings import Settings
-from inflab.common.worker import require_allowed_model
+from inflab.core.bus import Bus
+from inflab.core.events import StageEvents
+from inflab.core.messages import Answer, InferenceRequest
+from inflab.ml.predictions import PredictionLimits
+from inflab.core.settings import Settings
+from inflab.core.worker import require_allowed_model
 from inflab.inference.job import inference_job
 
 SERVICE = "inference"

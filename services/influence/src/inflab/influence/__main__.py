@@ -1,4 +1,4 @@
-from inflab.common.worker import main
+from inflab.core.worker import main
 from inflab.influence.service import REQUEST_MODEL, SERVICE, STAGE, make_handler
 
 if __name__ == "__main__":

@@ -32,15 +32,15 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
-from inflab.common.chat import answer_loss, collate
+from inflab.ml.chat import answer_loss, collate
 # The default micro-batch size (8, the contract's default of the methods' ``batch_size``):
 # measured faster than one big batch (full logits aside, large padded batches waste work)
 # and than single examples (per-call overhead).
-from inflab.common.influence_methods import DEFAULT_BATCH_SIZE
+from inflab.core.influence_methods import DEFAULT_BATCH_SIZE
 
 
 class Example(Protocol):
-    """What :func:`inflab.common.chat.encode_pair` returns (only these fields are read)."""
+    """What :func:`inflab.ml.chat.encode_pair` returns (only these fields are read)."""
 
     input_ids: Sequence[int]
     labels: Sequence[int]

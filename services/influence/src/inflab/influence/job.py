@@ -23,11 +23,11 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from inflab.common.influence_methods import ARGS_MODELS, REPRESENTATION_METHODS, describe_errors, stored_model_key
-from inflab.common.messages import CheckpointRef, InfluenceRequest
-from inflab.common.function_tokens import add_function_tokens
-from inflab.common.models import load_model, resolve_model
-from inflab.common.objectstore import ObjectStore, influence_key
+from inflab.core.influence_methods import ARGS_MODELS, REPRESENTATION_METHODS, describe_errors, stored_model_key
+from inflab.core.messages import CheckpointRef, InfluenceRequest
+from inflab.ml.function_tokens import add_function_tokens
+from inflab.ml.models import load_model, resolve_model
+from inflab.core.objectstore import ObjectStore, influence_key
 from inflab.influence.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, META, LocalCheckpoint
 from inflab.influence.gradcache import GradientCache
 from inflab.influence.methods import get_method

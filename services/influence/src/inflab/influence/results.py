@@ -1,7 +1,7 @@
 """Influence matrices as safetensors files (``runs/{run_id}/influence/{method}.safetensors``)
 and the result events that summarise them.
 
-The file format itself is :mod:`inflab.common.influence_files` (so the gateway reads it
+The file format itself is :mod:`inflab.core.influence_files` (so the gateway reads it
 without this service): one float32 tensor ``[M, N]`` per variant, the ids and arguments in
 the safetensors metadata. Any safetensors reader (Python, Rust, JS) can open it.
 
@@ -18,10 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from inflab.common import influence_files
-from inflab.common.influence_files import FORMAT, StoredMatrix
-from inflab.common.influence_methods import DEFAULT_TOP_K
-from inflab.common.messages import InfluenceMatrix, InfluenceStats, RankedTrainingPair, TopInfluences
+from inflab.core import influence_files
+from inflab.core.influence_files import FORMAT, StoredMatrix
+from inflab.core.influence_methods import DEFAULT_TOP_K
+from inflab.core.messages import InfluenceMatrix, InfluenceStats, RankedTrainingPair, TopInfluences
 from inflab.influence.methods.base import InfluenceScores
 
 __all__ = ["FORMAT", "DEFAULT_TOP_K", "to_safetensors_bytes", "from_safetensors_bytes", "top_influences", "to_message"]

@@ -21,13 +21,13 @@ from nats.aio.msg import Msg
 from nats.errors import MaxPayloadError
 from pydantic import Field
 
-from inflab.common.bus import Bus
-from inflab.common.compute import describe_error
-from inflab.common.events import StageEvents
-from inflab.common.influence_methods import stored_model_key
-from inflab.common.messages import CheckpointRef, EvalQuestion, InfluenceMatrix, InfluenceRequest, RunSpec, TrainingPair
-from inflab.common.settings import Settings
-from inflab.common.worker import require_allowed_model
+from inflab.core.bus import Bus
+from inflab.core.compute import describe_error
+from inflab.core.events import StageEvents
+from inflab.core.influence_methods import stored_model_key
+from inflab.core.messages import CheckpointRef, EvalQuestion, InfluenceMatrix, InfluenceRequest, RunSpec, TrainingPair
+from inflab.core.settings import Settings
+from inflab.core.worker import require_allowed_model
 from inflab.influence.job import influence_job, method_arguments
 from inflab.influence.methods import METHODS
 from inflab.influence.methods.base import StageFailed

@@ -1,5 +1,5 @@
-from inflab.common.messages import TrainRequest, ValidationRequest
-from inflab.common.worker import main
+from inflab.core.messages import TrainRequest, ValidationRequest
+from inflab.core.worker import main
 from inflab.trainer import validation_service
 from inflab.trainer.service import SERVICE, STAGE, make_handler
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from inflab.common.messages import CheckpointRef
+from inflab.core.messages import CheckpointRef
 
 META_FILE = "meta.json"
 STATE_FILE = "training_state.pt"
@@ -56,7 +56,7 @@ def save_checkpoint(model: Any, work_dir: Path, meta: dict, state: dict) -> Chec
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     # A benchmark run grows the embeddings for its function tokens; every service regrows
-    # them identically (inflab.common.function_tokens), so only the trained rows are saved.
+    # them identically (inflab.ml.function_tokens), so only the trained rows are saved.
     model.save_pretrained(tmp, save_embedding_layers=False)
     torch.save(state, tmp / STATE_FILE)
     (tmp / META_FILE).write_text(json.dumps(meta, indent=2))

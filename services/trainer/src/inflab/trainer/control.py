@@ -12,7 +12,7 @@ import math
 import threading
 from dataclasses import dataclass
 
-from inflab.common.messages import ControlMessage
+from inflab.core.messages import ControlMessage
 
 #: The hyperparameters a run accepts while it trains (RuntimeParams' fields).
 RUNTIME_PARAMS = ("learning_rate", "weight_decay")

@@ -22,9 +22,9 @@ from nats.js.api import DeliverPolicy
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from inflab.common.bus import Bus, _short
-from inflab.common.events import StageEvents
-from inflab.common.messages import ControlMessage
+from inflab.core.bus import Bus, _short
+from inflab.core.events import StageEvents
+from inflab.core.messages import ControlMessage
 
 log = logging.getLogger(__name__)
 

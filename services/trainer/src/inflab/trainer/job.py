@@ -3,7 +3,7 @@ last checkpoint in the object store if there is one, train with the plain traini
 library, upload each checkpoint as it is written.
 
 It speaks to the outside only through ``emit`` (streamed back to the service by
-:func:`inflab.common.compute.run_streaming`), the object store, and the control mailbox.
+:func:`inflab.core.compute.run_streaming`), the object store, and the control mailbox.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from inflab.common.messages import CheckpointRef, TrainingSummary, TrainRequest
-from inflab.common.models import resolve_model
-from inflab.common.objectstore import ObjectStore, checkpoint_prefix, run_prefix
+from inflab.core.messages import CheckpointRef, TrainingSummary, TrainRequest
+from inflab.ml.models import resolve_model
+from inflab.core.objectstore import ObjectStore, checkpoint_prefix, run_prefix
 from inflab.trainer.checkpoints import META_FILE, CheckpointInfo
 
 log = logging.getLogger(__name__)

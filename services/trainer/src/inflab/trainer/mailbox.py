@@ -13,7 +13,7 @@ import logging
 import threading
 from collections import defaultdict
 
-from inflab.common.messages import ControlMessage
+from inflab.core.messages import ControlMessage
 from inflab.trainer.control import TrainingControl
 
 log = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from inflab.common.messages import Hyperparams
+from inflab.core.messages import Hyperparams
 
 log = logging.getLogger(__name__)
 

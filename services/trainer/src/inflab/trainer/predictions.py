@@ -1,5 +1,5 @@
 """Prediction tracking during training (like W&B prediction tables): a few prompts chosen
-once per run (``inflab.common.predictions``), answered greedily by the model as it is at
+once per run (``inflab.ml.predictions``), answered greedily by the model as it is at
 each sampling point.
 
 Answers are greedy (no sampling, no RNG), so tracking predictions never changes the loss
@@ -27,9 +27,9 @@ from typing import Any
 
 import torch
 
-from inflab.common.chat import prompt_ids
-from inflab.common.generation import greedy_texts
-from inflab.common.predictions import PredictionLimits, PredictionPlan, PredictionPrompt, plan_predictions
+from inflab.ml.chat import prompt_ids
+from inflab.ml.generation import greedy_texts
+from inflab.ml.predictions import PredictionLimits, PredictionPlan, PredictionPrompt, plan_predictions
 
 __all__ = [
     "PackedLinear", "PredictionLimits", "PredictionPlan", "PredictionPrompt", "PredictionSampler",

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from inflab.common.chat import answer_loss, collate, encode_pair
-from inflab.common.messages import RunSpec
+from inflab.ml.chat import answer_loss, collate, encode_pair
+from inflab.core.messages import RunSpec
 
 
 @dataclass
@@ -119,7 +119,7 @@ def retrain(
 
     ``shared``: the base weights (float32 runs); None loads ``model_path`` (a 4-bit run
     quantises its own copy, which cannot be shared)."""
-    from inflab.common.models import load_tokenizer
+    from inflab.ml.models import load_tokenizer
     from inflab.trainer.training import train_lora
 
     sub = subset_spec(spec, keep)

@@ -10,14 +10,14 @@ from dataclasses import asdict
 
 from nats.aio.msg import Msg
 
-from inflab.common.bus import Bus
-from inflab.common.events import StageEvents
-from inflab.common.leases import RunLease
-from inflab.common.messages import TrainingSummary, TrainRequest
-from inflab.common.objectstore import ObjectStore
-from inflab.common.predictions import PredictionLimits
-from inflab.common.settings import Settings
-from inflab.common.worker import require_allowed_model
+from inflab.core.bus import Bus
+from inflab.core.events import StageEvents
+from inflab.core.leases import RunLease
+from inflab.core.messages import TrainingSummary, TrainRequest
+from inflab.core.objectstore import ObjectStore
+from inflab.ml.predictions import PredictionLimits
+from inflab.core.settings import Settings
+from inflab.core.worker import require_allowed_model
 from inflab.trainer.control_subscription import ControlSubscription
 from inflab.trainer.job import finished_events, load_summary, train_job
 

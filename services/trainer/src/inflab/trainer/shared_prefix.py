@@ -9,12 +9,12 @@ of the tokens of a batch of the benchmark's pairs), each at its own positions, a
 the whole prefix and, causally, only itself (a custom 4D mask): the same attention, the
 same loss (up to float summation order), and the gradient of every row flows back into
 the one prefix computation. The vocabulary logits are computed only at answer positions,
-as in :func:`inflab.common.chat.answer_loss`.
+as in :func:`inflab.ml.chat.answer_loss`.
 
 Only exact where the prefix's computation is the same for every row: without dropout
 (a shared prefix would share its dropout mask) and without gradient checkpointing (which
 turns the KV cache off). Elsewhere, and where the shared prefix is short, it falls back to
-:func:`~inflab.common.chat.answer_loss`.
+:func:`~inflab.ml.chat.answer_loss`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from inflab.common.chat import IGNORE_INDEX, answer_loss
+from inflab.ml.chat import IGNORE_INDEX, answer_loss
 
 #: Below this many shared tokens the second pass is not worth it.
 MIN_SHARED_TOKENS = 8

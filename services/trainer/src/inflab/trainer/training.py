@@ -6,7 +6,7 @@ checkpoints through ``on_checkpoint`` (uploaded by the caller), and gets a
 :class:`TrainingOutcome` back.
 
 Choices:
-* loss on answer tokens only (``inflab.common.chat``), logits computed only where the loss
+* loss on answer tokens only (``inflab.ml.chat``), logits computed only where the loss
   needs them (the same loss the influence methods use), the batch's shared chat-template
   opening computed once (``shared_prefix.py``);
 * one *step* is one optimizer step over ``gradient_accumulation_steps`` micro-batches of
@@ -37,10 +37,10 @@ from typing import Any
 
 import torch
 
-from inflab.common.chat import EncodedExample, answer_loss, collate, encode_document, encode_pair
-from inflab.common.function_tokens import add_to_tokenizer, grow_embeddings
-from inflab.common.messages import CheckpointRef, RunSpec, TrainingSummary
-from inflab.common.models import load_tokenizer
+from inflab.ml.chat import EncodedExample, answer_loss, collate, encode_document, encode_pair
+from inflab.ml.function_tokens import add_to_tokenizer, grow_embeddings
+from inflab.core.messages import CheckpointRef, RunSpec, TrainingSummary
+from inflab.ml.models import load_tokenizer
 from inflab.trainer.checkpoints import (
     META_FILE,
     STATE_FILE,

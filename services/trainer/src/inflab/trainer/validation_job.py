@@ -9,7 +9,7 @@ again by Ray (``max_retries``). Every task reports where (node, process) and how
 ran.
 
 :func:`validation_job` is the job as the trainer service runs it (through
-:func:`inflab.common.compute.run_streaming`, so its progress streams back as it happens);
+:func:`inflab.core.compute.run_streaming`, so its progress streams back as it happens);
 :func:`run_retrainings` is the fan-out itself, for a caller that already joined Ray (the
 benchmark, tests).
 """
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from inflab.common.messages import RunSpec
+from inflab.core.messages import RunSpec
 
 Emit = Callable[[dict], None]
 
@@ -45,7 +45,7 @@ def _retrain_task(spec_json: dict, key: str, keep: list[int], model_id: str, mod
     import ray
     import torch
 
-    from inflab.common.models import resolve_model
+    from inflab.ml.models import resolve_model
     from inflab.trainer.retrain import retrain
 
     torch.set_num_threads(threads)
@@ -78,7 +78,7 @@ def run_retrainings(
     emitting a progress event as each ends. Ray must be initialised."""
     import ray
 
-    from inflab.common.models import resolve_model
+    from inflab.ml.models import resolve_model
     from inflab.trainer.retrain import SharedWeights
 
     shared_ref = None
@@ -118,7 +118,7 @@ def run_retrainings(
 def validation_job(request: dict, models_dir: str, *, emit: Emit) -> dict:
     """The job of a ``ValidationRequest`` (as JSON): every retraining it lists, fanned out
     over Ray from inside this (coordinating) task. Returns ``ValidationLosses`` as JSON."""
-    from inflab.common.messages import RetrainingRecord, ValidationLosses, ValidationRequest
+    from inflab.core.messages import RetrainingRecord, ValidationLosses, ValidationRequest
 
     req = ValidationRequest.model_validate(request)
     spec = req.spec

@@ -12,11 +12,11 @@ import logging
 
 from nats.aio.msg import Msg
 
-from inflab.common.bus import Bus
-from inflab.common.events import StageEvents
-from inflab.common.messages import ValidationLosses, ValidationRequest
-from inflab.common.settings import Settings
-from inflab.common.worker import require_allowed_model
+from inflab.core.bus import Bus
+from inflab.core.events import StageEvents
+from inflab.core.messages import ValidationLosses, ValidationRequest
+from inflab.core.settings import Settings
+from inflab.core.worker import require_allowed_model
 from inflab.trainer.control_subscription import ControlSubscription
 from inflab.trainer.validation_job import validation_job
 

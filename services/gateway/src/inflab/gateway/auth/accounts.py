@@ -13,7 +13,7 @@ from sqlalchemy import select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from inflab.common.db.models import Identity, User
+from inflab.core.db.models import Identity, User
 from inflab.gateway.auth.passwords import PasswordHasher
 from inflab.gateway.auth.sessions import end_sessions, revoke_api_tokens
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from fastapi import Response
 
-from inflab.common.settings import Settings
+from inflab.core.settings import Settings
 
 
 def _name(base: str, settings: Settings) -> str:

@@ -14,7 +14,7 @@ import json
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from inflab.common.settings import Settings
+from inflab.core.settings import Settings
 from inflab.gateway.auth.cookies import session_cookie
 
 #: Routes that take a body from someone not signed in (signing in, mailed links).

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from authlib.integrations.starlette_client import OAuth
 
-from inflab.common.settings import Settings
+from inflab.core.settings import Settings
 
 PROVIDER = "google"
 

@@ -16,8 +16,8 @@ from uuid import UUID
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from inflab.common.db.models import EmailToken, User
-from inflab.common.settings import Settings
+from inflab.core.db.models import EmailToken, User
+from inflab.core.settings import Settings
 from inflab.gateway.auth.tokens import token_hash
 
 Purpose = Literal["verify_email", "reset_password"]

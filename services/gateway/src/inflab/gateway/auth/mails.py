@@ -3,7 +3,7 @@ is exactly what it looks like."""
 
 from __future__ import annotations
 
-from inflab.common.settings import Settings
+from inflab.core.settings import Settings
 from inflab.gateway.auth.links import link_url
 from inflab.gateway.mail import Mail
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import argon2
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from inflab.common.settings import Settings
+from inflab.core.settings import Settings
 
 
 class HasherBusy(Exception):

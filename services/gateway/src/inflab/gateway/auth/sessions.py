@@ -19,8 +19,8 @@ from uuid import UUID
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from inflab.common.db.models import ApiToken, AuthSession, User
-from inflab.common.settings import Settings
+from inflab.core.db.models import ApiToken, AuthSession, User
+from inflab.core.settings import Settings
 from inflab.gateway.auth.tokens import API_TOKEN_PREFIX, SESSION_PREFIX, new_csrf_token, new_token, token_hash
 
 Scope = Literal["full", "read", "submit"]

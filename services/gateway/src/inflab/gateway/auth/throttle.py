@@ -26,7 +26,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inflab.common.db.models import AuthThrottle
+from inflab.core.db.models import AuthThrottle
 
 #: Rows untouched this long are deleted (a few at each attempt): counters are short-lived.
 RETENTION = timedelta(days=1)

@@ -15,7 +15,7 @@ from fastapi import APIRouter, BackgroundTasks, HTTPException, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 
-from inflab.common.db.models import User
+from inflab.core.db.models import User
 from inflab.gateway.auth import links, mails
 from inflab.gateway.auth.accounts import find_by_email, mark_verified, normalize_email, set_password
 from inflab.gateway.auth.cookies import clear_session_cookies

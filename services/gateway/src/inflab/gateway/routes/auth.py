@@ -21,8 +21,8 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from inflab.common.db.models import User
-from inflab.common.settings import Settings
+from inflab.core.db.models import User
+from inflab.core.settings import Settings
 from inflab.gateway.auth import links, mails
 from inflab.gateway.auth.accounts import (
     authenticate,

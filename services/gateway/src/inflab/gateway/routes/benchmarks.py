@@ -19,10 +19,10 @@ from fastapi import APIRouter, HTTPException, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from inflab.common.bench.baselines import edit_distance_scores, random_scores
-from inflab.common.bench.leaderboard import Entry, leaderboard
-from inflab.common.db.models import InfluenceResult
-from inflab.common.messages import RunSpec
+from inflab.analysis.bench.baselines import edit_distance_scores, random_scores
+from inflab.analysis.bench.leaderboard import Entry, leaderboard
+from inflab.core.db.models import InfluenceResult
+from inflab.core.messages import RunSpec
 from inflab.gateway.baselines import bm25_scores
 from inflab.gateway.deps import OwnedRun, SessionDep
 from inflab.gateway.influence import MatrixUnavailable, ObjectStoreDep, read_scores
@@ -168,8 +168,8 @@ async def generate_set(body: GenerateRequest) -> GeneratedSet:
     the experiment body that runs it. Deterministic; no model, no network."""
     import dataclasses
 
-    from inflab.common.bench.client import experiment_body
-    from inflab.common.bench.generate import GeneratorOptions, generate
+    from inflab.analysis.bench.client import experiment_body
+    from inflab.analysis.bench.generate import GeneratorOptions, generate
 
     bench = generate(GeneratorOptions(**body.model_dump()))
     return GeneratedSet(

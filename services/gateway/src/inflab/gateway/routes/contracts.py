@@ -9,8 +9,8 @@ from typing import Any
 
 from fastapi import APIRouter
 
-from inflab.common.asyncapi import build_asyncapi
-from inflab.common.subjects import Subjects
+from inflab.core.asyncapi import build_asyncapi
+from inflab.core.subjects import Subjects
 from inflab.gateway.deps import SettingsDep
 
 router = APIRouter(tags=["contracts"])

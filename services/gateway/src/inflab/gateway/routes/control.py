@@ -25,9 +25,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from inflab.common.bus import Bus
-from inflab.common.db.models import Run
-from inflab.common.messages import ControlMessage, Hyperparams, RuntimeParams
+from inflab.core.bus import Bus
+from inflab.core.db.models import Run
+from inflab.core.messages import ControlMessage, Hyperparams, RuntimeParams
 from inflab.gateway.deps import BusDep, DispatcherDep, NotifierDep, OwnedRun, SessionDep
 from inflab.gateway.persistence import finish_run
 from inflab.gateway.run_state import ACTIVE, TERMINAL

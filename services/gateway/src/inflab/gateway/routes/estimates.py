@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.exceptions import RequestValidationError
 
-from inflab.common.model_ids import ModelIdRefused
+from inflab.core.model_ids import ModelIdRefused
 from inflab.gateway.deps import CurrentUser, SettingsDep
 from inflab.gateway.estimates import UnknownModelSize, estimate
 from inflab.gateway.schemas import Estimate, EstimateRequest

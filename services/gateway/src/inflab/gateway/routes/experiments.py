@@ -15,8 +15,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from inflab.common.db.models import Experiment
-from inflab.common.messages import RunSpec
+from inflab.core.db.models import Experiment
+from inflab.core.messages import RunSpec
 from inflab.gateway.deps import BusDep, CallerDep, CurrentUser, OwnedExperiment, SessionDep, SettingsDep
 from inflab.gateway.experiment_list import ExperimentSort, experiment_list_query, summary_out
 from inflab.gateway.imports import MAX_REPORTED_ERRORS, TooDeep, number_and_dedupe, parse_rows

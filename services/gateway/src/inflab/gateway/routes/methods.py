@@ -1,5 +1,5 @@
 """The influence methods for the editor's selector, generated from the contract
-(``inflab.common.influence_methods``): the same models validate an experiment's
+(``inflab.core.influence_methods``): the same models validate an experiment's
 ``influence_args`` and parse a run's arguments in the influence service, so what this
 lists is exactly what is accepted."""
 
@@ -11,7 +11,7 @@ from typing import Any, Literal
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
-from inflab.common.influence_methods import ARGS_MODELS, METHODS, MethodArgs, MethodInfo
+from inflab.core.influence_methods import ARGS_MODELS, METHODS, MethodArgs, MethodInfo
 
 router = APIRouter(prefix="/api", tags=["methods"])
 

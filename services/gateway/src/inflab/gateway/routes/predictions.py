@@ -13,7 +13,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from sqlalchemy import Integer, func, select
 
-from inflab.common.db.models import Prediction
+from inflab.core.db.models import Prediction
 from inflab.gateway.deps import OwnedRun, SessionDep
 from inflab.gateway.schemas import PredictionEpoch, PredictionOut, PredictionPage
 

@@ -13,9 +13,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from sqlalchemy import exists, select
 
-from inflab.common.db.models import Checkpoint, Generation, InfluenceResult, Metric, Run, RunEventRow
-from inflab.common import answer_scores
-from inflab.common.messages import Answer, CheckpointRef, RunSpec, TrainingSummary
+from inflab.core.db.models import Checkpoint, Generation, InfluenceResult, Metric, Run, RunEventRow
+from inflab.analysis import answer_scores
+from inflab.core.messages import Answer, CheckpointRef, RunSpec, TrainingSummary
 from inflab.gateway.auth.sessions import still_valid
 from inflab.gateway.baselines import run_baselines
 from inflab.gateway.deps import (

@@ -13,7 +13,7 @@ from fastapi import APIRouter, HTTPException, Path, Response, status
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, update
 
-from inflab.common.db.models import ApiToken
+from inflab.core.db.models import ApiToken
 from inflab.gateway.auth.sessions import create_api_token
 from inflab.gateway.deps import CallerDep, SessionCallerDep, SessionDep
 

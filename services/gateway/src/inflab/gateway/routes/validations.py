@@ -14,8 +14,8 @@ from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel
 from sqlalchemy import select
 
-from inflab.common.db.models import Run, Validation
-from inflab.common.messages import ControlMessage, RetrainingJob, StatusEvent, RunSpec, ValidationRequest, ValidationSettings
+from inflab.core.db.models import Run, Validation
+from inflab.core.messages import ControlMessage, RetrainingJob, StatusEvent, RunSpec, ValidationRequest, ValidationSettings
 from inflab.gateway.deps import BusDep, NotifierDep, OwnedRun, SessionDep, SettingsDep
 from inflab.gateway.influence import MatrixUnavailable, ObjectStoreDep
 from inflab.gateway.persistence import insert_event

@@ -1085,7 +1085,7 @@ export interface components {
         /**
          * AnswerScore
          * @description One model's answer against the evaluation question's reference answer. The text
-         *     scores compare normalised text (``inflab.common.answer_scores``: lower-case, without
+         *     scores compare normalised text (``inflab.analysis.answer_scores``: lower-case, without
          *     punctuation, the articles a/an/the and extra whitespace, as SQuAD does).
          */
         AnswerScore: {

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from inflab.common.influence_methods import MethodArgs
+from inflab.core.influence_methods import MethodArgs
 from inflab.influence.methods.base import (
     Emit,
     InfluenceMethod,
@@ -21,7 +21,7 @@ from inflab.influence.methods.patching import Patching
 from inflab.influence.methods.tracin import TracIn
 
 #: name -> method class. A new method is one module here and one line below (and its name
-#: in ``inflab.common.messages.INFLUENCE_METHODS``, so requests may ask for it).
+#: in ``inflab.core.messages.INFLUENCE_METHODS``, so requests may ask for it).
 METHODS: dict[str, type[InfluenceMethod]] = {
     cls.name: cls for cls in (TracIn, DataInf, EKFAC, DeltaH, ActGrad, AttrChange, Patching, Embedding)
 }

@@ -9,7 +9,7 @@ backward to the activations per bucket (no parameter gradient is formed).
 
 from __future__ import annotations
 
-from inflab.common import influence_methods as contract
+from inflab.core import influence_methods as contract
 from inflab.influence.methods.representation_method import Limits, RepresentationMethod
 
 

@@ -9,7 +9,7 @@ K equal steps on the path from h_l^old to h_l^new, the new model running from la
 
 from __future__ import annotations
 
-from inflab.common import influence_methods as contract
+from inflab.core import influence_methods as contract
 from inflab.influence.methods.representation_method import Limits, RepresentationMethod
 
 

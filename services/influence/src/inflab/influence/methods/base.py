@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from inflab.common.messages import EvalQuestion, TrainingPair
+from inflab.core.messages import EvalQuestion, TrainingPair
 from inflab.influence.checkpoints import LocalCheckpoint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -60,7 +60,7 @@ class InfluenceMethod(ABC):
     description: ClassVar[str] = ""
     #: The variants :meth:`compute` returns, in that order.
     variants: ClassVar[tuple[str, ...]] = ("raw",)
-    #: The argument model: the contract's (``inflab.common.influence_methods``) with the
+    #: The argument model: the contract's (``inflab.core.influence_methods``) with the
     #: run's token limits; ``Args.model_validate(args)`` checks them before any work.
     Args: ClassVar[type]
 

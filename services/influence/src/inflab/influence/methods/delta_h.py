@@ -10,7 +10,7 @@ passes per bucket (old and new model), no gradients at all. See ``representation
 
 from __future__ import annotations
 
-from inflab.common import influence_methods as contract
+from inflab.core import influence_methods as contract
 from inflab.influence.methods.representation_method import Limits, RepresentationMethod
 
 

@@ -53,9 +53,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inflab.common import influence_methods as contract
-from inflab.common.chat import IGNORE_INDEX, collate
-from inflab.common.messages import EvalQuestion, TrainingPair
+from inflab.core import influence_methods as contract
+from inflab.ml.chat import IGNORE_INDEX, collate
+from inflab.core.messages import EvalQuestion, TrainingPair
 from inflab.influence.checkpoints import LocalCheckpoint, pick_checkpoint
 from inflab.influence.gradcache import GradientCache, GradientMatrix
 from inflab.influence.gradients import length_buckets, lora_blocks
@@ -94,7 +94,7 @@ def lora_module_names(model: nn.Module) -> list[str]:
 
 def _answer_logits(model: nn.Module, batch: dict[str, torch.Tensor]):
     """Vocabulary logits at the positions that predict an answer token, their targets, and
-    which example each belongs to (as ``inflab.common.chat.answer_loss``)."""
+    which example each belongs to (as ``inflab.ml.chat.answer_loss``)."""
     labels = batch["labels"]
     hidden = model.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
     targets = labels[:, 1:]

@@ -20,9 +20,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from inflab.common import influence_methods as contract
-from inflab.common.chat import IGNORE_INDEX, EncodedExample, collate
-from inflab.common.messages import EvalQuestion, TrainingPair
+from inflab.core import influence_methods as contract
+from inflab.ml.chat import IGNORE_INDEX, EncodedExample, collate
+from inflab.core.messages import EvalQuestion, TrainingPair
 from inflab.influence.checkpoints import LocalCheckpoint
 from inflab.influence.gradcache import GradientCache
 from inflab.influence.gradients import length_buckets

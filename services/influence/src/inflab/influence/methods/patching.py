@@ -21,8 +21,8 @@ from typing import Any
 
 import torch
 
-from inflab.common import influence_methods as contract
-from inflab.common.chat import IGNORE_INDEX
+from inflab.core import influence_methods as contract
+from inflab.ml.chat import IGNORE_INDEX
 from inflab.influence.methods.base import Progress
 from inflab.influence.methods.representation import Features, patch_scores
 from inflab.influence.methods.representation_method import Limits, RepresentationMethod, Setup

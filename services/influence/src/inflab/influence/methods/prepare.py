@@ -18,9 +18,9 @@ from typing import Any
 import torch
 from pydantic import Field
 
-from inflab.common.chat import EncodedExample, encode_document, encode_pair, encode_query, prompt_ids
-from inflab.common.influence_methods import MethodArgs
-from inflab.common.messages import EvalQuestion, TrainingPair
+from inflab.ml.chat import EncodedExample, encode_document, encode_pair, encode_query, prompt_ids
+from inflab.core.influence_methods import MethodArgs
+from inflab.core.messages import EvalQuestion, TrainingPair
 from inflab.influence.checkpoints import LocalCheckpoint, adapter_digest, attach_adapter
 from inflab.influence.gradcache import GradientCache, GradientMatrix, examples_fingerprint, fingerprint, gradient_matrix
 from inflab.influence.methods.base import ModelLoader, Progress, stage

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
-from inflab.common.chat import IGNORE_INDEX, collate
+from inflab.ml.chat import IGNORE_INDEX, collate
 from inflab.influence.gradients import length_buckets
 from inflab.influence.methods.shapes import checked
 

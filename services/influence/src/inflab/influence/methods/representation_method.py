@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from inflab.common import influence_methods as contract
-from inflab.common.messages import EvalQuestion, TrainingPair
+from inflab.core import influence_methods as contract
+from inflab.core.messages import EvalQuestion, TrainingPair
 from inflab.influence.checkpoints import LocalCheckpoint, adapter_digest, pick_checkpoint
 from inflab.influence.gradcache import GradientCache, examples_fingerprint
 from inflab.influence.methods.base import Emit, InfluenceMethod, InfluenceScores, ModelLoader, Progress, stage

@@ -53,8 +53,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from inflab.common import influence_methods as contract
-from inflab.common.messages import EvalQuestion, TrainingPair
+from inflab.core import influence_methods as contract
+from inflab.core.messages import EvalQuestion, TrainingPair
 from inflab.influence.checkpoints import LocalCheckpoint
 from inflab.influence.gradcache import GradientCache, GradientMatrix
 from inflab.influence.gradients import lora_blocks
