@@ -24,6 +24,7 @@ from inflab.core.messages import (
     TrainRequest,
 )
 from inflab.core.settings import get_settings
+from inflab.core.store_layout import checkpoint_prefix
 
 
 async def main() -> None:
@@ -36,7 +37,7 @@ async def main() -> None:
 
     async def train(request: TrainRequest, _msg) -> None:
         stage = dict(run_id=request.run_id, stage="train")
-        checkpoint = CheckpointRef(step=1, epoch=1, key=f"runs/{request.run_id}/checkpoints/1", learning_rate=1e-4,
+        checkpoint = CheckpointRef(step=1, epoch=1, key=checkpoint_prefix(request.run_id, 1), learning_rate=1e-4,
                                    loss=1.0)
         await bus.publish_event(StatusEvent(**stage, status="running"))
         await bus.publish_event(ResultEvent(**stage, training=TrainingSummary(

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from inflab.core.store_layout import CHECKPOINT_META
+
 REPO = Path(__file__).resolve().parents[1]
 #: Where the workload is looked for when --workload is not given.
 WORKLOAD_CANDIDATES = (
@@ -190,4 +192,4 @@ def trained_checkpoints(workload: Workload, model_id: str, cache_dir: Path, work
 
 
 def checkpoint_meta(path: Path) -> dict[str, Any]:
-    return json.loads((Path(path) / "meta.json").read_text())
+    return json.loads((Path(path) / CHECKPOINT_META).read_text())

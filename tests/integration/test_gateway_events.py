@@ -20,7 +20,7 @@ import pytest
 from sqlalchemy import func, select
 
 from inflab.core.bus import Bus
-from inflab.core.db.models import Checkpoint, Generation, InfluenceResult, Metric, Run, RunEventRow
+from inflab.core.db.models import Checkpoint, AnswerRow, InfluenceMatrixRow, Metric, Run, RunEventRow
 from inflab.core.messages import (
     Answer,
     CheckpointEvent,
@@ -150,8 +150,8 @@ async def test_a_run_moves_through_its_stages_to_completed(gateway, producer) ->
 
     async with app.state.sessionmaker() as session:
         rows = {table.__name__: await session.scalar(select(func.count()).where(table.run_id == run_id))
-                for table in (Metric, Checkpoint, Generation, InfluenceResult)}
-    assert rows == {"Metric": 2, "Checkpoint": 2, "Generation": 2, "InfluenceResult": 1}
+                for table in (Metric, Checkpoint, AnswerRow, InfluenceMatrixRow)}
+    assert rows == {"Metric": 2, "Checkpoint": 2, "AnswerRow": 2, "InfluenceMatrixRow": 1}
 
     results = (await client.get(f"/api/runs/{run_id}/results")).json()
     assert results["status"] == "completed"

@@ -20,9 +20,9 @@ from inflab.core.db.models import (
     AuthSession,
     Checkpoint,
     Experiment,
-    Generation,
+    AnswerRow,
     Identity,
-    InfluenceResult,
+    InfluenceMatrixRow,
     Metric,
     Prediction,
     Run,
@@ -149,7 +149,7 @@ async def test_row_level_security_hides_other_users_rows_without_any_filter(iso_
         async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as b_client:
             b_id = uuid.UUID((await sign_up(b_client, f"b-{uuid.uuid4().hex[:8]}@tests.invalid"))["user"]["id"])
 
-        run_tables = (RunEventRow, Metric, Prediction, Checkpoint, Generation, InfluenceResult)
+        run_tables = (RunEventRow, Metric, Prediction, Checkpoint, AnswerRow, InfluenceMatrixRow)
         async with session_for(app.state.user_sessionmaker, a_id) as a_session:
             assert await a_session.scalar(select(func.current_user())) == "inflab_app"
             for model in run_tables:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select
 
-from inflab.core.db.models import Generation
+from inflab.core.db.models import AnswerRow
 from inflab.core.events import StageEvents
 from inflab.core.messages import Answer, AnswerScore, AnswerScores
 from inflab.core.settings import Settings
@@ -68,8 +68,8 @@ async def test_answer_scores_are_stored_served_and_aggregated(gateway, producer)
         StageEvents(producer, run_id, "inference").build("result", answers=ANSWERS)])
 
     async with app.state.sessionmaker() as session:
-        stored = {g.eval_id: g.scores for g in await session.scalars(select(Generation).where(
-            Generation.run_id == run_id))}
+        stored = {g.eval_id: g.scores for g in await session.scalars(select(AnswerRow).where(
+            AnswerRow.run_id == run_id))}
     assert stored["ruler"] == ANSWERS[0].scores.model_dump(mode="json") and stored["open"] is None
 
     results = (await client.get(f"/api/runs/{run_id}/results")).json()

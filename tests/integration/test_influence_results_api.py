@@ -18,7 +18,7 @@ import pytest
 from nats.errors import MaxPayloadError
 from sqlalchemy import select
 
-from inflab.core.db.models import InfluenceResult
+from inflab.core.db.models import InfluenceMatrixRow
 from inflab.core.events import StageEvents
 from inflab.core.objectstore import ObjectStore, influence_key
 from inflab.core.settings import Settings
@@ -59,9 +59,9 @@ def _variants() -> list[InfluenceScores]:
             InfluenceScores("tracin", "normalized", normalized, EVAL_IDS, TRAIN_IDS, {"checkpoints": 3})]
 
 
-async def _stored(app, run_id: uuid.UUID) -> dict[str, InfluenceResult]:
+async def _stored(app, run_id: uuid.UUID) -> dict[str, InfluenceMatrixRow]:
     async with app.state.sessionmaker() as session:
-        rows = await session.scalars(select(InfluenceResult).where(InfluenceResult.run_id == run_id))
+        rows = await session.scalars(select(InfluenceMatrixRow).where(InfluenceMatrixRow.run_id == run_id))
         return {r.variant: r for r in rows}
 
 

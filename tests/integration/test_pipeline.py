@@ -18,7 +18,7 @@ import pytest_asyncio
 import uvicorn
 from sqlalchemy import func, select
 
-from inflab.core.db.models import Checkpoint, Generation, InfluenceResult, Metric, Prediction, Run, RunEventRow
+from inflab.core.db.models import Checkpoint, AnswerRow, InfluenceMatrixRow, Metric, Prediction, Run, RunEventRow
 from inflab.core.db.session import make_engine, make_sessionmaker
 from inflab.analysis.answer_scores import text_scores
 from inflab.core.job_signing import SIGNATURE_HEADER, JobSigner
@@ -189,7 +189,7 @@ async def test_run_end_to_end(stack, settings, tiny_model, tmp_path):
                 select(Checkpoint).where(Checkpoint.run_id == run.id).order_by(Checkpoint.step))).scalars().all()
             assert [c.epoch for c in checkpoints] == [1, 2, 3]
             generations = (await db.execute(
-                select(Generation).where(Generation.run_id == run.id))).scalars().all()
+                select(AnswerRow).where(AnswerRow.run_id == run.id))).scalars().all()
             assert sorted(g.eval_id for g in generations) == ["ev00", "ev01"]
             for g in generations:
                 assert g.base.strip() and g.few_shot.strip() and g.fine_tuned.strip()
@@ -204,7 +204,7 @@ async def test_run_end_to_end(stack, settings, tiny_model, tmp_path):
             assert {p.precision for p in tracked if p.step == steps} == {"float32"}
             assert {p.precision for p in tracked if p.step < steps} <= {"float32", "bfloat16"}
             influence = (await db.execute(
-                select(InfluenceResult).where(InfluenceResult.run_id == run.id))).scalars().all()
+                select(InfluenceMatrixRow).where(InfluenceMatrixRow.run_id == run.id))).scalars().all()
             stored_events = await db.scalar(
                 select(func.count()).select_from(RunEventRow).where(RunEventRow.run_id == run.id))
             assert stored_events == len(events)

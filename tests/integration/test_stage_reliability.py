@@ -26,7 +26,7 @@ import pytest_asyncio
 from sqlalchemy import func, select
 
 from inflab.core.bus import Bus
-from inflab.core.db.models import Generation, RunEventRow
+from inflab.core.db.models import AnswerRow, RunEventRow
 from inflab.devtools.embedded.nats import EmbeddedNats
 from inflab.core.messages import InferenceRequest, TrainRequest
 from inflab.core.objectstore import ObjectStore, checkpoint_prefix
@@ -213,8 +213,8 @@ async def test_answers_too_large_for_one_message_arrive_complete(
             assert done.stages["inference"] == "completed", done.error
             results = await _stored_events(app, run_id, kind="result", stage="inference")
             async with app.state.sessionmaker() as session:
-                stored = await session.scalar(select(func.count()).select_from(Generation)
-                                              .where(Generation.run_id == run_id))
+                stored = await session.scalar(select(func.count()).select_from(AnswerRow)
+                                              .where(AnswerRow.run_id == run_id))
             answers = (await client.get(f"/api/runs/{run_id}/results")).json()["answers"]
     finally:
         server.stop()

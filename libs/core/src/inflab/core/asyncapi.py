@@ -20,11 +20,12 @@ from pydantic.json_schema import models_json_schema
 from inflab.core import messages as m
 from inflab.core.job_signing import SCHEME, SIGNATURE_HEADER
 from inflab.core.subjects import REQUEST_STAGES, STAGE_EVENT_KINDS, VERSION, Subjects
+from inflab.core.vocabulary import RequestStage
 
 #: Where the checked-in copy lives, relative to the repository root.
 DOC_PATH = Path("docs/asyncapi.json")
 
-_REQUESTS: dict[str, type[BaseModel]] = {
+_REQUESTS: dict[RequestStage, type[BaseModel]] = {
     "train": m.TrainRequest,
     "inference": m.InferenceRequest,
     "influence": m.InfluenceRequest,

@@ -19,35 +19,14 @@ from pydantic import ValidationError
 
 from inflab.core.bus import Bus, BusUnavailable
 from inflab.core.compute import describe_error, run_streaming
-from inflab.core.messages import (
-    CheckpointEvent,
-    EventBase,
-    LogEvent,
-    MetricEvent,
-    ParamsEvent,
-    PredictionEvent,
-    ProgressEvent,
-    ResultEvent,
-    StatusEvent,
-)
+from inflab.core.messages import EVENT_MODEL_BY_KIND, EventBase
 from inflab.core.subjects import STAGE_EVENT_KINDS
+from inflab.core.vocabulary import ACTIVE_STATUSES, RunStatus
 
 log = logging.getLogger(__name__)
 
-_KINDS: dict[str, type[EventBase]] = {
-    "progress": ProgressEvent,
-    "metric": MetricEvent,
-    "checkpoint": CheckpointEvent,
-    "log": LogEvent,
-    "result": ResultEvent,
-    "status": StatusEvent,
-    "prediction": PredictionEvent,
-    "params": ParamsEvent,
-}
-
-
-#: Statuses a job may emit itself through ``forward``.
-JOB_STATUSES = ("running", "checkpointing")
+#: Statuses a job may emit itself through ``forward``: a stage at work.
+JOB_STATUSES = ACTIVE_STATUSES
 
 #: List fields an event may be split along, each item landing in exactly one part.
 SPLITTABLE = ("answers", "samples")
@@ -90,7 +69,7 @@ class StageEvents:
         self.method = method
 
     def build(self, kind: str, **fields: Any) -> EventBase:
-        model = _KINDS[kind]
+        model = EVENT_MODEL_BY_KIND[kind]
         return model(run_id=self.run_id, stage=self.stage, method=self.method, **fields)
 
     async def publish(self, kind: str, **fields: Any) -> None:
@@ -100,7 +79,7 @@ class StageEvents:
         for part in split_event(event, self.bus.max_event_bytes):
             await self.bus.publish_event(part)
 
-    async def status(self, status: str, error: str | None = None) -> None:
+    async def status(self, status: RunStatus, error: str | None = None) -> None:
         await self.publish("status", status=status, error=error)
 
     async def log(self, message: str, level: str = "info") -> None:

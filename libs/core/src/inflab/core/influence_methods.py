@@ -19,6 +19,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from inflab.core.vocabulary import INFLUENCE_METHODS, InfluenceMethod, Variant as VariantId
+
 #: Training pairs listed per evaluation question and sign in a result's summary.
 DEFAULT_TOP_K = 5
 #: Examples per forward+backward when a run does not say.
@@ -244,7 +246,7 @@ class EmbeddingArgs(MethodArgs):
 
 
 #: method id -> its argument model.
-ARGS_MODELS: dict[str, type[MethodArgs]] = {
+ARGS_MODELS: dict[InfluenceMethod, type[MethodArgs]] = {
     "tracin": TracInArgs, "datainf": DataInfArgs, "ekfac": EKFACArgs,
     "delta_h": DeltaHArgs, "act_grad": ActGradArgs, "attr_change": AttrChangeArgs, "patching": PatchingArgs,
     "embedding": EmbeddingArgs,
@@ -294,7 +296,7 @@ class InfluenceArgs(BaseModel):
 class Variant(BaseModel):
     model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
-    id: Literal["raw", "normalized"]
+    id: VariantId
     """The ``variant`` of the method's influence matrices."""
     description: str
     """What the variant's scores mean, for this method."""
@@ -303,7 +305,7 @@ class Variant(BaseModel):
 class MethodInfo(BaseModel):
     model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
-    id: str
+    id: InfluenceMethod
     """As named in an experiment's ``influence_methods`` and ``influence_args``."""
     label: str
     """The name to show."""
@@ -318,7 +320,7 @@ class MethodInfo(BaseModel):
 RAW = "The method's score as defined; training pairs with large gradients dominate it."
 
 #: The catalogue, in the order the editor lists the methods.
-METHODS: dict[str, MethodInfo] = {
+METHODS: dict[InfluenceMethod, MethodInfo] = {
     m.id: m
     for m in (
         MethodInfo(
@@ -439,7 +441,9 @@ METHODS: dict[str, MethodInfo] = {
     )
 }
 
-assert set(METHODS) == set(ARGS_MODELS), "every method needs its argument model and its catalogue entry"
+assert list(METHODS) == list(ARGS_MODELS) == list(INFLUENCE_METHODS), (
+    "every method needs its argument model and its catalogue entry, in the vocabulary's order"
+)
 
 
 def describe_errors(errors: list[dict[str, Any]], prefix: str = "") -> str:

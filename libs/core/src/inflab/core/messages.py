@@ -8,30 +8,29 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timezone
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal, Union, get_args
 from uuid import UUID, uuid4
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 
 from inflab.core.influence_methods import InfluenceArgs
 from inflab.core.settings import DEFAULT_MODEL_ID
+from inflab.core.store_layout import RUNS_ROOT
+from inflab.core.vocabulary import (
+    INFLUENCE_METHODS,
+    EventStage,
+    LrScheduler,
+    Precision,
+    PrecisionSetting,
+    Quantization,
+    RunStatus,
+    Variant,
+)
 
 SCHEMA_VERSION = 1
 
-#: Influence methods a run may ask for (their arguments: ``inflab.core.influence_methods``).
-INFLUENCE_METHODS = ("tracin", "datainf", "ekfac", "delta_h", "act_grad", "attr_change", "patching", "embedding")
-
-RunStatus = Literal["queued", "running", "checkpointing", "completed", "failed", "cancelled"]
-QUANTIZATIONS = ("none", "4bit")
-LR_SCHEDULERS = (
-    "constant",
-    "constant_with_warmup",
-    "linear",
-    "cosine",
-    "cosine_with_restarts",
-    "polynomial",
-)
-Stage = Literal["run", "train", "inference", "influence", "validation"]
+#: The stage an event speaks for (``inflab.core.vocabulary.EventStage``).
+Stage = EventStage
 
 _ID = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:\-]+$")]
 _TEXT = Annotated[str, Field(min_length=1, max_length=8000)]
@@ -83,12 +82,10 @@ class Hyperparams(Contract):
     checkpoint_interval: int = Field(1, ge=1, le=1000)
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
     #: ``4bit``: QLoRA (NF4 base weights through bitsandbytes, LoRA in float32).
-    quantization: Literal["none", "4bit"] = "none"
+    quantization: Quantization = "none"
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
     weight_decay: float = Field(0.0, ge=0, le=1)
-    lr_scheduler: Literal[
-        "constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial"
-    ] = "constant"
+    lr_scheduler: LrScheduler = "constant"
     #: Publish a metric event every this many optimizer steps.
     logging_steps: int = Field(1, ge=1, le=100_000)
 
@@ -117,7 +114,7 @@ class PredictionSettings(Contract):
     #: bfloat16 copy answers about twice as fast, in a background thread beside the
     #: training; its answers can drift from float32's after a near-tie between two tokens.
     #: The answers at the end of training are always the inference stage's, in float32.
-    precision: Literal["auto", "float32", "bfloat16"] = "auto"
+    precision: PrecisionSetting = "auto"
 
 
 #: The function tokens a benchmark may add to the tokenizer, e.g. ``<FN>``.
@@ -207,7 +204,7 @@ def run_key_error(key: str, run_id: UUID) -> str | None:
     a message names must lie under ``runs/{run_id}/``, so a message about one run can make
     no service read or announce another run's files (nor, through ``..``, anything else)."""
     parts = key.split("/")
-    if len(parts) < 3 or parts[0] != "runs" or parts[1] != str(run_id):
+    if len(parts) < 3 or parts[0] != RUNS_ROOT or parts[1] != str(run_id):
         return f"key {key!r} is not under this run's prefix runs/{run_id}/"
     if any(part in ("", ".", "..") or "\\" in part for part in parts[2:]):
         return f"key {key!r} has an empty, '.' or '..' segment"
@@ -255,7 +252,8 @@ class InfluenceRequest(Message):
     run_id: UUID
     owner_id: UUID | None = None
     spec: RunSpec
-    #: Validated by the influence service, so an unknown name becomes a failure event.
+    #: Validated by the influence service, so an unknown name becomes a failure event
+    #: (hence a plain string here and in events, not ``InfluenceMethod``).
     method: str
     #: Their keys lie under ``runs/{run_id}/``.
     checkpoints: list[CheckpointRef] = Field(min_length=1)
@@ -386,7 +384,8 @@ class EventBase(Message):
     event_id: UUID = Field(default_factory=uuid4)
     run_id: UUID
     stage: Stage
-    #: Influence events name their method, so parallel methods are told apart.
+    #: Influence events name their method, so parallel methods are told apart (a plain
+    #: string: the failure of a request naming an unknown method names it too).
     method: str | None = None
     time: datetime = Field(default_factory=_now)
 
@@ -439,7 +438,7 @@ class PredictionEvent(EventBase):
     samples: list[PredictionSample]
     #: The arithmetic the answers were decoded in: "float32", "bfloat16" or "nf4" (QLoRA's
     #: 4-bit base). None from producers that predate the field.
-    precision: str | None = None
+    precision: Precision | None = None
 
 
 class ParamsEvent(EventBase):
@@ -551,7 +550,7 @@ class InfluenceMatrix(Contract):
     method: str
     #: ``raw`` or ``normalized`` (TracIn: unit-normalised gradients; DataInf and EK-FAC:
     #: cosine in the method's inverse-Hessian metric; ``args["normalization"]`` says which).
-    variant: str = "raw"
+    variant: Variant = "raw"
     eval_ids: list[str]
     train_ids: list[str]
     #: ``[len(eval_ids), len(train_ids)]`` (filled from the ids when a producer omits it).
@@ -621,10 +620,13 @@ RunEvent = Annotated[
 run_event_adapter: TypeAdapter[RunEvent] = TypeAdapter(RunEvent)
 
 #: Every event model, in the order of ``RunEvent``.
-EVENT_MODELS = (StatusEvent, ProgressEvent, MetricEvent, CheckpointEvent, LogEvent, ResultEvent,
-                PredictionEvent, ParamsEvent)
+EVENT_MODELS: tuple[type[EventBase], ...] = get_args(get_args(RunEvent)[0])
 
-EVENT_KINDS = ("status", "progress", "metric", "checkpoint", "log", "result", "prediction", "params")
+#: Every event kind (the discriminator of ``RunEvent``), in its order.
+EVENT_KINDS: tuple[str, ...] = tuple(get_args(model.model_fields["kind"].annotation)[0] for model in EVENT_MODELS)
+EventKind = Literal[EVENT_KINDS]  # type: ignore[valid-type]
+#: Event kind -> its model.
+EVENT_MODEL_BY_KIND: dict[str, type[EventBase]] = dict(zip(EVENT_KINDS, EVENT_MODELS))
 
 
 def parse_event(data: bytes | str) -> RunEvent:

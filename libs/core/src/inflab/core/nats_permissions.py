@@ -38,16 +38,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from inflab.core.subjects import REQUEST_STAGES, STAGE_EVENT_KINDS, Subjects
+from inflab.core.vocabulary import RequestStage
 
 JS_API = "$JS.API"
 
 #: Every role, in the order the embedded stack lists them.
 ROLES = ("gateway", "trainer", "inference", "influence", "pipeline", "operator")
 #: The services among them, and the stage each worker serves.
-WORKER_STAGES = {"trainer": "train", "inference": "inference", "influence": "influence"}
+WORKER_STAGES: dict[str, RequestStage] = {"trainer": "train", "inference": "inference", "influence": "influence"}
 #: Follow-up jobs a worker also takes (its own durable each): the trainer retrains for
 #: validations.
-WORKER_FOLLOW_UPS: dict[str, tuple[str, ...]] = {"trainer": ("validation",)}
+WORKER_FOLLOW_UPS: dict[str, tuple[RequestStage, ...]] = {"trainer": ("validation",)}
 
 
 def follow_up_durable(role: str, stage: str) -> str:

@@ -2,8 +2,7 @@
 folder, S3-compatible stores, GCS and Azure, with sync and async calls; chosen over
 fsspec/boto3 because both backends we need come from the same code path).
 
-Layout (DESIGN.md): ``runs/{run_id}/checkpoints/{step}/`` holds the PEFT adapter files,
-``runs/{run_id}/influence/{method}.safetensors`` the influence matrices.
+Where a run's files lie in it: ``inflab.core.store_layout`` (re-exported here).
 """
 
 from __future__ import annotations
@@ -13,18 +12,9 @@ from pathlib import Path
 import obstore
 from obstore.store import from_url
 
+from inflab.core.store_layout import checkpoint_prefix, influence_key, run_prefix
 
-def checkpoint_prefix(run_id: object, step: int) -> str:
-    return f"runs/{run_id}/checkpoints/{step:08d}"
-
-
-def influence_key(run_id: object, method: str, variant: str = "raw") -> str:
-    suffix = "" if variant == "raw" else f".{variant}"
-    return f"runs/{run_id}/influence/{method}{suffix}.safetensors"
-
-
-def run_prefix(run_id: object) -> str:
-    return f"runs/{run_id}"
+__all__ = ["ObjectStore", "checkpoint_prefix", "influence_key", "run_prefix"]
 
 
 class ObjectStore:

@@ -8,21 +8,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from inflab.core.messages import EVENT_KINDS, EventKind
+from inflab.core.vocabulary import REQUEST_STAGES, RequestStage
+
 VERSION = "v1"
 
-#: Stages of a run, in the order they start. Inference and influence run in parallel.
-STAGES = ("train", "inference", "influence")
-#: Jobs asked of a worker about a run after its own stages: a validation of its
-#: attributions against retraining (the trainer's). They do not change the run's status.
-FOLLOW_UP_STAGES = ("validation",)
-#: Every stage a job request can be published for.
-REQUEST_STAGES = STAGES + FOLLOW_UP_STAGES
+__all__ = ["REQUEST_STAGES", "STAGE_EVENT_KINDS", "VERSION", "Subjects"]
 
 #: The event kinds each stage's worker sends. The stage is part of the event subject, so
 #: the NATS permissions bind each worker's credential to its own stage's subjects, and the
 #: gateway's event persister refuses an event whose stage could not have sent it.
-STAGE_EVENT_KINDS: dict[str, tuple[str, ...]] = {
-    "train": ("status", "progress", "metric", "checkpoint", "log", "result", "prediction", "params"),
+STAGE_EVENT_KINDS: dict[RequestStage, tuple[EventKind, ...]] = {
+    # The trainer sends every kind of event.
+    "train": EVENT_KINDS,
     # The fine-tuned answers of the sampled questions close the run's prediction table.
     "inference": ("status", "progress", "log", "result", "prediction"),
     "influence": ("status", "progress", "log", "result"),
@@ -39,7 +37,7 @@ class Subjects:
     def root(self) -> str:
         return f"{self.prefix}.{VERSION}"
 
-    def request(self, stage: str) -> str:
+    def request(self, stage: RequestStage) -> str:
         """Where a stage's job requests are published: ``inflab.v1.train.request``."""
         if stage not in REQUEST_STAGES:
             raise ValueError(f"unknown stage {stage!r}")

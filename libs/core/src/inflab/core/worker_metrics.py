@@ -53,12 +53,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from prometheus_client import generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from inflab.core.vocabulary import TERMINAL_STATUSES
+
 log = logging.getLogger(__name__)
 
 #: Seconds: a job is anything from a refused request (milliseconds) to hours of training.
 DURATION_BUCKETS = (0.05, 0.25, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400)
 #: The stage's final statuses (a ``running`` status event is not a result).
-FINAL_STATUSES = ("completed", "failed", "cancelled")
+FINAL_STATUSES = tuple(sorted(TERMINAL_STATUSES))
 
 
 class WorkerMetrics:

@@ -9,6 +9,7 @@ import typer
 from rich.console import Console
 
 from inflab.analysis.bench.client import DEFAULT_METHODS
+from inflab.core.vocabulary import TERMINAL_STATUSES
 
 bench_app = typer.Typer(help="The function-token benchmark: generate, import, run, show.", no_args_is_help=True)
 console = Console()
@@ -135,7 +136,7 @@ async def follow(client, run_id: str) -> None:
                 if name not in bars:
                     bars[name] = progress.add_task(name, total=1.0)
                 progress.update(bars[name], completed=float(data["fraction"]))
-            elif event.kind == "status" and data.get("status") in ("failed", "completed", "cancelled"):
+            elif event.kind == "status" and data.get("status") in TERMINAL_STATUSES:
                 if name in bars:
                     progress.update(bars[name], completed=1.0)
                 if data.get("status") == "failed":

@@ -22,8 +22,8 @@ from typing import Any
 
 import httpx
 
-#: Run statuses after which nothing more happens (the gateway then closes the stream).
-TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
+# After a terminal status nothing more happens: the gateway then closes the stream.
+from inflab.core.vocabulary import TERMINAL_STATUSES
 
 _LINE_END = re.compile(r"\r\n|\r|\n")
 

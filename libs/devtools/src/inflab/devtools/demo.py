@@ -38,8 +38,8 @@ from inflab.devtools.client import GatewayClient, GatewayError, RunEventMessage
 from inflab.devtools.heatmap import RenderedHeatmap, render_influence_heatmap
 from inflab.core.messages import RunSpec
 from inflab.core.settings import DEFAULT_MODEL_ID, Settings, get_settings
+from inflab.core.vocabulary import RUN_STAGES, TERMINAL_STATUSES
 
-STAGES = ("train", "inference", "influence")
 DEFAULT_OUT_DIR = Path("artifacts/demo")
 EXPERIMENT_RELATIVE = Path("examples/demo/experiment.json")
 #: Under INFLAB_HOME: the demo account's email and password (readable by you alone).
@@ -168,7 +168,7 @@ class RunMonitor:
         )
         # Bars exist from the start, in pipeline order, so the layout does not jump around.
         self.tasks: dict[str, TaskID] = {
-            stage: self.progress.add_task(stage, total=1.0, start=False, detail="waiting") for stage in STAGES
+            stage: self.progress.add_task(stage, total=1.0, start=False, detail="waiting") for stage in RUN_STAGES
         }
         self.status: str | None = None
         self.error: str | None = None
@@ -217,7 +217,7 @@ class RunMonitor:
             self._running(stage)
             if when:
                 self.stage_started.setdefault(stage, when)
-        elif status in ("completed", "failed", "cancelled"):
+        elif status in TERMINAL_STATUSES:
             if when and stage in self.stage_started:
                 self.stage_seconds[stage] = round((when - self.stage_started[stage]).total_seconds(), 2)
             if status == "completed":

@@ -13,10 +13,10 @@ from rich.table import Table
 
 from inflab.devtools.client import GatewayClient, GatewayError
 from inflab.core.settings import Settings
+from inflab.core.vocabulary import TERMINAL_STATUSES
 
 #: How often the progress bar asks the gateway (the run's event stream carries the same).
 POLL_S = 1.0
-TERMINAL = ("completed", "failed", "cancelled")
 
 
 def _number(value: float | None, digits: int = 3) -> str:
@@ -67,7 +67,7 @@ async def run_validate(settings: Settings, run_id: str, wanted: dict[str, Any], 
                           console=console) as progress:
                 bar = progress.add_task("validation", total=1.0)
                 try:
-                    while validation["status"] not in TERMINAL:
+                    while validation["status"] not in TERMINAL_STATUSES:
                         await asyncio.sleep(POLL_S)
                         validation = await client.validation(run_id, validation["id"])
                         progress.update(bar, completed=validation["progress"])

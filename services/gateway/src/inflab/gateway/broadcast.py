@@ -35,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.responses import StreamingResponse
 
 from inflab.core.db.models import Run, RunEventRow, Validation
+from inflab.core.vocabulary import ACTIVE_VALIDATION_STATUSES
 from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.run_state import TERMINAL
 
@@ -75,7 +76,7 @@ class StoredEvent:
 
 async def validation_under_way(session: AsyncSession, run_id: UUID) -> bool:
     return await session.scalar(
-        select(exists().where(Validation.run_id == run_id, Validation.status.in_(("queued", "running"))))
+        select(exists().where(Validation.run_id == run_id, Validation.status.in_(ACTIVE_VALIDATION_STATUSES)))
     )
 
 

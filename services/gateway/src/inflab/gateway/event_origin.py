@@ -16,9 +16,10 @@ from typing import NamedTuple
 
 from inflab.core.messages import EventBase, ResultEvent
 from inflab.core.subjects import STAGE_EVENT_KINDS, Subjects
+from inflab.core.vocabulary import RequestStage
 
 #: What a result event of each stage carries.
-RESULT_FIELDS = {"train": "training", "inference": "answers", "influence": "influence",
+RESULT_FIELDS: dict[RequestStage, str] = {"train": "training", "inference": "answers", "influence": "influence",
                  "validation": "validation"}
 
 

@@ -11,13 +11,14 @@ from uuid import UUID
 from sqlalchemy import Select, case, func, or_, select, true
 
 from inflab.core.db.models import Experiment, Run
+from inflab.core.vocabulary import RunStatus
 from inflab.gateway.schemas import ExperimentSummary, LastRun
 
 ExperimentSort = Literal["updated", "name", "last_run_status", "created"]
 
 #: Ascending order of the last run's status: what needs attention first, experiments that
 #: never ran last.
-STATUS_RANK = {"running": 0, "checkpointing": 0, "queued": 1, "failed": 2, "cancelled": 3, "completed": 4}
+STATUS_RANK: dict[RunStatus, int] = {"running": 0, "checkpointing": 0, "queued": 1, "failed": 2, "cancelled": 3, "completed": 4}
 NO_RUN_RANK = 5
 DEFAULT_ORDER: dict[str, str] = {"updated": "desc", "created": "desc", "name": "asc", "last_run_status": "asc"}
 

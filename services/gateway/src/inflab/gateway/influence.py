@@ -17,7 +17,7 @@ from fastapi import Depends, Request
 from pydantic import Field
 
 from inflab.core import influence_files
-from inflab.core.db.models import InfluenceResult
+from inflab.core.db.models import InfluenceMatrixRow
 from inflab.core.messages import InfluenceMatrix, InfluenceStats
 from inflab.core.objectstore import ObjectStore
 
@@ -49,12 +49,12 @@ async def get_object_store(request: Request) -> ObjectStore:
 ObjectStoreDep = Annotated[ObjectStore, Depends(get_object_store)]
 
 
-def _decode(data: bytes, row: InfluenceResult) -> list[list[float]]:
+def _decode(data: bytes, row: InfluenceMatrixRow) -> list[list[float]]:
     matrix = influence_files.read_variant(data, row.variant, row.eval_ids, row.train_ids)
     return matrix.scores.astype(float).tolist()
 
 
-async def read_scores(store: ObjectStore, row: InfluenceResult) -> list[list[float]]:
+async def read_scores(store: ObjectStore, row: InfluenceMatrixRow) -> list[list[float]]:
     """The full matrix of ``row``: inline if its event carried it, else from ``row.key``."""
     if row.scores:  # [] when the event carried the matrix only by key
         return row.scores
@@ -73,7 +73,7 @@ async def read_scores(store: ObjectStore, row: InfluenceResult) -> list[list[flo
         raise MatrixUnavailable(f"{what}: {exc}") from None
 
 
-async def matrix_out(store: ObjectStore, row: InfluenceResult) -> InfluenceMatrixOut:
+async def matrix_out(store: ObjectStore, row: InfluenceMatrixRow) -> InfluenceMatrixOut:
     scores = await read_scores(store, row)
     return InfluenceMatrixOut(
         method=row.method, variant=row.variant, eval_ids=row.eval_ids, train_ids=row.train_ids,

@@ -44,13 +44,13 @@ class IdempotencyKeyReused(Exception):
 
 
 @dataclass(frozen=True)
-class Launched:
+class StartedRun:
     run: Run
     #: False when an earlier request with the same idempotency key made the run.
     created: bool
 
 
-async def launch_run(
+async def start_run(
     session: AsyncSession,
     dispatcher: Dispatcher,
     settings: Settings,
@@ -59,7 +59,7 @@ async def launch_run(
     run_id: UUID | None = None,
     idempotency_key: str | None = None,
     max_message_bytes: int | None = None,
-) -> Launched:
+) -> StartedRun:
     """Create and queue a run of ``experiment``, or find the one ``idempotency_key``
     already made. Raises :class:`RunRefused` (the model is no longer allowed, the spec
     is too large for NATS), :class:`~inflab.gateway.quotas.QuotaExceeded` or
@@ -80,7 +80,7 @@ async def launch_run(
         if earlier is not None:
             if earlier.experiment_id != experiment.id:
                 raise IdempotencyKeyReused()
-            return Launched(earlier, created=False)
+            return StartedRun(earlier, created=False)
     if refused:
         raise RunRefused(refused)
     await check_active_runs(session, owner_id, settings)
@@ -103,7 +103,7 @@ async def launch_run(
     await session.commit()
     kill_after_commit_if_asked(settings)
     dispatcher.poke_queued()
-    return Launched(run, created=True)
+    return StartedRun(run, created=True)
 
 
 def run_refusals(spec: RunSpec, settings: Settings, max_message_bytes: int | None) -> list[dict]:

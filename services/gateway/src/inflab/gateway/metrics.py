@@ -28,7 +28,8 @@ from sqlalchemy import func, select
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from inflab.core.db.models import Run
-from inflab.core.messages import EventBase, RunStatus
+from inflab.core.messages import EventBase
+from inflab.core.vocabulary import RunStatus
 from inflab.gateway.logs import REQUEST_ID_HEADER, request_id_from, request_id_var
 
 log = logging.getLogger("inflab.gateway.access")

@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from inflab.core.db.models import (
     Checkpoint,
-    Generation,
-    InfluenceResult,
+    AnswerRow,
+    InfluenceMatrixRow,
     Metric,
     Prediction,
     Run,
@@ -291,7 +291,7 @@ async def _apply_result(session: AsyncSession, run: Run, event: ResultEvent) -> 
         # One row per question even if a producer repeats one (Postgres refuses to upsert
         # the same row twice in one statement).
         answers = {a.eval_id: a for a in event.answers}.values()
-        stmt = insert(Generation).values(
+        stmt = insert(AnswerRow).values(
             [
                 dict(run_id=run.id, eval_id=a.eval_id, question=a.question, reference=a.reference,
                      base=a.base, few_shot=a.few_shot, fine_tuned=a.fine_tuned,
@@ -301,7 +301,7 @@ async def _apply_result(session: AsyncSession, run: Run, event: ResultEvent) -> 
         )
         await session.execute(
             stmt.on_conflict_do_update(
-                index_elements=[Generation.run_id, Generation.eval_id],
+                index_elements=[AnswerRow.run_id, AnswerRow.eval_id],
                 set_={c: stmt.excluded[c]
                       for c in ("question", "reference", "base", "few_shot", "fine_tuned", "scores")},
             )
@@ -311,14 +311,14 @@ async def _apply_result(session: AsyncSession, run: Run, event: ResultEvent) -> 
         # otherwise scores is [] (no matrix is empty) and the results API reads it from
         # the object store.
         m = event.influence
-        stmt = insert(InfluenceResult).values(
+        stmt = insert(InfluenceMatrixRow).values(
             run_id=run.id, method=m.method, variant=m.variant, eval_ids=m.eval_ids,
             train_ids=m.train_ids, scores=[] if m.scores is None else m.scores, key=m.key, args=m.args,
             top_k=None if m.top_k is None else [t.model_dump(mode="json") for t in m.top_k],
         )
         await session.execute(
             stmt.on_conflict_do_update(
-                index_elements=[InfluenceResult.run_id, InfluenceResult.method, InfluenceResult.variant],
+                index_elements=[InfluenceMatrixRow.run_id, InfluenceMatrixRow.method, InfluenceMatrixRow.variant],
                 set_={c: stmt.excluded[c] for c in ("eval_ids", "train_ids", "scores", "key", "args", "top_k")},
             )
         )

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from inflab.core.db.models import Run
 from inflab.core.settings import Settings
+from inflab.core.vocabulary import UNFINISHED_RUN_STATUSES
 
 #: The first key of the per-user advisory lock taken while a run is created.
 LOCK_CLASS = 0x1AB0A11
@@ -42,7 +43,7 @@ async def lock_user_runs(session: AsyncSession, user_id: UUID) -> None:
 
 async def check_active_runs(session: AsyncSession, user_id: UUID, settings: Settings) -> None:
     active = await session.scalar(
-        select(func.count()).select_from(Run).where(Run.owner_id == user_id, Run.status.in_(("queued", "running")))
+        select(func.count()).select_from(Run).where(Run.owner_id == user_id, Run.status.in_(UNFINISHED_RUN_STATUSES))
     )
     if active >= settings.max_active_runs_per_user:
         raise QuotaExceeded(

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from inflab.core.messages import EventBase, RunSpec
+from inflab.core.vocabulary import ACTIVE_STATUSES as ACTIVE
+from inflab.core.vocabulary import TERMINAL_STATUSES as TERMINAL
+from inflab.core.vocabulary import RunStatus
 
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
-#: A stage at work ("checkpointing": training, saving an adapter).
-ACTIVE = frozenset({"running", "checkpointing"})
+__all__ = ["ACTIVE", "TERMINAL"]
 
 #: Share of the run's progress bar each stage fills; the influence share is split evenly
 #: over the run's methods. Training dominates wall-clock time on every machine we measured.
@@ -30,13 +31,13 @@ def event_stage_key(event: EventBase) -> str:
     return stage_key(event.stage, event.method)
 
 
-def initial_stages(spec: RunSpec) -> dict[str, str]:
-    stages = {"train": "queued", "inference": "queued"}
+def initial_stages(spec: RunSpec) -> dict[str, RunStatus]:
+    stages: dict[str, RunStatus] = {"train": "queued", "inference": "queued"}
     stages.update({f"influence.{method}": "queued" for method in spec.influence_methods})
     return stages
 
 
-def next_stage_status(current: str | None, reported: str) -> str:
+def next_stage_status(current: RunStatus | None, reported: RunStatus) -> RunStatus:
     """A stage that has finished stays finished: a stale ``running`` (a redelivered or
     out-of-order event) must not reopen it."""
     if current in TERMINAL and reported not in TERMINAL:
@@ -44,7 +45,7 @@ def next_stage_status(current: str | None, reported: str) -> str:
     return reported
 
 
-def stages_after_training(stages: Mapping[str, str]) -> dict[str, str]:
+def stages_after_training(stages: Mapping[str, RunStatus]) -> dict[str, RunStatus]:
     """The stages once training has ended: after a failed or cancelled training the later
     stages will never be asked to run, so every one not yet ended ends ``cancelled`` (the
     run can then reach its final status)."""
@@ -54,7 +55,7 @@ def stages_after_training(stages: Mapping[str, str]) -> dict[str, str]:
     return out
 
 
-def run_outcome(stages: Mapping[str, str]) -> str | None:
+def run_outcome(stages: Mapping[str, RunStatus]) -> RunStatus | None:
     """The run's final status implied by its stages, or None while any stage is still
     queued or at work: a failed stage shows at once in the stages, but the run waits for
     the others (their results are served). Then: ``failed`` if any stage failed, else
@@ -69,7 +70,7 @@ def run_outcome(stages: Mapping[str, str]) -> str | None:
     return "completed"
 
 
-def run_error(stages: Mapping[str, str], errors: Mapping[str, str], outcome: str) -> str | None:
+def run_error(stages: Mapping[str, RunStatus], errors: Mapping[str, str], outcome: RunStatus) -> str | None:
     """The ended run's error: each failed stage with its reason (``"inference failed:
     ..."``, joined by ``"; "``, in stage order); for a cancelled run, the reasons of the
     stages cancelled with one (a cancellation is no error without)."""
@@ -84,7 +85,7 @@ def run_error(stages: Mapping[str, str], errors: Mapping[str, str], outcome: str
     return "; ".join(parts) or None
 
 
-def overall_progress(stages: Mapping[str, str], fractions: Mapping[str, float]) -> float:
+def overall_progress(stages: Mapping[str, RunStatus], fractions: Mapping[str, float]) -> float:
     """Weighted progress over the run's stages, in [0, 1]. A completed stage counts as done
     whatever its last progress event said; others count their latest reported fraction."""
     influence_keys = [k for k in stages if k.startswith("influence")]

@@ -27,11 +27,11 @@ from inflab.core.messages import (
     Hyperparams,
     PredictionSettings,
     RunSpec,
-    RunStatus,
     TrainingPair,
     TrainingSummary,
 )
 from inflab.core.settings import Settings
+from inflab.core.vocabulary import Precision, Quantization, RunStatus
 from inflab.gateway.influence import InfluenceMatrixOut
 
 
@@ -231,13 +231,19 @@ class ExperimentUpdate(Body):
     _unique_ids = field_validator("training_data", "eval_data")(ExperimentCreate._unique_ids.__func__)
 
 
+#: The rows an import fills: training pairs or evaluation questions.
+ImportTarget = Literal["training_data", "eval_data"]
+#: The file formats an import reads.
+ImportFormat = Literal["jsonl", "csv"]
+
+
 class ImportRequest(Body):
     """A file of training pairs or evaluation questions, as text. JSONL: one object per
     line with ``question``, ``answer`` and optionally ``id``. CSV: a header row naming
     those columns (an empty ``answer`` cell in evaluation data means no reference)."""
 
-    target: Literal["training_data", "eval_data"]
-    format: Literal["jsonl", "csv"]
+    target: ImportTarget
+    format: ImportFormat
     content: str
     #: ``append`` adds the rows after the experiment's own; ``replace`` swaps them in.
     mode: Literal["append", "replace"] = "append"
@@ -251,9 +257,9 @@ class ImportParseRequest(Body):
 
     model_config = ConfigDict(use_attribute_docstrings=True)
 
-    target: Literal["training_data", "eval_data"]
+    target: ImportTarget
     """What the rows are: training pairs or evaluation questions."""
-    format: Literal["jsonl", "csv"]
+    format: ImportFormat
     """JSONL: one object per line with ``question``, ``answer`` and optionally ``id``. CSV: a
     header row naming those columns (an empty ``answer`` cell in evaluation data means no
     reference)."""
@@ -274,7 +280,7 @@ class RowError(BaseModel):
 
 
 class ImportReport(BaseModel):
-    target: Literal["training_data", "eval_data"]
+    target: ImportTarget
     #: Rows read from the file (blank lines are not rows).
     rows: int
     #: Rows added to the experiment (0 when nothing was applied).
@@ -292,7 +298,7 @@ class ImportReport(BaseModel):
 class ImportParseReport(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
-    target: Literal["training_data", "eval_data"]
+    target: ImportTarget
     """What the rows are."""
     rows: int
     """Rows read from the file (blank lines are not rows)."""
@@ -390,7 +396,7 @@ class Estimate(BaseModel):
     gpu_count: int
     memory_gb: MemoryEstimate
     #: The requested quantization, which the duration, device count and cost are for.
-    quantization: Literal["none", "4bit"]
+    quantization: Quantization
     training_tokens: int
     tokens_per_s: float
     estimated_duration_s: float
@@ -542,7 +548,7 @@ class PredictionOut(BaseModel):
     prediction: str
     #: The arithmetic the answer was decoded in ("float32", "bfloat16", "nf4"). The row at
     #: the end of training is the inference stage's fine-tuned answer, in float32.
-    precision: str | None = None
+    precision: Precision | None = None
 
 
 class PredictionPage(BaseModel):

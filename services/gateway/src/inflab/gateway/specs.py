@@ -28,7 +28,8 @@ from inflab.core.db.models import Experiment
 from inflab.core.influence_methods import REPRESENTATION_METHODS, stored_model_key
 from inflab.core.messages import CheckpointRef, InfluenceRequest, RunSpec
 from inflab.core.model_ids import ModelIdRefused, check_model_id
-from inflab.core.objectstore import ObjectStore, checkpoint_prefix
+from inflab.core.objectstore import ObjectStore
+from inflab.core.store_layout import checkpoint_prefix
 from inflab.core.settings import Settings
 from inflab.gateway.limits import estimated_tokens
 

@@ -37,7 +37,7 @@ from inflab.gateway.auth.sessions import caller_for_api_token
 from inflab.gateway.auth.rls import session_for
 from inflab.gateway.dbwait import until_database_answers
 from inflab.gateway.dispatch import Dispatcher
-from inflab.gateway.launch import RunRefused, launch_run
+from inflab.gateway.launch import RunRefused, start_run
 from inflab.gateway.quotas import QuotaExceeded
 from inflab.gateway.schemas import ExperimentCreate
 from inflab.gateway.specs import validated_spec
@@ -84,7 +84,7 @@ class RunSubmissions:
                                                 reason=str(exc)))
             raise
         await self.answer(SubmissionOutcome(submission_id=submission.submission_id, accepted=True,
-                                            run_id=submission.submission_id))
+                                           run_id=submission.submission_id))
 
     async def answer(self, outcome: SubmissionOutcome) -> None:
         try:
@@ -140,9 +140,9 @@ class RunSubmissions:
                 )
                 session.add(experiment)
                 await session.flush()
-                launched = await launch_run(session, self.dispatcher, self.settings, caller.user.id, experiment,
-                                            run_id=submission.submission_id)
-                return launched.run
+                started = await start_run(session, self.dispatcher, self.settings, caller.user.id, experiment,
+                                           run_id=submission.submission_id)
+                return started.run
 
         try:
             run = await until_database_answers(create, "a run submission")

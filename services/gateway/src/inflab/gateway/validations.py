@@ -33,7 +33,7 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from inflab.analysis import validation as maths
-from inflab.core.db.models import Generation, InfluenceResult, Run, Validation
+from inflab.core.db.models import AnswerRow, InfluenceMatrixRow, Run, Validation
 from inflab.core.messages import (
     EventBase,
     ProgressEvent,
@@ -45,15 +45,18 @@ from inflab.core.messages import (
     ValidationSettings,
     ValidationTarget,
 )
-from inflab.core.objectstore import ObjectStore, run_prefix
+from inflab.core.objectstore import ObjectStore
+from inflab.core.store_layout import validation_key
 from inflab.core.settings import Settings
+from inflab.core.vocabulary import ACTIVE_VALIDATION_STATUSES, ACTIVE_STATUSES, TERMINAL_STATUSES, Variant
 from inflab.gateway.baselines import run_baselines
 from inflab.gateway.influence import read_scores
 
 log = logging.getLogger(__name__)
 
-TERMINAL = frozenset({"completed", "failed", "cancelled"})
-ACTIVE = frozenset({"queued", "running"})
+TERMINAL = TERMINAL_STATUSES
+#: A validation under way (one per run at a time).
+ACTIVE = ACTIVE_VALIDATION_STATUSES
 
 
 class ValidationRefused(Exception):
@@ -65,11 +68,9 @@ class ValidationRefused(Exception):
         self.status_code = status_code
 
 
-def detail_key(run_id: object, validation_id: object) -> str:
-    return f"{run_prefix(run_id)}/validations/{validation_id}.json"
 
 
-def matrix_name(method: str, variant: str) -> str:
+def matrix_name(method: str, variant: Variant) -> str:
     return f"{method}/{variant}"
 
 
@@ -87,8 +88,8 @@ async def run_matrices(session: AsyncSession, store: ObjectStore, run: Run) -> d
     spec = RunSpec.model_validate(run.config)
     eval_ids, train_ids = [q.id for q in spec.eval_data], [p.id for p in spec.training_data]
     rows = (await session.scalars(
-        select(InfluenceResult).where(InfluenceResult.run_id == run.id)
-        .order_by(InfluenceResult.method, InfluenceResult.variant)
+        select(InfluenceMatrixRow).where(InfluenceMatrixRow.run_id == run.id)
+        .order_by(InfluenceMatrixRow.method, InfluenceMatrixRow.variant)
     )).all()
     matrices: dict[str, np.ndarray] = {}
     for row in rows:
@@ -102,7 +103,7 @@ async def run_matrices(session: AsyncSession, store: ObjectStore, run: Run) -> d
     return matrices
 
 
-def answer_targets(spec: RunSpec, generations: list[Generation]) -> list[ValidationTarget]:
+def answer_targets(spec: RunSpec, generations: list[AnswerRow]) -> list[ValidationTarget]:
     """Each evaluation question's answer to measure: its reference, or where it has none
     the fine-tuned model's answer."""
     fine_tuned = {g.eval_id: g.fine_tuned for g in generations}
@@ -161,12 +162,12 @@ async def prepare(session: AsyncSession, store: ObjectStore, run: Run, wanted: V
     if run.status != "completed":
         raise ValidationRefused(f"the run has not completed (it is {run.status}): there are no results to validate")
     spec = RunSpec.model_validate(run.config)
-    has_influence = await session.scalar(select(InfluenceResult.id).where(InfluenceResult.run_id == run.id).limit(1))
+    has_influence = await session.scalar(select(InfluenceMatrixRow.id).where(InfluenceMatrixRow.run_id == run.id).limit(1))
     if has_influence is None:
         raise ValidationRefused("the run has no influence results to validate")
     if len(spec.training_data) < 2:
         raise ValidationRefused("a validation needs at least 2 training pairs", 422)
-    generations = (await session.scalars(select(Generation).where(Generation.run_id == run.id))).all()
+    generations = (await session.scalars(select(AnswerRow).where(AnswerRow.run_id == run.id))).all()
     targets = answer_targets(spec, list(generations))
     matrices = await run_matrices(session, store, run)
     try:
@@ -223,7 +224,7 @@ async def apply_event(session: AsyncSession, run: Run, event: EventBase) -> None
     if isinstance(event, StatusEvent):
         if row.status in TERMINAL:
             return  # a cancelled validation stays cancelled; a finished one finished
-        if event.status in ("running", "checkpointing"):
+        if event.status in ACTIVE_STATUSES:
             row.status = "running"
             row.started_at = row.started_at or event.time
         elif event.status == "completed":
@@ -275,13 +276,13 @@ async def finish(sessionmaker: async_sessionmaker[AsyncSession], store: ObjectSt
     async with sessionmaker() as session:
         row = await session.get(Validation, losses.validation_id)
         run = await session.get(Run, event.run_id)
-        if row is None or run is None or row.run_id != run.id or row.status in ("cancelled",):
+        if row is None or run is None or row.run_id != run.id or row.status == "cancelled":
             return False
         try:
             matrices = await run_matrices(session, store, run)
             plan = plan_from_json(row.plan)
             summary, detail = await asyncio.to_thread(analyse, plan, matrices, losses)
-            key = detail_key(run.id, row.id)
+            key = validation_key(run.id, row.id)
             await store.put_async(key, json.dumps(detail, default=_plain).encode())
         except Exception as exc:
             log.exception("analysing validation %s of run %s", row.id, run.id)

@@ -8,6 +8,7 @@ import { useCrumbs } from "@/components/layout/crumbs";
 import { useMe, signOut } from "@/features/auth/api";
 import { useExperimentList } from "@/features/experiments/api";
 import { api } from "@/lib/api/client";
+import { isUnfinished } from "@/lib/runStatus";
 import { useTheme } from "@/lib/theme";
 import "@/components/layout/shell.css";
 
@@ -125,7 +126,7 @@ function StackStatus() {
 function Sidebar() {
   const experiments = useExperimentList({ sort: "updated" });
   const items = experiments.data ?? [];
-  const active = items.filter((e) => e.last_run && ["queued", "running", "checkpointing"].includes(e.last_run.status)).length;
+  const active = items.filter((e) => isUnfinished(e.last_run?.status)).length;
   return (
     <aside className="shell-sidebar">
       <nav aria-label="Main" className="col" style={{ gap: 2 }}>

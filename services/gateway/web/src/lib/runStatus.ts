@@ -11,3 +11,8 @@ export function isTerminal(status: RunStatus | null | undefined): boolean {
 export function isActive(status: RunStatus | null | undefined): boolean {
   return status === "running" || status === "checkpointing";
 }
+
+/** Queued or at work: not ended yet. */
+export function isUnfinished(status: RunStatus | null | undefined): boolean {
+  return status === "queued" || isActive(status);
+}

@@ -14,9 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-ADAPTER_CONFIG = "adapter_config.json"
-META = "meta.json"
+from inflab.core.store_layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from inflab.core.store_layout import CHECKPOINT_META as META
+
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "META", "LocalCheckpoint", "adapter_digest", "attach_adapter",
+           "pick_checkpoint"]
 
 
 @dataclass(frozen=True)

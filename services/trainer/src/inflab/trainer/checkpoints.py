@@ -28,9 +28,9 @@ from typing import Any
 import torch
 
 from inflab.core.messages import CheckpointRef
-
-META_FILE = "meta.json"
-STATE_FILE = "training_state.pt"
+from inflab.core.store_layout import ADAPTER_WEIGHTS, CHECKPOINTS_FOLDER, checkpoint_folder
+from inflab.core.store_layout import CHECKPOINT_META as META_FILE
+from inflab.core.store_layout import TRAINING_STATE as STATE_FILE
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class CheckpointInfo:
 def save_checkpoint(model: Any, work_dir: Path, meta: dict, state: dict) -> CheckpointInfo:
     """Write the checkpoint atomically (a temporary folder, then a rename): whoever uploads
     or resumes from it never sees a half-written one."""
-    final = Path(work_dir) / "checkpoints" / f"{meta['step']:08d}"
+    final = Path(work_dir) / CHECKPOINTS_FOLDER / checkpoint_folder(meta["step"])
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     # A benchmark run grows the embeddings for its function tokens; every service regrows
@@ -76,7 +76,7 @@ def load_adapter_weights(model: Any, checkpoint_dir: Path) -> None:
     from peft import set_peft_model_state_dict
     from safetensors.torch import load_file
 
-    set_peft_model_state_dict(model, load_file(str(Path(checkpoint_dir) / "adapter_model.safetensors")))
+    set_peft_model_state_dict(model, load_file(str(Path(checkpoint_dir) / ADAPTER_WEIGHTS)))
 
 
 def load_training_state(checkpoint_dir: Path) -> dict | None:

@@ -16,24 +16,13 @@ from pathlib import Path
 
 from inflab.core.messages import CheckpointRef, TrainingSummary, TrainRequest
 from inflab.ml.models import resolve_model
-from inflab.core.objectstore import ObjectStore, checkpoint_prefix, run_prefix
+from inflab.core.objectstore import ObjectStore
+from inflab.core.store_layout import checkpoint_prefix, checkpoints_prefix
+from inflab.core.store_layout import training_metrics_key as metrics_key
+from inflab.core.store_layout import training_summary_key as summary_key
 from inflab.trainer.checkpoints import META_FILE, CheckpointInfo
 
 log = logging.getLogger(__name__)
-
-
-def summary_key(run_id: object) -> str:
-    """Written last: its presence means the run's training finished (idempotency marker)."""
-    return f"{run_prefix(run_id)}/train/summary.json"
-
-
-def metrics_key(run_id: object) -> str:
-    """Every metric of the finished training, written just before the summary."""
-    return f"{run_prefix(run_id)}/train/metrics.json"
-
-
-def checkpoints_prefix(run_id: object) -> str:
-    return f"{run_prefix(run_id)}/checkpoints/"
 
 
 def upload_checkpoint(store: ObjectStore, folder: Path, key: str) -> None:

@@ -25,6 +25,9 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from inflab.core.messages import EventKind
+from inflab.core.vocabulary import EventStage, InfluenceMethod, Precision, RunStatus, ValidationStatus, Variant
+
 
 class Base(DeclarativeBase):
     pass
@@ -183,13 +186,12 @@ class Run(Base):
     experiment_id: Mapped[uuid.UUID | None] = mapped_column(
         ForeignKey("experiments.id", ondelete="SET NULL"), index=True, nullable=True
     )
-    #: queued, running, completed, failed, cancelled
-    status: Mapped[str] = mapped_column(String(16), nullable=False, default="queued")
+    status: Mapped[RunStatus] = mapped_column(String(16), nullable=False, default="queued")
     #: The RunSpec as submitted (the run's config snapshot).
     config: Mapped[dict] = mapped_column(JSONB, nullable=False)
     #: Status per stage key ("train", "inference", "influence.tracin"); a training stage
     #: may also be "checkpointing" while the run is running.
-    stages: Mapped[dict] = mapped_column(JSONB, nullable=False, default=dict)
+    stages: Mapped[dict[str, RunStatus]] = mapped_column(JSONB, nullable=False, default=dict)
     #: Why a stage failed (or was cancelled, when it said so), per stage key.
     stage_errors: Mapped[dict] = mapped_column(
         JSONB, nullable=False, default=dict, server_default=text("'{}'::jsonb")
@@ -234,8 +236,8 @@ class RunEventRow(Base):
     #: The publisher's event id: a redelivered event is stored once.
     event_id: Mapped[uuid.UUID] = mapped_column(UUID(as_uuid=True), unique=True, nullable=False)
     run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    kind: Mapped[str] = mapped_column(String(16), nullable=False)
-    stage: Mapped[str] = mapped_column(String(16), nullable=False)
+    kind: Mapped[EventKind] = mapped_column(String(16), nullable=False)
+    stage: Mapped[EventStage] = mapped_column(String(16), nullable=False)
     method: Mapped[str | None] = mapped_column(String(64))
     payload: Mapped[dict] = mapped_column(JSONB, nullable=False)
     created_at: Mapped[datetime] = _created()
@@ -276,7 +278,7 @@ class Prediction(Base):
     ground_truth: Mapped[str | None] = mapped_column(Text)
     prediction: Mapped[str] = mapped_column(Text, nullable=False)
     #: "float32", "bfloat16" or "nf4"; null for rows from before it was reported.
-    precision: Mapped[str | None] = mapped_column(String(16))
+    precision: Mapped[Precision | None] = mapped_column(String(16))
 
 
 class Checkpoint(Base):
@@ -291,8 +293,8 @@ class Checkpoint(Base):
     learning_rate: Mapped[float] = mapped_column(Float, nullable=False)
 
 
-class Generation(Base):
-    """The three answers to one evaluation question."""
+class AnswerRow(Base):
+    """The three answers to one evaluation question (stored name: ``generations``)."""
 
     __tablename__ = "generations"
     __table_args__ = (UniqueConstraint("run_id", "eval_id", name="uq_generations_run_eval"),)
@@ -309,15 +311,17 @@ class Generation(Base):
     scores: Mapped[dict | None] = mapped_column(JSONB)
 
 
-class InfluenceResult(Base):
+class InfluenceMatrixRow(Base):
+    """One variant of a method's influence matrix (stored name: ``influence_results``)."""
+
     __tablename__ = "influence_results"
     __table_args__ = (
         UniqueConstraint("run_id", "method", "variant", name="uq_influence_run_method_variant"),
     )
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    method: Mapped[str] = mapped_column(String(64), nullable=False)
-    variant: Mapped[str] = mapped_column(String(32), nullable=False)
+    method: Mapped[InfluenceMethod] = mapped_column(String(64), nullable=False)
+    variant: Mapped[Variant] = mapped_column(String(32), nullable=False)
     eval_ids: Mapped[list] = mapped_column(JSONB, nullable=False)
     train_ids: Mapped[list] = mapped_column(JSONB, nullable=False)
     #: The matrix when its result event carried it inline (small ones); ``[]`` when the
@@ -339,8 +343,7 @@ class Validation(Base):
     __tablename__ = "validations"
     id: Mapped[uuid.UUID] = _uuid_pk()
     run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    #: queued, running, completed, failed, cancelled.
-    status: Mapped[str] = mapped_column(String(32), nullable=False, default="queued")
+    status: Mapped[ValidationStatus] = mapped_column(String(32), nullable=False, default="queued")
     #: ValidationSettings as asked (defaults filled in).
     settings: Mapped[dict] = mapped_column(JSONB, nullable=False)
     #: What each retraining keeps and answers (``inflab.analysis.validation.Plan`` as JSON).

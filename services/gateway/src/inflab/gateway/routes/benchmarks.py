@@ -21,8 +21,9 @@ from sqlalchemy import select
 
 from inflab.analysis.bench.baselines import edit_distance_scores, random_scores
 from inflab.analysis.bench.leaderboard import Entry, leaderboard
-from inflab.core.db.models import InfluenceResult
+from inflab.core.db.models import InfluenceMatrixRow
 from inflab.core.messages import RunSpec
+from inflab.core.vocabulary import RunStatus
 from inflab.gateway.baselines import bm25_scores
 from inflab.gateway.deps import OwnedRun, SessionDep
 from inflab.gateway.influence import MatrixUnavailable, ObjectStoreDep, read_scores
@@ -80,7 +81,7 @@ class Leaderboard(BaseModel):
     model_config = ConfigDict(use_attribute_docstrings=True)
 
     run_id: str
-    status: str
+    status: RunStatus
     ranked_by: str
     accuracy: float | None
     """Share of queries the fine-tuned model answers correctly (null until the embedding baseline ran)."""
@@ -103,7 +104,7 @@ def _baselines(spec: RunSpec) -> list[Entry]:
     ]
 
 
-def build(spec: RunSpec, run_id: str, run_status: str, stored: list[tuple[InfluenceResult, list]]) -> dict[str, Any]:
+def build(spec: RunSpec, run_id: str, run_status: RunStatus, stored: list[tuple[InfluenceMatrixRow, list]]) -> dict[str, Any]:
     assert spec.benchmark is not None
     query_ids = [q.id for q in spec.eval_data]
     document_ids = [p.id for p in spec.training_data]
@@ -196,8 +197,8 @@ async def get_leaderboard(run: OwnedRun, session: SessionDep, store: ObjectStore
     if spec.benchmark is None:
         raise HTTPException(status.HTTP_409_CONFLICT, "run is not a benchmark run (its experiment has no benchmark)")
     rows = list(await session.scalars(
-        select(InfluenceResult).where(InfluenceResult.run_id == run.id)
-        .order_by(InfluenceResult.method, InfluenceResult.variant)
+        select(InfluenceMatrixRow).where(InfluenceMatrixRow.run_id == run.id)
+        .order_by(InfluenceMatrixRow.method, InfluenceMatrixRow.variant)
     ))
     try:
         stored = [(row, await read_scores(store, row)) for row in rows]

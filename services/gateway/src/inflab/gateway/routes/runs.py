@@ -13,7 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from sqlalchemy import exists, select
 
-from inflab.core.db.models import Checkpoint, Generation, InfluenceResult, Metric, Run, RunEventRow
+from inflab.core.db.models import Checkpoint, AnswerRow, InfluenceMatrixRow, Metric, Run, RunEventRow
 from inflab.analysis import answer_scores
 from inflab.core.messages import Answer, CheckpointRef, RunSpec, TrainingSummary
 from inflab.gateway.auth.sessions import still_valid
@@ -31,7 +31,8 @@ from inflab.gateway.deps import (
     SettingsDep,
 )
 from inflab.gateway.influence import MatrixUnavailable, ObjectStoreDep, matrix_out
-from inflab.gateway.launch import IdempotencyKeyReused, RunRefused, launch_run
+from inflab.gateway import launch
+from inflab.gateway.launch import IdempotencyKeyReused, RunRefused
 from inflab.gateway.quotas import QuotaExceeded
 from inflab.gateway.run_state import TERMINAL
 from inflab.gateway.schemas import (
@@ -92,8 +93,8 @@ async def start_run(
     """Queue a run of the experiment: train, then inference and influence in parallel.
     Runs wait in the gateway's queue and go to the trainers in turn, round-robin by user."""
     try:
-        launched = await launch_run(session, dispatcher, settings, user.id, experiment,
-                                    idempotency_key=idempotency_key, max_message_bytes=bus.max_event_bytes)
+        started = await launch.start_run(session, dispatcher, settings, user.id, experiment,
+                                           idempotency_key=idempotency_key, max_message_bytes=bus.max_event_bytes)
     except RunRefused as exc:
         raise RequestValidationError(exc.errors) from None
     except QuotaExceeded as exc:
@@ -103,9 +104,9 @@ async def start_run(
             "type": "value_error", "loc": ("header", "Idempotency-Key"), "input": None,
             "msg": "this Idempotency-Key already started a run of another experiment: use a new key",
         }]) from None
-    if not launched.created:
+    if not started.created:
         response.headers["Idempotent-Replayed"] = "true"
-    return RunQueued(run_id=launched.run.id, status=launched.run.status)
+    return RunQueued(run_id=started.run.id, status=started.run.status)
 
 
 @router.get("/runs")
@@ -139,12 +140,12 @@ async def get_run_results(run: OwnedRun, session: SessionDep, store: ObjectStore
     complete, read from the object store when its result event carried only the summary.
     The BM25 baseline is computed from the run's config, so it is there from the start."""
     generations = await session.scalars(
-        select(Generation).where(Generation.run_id == run.id).order_by(Generation.id)
+        select(AnswerRow).where(AnswerRow.run_id == run.id).order_by(AnswerRow.id)
     )
     influence = await session.scalars(
-        select(InfluenceResult)
-        .where(InfluenceResult.run_id == run.id)
-        .order_by(InfluenceResult.method, InfluenceResult.variant)
+        select(InfluenceMatrixRow)
+        .where(InfluenceMatrixRow.run_id == run.id)
+        .order_by(InfluenceMatrixRow.method, InfluenceMatrixRow.variant)
     )
     metrics = await session.scalars(select(Metric).where(Metric.run_id == run.id).order_by(Metric.step))
     checkpoints = await session.scalars(

@@ -6,7 +6,7 @@ and, optionally, an expiry."""
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Annotated, Literal
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Path, Response, status
@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import func, select, update
 
 from inflab.core.db.models import ApiToken
-from inflab.gateway.auth.sessions import create_api_token
+from inflab.gateway.auth.sessions import Scope, create_api_token
 from inflab.gateway.deps import CallerDep, SessionCallerDep, SessionDep
 
 router = APIRouter(prefix="/api/tokens", tags=["tokens"])
@@ -27,7 +27,7 @@ class ApiTokenCreate(BaseModel):
     name: Annotated[str, Field(min_length=1, max_length=200)]
     #: ``full``: what a session can do but manage tokens and the account; ``read``: GET
     #: requests only; ``submit``: submit runs (HTTP or NATS) and read those runs only.
-    scope: Literal["full", "read", "submit"] = "full"
+    scope: Scope = "full"
     #: The token stops working this many days from now; none: until revoked.
     expires_in_days: Annotated[int, Field(ge=1, le=3650)] | None = None
 
@@ -37,7 +37,7 @@ class ApiTokenOut(BaseModel):
     name: str
     #: The token's first characters, to tell tokens apart.
     prefix: str
-    scope: Literal["full", "read", "submit"]
+    scope: Scope
     created_at: datetime
     #: None: until revoked.
     expires_at: datetime | None

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from datetime import datetime, timezone
-from typing import Annotated, Literal
+from typing import Annotated
 from uuid import UUID
 
 from fastapi import APIRouter, HTTPException, Path, status
@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from inflab.core.db.models import Run, Validation
 from inflab.core.messages import ControlMessage, RetrainingJob, StatusEvent, RunSpec, ValidationRequest, ValidationSettings
+from inflab.core.vocabulary import ValidationStatus
 from inflab.gateway.deps import BusDep, NotifierDep, OwnedRun, SessionDep, SettingsDep
 from inflab.gateway.influence import MatrixUnavailable, ObjectStoreDep
 from inflab.gateway.persistence import insert_event
@@ -76,7 +77,7 @@ class ValidationEstimate(BaseModel):
 class ValidationOut(BaseModel):
     id: UUID
     run_id: UUID
-    status: Literal["queued", "running", "completed", "failed", "cancelled"]
+    status: ValidationStatus
     settings: ValidationSettings
     estimate: dict | None
     progress: float

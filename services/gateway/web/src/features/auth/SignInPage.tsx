@@ -101,8 +101,8 @@ export function SignInPage() {
             <h1>Influence Lab</h1>
           </div>
           <p className="auth-tagline">
-            Fine-tune small language models on your own question–answer pairs and trace every answer back to the training examples that
-            shaped it.
+            Fine-tune small language models on your own question–answer pairs and trace every answer back to the training pairs that shaped
+            it.
           </p>
 
           {verifySent ? (

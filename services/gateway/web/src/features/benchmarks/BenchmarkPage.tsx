@@ -5,7 +5,6 @@ import { ErrorState, SkeletonRows } from "@/components/ui/Feedback";
 import { StatusBadge } from "@/components/ui/StatusBadge";
 import { ApiError } from "@/lib/api/errors";
 import { shortId } from "@/lib/format";
-import type { RunStatus } from "@/lib/runStatus";
 import { NotFound } from "@/app/NotFoundPage";
 import { useLeaderboard, type Leaderboard, type LeaderboardRow } from "./api";
 import "./benchmarks.css";
@@ -156,7 +155,7 @@ export function BenchmarkPage() {
         <Link to={`/runs/${data.run_id}`} className="mono">
           run {shortId(data.run_id)}
         </Link>
-        <StatusBadge status={data.status as RunStatus} />
+        <StatusBadge status={data.status} />
         <span className="grow" />
         <span className="dim">
           {data.queries.length} queries · {data.documents.length} documents · fine-tuned accuracy{" "}

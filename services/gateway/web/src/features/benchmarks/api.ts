@@ -1,6 +1,6 @@
 import { useQuery } from "@tanstack/react-query";
 import { api, unwrap, type Schemas } from "@/lib/api/client";
-import { isTerminal, type RunStatus } from "@/lib/runStatus";
+import { isTerminal } from "@/lib/runStatus";
 
 export type Leaderboard = Schemas["Leaderboard"];
 export type LeaderboardRow = Schemas["LeaderboardRow"];
@@ -11,6 +11,6 @@ export function useLeaderboard(runId: string | undefined) {
     queryKey: ["benchmarks", runId ?? ""],
     queryFn: () => unwrap(api.GET("/api/benchmarks/{run_id}", { params: { path: { run_id: runId! } } })),
     enabled: Boolean(runId),
-    refetchInterval: (query) => (query.state.data && !isTerminal(query.state.data.status as RunStatus) ? 10_000 : false),
+    refetchInterval: (query) => (query.state.data && !isTerminal(query.state.data.status) ? 10_000 : false),
   });
 }

@@ -10,6 +10,7 @@ import { StatusBadge } from "@/components/ui/StatusBadge";
 import { useToast } from "@/components/ui/Toasts";
 import { describeError } from "@/lib/api/errors";
 import { formatNumber, formatRelative, shortId } from "@/lib/format";
+import { isUnfinished } from "@/lib/runStatus";
 import demoExperiment from "../../../../../../examples/demo/experiment.json";
 import { useExperimentList, useExperimentMutations, type ExperimentCreate, type ExperimentSort, type ExperimentSummary } from "./api";
 import "./experiments.css";
@@ -26,7 +27,7 @@ const SORTS: { value: ExperimentSort; label: string }[] = [
 function matchesFilter(e: ExperimentSummary, filter: StatusFilter): boolean {
   const status = e.last_run?.status;
   if (filter === "all") return true;
-  if (filter === "running") return status === "running" || status === "checkpointing" || status === "queued";
+  if (filter === "running") return isUnfinished(status);
   return status === filter;
 }
 
@@ -173,7 +174,7 @@ function RowActions({ experiment }: { experiment: ExperimentSummary }) {
 }
 
 function Stats({ items }: { items: ExperimentSummary[] }) {
-  const running = items.filter((e) => e.last_run && ["running", "checkpointing", "queued"].includes(e.last_run.status));
+  const running = items.filter((e) => isUnfinished(e.last_run?.status));
   const runs = items.reduce((sum, e) => sum + (e.run_count ?? 0), 0);
   const pairs = items.reduce((sum, e) => sum + e.training_pairs, 0);
   const completed = items.filter((e) => e.last_run?.status === "completed").length;

@@ -119,7 +119,7 @@ function Segmented<T extends string>({
   );
 }
 
-/** The influence explorer: which training examples drove which answers. */
+/** The influence explorer: which training pairs drove which answers. */
 export function InfluenceExplorer({ run }: { run: Run }) {
   const results = useResults(run.id);
   const methods = useMethods();
@@ -149,7 +149,8 @@ export function InfluenceExplorer({ run }: { run: Run }) {
     [matrices, methodIds, validations.data],
   );
   const method = view.method && methodIds.includes(view.method) ? view.method : (preferred?.method ?? null);
-  const variants = useMemo(() => matrices.filter((m) => m.method === method).map((m) => m.variant), [matrices, method]);
+  // Plain strings: the view's variant comes from the URL and is checked against these.
+  const variants = useMemo(() => matrices.filter((m) => m.method === method).map((m): string => m.variant), [matrices, method]);
   const variant =
     view.variant && variants.includes(view.variant)
       ? view.variant

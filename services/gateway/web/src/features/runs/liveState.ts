@@ -3,7 +3,7 @@
  * folds what it sent, so a reload, a dropped connection or a second tab rebuild exactly
  * the same view. Every event carries its stream id: one seen before changes nothing. */
 import type { Schemas } from "@/lib/api/client";
-import type { RunStatus } from "@/lib/runStatus";
+import { TERMINAL, type RunStatus } from "@/lib/runStatus";
 
 export type RunSnapshot = Schemas["RunOut"];
 export type RunEvent =
@@ -18,7 +18,6 @@ export type RunEvent =
 export type EventKind = RunEvent["kind"];
 export const EVENT_KINDS: readonly EventKind[] = ["status", "progress", "metric", "checkpoint", "log", "result", "prediction", "params"];
 
-const TERMINAL = new Set<RunStatus>(["completed", "failed", "cancelled"]);
 /** Share of the run's progress each stage fills (the gateway's weights). */
 const STAGE_WEIGHTS = { train: 0.6, inference: 0.2, influence: 0.2 } as const;
 

@@ -2552,8 +2552,9 @@ export interface components {
             /**
              * Variant
              * @default raw
+             * @enum {string}
              */
-            variant: string;
+            variant: "raw" | "normalized";
         };
         /**
          * InfluenceMatrixOut
@@ -2582,8 +2583,9 @@ export interface components {
             /**
              * Variant
              * @default raw
+             * @enum {string}
              */
-            variant: string;
+            variant: "raw" | "normalized";
         };
         /** InfluenceMethodOut */
         InfluenceMethodOut: {
@@ -2600,8 +2602,9 @@ export interface components {
             /**
              * Id
              * @description As named in an experiment's ``influence_methods`` and ``influence_args``.
+             * @enum {string}
              */
-            id: string;
+            id: "tracin" | "datainf" | "ekfac" | "delta_h" | "act_grad" | "attr_change" | "patching" | "embedding";
             /**
              * Label
              * @description The name to show.
@@ -2699,8 +2702,11 @@ export interface components {
             rows: components["schemas"]["LeaderboardRow"][];
             /** Run Id */
             run_id: string;
-            /** Status */
-            status: string;
+            /**
+             * Status
+             * @enum {string}
+             */
+            status: "queued" | "running" | "checkpointing" | "completed" | "failed" | "cancelled";
         };
         /** LeaderboardRow */
         LeaderboardRow: {
@@ -3257,7 +3263,7 @@ export interface components {
              * Precision
              * @default null
              */
-            precision: string | null;
+            precision: ("float32" | "bfloat16" | "nf4") | null;
             /**
              * Run Id
              * Format: uuid
@@ -3291,7 +3297,7 @@ export interface components {
             /** Ground Truth */
             ground_truth: string | null;
             /** Precision */
-            precision?: string | null;
+            precision?: ("float32" | "bfloat16" | "nf4") | null;
             /** Prediction */
             prediction: string;
             /** Prompt */

@@ -21,6 +21,7 @@ from pydantic import Field
 from inflab.ml.chat import EncodedExample, encode_document, encode_pair, encode_query, prompt_ids
 from inflab.core.influence_methods import MethodArgs
 from inflab.core.messages import EvalQuestion, TrainingPair
+from inflab.core.store_layout import TRAINING_STATE
 from inflab.influence.checkpoints import LocalCheckpoint, adapter_digest, attach_adapter
 from inflab.influence.gradcache import GradientCache, GradientMatrix, examples_fingerprint, fingerprint, gradient_matrix
 from inflab.influence.methods.base import ModelLoader, Progress, stage
@@ -204,8 +205,6 @@ def prepare(
     return prep
 
 
-#: What the trainer saves beside each adapter (optimizer, scheduler and RNG state).
-TRAINING_STATE = "training_state.pt"
 
 
 def adam_preconditioner(checkpoint: LocalCheckpoint, blocks: Sequence[Any]) -> tuple[torch.Tensor | None, str]:
