@@ -252,7 +252,7 @@ ARGS_MODELS: dict[InfluenceMethod, type[MethodArgs]] = {
     "embedding": EmbeddingArgs,
 }
 #: The representation methods (base vs fine-tuned hidden states; no parameter gradients).
-REPRESENTATION_METHODS = ("delta_h", "act_grad", "attr_change", "patching")
+REPRESENTATION_METHODS: tuple[InfluenceMethod, ...] = ("delta_h", "act_grad", "attr_change", "patching")
 
 
 class InfluenceArgs(BaseModel):
