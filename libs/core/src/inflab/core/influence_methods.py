@@ -165,8 +165,8 @@ class RepresentationArgs(MethodArgs):
     top_layers: int = Field(3, ge=1, le=1024, json_schema_extra=ADVANCED)
     """``topk_mean`` only: how many of the largest per-layer similarities are averaged."""
     normalization: Literal["none", "zscore"] = "none"
-    """``zscore``: each layer's similarities are standardised over the training examples
-    (per query) before aggregating, so no layer dominates by its scale."""
+    """``zscore``: each layer's similarities are standardised over the training pairs (per
+    evaluation question) before aggregating, so no layer dominates by its scale."""
     similarity: Literal["cosine", "dot"] = "cosine"
     """Cosine of the pooled vectors, or their dot product."""
     checkpoint_step: int | None = Field(None, ge=0, json_schema_extra=ADVANCED)
@@ -234,7 +234,7 @@ class PatchingArgs(RepresentationArgs):
     patch_layer: int = Field(-1, ge=-1024, le=1024)
     """The decoder layer patched (negative: from the end)."""
     patch_fraction: float = Field(0.05, gt=0, le=1)
-    """The share of hidden dimensions patched: the top ones by the training example's
+    """The share of hidden dimensions patched: the top ones by the training pair's
     attribution-weighted change at that layer."""
 
 
@@ -421,9 +421,9 @@ METHODS: dict[InfluenceMethod, MethodInfo] = {
             label="Causal patching",
             speed="precise",
             description=(
-                "Patches the training example's most changed dimensions from the fine-tuned into the base "
+                "Patches the training pair's most changed dimensions from the fine-tuned into the base "
                 "model on the question: the answer's logit-margin gain toward the fine-tuned model. One "
-                "forward per question and example: slow."
+                "forward per question and training pair: slow."
             ),
             variants=[Variant(id="raw", description="Change of the correct answer's logit margin, toward the new model.")],
         ),
@@ -433,7 +433,7 @@ METHODS: dict[InfluenceMethod, MethodInfo] = {
             speed="fast",
             description=(
                 "Not an attribution: the cosine of the base model's mean-pooled hidden states of the question "
-                "and each training example, a semantic-similarity baseline. On a benchmark run it also records "
+                "and each training pair, a semantic-similarity baseline. On a benchmark run it also records "
                 "which queries the fine-tuned model answers correctly."
             ),
             variants=[Variant(id="raw", description="Cosine of mean-pooled hidden states (question text only).")],

@@ -122,10 +122,10 @@ _SPECIAL_TOKEN = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^\S
 
 
 class BenchmarkSpec(Contract):
-    """A benchmark run (``kind: benchmark``): its training examples are documents, each a
-    training pair whose ``answer`` is the document's text (trained with the causal-LM loss
-    on every token; ``question`` only names the document, e.g. its type, and is not
-    trained on); its evaluation questions are queries with their expected answer, asked as
+    """A benchmark run (``kind: benchmark``): its training pairs are documents, each one's
+    ``answer`` the document's text (trained with the causal-LM loss on every token;
+    ``question`` only names the document, e.g. its type, and is not trained on); its
+    evaluation questions are queries with their expected answer, asked as
     plain text (no chat template); ``relevant`` is the ground truth. Training reads the
     documents in their order (no shuffling), so a run is reproducible."""
 

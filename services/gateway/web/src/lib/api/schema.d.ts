@@ -948,8 +948,8 @@ export interface components {
             new_model?: string | null;
             /**
              * Normalization
-             * @description ``zscore``: each layer's similarities are standardised over the training examples
-             *     (per query) before aggregating, so no layer dominates by its scale.
+             * @description ``zscore``: each layer's similarities are standardised over the training pairs (per
+             *     evaluation question) before aggregating, so no layer dominates by its scale.
              * @default none
              * @enum {string}
              */
@@ -1235,8 +1235,8 @@ export interface components {
             new_model?: string | null;
             /**
              * Normalization
-             * @description ``zscore``: each layer's similarities are standardised over the training examples
-             *     (per query) before aggregating, so no layer dominates by its scale.
+             * @description ``zscore``: each layer's similarities are standardised over the training pairs (per
+             *     evaluation question) before aggregating, so no layer dominates by its scale.
              * @default none
              * @enum {string}
              */
@@ -1382,10 +1382,10 @@ export interface components {
         };
         /**
          * BenchmarkSpec
-         * @description A benchmark run (``kind: benchmark``): its training examples are documents, each a
-         *     training pair whose ``answer`` is the document's text (trained with the causal-LM loss
-         *     on every token; ``question`` only names the document, e.g. its type, and is not
-         *     trained on); its evaluation questions are queries with their expected answer, asked as
+         * @description A benchmark run (``kind: benchmark``): its training pairs are documents, each one's
+         *     ``answer`` the document's text (trained with the causal-LM loss on every token;
+         *     ``question`` only names the document, e.g. its type, and is not trained on); its
+         *     evaluation questions are queries with their expected answer, asked as
          *     plain text (no chat template); ``relevant`` is the ground truth. Training reads the
          *     documents in their order (no shuffling), so a run is reproducible.
          */
@@ -1399,10 +1399,10 @@ export interface components {
         };
         /**
          * BenchmarkSpec
-         * @description A benchmark run (``kind: benchmark``): its training examples are documents, each a
-         *     training pair whose ``answer`` is the document's text (trained with the causal-LM loss
-         *     on every token; ``question`` only names the document, e.g. its type, and is not
-         *     trained on); its evaluation questions are queries with their expected answer, asked as
+         * @description A benchmark run (``kind: benchmark``): its training pairs are documents, each one's
+         *     ``answer`` the document's text (trained with the causal-LM loss on every token;
+         *     ``question`` only names the document, e.g. its type, and is not trained on); its
+         *     evaluation questions are queries with their expected answer, asked as
          *     plain text (no chat template); ``relevant`` is the ground truth. Training reads the
          *     documents in their order (no shuffling), so a run is reproducible.
          */
@@ -1613,8 +1613,8 @@ export interface components {
             new_model?: string | null;
             /**
              * Normalization
-             * @description ``zscore``: each layer's similarities are standardised over the training examples
-             *     (per query) before aggregating, so no layer dominates by its scale.
+             * @description ``zscore``: each layer's similarities are standardised over the training pairs (per
+             *     evaluation question) before aggregating, so no layer dominates by its scale.
              * @default none
              * @enum {string}
              */
@@ -3138,8 +3138,8 @@ export interface components {
             new_model?: string | null;
             /**
              * Normalization
-             * @description ``zscore``: each layer's similarities are standardised over the training examples
-             *     (per query) before aggregating, so no layer dominates by its scale.
+             * @description ``zscore``: each layer's similarities are standardised over the training pairs (per
+             *     evaluation question) before aggregating, so no layer dominates by its scale.
              * @default none
              * @enum {string}
              */
@@ -3155,7 +3155,7 @@ export interface components {
             old_model?: string | null;
             /**
              * Patch Fraction
-             * @description The share of hidden dimensions patched: the top ones by the training example's
+             * @description The share of hidden dimensions patched: the top ones by the training pair's
              *     attribution-weighted change at that layer.
              * @default 0.05
              */
