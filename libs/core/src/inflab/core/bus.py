@@ -38,6 +38,7 @@ from inflab.core.messages import DeadLetter, EventBase
 from inflab.core.nats_permissions import inbox_prefix
 from inflab.core.settings import Settings
 from inflab.core.subjects import REQUEST_STAGES, Subjects
+from inflab.core.vocabulary import RequestStage
 
 log = logging.getLogger(__name__)
 
@@ -205,7 +206,7 @@ class Bus:
         ack = await self.js.publish(subject, body, headers=headers or None)
         return not ack.duplicate
 
-    async def publish_request(self, stage: str, request: BaseModel, msg_id: str) -> bool:
+    async def publish_request(self, stage: RequestStage, request: BaseModel, msg_id: str) -> bool:
         """Queue a job request for ``stage``, signed with the gateway's key (see
         :mod:`inflab.core.job_signing`); only the gateway has one."""
         if self._signer is None:

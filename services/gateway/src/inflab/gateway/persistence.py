@@ -38,6 +38,7 @@ from inflab.core.messages import (
     ResultEvent,
     StatusEvent,
 )
+from inflab.core.vocabulary import RunStatus
 from inflab.gateway.run_state import (
     ACTIVE,
     TERMINAL,
@@ -74,7 +75,7 @@ async def insert_event(session: AsyncSession, event: EventBase) -> int | None:
 
 
 async def finish_run(
-    session: AsyncSession, run: Run, status: str, at: datetime, error: str | None = None,
+    session: AsyncSession, run: Run, status: RunStatus, at: datetime, error: str | None = None,
     announce: bool = True,
 ) -> None:
     """Move a run to a terminal status, once. ``announce`` adds the run-level status event

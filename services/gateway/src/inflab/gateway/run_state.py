@@ -11,13 +11,13 @@ from collections.abc import Mapping
 from inflab.core.messages import EventBase, RunSpec
 from inflab.core.vocabulary import ACTIVE_STATUSES as ACTIVE
 from inflab.core.vocabulary import TERMINAL_STATUSES as TERMINAL
-from inflab.core.vocabulary import RunStatus
+from inflab.core.vocabulary import RunStage, RunStatus
 
 __all__ = ["ACTIVE", "TERMINAL"]
 
 #: Share of the run's progress bar each stage fills; the influence share is split evenly
 #: over the run's methods. Training dominates wall-clock time on every machine we measured.
-STAGE_WEIGHTS = {"train": 0.6, "inference": 0.2, "influence": 0.2}
+STAGE_WEIGHTS: dict[RunStage, float] = {"train": 0.6, "inference": 0.2, "influence": 0.2}
 
 
 def stage_key(stage: str, method: str | None = None) -> str:
