@@ -103,10 +103,10 @@ async def run_matrices(session: AsyncSession, store: ObjectStore, run: Run) -> d
     return matrices
 
 
-def answer_targets(spec: RunSpec, generations: list[AnswerRow]) -> list[ValidationTarget]:
+def answer_targets(spec: RunSpec, answer_rows: list[AnswerRow]) -> list[ValidationTarget]:
     """Each evaluation question's answer to measure: its reference, or where it has none
     the fine-tuned model's answer."""
-    fine_tuned = {g.eval_id: g.fine_tuned for g in generations}
+    fine_tuned = {g.eval_id: g.fine_tuned for g in answer_rows}
     targets = []
     for question in spec.eval_data:
         if question.answer and question.answer.strip():
@@ -167,8 +167,8 @@ async def prepare(session: AsyncSession, store: ObjectStore, run: Run, wanted: V
         raise ValidationRefused("the run has no influence results to validate")
     if len(spec.training_data) < 2:
         raise ValidationRefused("a validation needs at least 2 training pairs", 422)
-    generations = (await session.scalars(select(AnswerRow).where(AnswerRow.run_id == run.id))).all()
-    targets = answer_targets(spec, list(generations))
+    answer_rows = (await session.scalars(select(AnswerRow).where(AnswerRow.run_id == run.id))).all()
+    targets = answer_targets(spec, list(answer_rows))
     matrices = await run_matrices(session, store, run)
     try:
         plan = await asyncio.to_thread(

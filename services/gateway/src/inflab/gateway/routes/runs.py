@@ -139,7 +139,7 @@ async def get_run_results(run: OwnedRun, session: SessionDep, store: ObjectStore
     failed run still serves what its completed stages produced). Every influence matrix is
     complete, read from the object store when its result event carried only the summary.
     The BM25 baseline is computed from the run's config, so it is there from the start."""
-    generations = await session.scalars(
+    answer_rows = await session.scalars(
         select(AnswerRow).where(AnswerRow.run_id == run.id).order_by(AnswerRow.id)
     )
     influence = await session.scalars(
@@ -171,7 +171,7 @@ async def get_run_results(run: OwnedRun, session: SessionDep, store: ObjectStore
     answers = [
         Answer(eval_id=g.eval_id, question=g.question, reference=g.reference, base=g.base,
                few_shot=g.few_shot, fine_tuned=g.fine_tuned, scores=g.scores)
-        for g in generations
+        for g in answer_rows
     ]
     # Tokenising and scoring 100 x 1000 texts takes ~0.1 s: off the event loop.
     baselines = await asyncio.to_thread(run_baselines, RunSpec.model_validate(run.config))
