@@ -35,9 +35,8 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.responses import StreamingResponse
 
 from inflab.core.db.models import Run, RunEventRow, Validation
-from inflab.core.vocabulary import ACTIVE_VALIDATION_STATUSES
+from inflab.core.vocabulary import ACTIVE_VALIDATION_STATUSES, TERMINAL_STATUSES
 from inflab.gateway.notifier import RunNotifier
-from inflab.gateway.run_state import TERMINAL
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +70,7 @@ class StoredEvent:
 
     @property
     def ends_run(self) -> bool:
-        return self.kind == "status" and self.stage == "run" and self.payload.get("status") in TERMINAL
+        return self.kind == "status" and self.stage == "run" and self.payload.get("status") in TERMINAL_STATUSES
 
 
 async def validation_under_way(session: AsyncSession, run_id: UUID) -> bool:
@@ -86,7 +85,7 @@ async def read_events(session: AsyncSession, run_id: UUID, after: int,
     Status first: if it reads terminal, the terminal event (committed with it) is visible
     to the second read."""
     status = await session.scalar(select(Run.status).where(Run.id == run_id))
-    if status in TERMINAL and await validation_under_way(session, run_id):
+    if status in TERMINAL_STATUSES and await validation_under_way(session, run_id):
         status = VALIDATING  # an ended run whose validation still sends events
     rows = await session.execute(
         select(RunEventRow.id, RunEventRow.kind, RunEventRow.stage, RunEventRow.payload)
@@ -212,7 +211,7 @@ class RunFeed:
                 b.on_read([(now - datetime.fromisoformat(e.payload["time"])).total_seconds()
                            for e in events if isinstance(e.payload.get("time"), str)])
         self.primed = True  # the first read may be history: its lag says nothing
-        if events or status is None or status in TERMINAL:
+        if events or status is None or status in TERMINAL_STATUSES:
             for subscriber in self.subscribers:
                 subscriber.deliver((status, events))
             b.delivered += len(events) * len(self.subscribers)
@@ -373,7 +372,7 @@ class Broadcaster:
                         # A read that saw the run ended also saw its terminal event (committed
                         # with the status): sent now, or before (the client is past it), unless
                         # the read was a full slice: then the feed reads the rest next.
-                        if ended or status is None or (status in TERMINAL and len(events) < BATCH):
+                        if ended or status is None or (status in TERMINAL_STATUSES and len(events) < BATCH):
                             end = True
                             break
                     if parts:

@@ -26,7 +26,8 @@ from inflab.gateway.dbwait import until_database_answers
 from inflab.gateway.dispatch import Dispatcher
 from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.persistence import persist_event
-from inflab.gateway.run_state import TERMINAL, stage_key
+from inflab.core.vocabulary import TERMINAL_STATUSES
+from inflab.gateway.run_state import stage_key
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,7 @@ class DeadLetterConsumer:
                     )
                     await session.rollback()
                     return await persist_event(session, event)
-                if run is None or run.status in TERMINAL:
+                if run is None or run.status in TERMINAL_STATUSES:
                     return False
                 method = letter.method if stage == "influence" else None
                 if stage_key(stage, method) not in run.stages:

@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from inflab.core.bus import Bus
 from inflab.core.db.models import Run
 from inflab.core.messages import InferenceRequest, InfluenceRequest, ResultEvent, RunSpec
-from inflab.gateway.run_state import TERMINAL
+from inflab.core.vocabulary import TERMINAL_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ def is_training_result(event: object) -> bool:
 async def queue_next_stages(bus: Bus, sessionmaker: async_sessionmaker[AsyncSession], event: ResultEvent) -> None:
     async with sessionmaker() as session:
         run = await session.get(Run, event.run_id)
-    if run is None or run.status in TERMINAL:
+    if run is None or run.status in TERMINAL_STATUSES:
         return  # unknown, or ended meanwhile (a cancel): nothing more to run
     checkpoints = event.training.checkpoints
     if not checkpoints:

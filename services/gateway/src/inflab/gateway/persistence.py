@@ -38,10 +38,8 @@ from inflab.core.messages import (
     ResultEvent,
     StatusEvent,
 )
-from inflab.core.vocabulary import RunStatus
+from inflab.core.vocabulary import ACTIVE_STATUSES, TERMINAL_STATUSES, RunStatus
 from inflab.gateway.run_state import (
-    ACTIVE,
-    TERMINAL,
     event_stage_key,
     next_stage_status,
     overall_progress,
@@ -80,7 +78,7 @@ async def finish_run(
 ) -> None:
     """Move a run to a terminal status, once. ``announce`` adds the run-level status event
     that tells SSE clients the run is over (False when the event being applied is that)."""
-    if run.status in TERMINAL:
+    if run.status in TERMINAL_STATUSES:
         return
     run.status = status
     run.finished_at = at
@@ -230,7 +228,7 @@ async def _apply_predictions(session: AsyncSession, run: Run, event: PredictionE
 async def _apply_status(session: AsyncSession, run: Run, event: StatusEvent) -> None:
     if event.stage == "run":
         # A run-level status from a producer (e.g. a cancel) is itself the announcement.
-        if event.status in TERMINAL:
+        if event.status in TERMINAL_STATUSES:
             await finish_run(session, run, event.status, event.time, event.error, announce=False)
         return
     key = event_stage_key(event)
@@ -243,13 +241,14 @@ async def _apply_status(session: AsyncSession, run: Run, event: StatusEvent) -> 
     if key == "train":
         stages = stages_after_training(stages)
     run.stages = stages
-    if event.error and stages[key] == event.status and before not in TERMINAL:
+    if event.error and stages[key] == event.status and before not in TERMINAL_STATUSES:
         run.stage_errors = {**(run.stage_errors or {}), key: event.error}
     # "checkpointing" is training too: the run is running, whichever status came first.
-    if stages[key] in ACTIVE and run.status == "queued":
+    if stages[key] in ACTIVE_STATUSES and run.status == "queued":
         run.status = "running"
         run.started_at = run.started_at or event.time
-    if key == "train" and stages[key] in TERMINAL and run.started_at and run.actual_training_duration_s is None:
+    if (key == "train" and stages[key] in TERMINAL_STATUSES and run.started_at
+            and run.actual_training_duration_s is None):
         run.actual_training_duration_s = max((event.time - run.started_at).total_seconds(), 0.0)
     _update_progress(run)
     outcome = run_outcome(stages)
@@ -280,7 +279,7 @@ def latest_fractions(kept: dict, event: ProgressEvent) -> dict:
 
 
 def _update_progress(run: Run) -> None:
-    if run.status in TERMINAL:
+    if run.status in TERMINAL_STATUSES:
         return
     fractions = {key: kept.get("fraction") or 0.0 for key, kept in (run.stage_progress or {}).items()}
     run.progress = overall_progress(run.stages, fractions)

@@ -9,11 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from inflab.core.messages import EventBase, RunSpec
-from inflab.core.vocabulary import ACTIVE_STATUSES as ACTIVE
-from inflab.core.vocabulary import TERMINAL_STATUSES as TERMINAL
-from inflab.core.vocabulary import RunStage, RunStatus
-
-__all__ = ["ACTIVE", "TERMINAL"]
+from inflab.core.vocabulary import TERMINAL_STATUSES, RunStage, RunStatus
 
 #: Share of the run's progress bar each stage fills; the influence share is split evenly
 #: over the run's methods. Training dominates wall-clock time on every machine we measured.
@@ -40,7 +36,7 @@ def initial_stages(spec: RunSpec) -> dict[str, RunStatus]:
 def next_stage_status(current: RunStatus | None, reported: RunStatus) -> RunStatus:
     """A stage that has finished stays finished: a stale ``running`` (a redelivered or
     out-of-order event) must not reopen it."""
-    if current in TERMINAL and reported not in TERMINAL:
+    if current in TERMINAL_STATUSES and reported not in TERMINAL_STATUSES:
         return current
     return reported
 
@@ -51,7 +47,9 @@ def stages_after_training(stages: Mapping[str, RunStatus]) -> dict[str, RunStatu
     run can then reach its final status)."""
     out = dict(stages)
     if out.get("train") in ("failed", "cancelled"):
-        out.update({key: "cancelled" for key, status in out.items() if key != "train" and status not in TERMINAL})
+        out.update({
+            key: "cancelled" for key, status in out.items() if key != "train" and status not in TERMINAL_STATUSES
+        })
     return out
 
 
@@ -61,7 +59,7 @@ def run_outcome(stages: Mapping[str, RunStatus]) -> RunStatus | None:
     the others (their results are served). Then: ``failed`` if any stage failed, else
     ``cancelled`` if any was, else ``completed``."""
     values = set(stages.values())
-    if not values or not values <= TERMINAL:
+    if not values or not values <= TERMINAL_STATUSES:
         return None
     if "failed" in values:
         return "failed"

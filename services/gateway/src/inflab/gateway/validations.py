@@ -48,15 +48,12 @@ from inflab.core.messages import (
 from inflab.core.objectstore import ObjectStore
 from inflab.core.store_layout import validation_key
 from inflab.core.settings import Settings
-from inflab.core.vocabulary import ACTIVE_VALIDATION_STATUSES, ACTIVE_STATUSES, TERMINAL_STATUSES, Variant
+from inflab.core.vocabulary import ACTIVE_STATUSES, TERMINAL_STATUSES, Variant
 from inflab.gateway.baselines import run_baselines
 from inflab.gateway.influence import read_scores
 
 log = logging.getLogger(__name__)
 
-TERMINAL = TERMINAL_STATUSES
-#: A validation under way (one per run at a time).
-ACTIVE = ACTIVE_VALIDATION_STATUSES
 
 
 class ValidationRefused(Exception):
@@ -222,7 +219,7 @@ async def apply_event(session: AsyncSession, run: Run, event: EventBase) -> None
         log.warning("validation %s event for run %s without a validation", event.kind, run.id)
         return
     if isinstance(event, StatusEvent):
-        if row.status in TERMINAL:
+        if row.status in TERMINAL_STATUSES:
             return  # a cancelled validation stays cancelled; a finished one finished
         if event.status in ACTIVE_STATUSES:
             row.status = "running"
@@ -231,11 +228,11 @@ async def apply_event(session: AsyncSession, run: Run, event: EventBase) -> None
             # Completed once its summary is in (finish); a failed analysis fails it.
             if row.summary is not None:
                 row.status, row.progress, row.finished_at = "completed", 1.0, event.time
-        elif event.status in TERMINAL:
+        elif event.status in TERMINAL_STATUSES:
             row.status, row.finished_at = event.status, event.time
             row.error = event.error or row.error
     elif isinstance(event, ProgressEvent):
-        if row.status not in TERMINAL:
+        if row.status not in TERMINAL_STATUSES:
             row.progress = max(row.progress or 0.0, min(event.fraction, 1.0))
 
 

@@ -30,7 +30,7 @@ from inflab.core.db.models import Run
 from inflab.core.messages import ControlMessage, Hyperparams, RuntimeParams
 from inflab.gateway.deps import BusDep, DispatcherDep, NotifierDep, OwnedRun, SessionDep
 from inflab.gateway.persistence import finish_run
-from inflab.gateway.run_state import ACTIVE, TERMINAL
+from inflab.core.vocabulary import ACTIVE_STATUSES, TERMINAL_STATUSES
 from inflab.gateway.schemas import ControlAccepted
 from inflab.gateway.specs import body_error, body_errors
 
@@ -100,9 +100,9 @@ async def update_run_params(run: OwnedRun, params: RuntimeParamsBody, bus: BusDe
     run's from its first). Only ``learning_rate`` and ``weight_decay`` can change; the
     trainer answers with a ``params`` event carrying this ``request_id``, the old and new
     values and the step."""
-    if run.status in TERMINAL:
+    if run.status in TERMINAL_STATUSES:
         raise HTTPException(status.HTTP_409_CONFLICT, f"the run has already ended ({run.status})")
-    if run.stages.get("train") in TERMINAL:
+    if run.stages.get("train") in TERMINAL_STATUSES:
         raise HTTPException(status.HTTP_409_CONFLICT, f"training has already ended ({run.stages['train']})")
     message = ControlMessage(run_id=run.id, action="update_params", params=params)
     await _publish(bus, message)
@@ -115,17 +115,17 @@ async def cancel_run(
 ) -> ControlAccepted:
     """Stop the run. A training run stops at its next step, keeps its checkpoints and is
     marked cancelled by the trainer; a run no trainer holds is cancelled at once."""
-    if run.status in TERMINAL:
+    if run.status in TERMINAL_STATUSES:
         raise HTTPException(status.HTTP_409_CONFLICT, f"the run has already ended ({run.status})")
     message = ControlMessage(run_id=run.id, action="cancel")
     await _publish(bus, message)
-    if run.stages.get("train") not in ACTIVE:
+    if run.stages.get("train") not in ACTIVE_STATUSES:
         # Re-read under the row lock the persister takes: a trainer's "running" may have
         # been stored meanwhile, and then the trainer is the one to end the run.
         run = await session.scalar(
             select(Run).where(Run.id == run.id).with_for_update().execution_options(populate_existing=True)
         )
-        if run.stages.get("train") not in ACTIVE:
+        if run.stages.get("train") not in ACTIVE_STATUSES:
             await finish_run(session, run, "cancelled", datetime.now(timezone.utc))
         await session.commit()
         notifier.notify(run.id)

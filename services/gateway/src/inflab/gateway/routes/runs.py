@@ -34,7 +34,7 @@ from inflab.gateway.influence import MatrixUnavailable, ObjectStoreDep, matrix_o
 from inflab.gateway import launch
 from inflab.gateway.launch import IdempotencyKeyReused, RunRefused
 from inflab.gateway.quotas import QuotaExceeded
-from inflab.gateway.run_state import TERMINAL
+from inflab.core.vocabulary import TERMINAL_STATUSES
 from inflab.gateway.schemas import (
     AnswerAggregates,
     AnswerColumnScores,
@@ -238,7 +238,7 @@ async def stream_run_events(
         return await broadcaster.still_allowed((caller.session_id, caller.api_token_id), check)
 
     finished = (
-        run.status in TERMINAL
+        run.status in TERMINAL_STATUSES
         and not await session.scalar(select(exists().where(RunEventRow.run_id == run.id, RunEventRow.id > start)))
         and not await validation_under_way(session, run.id)
     )

@@ -16,12 +16,11 @@ from sqlalchemy import select
 
 from inflab.core.db.models import Run, Validation
 from inflab.core.messages import ControlMessage, RetrainingJob, StatusEvent, RunSpec, ValidationRequest, ValidationSettings
-from inflab.core.vocabulary import ValidationStatus
+from inflab.core.vocabulary import ACTIVE_VALIDATION_STATUSES, ValidationStatus
 from inflab.gateway.deps import BusDep, NotifierDep, OwnedRun, SessionDep, SettingsDep
 from inflab.gateway.influence import MatrixUnavailable, ObjectStoreDep
 from inflab.gateway.persistence import insert_event
 from inflab.gateway.validations import (
-    ACTIVE,
     ValidationRefused,
     plan_to_json,
     prepare,
@@ -133,7 +132,9 @@ async def start_validation(
     ones; every influence matrix of the run and BM25's. Its events (stage ``validation``)
     come on the run's event stream."""
     active = await session.scalar(
-        select(Validation.id).where(Validation.run_id == run.id, Validation.status.in_(ACTIVE)).limit(1)
+        select(Validation.id)
+        .where(Validation.run_id == run.id, Validation.status.in_(ACTIVE_VALIDATION_STATUSES))
+        .limit(1)
     )
     if active is not None:
         raise HTTPException(status.HTTP_409_CONFLICT, f"validation {active} of this run is still under way")
@@ -212,7 +213,7 @@ async def cancel_validation(
     # checked is the one this transaction will overwrite.
     await session.execute(select(Run.id).where(Run.id == run.id).with_for_update())
     row = await _owned_validation(session, run, validation_id, lock=True)
-    if row.status not in ACTIVE:
+    if row.status not in ACTIVE_VALIDATION_STATUSES:
         raise HTTPException(status.HTTP_409_CONFLICT, f"the validation has already ended ({row.status})")
     message = ControlMessage(run_id=run.id, action="cancel_validation", validation_id=row.id)
     try:
