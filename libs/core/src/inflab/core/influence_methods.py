@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from inflab.core.vocabulary import INFLUENCE_METHODS, InfluenceMethod, Variant as VariantId
+from inflab.core.vocabulary import INFLUENCE_METHODS, InfluenceMethodId, Variant as VariantId
 
 #: Training pairs listed per evaluation question and sign in a result's summary.
 DEFAULT_TOP_K = 5
@@ -246,13 +246,13 @@ class EmbeddingArgs(MethodArgs):
 
 
 #: method id -> its argument model.
-ARGS_MODELS: dict[InfluenceMethod, type[MethodArgs]] = {
+ARGS_MODELS: dict[InfluenceMethodId, type[MethodArgs]] = {
     "tracin": TracInArgs, "datainf": DataInfArgs, "ekfac": EKFACArgs,
     "delta_h": DeltaHArgs, "act_grad": ActGradArgs, "attr_change": AttrChangeArgs, "patching": PatchingArgs,
     "embedding": EmbeddingArgs,
 }
 #: The representation methods (base vs fine-tuned hidden states; no parameter gradients).
-REPRESENTATION_METHODS: tuple[InfluenceMethod, ...] = ("delta_h", "act_grad", "attr_change", "patching")
+REPRESENTATION_METHODS: tuple[InfluenceMethodId, ...] = ("delta_h", "act_grad", "attr_change", "patching")
 
 
 class InfluenceArgs(BaseModel):
@@ -305,7 +305,7 @@ class Variant(BaseModel):
 class MethodInfo(BaseModel):
     model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
 
-    id: InfluenceMethod
+    id: InfluenceMethodId
     """As named in an experiment's ``influence_methods`` and ``influence_args``."""
     label: str
     """The name to show."""
@@ -320,7 +320,7 @@ class MethodInfo(BaseModel):
 RAW = "The method's score as defined; training pairs with large gradients dominate it."
 
 #: The catalogue, in the order the editor lists the methods.
-METHODS: dict[InfluenceMethod, MethodInfo] = {
+METHODS: dict[InfluenceMethodId, MethodInfo] = {
     m.id: m
     for m in (
         MethodInfo(

@@ -253,7 +253,7 @@ class InfluenceRequest(Message):
     owner_id: UUID | None = None
     spec: RunSpec
     #: Validated by the influence service, so an unknown name becomes a failure event
-    #: (hence a plain string here and in events, not ``InfluenceMethod``).
+    #: (hence a plain string here and in events, not ``InfluenceMethodId``).
     method: str
     #: Their keys lie under ``runs/{run_id}/``.
     checkpoints: list[CheckpointRef] = Field(min_length=1)

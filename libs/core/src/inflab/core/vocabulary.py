@@ -47,7 +47,7 @@ EventStage = Literal["run", RequestStage]
 
 # --------------------------------------------------------------------------- influence
 #: Influence methods a run may ask for (their arguments: ``inflab.core.influence_methods``).
-InfluenceMethod = Literal["tracin", "datainf", "ekfac", "delta_h", "act_grad", "attr_change", "patching", "embedding"]
+InfluenceMethodId = Literal["tracin", "datainf", "ekfac", "delta_h", "act_grad", "attr_change", "patching", "embedding"]
 #: One influence matrix of a method: its score as defined, or normalised (TracIn:
 #: unit-normalised gradients; DataInf and EK-FAC: cosine in the inverse-Hessian metric).
 Variant = Literal["raw", "normalized"]
@@ -60,7 +60,7 @@ PrecisionSetting = Literal["auto", "float32", "bfloat16"]
 #: The arithmetic answers were decoded in (``nf4``: QLoRA's 4-bit base).
 Precision = Literal["float32", "bfloat16", "nf4"]
 
-INFLUENCE_METHODS: tuple[str, ...] = values(InfluenceMethod)
+INFLUENCE_METHODS: tuple[str, ...] = values(InfluenceMethodId)
 VARIANTS: tuple[str, ...] = values(Variant)
 RUN_STAGES: tuple[str, ...] = values(RunStage)
 REQUEST_STAGES: tuple[str, ...] = values(RequestStage)

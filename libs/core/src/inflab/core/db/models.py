@@ -26,7 +26,7 @@ from sqlalchemy.dialects.postgresql import JSONB, UUID
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from inflab.core.messages import EventKind
-from inflab.core.vocabulary import EventStage, InfluenceMethod, Precision, RunStatus, ValidationStatus, Variant
+from inflab.core.vocabulary import EventStage, InfluenceMethodId, Precision, RunStatus, ValidationStatus, Variant
 
 
 class Base(DeclarativeBase):
@@ -320,7 +320,7 @@ class InfluenceMatrixRow(Base):
     )
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     run_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
-    method: Mapped[InfluenceMethod] = mapped_column(String(64), nullable=False)
+    method: Mapped[InfluenceMethodId] = mapped_column(String(64), nullable=False)
     variant: Mapped[Variant] = mapped_column(String(32), nullable=False)
     eval_ids: Mapped[list] = mapped_column(JSONB, nullable=False)
     train_ids: Mapped[list] = mapped_column(JSONB, nullable=False)
