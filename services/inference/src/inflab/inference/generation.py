@@ -28,6 +28,7 @@ import torch
 
 from inflab.analysis.answer_scores import has_reference
 from inflab.ml.chat import encode_query, plain_prompt_ids, prompt_ids
+from inflab.ml.device import compute_device
 from inflab.ml.generation import greedy_texts
 from inflab.core.messages import Answer, AnswerScores, RunSpec
 from inflab.ml.function_tokens import add_function_tokens
@@ -63,9 +64,8 @@ def load_for_generation(model_path: str, adapter_dir: Path | None, special_token
     ``special_tokens``: a benchmark run's function tokens, added first."""
     from transformers import AutoModelForCausalLM
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(compute_device())
     add_function_tokens(model, tokenizer, special_tokens or [])
     if adapter_dir is not None:
         from peft import PeftModel

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from inflab.core.messages import Hyperparams
+from inflab.ml.device import compute_device
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,8 @@ class InvalidTargetModules(ValueError):
 
 
 def pick_device() -> torch.device:
-    """A GPU where present; nothing assumes one."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The workers' one device choice (:func:`inflab.ml.device.compute_device`)."""
+    return compute_device()
 
 
 @lru_cache(maxsize=4)
