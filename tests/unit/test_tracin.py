@@ -17,16 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.tiny_lora import (  # noqa: F401  (fixtures)
-    EVALS,
-    MAX_LENGTH,
-    TRAIN,
-    lora_model,
-    one_thread,
-    randomize_lora,
-    save_checkpoint,
-    tiny_model,
-)
+from helpers.tiny_lora import EVALS, MAX_LENGTH, TRAIN, lora_model, randomize_lora, save_checkpoint
+from helpers.tiny_lora import one_thread, tiny_model  # noqa: F401  (fixtures)
 from helpers.tiny_lora import load as _load
 from inflab.common.chat import collate, encode_pair
 from inflab.common.messages import ProgressEvent

@@ -330,10 +330,8 @@ class EKFAC(GradientMethod):
             job.progress.advance("fitted the factors on the training pairs")
             if plan.own_scoring:
                 with stage(f"computing EK-FAC scores at {where}"):
-                    if factors is None:
-                        factors = analyzer.load_all_factors("factors")
-                    parts = ekfac_preconditioner(factors, data.layout, opts.damping_factor)
-                    raw, normalized = preconditioned_scores(eval_grads, train_grads, parts, opts.normalized)
+                    raw, normalized = self.score_gradients(factors or analyzer.load_all_factors("factors"), data,
+                                                           eval_grads, train_grads, opts)
                 job.progress.advance("scored the training pairs")
             else:
                 raw, normalized = _kronfluence_scores(analyzer, opts, data.train_set, data.eval_set, data.train_order,
@@ -410,6 +408,14 @@ class EKFAC(GradientMethod):
             analyzer.perform_eigendecomposition("factors", factor_args=factor_args)
         eigen = analyzer.load_eigendecomposition("factors")
         return {**eigen, **capture.lambda_matrices(eigen, factor_args.lambda_dtype)}, train_grads
+
+    @staticmethod
+    def score_gradients(factors: dict, data: _Data, eval_grads: torch.Tensor, train_grads: GradientMatrix,
+                        opts: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw (and normalised) scores from our per-example gradients, preconditioned with
+        the fitted factors as kronfluence would."""
+        parts = ekfac_preconditioner(factors, data.layout, opts.damping_factor)
+        return preconditioned_scores(eval_grads, train_grads, parts, opts.normalized)
 
     @staticmethod
     def info(opts: Any, chosen: LocalCheckpoint, data: _Data, plan: _Plan, factor_args: Any) -> dict[str, Any]:
