@@ -17,7 +17,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
 from inflab.common.chat import IGNORE_INDEX, EncodedExample, collate
