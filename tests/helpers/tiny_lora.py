@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import torch
 
+from inflab.common.chat import EncodedExample, collate, encode_pair
 from inflab.common.messages import EvalQuestion, TrainingPair
 from inflab.common.models import build_tiny_model, load_model
 from inflab.influence.checkpoints import LocalCheckpoint
@@ -100,3 +101,38 @@ def random_checkpoint(tiny_model: Path, folder: Path, seed: int, meta: dict[str,
     model = lora_model(tiny_model, target_modules)
     randomize_lora(model, torch.Generator().manual_seed(seed))
     return save_checkpoint(model, folder, meta)
+
+
+def encode_examples(tokenizer: Any, train: Sequence[TrainingPair], evals: Sequence[EvalQuestion],
+                    generated: dict[str, str] | None = None) -> tuple[list[EncodedExample], list[EncodedExample]]:
+    """The pairs and the questions tokenised as the methods do (not a benchmark run): a
+    question's loss on its reference, or else on its answer in ``generated`` (a question
+    with neither is left out)."""
+    generated = generated or {}
+    return (
+        [encode_pair(tokenizer, p.question, p.answer, MAX_LENGTH) for p in train],
+        [encode_pair(tokenizer, q.question, q.answer or generated[q.id], MAX_LENGTH) for q in evals
+         if q.answer or q.id in generated],
+    )
+
+
+def reference_gradients(tiny_model: Path, checkpoint: LocalCheckpoint,
+                        examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Deliberately naive per-example LoRA gradients: a freshly loaded model, one
+    full-logit forward and ``loss.backward()`` per example. Returns the rows (float64, the
+    LoRA weights in the model's order) and each weight's ``(offset, size)`` in a row."""
+    from peft import PeftModel
+
+    from inflab.influence.gradients import lora_blocks
+
+    base, tokenizer = load(tiny_model)
+    model = PeftModel.from_pretrained(base, str(checkpoint.path), is_trainable=True)
+    model.eval()
+    blocks = lora_blocks(model)
+    params = dict(model.named_parameters())
+    rows = []
+    for example in examples:
+        model.zero_grad()
+        model(**collate([example], tokenizer.pad_token_id)).loss.backward()
+        rows.append(torch.cat([params[b.name].grad.flatten() for b in blocks]))
+    return torch.stack(rows).double(), [(b.offset, b.numel) for b in blocks]

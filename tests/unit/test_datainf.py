@@ -11,13 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.tiny_lora import EVALS, MAX_LENGTH, TRAIN, lora_model, randomize_lora, save_checkpoint
+from helpers.tiny_lora import EVALS, MAX_LENGTH, TRAIN, encode_examples, reference_gradients
+from helpers.tiny_lora import lora_model, randomize_lora, save_checkpoint
 from helpers.tiny_lora import one_thread, tiny_model  # noqa: F401  (fixtures)
 from helpers.tiny_lora import load as _load
-from inflab.common.chat import collate, encode_pair
 from inflab.influence.checkpoints import LocalCheckpoint
 from inflab.influence.gradcache import GradientCache
-from inflab.influence.gradients import lora_blocks
 from inflab.influence.methods import get_method
 
 ARGS = {"batch_size": 3, "max_length": MAX_LENGTH, "max_new_tokens": 6}
@@ -32,22 +31,6 @@ def checkpoints(tiny_model: Path, tmp_path_factory) -> list[LocalCheckpoint]:
         randomize_lora(model, torch.Generator().manual_seed(200 + k))
         out.append(save_checkpoint(model, root / str(k), {"step": 5 * (k + 1), "epoch": k + 1, "learning_rate": lr}))
     return out
-
-
-def reference_gradients(tiny_model: Path, checkpoint: LocalCheckpoint, examples) -> tuple[torch.Tensor, list]:
-    from peft import PeftModel
-
-    base, tokenizer = _load(tiny_model)
-    model = PeftModel.from_pretrained(base, str(checkpoint.path), is_trainable=True)
-    model.eval()
-    blocks = lora_blocks(model)
-    params = dict(model.named_parameters())
-    rows = []
-    for example in examples:
-        model.zero_grad()
-        model(**collate([example], tokenizer.pad_token_id)).loss.backward()
-        rows.append(torch.cat([params[b.name].grad.flatten() for b in blocks]))
-    return torch.stack(rows).double(), [(b.offset, b.numel) for b in blocks]
 
 
 def reference_datainf(g_train, g_eval, blocks, damping=None, scale=0.1):
@@ -81,11 +64,7 @@ def results(tiny_model, checkpoints):
 
 
 def _encoded(tiny_model, generated):
-    _, tokenizer = _load(tiny_model)
-    train = [encode_pair(tokenizer, p.question, p.answer, MAX_LENGTH) for p in TRAIN]
-    evals = [encode_pair(tokenizer, q.question, q.answer or generated[q.id], MAX_LENGTH) for q in EVALS
-             if q.answer or q.id in generated]
-    return train, evals
+    return encode_examples(_load(tiny_model)[1], TRAIN, EVALS, generated)
 
 
 def _rel(got, want) -> float:

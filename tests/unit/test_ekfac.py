@@ -17,13 +17,14 @@ from helpers.tiny_lora import (  # noqa: E402, F401  (fixtures)
     EVALS,
     MAX_LENGTH,
     TRAIN,
+    encode_examples,
     one_thread,
     random_checkpoint,
     tiny_model,
     training_pairs,
 )
 from helpers.tiny_lora import load as _load  # noqa: E402
-from inflab.common.chat import collate, encode_pair  # noqa: E402
+from inflab.common.chat import collate  # noqa: E402
 from inflab.common.messages import EvalQuestion  # noqa: E402
 from inflab.influence.checkpoints import LocalCheckpoint  # noqa: E402
 from inflab.influence.methods import get_method, kronfluence_adapter  # noqa: E402
@@ -82,8 +83,7 @@ def _direct_kronfluence(tiny_model: Path, checkpoint: LocalCheckpoint, args: EKF
         def get_attention_mask(self, batch):
             return batch["attention_mask"]
 
-    train = [encode_pair(tokenizer, p.question, p.answer, MAX_LENGTH) for p in TRAIN]
-    evals = [encode_pair(tokenizer, q.question, q.answer, MAX_LENGTH) for q in EVALS]
+    train, evals = encode_examples(tokenizer, TRAIN, EVALS)
     task = Direct()
     model = prepare_model(model, task)
     with tempfile.TemporaryDirectory() as out:

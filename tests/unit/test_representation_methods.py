@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.tiny_lora import EVALS, MAX_LENGTH, random_checkpoint, tiny_model, training_pairs  # noqa: F401
+from helpers.tiny_lora import EVALS, MAX_LENGTH, encode_examples, random_checkpoint, training_pairs
+from helpers.tiny_lora import tiny_model  # noqa: F401  (a fixture)
 from inflab.common.models import build_tiny_model
 from helpers.tiny_lora import load as _load
-from inflab.common.chat import IGNORE_INDEX, collate, encode_pair
+from inflab.common.chat import IGNORE_INDEX, collate
 from inflab.influence.checkpoints import LocalCheckpoint
 from inflab.influence.gradcache import GradientCache
 from inflab.influence.methods import get_method
@@ -73,9 +74,7 @@ def _peft(tiny_model, checkpoint):
 
 
 def _encode(tokenizer, generated):
-    train = [encode_pair(tokenizer, p.question, p.answer, MAX_LENGTH) for p in TRAIN]
-    evals = [encode_pair(tokenizer, q.question, q.answer or generated[q.id], MAX_LENGTH) for q in EVALS]
-    return train, evals
+    return encode_examples(tokenizer, TRAIN, EVALS, generated)
 
 
 def _layer_outputs(model, example, *, grad: bool, replace: dict | None = None):

@@ -17,10 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers.tiny_lora import EVALS, MAX_LENGTH, TRAIN, lora_model, randomize_lora, save_checkpoint
+from helpers.tiny_lora import EVALS, MAX_LENGTH, TRAIN, encode_examples, reference_gradients
+from helpers.tiny_lora import lora_model, randomize_lora, save_checkpoint
 from helpers.tiny_lora import one_thread, tiny_model  # noqa: F401  (fixtures)
 from helpers.tiny_lora import load as _load
-from inflab.common.chat import collate, encode_pair
+from inflab.common.chat import encode_pair
 from inflab.common.messages import ProgressEvent
 from inflab.influence.checkpoints import LocalCheckpoint, attach_adapter
 from inflab.influence.gradients import example_gradients, lora_blocks
@@ -76,27 +77,11 @@ def unit_results(tiny_model, checkpoints):
 
 
 def _reference_gradients(tiny_model: Path, checkpoint: LocalCheckpoint, examples) -> torch.Tensor:
-    """One full-logit forward and ``loss.backward()`` per example, on a freshly loaded model."""
-    from peft import PeftModel
-
-    base, tokenizer = _load(tiny_model)
-    model = PeftModel.from_pretrained(base, str(checkpoint.path), is_trainable=True)
-    model.eval()
-    names = [b.name for b in lora_blocks(model)]
-    params = dict(model.named_parameters())
-    rows = []
-    for example in examples:
-        model.zero_grad()
-        model(**collate([example], tokenizer.pad_token_id)).loss.backward()
-        rows.append(torch.cat([params[n].grad.flatten() for n in names]))
-    return torch.stack(rows).double()
+    return reference_gradients(tiny_model, checkpoint, examples)[0]
 
 
 def _encode(tiny_model: Path, generated: dict[str, str]):
-    _, tokenizer = _load(tiny_model)
-    train = [encode_pair(tokenizer, p.question, p.answer, MAX_LENGTH) for p in TRAIN]
-    evals = [encode_pair(tokenizer, q.question, q.answer or generated[q.id], MAX_LENGTH) for q in EVALS]
-    return train, evals
+    return encode_examples(_load(tiny_model)[1], TRAIN, EVALS, generated)
 
 
 def test_tracin_equals_brute_force_reference(tiny_model, checkpoints, results, unit_results):
