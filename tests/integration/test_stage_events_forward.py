@@ -35,6 +35,7 @@ async def test_typed_events_are_forwarded_under_the_stage(settings) -> None:
 
     try:
         sub = await nc.subscribe(Subjects.from_settings(settings).all_events, cb=on_event)
+        await nc.flush()  # the server has the subscription before anything is published
         events = StageEvents(bus, run_id, "influence", method="tracin")
         # As the influence core builds it outside the service: another run id, no method.
         progress = ProgressEvent(run_id=elsewhere, stage="influence", fraction=0.5, step=1, total=2, eta_s=1.0,
