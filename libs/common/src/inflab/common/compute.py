@@ -38,8 +38,8 @@ def ensure_ray(settings: Settings) -> None:
 
 
 def set_threads(num_cpus: float) -> int:
-    """Pin torch's intra-op threads to the CPUs this task was given (measured here:
-    OpenMP oversubscription on 2 cores cost 20x)."""
+    """Pin torch's intra-op threads to the CPUs this task was given: tasks whose threads
+    oversubscribe the cores slow each other down many times over (docs/measurements.md)."""
     import torch
 
     threads = max(1, int(num_cpus))

