@@ -6,7 +6,7 @@ experiment's ``influence_args`` with them (a bad value is a 422 naming e.g.
 influence service parses a run's arguments with them before any work. The maths behind
 each argument is documented where it is used (``inflab.influence.methods``).
 
-What each method is good at, measured on the shared workload (README, "Influence
+What each method is good at, as the influence benchmark found it (README, "Influence
 benchmark"): once the model has memorised an example its gradient shrinks, so the methods
 that look only at the final checkpoint (DataInf, EK-FAC) lose track of it, while TracIn
 over every checkpoint with normalised gradients keeps finding it.
@@ -410,7 +410,7 @@ METHODS: dict[str, MethodInfo] = {
             speed="precise",
             description=(
                 "Eigenvalue-corrected Kronecker-factored curvature fitted on the training set (kronfluence) at "
-                "the final checkpoint: the closest estimate of a pair's effect on the answer, at about 2.5x "
+                "the final checkpoint: the closest estimate of a pair's effect on the answer, at several times "
                 "DataInf's time; like DataInf it loses track of examples the model has memorised."
             ),
             variants=[

@@ -72,8 +72,8 @@ def require_quantization_support(quantization: str, device: torch.device) -> Non
 
 
 def load_base_model(model_path: str, device: torch.device, quantization: str = "none") -> Any:
-    """The base model for training: float32 (bf16 is ~10x slower on CPUs without bf16
-    units), or with ``4bit`` its linear layers as NF4 ``Linear4bit`` computing in
+    """The base model for training: float32 (bf16 is far slower on CPUs without bf16
+    units, docs/measurements.md), or with ``4bit`` its linear layers as NF4 ``Linear4bit`` computing in
     float32. 4-bit loads from a saved folder (a GGUF file cannot be combined with a
     quantization config; the default model's converted cache folder is one)."""
     from transformers import AutoModelForCausalLM

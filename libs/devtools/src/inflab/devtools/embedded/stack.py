@@ -33,7 +33,8 @@ seen by the children too, and the URLs of what the stack started replace the emp
 own NATS credential and job key on top (:meth:`Stack.service_settings`); Ray, whose
 workers run user-chosen models and data, gets neither.
 Services also get ``OMP_NUM_THREADS=1`` (heavy torch work runs in Ray tasks, which pin
-their own threads; several processes each using every core was a 20x slowdown here).
+their own threads; several processes each using every core slow each other down many
+times over: docs/measurements.md).
 With the embedded Ray, every child (and the Ray node itself, whose workers inherit its
 environment) also gets ``RAY_ADDRESS`` and the node's own auth token (see ``ray.py``).
 
@@ -112,7 +113,7 @@ READY_POLL_S = 0.2
 SERVICE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 # Passive OpenMP waits: idle torch threads sleep instead of spinning, so the stages that
 # share the cores (and anything else on a laptop) do not starve each other
-# measured QLoRA steps at 45-58 s spinning vs 2.4-2.7 s passive on 2 cores).
+# (docs/measurements.md).
 COMMON_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 
 

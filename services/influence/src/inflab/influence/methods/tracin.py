@@ -9,7 +9,7 @@ the training pair lowered the evaluation question's loss, at least to first orde
 Two variants come from the same gradients:
 
 * ``raw``: the definition above. Its scores are dominated by a few training pairs with
-  large gradients (the top-4 lists of eight questions held only 14 of 32 pairs).
+  large gradients (the same few head most questions' top lists).
 * ``normalized``: at each checkpoint a cosine between the evaluation question's and the
   training pair's gradient, learning-rate-weighted and summed over checkpoints like ``raw``,
   so a pair ranks high because its gradient points the same way, not because it is large.
@@ -31,11 +31,10 @@ Two variants come from the same gradients:
     ``N^2 P`` per checkpoint, chunk by chunk.
   - ``unit``: the plain cosine of the raw gradients (TrackStar's unit normalisation alone).
 
-  On the shared workload (benchmarks/influence_normalisation.py, two fine-tune seeds)
-  ``trackstar`` raised recall@4 from 0.22-0.25 (``unit``) to 0.41, and on the 32 training
-  pairs used as queries (leave one out; not the questions the choice was read on) recall@3
-  from 0.18 to 0.27-0.29; BM25 stays far ahead (0.72 and 0.69): topical relatedness is a
-  retrieval notion, and TrackStar's authors also found BM25 ahead on fact retrieval.
+  ``trackstar`` is the default because it ranked the related pairs higher than ``unit``
+  in ``benchmarks/influence_normalisation.py`` (figures in docs/measurements.md); BM25
+  stays far ahead of both: topical relatedness is a retrieval notion, and TrackStar's
+  authors also found BM25 ahead on fact retrieval.
   Memorised pairs have small gradients late in training; both cosines keep finding them
   where final-checkpoint methods lost them.
 
