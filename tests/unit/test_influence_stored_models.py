@@ -17,6 +17,7 @@ import torch
 from inflab.core import influence_files
 from inflab.ml.chat import collate, encode_pair
 from inflab.core.influence_methods import DeltaHArgs
+from inflab.core.messages import InfluenceMatrix
 from inflab.ml.models import load_model
 from helpers.tiny_model import build_tiny_model
 from inflab.core.objectstore import ObjectStore, checkpoint_prefix
@@ -87,7 +88,7 @@ def _request(models, store, args: dict) -> dict:
     }
 
 
-def _job(models, store, args: dict, events: list) -> list[dict]:
+def _job(models, store, args: dict, events: list) -> list[InfluenceMatrix]:
     return influence_job(_request(models, store, args), store.url, str(models["models"]), 10_000, events.append)
 
 
@@ -95,13 +96,13 @@ def test_two_stored_full_models_score_like_the_same_models_loaded_locally(models
     events: list = []
     [result] = _job(models, store, {"old_model": "store:models/untrained", "new_model": "store:models/trained"},
                     events)
-    assert result["args"]["models"] == "old store:models/untrained vs new store:models/trained"
-    [stored] = influence_files.decode(store.get(result["key"]))
+    assert result.args["models"] == "old store:models/untrained vs new store:models/trained"
+    [stored] = influence_files.decode(store.get(result.key))
     assert stored.scores.shape == (1, 3)
     progress = [e for e in events if e.kind == "progress"]
     assert progress[-1].fraction == 1.0
     # Typed events of the job's run, stage and method.
-    run_id = result["key"].split("/")[1]  # runs/{run_id}/influence/...
+    run_id = result.key.split("/")[1]  # runs/{run_id}/influence/...
     assert {(str(e.run_id), e.stage, e.method) for e in progress} == {(run_id, "influence", "delta_h")}
 
     folders = {"old": models["untrained"], "new": models["trained"]}

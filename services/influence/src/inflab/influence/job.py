@@ -154,7 +154,4 @@ def influence_job(
     key = influence_key(req.run_id, method.name)
     with stage("storing the influence matrices"):
         store.put(key, to_safetensors_bytes(matrices))
-    return [
-        to_message(m, key, inline_max_cells=inline_max_cells, top_k=top_k).model_dump(mode="json")
-        for m in matrices
-    ]
+    return [to_message(m, key, inline_max_cells=inline_max_cells, top_k=top_k) for m in matrices]

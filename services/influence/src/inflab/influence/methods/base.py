@@ -20,7 +20,7 @@ from uuid import UUID
 import numpy as np
 
 from inflab.core import influence_methods as contract
-from inflab.core.messages import EvalQuestion, LogEvent, ProgressEvent, TrainingPair
+from inflab.core.messages import NO_RUN, EvalQuestion, LogEvent, ProgressEvent, TrainingPair
 from inflab.influence.checkpoints import LocalCheckpoint, pick_checkpoint
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -33,9 +33,6 @@ ModelLoader = Callable[[], tuple[Any, Any]]
 InfluenceEvent = ProgressEvent | LogEvent
 #: Receives the method's events (see :class:`Progress`).
 Emit = Callable[[InfluenceEvent], None]
-#: The run id of the events of a computation outside a run (a test, a notebook); the
-#: service publishes a job's events under its own run id whatever they carry.
-NO_RUN = UUID(int=0)
 #: The stage the events belong to.
 STAGE = "influence"
 
