@@ -12,6 +12,7 @@ import json
 import logging
 import tempfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from inflab.common.messages import CheckpointRef, TrainingSummary, TrainRequest
@@ -58,6 +59,25 @@ def stored_checkpoints(store: ObjectStore, run_id: object) -> list[CheckpointRef
     return sorted(refs, key=lambda r: r.step)
 
 
+@dataclass(frozen=True)
+class TrainingCompleted:
+    """The training ran to its end; ``summary`` is stored beside its metrics."""
+
+    summary: TrainingSummary
+
+
+@dataclass(frozen=True)
+class TrainingStopped:
+    """The run was cancelled while it trained: ``step`` optimizer steps were done (the
+    checkpoints written so far stay in the store)."""
+
+    step: int
+
+
+#: What :func:`train_job` returns.
+TrainJobResult = TrainingCompleted | TrainingStopped
+
+
 def train_job(
     request: dict,
     store_url: str,
@@ -66,9 +86,7 @@ def train_job(
     mailbox=None,
     *,
     emit: Callable[[dict], None],
-) -> dict:
-    """Returns ``{"outcome": "completed", "summary": TrainingSummary}`` or
-    ``{"outcome": "cancelled", "step": n}``."""
+) -> TrainJobResult:
     from inflab.trainer.mailbox import MailboxReader
     from inflab.trainer.training import PredictionLimits, TrainingCancelled, TrainingControl, train_lora
 
@@ -106,7 +124,7 @@ def train_job(
                     final_predictions_elsewhere=True,
                 )
             except TrainingCancelled as cancelled:
-                return {"outcome": "cancelled", "step": cancelled.step}
+                return TrainingStopped(step=cancelled.step)
     finally:
         if reader is not None:
             reader.stop()
@@ -114,7 +132,7 @@ def train_job(
     summary = outcome.summary(refs)
     store.put(metrics_key(req.run_id), json.dumps(outcome.metrics).encode())
     store.put(summary_key(req.run_id), summary.model_dump_json().encode())
-    return {"outcome": "completed", "summary": summary.model_dump(mode="json")}
+    return TrainingCompleted(summary=summary)
 
 
 def load_summary(store: ObjectStore, run_id: object) -> TrainingSummary | None:

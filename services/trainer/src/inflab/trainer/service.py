@@ -19,7 +19,7 @@ from inflab.common.predictions import PredictionLimits
 from inflab.common.settings import Settings
 from inflab.common.worker import require_allowed_model
 from inflab.trainer.control_subscription import ControlSubscription
-from inflab.trainer.job import finished_events, load_summary, train_job
+from inflab.trainer.job import TrainingStopped, finished_events, load_summary, train_job
 
 
 SERVICE = "trainer"
@@ -98,7 +98,7 @@ class TrainerService:
             # request is redelivered); a failure of the job itself is the run's answer.
             mailbox = await asyncio.to_thread(self.mailbox)
             await controls.attach(lambda item: mailbox.put.remote(run_key, item))
-            ok, raw = await events.run_job(
+            ok, result = await events.run_job(
                 train_job,
                 request.model_dump(mode="json"),
                 self.settings.objects_url,
@@ -114,12 +114,12 @@ class TrainerService:
                 mailbox.drop.remote(run_key)
         if not ok:
             return None
-        if raw["outcome"] == "cancelled":
+        if isinstance(result, TrainingStopped):
             # Checkpoints written so far stay in the store; no next stages.
-            await events.log(f"training cancelled after step {raw['step']}")
+            await events.log(f"training cancelled after step {result.step}")
             await events.status("cancelled")
             return None
-        return TrainingSummary.model_validate(raw["summary"])
+        return result.summary
 
 
 def make_handler(bus: Bus, settings: Settings):

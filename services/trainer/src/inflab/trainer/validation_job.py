@@ -19,11 +19,11 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from inflab.common.messages import RunSpec
+from inflab.common.messages import RetrainingRecord, RunSpec, ValidationLosses, ValidationRequest
 
 Emit = Callable[[dict], None]
 
@@ -39,8 +39,27 @@ class TaskResources:
     max_retries: int = 3
 
 
+@dataclass(frozen=True)
+class RetrainingResult:
+    """What one retraining's Ray task returns: the retraining's measurements
+    (:class:`~inflab.trainer.retrain.Retrained`), and where and how long it ran."""
+
+    key: str
+    #: Each target's loss, in the order of the targets (NaN where it diverged).
+    losses: list[float]
+    steps: int
+    train_seconds: float
+    measure_seconds: float
+    node_id: str
+    node_ip: str
+    pid: int
+    #: Wall-clock start (seconds since the epoch) and duration of the whole task.
+    started_at: float
+    seconds: float
+
+
 def _retrain_task(spec_json: dict, key: str, keep: list[int], model_id: str, models_dir: str,
-                  targets: list[tuple[str, str]], shared: Any, threads: int) -> dict:
+                  targets: list[tuple[str, str]], shared: Any, threads: int) -> RetrainingResult:
     """The body of one Ray task: one retraining, and where and how long it ran."""
     import ray
     import torch
@@ -54,15 +73,15 @@ def _retrain_task(spec_json: dict, key: str, keep: list[int], model_id: str, mod
     model_path = resolve_model(model_id, Path(models_dir))  # per node: its own model cache
     result = retrain(RunSpec.model_validate(spec_json), keep, model_path, targets, shared)
     context = ray.get_runtime_context()
-    return {
-        **result,
-        "key": key,
-        "node_id": context.get_node_id(),
-        "node_ip": ray.util.get_node_ip_address(),
-        "pid": os.getpid(),
-        "started_at": started,
-        "seconds": round(time.time() - started, 3),
-    }
+    return RetrainingResult(
+        key=key,
+        **asdict(result),
+        node_id=context.get_node_id(),
+        node_ip=ray.util.get_node_ip_address(),
+        pid=os.getpid(),
+        started_at=started,
+        seconds=round(time.time() - started, 3),
+    )
 
 
 def run_retrainings(
@@ -72,10 +91,9 @@ def run_retrainings(
     models_dir: str,
     emit: Emit,
     resources: TaskResources = TaskResources(),
-) -> dict[str, dict]:
+) -> dict[str, RetrainingResult]:
     """Run every ``(key, kept training indices)`` retraining as a Ray task and return each
-    one's record (``losses`` per target, ``node_id``, ``node_ip``, ``pid``, ``seconds``...),
-    emitting a progress event as each ends. Ray must be initialised."""
+    one's result by key, emitting a progress event as each ends. Ray must be initialised."""
     import ray
 
     from inflab.common.models import resolve_model
@@ -98,7 +116,7 @@ def run_retrainings(
     total = len(pending)
     emit({"kind": "progress", "fraction": 0.0, "step": 0, "total": total,
           "message": f"{total} retrainings queued on Ray"})
-    records: dict[str, dict] = {}
+    records: dict[str, RetrainingResult] = {}
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -107,7 +125,7 @@ def run_retrainings(
                 records[key] = ray.get(ref)
                 record = records[key]
                 emit({"kind": "progress", "fraction": len(records) / total, "step": len(records), "total": total,
-                      "message": f"retraining {key} done in {record['seconds']:.1f} s on {record['node_ip']}"})
+                      "message": f"retraining {key} done in {record.seconds:.1f} s on {record.node_ip}"})
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
@@ -115,11 +133,9 @@ def run_retrainings(
     return records
 
 
-def validation_job(request: dict, models_dir: str, *, emit: Emit) -> dict:
+def validation_job(request: dict, models_dir: str, *, emit: Emit) -> ValidationLosses:
     """The job of a ``ValidationRequest`` (as JSON): every retraining it lists, fanned out
-    over Ray from inside this (coordinating) task. Returns ``ValidationLosses`` as JSON."""
-    from inflab.common.messages import RetrainingRecord, ValidationLosses, ValidationRequest
-
+    over Ray from inside this (coordinating) task."""
     req = ValidationRequest.model_validate(request)
     spec = req.spec
     n = len(spec.training_data)
@@ -139,10 +155,10 @@ def validation_job(request: dict, models_dir: str, *, emit: Emit) -> dict:
         validation_id=req.validation_id,
         eval_ids=[t.eval_id for t in req.targets],
         retrainings=[
-            RetrainingRecord(key=key, losses=[v if v == v else None for v in record["losses"]],
-                             node_id=record["node_id"], node_ip=record["node_ip"], pid=record["pid"],
-                             seconds=record["seconds"], train_seconds=record.get("train_seconds"))
+            RetrainingRecord(key=key, losses=[v if v == v else None for v in record.losses],
+                             node_id=record.node_id, node_ip=record.node_ip, pid=record.pid,
+                             seconds=record.seconds, train_seconds=record.train_seconds)
             for key, record in records.items()
         ],
         wall_seconds=round(time.monotonic() - started, 3),
-    ).model_dump(mode="json")
+    )

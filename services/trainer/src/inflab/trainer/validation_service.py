@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 
 from inflab.common.bus import Bus
 from inflab.common.events import StageEvents
-from inflab.common.messages import ValidationLosses, ValidationRequest
+from inflab.common.messages import ValidationRequest
 from inflab.common.settings import Settings
 from inflab.common.worker import require_allowed_model
 from inflab.trainer.control_subscription import ControlSubscription
@@ -70,7 +70,7 @@ class ValidationService:
             await controls.stop()
         if not ok:
             return
-        await events.publish("result", validation=ValidationLosses.model_validate(result))
+        await events.publish("result", validation=result)
         await events.status("completed")
 
 
