@@ -70,9 +70,9 @@ def _run_on_ray(workers: int, spec, retrainings, targets, models_dir: str, log) 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="WARNING")
     try:
-        def progress(event: dict) -> None:
-            if event.get("kind") == "progress" and event.get("step"):
-                log(f"  [{workers} worker(s)] {event['step']}/{event['total']}: {event.get('message', '')}")
+        def progress(event) -> None:
+            if event.kind == "progress" and event.step:
+                log(f"  [{workers} worker(s)] {event.step}/{event.total}: {event.message or ''}")
 
         started = time.perf_counter()
         records = run_retrainings(spec, retrainings, targets, models_dir, progress, TaskResources(num_cpus=1))

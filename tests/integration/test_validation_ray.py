@@ -36,7 +36,7 @@ def tiny_spec(model_id: str) -> RunSpec:
 def test_retrainings_run_as_ray_tasks_and_report_where_and_how_long(ray_cluster, tiny_model: Path) -> None:
     from inflab.trainer.validation_job import TaskResources, run_retrainings
 
-    events: list[dict] = []
+    events: list = []
     retrainings = [("full", range(6)), ("subset-000", [0, 2, 4]), ("subset-001", [1, 3, 5])]
     records = run_retrainings(tiny_spec(tiny_model.name), retrainings, TARGETS, str(tiny_model.parent),
                               events.append, TaskResources(num_cpus=1))
@@ -46,8 +46,9 @@ def test_retrainings_run_as_ray_tasks_and_report_where_and_how_long(ray_cluster,
         assert record.node_id and record.pid != os.getpid()
     # The subset that saw "Fact 2 is Quux." fits it better than the one that did not.
     assert records["subset-000"].losses[0] < records["subset-001"].losses[0]
-    progress = [e for e in events if e["kind"] == "progress"]
-    assert [e["step"] for e in progress] == [0, 1, 2, 3] and progress[-1]["fraction"] == 1.0
+    progress = [e for e in events if e.kind == "progress"]
+    assert [e.step for e in progress] == [0, 1, 2, 3] and progress[-1].fraction == 1.0
+    assert all(e.stage == "validation" for e in progress)
 
 
 # --------------------------------------------------------------------------- two nodes

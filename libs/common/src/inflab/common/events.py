@@ -1,5 +1,6 @@
-"""Publishing one run stage's events: turns the plain dicts that ML libraries emit
-(``{"kind": "progress", ...}``) into typed event messages on the run's event subject.
+"""Publishing one run stage's events: turns what ML libraries emit, typed event models or
+plain dicts (``{"kind": "progress", ...}``), into this stage's event messages on the run's
+event subject.
 
 An event carrying a list that can grow with the run (a result's ``answers``, a
 prediction's ``samples``) is split into several events when its JSON would not fit in one
@@ -48,6 +49,10 @@ _KINDS: dict[str, type[EventBase]] = {
 
 #: Statuses a job may emit itself through ``forward``.
 JOB_STATUSES = ("running", "checkpointing")
+
+#: Fields of an emitted typed event that the publishing stage sets itself (an event's id is
+#: kept where its emitter chose one).
+ENVELOPE = frozenset({"kind", "event_id", "run_id", "stage", "method", "time", "schema_version"})
 
 #: List fields an event may be split along, each item landing in exactly one part.
 SPLITTABLE = ("answers", "samples")
@@ -106,22 +111,29 @@ class StageEvents:
     async def log(self, message: str, level: str = "info") -> None:
         await self.publish("log", level=level, message=message)
 
-    async def forward(self, item: dict) -> None:
-        """Publish a dict emitted by an ML library; unknown kinds (and kinds this stage
-        does not send: its credential may not publish them) become log lines rather than
-        failures (a library adding a new kind must not break a run). A library may
-        report the in-flight statuses (``running``, ``checkpointing``) only: terminal ones
-        are the service's, which knows whether the job is acknowledged."""
-        item = dict(item)
-        kind = item.pop("kind", None)
+    async def forward(self, item: EventBase | dict) -> None:
+        """Publish an event emitted by an ML library, a typed event or a dict with its
+        ``kind``. Either way the event published is this stage's, built from the item's
+        own fields: its run, stage and method are this stage's (a job speaks for the run
+        it was given only), its time is now. Unknown kinds (and kinds this stage does not
+        send: its credential may not publish them) become log lines rather than failures
+        (a library adding a new kind must not break a run). A library may report the
+        in-flight statuses (``running``, ``checkpointing``) only: terminal ones are the
+        service's, which knows whether the job is acknowledged."""
+        if isinstance(item, EventBase):
+            kind = getattr(item, "kind", None)
+            fields = item.model_dump(exclude=ENVELOPE - ({"event_id"} & item.model_fields_set))
+        else:
+            fields = dict(item)
+            kind = fields.pop("kind", None)
         if (
             kind not in STAGE_EVENT_KINDS.get(self.stage, ())
-            or (kind == "status" and item.get("status") not in JOB_STATUSES)
+            or (kind == "status" and fields.get("status") not in JOB_STATUSES)
         ):
             await self.log(f"unrecognised progress item: {kind!r}", level="debug")
             return
         try:
-            event = self.build(kind, **item)
+            event = self.build(kind, **fields)
         except ValidationError as exc:
             await self.log(f"dropped a malformed {kind} item: {exc.errors()[:1]}", level="warning")
             return

@@ -2,8 +2,9 @@
 last checkpoint in the object store if there is one, train with the plain training
 library, upload each checkpoint as it is written.
 
-It speaks to the outside only through ``emit`` (streamed back to the service by
-:func:`inflab.common.compute.run_streaming`), the object store, and the control mailbox.
+It speaks to the outside only through ``emit`` (typed events of the run's ``train`` stage,
+streamed back to the service by :func:`inflab.common.compute.run_streaming`), the object
+store, and the control mailbox.
 """
 
 from __future__ import annotations
@@ -11,14 +12,15 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from uuid import UUID
 
-from inflab.common.messages import CheckpointRef, TrainingSummary, TrainRequest
+from inflab.common.messages import CheckpointEvent, CheckpointRef, EventBase, TrainingSummary, TrainRequest
 from inflab.common.models import resolve_model
 from inflab.common.objectstore import ObjectStore, checkpoint_prefix, run_prefix
 from inflab.trainer.checkpoints import META_FILE, CheckpointInfo
+from inflab.trainer.core_events import CoreEvents, Emit
 
 log = logging.getLogger(__name__)
 
@@ -85,12 +87,13 @@ def train_job(
     prediction_limits: dict,
     mailbox=None,
     *,
-    emit: Callable[[dict], None],
+    emit: Emit,
 ) -> TrainJobResult:
     from inflab.trainer.mailbox import MailboxReader
-    from inflab.trainer.training import PredictionLimits, TrainingCancelled, TrainingControl, train_lora
+    from inflab.trainer.training import PredictionLimits, TrainingCancelled, TrainingControl, TrainingRun
 
     req = TrainRequest.model_validate(request)
+    events = CoreEvents("train", req.run_id, emit)
     store = ObjectStore(store_url)
     control = TrainingControl()
     reader = MailboxReader(mailbox, str(req.run_id), control).start() if mailbox is not None else None
@@ -103,7 +106,7 @@ def train_job(
             upload_checkpoint(store, info.path, key)
             ref = info.ref(key)
             refs.append(ref)
-            emit({"kind": "checkpoint", "checkpoint": ref.model_dump(mode="json")})
+            events.send(CheckpointEvent, checkpoint=ref)
 
         with tempfile.TemporaryDirectory(prefix=f"inflab-train-{req.run_id}-") as work:
             resume_from = None
@@ -113,16 +116,16 @@ def train_job(
                 # Its checkpoint events may not all have been sent (ids derived from the
                 # step: those already stored are dropped as duplicates).
                 for ref in refs:
-                    emit({"kind": "checkpoint", "checkpoint": ref.model_dump(mode="json")})
+                    events.send(CheckpointEvent, checkpoint=ref)
             try:
-                outcome = train_lora(
+                outcome = TrainingRun(
                     req.spec, model_path, Path(work), emit, on_checkpoint,
-                    control=control, resume_from=resume_from,
+                    run_id=req.run_id, control=control, resume_from=resume_from,
                     prediction_limits=PredictionLimits(**prediction_limits),
                     # The inference stage's fine-tuned answers are the tracking row at the
                     # end of training (inflab.inference.job), so it is not decoded here too.
                     final_predictions_elsewhere=True,
-                )
+                ).run()
             except TrainingCancelled as cancelled:
                 return TrainingStopped(step=cancelled.step)
     finally:
@@ -142,13 +145,13 @@ def load_summary(store: ObjectStore, run_id: object) -> TrainingSummary | None:
     return TrainingSummary.model_validate(json.loads(store.get(key)))
 
 
-def finished_events(store: ObjectStore, run_id: object) -> list[dict]:
-    """The metric and checkpoint items of a finished training, to send again with its
+def finished_events(store: ObjectStore, run_id: UUID) -> list[EventBase]:
+    """The metric and checkpoint events of a finished training, to send again with its
     result: the worker that finished it may have died (or lost the run) before sending
     them all. Their event ids come from the step, so what was stored is not stored twice."""
-    items: list[dict] = []
+    train = CoreEvents("train", run_id)
+    events: list[EventBase] = []
     if store.exists(metrics_key(run_id)):
-        items += [dict(m) for m in json.loads(store.get(metrics_key(run_id)))]
-    items += [{"kind": "checkpoint", "checkpoint": ref.model_dump(mode="json")}
-              for ref in stored_checkpoints(store, run_id)]
-    return items
+        events += [train.metric(record) for record in json.loads(store.get(metrics_key(run_id)))]
+    events += [train.make(CheckpointEvent, checkpoint=ref) for ref in stored_checkpoints(store, run_id)]
+    return events

@@ -4,8 +4,8 @@
 on a benchmark run's documents).
 
 No NATS, HTTP or object store in here: the caller gives the run spec and a model folder,
-receives events through ``emit`` (plain dicts, turned into bus events by the service) and
-checkpoints through ``on_checkpoint`` (uploaded by the caller), and gets a
+receives events through ``emit`` (the contract's typed event models, published by the
+service) and checkpoints through ``on_checkpoint`` (uploaded by the caller), and gets a
 :class:`TrainingOutcome` back.
 
 Choices:
@@ -35,12 +35,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import torch
 
 from inflab.common.chat import EncodedExample
 from inflab.common.function_tokens import grow_embeddings
-from inflab.common.messages import CheckpointRef, RunSpec, TrainingSummary
+from inflab.common.messages import (
+    CheckpointRef, LogEvent, ParamsEvent, PredictionEvent, ProgressEvent, RunSpec, StatusEvent,
+    TrainingSummary,
+)
 from inflab.common.models import load_tokenizer
 from inflab.trainer.checkpoints import (
     META_FILE,
@@ -53,6 +57,7 @@ from inflab.trainer.checkpoints import (
     rng_state,
     save_checkpoint,
 )
+from inflab.trainer.core_events import CoreEvents, Emit
 from inflab.trainer.control import ParamUpdate, TrainingCancelled, TrainingControl
 from inflab.trainer.model_setup import attach_lora, load_base_model, pick_device, require_quantization_support
 from inflab.trainer.objectives import Objective, objective_for
@@ -61,8 +66,6 @@ from inflab.trainer.predictions import (
 )
 
 log = logging.getLogger(__name__)
-
-Emit = Callable[[dict], None]
 
 __all__ = [
     "META_FILE", "STATE_FILE", "CheckpointInfo", "Objective", "PredictionLimits", "TrainingCancelled",
@@ -83,7 +86,8 @@ class TrainingOutcome:
     checkpoints: list[CheckpointInfo] = field(default_factory=list)
     #: Loss of each optimizer step run by this call (steps before a resume point are not included).
     losses: list[float] = field(default_factory=list)
-    #: Every metric event of the run's training so far (a resumed call's included), in order.
+    #: Every metric of the run's training so far (a resumed call's included), in order, as
+    #: the fields of its event with ``"kind": "metric"`` (as checkpoints and the store keep them).
     metrics: list[dict] = field(default_factory=list)
     #: The step this call started from (0, or the resumed checkpoint's step).
     start_step: int = 0
@@ -165,15 +169,16 @@ class TrainingRun:
     Checkpoints go to ``work_dir/checkpoints/{step:08d}/`` every ``checkpoint_interval``
     epochs and after the last epoch; each is handed to ``on_checkpoint`` (which uploads it,
     since only the caller knows the object key) before training continues. Events passed to
-    ``emit``:
+    ``emit``, of the ``train`` stage of ``run_id`` (:data:`~inflab.trainer.core_events.NO_RUN`
+    where None), with these fields set:
 
-    * ``{"kind": "progress", "fraction", "step", "total", "epoch", "eta_s"}`` every step;
-    * ``{"kind": "metric", "step", "epoch", "loss", "learning_rate", "grad_norm",
-      "tokens_per_s", "samples_per_s", "memory_mb"[, "gpu_memory_mb"]}`` every
-      ``logging_steps`` steps and at the last step;
-    * ``{"kind": "status", "status": "checkpointing"}`` while a checkpoint is written and
-      uploaded, then ``{"kind": "status", "status": "running"}``;
-    * ``{"kind": "prediction", "step", "epoch", "samples", "precision"}`` per
+    * :class:`ProgressEvent` ``fraction, step, total, epoch, eta_s`` every step;
+    * :class:`MetricEvent` ``step, epoch, loss, learning_rate, grad_norm, tokens_per_s,
+      samples_per_s, memory_mb[, gpu_memory_mb]`` every ``logging_steps`` steps and at the
+      last step;
+    * :class:`StatusEvent` ``status="checkpointing"`` while a checkpoint is written and
+      uploaded, then ``status="running"``;
+    * :class:`PredictionEvent` ``step, epoch, samples, precision`` per
       ``spec.predictions``, except at the end of training when
       ``final_predictions_elsewhere`` (a run's inference stage answers every evaluation
       question with the final adapter right after, so the pipeline takes that row from it
@@ -181,9 +186,9 @@ class TrainingRun:
       bfloat16 copy, the event is emitted from the background thread that decoded it,
       while training goes on (so ``emit`` must be thread-safe), and always before
       :meth:`run` returns (a sampling point still decoding when it raises is dropped);
-    * ``{"kind": "params", "request_id", "changes", "effective_step"}`` when a runtime
-      change from ``control`` is applied;
-    * ``{"kind": "log", "level", "message"}`` for notable things (the start, truncation,
+    * :class:`ParamsEvent` ``request_id, changes, effective_step`` when a runtime change
+      from ``control`` is applied;
+    * :class:`LogEvent` ``level, message`` for notable things (the start, truncation,
       clamped settings, a resume, a failed prediction sampling).
 
     ``control`` lets another thread change learning rate / weight decay or cancel (raises
@@ -209,6 +214,7 @@ class TrainingRun:
         emit: Emit,
         on_checkpoint: Callable[[CheckpointInfo], None] | None = None,
         *,
+        run_id: UUID | None = None,
         objective: Objective | None = None,
         control: TrainingControl | None = None,
         resume_from: Path | None = None,
@@ -220,7 +226,7 @@ class TrainingRun:
         self.hp = spec.hyperparams
         self.model_path = model_path
         self.work_dir = Path(work_dir)
-        self.emit = emit
+        self.events = CoreEvents("train", run_id, emit)
         self.on_checkpoint = on_checkpoint
         self.objective = objective if objective is not None else objective_for(spec)
         self.control = control
@@ -238,10 +244,16 @@ class TrainingRun:
 
     def _log(self, level: str, message: str) -> None:
         getattr(log, "warning" if level == "warning" else "info")(message)
-        self.emit({"kind": "log", "level": level, "message": message})
+        self.events.send(LogEvent, level=level, message=message)
 
     def _status(self, status: str) -> None:
-        self.emit({"kind": "status", "status": status})
+        self.events.send(StatusEvent, status=status)
+
+    def _metric(self, metric: dict) -> None:
+        self.events.emit(self.events.metric(metric))
+
+    def _predictions(self, step: int, epoch: float, samples: list[dict], precision: str) -> None:
+        self.events.send(PredictionEvent, step=step, epoch=epoch, samples=samples, precision=precision)
 
     # ------------------------------------------------------------------ setup
 
@@ -270,7 +282,7 @@ class TrainingRun:
         if plan is not None:
             precision = resolve_precision(plan.precision, self.device, self.hp.quantization == "4bit")
             sampler = PredictionSampler(plan, self.tokenizer, precision)
-            self.tracker = PredictionTracker(sampler, self.emit, lambda message: self._log("warning", message))
+            self.tracker = PredictionTracker(sampler, self._predictions, lambda message: self._log("warning", message))
 
     def _prepare_model(self) -> None:
         from transformers import get_scheduler
@@ -321,7 +333,7 @@ class TrainingRun:
         # gives metric events ids derived from their step, so those already stored are
         # dropped as duplicates.
         for metric in self.metric_history:
-            self.emit(dict(metric))
+            self._metric(metric)
         return first_epoch, window_state
 
     # ------------------------------------------------------------------ steps
@@ -350,7 +362,7 @@ class TrainingRun:
                 self.applied.add(update.request_id)
             described = ", ".join(f"{k} {v['old']:g} -> {v['new']:g}" for k, v in changes.items())
             self._log("info", f"{described} from step {step + 1}")
-            self.emit({"kind": "params", "request_id": update.request_id, "changes": changes, "effective_step": step + 1})
+            self.events.send(ParamsEvent, request_id=update.request_id, changes=changes, effective_step=step + 1)
 
     def _optimizer_step(self, group: list[Sequence[Any]], want_grad_norm: bool) -> tuple[float, float, float | None]:
         """One optimizer step over a group of micro-batches. Returns (loss, learning rate
@@ -476,12 +488,12 @@ class TrainingRun:
 
                     fractional_epoch = round(epoch - 1 + (index + 1) / self.steps_per_epoch, 4)
                     eta = (time.monotonic() - loop_started) / (step - start_step) * (total - step)
-                    self.emit({"kind": "progress", "fraction": step / total, "step": step, "total": total,
-                               "epoch": fractional_epoch, "eta_s": round(eta, 2)})
+                    self.events.send(ProgressEvent, fraction=step / total, step=step, total=total,
+                                     epoch=fractional_epoch, eta_s=round(eta, 2))
                     if log_now:
                         metric = window.flush(step, fractional_epoch, learning_rate, grad_norm)
                         self.metric_history.append(metric)
-                        self.emit(dict(metric))
+                        self._metric(metric)
                     if self._tracking_due(step, epoch_end=index == len(groups) - 1):
                         tracker.sample(model, step, fractional_epoch)  # at an epoch's end, fractional_epoch == epoch
 

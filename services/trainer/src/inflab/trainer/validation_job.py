@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
-from inflab.common.messages import RetrainingRecord, RunSpec, ValidationLosses, ValidationRequest
-
-Emit = Callable[[dict], None]
+from inflab.common.messages import ProgressEvent, RetrainingRecord, RunSpec, ValidationLosses, ValidationRequest
+from inflab.trainer.core_events import CoreEvents, Emit
 
 
 @dataclass(frozen=True)
@@ -91,9 +91,12 @@ def run_retrainings(
     models_dir: str,
     emit: Emit,
     resources: TaskResources = TaskResources(),
+    *,
+    run_id: UUID | None = None,
 ) -> dict[str, RetrainingResult]:
     """Run every ``(key, kept training indices)`` retraining as a Ray task and return each
-    one's result by key, emitting a progress event as each ends. Ray must be initialised."""
+    one's result by key, emitting a progress event (of ``run_id``'s validation stage) as
+    each ends. Ray must be initialised."""
     import ray
 
     from inflab.common.models import resolve_model
@@ -114,8 +117,8 @@ def run_retrainings(
         for key, keep in retrainings
     }
     total = len(pending)
-    emit({"kind": "progress", "fraction": 0.0, "step": 0, "total": total,
-          "message": f"{total} retrainings queued on Ray"})
+    events = CoreEvents("validation", run_id, emit)
+    events.send(ProgressEvent, fraction=0.0, step=0, total=total, message=f"{total} retrainings queued on Ray")
     records: dict[str, RetrainingResult] = {}
     try:
         while pending:
@@ -124,8 +127,8 @@ def run_retrainings(
                 key = pending.pop(ref)
                 records[key] = ray.get(ref)
                 record = records[key]
-                emit({"kind": "progress", "fraction": len(records) / total, "step": len(records), "total": total,
-                      "message": f"retraining {key} done in {record.seconds:.1f} s on {record.node_ip}"})
+                events.send(ProgressEvent, fraction=len(records) / total, step=len(records), total=total,
+                            message=f"retraining {key} done in {record.seconds:.1f} s on {record.node_ip}")
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
@@ -150,7 +153,8 @@ def validation_job(request: dict, models_dir: str, *, emit: Emit) -> ValidationL
     targets = [(questions[t.eval_id], t.answer) for t in req.targets]
     started = time.monotonic()
     records = run_retrainings(spec, retrainings, targets, models_dir, emit,
-                              TaskResources(num_cpus=req.resources.num_cpus, num_gpus=req.resources.num_gpus))
+                              TaskResources(num_cpus=req.resources.num_cpus, num_gpus=req.resources.num_gpus),
+                              run_id=req.run_id)
     return ValidationLosses(
         validation_id=req.validation_id,
         eval_ids=[t.eval_id for t in req.targets],
