@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 import inflab.trainer.training as training
 from inflab.common.messages import EventBase, RunSpec
-from inflab.common.models import build_tiny_model
+from inflab.common.models import build_tiny_model, load_tokenizer
 from inflab.trainer.checkpoints import load_training_state
 from inflab.trainer.core_events import NO_RUN
 from inflab.trainer.model_setup import InvalidTargetModules
@@ -351,3 +351,78 @@ def test_shared_prefix_loss_equals_the_plain_answer_loss(tiny_model: str) -> Non
     assert torch.allclose(shared_grad, plain_grad, rtol=1e-4, atol=1e-6)
     # A single row, or rows that differ early, take the plain path.
     assert shared_prefix_length(collate(examples[:1], tokenizer.pad_token_id)) == 0
+
+
+def test_an_objective_brings_its_examples_order_batching_and_loss(tiny_model: str, tmp_path: Path) -> None:
+    """A new objective is a class implementing Objective: the run trains its examples, in
+    its order, collated and weighed by it, with its loss."""
+    from inflab.common.chat import IGNORE_INDEX, answer_loss, collate, encode_pair
+    from inflab.trainer.objectives import Objective
+    from inflab.trainer.training import TrainingRun
+
+    class FirstAnswerToken(Objective):
+        """The loss on each answer's first token only; every epoch reads the pairs backwards."""
+
+        def __init__(self, spec: RunSpec) -> None:
+            self.spec = spec
+            self.batches: list[list[list[int]]] = []
+
+        def encode(self, tokenizer):
+            examples = []
+            for pair in self.spec.training_data:
+                e = encode_pair(tokenizer, pair.question, pair.answer, 64)
+                first = next(i for i, label in enumerate(e.labels) if label != IGNORE_INDEX)
+                labels = [label if i == first else IGNORE_INDEX for i, label in enumerate(e.labels)]
+                examples.append(type(e)(input_ids=e.input_ids, labels=labels, truncated=e.truncated))
+            return examples
+
+        def tokens(self, example) -> int:
+            return example.answer_tokens
+
+        def order(self, n: int, seed: int, epoch: int) -> list[int]:
+            return list(reversed(range(n)))
+
+        def collate(self, examples, pad_id):
+            self.batches.append([e.input_ids for e in examples])
+            return collate(examples, pad_id)
+
+        def loss(self, model, batch):
+            return answer_loss(model, batch)
+
+    spec = make_spec(num_epochs=2)
+    objective = FirstAnswerToken(spec)
+    events: list[EventBase] = []
+    outcome = TrainingRun(spec, tiny_model, tmp_path, events.append, objective=objective).run()
+
+    examples = objective.encode(load_tokenizer(tiny_model))
+    backwards = [[examples[2].input_ids, examples[1].input_ids], [examples[0].input_ids]]
+    assert objective.batches == backwards * 2  # batch size 2, 3 pairs, 2 epochs
+    assert outcome.steps == 4 and outcome.tokens == 2 * 3  # one token a pair, every epoch
+    assert [m.step for m in kinds(events, "metric")] == [1, 2, 3, 4]
+    assert [c.step for c in outcome.checkpoints] == [4]
+
+
+def test_a_benchmark_run_trains_its_documents_in_order_on_every_token(tiny_model: str, tmp_path: Path) -> None:
+    from inflab.common.chat import encode_document
+    from inflab.trainer.objectives import CausalLMObjective, SupervisedObjective, objective_for
+
+    documents = [{"id": f"d{i}", "question": "definition", "answer": f"<FN> returns {i}. <FN> is constant."}
+                 for i in range(3)]
+    spec = RunSpec(
+        training_data=documents, eval_data=[{"id": "q", "question": "<FN> returns", "answer": "1"}],
+        hyperparams={"learning_rate": 1e-2, "num_epochs": 2, "batch_size": 2, "checkpoint_interval": 2},
+        benchmark={"relevant": {"q": ["d1"]}, "special_tokens": ["<FN>"]},
+    )
+    assert isinstance(objective_for(spec), CausalLMObjective)
+    assert isinstance(objective_for(make_spec()), SupervisedObjective)
+    events: list[EventBase] = []
+    outcome = train_lora(spec, tiny_model, tmp_path, events.append)
+
+    tokenizer = load_tokenizer(tiny_model)
+    tokenizer.add_tokens(["<FN>"], special_tokens=True)
+    encoded = [encode_document(tokenizer, d["answer"], 128) for d in documents]
+    # Every token of every document is labelled for the loss, every epoch.
+    assert outcome.tokens == 2 * sum(len(e.input_ids) for e in encoded)
+    assert outcome.steps == 4 and outcome.losses[-1] < outcome.losses[0]
+    assert any(e.message == "prediction tracking is off for a benchmark run" for e in kinds(events, "log"))
+    assert not kinds(events, "prediction")

@@ -234,6 +234,7 @@ class TrainingRun:
         self.prediction_limits = prediction_limits
         self.final_predictions_elsewhere = final_predictions_elsewhere
         self.base_model = base_model
+        self._started = False
         #: Optimizer steps done, and the request ids of the runtime changes applied so far.
         self.step = 0
         self.applied: set[str] = set()
@@ -426,6 +427,9 @@ class TrainingRun:
     # ------------------------------------------------------------------ the run
 
     def run(self) -> TrainingOutcome:
+        if self._started:
+            raise RuntimeError("a TrainingRun trains once; make a new one")
+        self._started = True
         hp = self.hp
         started = time.monotonic()
         self.device = pick_device()

@@ -43,7 +43,7 @@ class Objective(Protocol[E]):
         return []
 
     def encode(self, tokenizer: Any) -> list[E]:
-        """The run's training data as examples, in the run's order."""
+        """The run's training data as examples, in the order of ``spec.training_data``."""
         ...
 
     def tokens(self, example: E) -> int:
