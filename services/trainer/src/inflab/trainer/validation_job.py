@@ -26,6 +26,7 @@ from uuid import UUID
 
 from inflab.common.messages import ProgressEvent, RetrainingRecord, RunSpec, ValidationLosses, ValidationRequest
 from inflab.trainer.core_events import CoreEvents, Emit
+from inflab.trainer.retrain import Retrained
 
 
 @dataclass(frozen=True)
@@ -40,16 +41,11 @@ class TaskResources:
 
 
 @dataclass(frozen=True)
-class RetrainingResult:
-    """What one retraining's Ray task returns: the retraining's measurements
-    (:class:`~inflab.trainer.retrain.Retrained`), and where and how long it ran."""
+class RetrainingResult(Retrained):
+    """What one retraining's Ray task returns: what the retraining measured, and which it
+    was, where and how long it ran."""
 
     key: str
-    #: Each target's loss, in the order of the targets (NaN where it diverged).
-    losses: list[float]
-    steps: int
-    train_seconds: float
-    measure_seconds: float
     node_id: str
     node_ip: str
     pid: int
@@ -74,8 +70,8 @@ def _retrain_task(spec_json: dict, key: str, keep: list[int], model_id: str, mod
     result = retrain(RunSpec.model_validate(spec_json), keep, model_path, targets, shared)
     context = ray.get_runtime_context()
     return RetrainingResult(
-        key=key,
         **asdict(result),
+        key=key,
         node_id=context.get_node_id(),
         node_ip=ray.util.get_node_ip_address(),
         pid=os.getpid(),
