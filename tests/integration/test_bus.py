@@ -18,13 +18,11 @@ from inflab.common.bus import Bus
 from inflab.common.events import StageEvents
 from inflab.common.job_signing import SIGNATURE_HEADER, JobSigner, new_key_pair
 from inflab.common.messages import (
-    CheckpointEvent, CheckpointRef, DeadLetter, InferenceRequest, LogEvent, MetricEvent, ProgressEvent, StatusEvent,
-    TrainRequest, parse_event,
+    CheckpointRef, DeadLetter, InferenceRequest, LogEvent, ProgressEvent, StatusEvent, TrainRequest, parse_event,
 )
 from inflab.common.objectstore import checkpoint_prefix
 from inflab.common.settings import Settings
-from inflab.trainer.core_events import NO_RUN, CoreEvents
-from inflab.trainer.service import TRAIN_EVENTS, TrainEvents
+from inflab.trainer.core_events import NO_RUN, TRAIN_EVENTS, CoreEvents, step_event_id
 
 pytestmark = pytest.mark.integration
 
@@ -246,17 +244,17 @@ async def _published(bus: Bus, run_id: uuid.UUID, send, count: int) -> list:
 
 async def test_typed_events_publish_as_the_stage_s_own(bus: Bus) -> None:
     run_id = uuid.uuid4()
-    stage = TrainEvents(bus, run_id, "train")
+    stage = StageEvents(bus, run_id, "train")
     core = CoreEvents("train")  # a core that was not told its run
+    job = CoreEvents("train", run_id)  # a job knows its run
     metric = {"step": 3, "epoch": 1.5, "loss": 0.25, "learning_rate": 1e-3, "grad_norm": 0.5}
     ref = CheckpointRef(step=4, epoch=2, key=checkpoint_prefix(run_id, 4), learning_rate=1e-3, loss=0.2)
 
     async def send() -> None:
         await stage.forward(core.make(ProgressEvent, fraction=0.5, step=3, total=6, epoch=1.5, eta_s=2.0))
-        await stage.forward(core.make(MetricEvent, **metric))
+        await stage.forward(job.metric({"kind": "metric", **metric}))
         await stage.forward({"kind": "metric", **metric})  # the same metric as a dict
-        # The job knows its run: its checkpoint events name it (the key must lie under it).
-        await stage.forward(CoreEvents("train", run_id).make(CheckpointEvent, checkpoint=ref))
+        await stage.forward(job.checkpoint(ref))
         await stage.forward(core.make(StatusEvent, status="checkpointing"))
         await stage.forward(core.make(StatusEvent, status="completed"))  # the service's to say
         await stage.forward(core.make(LogEvent, level="warning", message="done"))
@@ -266,9 +264,10 @@ async def test_typed_events_publish_as_the_stage_s_own(bus: Bus) -> None:
     for event in (progress, typed, plain, checkpoint, status, refused, log):
         assert (event.run_id, event.stage, event.method) == (run_id, "train", None)
     assert (progress.kind, progress.fraction, progress.step, progress.total, progress.eta_s) == ("progress", 0.5, 3, 6, 2.0)
-    # A metric's id comes from the run and its step, whichever way it was emitted.
-    assert typed.model_dump(exclude={"time"}) == plain.model_dump(exclude={"time"})
-    assert typed.event_id == uuid.uuid5(TRAIN_EVENTS, f"{run_id}:metric:3")
+    assert typed.model_dump(exclude={"time", "event_id"}) == plain.model_dump(exclude={"time", "event_id"})
+    # A training's metric and checkpoint ids come from the run and the step: sent again
+    # after a resume, they are stored once.
+    assert typed.event_id == step_event_id(run_id, "metric", 3) == uuid.uuid5(TRAIN_EVENTS, f"{run_id}:metric:3")
     assert checkpoint.kind == "checkpoint" and checkpoint.checkpoint == ref
     assert checkpoint.event_id == uuid.uuid5(TRAIN_EVENTS, f"{run_id}:checkpoint:4")
     assert status.kind == "status" and status.status == "checkpointing"

@@ -16,7 +16,7 @@ import inflab.trainer.training as training
 from inflab.common.messages import EventBase, RunSpec
 from inflab.common.models import build_tiny_model, load_tokenizer
 from inflab.trainer.checkpoints import load_training_state
-from inflab.trainer.core_events import NO_RUN
+from inflab.trainer.core_events import NO_RUN, step_event_id
 from inflab.trainer.model_setup import InvalidTargetModules
 from inflab.trainer.training import TrainingCancelled, TrainingControl, train_lora
 
@@ -52,8 +52,8 @@ def kinds(events: list[EventBase], kind: str) -> list:
 
 
 def fields(event: EventBase) -> set[str]:
-    """The fields the training loop set on ``event`` (the run and stage aside)."""
-    return event.model_fields_set - {"run_id", "stage"}
+    """The fields the training loop set on ``event`` (its run, stage and id aside)."""
+    return event.model_fields_set - {"run_id", "stage", "event_id"}
 
 
 def test_loss_falls_and_events_have_the_documented_shape(tiny_model: str, tmp_path: Path) -> None:
@@ -78,6 +78,7 @@ def test_loss_falls_and_events_have_the_documented_shape(tiny_model: str, tmp_pa
     assert progress[-1].fraction == 1.0 and progress[-1].total == outcome.steps
     assert progress[-1].epoch == 6.0 and progress[0].epoch == 0.5
     assert [m.loss for m in metrics] == outcome.losses
+    assert [m.event_id for m in metrics] == [step_event_id(NO_RUN, "metric", m.step) for m in metrics]
     assert all(m.learning_rate == 1e-2 for m in metrics)
     assert all(m.grad_norm > 0 and m.tokens_per_s > 0 and m.samples_per_s > 0 for m in metrics)
     assert all(m.memory_mb > 50 for m in metrics)  # this process's RSS, MiB

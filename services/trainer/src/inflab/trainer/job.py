@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from uuid import UUID
 
-from inflab.common.messages import CheckpointEvent, CheckpointRef, EventBase, TrainingSummary, TrainRequest
+from inflab.common.messages import CheckpointRef, EventBase, TrainingSummary, TrainRequest
 from inflab.common.models import resolve_model
 from inflab.common.objectstore import ObjectStore, checkpoint_prefix, run_prefix
 from inflab.trainer.checkpoints import META_FILE, CheckpointInfo
@@ -106,7 +106,7 @@ def train_job(
             upload_checkpoint(store, info.path, key)
             ref = info.ref(key)
             refs.append(ref)
-            events.send(CheckpointEvent, checkpoint=ref)
+            events.emit(events.checkpoint(ref))
 
         with tempfile.TemporaryDirectory(prefix=f"inflab-train-{req.run_id}-") as work:
             resume_from = None
@@ -116,7 +116,7 @@ def train_job(
                 # Its checkpoint events may not all have been sent (ids derived from the
                 # step: those already stored are dropped as duplicates).
                 for ref in refs:
-                    events.send(CheckpointEvent, checkpoint=ref)
+                    events.emit(events.checkpoint(ref))
             try:
                 outcome = TrainingRun(
                     req.spec, model_path, Path(work), emit, on_checkpoint,
@@ -153,5 +153,5 @@ def finished_events(store: ObjectStore, run_id: UUID) -> list[EventBase]:
     events: list[EventBase] = []
     if store.exists(metrics_key(run_id)):
         events += [train.metric(record) for record in json.loads(store.get(metrics_key(run_id)))]
-    events += [train.make(CheckpointEvent, checkpoint=ref) for ref in stored_checkpoints(store, run_id)]
+    events += [train.checkpoint(ref) for ref in stored_checkpoints(store, run_id)]
     return events

@@ -5,7 +5,6 @@ run's next stages from the result event). No ML here (see training.py)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from dataclasses import asdict
 
 from nats.aio.msg import Msg
@@ -24,22 +23,6 @@ from inflab.trainer.job import TrainingStopped, finished_events, load_summary, t
 
 SERVICE = "trainer"
 STAGE = "train"
-#: Namespace of the ids of the training's metric and checkpoint events (see TrainEvents).
-TRAIN_EVENTS = uuid.UUID("0b7d7f0e-51c4-4d8e-a3d5-6f0f3c1e9b27")
-
-
-class TrainEvents(StageEvents):
-    """The train stage's events, its metric and checkpoint events with ids derived from
-    the run and the step: a training resumed from a checkpoint sends those up to it again
-    (the worker that died may not have sent them all), and the gateway stores each once."""
-
-    def build(self, kind: str, **fields):
-        if kind == "metric" and "step" in fields:
-            fields.setdefault("event_id", uuid.uuid5(TRAIN_EVENTS, f"{self.run_id}:metric:{fields['step']}"))
-        elif kind == "checkpoint" and isinstance(fields.get("checkpoint"), dict) and "step" in fields["checkpoint"]:
-            step = fields["checkpoint"]["step"]
-            fields.setdefault("event_id", uuid.uuid5(TRAIN_EVENTS, f"{self.run_id}:checkpoint:{step}"))
-        return super().build(kind, **fields)
 
 
 class TrainerService:
@@ -66,7 +49,9 @@ class TrainerService:
             await self._handle(request)
 
     async def _handle(self, request: TrainRequest) -> None:
-        events = TrainEvents(self.bus, request.run_id, STAGE)
+        # The metric and checkpoint events come with ids derived from the run and the step
+        # (inflab.trainer.core_events), so those sent again after a resume are stored once.
+        events = StageEvents(self.bus, request.run_id, STAGE)
         # Idempotent on redelivery: a finished training is not run again, its result is
         # re-published instead. The gateway queues the next stages when it stores the
         # result (only the gateway publishes job requests).
