@@ -62,7 +62,7 @@ def _bm25(spec) -> dict[str, np.ndarray]:
     return {f"{b['method']}/{b['variant']}": np.asarray(b["scores"]) for b in run_baselines(spec)}
 
 
-def _run_on_ray(workers: int, spec, retrainings, targets, models_dir: str, log) -> tuple[dict[str, dict], float]:
+def _run_on_ray(workers: int, spec, retrainings, targets, models_dir: str, log) -> tuple[dict[str, Any], float]:
     import ray
 
     from inflab.trainer.validation_job import TaskResources, run_retrainings
@@ -70,9 +70,9 @@ def _run_on_ray(workers: int, spec, retrainings, targets, models_dir: str, log) 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="WARNING")
     try:
-        def progress(event: dict) -> None:
-            if event.get("kind") == "progress" and event.get("step"):
-                log(f"  [{workers} worker(s)] {event['step']}/{event['total']}: {event.get('message', '')}")
+        def progress(event) -> None:
+            if event.kind == "progress" and event.step:
+                log(f"  [{workers} worker(s)] {event.step}/{event.total}: {event.message or ''}")
 
         started = time.perf_counter()
         records = run_retrainings(spec, retrainings, targets, models_dir, progress, TaskResources(num_cpus=1))
@@ -116,10 +116,10 @@ def main_lds(args, log) -> dict[str, Any]:
     records, all_wall = _run_on_ray(2, spec, retrainings, targets, str(args.cache_dir), log)
     # The 2-worker time of the same first retrainings: when the last of them ended.
     first = [records[key] for key, _ in timing]
-    two_wall = max(r["started_at"] + r["seconds"] for r in first) - min(r["started_at"] for r in first)
+    two_wall = max(r.started_at + r.seconds for r in first) - min(r.started_at for r in first)
     log(f"the same {len(timing)} on 2 workers: {two_wall:.1f} s; all {len(retrainings)} on 2: {all_wall:.1f} s")
 
-    losses = {key: record["losses"] for key, record in records.items()}
+    losses = {key: record.losses for key, record in records.items()}
     results = maths.analyse(plan, matrices, losses, bootstrap=args.bootstrap, seed=args.seed)
     table = {}
     for name, result in results.items():
@@ -144,7 +144,7 @@ def main_lds(args, log) -> dict[str, Any]:
         "wall_s": {"timing_retrainings": len(timing), "one_worker": round(one_wall, 1),
                    "two_workers": round(two_wall, 1), "speedup": round(one_wall / two_wall, 2) if two_wall else None,
                    "all_on_two_workers": round(all_wall, 1)},
-        "per_retraining_s": {"median": float(np.median([r["seconds"] for r in records.values()]))},
+        "per_retraining_s": {"median": float(np.median([r.seconds for r in records.values()]))},
         "results": table,
         "ranking_by_lds": ranked,
         "removed_pairs": {name: [list(t) for t in tops] for name, tops in plan.removed.items()},

@@ -38,6 +38,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks.machine import cpu_name
 from benchmarks.workload import DEFAULT_WORKLOAD, load_workload, workload_label
@@ -104,9 +105,9 @@ def build_spec(workload: dict, epochs: int, batch_size: int, max_length: int):
 def run_ours(spec, model_path: str) -> dict:
     from inflab.trainer.training import train_lora
 
-    events: list[tuple[float, dict]] = []
+    events: list[tuple[float, Any]] = []
 
-    def emit(event: dict) -> None:
+    def emit(event) -> None:
         events.append((time.perf_counter(), event))
 
     with tempfile.TemporaryDirectory(prefix="bench-ours-") as work, PeakRSS() as rss:
@@ -117,15 +118,15 @@ def run_ours(spec, model_path: str) -> dict:
         seconds = time.perf_counter() - started
     kinds: dict[str, int] = {}
     for _, event in events:
-        kinds[event["kind"]] = kinds.get(event["kind"], 0) + 1
+        kinds[event.kind] = kinds.get(event.kind, 0) + 1
     # Where ours spent its time: the loop's waits for prediction tracking (its decoding
     # runs beside the training where it has its own bfloat16 copy, so most of it is not
     # a wait) and the checkpoints (between their two statuses).
     checkpoints_s = 0.0
     for (t0, _), (t1, event) in zip(events, events[1:]):
-        if event["kind"] == "status" and event["status"] == "running":
+        if event.kind == "status" and event.status == "running":
             checkpoints_s += t1 - t0
-    first_step = next(t for t, e in events if e["kind"] == "progress")
+    first_step = next(t for t, e in events if e.kind == "progress")
     per_epoch = len(outcome.losses) // spec.hyperparams.num_epochs
     return {
         "seconds": seconds, "tokens": outcome.tokens, "peak_rss_mb": rss.peak_mb,
@@ -133,7 +134,7 @@ def run_ours(spec, model_path: str) -> dict:
         "events": kinds, "checkpoints": len(outcome.checkpoints),
         "predictions_stall_s": outcome.prediction_stall_s, "predictions_decoding_s": outcome.prediction_decoding_s,
         "checkpoints_s": checkpoints_s,
-        "prediction_precision": sorted({e["precision"] for _, e in events if e["kind"] == "prediction"}),
+        "prediction_precision": sorted({e.precision for _, e in events if e.kind == "prediction"}),
         "until_first_step_s": first_step - started,
     }
 

@@ -236,12 +236,14 @@ class PredictionSampler:
 
 class PredictionTracker:
     """Runs a training loop's sampling points; never fails the training: an error becomes
-    a warning (``warn``) and the loop goes on.
+    a warning (``warn``) and the loop goes on. Each sampling point's answers go to
+    ``report(step, epoch, samples, precision)`` (the loop emits them as its ``prediction``
+    event).
 
     Where the sampler has a copy of its own (:attr:`PredictionSampler.concurrent`), a
     sampling point costs the loop only the snapshot; the decoding runs in a background
-    thread, overlapping the next training steps, and its ``prediction`` event is emitted
-    from that thread when it is done. One sampling point at a time: the next one first
+    thread, overlapping the next training steps, and its answers are reported from that
+    thread when it is done. One sampling point at a time: the next one first
     waits for the one before, so events arrive in step order. Call :meth:`wait` before
     the loop returns, so no event comes after the job's end; where the loop ends early
     (a cancel, a failure), ``wait(abandon=True)`` stops the decoding in flight after its
@@ -251,9 +253,12 @@ class PredictionTracker:
     training goes on.
     """
 
-    def __init__(self, sampler: PredictionSampler, emit: Callable[[dict], None], warn: Callable[[str], None]) -> None:
+    def __init__(
+        self, sampler: PredictionSampler, report: Callable[[int, float, list[dict], str], None],
+        warn: Callable[[str], None],
+    ) -> None:
         self.sampler = sampler
-        self._emit = emit
+        self._report = report
         self._warn = warn
         self._thread: threading.Thread | None = None
         self._abandoned = threading.Event()
@@ -306,8 +311,7 @@ class PredictionTracker:
             self.decoding_s += time.perf_counter() - started
         if self._abandoned.is_set():
             return  # cut short: not the model's answers
-        self._emit({"kind": "prediction", "step": step, "epoch": epoch, "samples": samples,
-                    "precision": self.sampler.precision})
+        self._report(step, epoch, samples, self.sampler.precision)
 
     def _failed(self, step: int, exc: Exception) -> None:
         self._warn(f"prediction sampling failed at step {step} (training goes on): {type(exc).__name__}: {exc}"[:2000])
