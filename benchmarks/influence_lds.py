@@ -1,5 +1,5 @@
 """``python -m benchmarks.influence --lds``: how well each influence method (and BM25)
-predicts retraining on the shared workload, and how the retrainings scale over Ray workers.
+predicts retraining on the influence workload, and how the retrainings scale over Ray workers.
 
 What it does, all in one run on this machine:
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.workload import load_workload, model_path, trained_checkpoints
+from benchmarks.workload import load_workload, model_path, trained_checkpoints, workload_label
 
 
 def _influence_matrices(wl, path: str, checkpoints: list[Path], batch_size: int, log) -> dict[str, np.ndarray]:
@@ -133,7 +133,8 @@ def main_lds(args, log) -> dict[str, Any]:
     ranked = sorted((k for k in table if table[k]["lds"] is not None), key=lambda k: -table[k]["lds"])
     return {
         "benchmark": "influence-lds",
-        "workload": {"train": n, "eval": m, "model": args.model, "hyperparams": spec.hyperparams.model_dump()},
+        "workload": {"file": workload_label(args.workload_path), "digest": wl.digest(args.model), "train": n, "eval": m,
+                     "model": args.model, "hyperparams": spec.hyperparams.model_dump()},
         "settings": {"subsets": args.subsets, "alpha": args.alpha, "removal_k": args.removal_k, "seed": args.seed,
                      "bootstrap": args.bootstrap, "subset_seeds": [s.seed for s in plan.subsets],
                      "removal_matrices": removal_names, "removal_questions": removal_questions,

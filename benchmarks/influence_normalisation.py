@@ -1,6 +1,6 @@
 """Which normalisation makes gradient influence rank the related training pairs first?
 
-A scratch experiment on the shared workload (32 training / 8 evaluation QA pairs with
+A scratch experiment on the influence workload (32 training / 8 evaluation QA pairs with
 ``related_train`` ground truth). Two stages:
 
     python -m benchmarks.influence_normalisation grads --out /tmp/inflab-norm
@@ -387,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("stage", choices=["grads", "table", "loo"])
     p.add_argument("--out", type=Path, default=Path("/tmp/inflab-norm"))
-    p.add_argument("--workload")
+    p.add_argument("--workload", help="workload JSON (default: the repository's benchmarks/workloads/influence-workload.json)")
     p.add_argument("--seed", type=int, help="grads: override the workload's training seed (a replicate)")
     a = p.parse_args(argv)
     if a.stage == "grads":

@@ -4,7 +4,8 @@
 
 The same LoRA run both ways, in one process, alternating (ours, reference, ours,
 reference, ...), torch threads fixed: SmolLM2-135M-Instruct (the default model's converted
-cache folder), the 32 training pairs of the shared influence workload, batch 4, max length
+cache folder), the 32 training pairs of the influence workload (``--workload``; by default
+``benchmarks/workloads/influence-workload.json``), batch 4, max length
 64, 3 epochs, the workload's LoRA settings (r 8, alpha 16, q_proj/v_proj) and optimizer
 settings (AdamW, lr 2e-4, constant, no weight decay, seed 0).
 
@@ -39,9 +40,9 @@ import time
 from pathlib import Path
 
 from benchmarks.machine import cpu_name
+from benchmarks.workload import DEFAULT_WORKLOAD, load_workload, workload_label
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WORKLOAD = ROOT.parent / "shared" / "bench" / "influence-workload.json"
 DEFAULT_CACHE = ROOT / ".inflab" / "models"
 
 
@@ -198,7 +199,8 @@ def machine_info(threads: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the result here")
-    parser.add_argument("--workload", type=Path, default=DEFAULT_WORKLOAD)
+    parser.add_argument("--workload", type=Path, default=DEFAULT_WORKLOAD,
+                        help=f"workload JSON (default: {DEFAULT_WORKLOAD.relative_to(ROOT)})")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="the model cache (converted default model)")
     parser.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
     parser.add_argument("--threads", type=int, default=2)
@@ -212,9 +214,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # Before torch loads OpenMP: a fixed thread count, and threads that sleep rather than
-    # spin while waiting. On a shared, oversubscribed machine spinning threads made single
-    # steps 4-8x slower at random (20x was seen for QLoRA), which would measure the
-    # neighbours rather than the trainers.
+    # spin while waiting. On an oversubscribed machine spinning threads slow single steps
+    # down at random (docs/measurements.md), which would measure the neighbours rather
+    # than the trainers.
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
@@ -262,7 +264,8 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "machine": machine,
         "settings": {
-            "model": args.model, "workload": args.workload.name, "training_pairs": len(spec.training_data),
+            "model": args.model, "workload": workload_label(args.workload),
+            "workload_digest": load_workload(args.workload).digest(args.model), "training_pairs": len(spec.training_data),
             "epochs": args.epochs, "batch_size": args.batch_size, "max_length": args.max_length,
             "tokens": ours[0]["tokens"], "tokens_counted": "answer tokens trained on (loss tokens), all epochs",
             "timed": "whole call: model load, tokenisation, training (+ for ours: events, predictions, checkpoints)",

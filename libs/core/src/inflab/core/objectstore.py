@@ -2,7 +2,7 @@
 folder, S3-compatible stores, GCS and Azure, with sync and async calls; chosen over
 fsspec/boto3 because both backends we need come from the same code path).
 
-Layout (DESIGN.md): ``runs/{run_id}/checkpoints/{step}/`` holds the PEFT adapter files,
+Layout: ``runs/{run_id}/checkpoints/{step}/`` holds the PEFT adapter files,
 ``runs/{run_id}/influence/{method}.safetensors`` the influence matrices.
 """
 

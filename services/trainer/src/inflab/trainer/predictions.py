@@ -10,8 +10,8 @@ memory traffic and by the per-operation overhead of a small batch, not by arithm
 Where the hardware computes bfloat16 natively (``predictions.precision: auto``), the
 tracker therefore answers from its own bfloat16 copy of the model, with the LoRA update
 merged into the copied weights at each sampling point and every linear layer's weight
-packed once into oneDNN's blocked layout (:class:`PackedLinear`): on the default model
-that decodes a token step in ~30 ms against ~70 ms in float32 on two cores. Because the
+packed once into oneDNN's blocked layout (:class:`PackedLinear`), which decodes a token
+step in well under the float32 time (docs/measurements.md). Because the
 copy is the tracker's own, its decoding also runs in a background thread while training
 goes on (:class:`PredictionTracker`); the training loop waits only for the merge. Every
 prediction event says which arithmetic answered.
@@ -67,7 +67,7 @@ def greedy_answers(
 ) -> list[str]:
     """Greedy answers in one batch, prompts built exactly as training and inference build
     them (cut short once ``stop`` is set). A static KV cache: the default one grows by
-    concatenation at every token, ~10% of a CPU decode here; the answers are the same."""
+    concatenation at every token, a measurable share of a CPU decode; the answers are the same."""
     prompts = [prompt_ids(tokenizer, q) for q in questions]
     return greedy_texts(model, tokenizer, prompts, max_new_tokens, cache_implementation="static", stop=stop)
 

@@ -11,17 +11,17 @@ verification before signing in (a newcomer registers and starts at once; mails, 
 to ``INFLAB_HOME/mail``, still carry the verification link), a session cookie without
 ``Secure`` (it would never come back over http), and mail links pointing at its gateway.
 
-Settings reach the children through the environment, the one channel every process
-already reads (pydantic-settings). The whole resolved :class:`Settings` object is
-exported as ``INFLAB_*`` variables (:func:`settings_environment`), so a setting given in
-code (not the environment) is seen by the children too, and the URLs of what the stack
-started replace the empty ones. The supervisor lays each service's own NATS credential and
-job key on top; Ray, whose workers run user-chosen models and data, gets neither.
-Services also get :data:`SERVICE_ENV` (``OMP_NUM_THREADS=1``: heavy torch work runs in Ray
-tasks, which pin their own threads, and several processes each using every core slow one
-another down badly). Every child gets :data:`COMMON_ENV`. With the embedded Ray, every
-child (and the Ray node itself, whose workers inherit its environment) also gets
-``RAY_ADDRESS`` and the node's own auth token (see ``ray.py``).
+Settings reach the children through the environment, the one channel every process already
+reads (pydantic-settings). The whole resolved :class:`Settings` object is exported as
+``INFLAB_*`` variables (:func:`settings_environment`), so a setting given in code (not the
+environment) is seen by the children too, and the URLs of what the stack started replace
+the empty ones. The supervisor lays each service's own NATS credential and job key on top;
+Ray, whose workers run user-chosen models and data, gets neither. Services also get
+:data:`SERVICE_ENV` (``OMP_NUM_THREADS=1``: heavy torch work runs in Ray tasks, which pin
+their own threads, and several processes each using every core slow one another down many
+times over: docs/measurements.md). Every child gets :data:`COMMON_ENV`. With the embedded
+Ray, every child (and the Ray node itself, whose workers inherit its environment) also
+gets ``RAY_ADDRESS`` and the node's own auth token (see ``ray.py``).
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ METRICS_HOST = LOCALHOST
 SERVICE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 #: Environment every child gets. Passive OpenMP waits: idle torch threads sleep instead of
 #: spinning, so the stages that share the cores (and anything else on a laptop) do not
-#: starve each other.
+#: starve each other (docs/measurements.md).
 COMMON_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
 #: The defaults the embedded stack changes (see the module docstring).
 EMBEDDED_DEFAULTS: dict[str, Any] = {"require_email_verification": False, "cookie_secure": False}
