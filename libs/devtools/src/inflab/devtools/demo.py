@@ -108,9 +108,9 @@ class RunningStack:
 async def embedded_stack(settings: Settings, ready_timeout_s: float) -> AsyncIterator[RunningStack]:
     """Start the embedded stack, wait until it serves, yield it, stop it (always).
 
-    The only place that knows the API of :class:`inflab.devtools.embedded.stack.Stack`.
+    The only place that knows the API of :class:`inflab.devtools.embedded.supervisor.Stack`.
     """
-    from inflab.devtools.embedded.stack import Stack
+    from inflab.devtools.embedded.supervisor import Stack
 
     async with contextlib.AsyncExitStack() as exits:
         try:
