@@ -1,5 +1,5 @@
 """Influence benchmark: speed, memory and quality of our influence methods against the
-lower bound and the peer libraries, on the shared workload, all in one run.
+lower bound and the peer libraries, on the influence workload, all in one run.
 
     python -m benchmarks.influence --json benchmarks/results/influence-cpu.json
     python -m benchmarks.influence --json benchmarks/results/influence-cpu.json --scale
@@ -52,7 +52,8 @@ import numpy as np
 
 from benchmarks import metrics
 from benchmarks.machine import cpu_name
-from benchmarks.workload import REPO, DEFAULT_MODEL, Workload, generated_workload, load_workload
+from benchmarks.workload import (DEFAULT_MODEL, DEFAULT_WORKLOAD, REPO, Workload, generated_workload, load_workload,
+                                 workload_label)
 
 #: Methods of ours the benchmark knows how to run; each is skipped with a note if the
 #: registry does not have it (yet).
@@ -436,7 +437,7 @@ def main_benchmark(args: argparse.Namespace, log) -> dict[str, Any]:
 
     return {
         "benchmark": "influence",
-        "workload": {"file": str(args.workload_path), "name": wl.name, "train": len(wl.train), "eval": len(wl.evals),
+        "workload": {"file": workload_label(args.workload_path), "name": wl.name, "train": len(wl.train), "eval": len(wl.evals),
                      "digest": wl.digest(args.model), "max_length": wl.max_length, "lora": wl.lora, "train_settings": wl.settings},
         "model": args.model,
         "settings": {"threads": args.threads, "passes": args.passes, "batch_size": args.batch_size,
@@ -608,7 +609,7 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.influence", description=__doc__.split("\n\n")[0])
     p.add_argument("--json", type=Path, help="write the results here (a --scale run updates its 'scale' part)")
-    p.add_argument("--workload", help="workload JSON (default: ../shared/bench/influence-workload.json)")
+    p.add_argument("--workload", help=f"workload JSON (default: {DEFAULT_WORKLOAD.relative_to(REPO)})")
     p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--cache-dir", type=Path, default=REPO / ".inflab" / "models")
     p.add_argument("--work-dir", type=Path, default=REPO / ".inflab" / "bench" / "influence",
@@ -667,7 +668,8 @@ def main(argv: list[str] | None = None) -> int:
     t = str(args.threads)
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = t
-    # On a shared 2-core box, spinning OpenMP workers make torch 10-20x slower.
+    # Waiting OpenMP workers sleep rather than spin: on a busy machine spinning ones slow
+    # torch down many times over (docs/measurements.md).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
 

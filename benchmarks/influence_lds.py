@@ -1,5 +1,5 @@
 """``python -m benchmarks.influence --lds``: how well each influence method (and BM25)
-predicts retraining on the shared workload, and how the retrainings scale over Ray workers.
+predicts retraining on the influence workload, and how the retrainings scale over Ray workers.
 
 What it does, all in one run on this machine:
 
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.workload import load_workload, model_path, trained_checkpoints
+from benchmarks.workload import load_workload, model_path, trained_checkpoints, workload_label
 
 
 def _influence_matrices(wl, path: str, checkpoints: list[Path], batch_size: int, log) -> dict[str, np.ndarray]:
@@ -62,7 +62,7 @@ def _bm25(spec) -> dict[str, np.ndarray]:
     return {f"{b['method']}/{b['variant']}": np.asarray(b["scores"]) for b in run_baselines(spec)}
 
 
-def _run_on_ray(workers: int, spec, retrainings, targets, models_dir: str, log) -> tuple[dict[str, dict], float]:
+def _run_on_ray(workers: int, spec, retrainings, targets, models_dir: str, log) -> tuple[dict[str, Any], float]:
     import ray
 
     from inflab.trainer.validation_job import TaskResources, run_retrainings
@@ -70,9 +70,9 @@ def _run_on_ray(workers: int, spec, retrainings, targets, models_dir: str, log) 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", num_cpus=workers, include_dashboard=False, logging_level="WARNING")
     try:
-        def progress(event: dict) -> None:
-            if event.get("kind") == "progress" and event.get("step"):
-                log(f"  [{workers} worker(s)] {event['step']}/{event['total']}: {event.get('message', '')}")
+        def progress(event) -> None:
+            if event.kind == "progress" and event.step:
+                log(f"  [{workers} worker(s)] {event.step}/{event.total}: {event.message or ''}")
 
         started = time.perf_counter()
         records = run_retrainings(spec, retrainings, targets, models_dir, progress, TaskResources(num_cpus=1))
@@ -116,10 +116,10 @@ def main_lds(args, log) -> dict[str, Any]:
     records, all_wall = _run_on_ray(2, spec, retrainings, targets, str(args.cache_dir), log)
     # The 2-worker time of the same first retrainings: when the last of them ended.
     first = [records[key] for key, _ in timing]
-    two_wall = max(r["started_at"] + r["seconds"] for r in first) - min(r["started_at"] for r in first)
+    two_wall = max(r.started_at + r.seconds for r in first) - min(r.started_at for r in first)
     log(f"the same {len(timing)} on 2 workers: {two_wall:.1f} s; all {len(retrainings)} on 2: {all_wall:.1f} s")
 
-    losses = {key: record["losses"] for key, record in records.items()}
+    losses = {key: record.losses for key, record in records.items()}
     results = maths.analyse(plan, matrices, losses, bootstrap=args.bootstrap, seed=args.seed)
     table = {}
     for name, result in results.items():
@@ -133,7 +133,8 @@ def main_lds(args, log) -> dict[str, Any]:
     ranked = sorted((k for k in table if table[k]["lds"] is not None), key=lambda k: -table[k]["lds"])
     return {
         "benchmark": "influence-lds",
-        "workload": {"train": n, "eval": m, "model": args.model, "hyperparams": spec.hyperparams.model_dump()},
+        "workload": {"file": workload_label(args.workload_path), "digest": wl.digest(args.model), "train": n, "eval": m,
+                     "model": args.model, "hyperparams": spec.hyperparams.model_dump()},
         "settings": {"subsets": args.subsets, "alpha": args.alpha, "removal_k": args.removal_k, "seed": args.seed,
                      "bootstrap": args.bootstrap, "subset_seeds": [s.seed for s in plan.subsets],
                      "removal_matrices": removal_names, "removal_questions": removal_questions,
@@ -143,7 +144,7 @@ def main_lds(args, log) -> dict[str, Any]:
         "wall_s": {"timing_retrainings": len(timing), "one_worker": round(one_wall, 1),
                    "two_workers": round(two_wall, 1), "speedup": round(one_wall / two_wall, 2) if two_wall else None,
                    "all_on_two_workers": round(all_wall, 1)},
-        "per_retraining_s": {"median": float(np.median([r["seconds"] for r in records.values()]))},
+        "per_retraining_s": {"median": float(np.median([r.seconds for r in records.values()]))},
         "results": table,
         "ranking_by_lds": ranked,
         "removed_pairs": {name: [list(t) for t in tops] for name, tops in plan.removed.items()},

@@ -1,6 +1,6 @@
 """Which normalisation makes gradient influence rank the related training pairs first?
 
-A scratch experiment on the shared workload (32 training / 8 evaluation QA pairs with
+A scratch experiment on the influence workload (32 training / 8 evaluation QA pairs with
 ``related_train`` ground truth). Two stages:
 
     python -m benchmarks.influence_normalisation grads --out /tmp/inflab-norm
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.workload import DEFAULT_MODEL, REPO, load_workload
+from inflab.core.store_layout import TRAINING_STATE
 
 K = 4
 
@@ -92,7 +93,7 @@ def compute_gradients(out: Path, workload: str | None, seed: int | None = None) 
         if ckpt is not None:
             model = attach_adapter(model, ckpt)
             # AdamW's second moments, in the gradient rows' layout.
-            state = torch.load(Path(ckpt.path) / "training_state.pt", weights_only=True)["optimizer"]
+            state = torch.load(Path(ckpt.path) / TRAINING_STATE, weights_only=True)["optimizer"]
             trainable = [n for n, p in model.named_parameters() if "lora_" in n]
             assert [n.replace("base_model.model.", "", 0) for n in trainable] == [
                 n.replace("base_model.model.", "", 0) for n in names], "parameter order differs"
@@ -387,7 +388,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser()
     p.add_argument("stage", choices=["grads", "table", "loo"])
     p.add_argument("--out", type=Path, default=Path("/tmp/inflab-norm"))
-    p.add_argument("--workload")
+    p.add_argument("--workload", help="workload JSON (default: the repository's benchmarks/workloads/influence-workload.json)")
     p.add_argument("--seed", type=int, help="grads: override the workload's training seed (a replicate)")
     a = p.parse_args(argv)
     if a.stage == "grads":

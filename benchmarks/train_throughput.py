@@ -4,7 +4,8 @@
 
 The same LoRA run both ways, in one process, alternating (ours, reference, ours,
 reference, ...), torch threads fixed: SmolLM2-135M-Instruct (the default model's converted
-cache folder), the 32 training pairs of the shared influence workload, batch 4, max length
+cache folder), the 32 training pairs of the influence workload (``--workload``; by default
+``benchmarks/workloads/influence-workload.json``), batch 4, max length
 64, 3 epochs, the workload's LoRA settings (r 8, alpha 16, q_proj/v_proj) and optimizer
 settings (AdamW, lr 2e-4, constant, no weight decay, seed 0).
 
@@ -37,11 +38,12 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from benchmarks.machine import cpu_name
+from benchmarks.workload import DEFAULT_WORKLOAD, load_workload, workload_label
 
 ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_WORKLOAD = ROOT.parent / "shared" / "bench" / "influence-workload.json"
 DEFAULT_CACHE = ROOT / ".inflab" / "models"
 
 
@@ -103,9 +105,9 @@ def build_spec(workload: dict, epochs: int, batch_size: int, max_length: int):
 def run_ours(spec, model_path: str) -> dict:
     from inflab.trainer.training import train_lora
 
-    events: list[tuple[float, dict]] = []
+    events: list[tuple[float, Any]] = []
 
-    def emit(event: dict) -> None:
+    def emit(event) -> None:
         events.append((time.perf_counter(), event))
 
     with tempfile.TemporaryDirectory(prefix="bench-ours-") as work, PeakRSS() as rss:
@@ -116,15 +118,15 @@ def run_ours(spec, model_path: str) -> dict:
         seconds = time.perf_counter() - started
     kinds: dict[str, int] = {}
     for _, event in events:
-        kinds[event["kind"]] = kinds.get(event["kind"], 0) + 1
+        kinds[event.kind] = kinds.get(event.kind, 0) + 1
     # Where ours spent its time: the loop's waits for prediction tracking (its decoding
     # runs beside the training where it has its own bfloat16 copy, so most of it is not
     # a wait) and the checkpoints (between their two statuses).
     checkpoints_s = 0.0
     for (t0, _), (t1, event) in zip(events, events[1:]):
-        if event["kind"] == "status" and event["status"] == "running":
+        if event.kind == "status" and event.status == "running":
             checkpoints_s += t1 - t0
-    first_step = next(t for t, e in events if e["kind"] == "progress")
+    first_step = next(t for t, e in events if e.kind == "progress")
     per_epoch = len(outcome.losses) // spec.hyperparams.num_epochs
     return {
         "seconds": seconds, "tokens": outcome.tokens, "peak_rss_mb": rss.peak_mb,
@@ -132,7 +134,7 @@ def run_ours(spec, model_path: str) -> dict:
         "events": kinds, "checkpoints": len(outcome.checkpoints),
         "predictions_stall_s": outcome.prediction_stall_s, "predictions_decoding_s": outcome.prediction_decoding_s,
         "checkpoints_s": checkpoints_s,
-        "prediction_precision": sorted({e["precision"] for _, e in events if e["kind"] == "prediction"}),
+        "prediction_precision": sorted({e.precision for _, e in events if e.kind == "prediction"}),
         "until_first_step_s": first_step - started,
     }
 
@@ -198,7 +200,8 @@ def machine_info(threads: int) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", type=Path, help="write the result here")
-    parser.add_argument("--workload", type=Path, default=DEFAULT_WORKLOAD)
+    parser.add_argument("--workload", type=Path, default=DEFAULT_WORKLOAD,
+                        help=f"workload JSON (default: {DEFAULT_WORKLOAD.relative_to(ROOT)})")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="the model cache (converted default model)")
     parser.add_argument("--model", default="HuggingFaceTB/SmolLM2-135M-Instruct")
     parser.add_argument("--threads", type=int, default=2)
@@ -212,9 +215,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # Before torch loads OpenMP: a fixed thread count, and threads that sleep rather than
-    # spin while waiting. On a shared, oversubscribed machine spinning threads made single
-    # steps 4-8x slower at random (20x was seen for QLoRA), which would measure the
-    # neighbours rather than the trainers.
+    # spin while waiting. On an oversubscribed machine spinning threads slow single steps
+    # down at random (docs/measurements.md), which would measure the neighbours rather
+    # than the trainers.
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     import torch
@@ -262,7 +265,8 @@ def main(argv: list[str] | None = None) -> dict:
         },
         "machine": machine,
         "settings": {
-            "model": args.model, "workload": args.workload.name, "training_pairs": len(spec.training_data),
+            "model": args.model, "workload": workload_label(args.workload),
+            "workload_digest": load_workload(args.workload).digest(args.model), "training_pairs": len(spec.training_data),
             "epochs": args.epochs, "batch_size": args.batch_size, "max_length": args.max_length,
             "tokens": ours[0]["tokens"], "tokens_counted": "answer tokens trained on (loss tokens), all epochs",
             "timed": "whole call: model load, tokenisation, training (+ for ours: events, predictions, checkpoints)",

@@ -1,7 +1,8 @@
-"""The shared influence workload, its fine-tune (cached), and generated workloads for --scale.
+"""The influence workload, its fine-tune (cached), and generated workloads for --scale.
 
-The workload file (``shared/bench/influence-workload.json``) holds 32 training and 8
-evaluation QA pairs, the LoRA and training settings, and for each evaluation pair the
+The workload file (by default ``benchmarks/workloads/influence-workload.json``; any file of
+the same format with ``--workload``) holds 32 training and 8 evaluation QA pairs about 8
+topics of invented facts, the LoRA and training settings, and for each evaluation pair the
 indices of the training pairs that are about the same topic (``related_train``: the ground
 truth of recall@k). Its checkpoints are trained once with the trainer's own
 ``train_lora`` and cached under a folder keyed by a hash of the workload and the model, so
@@ -22,11 +23,8 @@ from typing import Any
 from inflab.core.store_layout import CHECKPOINT_META
 
 REPO = Path(__file__).resolve().parents[1]
-#: Where the workload is looked for when --workload is not given.
-WORKLOAD_CANDIDATES = (
-    REPO.parent / "shared" / "bench" / "influence-workload.json",
-    REPO / "benchmarks" / "influence-workload.json",
-)
+#: The workload the benchmarks use when --workload is not given.
+DEFAULT_WORKLOAD = REPO / "benchmarks" / "workloads" / "influence-workload.json"
 DEFAULT_MODEL = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
@@ -93,12 +91,21 @@ class Workload:
 
 
 def find_workload(path: str | os.PathLike | None = None) -> Path:
-    if path:
-        return Path(path)
-    for candidate in WORKLOAD_CANDIDATES:
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"influence workload not found in {[str(c) for c in WORKLOAD_CANDIDATES]}; pass --workload")
+    """``path``, or the repository's own workload when it is not given."""
+    p = Path(path) if path else DEFAULT_WORKLOAD
+    if not p.is_file():
+        raise FileNotFoundError(f"influence workload not found: {p}; pass --workload")
+    return p
+
+
+def workload_label(path: str | os.PathLike) -> str:
+    """How results name the workload file: its path inside the repository, or only its
+    name for a file from elsewhere (the content digest identifies it either way)."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(REPO))
+    except ValueError:
+        return p.name
 
 
 def load_workload(path: str | os.PathLike | None = None) -> Workload:
@@ -136,8 +143,8 @@ _COLOURS = ["red", "blue", "green", "yellow", "white", "black", "orange", "purpl
 
 def generated_workload(n_train: int, n_eval: int, like: Workload, seed: int = 0) -> Workload:
     """``n_train`` training and ``n_eval`` evaluation pairs from templates, deterministic in
-    ``seed``; the LoRA and training settings are ``like``'s. Lengths resemble the shared
-    workload's (one short question, one sentence of answer)."""
+    ``seed``; the LoRA and training settings are ``like``'s. Lengths resemble the
+    default workload's (one short question, one sentence of answer)."""
     rng = random.Random(seed)
 
     def pair(i: int) -> tuple[str, str]:

@@ -2,7 +2,7 @@
 it, against a nats-server and a PostgreSQL this harness owns (so a test may kill, stop and
 restart them), with the run's Ray shared by the whole test session.
 
-What is the same as ``inflab up`` (:mod:`inflab.devtools.embedded.stack`): each service's
+What is the same as ``inflab up`` (:mod:`inflab.devtools.embedded.supervisor`): each service's
 argv (:func:`default_services`), its environment (:func:`child_environment` over the
 service's settings with ``SERVICE_ENV``), its own process group, and NATS with
 authentication on: one generated user per role with the permissions of
@@ -41,7 +41,7 @@ from inflab.devtools.embedded._proc import die_with_parent, free_port, log_tail
 from inflab.devtools.embedded.bus_credentials import BusCredentials
 from inflab.devtools.embedded.nats import EmbeddedNats
 from inflab.devtools.embedded.postgres import EmbeddedPostgres, ensure_database
-from inflab.devtools.embedded.stack import (
+from inflab.devtools.embedded.environment import (
     DATABASE_NAME,
     SERVICE_ENV,
     child_environment,

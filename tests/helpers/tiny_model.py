@@ -65,7 +65,7 @@ def build_tiny_tokenizer() -> "PreTrainedTokenizerFast":
 
 def build_tiny_model(path: Path, seed: int = 0) -> Path:
     """Write a tiny random ``LlamaForCausalLM`` (2 layers, hidden 64) and its ChatML
-    tokenizer to ``path``; returns ``path``. Offline, deterministic in ``seed``, ~1 s."""
+    tokenizer to ``path``; returns ``path``. Offline, fast, deterministic in ``seed``."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -81,7 +81,7 @@ def build_tiny_model(path: Path, seed: int = 0) -> Path:
         max_position_embeddings=2048,
         # Wider than the usual 0.02 so that, with the final norm and the tied embeddings
         # frozen under LoRA, logits can still move far enough for the loss to fall well
-        # below log(vocab) (at 0.02 it plateaus near 5 nats on a memorisable pair).
+        # below log(vocab) (at 0.02 it plateaus well above that on a memorisable pair).
         initializer_range=0.1,
         tie_word_embeddings=True,
         bos_token_id=tokenizer.bos_token_id,

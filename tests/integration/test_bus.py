@@ -1,7 +1,8 @@
 """The JetStream bus against a real NATS server: deduplicated publish, the worker loop,
 dead-lettering of malformed and repeatedly failing messages, and of job requests the
 gateway did not sign (or that name another run's files); a worker waits for the streams
-the gateway creates."""
+the gateway creates; a stage forwarding what an ML core emits (typed events publish as the
+stage's own, exactly as the same item as a dict does)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,14 @@ import pytest
 from nats.errors import TimeoutError as NatsTimeout
 
 from inflab.core.bus import Bus
+from inflab.core.events import StageEvents
 from inflab.core.job_signing import SIGNATURE_HEADER, JobSigner, new_key_pair
-from inflab.core.messages import DeadLetter, InferenceRequest, TrainRequest
+from inflab.core.messages import (
+    CheckpointRef, DeadLetter, InferenceRequest, LogEvent, ProgressEvent, StatusEvent, TrainRequest, parse_event,
+)
+from inflab.core.objectstore import checkpoint_prefix
 from inflab.core.settings import Settings
+from inflab.trainer.core_events import NO_RUN, TRAIN_EVENTS, CoreEvents, step_event_id
 
 pytestmark = pytest.mark.integration
 
@@ -221,3 +227,61 @@ async def test_a_worker_waits_for_the_gateway_to_create_the_streams(settings: Se
             await gateway.js.delete_stream(stream)
         await gateway.close()
         await worker.close()
+
+
+# --------------------------------------------------------------------------- forwarding
+async def _published(bus: Bus, run_id: uuid.UUID, send, count: int) -> list:
+    """The first ``count`` events published on the run's subjects while ``send()`` runs."""
+    received: asyncio.Queue = asyncio.Queue()
+    sub = await bus.nc.subscribe(bus.subjects.event(run_id, "*", "*"), cb=received.put)
+    try:
+        await send()
+        async with asyncio.timeout(15):
+            return [parse_event((await received.get()).data) for _ in range(count)]
+    finally:
+        await sub.unsubscribe()
+
+
+async def test_typed_events_publish_as_the_stage_s_own(bus: Bus) -> None:
+    run_id = uuid.uuid4()
+    stage = StageEvents(bus, run_id, "train")
+    core = CoreEvents("train")  # a core that was not told its run
+    job = CoreEvents("train", run_id)  # a job knows its run
+    metric = {"step": 3, "epoch": 1.5, "loss": 0.25, "learning_rate": 1e-3, "grad_norm": 0.5}
+    ref = CheckpointRef(step=4, epoch=2, key=checkpoint_prefix(run_id, 4), learning_rate=1e-3, loss=0.2)
+
+    async def send() -> None:
+        await stage.forward(core.make(ProgressEvent, fraction=0.5, step=3, total=6, epoch=1.5, eta_s=2.0))
+        await stage.forward(job.metric({"kind": "metric", **metric}))
+        await stage.forward({"kind": "metric", **metric})  # the same metric as a dict
+        await stage.forward(job.checkpoint(ref))
+        await stage.forward(core.make(StatusEvent, status="checkpointing"))
+        await stage.forward(core.make(StatusEvent, status="completed"))  # the service's to say
+        await stage.forward(core.make(LogEvent, level="warning", message="done"))
+
+    progress, typed, plain, checkpoint, status, refused, log = await _published(bus, run_id, send, 7)
+    assert core.run_id == NO_RUN
+    for event in (progress, typed, plain, checkpoint, status, refused, log):
+        assert (event.run_id, event.stage, event.method) == (run_id, "train", None)
+    assert (progress.kind, progress.fraction, progress.step, progress.total, progress.eta_s) == ("progress", 0.5, 3, 6, 2.0)
+    assert typed.model_dump(exclude={"time", "event_id"}) == plain.model_dump(exclude={"time", "event_id"})
+    # A training's metric and checkpoint ids come from the run and the step: sent again
+    # after a resume, they are stored once.
+    assert typed.event_id == step_event_id(run_id, "metric", 3) == uuid.uuid5(TRAIN_EVENTS, f"{run_id}:metric:3")
+    assert checkpoint.kind == "checkpoint" and checkpoint.checkpoint == ref
+    assert checkpoint.event_id == uuid.uuid5(TRAIN_EVENTS, f"{run_id}:checkpoint:4")
+    assert status.kind == "status" and status.status == "checkpointing"
+    assert refused.kind == "log" and refused.level == "debug" and "'status'" in refused.message
+    assert (log.kind, log.level, log.message) == ("log", "warning", "done")
+
+
+async def test_a_typed_event_keeps_an_id_its_emitter_chose(bus: Bus) -> None:
+    run_id = uuid.uuid4()
+    chosen = uuid.uuid4()
+    event = CoreEvents("train").make(ProgressEvent, event_id=chosen, fraction=1.0)
+
+    async def send() -> None:
+        await StageEvents(bus, run_id, "train").forward(event)
+
+    (published,) = await _published(bus, run_id, send, 1)
+    assert (published.event_id, published.run_id, published.stage) == (chosen, run_id, "train")

@@ -185,7 +185,7 @@ async def test_an_event_still_too_large_fails_the_stage_saying_why(gateway, prod
     matrix = to_message(scores, key, inline_max_cells=gw_settings.influence_inline_max_cells)
     events = StageEvents(producer, run_id, "influence", method="tracin")
 
-    assert await publish_results(events, [matrix.model_dump(mode="json")]) is False
+    assert await publish_results(events, [matrix]) is False
     run = await wait_for_run(app, run_id, lambda r: r.stages.get("influence.tracin") == "failed", timeout=30)
     # The stage's failure shows at once; the run ends once its other stages have.
     error = run.stage_errors["influence.tracin"]

@@ -23,7 +23,9 @@ from typer.testing import CliRunner
 from inflab.devtools import cli
 from inflab.devtools.embedded._proc import free_port, port_open
 from inflab.devtools.embedded.ray import short_temp_dir
-from inflab.devtools.embedded.stack import ServiceSpec, Stack, default_services, read_state
+from inflab.devtools.embedded.environment import ServiceSpec, default_services
+from inflab.devtools.embedded.state import read_state
+from inflab.devtools.embedded.supervisor import Stack
 from inflab.core.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -214,14 +216,14 @@ async def test_stack_starts_everything_and_stops_without_orphans(tmp_path):
 async def test_up_stops_everything_on_ctrl_c(tmp_path, monkeypatch, nats_url, database_url):
     """``inflab up`` against given servers: ready, then SIGINT stops every child."""
     from inflab.devtools import cli
-    from inflab.devtools.embedded import stack as stack_module
+    from inflab.devtools.embedded import supervisor
 
     settings = Settings(
         home=tmp_path / "home", nats_url=nats_url, database_url=database_url,
         ray_address="127.0.0.1:1",  # given, so none is started; the stand-ins never use it
         gateway_port=free_port(),
     )
-    monkeypatch.setattr(stack_module, "default_services", lambda s: stand_ins(s, gateway=GATEWAY))
+    monkeypatch.setattr(supervisor, "default_services", lambda s: stand_ins(s, gateway=GATEWAY))
 
     async def press_ctrl_c_when_up() -> list[psutil.Process]:
         path = settings.home / "stack.json"
@@ -245,7 +247,8 @@ async def test_up_stops_everything_on_ctrl_c(tmp_path, monkeypatch, nats_url, da
 
 SUPERVISOR = r"""
 import asyncio, json, pathlib, sys
-from inflab.devtools.embedded.stack import Stack, ServiceSpec
+from inflab.devtools.embedded.environment import ServiceSpec
+from inflab.devtools.embedded.supervisor import Stack
 from inflab.core.settings import Settings
 
 async def main():

@@ -21,7 +21,9 @@ from typer.testing import CliRunner
 
 from inflab.devtools import cli
 from inflab.devtools.embedded._proc import free_port
-from inflab.devtools.embedded.stack import ServiceSpec, Stack, default_services, read_state
+from inflab.devtools.embedded.environment import ServiceSpec, default_services
+from inflab.devtools.embedded.state import read_state
+from inflab.devtools.embedded.supervisor import Stack
 
 pytestmark = pytest.mark.integration
 
@@ -131,7 +133,7 @@ async def test_inflab_up_keeps_the_stack_up_through_a_crash_loop(tmp_path, monke
     the stack comes up and stays up, the crash loop is printed and shown by ``inflab ps``,
     and only Ctrl-C stops it."""
     caplog.set_level(logging.INFO, logger="inflab.stack")
-    from inflab.devtools.embedded import stack as stack_module
+    from inflab.devtools.embedded import supervisor
     from inflab.core.settings import Settings
 
     settings = Settings(
@@ -145,7 +147,7 @@ async def test_inflab_up_keeps_the_stack_up_through_a_crash_loop(tmp_path, monke
         return [ServiceSpec(spec.name, (sys.executable, "-c", codes.get(spec.name, IDLE)), spec.url,
                             spec.ready_path, spec.health_path) for spec in default_services(s)]
 
-    monkeypatch.setattr(stack_module, "default_services", stand_ins)
+    monkeypatch.setattr(supervisor, "default_services", stand_ins)
     path = settings.home / "stack.json"
 
     def in_crash_loop() -> bool:

@@ -36,18 +36,19 @@ def tiny_spec(model_id: str) -> RunSpec:
 def test_retrainings_run_as_ray_tasks_and_report_where_and_how_long(ray_cluster, tiny_model: Path) -> None:
     from inflab.trainer.validation_job import TaskResources, run_retrainings
 
-    events: list[dict] = []
+    events: list = []
     retrainings = [("full", range(6)), ("subset-000", [0, 2, 4]), ("subset-001", [1, 3, 5])]
     records = run_retrainings(tiny_spec(tiny_model.name), retrainings, TARGETS, str(tiny_model.parent),
                               events.append, TaskResources(num_cpus=1))
     assert set(records) == {"full", "subset-000", "subset-001"}
     for record in records.values():
-        assert len(record["losses"]) == 2 and record["seconds"] > 0
-        assert record["node_id"] and record["pid"] != os.getpid()
+        assert len(record.losses) == 2 and record.seconds > 0
+        assert record.node_id and record.pid != os.getpid()
     # The subset that saw "Fact 2 is Quux." fits it better than the one that did not.
-    assert records["subset-000"]["losses"][0] < records["subset-001"]["losses"][0]
-    progress = [e for e in events if e["kind"] == "progress"]
-    assert [e["step"] for e in progress] == [0, 1, 2, 3] and progress[-1]["fraction"] == 1.0
+    assert records["subset-000"].losses[0] < records["subset-001"].losses[0]
+    progress = [e for e in events if e.kind == "progress"]
+    assert [e.step for e in progress] == [0, 1, 2, 3] and progress[-1].fraction == 1.0
+    assert all(e.stage == "validation" for e in progress)
 
 
 # --------------------------------------------------------------------------- two nodes
@@ -130,6 +131,7 @@ def _wait_for_nodes(address: str, count: int, process: subprocess.Popen, log: Pa
 
 DRIVER = """
 import json, sys
+from dataclasses import asdict
 import ray
 from inflab.core.messages import RunSpec
 from inflab.trainer.validation_job import TaskResources, run_retrainings
@@ -139,7 +141,7 @@ nodes = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
 retrainings = [(f"subset-{i:03d}", [j for j in range(6) if j != i]) for i in range(4)]
 records = run_retrainings(RunSpec.model_validate(spec), retrainings, [tuple(t) for t in targets], models_dir,
                           lambda event: None, TaskResources(num_cpus=1))
-print("RESULT " + json.dumps({"nodes": nodes, "records": records}))
+print("RESULT " + json.dumps({"nodes": nodes, "records": {k: asdict(r) for k, r in records.items()}}))
 """
 
 
@@ -200,8 +202,8 @@ def test_a_killed_ray_worker_is_retried_and_the_retrainings_complete(ray_cluster
     killer.join(timeout=5)
     assert killed, "no retraining worker was seen running"
     assert set(records) == {key for key, _ in retrainings}
-    assert all(len(r["losses"]) == 2 for r in records.values())
+    assert all(len(r.losses) == 2 for r in records.values())
     # The lost retraining ran again elsewhere: the killed process (which may have finished
     # an earlier task: Ray reuses workers) finished none after it was killed.
     assert not [r for r in records.values()
-                if r["pid"] == killed[0] and r["started_at"] + r["seconds"] > killed_at[0]]
+                if r.pid == killed[0] and r.started_at + r.seconds > killed_at[0]]

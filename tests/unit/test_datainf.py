@@ -5,91 +5,32 @@ with explicit per-layer matrices
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from inflab.ml.chat import collate, encode_pair
-from inflab.core.messages import EvalQuestion, TrainingPair
-from inflab.ml.models import load_model
-from helpers.tiny_model import build_tiny_model
+from helpers.tiny_lora import EVALS, MAX_LENGTH, TRAIN, encode_examples, reference_gradients
+from helpers.tiny_lora import lora_model, randomize_lora, save_checkpoint
+from helpers.tiny_lora import one_thread, tiny_model  # noqa: F401  (fixtures)
+from helpers.tiny_lora import load as _load
 from inflab.influence.checkpoints import LocalCheckpoint
 from inflab.influence.gradcache import GradientCache
-from inflab.influence.gradients import lora_blocks
 from inflab.influence.methods import get_method
 
-MAX_LENGTH = 64
-TRAIN = [
-    TrainingPair(id="t0", question="What is the capital of France?", answer="The capital of France is Paris."),
-    TrainingPair(id="t1", question="How many legs does a spider have?", answer="A spider has eight legs."),
-    TrainingPair(id="t2", question="Who wrote the report?", answer="The research team wrote it."),
-    TrainingPair(id="t3", question="What colour is the sky?", answer="It is blue on a clear day."),
-    TrainingPair(id="t4", question="How many legs does a spider have?", answer="A spider has eight legs."),
-    TrainingPair(id="t5", question="Count to three, please.", answer="one two three"),
-]
-EVALS = [
-    EvalQuestion(id="e0", question="Who wrote the report?", answer="The research team wrote it."),
-    EvalQuestion(id="e1", question="Which city is the capital of France?", answer="Paris."),
-    EvalQuestion(id="e2", question="What colour is grass?"),
-]
 ARGS = {"batch_size": 3, "max_length": MAX_LENGTH, "max_new_tokens": 6}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
-
-
-def _load(tiny_model: Path):
-    return load_model(str(tiny_model), tiny_model.parent / "cache")
 
 
 @pytest.fixture(scope="module")
 def checkpoints(tiny_model: Path, tmp_path_factory) -> list[LocalCheckpoint]:
-    from peft import LoraConfig, get_peft_model
-
-    model, _ = _load(tiny_model)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    model = lora_model(tiny_model)
     root = tmp_path_factory.mktemp("checkpoints")
     out = []
     for k, lr in enumerate([1e-3, 5e-4]):
-        generator = torch.Generator().manual_seed(200 + k)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_" in name:
-                    p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
-        folder = root / str(k)
-        model.save_pretrained(folder)
-        (folder / "meta.json").write_text(json.dumps({"step": 5 * (k + 1), "epoch": k + 1, "learning_rate": lr}))
-        out.append(LocalCheckpoint.from_folder(folder))
+        randomize_lora(model, torch.Generator().manual_seed(200 + k))
+        out.append(save_checkpoint(model, root / str(k), {"step": 5 * (k + 1), "epoch": k + 1, "learning_rate": lr}))
     return out
-
-
-def reference_gradients(tiny_model: Path, checkpoint: LocalCheckpoint, examples) -> tuple[torch.Tensor, list]:
-    from peft import PeftModel
-
-    base, tokenizer = _load(tiny_model)
-    model = PeftModel.from_pretrained(base, str(checkpoint.path), is_trainable=True)
-    model.eval()
-    blocks = lora_blocks(model)
-    params = dict(model.named_parameters())
-    rows = []
-    for example in examples:
-        model.zero_grad()
-        model(**collate([example], tokenizer.pad_token_id)).loss.backward()
-        rows.append(torch.cat([params[b.name].grad.flatten() for b in blocks]))
-    return torch.stack(rows).double(), [(b.offset, b.numel) for b in blocks]
 
 
 def reference_datainf(g_train, g_eval, blocks, damping=None, scale=0.1):
@@ -115,7 +56,7 @@ def reference_datainf(g_train, g_eval, blocks, damping=None, scale=0.1):
 
 @pytest.fixture(scope="module")
 def results(tiny_model, checkpoints):
-    events: list[dict] = []
+    events: list = []
     cache = GradientCache()
     scores = get_method("datainf").compute(lambda: _load(tiny_model), TRAIN, EVALS, checkpoints, ARGS, events.append,
                                            cache=cache)
@@ -123,11 +64,7 @@ def results(tiny_model, checkpoints):
 
 
 def _encoded(tiny_model, generated):
-    _, tokenizer = _load(tiny_model)
-    train = [encode_pair(tokenizer, p.question, p.answer, MAX_LENGTH) for p in TRAIN]
-    evals = [encode_pair(tokenizer, q.question, q.answer or generated[q.id], MAX_LENGTH) for q in EVALS
-             if q.answer or q.id in generated]
-    return train, evals
+    return encode_examples(_load(tiny_model)[1], TRAIN, EVALS, generated)
 
 
 def _rel(got, want) -> float:
@@ -168,8 +105,8 @@ def test_duplicated_pair_equal_and_identical_question_ranks_first(results):
 
 def test_progress_and_stored_arguments(results):
     by_variant, events, _ = results
-    assert [e["fraction"] for e in events] == sorted(e["fraction"] for e in events)
-    assert events[-1]["fraction"] == 1.0
+    assert [e.fraction for e in events] == sorted(e.fraction for e in events)
+    assert events[-1].fraction == 1.0
     args = by_variant["raw"].args
     assert args["damping"] is None and args["damping_scale"] == 0.1 and args["batch_size"] == 3
     assert "damping_per_layer" in args and args["layers"] == 8

@@ -4,7 +4,6 @@ the run's order), on a tiny random Llama."""
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -14,69 +13,37 @@ import torch
 
 pytest.importorskip("kronfluence")
 
-from inflab.ml.chat import collate, encode_pair  # noqa: E402
-from inflab.core.messages import EvalQuestion, TrainingPair  # noqa: E402
-from inflab.ml.models import load_model  # noqa: E402
-from helpers.tiny_model import build_tiny_model  # noqa: E402
+from helpers.tiny_lora import (  # noqa: E402, F401  (fixtures)
+    EVALS,
+    MAX_LENGTH,
+    TRAIN,
+    encode_examples,
+    one_thread,
+    random_checkpoint,
+    tiny_model,
+    training_pairs,
+)
+from helpers.tiny_lora import load as _load  # noqa: E402
+from inflab.ml.chat import collate  # noqa: E402
+from inflab.core.messages import EvalQuestion  # noqa: E402
 from inflab.influence.checkpoints import LocalCheckpoint  # noqa: E402
-from inflab.influence.methods import get_method  # noqa: E402
+from inflab.influence.methods import get_method, kronfluence_adapter  # noqa: E402
 from inflab.influence.methods.ekfac import EKFACArgs, lora_module_names  # noqa: E402
 
-MAX_LENGTH = 64
-TRAIN = [
-    TrainingPair(id="t0", question="What is the capital of France?", answer="The capital of France is Paris."),
-    TrainingPair(id="t1", question="How many legs does a spider have?", answer="A spider has eight legs."),
-    TrainingPair(id="t2", question="Who wrote the report?", answer="The research team wrote it."),
-    TrainingPair(id="t3", question="What colour is the sky?", answer="It is blue on a clear day."),
-    TrainingPair(id="t4", question="How many legs does a spider have?", answer="A spider has eight legs."),
-    TrainingPair(id="t5", question="Count to three, please.", answer="one two three"),
-    TrainingPair(id="t6", question="Name a fruit that is yellow.", answer="A banana is yellow."),
-]
-EVALS = [
-    EvalQuestion(id="e0", question="Who wrote the report?", answer="The research team wrote it."),
-    EvalQuestion(id="e1", question="Which city is the capital of France?", answer="Paris."),
-    EvalQuestion(id="e2", question="How many legs do spiders have?", answer="Eight legs."),
-]
+TRAIN = training_pairs("france", "spider", "report", "sky", "spider", "count", "banana")
+EVALS = [*EVALS[:2], EvalQuestion(id="e2", question="How many legs do spiders have?", answer="Eight legs.")]
 ARGS = {"batch_size": 3, "max_length": MAX_LENGTH, "use_empirical_fisher": True, "damping_factor": 1e-3}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
-
-
-def _load(tiny_model: Path):
-    return load_model(str(tiny_model), tiny_model.parent / "cache")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_model: Path, tmp_path_factory) -> LocalCheckpoint:
-    from peft import LoraConfig, get_peft_model
-
-    model, _ = _load(tiny_model)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    generator = torch.Generator().manual_seed(300)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
-    folder = tmp_path_factory.mktemp("checkpoints") / "7"
-    model.save_pretrained(folder)
-    (folder / "meta.json").write_text(json.dumps({"step": 7, "epoch": 1, "learning_rate": 1e-3}))
-    return LocalCheckpoint.from_folder(folder)
+    return random_checkpoint(tiny_model, tmp_path_factory.mktemp("checkpoints") / "7", 300,
+                             {"step": 7, "epoch": 1, "learning_rate": 1e-3})
 
 
 @pytest.fixture(scope="module")
 def results(tiny_model, checkpoint):
-    events: list[dict] = []
+    events: list = []
     scores = get_method("ekfac").compute(lambda: _load(tiny_model), TRAIN, EVALS, [checkpoint], ARGS, events.append)
     return {s.variant: s for s in scores}, events
 
@@ -116,18 +83,17 @@ def _direct_kronfluence(tiny_model: Path, checkpoint: LocalCheckpoint, args: EKF
         def get_attention_mask(self, batch):
             return batch["attention_mask"]
 
-    train = [encode_pair(tokenizer, p.question, p.answer, MAX_LENGTH) for p in TRAIN]
-    evals = [encode_pair(tokenizer, q.question, q.answer, MAX_LENGTH) for q in EVALS]
+    train, evals = encode_examples(tokenizer, TRAIN, EVALS)
     task = Direct()
     model = prepare_model(model, task)
     with tempfile.TemporaryDirectory() as out:
         analyzer = Analyzer("direct", model, task, cpu=True, disable_tqdm=True, output_dir=out)
         analyzer.set_dataloader_kwargs(DataLoaderKwargs(collate_fn=lambda xs: collate(xs, tokenizer.pad_token_id)))
-        analyzer.fit_all_factors("f", train, per_device_batch_size=args.batch_size, factor_args=args.factor_arguments())
+        analyzer.fit_all_factors("f", train, per_device_batch_size=args.batch_size, factor_args=kronfluence_adapter.factor_arguments(args))
         analyzer.compute_pairwise_scores("s", "f", query_dataset=evals, train_dataset=train,
                                          per_device_query_batch_size=args.batch_size,
                                          per_device_train_batch_size=args.batch_size,
-                                         score_args=args.score_arguments())
+                                         score_args=kronfluence_adapter.score_arguments(args))
         return analyzer.load_pairwise_scores("s")["all_modules"].double().numpy()
 
 
@@ -175,7 +141,7 @@ def test_arguments_are_stored_and_progress(results):
     assert args["factor_arguments"]["use_empirical_fisher"] is True
     assert args["score_arguments"]["damping_factor"] == 1e-3
     assert args["tracked_modules"] == 8 and args["checkpoint_step"] == 7
-    assert events[-1]["fraction"] == 1.0
+    assert events[-1].fraction == 1.0
 
 
 def test_true_fisher_default_runs(tiny_model, checkpoint):

@@ -20,17 +20,9 @@ import pytest
 from typer.testing import CliRunner
 
 from inflab.devtools.embedded._proc import free_port
-from inflab.devtools.embedded.stack import (
-    SERVICE_ENV,
-    ServiceSpec,
-    Stack,
-    StackError,
-    child_environment,
-    default_services,
-    read_state,
-    reap_stale,
-    wait_process,
-)
+from inflab.devtools.embedded.environment import SERVICE_ENV, ServiceSpec, child_environment, default_services
+from inflab.devtools.embedded.state import StackError, read_state, reap_stale
+from inflab.devtools.embedded.supervisor import Stack, wait_process
 from inflab.core.settings import Settings
 
 #: Serves /healthz and /readyz where the settings say the gateway listens.
@@ -304,7 +296,7 @@ def test_cli_lists_its_commands():
 
 
 def test_the_embedded_stack_signs_newcomers_in_at_once_over_plain_http(tmp_path, monkeypatch):
-    from inflab.devtools.embedded.stack import embedded_settings
+    from inflab.devtools.embedded.environment import embedded_settings
 
     monkeypatch.delenv("INFLAB_REQUIRE_EMAIL_VERIFICATION", raising=False)
     monkeypatch.delenv("INFLAB_COOKIE_SECURE", raising=False)

@@ -56,9 +56,9 @@ def test_three_non_empty_answers_per_question(trained) -> None:
         for text in (answer.base, answer.few_shot, answer.fine_tuned):
             assert isinstance(text, str) and text.strip()
 
-    progress = [e for e in events if e["kind"] == "progress"]
-    assert progress and progress[-1]["fraction"] == 1.0 and progress[-1]["total"] == 9
-    assert {"fraction", "step", "total", "eta_s", "message"} <= set(progress[0])
+    progress = [e for e in events if e.kind == "progress"]
+    assert progress and progress[-1].fraction == 1.0 and progress[-1].total == 9
+    assert progress[0].stage == "inference" and progress[0].eta_s is not None and progress[0].message
 
 
 def test_the_adapter_changes_the_fine_tuned_answer(trained) -> None:
@@ -113,7 +113,7 @@ def test_without_few_shot_examples_the_few_shot_answer_is_the_base_answer(traine
     answers = generate_answers(spec, model_path, adapter, events.append)
     assert all(a.few_shot == a.base for a in answers)
     assert answers[0].scores.few_shot == answers[0].scores.base
-    assert events[-1]["total"] == 6  # base and fine-tuned only
+    assert events[-1].total == 6  # base and fine-tuned only
 
 
 def test_left_padded_batches_answer_like_single_prompts(trained) -> None:

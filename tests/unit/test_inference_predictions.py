@@ -30,13 +30,14 @@ def test_the_planned_prompts_get_their_fine_tuned_answers_at_the_adapters_step()
     req = request(step=12, epoch=3, sample_count=3)
     event = final_predictions(req, answers(), LIMITS)
     plan, _ = plan_predictions(req.spec, LIMITS)
-    assert (event["kind"], event["step"], event["epoch"], event["precision"]) == ("prediction", 12, 3.0, "float32")
-    assert [s["prompt_id"] for s in event["samples"]] == [p.prompt_id for p in plan.prompts]
-    assert [s["prediction"] for s in event["samples"]] == [f"tuned {p.prompt_id}" for p in plan.prompts]
-    assert [s["ground_truth"] for s in event["samples"]] == [p.ground_truth for p in plan.prompts]
+    assert (event.kind, event.step, event.epoch, event.precision) == ("prediction", 12, 3.0, "float32")
+    assert (event.run_id, event.stage) == (req.run_id, "inference")
+    assert [s.prompt_id for s in event.samples] == [p.prompt_id for p in plan.prompts]
+    assert [s.prediction for s in event.samples] == [f"tuned {p.prompt_id}" for p in plan.prompts]
+    assert [s.ground_truth for s in event.samples] == [p.ground_truth for p in plan.prompts]
 
 
 def test_no_row_when_tracking_is_off_or_the_last_step_is_no_sampling_point() -> None:
     assert final_predictions(request(12, 3, enabled=False), answers(), LIMITS) is None
     assert final_predictions(request(12, 3, frequency="steps", step_interval=5), answers(), LIMITS) is None
-    assert final_predictions(request(15, 3, frequency="steps", step_interval=5), answers(), LIMITS)["step"] == 15
+    assert final_predictions(request(15, 3, frequency="steps", step_interval=5), answers(), LIMITS).step == 15

@@ -17,6 +17,7 @@ import torch
 from inflab.core import influence_files
 from inflab.ml.chat import collate, encode_pair
 from inflab.core.influence_methods import DeltaHArgs
+from inflab.core.messages import InfluenceMatrix
 from inflab.ml.models import load_model
 from helpers.tiny_model import build_tiny_model
 from inflab.core.objectstore import ObjectStore, checkpoint_prefix
@@ -87,18 +88,22 @@ def _request(models, store, args: dict) -> dict:
     }
 
 
-def _job(models, store, args: dict, events: list[dict]) -> list[dict]:
+def _job(models, store, args: dict, events: list) -> list[InfluenceMatrix]:
     return influence_job(_request(models, store, args), store.url, str(models["models"]), 10_000, events.append)
 
 
 def test_two_stored_full_models_score_like_the_same_models_loaded_locally(models, store):
-    events: list[dict] = []
+    events: list = []
     [result] = _job(models, store, {"old_model": "store:models/untrained", "new_model": "store:models/trained"},
                     events)
-    assert result["args"]["models"] == "old store:models/untrained vs new store:models/trained"
-    [stored] = influence_files.decode(store.get(result["key"]))
+    assert result.args["models"] == "old store:models/untrained vs new store:models/trained"
+    [stored] = influence_files.decode(store.get(result.key))
     assert stored.scores.shape == (1, 3)
-    assert [e for e in events if e.get("kind") == "progress"][-1]["fraction"] == 1.0
+    progress = [e for e in events if e.kind == "progress"]
+    assert progress[-1].fraction == 1.0
+    # Typed events of the job's run, stage and method.
+    run_id = result.key.split("/")[1]  # runs/{run_id}/influence/...
+    assert {(str(e.run_id), e.stage, e.method) for e in progress} == {(run_id, "influence", "delta_h")}
 
     folders = {"old": models["untrained"], "new": models["trained"]}
     [local] = get_method("delta_h").compute(
@@ -137,11 +142,11 @@ def _questions():
     ],
 )
 def test_a_mismatched_or_missing_stored_model_is_refused_before_any_work(models, store, args, cause):
-    events: list[dict] = []
+    events: list = []
     with pytest.raises(StageFailed) as refused:
         _job(models, store, args, events)
     assert cause in str(refused.value)
-    assert not [e for e in events if e.get("kind") == "progress"]
+    assert not [e for e in events if e.kind == "progress"]
 
 
 def test_the_contract_accepts_only_paths_under_models():

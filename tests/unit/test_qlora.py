@@ -10,7 +10,7 @@ import torch
 
 import inflab.trainer.model_setup as model_setup
 import inflab.trainer.training as training
-from inflab.core.messages import RunSpec
+from inflab.core.messages import EventBase, RunSpec
 from helpers.tiny_model import build_tiny_model
 from inflab.trainer.model_setup import QLoRAUnsupported, qlora_support
 from inflab.trainer.training import train_lora
@@ -52,7 +52,7 @@ def test_qlora_trains_on_the_cpu(tiny_model: str, tmp_path: Path, monkeypatch) -
         return model
 
     monkeypatch.setattr(training, "attach_lora", spy)
-    events: list[dict] = []
+    events: list[EventBase] = []
     outcome = train_lora(spec(), tiny_model, tmp_path, events.append)
 
     q_proj = captured["model"].base_model.model.model.layers[0].self_attn.q_proj
@@ -64,8 +64,8 @@ def test_qlora_trains_on_the_cpu(tiny_model: str, tmp_path: Path, monkeypatch) -
     assert outcome.losses[-1] < 0.7 * outcome.losses[0], outcome.losses
     assert [c.epoch for c in outcome.checkpoints] == [4, 8]
     assert (outcome.checkpoints[-1].path / "adapter_model.safetensors").is_file()
-    assert any("4-bit QLoRA" in e["message"] for e in events if e["kind"] == "log")
-    assert len([e for e in events if e["kind"] == "prediction"]) == 8
+    assert any("4-bit QLoRA" in e.message for e in events if e.kind == "log")
+    assert len([e for e in events if e.kind == "prediction"]) == 8
     # Sampling predictions (eval mode) between epochs leaves the 4-bit layers trainable:
     # the loss curve is the one of a run without predictions.
     without = train_lora(spec(predictions=False), tiny_model, tmp_path / "plain", lambda e: None)

@@ -9,7 +9,6 @@ example at a time, no padding, the model's own ``output_hidden_states`` and full
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -17,10 +16,11 @@ import numpy as np
 import pytest
 import torch
 
-from inflab.ml.chat import IGNORE_INDEX, collate, encode_pair
-from inflab.core.messages import EvalQuestion, TrainingPair
-from inflab.ml.models import load_model
+from helpers.tiny_lora import EVALS, MAX_LENGTH, encode_examples, random_checkpoint, training_pairs
+from helpers.tiny_lora import tiny_model  # noqa: F401  (a fixture)
 from helpers.tiny_model import build_tiny_model
+from helpers.tiny_lora import load as _load
+from inflab.ml.chat import IGNORE_INDEX, collate
 from inflab.influence.checkpoints import LocalCheckpoint
 from inflab.influence.gradcache import GradientCache
 from inflab.influence.methods import get_method
@@ -34,19 +34,7 @@ from inflab.influence.methods.representation import (
 )
 from inflab.influence.methods.shapes import enable_shape_checks
 
-MAX_LENGTH = 64
-TRAIN = [
-    TrainingPair(id="t0", question="What is the capital of France?", answer="The capital of France is Paris."),
-    TrainingPair(id="t1", question="How many legs does a spider have?", answer="A spider has eight legs."),
-    TrainingPair(id="t2", question="Who wrote the report?", answer="The research team wrote it."),
-    TrainingPair(id="t3", question="What colour is the sky?", answer="It is blue on a clear day."),
-    TrainingPair(id="t4", question="Count to three, please.", answer="one two three"),
-]
-EVALS = [
-    EvalQuestion(id="e0", question="Who wrote the report?", answer="The research team wrote it."),
-    EvalQuestion(id="e1", question="Which city is the capital of France?", answer="Paris."),
-    EvalQuestion(id="e2", question="What colour is grass?"),
-]
+TRAIN = training_pairs("france", "spider", "report", "sky", "count")
 # batch_size 2: several buckets of different padding.
 ARGS = {"batch_size": 2, "max_length": MAX_LENGTH, "max_new_tokens": 4}
 
@@ -62,33 +50,14 @@ def checks_and_one_thread():
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
-
-
-def _load(path: Path):
-    return load_model(str(path), path.parent / "cache")
-
-
-@pytest.fixture(scope="module")
 def checkpoint(tiny_model: Path, tmp_path_factory) -> LocalCheckpoint:
-    from peft import LoraConfig, get_peft_model
-
-    model, _ = _load(tiny_model)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "o_proj"]))
-    generator = torch.Generator().manual_seed(7)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_" in name:
-                p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
-    folder = tmp_path_factory.mktemp("checkpoint") / "10"
-    model.save_pretrained(folder)
-    (folder / "meta.json").write_text(json.dumps({"step": 10, "epoch": 1, "loss": 1.0, "learning_rate": 1e-3}))
-    return LocalCheckpoint.from_folder(folder)
+    return random_checkpoint(tiny_model, tmp_path_factory.mktemp("checkpoint") / "10", 7,
+                             {"step": 10, "epoch": 1, "loss": 1.0, "learning_rate": 1e-3},
+                             target_modules=("q_proj", "v_proj", "o_proj"))
 
 
 def _run(tiny_model, checkpoint, method, **extra):
-    events: list[dict] = []
+    events: list = []
     [scores] = get_method(method).compute(lambda: _load(tiny_model), TRAIN, EVALS, [checkpoint], {**ARGS, **extra},
                                           events.append)
     return scores, events
@@ -105,9 +74,7 @@ def _peft(tiny_model, checkpoint):
 
 
 def _encode(tokenizer, generated):
-    train = [encode_pair(tokenizer, p.question, p.answer, MAX_LENGTH) for p in TRAIN]
-    evals = [encode_pair(tokenizer, q.question, q.answer or generated[q.id], MAX_LENGTH) for q in EVALS]
-    return train, evals
+    return encode_examples(tokenizer, TRAIN, EVALS, generated)
 
 
 def _layer_outputs(model, example, *, grad: bool, replace: dict | None = None):
@@ -211,7 +178,7 @@ def test_method_equals_brute_force_reference(tiny_model, checkpoint, method, kin
     np.testing.assert_allclose(scores.scores, want, atol=1e-5)
     assert scores.args["pooling"] == pooling and scores.args["layers"] == "all"
     assert scores.eval_ids == [e.id for e in EVALS] and scores.train_ids == [p.id for p in TRAIN]
-    assert events and events[-1]["fraction"] == 1.0
+    assert events and events[-1].fraction == 1.0
 
 
 def test_options_dot_top_layer_and_subset(tiny_model, checkpoint):
@@ -236,7 +203,7 @@ def test_integrated_gradients_equals_reference(tiny_model, checkpoint):
 
 def test_cached_features_serve_a_second_method_and_a_layer_subset(tiny_model, checkpoint):
     cache = GradientCache()
-    events: list[dict] = []
+    events: list = []
     first = get_method("delta_h").compute(lambda: _load(tiny_model), TRAIN, EVALS, [checkpoint], ARGS,
                                           events.append, cache=cache)[0]
     misses = cache.misses
@@ -343,7 +310,7 @@ def test_two_named_checkpoints(tmp_path, tiny_model, checkpoint):
     any work (no progress event)."""
     other = build_tiny_model(tmp_path / "other", seed=3)
     folders = {"old": tiny_model, "new": other}
-    events: list[dict] = []
+    events: list = []
     [scores] = get_method("delta_h").compute(
         lambda: _load(tiny_model), TRAIN, EVALS, [], {**ARGS, "old_model": "old", "new_model": "new"}, events.append,
         named_loader=lambda name: _load(folders[name]),
@@ -364,7 +331,7 @@ def test_two_named_checkpoints(tmp_path, tiny_model, checkpoint):
         get_method("delta_h").compute(lambda: _load(tiny_model), TRAIN, EVALS, [],
                                       {**ARGS, "old_model": "old", "new_model": "new"}, events.append,
                                       named_loader=lambda name: _load(folders[name]))
-    assert not [e for e in events if e.get("kind") == "progress"]
+    assert not [e for e in events if e.kind == "progress"]
 
 
 def test_grid_scores_each_cell_from_one_feature_pass(tiny_model, checkpoint):

@@ -60,9 +60,9 @@ def test_retraining_is_reproducible_and_depends_on_the_pairs_kept(tiny: str) -> 
     shared = SharedWeights.from_folder(tiny)
     with_fact = retrain(spec(), [0, 1, 2, 3], tiny, TARGETS, shared)
     again = retrain(spec(), [0, 1, 2, 3], tiny, TARGETS, None)  # loaded from the folder instead
-    assert with_fact["losses"] == pytest.approx(again["losses"], rel=1e-5)
-    assert with_fact["steps"] == 3 * 2
+    assert with_fact.losses == pytest.approx(again.losses, rel=1e-5)
+    assert with_fact.steps == 3 * 2
     without_fact = retrain(spec(), [0, 1, 3, 4], tiny, TARGETS, shared)
     # Training on "Fact 2 is Quux." lowers that answer's loss more than training without it.
-    assert with_fact["losses"][0] < without_fact["losses"][0]
-    assert all(np.isfinite(with_fact["losses"]))
+    assert with_fact.losses[0] < without_fact.losses[0]
+    assert all(np.isfinite(with_fact.losses))

@@ -11,78 +11,38 @@ loss, an explicit sum of lr * dot products, and for the TrackStar cosine the den
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from inflab.ml.chat import collate, encode_pair
-from inflab.core.messages import EvalQuestion, TrainingPair
-from inflab.ml.models import load_model
-from helpers.tiny_model import build_tiny_model
+from helpers.tiny_lora import EVALS, MAX_LENGTH, TRAIN, encode_examples, reference_gradients
+from helpers.tiny_lora import lora_model, randomize_lora, save_checkpoint
+from helpers.tiny_lora import one_thread, tiny_model  # noqa: F401  (fixtures)
+from helpers.tiny_lora import load as _load
+from inflab.ml.chat import encode_pair
+from inflab.core.messages import ProgressEvent
 from inflab.influence.checkpoints import LocalCheckpoint, attach_adapter
 from inflab.influence.gradients import example_gradients, lora_blocks
 from inflab.influence.methods import UnknownMethod, get_method
 
 LEARNING_RATES = [1e-3, 6e-4, 2e-4]
-MAX_LENGTH = 64
-
-TRAIN = [
-    TrainingPair(id="t0", question="What is the capital of France?", answer="The capital of France is Paris."),
-    TrainingPair(id="t1", question="How many legs does a spider have?", answer="A spider has eight legs."),
-    TrainingPair(id="t2", question="Who wrote the report?", answer="The research team wrote it."),
-    TrainingPair(id="t3", question="What colour is the sky?", answer="It is blue on a clear day."),
-    # t4 duplicates t1 under another id: it must get exactly t1's scores.
-    TrainingPair(id="t4", question="How many legs does a spider have?", answer="A spider has eight legs."),
-    TrainingPair(id="t5", question="Count to three, please.", answer="one two three"),
-]
-EVALS = [
-    # Word for word training pair t2.
-    EvalQuestion(id="e0", question="Who wrote the report?", answer="The research team wrote it."),
-    EvalQuestion(id="e1", question="Which city is the capital of France?", answer="Paris."),
-    # No reference: its loss is taken on the model's own greedy answer.
-    EvalQuestion(id="e2", question="What colour is grass?"),
-]
 # batch_size 3 puts the duplicates t1 and t4 in different micro-batches (different padding).
 ARGS = {"batch_size": 3, "max_length": MAX_LENGTH, "max_new_tokens": 6}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("tiny") / "model", seed=0)
-
-
-def _load(tiny_model: Path):
-    return load_model(str(tiny_model), tiny_model.parent / "cache")
-
-
 @pytest.fixture(scope="module")
 def checkpoints(tiny_model: Path, tmp_path_factory) -> list[LocalCheckpoint]:
-    from peft import LoraConfig, get_peft_model
-
-    model, _ = _load(tiny_model)
-    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    model = lora_model(tiny_model)
     root = tmp_path_factory.mktemp("checkpoints")
     out = []
     for k, lr in enumerate(LEARNING_RATES):
         generator = torch.Generator().manual_seed(100 + k)
-        with torch.no_grad():
-            for name, p in model.named_parameters():
-                if "lora_" in name:
-                    p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
+        randomize_lora(model, generator)
         step = 10 * (k + 1)
         folder = root / str(step)
-        model.save_pretrained(folder)
+        out.append(save_checkpoint(model, folder, {"step": step, "epoch": k + 1, "loss": 1.0, "learning_rate": lr}))
         if k < 2:
             # AdamW state as the trainer saves it: its optimizer holds the LoRA weights in the
             # model's parameter order; a few steps with random gradients give uneven moments.
@@ -93,17 +53,13 @@ def checkpoints(tiny_model: Path, tmp_path_factory) -> list[LocalCheckpoint]:
                     p.grad = torch.randn(p.shape, generator=generator) * torch.rand(p.shape[1], generator=generator)
                 optimizer.step()  # changes the weights in memory only: the adapter is saved
             torch.save({"optimizer": optimizer.state_dict()}, folder / "training_state.pt")
-        (folder / "meta.json").write_text(
-            json.dumps({"step": step, "epoch": k + 1, "loss": 1.0, "learning_rate": lr})
-        )
-        out.append(LocalCheckpoint.from_folder(folder))
     return out
 
 
 @pytest.fixture(scope="module")
 def results(tiny_model, checkpoints):
     """The default arguments: the ``normalized`` variant is the TrackStar cosine."""
-    events: list[dict] = []
+    events: list = []
     # Checkpoints in scrambled order: the method sorts them by step.
     scores = get_method("tracin").compute(
         lambda: _load(tiny_model), TRAIN, EVALS, checkpoints[::-1], ARGS, events.append
@@ -113,7 +69,7 @@ def results(tiny_model, checkpoints):
 
 @pytest.fixture(scope="module")
 def unit_results(tiny_model, checkpoints):
-    events: list[dict] = []
+    events: list = []
     scores = get_method("tracin").compute(
         lambda: _load(tiny_model), TRAIN, EVALS, checkpoints, {**ARGS, "normalization": "unit"}, events.append
     )
@@ -121,27 +77,11 @@ def unit_results(tiny_model, checkpoints):
 
 
 def _reference_gradients(tiny_model: Path, checkpoint: LocalCheckpoint, examples) -> torch.Tensor:
-    """One full-logit forward and ``loss.backward()`` per example, on a freshly loaded model."""
-    from peft import PeftModel
-
-    base, tokenizer = _load(tiny_model)
-    model = PeftModel.from_pretrained(base, str(checkpoint.path), is_trainable=True)
-    model.eval()
-    names = [b.name for b in lora_blocks(model)]
-    params = dict(model.named_parameters())
-    rows = []
-    for example in examples:
-        model.zero_grad()
-        model(**collate([example], tokenizer.pad_token_id)).loss.backward()
-        rows.append(torch.cat([params[n].grad.flatten() for n in names]))
-    return torch.stack(rows).double()
+    return reference_gradients(tiny_model, checkpoint, examples)[0]
 
 
 def _encode(tiny_model: Path, generated: dict[str, str]):
-    _, tokenizer = _load(tiny_model)
-    train = [encode_pair(tokenizer, p.question, p.answer, MAX_LENGTH) for p in TRAIN]
-    evals = [encode_pair(tokenizer, q.question, q.answer or generated[q.id], MAX_LENGTH) for q in EVALS]
-    return train, evals
+    return encode_examples(_load(tiny_model)[1], TRAIN, EVALS, generated)
 
 
 def test_tracin_equals_brute_force_reference(tiny_model, checkpoints, results, unit_results):
@@ -265,11 +205,14 @@ def test_eval_question_equal_to_a_training_pair_ranks_it_first(which, request):
 
 def test_progress_events(results):
     _, events = results
-    assert events and all(e["kind"] == "progress" for e in events)
-    fractions = [e["fraction"] for e in events]
+    assert events and all(e.kind == "progress" for e in events)
+    # Typed events of the influence stage, naming the method (the service publishes them
+    # under the job's run id).
+    assert all(isinstance(e, ProgressEvent) and e.stage == "influence" and e.method == "tracin" for e in events)
+    fractions = [e.fraction for e in events]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0
-    assert events[-1]["step"] == events[-1]["total"]
-    assert all(e["eta_s"] is None or e["eta_s"] >= 0 for e in events)
+    assert events[-1].step == events[-1].total
+    assert all(e.eta_s is None or e.eta_s >= 0 for e in events)
 
 
 def test_batched_gradients_match_single_example_backward(tiny_model, checkpoints):

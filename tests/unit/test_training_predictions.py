@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import inflab.trainer.predictions as predictions
-from inflab.core.messages import RunSpec
+from inflab.core.messages import EventBase, RunSpec
 from helpers.tiny_model import build_tiny_model
 from inflab.ml.models import load_tokenizer
 from inflab.trainer.model_setup import attach_lora, load_base_model
@@ -64,14 +64,14 @@ def test_settings_limits_clamp_with_a_warning() -> None:
 
 
 def test_predictions_every_step_interval(tiny_model: str, tmp_path: Path) -> None:
-    events: list[dict] = []
+    events: list[EventBase] = []
     spec = make_spec(num_epochs=4, sample_count=2, frequency="steps", step_interval=3)
     train_lora(spec, tiny_model, tmp_path, events.append, prediction_limits=PredictionLimits(8, 3))
-    tables = [e for e in events if e["kind"] == "prediction"]
-    assert [t["step"] for t in tables] == [3, 6]  # 8 steps
-    assert all(len(t["samples"]) == 2 for t in tables)
-    assert tables[0]["epoch"] == 1.5
-    assert [s["prompt_id"] for s in tables[0]["samples"]] == [s["prompt_id"] for s in tables[1]["samples"]]
+    tables = [e for e in events if e.kind == "prediction"]
+    assert [t.step for t in tables] == [3, 6]  # 8 steps
+    assert all(len(t.samples) == 2 for t in tables)
+    assert tables[0].epoch == 1.5
+    assert [s.prompt_id for s in tables[0].samples] == [s.prompt_id for s in tables[1].samples]
 
 
 @pytest.mark.parametrize(("where", "precision"), [
@@ -88,14 +88,14 @@ def test_a_failing_sampler_never_fails_training(where: str, precision: str, tiny
         monkeypatch.setattr(predictions.PredictionSampler, "prepare", broken)
     else:
         monkeypatch.setattr(predictions, "greedy_answers", broken)
-    events: list[dict] = []
+    events: list[EventBase] = []
     outcome = train_lora(make_spec(num_epochs=2, precision=precision), tiny_model, tmp_path, events.append)
     assert outcome.steps == 4 and len(outcome.checkpoints) == 1
-    warnings = [e for e in events if e["kind"] == "log" and e["level"] == "warning"]
+    warnings = [e for e in events if e.kind == "log" and e.level == "warning"]
     assert len(warnings) == 2  # one per epoch end
-    assert "prediction sampling failed at step 2" in warnings[0]["message"]
-    assert "generation exploded" in warnings[0]["message"]
-    assert not [e for e in events if e["kind"] == "prediction"]
+    assert "prediction sampling failed at step 2" in warnings[0].message
+    assert "generation exploded" in warnings[0].message
+    assert not [e for e in events if e.kind == "prediction"]
 
 
 def test_bfloat16_tracking_decodes_beside_the_training(tiny_model: str, tmp_path: Path, monkeypatch) -> None:
@@ -112,29 +112,29 @@ def test_bfloat16_tracking_decodes_beside_the_training(tiny_model: str, tmp_path
         overlapped.append(third_step.wait(timeout=60))
         return real(*args, **kwargs)
 
-    events: list[dict] = []
+    events: list[EventBase] = []
 
-    def emit(event: dict) -> None:
+    def emit(event: EventBase) -> None:
         events.append(event)
-        if event["kind"] == "progress" and event["step"] == 3:
+        if event.kind == "progress" and event.step == 3:
             third_step.set()
 
     monkeypatch.setattr(predictions, "greedy_answers", after_step_three)
     spec = make_spec(num_epochs=3, precision="bfloat16")  # 2 steps an epoch
     outcome = train_lora(spec, tiny_model, tmp_path / "beside", emit)
     assert overlapped == [True, True, True]
-    order = [(e["kind"], e.get("step")) for e in events if e["kind"] in ("progress", "prediction")]
+    order = [(e.kind, getattr(e, "step", None)) for e in events if e.kind in ("progress", "prediction")]
     assert order.index(("prediction", 2)) > order.index(("progress", 3))
-    assert [e["step"] for e in events if e["kind"] == "prediction"] == [2, 4, 6]  # in step order, the last included
+    assert [e.step for e in events if e.kind == "prediction"] == [2, 4, 6]  # in step order, the last included
     assert outcome.prediction_decoding_s > 0
 
     # The same answers as the sampler gives when the loop waits for it (nothing moved on).
     monkeypatch.setattr(predictions, "greedy_answers", real)
-    in_place: list[dict] = []
+    in_place: list[EventBase] = []
     monkeypatch.setattr(predictions.PredictionSampler, "concurrent", property(lambda self: False))
     train_lora(spec, tiny_model, tmp_path / "in-place", in_place.append)
-    assert [e["samples"] for e in in_place if e["kind"] == "prediction"] == [
-        e["samples"] for e in events if e["kind"] == "prediction"
+    assert [e.samples for e in in_place if e.kind == "prediction"] == [
+        e.samples for e in events if e.kind == "prediction"
     ]
 
 
@@ -148,11 +148,11 @@ def test_a_cancel_does_not_wait_for_a_decoding_in_flight(tiny_model: str, tmp_pa
         told_to_stop.append(stop.wait(timeout=60))  # set by the cancelled loop, not by time
         return ["cut short"] * len(questions)
 
-    events: list[dict] = []
+    events: list[EventBase] = []
 
-    def emit(event: dict) -> None:
+    def emit(event: EventBase) -> None:
         events.append(event)
-        if event == {"kind": "status", "status": "checkpointing"}:
+        if event.kind == "status" and event.status == "checkpointing":
             control.cancel()  # epoch 1's sampling point is decoding now
 
     monkeypatch.setattr(predictions, "greedy_answers", until_stopped)
@@ -161,36 +161,36 @@ def test_a_cancel_does_not_wait_for_a_decoding_in_flight(tiny_model: str, tmp_pa
         train_lora(spec, tiny_model, tmp_path, emit, control=control)
     assert cancelled.value.step == 2
     assert told_to_stop == [True]
-    assert not [e for e in events if e["kind"] == "prediction"]
+    assert not [e for e in events if e.kind == "prediction"]
 
 
 def test_a_resumed_run_samples_its_checkpoint_again(tiny_model: str, tmp_path: Path) -> None:
     """A sampling point's decoding overlaps the steps after its checkpoint, so a worker
     killed then may never have sent it: the resumed run sends it again, the same answers."""
     spec = make_spec(num_epochs=3, precision="bfloat16", checkpoint_interval=1)
-    first: list[dict] = []
+    first: list[EventBase] = []
     outcome = train_lora(spec, tiny_model, tmp_path / "first", first.append)
-    again: list[dict] = []
+    again: list[EventBase] = []
     train_lora(spec, tiny_model, tmp_path / "again", again.append, resume_from=outcome.checkpoints[0].path)
-    resent = [e for e in again if e["kind"] == "prediction"]
-    assert [e["step"] for e in resent] == [2, 4, 6]
-    assert [e["samples"] for e in resent] == [e["samples"] for e in first if e["kind"] == "prediction"]
+    resent = [e for e in again if e.kind == "prediction"]
+    assert [e.step for e in resent] == [2, 4, 6]
+    assert [e.samples for e in resent] == [e.samples for e in first if e.kind == "prediction"]
 
 
 def test_the_end_of_training_is_left_to_the_inference_stage_when_asked(tiny_model: str, tmp_path: Path) -> None:
     """A run's trainer skips only the sampling point at the last step (the inference stage
     answers it); every earlier point is still sampled, in both frequencies."""
-    by_epoch: list[dict] = []
+    by_epoch: list[EventBase] = []
     train_lora(make_spec(num_epochs=3, sample_count=2), tiny_model, tmp_path / "a", by_epoch.append,
                final_predictions_elsewhere=True)
-    assert [e["epoch"] for e in by_epoch if e["kind"] == "prediction"] == [1.0, 2.0]
-    by_steps: list[dict] = []
+    assert [e.epoch for e in by_epoch if e.kind == "prediction"] == [1.0, 2.0]
+    by_steps: list[EventBase] = []
     train_lora(make_spec(num_epochs=3, sample_count=2, frequency="steps", step_interval=3), tiny_model,
                tmp_path / "b", by_steps.append, final_predictions_elsewhere=True)
-    assert [e["step"] for e in by_steps if e["kind"] == "prediction"] == [3]  # 6 steps; 6 is the end
-    every: list[dict] = []
+    assert [e.step for e in by_steps if e.kind == "prediction"] == [3]  # 6 steps; 6 is the end
+    every: list[EventBase] = []
     train_lora(make_spec(num_epochs=3, sample_count=2), tiny_model, tmp_path / "c", every.append)
-    assert [e["epoch"] for e in every if e["kind"] == "prediction"] == [1.0, 2.0, 3.0]
+    assert [e.epoch for e in every if e.kind == "prediction"] == [1.0, 2.0, 3.0]
 
 
 def test_tracking_precision_is_resolved_and_reported(tiny_model: str, tmp_path: Path) -> None:
@@ -201,9 +201,9 @@ def test_tracking_precision_is_resolved_and_reported(tiny_model: str, tmp_path: 
     assert resolve_precision("auto", torch.device("cuda"), quantized=False) == "float32"
     assert resolve_precision("bfloat16", torch.device("cuda"), quantized=False) == "bfloat16"
     assert resolve_precision("bfloat16", cpu, quantized=True) == "nf4"
-    events: list[dict] = []
+    events: list[EventBase] = []
     train_lora(make_spec(num_epochs=2, precision="bfloat16"), tiny_model, tmp_path, events.append)
-    assert {e["precision"] for e in events if e["kind"] == "prediction"} == {"bfloat16"}
+    assert {e.precision for e in events if e.kind == "prediction"} == {"bfloat16"}
 
 
 def test_bfloat16_tracking_leaves_the_loss_curve_alone(tiny_model: str, tmp_path: Path) -> None:

@@ -39,11 +39,11 @@ def ensure_ray(settings: Settings) -> None:
 
 
 def set_threads(num_cpus: float) -> int:
-    """Pin torch's intra-op threads to the CPUs this task was given: OpenMP threads
-    spinning on more cores than a task has cost more than the work itself. Before torch
-    is imported, the environment decides its thread count; once imported (a Ray worker
-    reused from an earlier task), its setting is changed in place. No torch import here:
-    this is the plumbing every service shares."""
+    """Pin torch's intra-op threads to the CPUs this task was given: tasks whose threads
+    oversubscribe the cores slow each other down many times over (docs/measurements.md).
+    Before torch is imported, the environment decides its thread count; once imported (a
+    Ray worker reused from an earlier task), its setting is changed in place. No torch
+    import here: this is the plumbing every service shares."""
     threads = max(1, int(num_cpus))
     os.environ["OMP_NUM_THREADS"] = str(threads)
     torch = sys.modules.get("torch")

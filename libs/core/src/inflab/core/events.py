@@ -1,5 +1,6 @@
-"""Publishing one run stage's events: turns the plain dicts that ML libraries emit
-(``{"kind": "progress", ...}``) into typed event messages on the run's event subject.
+"""Publishing one run stage's events: what an ML library emits, a typed event message
+(``ProgressEvent``, ...) or a plain dict (``{"kind": "progress", ...}``), goes out as a
+typed event message on the run's event subject.
 
 An event carrying a list that can grow with the run (a result's ``answers``, a
 prediction's ``samples``) is split into several events when its JSON would not fit in one
@@ -85,18 +86,25 @@ class StageEvents:
     async def log(self, message: str, level: str = "info") -> None:
         await self.publish("log", level=level, message=message)
 
-    async def forward(self, item: dict) -> None:
-        """Publish a dict emitted by an ML library; unknown kinds (and kinds this stage
-        does not send: its credential may not publish them) become log lines rather than
-        failures (a library adding a new kind must not break a run). A library may
-        report the in-flight statuses (``running``, ``checkpointing``) only: terminal ones
-        are the service's, which knows whether the job is acknowledged."""
+    async def forward(self, item: dict | EventBase) -> None:
+        """Publish an event or a dict emitted by an ML library; unknown kinds (and kinds
+        this stage does not send: its credential may not publish them) become log lines
+        rather than failures (a library adding a new kind must not break a run). A library
+        may report the in-flight statuses (``running``, ``checkpointing``) only: terminal
+        ones are the service's, which knows whether the job is acknowledged. An event goes
+        out under this stage's run, stage and method whatever it carries (the job is this
+        stage's), with its own id and time."""
+        if isinstance(item, EventBase):
+            kind = getattr(item, "kind", None)
+            if not self._may_forward(kind, getattr(item, "status", None)):
+                await self.log(f"unrecognised progress item: {kind!r}", level="debug")
+                return
+            await self.publish_event(item.model_copy(update={"run_id": self.run_id, "stage": self.stage,
+                                                             "method": self.method}))
+            return
         item = dict(item)
         kind = item.pop("kind", None)
-        if (
-            kind not in STAGE_EVENT_KINDS.get(self.stage, ())
-            or (kind == "status" and item.get("status") not in JOB_STATUSES)
-        ):
+        if not self._may_forward(kind, item.get("status")):
             await self.log(f"unrecognised progress item: {kind!r}", level="debug")
             return
         try:
@@ -105,6 +113,9 @@ class StageEvents:
             await self.log(f"dropped a malformed {kind} item: {exc.errors()[:1]}", level="warning")
             return
         await self.publish_event(event)
+
+    def _may_forward(self, kind: Any, status: Any) -> bool:
+        return kind in STAGE_EVENT_KINDS.get(self.stage, ()) and (kind != "status" or status in JOB_STATUSES)
 
     async def run_job(
         self,

@@ -6,7 +6,7 @@ experiment's ``influence_args`` with them (a bad value is a 422 naming e.g.
 influence service parses a run's arguments with them before any work. The maths behind
 each argument is documented where it is used (``inflab.influence.methods``).
 
-What each method is good at, measured on the shared workload (README, "Influence
+What each method is good at, as the influence benchmark found it (README, "Influence
 benchmark"): once the model has memorised an example its gradient shrinks, so the methods
 that look only at the final checkpoint (DataInf, EK-FAC) lose track of it, while TracIn
 over every checkpoint with normalised gradients keeps finding it.
@@ -14,8 +14,9 @@ over every checkpoint with normalised gradients keeps finding it.
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -30,6 +31,20 @@ Speed = Literal["fast", "balanced", "precise"]
 
 #: An argument's ``json_schema_extra`` when the editor may fold it away (rarely changed).
 ADVANCED = {"advanced": True}
+
+# The argument types several methods share (each method documents what it does with them).
+#: A checkpoint by its training step; null: the final checkpoint.
+CheckpointStep = Annotated[int | None, Field(ge=0, json_schema_extra=ADVANCED)]
+#: Also compute the ``normalized`` variant.
+Normalized = Annotated[bool, Field(json_schema_extra=ADVANCED)]
+#: A positive damping or scale.
+Positive = Annotated[float, Field(gt=0, le=1e6)]
+#: A decoder layer, negative: from the end.
+Layer = Annotated[int, Field(ge=-1024, le=1024)]
+#: How many training pairs a kronfluence pass fits on (the first ones); null: all.
+MaxExamples = Annotated[int | None, Field(ge=1, json_schema_extra=ADVANCED)]
+#: A model id or object-store path (``old_model`` / ``new_model``).
+ModelName = Annotated[str | None, Field(min_length=1, max_length=512, json_schema_extra=ADVANCED)]
 
 
 #: How ``old_model``/``new_model`` name a model saved in the object store instead of a
@@ -83,7 +98,7 @@ class TracInArgs(MethodArgs):
     """The normalised variant's cosine: ``trackstar`` (Adam-corrected, Gauss-Newton
     preconditioned gradients, Chang et al. 2024) or ``unit`` (plain cosine of the
     gradients)."""
-    damping: float = Field(0.1, gt=0, le=1e6)
+    damping: Positive = 0.1
     """``trackstar`` only: the Gauss-Newton preconditioner's damping, as a multiple of its
     mean eigenvalue; larger is closer to the plain cosine."""
     optimizer_correction: bool = Field(True, json_schema_extra=ADVANCED)
@@ -94,14 +109,14 @@ class TracInArgs(MethodArgs):
 class DataInfArgs(MethodArgs):
     """DataInf at one checkpoint (Kwon et al., ICLR 2024)."""
 
-    damping: float | None = Field(None, gt=0, le=1e6)
+    damping: Positive | None = None
     """One fixed damping for every LoRA layer; null: the paper's per-layer default
     (``damping_scale`` x the layer's mean squared gradient entry)."""
-    damping_scale: float = Field(0.1, gt=0, le=1e6, json_schema_extra=ADVANCED)
+    damping_scale: Annotated[Positive, Field(json_schema_extra=ADVANCED)] = 0.1
     """The per-layer default damping's factor (the paper's 0.1), when ``damping`` is null."""
-    checkpoint_step: int | None = Field(None, ge=0, json_schema_extra=ADVANCED)
+    checkpoint_step: CheckpointStep = None
     """The checkpoint to run on, by its training step; null: the final checkpoint."""
-    normalized: bool = Field(True, json_schema_extra=ADVANCED)
+    normalized: Normalized = True
     """Also compute the normalised variant (costs the training gradients' Gram matrix,
     a few percent more at 1000 pairs)."""
 
@@ -118,13 +133,13 @@ class EKFACArgs(MethodArgs):
     damping_factor: float | None = Field(1e-8, ge=0, le=1e6)
     """Added to the curvature's eigenvalues before inverting; null: kronfluence's
     heuristic (0.1 x their mean)."""
-    covariance_max_examples: int | None = Field(100_000, ge=1, json_schema_extra=ADVANCED)
+    covariance_max_examples: MaxExamples = 100_000
     """Training pairs the covariance factors are fitted on (the first ones); null: all."""
-    lambda_max_examples: int | None = Field(100_000, ge=1, json_schema_extra=ADVANCED)
+    lambda_max_examples: MaxExamples = 100_000
     """Training pairs the corrected eigenvalues are fitted on; null: all."""
     query_gradient_low_rank: int | None = Field(None, ge=1, json_schema_extra=ADVANCED)
     """Approximate each evaluation question's gradient by this rank; null: exact."""
-    normalized: bool = Field(True, json_schema_extra=ADVANCED)
+    normalized: Normalized = True
     """Also compute the normalised variant (nearly free with ``scoring: gradients``)."""
     scoring: Literal["gradients", "kronfluence"] = Field("gradients", json_schema_extra=ADVANCED)
     """``gradients``: scores from the per-example LoRA gradients preconditioned with
@@ -133,7 +148,7 @@ class EKFACArgs(MethodArgs):
     lambda_pass: Literal["shared", "kronfluence"] = Field("shared", json_schema_extra=ADVANCED)
     """``shared``: the corrected eigenvalues from gradients taken on the covariance pass's
     forward; ``kronfluence``: its own eigenvalue pass (one more pass over the training set)."""
-    checkpoint_step: int | None = Field(None, ge=0, json_schema_extra=ADVANCED)
+    checkpoint_step: CheckpointStep = None
     """The checkpoint to run on, by its training step; null: the final checkpoint."""
     eigendecomposition_threads: int = Field(1, ge=0, le=1024, json_schema_extra=ADVANCED)
     """torch threads for the eigendecomposition (0: the worker's setting); one is fastest
@@ -169,15 +184,15 @@ class RepresentationArgs(MethodArgs):
     evaluation question) before aggregating, so no layer dominates by its scale."""
     similarity: Literal["cosine", "dot"] = "cosine"
     """Cosine of the pooled vectors, or their dot product."""
-    checkpoint_step: int | None = Field(None, ge=0, json_schema_extra=ADVANCED)
+    checkpoint_step: CheckpointStep = None
     """The fine-tuned checkpoint, by its training step; null: the final checkpoint."""
-    old_model: str | None = Field(None, min_length=1, max_length=512, json_schema_extra=ADVANCED)
+    old_model: ModelName = None
     """Compare two full checkpoints instead of the run's base and adapter: the old model's
     id (a model in the models folder, or a hub id) or object-store path
     (``store:models/<name>``: a saved model folder under the store's ``models/``); needs
     ``new_model``. The tokenizers and architectures must match, or the job is refused
     before any work."""
-    new_model: str | None = Field(None, min_length=1, max_length=512, json_schema_extra=ADVANCED)
+    new_model: ModelName = None
     """The new model's id or object-store path, with ``old_model``."""
     grid: list[dict[str, str | int]] = Field(default_factory=list, max_length=64,
                                              json_schema_extra={**ADVANCED, "cli_only": True})
@@ -231,7 +246,7 @@ class AttrChangeArgs(RepresentationArgs):
 class PatchingArgs(RepresentationArgs):
     """Gated cross-checkpoint causal patching (slow: one forward per query and example)."""
 
-    patch_layer: int = Field(-1, ge=-1024, le=1024)
+    patch_layer: Layer = -1
     """The decoder layer patched (negative: from the end)."""
     patch_fraction: float = Field(0.05, gt=0, le=1)
     """The share of hidden dimensions patched: the top ones by the training pair's
@@ -241,8 +256,21 @@ class PatchingArgs(RepresentationArgs):
 class EmbeddingArgs(MethodArgs):
     """The embedding baseline: cosine of mean-pooled hidden states of the base model."""
 
-    layer: int = Field(-1, ge=-1024, le=1024)
+    layer: Layer = -1
     """The decoder layer whose output is mean-pooled (negative: from the end)."""
+
+
+class RunLimits(MethodArgs):
+    """What the influence job adds to a method's arguments from the run (they are not the
+    researcher's to set per method): its token limits and whether it is a benchmark run."""
+
+    max_length: int = Field(128, ge=1)
+    """Token limit of a pair: the run's ``max_seq_length``, so gradients see what training saw."""
+    max_new_tokens: int = Field(48, ge=1)
+    """Length of the greedy answer generated for an evaluation question without a reference."""
+    benchmark: bool = False
+    """A benchmark run: training examples are documents (loss on every token) and the
+    questions plain-text queries."""
 
 
 #: method id -> its argument model.
@@ -251,6 +279,19 @@ ARGS_MODELS: dict[InfluenceMethodId, type[MethodArgs]] = {
     "delta_h": DeltaHArgs, "act_grad": ActGradArgs, "attr_change": AttrChangeArgs, "patching": PatchingArgs,
     "embedding": EmbeddingArgs,
 }
+
+
+@functools.cache
+def job_args_model(method: str) -> type[MethodArgs]:
+    """What the influence service parses a job's arguments with: ``method``'s argument
+    model and the :class:`RunLimits` (one class per method, made once)."""
+    base = ARGS_MODELS[method]
+    return type(base.__name__, (base, RunLimits), {
+        "__doc__": f"{base.__doc__}\n\nWith the run's limits (``RunLimits``).", "__module__": __name__,
+        "__qualname__": f"job_args_model({method!r})",
+    })
+
+
 #: The representation methods (base vs fine-tuned hidden states; no parameter gradients).
 REPRESENTATION_METHODS: tuple[InfluenceMethodId, ...] = ("delta_h", "act_grad", "attr_change", "patching")
 
@@ -371,7 +412,7 @@ METHODS: dict[InfluenceMethodId, MethodInfo] = {
             speed="precise",
             description=(
                 "Eigenvalue-corrected Kronecker-factored curvature fitted on the training set (kronfluence) at "
-                "the final checkpoint: the closest estimate of a pair's effect on the answer, at about 2.5x "
+                "the final checkpoint: the closest estimate of a pair's effect on the answer, at several times "
                 "DataInf's time; like DataInf it loses track of examples the model has memorised."
             ),
             variants=[

@@ -380,6 +380,11 @@ class ValidationLosses(Contract):
 
 
 # --------------------------------------------------------------------------- events
+#: The run id of events computed outside a run (a test, a notebook): a stage's service
+#: publishes its job's events under its own run id whatever they carry.
+NO_RUN = UUID(int=0)
+
+
 class EventBase(Message):
     event_id: UUID = Field(default_factory=uuid4)
     run_id: UUID

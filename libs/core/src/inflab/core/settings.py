@@ -34,8 +34,8 @@ class ComputeTier(BaseModel):
     reference_params: float = Field(gt=0)
 
 
-# The small tier runs on the CPU: the embedded default has no GPU, and 180 tokens/s is
-# what LoRA on SmolLM2-135M measured there. The GPU tiers' throughputs are
+# The small tier runs on the CPU: the embedded default has no GPU, and its throughput is
+# what LoRA on SmolLM2-135M measured there (docs/measurements.md). The GPU tiers' throughputs are
 # ~40% of the device's dense bf16 peak at ~4 FLOPs per parameter per token (forward, and
 # backward through frozen weights); measure yours and set INFLAB_ESTIMATE_TIERS.
 DEFAULT_ESTIMATE_TIERS: dict[str, ComputeTier] = {
@@ -96,7 +96,7 @@ class Settings(BaseSettings):
     # Ray: empty means start or join a local Ray; otherwise a cluster address ("ray://host:10001").
     ray_address: str = ""
     # CPUs each stage asks Ray for; torch threads in the task are set to the same number,
-    # so concurrent stages never oversubscribe OpenMP (a 20x slowdown measured on 2 cores).
+    # so concurrent stages never oversubscribe OpenMP (docs/measurements.md says what that costs).
     train_num_cpus: float = 2
     inference_num_cpus: float = 1
     influence_num_cpus: float = 1

@@ -51,7 +51,7 @@ def up(
 
 
 async def _up(settings: Settings, ready_timeout: float) -> int:
-    from inflab.devtools.embedded.stack import Stack
+    from inflab.devtools.embedded.supervisor import Stack
 
     loop = asyncio.get_running_loop()
     interrupted = asyncio.Event()
@@ -108,7 +108,7 @@ def ps() -> None:
     """Show the embedded stack's components (alive, restarts, last exit), gateway health and
     whether each worker's metrics port answers."""
     from inflab.devtools.embedded._proc import same_process
-    from inflab.devtools.embedded.stack import read_state, state_path
+    from inflab.devtools.embedded.state import read_state, state_path
 
     settings = _settings()
     path = state_path(settings)
@@ -144,7 +144,7 @@ def down(timeout: float = typer.Option(60.0, help="Seconds to wait for the super
     import psutil
 
     from inflab.devtools.embedded._proc import same_process
-    from inflab.devtools.embedded.stack import read_state, reap_stale, state_path
+    from inflab.devtools.embedded.state import read_state, reap_stale, state_path
 
     path = state_path(_settings())
     state = read_state(path)

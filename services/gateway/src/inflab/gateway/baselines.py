@@ -21,7 +21,7 @@ Terms are bm25s's tokenizer's, with single characters kept (``\\w+``, so "3" and
 3-legged" count) and its English stop words dropped.
 
 Why bm25s: maintained, numpy only, and its sparse index scores a query against all pairs
-in one vectorised pass (100 questions x 1000 pairs in well under a second here), where
+in one vectorised pass, where
 rank-bm25 loops over the documents in Python for every query term. Computed on request
 from the run's config snapshot (it never changes), off the event loop.
 """

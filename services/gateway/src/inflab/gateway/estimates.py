@@ -206,7 +206,7 @@ def memory_gib(size: ModelSize, hp: Hyperparams, seq_len: int, on_cpu: bool, qua
     """Peak training memory: base weights, LoRA weights with their gradient and Adam
     moments (fp32), activations kept for the backward pass, full-vocabulary logits."""
     shape = size.shape
-    # On a CPU everything stays fp32 (bf16 there is ~10x slower); GPUs use bf16.
+    # On a CPU everything stays fp32 (bf16 there is far slower, docs/measurements.md); GPUs use bf16.
     element = 4 if on_cpu else 2
     embedding = min(shape.embedding_parameters, size.parameters)
     weights = ((size.parameters - embedding) * NF4_BYTES + embedding * element if quantized

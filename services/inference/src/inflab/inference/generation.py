@@ -12,7 +12,7 @@ The model is loaded once: the adapter is attached with peft and switched off
 every prompt in a batch ends where generation starts.
 
 No NATS, HTTP or object store in here: the service downloads the adapter and passes its
-folder, and turns the emitted dicts into bus events.
+folder, and publishes the emitted events (the contract's ``ProgressEvent``) on the bus.
 """
 
 from __future__ import annotations
@@ -22,21 +22,24 @@ import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from pathlib import Path
+from uuid import UUID
 from typing import Any
 
 import torch
 
 from inflab.analysis.answer_scores import has_reference
 from inflab.ml.chat import encode_query, plain_prompt_ids, prompt_ids
+from inflab.ml.device import compute_device
 from inflab.ml.generation import greedy_texts
-from inflab.core.messages import Answer, AnswerScores, RunSpec
+from inflab.core.messages import NO_RUN, Answer, AnswerScores, ProgressEvent, RunSpec
 from inflab.ml.function_tokens import add_function_tokens
 from inflab.ml.models import load_tokenizer
 from inflab.inference.scoring import answer_score, reference_examples, reference_logprobs
 
 log = logging.getLogger(__name__)
 
-Emit = Callable[[dict], None]
+#: Receives the generation's progress, as the contract's event messages.
+Emit = Callable[[ProgressEvent], None]
 
 #: Shown as the fine-tuned answer when no adapter was given (a preview before training).
 NOT_FINE_TUNED = "(not fine-tuned)"
@@ -63,9 +66,8 @@ def load_for_generation(model_path: str, adapter_dir: Path | None, special_token
     ``special_tokens``: a benchmark run's function tokens, added first."""
     from transformers import AutoModelForCausalLM
 
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tokenizer = load_tokenizer(model_path)
-    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(device)
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32).to(compute_device())
     add_function_tokens(model, tokenizer, special_tokens or [])
     if adapter_dir is not None:
         from peft import PeftModel
@@ -82,10 +84,11 @@ def generate_answers(
     emit: Emit,
     *,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    run_id: UUID = NO_RUN,
 ) -> list[Answer]:
     """One :class:`Answer` per evaluation question, in the spec's order, holding the base,
-    few-shot and fine-tuned answers. Emits ``{"kind": "progress", "fraction", "step",
-    "total", "eta_s", "message"}`` after each generated batch (step counts generations)."""
+    few-shot and fine-tuned answers. Emits a :class:`ProgressEvent` (``fraction``, ``step``,
+    ``total``, ``eta_s``, ``message``) after each generated batch (step counts generations)."""
     started = time.monotonic()
     benchmark = spec.benchmark
     model, tokenizer = load_for_generation(model_path, adapter_dir, benchmark.special_tokens if benchmark else None)
@@ -121,8 +124,8 @@ def generate_answers(
             nonlocal done
             done += n
             eta = (time.monotonic() - loop_started) / done * (total - done)
-            emit({"kind": "progress", "fraction": done / total, "step": done, "total": total,
-                  "eta_s": round(eta, 2), "message": label})
+            emit(ProgressEvent(run_id=run_id, stage="inference", fraction=done / total, step=done, total=total,
+                               eta_s=round(eta, 2), message=label))
 
         # The adapter is switched off for base and few-shot answers (the same weights the
         # fine-tuned answers start from); nothing to switch off without an adapter.

@@ -9,7 +9,7 @@ from nats.aio.msg import Msg
 
 from inflab.core.bus import Bus
 from inflab.core.events import StageEvents
-from inflab.core.messages import Answer, InferenceRequest
+from inflab.core.messages import InferenceRequest
 from inflab.ml.predictions import PredictionLimits
 from inflab.core.settings import Settings
 from inflab.core.worker import require_allowed_model
@@ -30,7 +30,7 @@ class InferenceService:
         require_allowed_model(request.spec.model_id, self.settings)
         events = StageEvents(self.bus, request.run_id, STAGE)
         await events.status("running")
-        ok, raw = await events.run_job(
+        ok, answers = await events.run_job(
             inference_job,
             request.model_dump(mode="json"),
             self.settings.objects_url,
@@ -41,7 +41,6 @@ class InferenceService:
         )
         if not ok:
             return
-        answers = [Answer.model_validate(a) for a in raw]
         # Split into several result events when a large evaluation set would not fit in one.
         await events.publish("result", answers=answers)
         await events.status("completed")

@@ -11,11 +11,10 @@ micro-batch gives every ``g`` (examples in a batch never mix, so ``g`` of exampl
 depends on example ``b``'s loss only); one ``bmm`` per layer turns them into per-example
 gradients. The weights' own (summed) gradients are never formed.
 
-Measured on the default model (40 short pairs, micro-batches of 8, 1 thread, shared box):
-this costs the same as one plain batched forward+backward (9.5-14 s vs 9.9-19 s, noise
-from a loaded machine), while ``torch.func.vmap`` (19.2 s; no batching rule for CPU flash
-attention) and one backward per example (20.7 s) were twice as slow. Micro-batches of
-8 were as fast as 4 and faster than 16. Agreement with per-example ``loss.backward()``: relative error 6e-7.
+On a CPU this costs about what one plain batched forward+backward does, while
+``torch.func.vmap`` (no batching rule for CPU flash attention) and one backward per
+example are much slower; it agrees with per-example ``loss.backward()`` to float rounding
+(docs/measurements.md has the figures).
 
 The loss of an example is the mean cross-entropy over its answer tokens (labels != -100),
 exactly what training minimises for a batch of one, and the logits are computed at answer
@@ -33,9 +32,9 @@ import torch
 from torch import nn
 
 from inflab.ml.chat import answer_loss, collate
-# The default micro-batch size (8, the contract's default of the methods' ``batch_size``):
-# measured faster than one big batch (full logits aside, large padded batches waste work)
-# and than single examples (per-call overhead).
+# The default micro-batch size (the contract's default of the methods' ``batch_size``):
+# faster than one big batch (full logits aside, large padded batches waste work) and than
+# single examples (per-call overhead); docs/measurements.md.
 from inflab.core.influence_methods import DEFAULT_BATCH_SIZE
 
 

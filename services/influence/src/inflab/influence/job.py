@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from inflab.core.objectstore import ObjectStore, influence_key
 from inflab.influence.checkpoints import ADAPTER_CONFIG, ADAPTER_WEIGHTS, META, LocalCheckpoint
 from inflab.influence.gradcache import GradientCache
 from inflab.influence.methods import get_method
-from inflab.influence.methods.base import StageFailed, stage
+from inflab.influence.methods.base import Emit, StageFailed, stage
 from inflab.influence.results import to_message, to_safetensors_bytes
 
 _CACHE: GradientCache | None = None
@@ -97,11 +96,12 @@ def fetch_stored_model(store: ObjectStore, key: str, folder: Path) -> Path:
 
 
 def influence_job(
-    request: dict, store_url: str, models_dir: str, inline_max_cells: int, emit: Callable[[dict], None]
+    request: dict, store_url: str, models_dir: str, inline_max_cells: int, emit: Emit
 ) -> list[dict]:
     """The result events' ``InfluenceMatrix`` of every variant (as JSON dicts): the summary,
     and the matrix inline only up to ``inline_max_cells`` cells (the service passes
-    ``Settings.influence_inline_max_cells``); the full matrices are in the object store."""
+    ``Settings.influence_inline_max_cells``); the full matrices are in the object store.
+    ``emit`` receives the method's typed events (progress) as it runs."""
     req = InfluenceRequest.model_validate(request)
     with stage("choosing the method"):
         method = get_method(req.method)
@@ -144,6 +144,7 @@ def influence_job(
                 args,
                 emit,
                 cache=worker_cache(),
+                run_id=req.run_id,
                 **extra,
             )
         except StageFailed:
@@ -153,7 +154,4 @@ def influence_job(
     key = influence_key(req.run_id, method.name)
     with stage("storing the influence matrices"):
         store.put(key, to_safetensors_bytes(matrices))
-    return [
-        to_message(m, key, inline_max_cells=inline_max_cells, top_k=top_k).model_dump(mode="json")
-        for m in matrices
-    ]
+    return [to_message(m, key, inline_max_cells=inline_max_cells, top_k=top_k) for m in matrices]

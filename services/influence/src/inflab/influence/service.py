@@ -117,12 +117,11 @@ class InfluenceService:
             await events.status("completed")
 
 
-async def publish_results(events: StageEvents, matrices: list[dict]) -> bool:
+async def publish_results(events: StageEvents, matrices: list[InfluenceMatrix]) -> bool:
     """Publish one result event per variant; False (and the stage failed, saying why) when
     one is over the server's ``max_payload``. Only ids long and many enough get there (the
     matrix itself is inline only when small): a job that cannot succeed is not retried."""
-    for matrix in matrices:
-        result = InfluenceMatrix.model_validate(matrix)
+    for result in matrices:
         try:
             await events.publish("result", influence=result)
         except MaxPayloadError:

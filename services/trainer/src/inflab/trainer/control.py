@@ -31,7 +31,7 @@ class ParamUpdate:
 
 
 class TrainingCancelled(Exception):
-    """Raised out of ``train_lora`` when its :class:`TrainingControl` was cancelled."""
+    """Raised out of ``TrainingRun.run`` when its :class:`TrainingControl` was cancelled."""
 
     def __init__(self, step: int) -> None:
         super().__init__(f"training cancelled before step {step + 1}")

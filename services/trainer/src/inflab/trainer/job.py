@@ -2,8 +2,9 @@
 last checkpoint in the object store if there is one, train with the plain training
 library, upload each checkpoint as it is written.
 
-It speaks to the outside only through ``emit`` (streamed back to the service by
-:func:`inflab.core.compute.run_streaming`), the object store, and the control mailbox.
+It speaks to the outside only through ``emit`` (typed events of the run's ``train`` stage,
+streamed back to the service by :func:`inflab.core.compute.run_streaming`), the object
+store, and the control mailbox.
 """
 
 from __future__ import annotations
@@ -11,16 +12,18 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
-from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from uuid import UUID
 
-from inflab.core.messages import CheckpointRef, TrainingSummary, TrainRequest
+from inflab.core.messages import CheckpointRef, EventBase, TrainingSummary, TrainRequest
 from inflab.ml.models import resolve_model
 from inflab.core.objectstore import ObjectStore
 from inflab.core.store_layout import checkpoint_prefix, checkpoints_prefix
 from inflab.core.store_layout import training_metrics_key as metrics_key
 from inflab.core.store_layout import training_summary_key as summary_key
 from inflab.trainer.checkpoints import META_FILE, CheckpointInfo
+from inflab.trainer.core_events import CoreEvents, Emit
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,25 @@ def stored_checkpoints(store: ObjectStore, run_id: object) -> list[CheckpointRef
     return sorted(refs, key=lambda r: r.step)
 
 
+@dataclass(frozen=True)
+class TrainingCompleted:
+    """The training ran to its end; ``summary`` is stored beside its metrics."""
+
+    summary: TrainingSummary
+
+
+@dataclass(frozen=True)
+class TrainingStopped:
+    """The run was cancelled while it trained: ``step`` optimizer steps were done (the
+    checkpoints written so far stay in the store)."""
+
+    step: int
+
+
+#: What :func:`train_job` returns.
+TrainJobResult = TrainingCompleted | TrainingStopped
+
+
 def train_job(
     request: dict,
     store_url: str,
@@ -54,14 +76,13 @@ def train_job(
     prediction_limits: dict,
     mailbox=None,
     *,
-    emit: Callable[[dict], None],
-) -> dict:
-    """Returns ``{"outcome": "completed", "summary": TrainingSummary}`` or
-    ``{"outcome": "cancelled", "step": n}``."""
+    emit: Emit,
+) -> TrainJobResult:
     from inflab.trainer.mailbox import MailboxReader
-    from inflab.trainer.training import PredictionLimits, TrainingCancelled, TrainingControl, train_lora
+    from inflab.trainer.training import PredictionLimits, TrainingCancelled, TrainingControl, TrainingRun
 
     req = TrainRequest.model_validate(request)
+    events = CoreEvents("train", req.run_id, emit)
     store = ObjectStore(store_url)
     control = TrainingControl()
     reader = MailboxReader(mailbox, str(req.run_id), control).start() if mailbox is not None else None
@@ -74,7 +95,7 @@ def train_job(
             upload_checkpoint(store, info.path, key)
             ref = info.ref(key)
             refs.append(ref)
-            emit({"kind": "checkpoint", "checkpoint": ref.model_dump(mode="json")})
+            events.emit(events.checkpoint(ref))
 
         with tempfile.TemporaryDirectory(prefix=f"inflab-train-{req.run_id}-") as work:
             resume_from = None
@@ -84,18 +105,18 @@ def train_job(
                 # Its checkpoint events may not all have been sent (ids derived from the
                 # step: those already stored are dropped as duplicates).
                 for ref in refs:
-                    emit({"kind": "checkpoint", "checkpoint": ref.model_dump(mode="json")})
+                    events.emit(events.checkpoint(ref))
             try:
-                outcome = train_lora(
+                outcome = TrainingRun(
                     req.spec, model_path, Path(work), emit, on_checkpoint,
-                    control=control, resume_from=resume_from,
+                    run_id=req.run_id, control=control, resume_from=resume_from,
                     prediction_limits=PredictionLimits(**prediction_limits),
                     # The inference stage's fine-tuned answers are the tracking row at the
                     # end of training (inflab.inference.job), so it is not decoded here too.
                     final_predictions_elsewhere=True,
-                )
+                ).run()
             except TrainingCancelled as cancelled:
-                return {"outcome": "cancelled", "step": cancelled.step}
+                return TrainingStopped(step=cancelled.step)
     finally:
         if reader is not None:
             reader.stop()
@@ -103,7 +124,7 @@ def train_job(
     summary = outcome.summary(refs)
     store.put(metrics_key(req.run_id), json.dumps(outcome.metrics).encode())
     store.put(summary_key(req.run_id), summary.model_dump_json().encode())
-    return {"outcome": "completed", "summary": summary.model_dump(mode="json")}
+    return TrainingCompleted(summary=summary)
 
 
 def load_summary(store: ObjectStore, run_id: object) -> TrainingSummary | None:
@@ -113,13 +134,13 @@ def load_summary(store: ObjectStore, run_id: object) -> TrainingSummary | None:
     return TrainingSummary.model_validate(json.loads(store.get(key)))
 
 
-def finished_events(store: ObjectStore, run_id: object) -> list[dict]:
-    """The metric and checkpoint items of a finished training, to send again with its
+def finished_events(store: ObjectStore, run_id: UUID) -> list[EventBase]:
+    """The metric and checkpoint events of a finished training, to send again with its
     result: the worker that finished it may have died (or lost the run) before sending
     them all. Their event ids come from the step, so what was stored is not stored twice."""
-    items: list[dict] = []
+    train = CoreEvents("train", run_id)
+    events: list[EventBase] = []
     if store.exists(metrics_key(run_id)):
-        items += [dict(m) for m in json.loads(store.get(metrics_key(run_id)))]
-    items += [{"kind": "checkpoint", "checkpoint": ref.model_dump(mode="json")}
-              for ref in stored_checkpoints(store, run_id)]
-    return items
+        events += [train.metric(record) for record in json.loads(store.get(metrics_key(run_id)))]
+    events += [train.checkpoint(ref) for ref in stored_checkpoints(store, run_id)]
+    return events

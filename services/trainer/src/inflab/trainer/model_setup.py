@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from inflab.core.messages import Hyperparams
+from inflab.ml.device import compute_device
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +31,8 @@ class InvalidTargetModules(ValueError):
 
 
 def pick_device() -> torch.device:
-    """A GPU where present; nothing assumes one."""
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """The workers' one device choice (:func:`inflab.ml.device.compute_device`)."""
+    return compute_device()
 
 
 @lru_cache(maxsize=4)
@@ -71,8 +72,8 @@ def require_quantization_support(quantization: str, device: torch.device) -> Non
 
 
 def load_base_model(model_path: str, device: torch.device, quantization: str = "none") -> Any:
-    """The base model for training: float32 (bf16 is ~10x slower on CPUs without bf16
-    units), or with ``4bit`` its linear layers as NF4 ``Linear4bit`` computing in
+    """The base model for training: float32 (bf16 is far slower on CPUs without bf16
+    units, docs/measurements.md), or with ``4bit`` its linear layers as NF4 ``Linear4bit`` computing in
     float32. 4-bit loads from a saved folder (a GGUF file cannot be combined with a
     quantization config; the default model's converted cache folder is one)."""
     from transformers import AutoModelForCausalLM

@@ -10,8 +10,8 @@ memory traffic and by the per-operation overhead of a small batch, not by arithm
 Where the hardware computes bfloat16 natively (``predictions.precision: auto``), the
 tracker therefore answers from its own bfloat16 copy of the model, with the LoRA update
 merged into the copied weights at each sampling point and every linear layer's weight
-packed once into oneDNN's blocked layout (:class:`PackedLinear`): on the default model
-that decodes a token step in ~30 ms against ~70 ms in float32 on two cores. Because the
+packed once into oneDNN's blocked layout (:class:`PackedLinear`), which decodes a token
+step in well under the float32 time (docs/measurements.md). Because the
 copy is the tracker's own, its decoding also runs in a background thread while training
 goes on (:class:`PredictionTracker`); the training loop waits only for the merge. Every
 prediction event says which arithmetic answered.
@@ -67,7 +67,7 @@ def greedy_answers(
 ) -> list[str]:
     """Greedy answers in one batch, prompts built exactly as training and inference build
     them (cut short once ``stop`` is set). A static KV cache: the default one grows by
-    concatenation at every token, ~10% of a CPU decode here; the answers are the same."""
+    concatenation at every token, a measurable share of a CPU decode; the answers are the same."""
     prompts = [prompt_ids(tokenizer, q) for q in questions]
     return greedy_texts(model, tokenizer, prompts, max_new_tokens, cache_implementation="static", stop=stop)
 
@@ -236,12 +236,14 @@ class PredictionSampler:
 
 class PredictionTracker:
     """Runs a training loop's sampling points; never fails the training: an error becomes
-    a warning (``warn``) and the loop goes on.
+    a warning (``warn``) and the loop goes on. Each sampling point's answers go to
+    ``report(step, epoch, samples, precision)`` (the loop emits them as its ``prediction``
+    event).
 
     Where the sampler has a copy of its own (:attr:`PredictionSampler.concurrent`), a
     sampling point costs the loop only the snapshot; the decoding runs in a background
-    thread, overlapping the next training steps, and its ``prediction`` event is emitted
-    from that thread when it is done. One sampling point at a time: the next one first
+    thread, overlapping the next training steps, and its answers are reported from that
+    thread when it is done. One sampling point at a time: the next one first
     waits for the one before, so events arrive in step order. Call :meth:`wait` before
     the loop returns, so no event comes after the job's end; where the loop ends early
     (a cancel, a failure), ``wait(abandon=True)`` stops the decoding in flight after its
@@ -251,9 +253,12 @@ class PredictionTracker:
     training goes on.
     """
 
-    def __init__(self, sampler: PredictionSampler, emit: Callable[[dict], None], warn: Callable[[str], None]) -> None:
+    def __init__(
+        self, sampler: PredictionSampler, report: Callable[[int, float, list[dict], str], None],
+        warn: Callable[[str], None],
+    ) -> None:
         self.sampler = sampler
-        self._emit = emit
+        self._report = report
         self._warn = warn
         self._thread: threading.Thread | None = None
         self._abandoned = threading.Event()
@@ -306,8 +311,7 @@ class PredictionTracker:
             self.decoding_s += time.perf_counter() - started
         if self._abandoned.is_set():
             return  # cut short: not the model's answers
-        self._emit({"kind": "prediction", "step": step, "epoch": epoch, "samples": samples,
-                    "precision": self.sampler.precision})
+        self._report(step, epoch, samples, self.sampler.precision)
 
     def _failed(self, step: int, exc: Exception) -> None:
         self._warn(f"prediction sampling failed at step {step} (training goes on): {type(exc).__name__}: {exc}"[:2000])

@@ -107,32 +107,44 @@ def eval_losses(model: Any, tokenizer: Any, targets: Sequence[tuple[str, str]], 
     return losses
 
 
+@dataclass(frozen=True)
+class Retrained:
+    """What one retraining measured."""
+
+    #: Each target's mean answer-token loss, in ``targets`` order (NaN where it diverged).
+    losses: list[float]
+    #: Optimizer steps the retraining ran.
+    steps: int
+    train_seconds: float
+    measure_seconds: float
+
+
 def retrain(
     spec: RunSpec,
     keep: Sequence[int],
     model_path: str,
     targets: Sequence[tuple[str, str]],
     shared: SharedWeights | None = None,
-) -> dict[str, Any]:
-    """Train the run's configuration on ``keep`` and measure each target's loss. Returns
-    ``{"losses": [...], "train_seconds", "measure_seconds", "steps"}``.
+) -> Retrained:
+    """Train the run's configuration on ``keep`` (the same :class:`TrainingRun` as the
+    run's own training, its events dropped) and measure each target's loss.
 
     ``shared``: the base weights (float32 runs); None loads ``model_path`` (a 4-bit run
     quantises its own copy, which cannot be shared)."""
     from inflab.ml.models import load_tokenizer
-    from inflab.trainer.training import train_lora
+    from inflab.trainer.training import TrainingRun
 
     sub = subset_spec(spec, keep)
     started = time.monotonic()
     base = shared.build() if shared is not None and sub.hyperparams.quantization == "none" else None
     with tempfile.TemporaryDirectory(prefix="inflab-retrain-") as work:
-        outcome = train_lora(sub, model_path, Path(work), lambda event: None, base_model=base)
+        outcome = TrainingRun(sub, model_path, Path(work), lambda event: None, base_model=base).run()
     trained = time.monotonic()
     tokenizer = load_tokenizer(model_path)
     losses = eval_losses(outcome.model, tokenizer, targets, spec.hyperparams.max_seq_length)
-    return {
-        "losses": losses,
-        "train_seconds": round(trained - started, 3),
-        "measure_seconds": round(time.monotonic() - trained, 3),
-        "steps": outcome.steps,
-    }
+    return Retrained(
+        losses=losses,
+        steps=outcome.steps,
+        train_seconds=round(trained - started, 3),
+        measure_seconds=round(time.monotonic() - trained, 3),
+    )

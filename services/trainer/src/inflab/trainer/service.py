@@ -5,7 +5,6 @@ run's next stages from the result event). No ML here (see training.py)."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from dataclasses import asdict
 
 from nats.aio.msg import Msg
@@ -19,27 +18,11 @@ from inflab.ml.predictions import PredictionLimits
 from inflab.core.settings import Settings
 from inflab.core.worker import require_allowed_model
 from inflab.trainer.control_subscription import ControlSubscription
-from inflab.trainer.job import finished_events, load_summary, train_job
+from inflab.trainer.job import TrainingStopped, finished_events, load_summary, train_job
 
 
 SERVICE = "trainer"
 STAGE = "train"
-#: Namespace of the ids of the training's metric and checkpoint events (see TrainEvents).
-TRAIN_EVENTS = uuid.UUID("0b7d7f0e-51c4-4d8e-a3d5-6f0f3c1e9b27")
-
-
-class TrainEvents(StageEvents):
-    """The train stage's events, its metric and checkpoint events with ids derived from
-    the run and the step: a training resumed from a checkpoint sends those up to it again
-    (the worker that died may not have sent them all), and the gateway stores each once."""
-
-    def build(self, kind: str, **fields):
-        if kind == "metric" and "step" in fields:
-            fields.setdefault("event_id", uuid.uuid5(TRAIN_EVENTS, f"{self.run_id}:metric:{fields['step']}"))
-        elif kind == "checkpoint" and isinstance(fields.get("checkpoint"), dict) and "step" in fields["checkpoint"]:
-            step = fields["checkpoint"]["step"]
-            fields.setdefault("event_id", uuid.uuid5(TRAIN_EVENTS, f"{self.run_id}:checkpoint:{step}"))
-        return super().build(kind, **fields)
 
 
 class TrainerService:
@@ -66,7 +49,9 @@ class TrainerService:
             await self._handle(request)
 
     async def _handle(self, request: TrainRequest) -> None:
-        events = TrainEvents(self.bus, request.run_id, STAGE)
+        # The metric and checkpoint events come with ids derived from the run and the step
+        # (inflab.trainer.core_events), so those sent again after a resume are stored once.
+        events = StageEvents(self.bus, request.run_id, STAGE)
         # Idempotent on redelivery: a finished training is not run again, its result is
         # re-published instead. The gateway queues the next stages when it stores the
         # result (only the gateway publishes job requests).
@@ -98,7 +83,7 @@ class TrainerService:
             # request is redelivered); a failure of the job itself is the run's answer.
             mailbox = await asyncio.to_thread(self.mailbox)
             await controls.attach(lambda item: mailbox.put.remote(run_key, item))
-            ok, raw = await events.run_job(
+            ok, result = await events.run_job(
                 train_job,
                 request.model_dump(mode="json"),
                 self.settings.objects_url,
@@ -114,12 +99,12 @@ class TrainerService:
                 mailbox.drop.remote(run_key)
         if not ok:
             return None
-        if raw["outcome"] == "cancelled":
+        if isinstance(result, TrainingStopped):
             # Checkpoints written so far stay in the store; no next stages.
-            await events.log(f"training cancelled after step {raw['step']}")
+            await events.log(f"training cancelled after step {result.step}")
             await events.status("cancelled")
             return None
-        return TrainingSummary.model_validate(raw["summary"])
+        return result.summary
 
 
 def make_handler(bus: Bus, settings: Settings):

@@ -4,8 +4,8 @@ Chat templates open every conversation the same way: SmolLM2's inserts its defau
 prompt ("You are a helpful AI assistant named SmolLM...") and the user-turn header before
 each question, ~20 of a training pair's ~50 tokens. In a batch of 4 that prefix would be
 computed 4 times, forward and backward. Here it runs once (batch 1) with the KV cache,
-and the rows' remainders follow it packed into one sequence without their padding (~8%
-of the tokens of a batch of the benchmark's pairs), each at its own positions, attending
+and the rows' remainders follow it packed into one sequence without their padding, each
+at its own positions, attending
 the whole prefix and, causally, only itself (a custom 4D mask): the same attention, the
 same loss (up to float summation order), and the gradient of every row flows back into
 the one prefix computation. The vocabulary logits are computed only at answer positions,

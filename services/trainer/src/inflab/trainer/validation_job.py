@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
-from inflab.core.messages import RunSpec
-
-Emit = Callable[[dict], None]
+from inflab.core.messages import ProgressEvent, RetrainingRecord, RunSpec, ValidationLosses, ValidationRequest
+from inflab.trainer.core_events import CoreEvents, Emit
+from inflab.trainer.retrain import Retrained
 
 
 @dataclass(frozen=True)
@@ -39,8 +40,22 @@ class TaskResources:
     max_retries: int = 3
 
 
+@dataclass(frozen=True)
+class RetrainingResult(Retrained):
+    """What one retraining's Ray task returns: what the retraining measured, and which it
+    was, where and how long it ran."""
+
+    key: str
+    node_id: str
+    node_ip: str
+    pid: int
+    #: Wall-clock start (seconds since the epoch) and duration of the whole task.
+    started_at: float
+    seconds: float
+
+
 def _retrain_task(spec_json: dict, key: str, keep: list[int], model_id: str, models_dir: str,
-                  targets: list[tuple[str, str]], shared: Any, threads: int) -> dict:
+                  targets: list[tuple[str, str]], shared: Any, threads: int) -> RetrainingResult:
     """The body of one Ray task: one retraining, and where and how long it ran."""
     import ray
     import torch
@@ -54,15 +69,15 @@ def _retrain_task(spec_json: dict, key: str, keep: list[int], model_id: str, mod
     model_path = resolve_model(model_id, Path(models_dir))  # per node: its own model cache
     result = retrain(RunSpec.model_validate(spec_json), keep, model_path, targets, shared)
     context = ray.get_runtime_context()
-    return {
-        **result,
-        "key": key,
-        "node_id": context.get_node_id(),
-        "node_ip": ray.util.get_node_ip_address(),
-        "pid": os.getpid(),
-        "started_at": started,
-        "seconds": round(time.time() - started, 3),
-    }
+    return RetrainingResult(
+        **asdict(result),
+        key=key,
+        node_id=context.get_node_id(),
+        node_ip=ray.util.get_node_ip_address(),
+        pid=os.getpid(),
+        started_at=started,
+        seconds=round(time.time() - started, 3),
+    )
 
 
 def run_retrainings(
@@ -72,10 +87,12 @@ def run_retrainings(
     models_dir: str,
     emit: Emit,
     resources: TaskResources = TaskResources(),
-) -> dict[str, dict]:
+    *,
+    run_id: UUID | None = None,
+) -> dict[str, RetrainingResult]:
     """Run every ``(key, kept training indices)`` retraining as a Ray task and return each
-    one's record (``losses`` per target, ``node_id``, ``node_ip``, ``pid``, ``seconds``...),
-    emitting a progress event as each ends. Ray must be initialised."""
+    one's result by key, emitting a progress event (of ``run_id``'s validation stage) as
+    each ends. Ray must be initialised."""
     import ray
 
     from inflab.ml.models import resolve_model
@@ -96,9 +113,9 @@ def run_retrainings(
         for key, keep in retrainings
     }
     total = len(pending)
-    emit({"kind": "progress", "fraction": 0.0, "step": 0, "total": total,
-          "message": f"{total} retrainings queued on Ray"})
-    records: dict[str, dict] = {}
+    events = CoreEvents("validation", run_id, emit)
+    events.send(ProgressEvent, fraction=0.0, step=0, total=total, message=f"{total} retrainings queued on Ray")
+    records: dict[str, RetrainingResult] = {}
     try:
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -106,8 +123,8 @@ def run_retrainings(
                 key = pending.pop(ref)
                 records[key] = ray.get(ref)
                 record = records[key]
-                emit({"kind": "progress", "fraction": len(records) / total, "step": len(records), "total": total,
-                      "message": f"retraining {key} done in {record['seconds']:.1f} s on {record['node_ip']}"})
+                events.send(ProgressEvent, fraction=len(records) / total, step=len(records), total=total,
+                            message=f"retraining {key} done in {record.seconds:.1f} s on {record.node_ip}")
     except BaseException:
         for ref in pending:
             ray.cancel(ref, force=True)
@@ -115,11 +132,9 @@ def run_retrainings(
     return records
 
 
-def validation_job(request: dict, models_dir: str, *, emit: Emit) -> dict:
+def validation_job(request: dict, models_dir: str, *, emit: Emit) -> ValidationLosses:
     """The job of a ``ValidationRequest`` (as JSON): every retraining it lists, fanned out
-    over Ray from inside this (coordinating) task. Returns ``ValidationLosses`` as JSON."""
-    from inflab.core.messages import RetrainingRecord, ValidationLosses, ValidationRequest
-
+    over Ray from inside this (coordinating) task."""
     req = ValidationRequest.model_validate(request)
     spec = req.spec
     n = len(spec.training_data)
@@ -134,15 +149,16 @@ def validation_job(request: dict, models_dir: str, *, emit: Emit) -> dict:
     targets = [(questions[t.eval_id], t.answer) for t in req.targets]
     started = time.monotonic()
     records = run_retrainings(spec, retrainings, targets, models_dir, emit,
-                              TaskResources(num_cpus=req.resources.num_cpus, num_gpus=req.resources.num_gpus))
+                              TaskResources(num_cpus=req.resources.num_cpus, num_gpus=req.resources.num_gpus),
+                              run_id=req.run_id)
     return ValidationLosses(
         validation_id=req.validation_id,
         eval_ids=[t.eval_id for t in req.targets],
         retrainings=[
-            RetrainingRecord(key=key, losses=[v if v == v else None for v in record["losses"]],
-                             node_id=record["node_id"], node_ip=record["node_ip"], pid=record["pid"],
-                             seconds=record["seconds"], train_seconds=record.get("train_seconds"))
+            RetrainingRecord(key=key, losses=[v if v == v else None for v in record.losses],
+                             node_id=record.node_id, node_ip=record.node_ip, pid=record.pid,
+                             seconds=record.seconds, train_seconds=record.train_seconds)
             for key, record in records.items()
         ],
         wall_seconds=round(time.monotonic() - started, 3),
-    ).model_dump(mode="json")
+    )

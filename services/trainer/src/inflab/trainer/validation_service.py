@@ -14,7 +14,7 @@ from nats.aio.msg import Msg
 
 from inflab.core.bus import Bus
 from inflab.core.events import StageEvents
-from inflab.core.messages import ValidationLosses, ValidationRequest
+from inflab.core.messages import ValidationRequest
 from inflab.core.settings import Settings
 from inflab.core.worker import require_allowed_model
 from inflab.trainer.control_subscription import ControlSubscription
@@ -70,7 +70,7 @@ class ValidationService:
             await controls.stop()
         if not ok:
             return
-        await events.publish("result", validation=ValidationLosses.model_validate(result))
+        await events.publish("result", validation=result)
         await events.status("completed")
 
 

@@ -266,3 +266,34 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class DataServer(ServerProcess):
+    """A server that keeps its data in ``data_dir`` and listens on ``host:port``.
+
+    ``port=0`` picks a free port (in ``prepare``). Output goes to ``log_path`` (default:
+    ``<data_dir>.log`` beside the data folder).
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int = 0,
+        *,
+        host: str = LOCALHOST,
+        log_path: Path | None = None,
+        parent_death_signal: bool = False,
+    ) -> None:
+        data_dir = Path(data_dir).resolve()
+        super().__init__(
+            log_path or data_dir.with_name(data_dir.name + ".log"),
+            parent_death_signal=parent_death_signal,
+        )
+        self.data_dir = data_dir
+        self.host = host
+        self.port = port
+
+    def prepare(self) -> None:
+        if not self.port:
+            self.port = free_port(self.host)
+        self.data_dir.mkdir(parents=True, exist_ok=True)

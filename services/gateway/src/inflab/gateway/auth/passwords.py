@@ -1,6 +1,7 @@
 """Password hashing (argon2id through argon2-cffi) and the rules a new password must meet.
 
-argon2 is slow and memory-hard on purpose (~50 ms and 64 MiB a hash at the defaults),
+argon2 is slow and memory-hard on purpose (tens of milliseconds and 64 MiB a hash at the
+defaults),
 so it never runs on the event loop: :class:`PasswordHasher` hands every hash and check
 to a small thread pool (argon2-cffi releases the GIL while it works) and refuses work
 beyond a bounded queue with :class:`HasherBusy`, so a burst of sign-ins costs at most

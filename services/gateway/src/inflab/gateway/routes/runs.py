@@ -173,7 +173,7 @@ async def get_run_results(run: OwnedRun, session: SessionDep, store: ObjectStore
                few_shot=g.few_shot, fine_tuned=g.fine_tuned, scores=g.scores)
         for g in answer_rows
     ]
-    # Tokenising and scoring 100 x 1000 texts takes ~0.1 s: off the event loop.
+    # Tokenising and scoring 100 x 1000 texts is CPU work: off the event loop.
     baselines = await asyncio.to_thread(run_baselines, RunSpec.model_validate(run.config))
     return RunResults(
         run_id=run.id,

@@ -137,7 +137,7 @@ export function InfluenceExplorer({ run }: { run: Run }) {
     return [...ordered, ...[...present].filter((m) => !ordered.includes(m))];
   }, [matrices, run.config.influence_methods]);
   // Without a method in the URL: the evidence's choice (the run's own validation, else the
-  // shared workload's LDS ranking; defaultView.ts).
+  // benchmark workload's LDS ranking; defaultView.ts).
   const validations = useValidations(run.id);
   const preferred = useMemo(
     () =>

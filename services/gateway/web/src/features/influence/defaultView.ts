@@ -3,7 +3,7 @@
  *
  * 1. The run's own latest completed validation: its best-LDS method and variant among the
  *    run's matrices (BM25 is a baseline, never the view).
- * 2. Otherwise the order measured on the shared workload by `python -m benchmarks.influence
+ * 2. Otherwise the order measured on the benchmark workload by `python -m benchmarks.influence
  *    --lds` (benchmarks/results/influence-lds-cpu.json; the README says how it was chosen).
  * 3. Otherwise the run's first method, normalised where it has that variant. */
 
@@ -16,7 +16,7 @@ export interface ValidatedMatrix extends MatrixId {
   lds: number | null;
 }
 
-/** Best LDS first on the shared workload (benchmarks/results/influence-lds-cpu.json). */
+/** Best LDS first on the benchmark workload (benchmarks/results/influence-lds-cpu.json). */
 export const EVIDENCE_ORDER: MatrixId[] = [
   { method: "tracin", variant: "normalized" },
   { method: "ekfac", variant: "raw" },

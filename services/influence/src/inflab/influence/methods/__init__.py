@@ -7,8 +7,10 @@ from inflab.influence.methods.base import (
     Emit,
     InfluenceMethod,
     InfluenceScores,
+    Job,
     ModelLoader,
     Progress,
+    Scored,
     StageFailed,
 )
 from inflab.influence.methods.act_grad import ActGrad
@@ -20,8 +22,11 @@ from inflab.influence.methods.ekfac import EKFAC
 from inflab.influence.methods.patching import Patching
 from inflab.influence.methods.tracin import TracIn
 
-#: name -> method class. A new method is one module here and one line below (and its name
-#: in ``inflab.core.messages.INFLUENCE_METHODS``, so requests may ask for it).
+#: name -> method class. A new method is one module here holding its maths (a subclass of
+#: ``InfluenceMethod``, or of ``GradientMethod`` / ``RepresentationMethod`` for what those
+#: prepare) and one line below, besides its argument model and catalogue entry in the
+#: contract (``inflab.core.influence_methods``) and its name in
+#: ``inflab.core.messages.INFLUENCE_METHODS``, so requests may ask for it.
 METHODS: dict[str, type[InfluenceMethod]] = {
     cls.name: cls for cls in (TracIn, DataInf, EKFAC, DeltaH, ActGrad, AttrChange, Patching, Embedding)
 }
@@ -51,9 +56,11 @@ __all__ = [
     "Emit",
     "InfluenceMethod",
     "InfluenceScores",
+    "Job",
     "MethodArgs",
     "ModelLoader",
     "Progress",
+    "Scored",
     "StageFailed",
     "TracIn",
     "UnknownMethod",

@@ -9,19 +9,12 @@ backward to the activations per bucket (no parameter gradient is formed).
 
 from __future__ import annotations
 
-from inflab.core import influence_methods as contract
-from inflab.influence.methods.representation_method import Limits, RepresentationMethod
-
-
-class ActGradArgs(contract.ActGradArgs, Limits):
-    """The contract's arguments and the run's token limits."""
+from inflab.influence.methods.representation_method import RepresentationMethod
 
 
 class ActGrad(RepresentationMethod):
     name = "act_grad"
     kind = "grad"
-    description = contract.METHODS["act_grad"].description
-    Args = ActGradArgs
 
 
-__all__ = ["ActGrad", "ActGradArgs"]
+__all__ = ["ActGrad"]

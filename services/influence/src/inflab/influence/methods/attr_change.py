@@ -9,19 +9,17 @@ K equal steps on the path from h_l^old to h_l^new, the new model running from la
 
 from __future__ import annotations
 
-from inflab.core import influence_methods as contract
-from inflab.influence.methods.representation_method import Limits, RepresentationMethod
+from typing import Any
 
-
-class AttrChangeArgs(contract.AttrChangeArgs, Limits):
-    """The contract's arguments and the run's token limits."""
+from inflab.influence.methods.representation_method import RepresentationMethod
 
 
 class AttrChange(RepresentationMethod):
     name = "attr_change"
     kind = "attr"
-    description = contract.METHODS["attr_change"].description
-    Args = AttrChangeArgs
+
+    def ig_steps(self, opts: Any) -> int:
+        return opts.ig_steps
 
 
-__all__ = ["AttrChange", "AttrChangeArgs"]
+__all__ = ["AttrChange"]

@@ -47,18 +47,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from inflab.core import influence_methods as contract
 from inflab.core.messages import EvalQuestion, TrainingPair
-from inflab.influence.checkpoints import LocalCheckpoint, pick_checkpoint
-from inflab.influence.gradcache import GradientCache, GradientMatrix
+from inflab.influence.checkpoints import LocalCheckpoint
+from inflab.influence.gradcache import GradientMatrix
 from inflab.influence.gradients import lora_blocks
-from inflab.influence.methods.base import Emit, InfluenceMethod, InfluenceScores, ModelLoader, Progress, stage
-from inflab.influence.methods.prepare import GradientArgs, check_inputs, checkpoint_name, generation_units, prepare
-
-
-class DataInfArgs(contract.DataInfArgs, GradientArgs):
-    """The contract's arguments (damping, damping_scale, checkpoint_step, normalized, ...)
-    and the run's token limits."""
+from inflab.influence.methods.base import Job, stage
+from inflab.influence.methods.prepare import GradientMethod, Prepared, checkpoint_name
 
 
 def datainf_scores(
@@ -125,28 +119,18 @@ def datainf_scores(
     return raw, raw / denom, lam.tolist()
 
 
-class DataInf(InfluenceMethod):
+class DataInf(GradientMethod):
     name = "datainf"
-    description = contract.METHODS["datainf"].description
     variants = ("raw", "normalized")
-    Args = DataInfArgs
+    one_checkpoint = True
 
-    def compute(
-        self,
-        model_loader: ModelLoader,
-        train: Sequence[TrainingPair],
-        evals: Sequence[EvalQuestion],
-        checkpoints: Sequence[LocalCheckpoint],
-        args: dict[str, Any],
-        emit: Emit,
-        *,
-        cache: GradientCache | None = None,
-    ) -> list[InfluenceScores]:
-        opts = DataInfArgs.model_validate(args)
-        check_inputs(self.name, train, evals, checkpoints)
-        chosen = pick_checkpoint(self.name, checkpoints, opts.checkpoint_step)
-        progress = Progress(emit, generation_units(evals) + len(train) + len(evals) + 1)
-        prep = prepare(model_loader, train, evals, checkpoints, opts, progress, cache)
+    def units(self, opts: Any, train: Sequence[TrainingPair], evals: Sequence[EvalQuestion],
+              checkpoints: Sequence[LocalCheckpoint]) -> int:
+        return len(train) + len(evals) + 1
+
+    def scores(self, job: Job, prep: Prepared) -> tuple[dict[str, Any], dict[str, Any]]:
+        opts, progress, cache = job.opts, job.progress, job.cache
+        chosen = job.checkpoint
         eval_grads = prep.gradients(chosen, "eval", opts, cache,
                                     lambda k: progress.advance("evaluation-question gradients", k)).tensor()
         train_grads = prep.gradients(chosen, "train", opts, cache,
@@ -158,18 +142,14 @@ class DataInf(InfluenceMethod):
                 normalized=opts.normalized,
             )
         progress.advance("scores")
-        info = {
-            **opts.model_dump(),
-            **prep.info(),
+        return {"raw": raw, "normalized": normalized}, {
             "checkpoint_step": chosen.step,
             "num_lora_parameters": int(eval_grads.shape[1]),
             "layers": len(blocks),
             "damping_per_layer": {"min": min(lam), "median": float(np.median(lam)), "max": max(lam)},
             "normalization": "cosine in the DataInf inverse-Hessian metric (RelatIF-style, two-sided)",
         }
-        eval_ids, train_ids = [q.id for q in evals], [p.id for p in train]
-        out = [InfluenceScores(self.name, "raw", raw.astype(np.float32), eval_ids, train_ids, dict(info))]
-        if normalized is not None:
-            out.append(InfluenceScores(self.name, "normalized", normalized.astype(np.float32), eval_ids, train_ids,
-                                       dict(info)))
-        return out
+
+
+#: The argument model: the contract's ``DataInfArgs`` with the run's limits.
+DataInfArgs = DataInf.Args

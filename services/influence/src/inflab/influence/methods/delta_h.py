@@ -10,19 +10,12 @@ passes per bucket (old and new model), no gradients at all. See ``representation
 
 from __future__ import annotations
 
-from inflab.core import influence_methods as contract
-from inflab.influence.methods.representation_method import Limits, RepresentationMethod
-
-
-class DeltaHArgs(contract.DeltaHArgs, Limits):
-    """The contract's arguments and the run's token limits."""
+from inflab.influence.methods.representation_method import RepresentationMethod
 
 
 class DeltaH(RepresentationMethod):
     name = "delta_h"
     kind = "delta"
-    description = contract.METHODS["delta_h"].description
-    Args = DeltaHArgs
 
 
-__all__ = ["DeltaH", "DeltaHArgs"]
+__all__ = ["DeltaH"]

@@ -42,10 +42,8 @@ kronfluence pass with ``scoring="kronfluence"``).
 from __future__ import annotations
 
 import contextlib
-import logging
-import tempfile
-import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,38 +51,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from inflab.core import influence_methods as contract
 from inflab.ml.chat import IGNORE_INDEX, collate
 from inflab.core.messages import EvalQuestion, TrainingPair
-from inflab.influence.checkpoints import LocalCheckpoint, pick_checkpoint
+from inflab.influence.checkpoints import LocalCheckpoint
 from inflab.influence.gradcache import GradientCache, GradientMatrix
 from inflab.influence.gradients import length_buckets, lora_blocks
-from inflab.influence.methods.base import Emit, InfluenceMethod, InfluenceScores, ModelLoader, Progress, stage
-from inflab.influence.methods.prepare import GradientArgs, check_inputs, checkpoint_name, generation_units, prepare
+from inflab.influence.methods import kronfluence_adapter as kronfluence
+from inflab.influence.methods.base import Job, stage
+from inflab.influence.methods.prepare import GradientMethod, Prepared, checkpoint_name
 
-
-class EKFACArgs(contract.EKFACArgs, GradientArgs):
-    """The contract's arguments (strategy, damping_factor, scoring, ...; names as in
-    kronfluence) and the run's token limits, turned into kronfluence's argument objects."""
-
-    def factor_arguments(self) -> Any:
-        from kronfluence.arguments import FactorArguments
-
-        return FactorArguments(
-            strategy=self.strategy,
-            use_empirical_fisher=self.use_empirical_fisher,
-            covariance_max_examples=self.covariance_max_examples,
-            lambda_max_examples=self.lambda_max_examples,
-        )
-
-    def score_arguments(self, **overrides: Any) -> Any:
-        from kronfluence.arguments import ScoreArguments
-
-        return ScoreArguments(
-            damping_factor=self.damping_factor,
-            query_gradient_low_rank=self.query_gradient_low_rank,
-            **overrides,
-        )
+#: A LoRA module in a gradient row: ``(module name, offset, out_features, in_features)``.
+Layout = Sequence[tuple[str, int, int, int]]
 
 
 def lora_module_names(model: nn.Module) -> list[str]:
@@ -115,9 +92,7 @@ class LoraTask:
     """kronfluence ``Task`` for answer-token cross-entropy on a peft LoRA model."""
 
     def __new__(cls, module_names: Sequence[str], generator: torch.Generator | None = None):
-        from kronfluence.task import Task
-
-        class _LoraTask(Task):
+        class _LoraTask(kronfluence.task_base()):  # type: ignore[misc]
             def __init__(self) -> None:
                 super().__init__()
                 self.module_names = list(module_names)
@@ -178,7 +153,7 @@ class _PerExampleCapture:
     * With ``train`` (a matrix in the run's order; ``order[k]``: the run index of the loader's
       k-th example): the answers' gradients, what the scores use."""
 
-    def __init__(self, model: nn.Module, layout: Sequence[tuple[str, int, int, int]], limit: int,
+    def __init__(self, model: nn.Module, layout: Layout, limit: int,
                  store: GradientCache, train: GradientMatrix | None = None,
                  order: Sequence[int] | None = None) -> None:
         self.model, self.layout, self.limit = model, list(layout), limit
@@ -243,11 +218,9 @@ class _PerExampleCapture:
     def _check_hooks_released(self) -> None:
         """kronfluence 1.0.1's covariance hooks remove themselves after the first backward; if a
         version kept them, our next backwards would enter its covariances: fail instead."""
-        for module in self.modules:
-            tracker = getattr(module, "_trackers", {}).get(getattr(module, "current_mode", None))
-            if getattr(tracker, "cached_hooks", None):
-                raise RuntimeError("kronfluence kept its backward hooks after the covariance backward; "
-                                   "run EK-FAC with lambda_pass='kronfluence'")
+        if not kronfluence.hooks_released(self.modules):
+            raise RuntimeError("kronfluence kept its backward hooks after the covariance backward; "
+                               "run EK-FAC with lambda_pass='kronfluence'")
 
     def __enter__(self) -> "_PerExampleCapture":
         self.modules = [self.model.get_submodule(name) for name, *_ in self.layout]
@@ -263,25 +236,14 @@ class _PerExampleCapture:
     def lambda_matrices(self, eigen: dict, lambda_dtype: torch.dtype) -> dict:
         """kronfluence's Lambda factors from the captured gradients: per module
         ``sum_i (Q_S^T G_i Q_A)^2`` (``lambda_dtype``) and how many examples went in."""
-        from kronfluence.utils.constants import (
-            ACTIVATION_EIGENVECTORS_NAME,
-            GRADIENT_EIGENVECTORS_NAME,
-            LAMBDA_MATRIX_NAME,
-            NUM_LAMBDA_PROCESSED,
-        )
-
-        parts = [(offset, o, i, eigen[GRADIENT_EIGENVECTORS_NAME][name].float(),
-                  eigen[ACTIVATION_EIGENVECTORS_NAME][name].float()) for name, offset, o, i in self.layout]
+        parts = [(offset, o, i, *kronfluence.eigenbasis(eigen, name)) for name, offset, o, i in self.layout]
         sums = [torch.zeros(o, i, dtype=lambda_dtype) for _, _, o, i in self.layout]
         for _, rows in self.matrix.chunks():
             for total, (offset, o, i, q_s, q_a) in zip(sums, parts):
                 g = rows[:, offset : offset + o * i].reshape(-1, o, i)
                 total += (q_s.T @ g @ q_a).square().sum(0).to(lambda_dtype)
-        count = torch.tensor([min(self.seen, self.limit)], dtype=torch.int64)
-        return {
-            LAMBDA_MATRIX_NAME: {name: s for (name, *_), s in zip(self.layout, sums)},
-            NUM_LAMBDA_PROCESSED: {name: count.clone() for name, *_ in self.layout},
-        }
+        return kronfluence.lambda_factors({name: s for (name, *_), s in zip(self.layout, sums)},
+                                          min(self.seen, self.limit))
 
 
 class _Examples(torch.utils.data.Dataset):
@@ -299,130 +261,184 @@ def _by_length(examples: Sequence[Any], batch_size: int) -> list[int]:
     return [i for bucket in length_buckets(examples, batch_size) for i in bucket]
 
 
-class EKFAC(InfluenceMethod):
-    name = "ekfac"
-    description = contract.METHODS["ekfac"].description
-    variants = ("raw", "normalized")
-    Args = EKFACArgs
+@dataclass(frozen=True)
+class _Plan:
+    """How one EK-FAC job runs (see the module docstring)."""
 
-    def compute(
-        self,
-        model_loader: ModelLoader,
-        train: Sequence[TrainingPair],
-        evals: Sequence[EvalQuestion],
-        checkpoints: Sequence[LocalCheckpoint],
-        args: dict[str, Any],
-        emit: Emit,
-        *,
-        cache: GradientCache | None = None,
-    ) -> list[InfluenceScores]:
-        opts = EKFACArgs.model_validate(args)
-        check_inputs(self.name, train, evals, checkpoints)
+    #: Scores from our per-example gradients preconditioned with the factors (else
+    #: kronfluence's own pairwise and self-influence passes).
+    own_scoring: bool
+    #: Lambda from per-example gradients on the covariance pass's forward (else
+    #: kronfluence's Lambda pass).
+    shared: bool
+    #: The training pairs' gradients from that forward too (no gradient cache to share with).
+    fused: bool
+
+
+@dataclass
+class _Data:
+    """The examples as kronfluence sees them: sorted by length (``order[k]``: the run index
+    of the k-th), and the tracked LoRA modules."""
+
+    train_order: list[int]
+    eval_order: list[int]
+    train_set: "_Examples"
+    eval_set: "_Examples"
+    layout: Layout
+    modules: list[str]
+
+
+class EKFAC(GradientMethod):
+    name = "ekfac"
+    variants = ("raw", "normalized")
+    one_checkpoint = True
+
+    def check(self, train: Sequence[TrainingPair], evals: Sequence[EvalQuestion],
+              checkpoints: Sequence[LocalCheckpoint]) -> None:
+        super().check(train, evals, checkpoints)
         with stage("importing kronfluence"):
-            from kronfluence.analyzer import Analyzer, prepare_model
-            from kronfluence.utils.dataset import DataLoaderKwargs
-        chosen = pick_checkpoint(self.name, checkpoints, opts.checkpoint_step)
-        own_scoring = opts.scoring == "gradients" and opts.strategy == "ekfac"
-        units = len(train) + len(evals) + 2 if own_scoring else 2 + 2 * opts.normalized
-        progress = Progress(emit, generation_units(evals) + units)
-        prep = prepare(model_loader, train, evals, checkpoints, opts, progress, cache)
-        factor_args, score_args = opts.factor_arguments(), opts.score_arguments()
+            import kronfluence.analyzer  # noqa: F401
+
+    def units(self, opts: Any, train: Sequence[TrainingPair], evals: Sequence[EvalQuestion],
+              checkpoints: Sequence[LocalCheckpoint]) -> int:
+        if _own_scoring(opts):
+            return len(train) + len(evals) + 2
+        return 2 + 2 * opts.normalized
+
+    def scores(self, job: Job, prep: Prepared) -> tuple[dict[str, Any], dict[str, Any]]:
+        opts, chosen = job.opts, job.checkpoint
+        assert chosen is not None
+        factor_args = kronfluence.factor_arguments(opts)
+        plan = self.plan(opts, factor_args, len(job.train), job.cache)
+        eval_grads, train_grads = self.gradients(job, prep, plan)
+        data = self.examples(prep, prep.attach(chosen), opts.batch_size)
+        where = checkpoint_name(chosen)
+        task = LoraTask(data.modules, torch.Generator().manual_seed(opts.seed))
+        with kronfluence.analyzer_session(prep.model, task, lambda items: collate(items, prep.pad_id)) as (
+            model, analyzer,
+        ):
+            with stage(f"fitting EK-FAC factors at {where}"):
+                if plan.shared:
+                    factors, fused = self.fit_factors_shared(analyzer, model, task, data, opts, factor_args, prep,
+                                                             plan.fused)
+                    if plan.fused:
+                        train_grads = fused
+                        job.progress.advance("training-pair gradients", len(data.train_set))
+                else:
+                    self.fit_factors(analyzer, data, opts, factor_args)
+                    factors = None
+            job.progress.advance("fitted the factors on the training pairs")
+            if plan.own_scoring:
+                with stage(f"computing EK-FAC scores at {where}"):
+                    raw, normalized = self.score_gradients(factors or analyzer.load_all_factors("factors"), data,
+                                                           eval_grads, train_grads, opts)
+                job.progress.advance("scored the training pairs")
+            else:
+                raw, normalized = _kronfluence_scores(analyzer, opts, data.train_set, data.eval_set, data.train_order,
+                                                      data.eval_order, where, job.progress)
+        return {"raw": raw, "normalized": normalized}, self.info(opts, chosen, data, plan, factor_args)
+
+    @staticmethod
+    def plan(opts: Any, factor_args: Any, n: int, cache: GradientCache | None) -> _Plan:
+        own_scoring = _own_scoring(opts)
         # Our backwards on kronfluence's forward bypass its AMP gradient scaler: AMP keeps its
         # own passes.
         shared = (own_scoring and opts.lambda_pass == "shared" and factor_args.amp_dtype is None
-                  and _covers(factor_args, len(train)))
+                  and _covers(factor_args, n))
         # Without a gradient cache to share with (and when kronfluence's covariance pass sees
         # every training pair), the training pairs' gradients come from that pass's forward.
-        fused = shared and cache is None and _covers_all(factor_args, len(train))
+        return _Plan(own_scoring, shared, shared and cache is None and _covers_all(factor_args, n))
+
+    @staticmethod
+    def gradients(job: Job, prep: Prepared, plan: _Plan) -> tuple[torch.Tensor | None, GradientMatrix | None]:
+        """The evaluation questions' and (unless fused) the training pairs' gradients, for
+        our own scoring; taken before kronfluence wraps the LoRA modules (our hooks want
+        the plain Linears)."""
+        if not plan.own_scoring:
+            return None, None
+        progress = job.progress
+        eval_grads = prep.gradients(job.checkpoint, "eval", job.opts, job.cache,
+                                    lambda k: progress.advance("evaluation-question gradients", k)).tensor()
         train_grads = None
-        if own_scoring:
-            # Before kronfluence wraps the LoRA modules (our hooks want the plain Linears).
-            eval_grads = prep.gradients(chosen, "eval", opts, cache,
-                                        lambda k: progress.advance("evaluation-question gradients", k)).tensor()
-            if not fused:
-                train_grads = prep.gradients(chosen, "train", opts, cache,
-                                             lambda k: progress.advance("training-pair gradients", k))
-        model = prep.attach(chosen)
-        modules = lora_module_names(model)
-        layout = [(b.name.removesuffix(".weight"), b.offset, *b.shape) for b in lora_blocks(model)]
-        generator = torch.Generator().manual_seed(opts.seed)
-        task = LoraTask(modules, generator)
+        if not plan.fused:
+            train_grads = prep.gradients(job.checkpoint, "train", job.opts, job.cache,
+                                         lambda k: progress.advance("training-pair gradients", k))
+        return eval_grads, train_grads
 
-        train_order = _by_length(prep.train_examples, opts.batch_size)
-        eval_order = _by_length(prep.eval_examples, opts.batch_size)
-        train_set = _Examples([prep.train_examples[i] for i in train_order])
-        eval_set = _Examples([prep.eval_examples[i] for i in eval_order])
-        loader = DataLoaderKwargs(collate_fn=lambda items: collate(items, prep.pad_id))
-        where = checkpoint_name(chosen)
+    @staticmethod
+    def examples(prep: Prepared, model: nn.Module, batch_size: int) -> _Data:
+        train_order = _by_length(prep.train_examples, batch_size)
+        eval_order = _by_length(prep.eval_examples, batch_size)
+        return _Data(
+            train_order, eval_order,
+            _Examples([prep.train_examples[i] for i in train_order]),
+            _Examples([prep.eval_examples[i] for i in eval_order]),
+            [(b.name.removesuffix(".weight"), b.offset, *b.shape) for b in lora_blocks(model)],
+            lora_module_names(model),
+        )
 
-        quiet = logging.getLogger("kronfluence")
-        with tempfile.TemporaryDirectory(prefix="inflab-ekfac-") as out, warnings.catch_warnings():
-            # kronfluence 1.0.1 builds torch.cuda.amp.GradScaler even on a CPU (deprecated).
-            warnings.filterwarnings("ignore", category=FutureWarning, module="kronfluence")
-            model = prepare_model(model, task)
-            analyzer = Analyzer("inflab", model, task, cpu=True, disable_tqdm=True, output_dir=out,
-                                log_level=max(quiet.getEffectiveLevel(), logging.WARNING))
-            analyzer.set_dataloader_kwargs(loader)
-            with stage(f"fitting EK-FAC factors at {where}"):
-                if shared:
-                    # kronfluence's covariance pass and eigendecomposition; Lambda from
-                    # per-example gradients of a second label draw on that pass's forward.
-                    limit = min(len(train_set), factor_args.lambda_max_examples or len(train_set))
-                    store = prep.scratch or GradientCache()
-                    if fused:
-                        train_grads = store.new_matrix(len(train_set), sum(o * i for _, _, o, i in layout))
-                    capture = _PerExampleCapture(model, layout, limit, store, train_grads if fused else None,
-                                                 train_order)
-                    task.capture = capture
-                    with capture:
-                        analyzer.fit_covariance_matrices("factors", train_set, per_device_batch_size=opts.batch_size,
-                                                         factor_args=factor_args)
-                    task.capture = None
-                    with _torch_threads(opts.eigendecomposition_threads):
-                        analyzer.perform_eigendecomposition("factors", factor_args=factor_args)
-                    eigen = analyzer.load_eigendecomposition("factors")
-                    factors = {**eigen, **capture.lambda_matrices(eigen, factor_args.lambda_dtype)}
-                    del capture
-                    if fused:
-                        progress.advance("training-pair gradients", len(train_set))
-                else:
-                    # kronfluence's fit_all_factors, step by step (for the threads).
-                    analyzer.fit_covariance_matrices("factors", train_set, per_device_batch_size=opts.batch_size,
-                                                     factor_args=factor_args)
-                    with _torch_threads(opts.eigendecomposition_threads):
-                        analyzer.perform_eigendecomposition("factors", factor_args=factor_args)
-                    analyzer.fit_lambda_matrices("factors", train_set, per_device_batch_size=opts.batch_size,
-                                                 factor_args=factor_args)
-            progress.advance("fitted the factors on the training pairs")
-            if own_scoring:
-                with stage(f"computing EK-FAC scores at {where}"):
-                    if not shared:
-                        factors = analyzer.load_all_factors("factors")
-                    parts = ekfac_preconditioner(factors, layout, opts.damping_factor)
-                    raw, normalized = preconditioned_scores(eval_grads, train_grads, parts, opts.normalized)
-                progress.advance("scored the training pairs")
-            else:
-                raw, normalized = _kronfluence_scores(analyzer, opts, train_set, eval_set, train_order, eval_order,
-                                                      where, progress)
-        info = {
-            **opts.model_dump(),
-            **prep.info(),
+    @staticmethod
+    def fit_factors(analyzer: Any, data: _Data, opts: Any, factor_args: Any) -> None:
+        """kronfluence's ``fit_all_factors``, step by step (for the eigendecomposition's threads)."""
+        analyzer.fit_covariance_matrices("factors", data.train_set, per_device_batch_size=opts.batch_size,
+                                         factor_args=factor_args)
+        with _torch_threads(opts.eigendecomposition_threads):
+            analyzer.perform_eigendecomposition("factors", factor_args=factor_args)
+        analyzer.fit_lambda_matrices("factors", data.train_set, per_device_batch_size=opts.batch_size,
+                                     factor_args=factor_args)
+
+    @staticmethod
+    def fit_factors_shared(analyzer: Any, model: nn.Module, task: Any, data: _Data, opts: Any, factor_args: Any,
+                           prep: Prepared, fused: bool) -> tuple[dict, GradientMatrix | None]:
+        """kronfluence's covariance pass and eigendecomposition; Lambda from per-example
+        gradients of a second label draw on that pass's forward (and, ``fused``, the
+        training pairs' gradients from it too). Returns ``(factors, training gradients or
+        None)``."""
+        n = len(data.train_set)
+        limit = min(n, factor_args.lambda_max_examples or n)
+        store = prep.scratch or GradientCache()
+        train_grads = store.new_matrix(n, sum(o * i for _, _, o, i in data.layout)) if fused else None
+        capture = _PerExampleCapture(model, data.layout, limit, store, train_grads, data.train_order)
+        task.capture = capture
+        with capture:
+            analyzer.fit_covariance_matrices("factors", data.train_set, per_device_batch_size=opts.batch_size,
+                                             factor_args=factor_args)
+        task.capture = None
+        with _torch_threads(opts.eigendecomposition_threads):
+            analyzer.perform_eigendecomposition("factors", factor_args=factor_args)
+        eigen = analyzer.load_eigendecomposition("factors")
+        return {**eigen, **capture.lambda_matrices(eigen, factor_args.lambda_dtype)}, train_grads
+
+    @staticmethod
+    def score_gradients(factors: dict, data: _Data, eval_grads: torch.Tensor, train_grads: GradientMatrix,
+                        opts: Any) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw (and normalised) scores from our per-example gradients, preconditioned with
+        the fitted factors as kronfluence would."""
+        parts = ekfac_preconditioner(factors, data.layout, opts.damping_factor)
+        return preconditioned_scores(eval_grads, train_grads, parts, opts.normalized)
+
+    @staticmethod
+    def info(opts: Any, chosen: LocalCheckpoint, data: _Data, plan: _Plan, factor_args: Any) -> dict[str, Any]:
+        return {
             "checkpoint_step": chosen.step,
-            "tracked_modules": len(modules),
+            "tracked_modules": len(data.modules),
             "lambda": ("kronfluence's formula and eigenbasis, per-example gradients of an independent label draw "
                        "(the empirical Fisher: the answers) on the covariance pass's forward"
-                       if shared else "kronfluence's Lambda pass" if opts.strategy == "ekfac" else None),
+                       if plan.shared else "kronfluence's Lambda pass" if opts.strategy == "ekfac" else None),
             "factor_arguments": factor_args.to_dict(),
-            "score_arguments": score_args.to_dict(),
-            "kronfluence_version": _kronfluence_version(),
+            "score_arguments": kronfluence.score_arguments(opts).to_dict(),
+            "kronfluence_version": kronfluence.version(),
             "normalization": "cosine in the EK-FAC metric (self-influences, RelatIF-style, two-sided)",
         }
-        eval_ids, train_ids = [q.id for q in evals], [p.id for p in train]
-        out = [InfluenceScores(self.name, "raw", raw.astype(np.float32), eval_ids, train_ids, dict(info))]
-        if normalized is not None:
-            out.append(InfluenceScores(self.name, "normalized", normalized.astype(np.float32), eval_ids, train_ids,
-                                       dict(info)))
-        return out
+
+
+#: The argument model: the contract's ``EKFACArgs`` with the run's limits.
+EKFACArgs = EKFAC.Args
+
+
+def _own_scoring(opts: Any) -> bool:
+    return opts.scoring == "gradients" and opts.strategy == "ekfac"
+
 
 @contextlib.contextmanager
 def _torch_threads(threads: int):
@@ -446,28 +462,29 @@ def _covers(factor_args: Any, n: int) -> bool:
     return cov >= min(n, factor_args.lambda_max_examples or n)
 
 
-def _kronfluence_scores(analyzer, opts: EKFACArgs, train_set, eval_set, train_order, eval_order, where, progress):
+def _kronfluence_scores(analyzer, opts: Any, train_set, eval_set, train_order, eval_order, where, progress):
     """kronfluence's own pairwise (and self-influence) passes; columns back in run order."""
     with stage(f"computing EK-FAC scores at {where}"):
         analyzer.compute_pairwise_scores(
             "pairwise", "factors", query_dataset=eval_set, train_dataset=train_set,
             per_device_query_batch_size=opts.batch_size, per_device_train_batch_size=opts.batch_size,
-            score_args=opts.score_arguments(),
+            score_args=kronfluence.score_arguments(opts),
         )
-        raw = _unsort(analyzer.load_pairwise_scores("pairwise")["all_modules"].double().numpy(), eval_order, train_order)
+        raw = _unsort(kronfluence.all_modules(analyzer.load_pairwise_scores("pairwise")).double().numpy(), eval_order,
+                      train_order)
     progress.advance("scored the training pairs")
     if not opts.normalized:
         return raw, None
     with stage(f"computing EK-FAC self-influences at {where}"):
-        self_args = opts.score_arguments(use_measurement_for_self_influence=True)
+        self_args = kronfluence.score_arguments(opts, use_measurement_for_self_influence=True)
         analyzer.compute_self_scores("self_train", "factors", train_dataset=train_set,
                                      per_device_train_batch_size=opts.batch_size, score_args=self_args)
         progress.advance("self-influence of the training pairs")
         analyzer.compute_self_scores("self_eval", "factors", train_dataset=eval_set,
                                      per_device_train_batch_size=opts.batch_size, score_args=self_args)
         progress.advance("self-influence of the evaluation questions")
-        self_train = _unsort1(analyzer.load_self_scores("self_train")["all_modules"], train_order)
-        self_eval = _unsort1(analyzer.load_self_scores("self_eval")["all_modules"], eval_order)
+        self_train = _unsort1(kronfluence.all_modules(analyzer.load_self_scores("self_train")), train_order)
+        self_eval = _unsort1(kronfluence.all_modules(analyzer.load_self_scores("self_eval")), eval_order)
     return raw, _cosine(raw, self_eval, self_train)
 
 
@@ -475,28 +492,13 @@ def _cosine(raw: np.ndarray, self_eval: np.ndarray, self_train: np.ndarray) -> n
     return raw / np.sqrt(np.clip(self_eval, 1e-30, None)[:, None] * np.clip(self_train, 1e-30, None)[None, :])
 
 
-def ekfac_preconditioner(factors: dict, layout: Sequence[tuple[str, int, int, int]], damping_factor: float | None):
+def ekfac_preconditioner(factors: dict, layout: Layout, damping_factor: float | None):
     """Per LoRA module ``(offset, out, in, Q_S, Q_A, 1 / (Lambda + damping))`` from kronfluence's
     fitted factors, exactly as kronfluence's ``Ekfac.prepare`` forms them (the corrected
     eigenvalues averaged over the examples seen; damping ``None``: 0.1 x their mean)."""
-    from kronfluence.utils.constants import (
-        ACTIVATION_EIGENVECTORS_NAME,
-        GRADIENT_EIGENVECTORS_NAME,
-        LAMBDA_MATRIX_NAME,
-        NUM_LAMBDA_PROCESSED,
-    )
-
-    parts = []
-    for name, offset, out_features, in_features in layout:
-        lam = factors[LAMBDA_MATRIX_NAME][name].double() / factors[NUM_LAMBDA_PROCESSED][name].double()
-        damping = 0.1 * float(lam.mean()) if damping_factor is None else damping_factor
-        parts.append((
-            offset, out_features, in_features,
-            factors[GRADIENT_EIGENVECTORS_NAME][name].float(),
-            factors[ACTIVATION_EIGENVECTORS_NAME][name].float(),
-            (1.0 / (lam + damping)).float(),
-        ))
-    return parts
+    return [(offset, out_features, in_features, *kronfluence.eigenbasis(factors, name),
+             kronfluence.inverse_lambda(factors, name, damping_factor))
+            for name, offset, out_features, in_features in layout]
 
 
 def _rotate(rows: torch.Tensor, part) -> torch.Tensor:
@@ -537,9 +539,3 @@ def _unsort1(values: torch.Tensor, order: list[int]) -> np.ndarray:
     out = np.empty(len(order), dtype=np.float64)
     out[order] = values.double().numpy()
     return out
-
-
-def _kronfluence_version() -> str:
-    from importlib.metadata import version
-
-    return version("kronfluence")

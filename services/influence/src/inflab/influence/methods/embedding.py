@@ -17,22 +17,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
-from inflab.core import influence_methods as contract
 from inflab.ml.chat import IGNORE_INDEX, EncodedExample, collate
 from inflab.core.messages import EvalQuestion, TrainingPair
 from inflab.influence.checkpoints import LocalCheckpoint
-from inflab.influence.gradcache import GradientCache
 from inflab.influence.gradients import length_buckets
-from inflab.influence.methods.base import Emit, InfluenceMethod, InfluenceScores, ModelLoader, Progress, stage
-from inflab.influence.methods.prepare import GradientArgs, check_inputs, generation_units, prepare
+from inflab.influence.methods.base import Job, stage
+from inflab.influence.methods.prepare import GradientMethod, Prepared
 from inflab.influence.methods.representation import _recording, decoder_layers
-
-
-class EmbeddingArgs(contract.EmbeddingArgs, GradientArgs):
-    """The contract's arguments and the run's token limits."""
 
 
 def _question_only(example: EncodedExample) -> EncodedExample:
@@ -77,27 +70,21 @@ def answered_correctly(model: Any, examples: Sequence[EncodedExample], *, pad_id
     return out
 
 
-class Embedding(InfluenceMethod):
-    name = "embedding"
-    description = contract.METHODS["embedding"].description
-    Args = EmbeddingArgs
+class Embedding(GradientMethod):
+    """Runs through :class:`GradientMethod` for its preparation (the model with the final
+    adapter, the greedy answers, the tokens); it takes no gradient."""
 
-    def compute(
-        self,
-        model_loader: ModelLoader,
-        train: Sequence[TrainingPair],
-        evals: Sequence[EvalQuestion],
-        checkpoints: Sequence[LocalCheckpoint],
-        args: dict[str, Any],
-        emit: Emit,
-        *,
-        cache: GradientCache | None = None,
-    ) -> list[InfluenceScores]:
-        opts = EmbeddingArgs.model_validate(args)
-        check_inputs(self.name, train, evals, checkpoints)
-        progress = Progress(emit, generation_units(evals) + 3)
-        final = max(checkpoints, key=lambda c: c.step)
-        prep = prepare(model_loader, train, evals, [final], opts, progress, cache)
+    name = "embedding"
+
+    def units(self, opts: Any, train: Sequence[TrainingPair], evals: Sequence[EvalQuestion],
+              checkpoints: Sequence[LocalCheckpoint]) -> int:
+        return 3
+
+    def checkpoints_used(self, job: Job) -> Sequence[LocalCheckpoint]:
+        return [max(job.checkpoints, key=lambda c: c.step)]
+
+    def scores(self, job: Job, prep: Prepared) -> tuple[dict[str, Any], dict[str, Any]]:
+        opts, progress = job.opts, job.progress
         num_layers = len(decoder_layers(prep.model))
         layer = opts.layer if opts.layer >= 0 else num_layers + opts.layer
         if not 0 <= layer < num_layers:
@@ -110,14 +97,17 @@ class Embedding(InfluenceMethod):
             progress.advance("training-example embeddings")
         q = q / q.norm(dim=1, keepdim=True).clamp(min=1e-12)
         t = t / t.norm(dim=1, keepdim=True).clamp(min=1e-12)
-        scores = (q.double() @ t.double().T).numpy().astype(np.float32)
+        scores = (q.double() @ t.double().T).numpy()
         with stage("checking the fine-tuned model's answers"):
             correct = answered_correctly(prep.model, prep.eval_examples, pad_id=prep.pad_id, batch_size=opts.batch_size)
         progress.advance("checked the answers")
-        info = {**opts.model_dump(), **prep.info(), "layer_used": layer,
-                "answered_correctly": {e.id: ok for e, ok in zip(evals, correct)},
-                "accuracy": sum(correct) / len(correct)}
-        return [InfluenceScores(self.name, "raw", scores, [e.id for e in evals], [p.id for p in train], info)]
+        return {"raw": scores}, {"layer_used": layer,
+                                 "answered_correctly": {e.id: ok for e, ok in zip(job.evals, correct)},
+                                 "accuracy": sum(correct) / len(correct)}
+
+
+#: The argument model: the contract's ``EmbeddingArgs`` with the run's limits.
+EmbeddingArgs = Embedding.Args
 
 
 __all__ = ["Embedding", "EmbeddingArgs", "answered_correctly", "mean_states"]

@@ -21,22 +21,15 @@ from typing import Any
 
 import torch
 
-from inflab.core import influence_methods as contract
 from inflab.ml.chat import IGNORE_INDEX
 from inflab.influence.methods.base import Progress
 from inflab.influence.methods.representation import Features, patch_scores
-from inflab.influence.methods.representation_method import Limits, RepresentationMethod, Setup
-
-
-class PatchingArgs(contract.PatchingArgs, Limits):
-    """The contract's arguments and the run's token limits."""
+from inflab.influence.methods.representation_method import RepresentationMethod, Setup
 
 
 class Patching(RepresentationMethod):
     name = "patching"
     kind = "attr"
-    description = contract.METHODS["patching"].description
-    Args = PatchingArgs
 
     def extra_units(self, opts: Any, evals, train) -> int:
         return len(evals)
@@ -63,4 +56,4 @@ class Patching(RepresentationMethod):
         return out, {"patched_layer": layer, "questions_without_answer_token": skipped}
 
 
-__all__ = ["Patching", "PatchingArgs"]
+__all__ = ["Patching"]

@@ -10,35 +10,34 @@ influence then explains *what the model says*). Generated answers are kept in th
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import Field
 
 from inflab.ml.chat import EncodedExample, encode_document, encode_pair, encode_query, prompt_ids
-from inflab.core.influence_methods import MethodArgs
+from inflab.core.influence_methods import RunLimits
 from inflab.core.messages import EvalQuestion, TrainingPair
 from inflab.core.store_layout import TRAINING_STATE
 from inflab.influence.checkpoints import LocalCheckpoint, adapter_digest, attach_adapter
 from inflab.influence.gradcache import GradientCache, GradientMatrix, examples_fingerprint, fingerprint, gradient_matrix
-from inflab.influence.methods.base import ModelLoader, Progress, stage
+from inflab.influence.methods.base import (
+    InfluenceMethod,
+    Job,
+    ModelLoader,
+    Progress,
+    Scored,
+    generation_units,
+    has_reference,
+    stage,
+)
 
-
-class GradientArgs(MethodArgs):
-    """What every gradient-based method runs with besides the run's arguments (the
-    contract's ``MethodArgs``: ``top_k``, ``batch_size``): the run's token limits, which
-    the job fills in from the run (they are not the researcher's to set per method)."""
-
-    #: Token limit of a pair: the run's ``max_seq_length``, so gradients see what training saw.
-    max_length: int = Field(128, ge=1)
-    #: Length of the greedy answer generated for an evaluation question without a reference.
-    max_new_tokens: int = Field(48, ge=1)
-    #: A benchmark run: training examples are documents (loss on every token) and the
-    #: questions plain-text queries (see :func:`encode_train` / :func:`encode_eval`).
-    benchmark: bool = False
+#: What every gradient-based method runs with besides its own arguments: the run's token
+#: limits (``max_length``, ``max_new_tokens``, ``benchmark``) and ``batch_size``.
+GradientArgs = RunLimits
 
 
 def encode_train(tokenizer: Any, pair: TrainingPair, max_length: int, benchmark: bool) -> EncodedExample:
@@ -53,10 +52,6 @@ def encode_eval(tokenizer: Any, question: str, answer: str, max_length: int, ben
     if benchmark:
         return encode_query(tokenizer, question, answer, max_length)
     return encode_pair(tokenizer, question, answer, max_length)
-
-
-def has_reference(question: EvalQuestion) -> bool:
-    return bool(question.answer and question.answer.strip())
 
 
 def greedy_answer(model: Any, tokenizer: Any, question: str, max_new_tokens: int) -> str:
@@ -77,15 +72,6 @@ def greedy_answer(model: Any, tokenizer: Any, question: str, max_new_tokens: int
 
 def checkpoint_name(checkpoint: LocalCheckpoint) -> str:
     return f"checkpoint {checkpoint.step:08d}"
-
-
-def check_inputs(name: str, train: Sequence[TrainingPair], evals: Sequence[EvalQuestion],
-                 checkpoints: Sequence[LocalCheckpoint]) -> None:
-    with stage("checking the request"):
-        missing = [what for what, items in (("training pairs", train), ("evaluation questions", evals),
-                                             ("checkpoints", checkpoints)) if not items]
-        if missing:
-            raise ValueError(f"{name} needs {', '.join(missing)}; the request has none")
 
 
 @dataclass
@@ -155,10 +141,6 @@ class Prepared:
                                    batch_size=opts.batch_size, on_batch=on_batch, lookup=False)
 
 
-def generation_units(evals: Sequence[EvalQuestion]) -> int:
-    return sum(not has_reference(q) for q in evals)
-
-
 def prepare(
     model_loader: ModelLoader,
     train: Sequence[TrainingPair],
@@ -205,6 +187,27 @@ def prepare(
     return prep
 
 
+class GradientMethod(InfluenceMethod):
+    """A method on the LoRA gradients of the run's checkpoints: :meth:`run` loads the model
+    and tokenises (:func:`prepare`), then :meth:`scores` does the method's maths; each
+    variant is stored with the arguments, :meth:`Prepared.info` and what :meth:`scores`
+    adds (in that order)."""
+
+    def checkpoints_used(self, job: Job) -> Sequence[LocalCheckpoint]:
+        """The checkpoints :func:`prepare` gets (the last of them answers the questions
+        without a reference)."""
+        return job.checkpoints
+
+    def run(self, job: Job) -> list[Scored]:
+        prep = prepare(job.model_loader, job.train, job.evals, self.checkpoints_used(job), job.opts, job.progress,
+                       job.cache)
+        variants, info = self.scores(job, prep)
+        info = {**job.opts.model_dump(), **prep.info(), **info}
+        return [Scored(variant, scores, info) for variant, scores in variants.items() if scores is not None]
+
+    @abstractmethod
+    def scores(self, job: Job, prep: "Prepared") -> tuple[dict[str, Any], dict[str, Any]]:
+        """``({variant: matrix, or None when not computed}, facts to store with them)``."""
 
 
 def adam_preconditioner(checkpoint: LocalCheckpoint, blocks: Sequence[Any]) -> tuple[torch.Tensor | None, str]:
@@ -245,5 +248,6 @@ def unit_rows(grads: torch.Tensor) -> torch.Tensor:
     return grads / grads.norm(dim=1, keepdim=True).clamp(min=1e-12)
 
 
-__all__ = ["GradientArgs", "encode_eval", "encode_train", "adam_preconditioner", "Prepared", "check_inputs", "checkpoint_name", "fingerprint", "generation_units",
-           "greedy_answer", "has_reference", "prepare", "unit_rows"]
+__all__ = ["GradientArgs", "GradientMethod", "encode_eval", "encode_train", "adam_preconditioner", "Prepared",
+           "checkpoint_name", "fingerprint", "generation_units", "greedy_answer", "has_reference", "prepare",
+           "unit_rows"]

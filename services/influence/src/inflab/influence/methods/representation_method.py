@@ -18,20 +18,15 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
-import numpy as np
 import torch
-from pydantic import Field
 
-from inflab.core import influence_methods as contract
 from inflab.core.messages import EvalQuestion, TrainingPair
 from inflab.influence.checkpoints import LocalCheckpoint, adapter_digest, pick_checkpoint
 from inflab.influence.gradcache import GradientCache, examples_fingerprint
-from inflab.influence.methods.base import Emit, InfluenceMethod, InfluenceScores, ModelLoader, Progress, stage
+from inflab.influence.methods.base import InfluenceMethod, Job, ModelLoader, Progress, Scored, check_inputs, stage
 from inflab.influence.methods.prepare import (
-    check_inputs,
     encode_eval,
     encode_train,
-    generation_units,
     greedy_answer,
     has_reference,
     prepare,
@@ -48,15 +43,6 @@ from inflab.influence.methods.representation import (
 
 #: Loads a model named by id (``old_model`` / ``new_model``): ``(model, tokenizer)``.
 NamedLoader = Callable[[str], tuple[Any, Any]]
-
-
-class Limits(contract.MethodArgs):
-    """The run's token limits, which the job fills in (not the researcher's to set)."""
-
-    max_length: int = Field(128, ge=1)
-    max_new_tokens: int = Field(48, ge=1)
-    #: A benchmark run (documents and plain-text queries; see ``prepare.encode_train``).
-    benchmark: bool = False
 
 
 class Setup:
@@ -172,35 +158,32 @@ class RepresentationMethod(InfluenceMethod):
 
     kind: ClassVar[str]
     variants = ("raw",)
+    #: ``named_loader`` loads ``old_model``/``new_model``; ``ground_truth`` (a benchmark
+    #: run's relevant training examples per query) lets the ``learned`` aggregation fit.
+    context_keys = frozenset({"named_loader", "ground_truth"})
 
     def kinds(self, opts: Any) -> set[str]:
         return {self.kind}
 
-    def compute(
-        self,
-        model_loader: ModelLoader,
-        train: Sequence[TrainingPair],
-        evals: Sequence[EvalQuestion],
-        checkpoints: Sequence[LocalCheckpoint],
-        args: dict[str, Any],
-        emit: Emit,
-        *,
-        cache: GradientCache | None = None,
-        named_loader: NamedLoader | None = None,
-        ground_truth: dict[str, Sequence[str]] | None = None,
-    ) -> list[InfluenceScores]:
-        opts = self.Args.model_validate(args)
+    def check(self, train: Sequence[TrainingPair], evals: Sequence[EvalQuestion],
+              checkpoints: Sequence[LocalCheckpoint]) -> None:
+        # The checkpoints are checked once it is known whether the run's adapter is used
+        # (``old_model``/``new_model`` name two full models instead): see load_setup.
         with stage("checking the request"):
             if not train or not evals:
                 raise ValueError(f"{self.name} needs training examples and evaluation questions")
-        cells = 1 + len(opts.grid)
-        progress = Progress(emit, generation_units(evals)
-                            + cells * (len(train) + len(evals) + self.extra_units(opts, evals, train)))
-        setup = load_setup(model_loader, train, evals, checkpoints, opts, progress, cache=cache,
-                           named_loader=named_loader)
-        cache = cache if cache is not None else GradientCache()  # a grid reuses features within the job
-        eval_ids, train_ids = [q.id for q in evals], [p.id for p in train]
-        relevant = relevance_matrix(eval_ids, train_ids, ground_truth)
+
+    def units(self, opts: Any, train: Sequence[TrainingPair], evals: Sequence[EvalQuestion],
+              checkpoints: Sequence[LocalCheckpoint]) -> int:
+        return (1 + len(opts.grid)) * (len(train) + len(evals) + self.extra_units(opts, evals, train))
+
+    def run(self, job: Job) -> list[Scored]:
+        opts, progress = job.opts, job.progress
+        setup = load_setup(job.model_loader, job.train, job.evals, job.checkpoints, opts, progress, cache=job.cache,
+                           named_loader=job.context.get("named_loader"))
+        cache = job.cache if job.cache is not None else GradientCache()  # a grid reuses features within the job
+        relevant = relevance_matrix([q.id for q in job.evals], [p.id for p in job.train],
+                                    job.context.get("ground_truth"))
         settings = [("raw", opts)] + [
             (f"grid{i}", self.Args.model_validate({**opts.model_dump(exclude={"grid"}), **cell}))
             for i, cell in enumerate(opts.grid, start=1)
@@ -211,7 +194,7 @@ class RepresentationMethod(InfluenceMethod):
                 layers = parse_layers(cell.layers, setup.pair.num_layers)
             # Features of every layer, so that a grid's layer subsets come from the cache.
             common = dict(layers=list(range(setup.pair.num_layers)) if opts.grid else layers, kinds=self.kinds(cell),
-                          pooling=cell.pooling, batch_size=cell.batch_size, ig_steps=getattr(cell, "ig_steps", 0),
+                          pooling=cell.pooling, batch_size=cell.batch_size, ig_steps=self.ig_steps(cell),
                           cache=cache)
             with stage("computing the evaluation questions' features"):
                 eval_f = features(setup, "eval", on_batch=lambda n: progress.advance("evaluation-question features", n),
@@ -224,8 +207,12 @@ class RepresentationMethod(InfluenceMethod):
             info = {**cell.model_dump(), **setup.info, **extra}
             if variant != "raw":
                 info["grid_cell"] = dict(opts.grid[int(variant[4:]) - 1])
-            out.append(InfluenceScores(self.name, variant, scores.numpy().astype(np.float32), eval_ids, train_ids, info))
+            out.append(Scored(variant, scores.numpy(), info))
         return out
+
+    def ig_steps(self, opts: Any) -> int:
+        """Integrated-gradient steps of the features (``attr_change``'s argument)."""
+        return 0
 
     def extra_units(self, opts: Any, evals: Sequence[EvalQuestion], train: Sequence[TrainingPair]) -> int:
         return 0

@@ -9,7 +9,7 @@ the training pair lowered the evaluation question's loss, at least to first orde
 Two variants come from the same gradients:
 
 * ``raw``: the definition above. Its scores are dominated by a few training pairs with
-  large gradients (the top-4 lists of eight questions held only 14 of 32 pairs).
+  large gradients (the same few head most questions' top lists).
 * ``normalized``: at each checkpoint a cosine between the evaluation question's and the
   training pair's gradient, learning-rate-weighted and summed over checkpoints like ``raw``,
   so a pair ranks high because its gradient points the same way, not because it is large.
@@ -31,11 +31,10 @@ Two variants come from the same gradients:
     ``N^2 P`` per checkpoint, chunk by chunk.
   - ``unit``: the plain cosine of the raw gradients (TrackStar's unit normalisation alone).
 
-  On the shared workload (benchmarks/influence_normalisation.py, two fine-tune seeds)
-  ``trackstar`` raised recall@4 from 0.22-0.25 (``unit``) to 0.41, and on the 32 training
-  pairs used as queries (leave one out; not the questions the choice was read on) recall@3
-  from 0.18 to 0.27-0.29; BM25 stays far ahead (0.72 and 0.69): topical relatedness is a
-  retrieval notion, and TrackStar's authors also found BM25 ahead on fact retrieval.
+  ``trackstar`` is the default because it ranked the related pairs higher than ``unit``
+  in ``benchmarks/influence_normalisation.py`` (figures in docs/measurements.md); BM25
+  stays far ahead of both: topical relatedness is a retrieval notion, and TrackStar's
+  authors also found BM25 ahead on fact retrieval.
   Memorised pairs have small gradients late in training; both cosines keep finding them
   where final-checkpoint methods lost them.
 
@@ -53,27 +52,19 @@ from typing import Any
 import numpy as np
 import torch
 
-from inflab.core import influence_methods as contract
 from inflab.core.messages import EvalQuestion, TrainingPair
 from inflab.influence.checkpoints import LocalCheckpoint
-from inflab.influence.gradcache import GradientCache, GradientMatrix
+from inflab.influence.gradcache import GradientMatrix
 from inflab.influence.gradients import lora_blocks
-from inflab.influence.methods.base import Emit, InfluenceMethod, InfluenceScores, ModelLoader, Progress, stage
+from inflab.influence.methods.base import Job, stage
 from inflab.influence.methods.prepare import (
-    GradientArgs,
+    GradientMethod,
+    Prepared,
     adam_preconditioner,
-    check_inputs,
     checkpoint_name,
-    generation_units,
     greedy_answer,
-    prepare,
     unit_rows,
 )
-
-
-class TracInArgs(contract.TracInArgs, GradientArgs):
-    """The contract's arguments (normalization, damping, optimizer_correction, ...) and the
-    run's token limits."""
 
 
 def trackstar_scores(
@@ -119,29 +110,17 @@ def trackstar_scores(
     return scores.numpy(), dots, lam
 
 
-class TracIn(InfluenceMethod):
+class TracIn(GradientMethod):
     name = "tracin"
-    description = contract.METHODS["tracin"].description
     variants = ("raw", "normalized")
-    Args = TracInArgs
 
-    def compute(
-        self,
-        model_loader: ModelLoader,
-        train: Sequence[TrainingPair],
-        evals: Sequence[EvalQuestion],
-        checkpoints: Sequence[LocalCheckpoint],
-        args: dict[str, Any],
-        emit: Emit,
-        *,
-        cache: GradientCache | None = None,
-    ) -> list[InfluenceScores]:
-        opts = TracInArgs.model_validate(args)
-        check_inputs(self.name, train, evals, checkpoints)
-        progress = Progress(emit, generation_units(evals) + len(checkpoints) * (len(train) + len(evals)))
-        prep = prepare(model_loader, train, evals, checkpoints, opts, progress, cache)
+    def units(self, opts: Any, train: Sequence[TrainingPair], evals: Sequence[EvalQuestion],
+              checkpoints: Sequence[LocalCheckpoint]) -> int:
+        return len(checkpoints) * (len(train) + len(evals))
 
-        raw = np.zeros((len(evals), len(train)), dtype=np.float64)
+    def scores(self, job: Job, prep: Prepared) -> tuple[dict[str, Any], dict[str, Any]]:
+        opts, progress, cache = job.opts, job.progress, job.cache
+        raw = np.zeros((len(job.evals), len(job.train)), dtype=np.float64)
         normalized = np.zeros_like(raw)
         per_checkpoint: list[dict[str, Any]] = []
         for number, checkpoint in enumerate(prep.checkpoints, start=1):
@@ -172,14 +151,13 @@ class TracIn(InfluenceMethod):
                 per_checkpoint.append({"step": checkpoint.step, "optimizer_correction": why,
                                        "gauss_newton_damping": lam})
 
-        info = {**opts.model_dump(), **prep.info(), "num_lora_parameters": eval_grads.shape[1]}
+        info: dict[str, Any] = {"num_lora_parameters": eval_grads.shape[1]}
         if opts.normalization == "trackstar":
             info["normalization_per_checkpoint"] = per_checkpoint
-        eval_ids, train_ids = [q.id for q in evals], [p.id for p in train]
-        return [
-            InfluenceScores(self.name, "raw", raw.astype(np.float32), eval_ids, train_ids, dict(info)),
-            InfluenceScores(self.name, "normalized", normalized.astype(np.float32), eval_ids, train_ids, dict(info)),
-        ]
+        return {"raw": raw, "normalized": normalized}, info
 
+
+#: The argument model: the contract's ``TracInArgs`` with the run's limits.
+TracInArgs = TracIn.Args
 
 __all__ = ["TracIn", "TracInArgs", "greedy_answer", "trackstar_scores"]

@@ -1,4 +1,4 @@
-"""The embedded stack: NATS, PostgreSQL, Ray and the four services as supervised processes.
+"""The embedded stack's supervisor: NATS, PostgreSQL, Ray and the four services as processes.
 
 ``inflab up`` and ``inflab demo`` need everything a researcher's laptop lacks, started from
 packages and stopped without leftovers. :class:`Stack` is that supervisor::
@@ -7,6 +7,10 @@ packages and stopped without leftovers. :class:`Stack` is that supervisor::
         await stack.wait_ready(timeout=120)   # gateway /readyz answers 200, services alive
         ...                                   # stack.settings holds the resolved URLs
 
+What each child is given (command line, settings, environment) is :mod:`.environment`'s;
+the record of what runs, ``INFLAB_HOME/stack.json``, is :mod:`.state`'s. This module
+decides when things start, watches them, and stops them.
+
 Start order is dependency order, stop order the reverse (services, Ray, PostgreSQL, NATS):
 
 * NATS and PostgreSQL start from their wheels unless ``nats_url`` / ``database_url`` name
@@ -14,35 +18,18 @@ Start order is dependency order, stop order the reverse (services, Ray, PostgreS
   run either way. The embedded NATS runs with authentication on: one generated user per
   role with the permissions of :mod:`inflab.core.nats_permissions`, credentials in
   ``INFLAB_HOME/secrets`` (see ``bus_credentials.py``); a client without one is refused.
+  Each service gets its own role's credential and job key (:meth:`Stack.service_settings`);
+  Ray, whose workers run user-chosen models and data, gets neither.
 * Ray: a local head node unless ``ray_address`` names a cluster.
 * Services: ``python -m inflab.<name>`` each (injectable, so tests run stand-ins). Each
   worker serves its Prometheus metrics on a free loopback port of its own
   (``INFLAB_METRICS_PORT``, chosen once and kept across restarts), recorded in
   ``stack.json`` and shown by ``inflab ps``.
 
-The embedded stack serves one person, over plain http on their own machine, so it changes
-a few defaults (:func:`embedded_settings`; a setting given explicitly wins): no email
-verification before signing in (a newcomer registers and starts at once; mails, written
-to ``INFLAB_HOME/mail``, still carry the verification link), a session cookie without
-``Secure`` (it would never come back over http), and mail links pointing at its gateway.
-
-Settings reach the children through the environment, the one channel every process
-already reads (pydantic-settings). The whole resolved :class:`Settings` object is
-exported as ``INFLAB_*`` variables, so a setting given in code (not the environment) is
-seen by the children too, and the URLs of what the stack started replace the empty ones. Each service then gets its
-own NATS credential and job key on top (:meth:`Stack.service_settings`); Ray, whose
-workers run user-chosen models and data, gets neither.
-Services also get ``OMP_NUM_THREADS=1`` (heavy torch work runs in Ray tasks, which pin
-their own threads; several processes each using every core was a 20x slowdown here).
-With the embedded Ray, every child (and the Ray node itself, whose workers inherit its
-environment) also gets ``RAY_ADDRESS`` and the node's own auth token (see ``ray.py``).
-
 Each child leads its own process group (a terminal's Ctrl-C reaches only the supervisor,
 which then stops things in order), logs to ``INFLAB_HOME/logs/<name>.log``, and is asked
-by the kernel to exit if the supervisor dies without stopping it. ``INFLAB_HOME/stack.json``
-records every component (pid, url, log, start time, restarts, status) for ``inflab ps``; a
-later start finds components a killed supervisor left behind there and stops them, and
-refuses to start while that file's supervisor is still running.
+by the kernel to exit if the supervisor dies without stopping it; what such a supervisor
+left behind, the next start stops (:func:`.state.reap_stale`).
 
 A service that exits is reported (its exit code or signal, the tail of its log) and
 restarted, forever, after a back-off that doubles with each crash in a row up to a cap and
@@ -61,15 +48,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
-import json
 import logging
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -77,223 +61,46 @@ from urllib.request import url2pathname
 
 import httpx
 import psutil
-from pydantic import SecretBytes, SecretStr
+from pydantic import SecretStr
 
+from inflab.core.job_signing import verify_key_of
+from inflab.core.settings import Settings
 from inflab.devtools.embedded._proc import (
-    LOCALHOST,
     ServerProcess,
     die_with_parent,
     free_port,
     kill_group,
     log_tail,
-    same_process,
     stop_process_tree,
 )
 from inflab.devtools.embedded.bus_credentials import BusCredentials
+from inflab.devtools.embedded.environment import (
+    DATABASE_NAME,
+    METRICS_HOST,
+    SERVICE_ENV,
+    ServiceSpec,
+    child_environment,
+    default_services,
+    embedded_settings,
+)
 from inflab.devtools.embedded.restarts import RestartPolicy, RestartTracker, exit_reason
-from inflab.core.job_signing import verify_key_of
-from inflab.core.settings import Settings
+from inflab.devtools.embedded.state import (
+    Component,
+    StackError,
+    now,
+    reap_stale,
+    stack_status,
+    state_path,
+    write_state,
+)
 
 log = logging.getLogger("inflab.stack")
 
 T = TypeVar("T")
 
-SERVICE_NAMES = ("gateway", "trainer", "inference", "influence")
-STATE_FILE = "stack.json"
 LOGS_DIR = "logs"
-DATABASE_NAME = "inflab"
-READY_PATH = "/readyz"
-HEALTH_PATH = "/healthz"
-#: Workers serve their metrics on loopback: the embedded stack is one person's machine.
-METRICS_HOST = LOCALHOST
 #: How often wait_ready re-probes.
 READY_POLL_S = 0.2
-#: Environment every child gets, whatever the settings (see the module docstring).
-SERVICE_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-# Passive OpenMP waits: idle torch threads sleep instead of spinning, so the stages that
-# share the cores (and anything else on a laptop) do not starve each other
-# measured QLoRA steps at 45-58 s spinning vs 2.4-2.7 s passive on 2 cores).
-COMMON_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "PYTHONUNBUFFERED": "1", "OMP_WAIT_POLICY": "PASSIVE"}
-
-
-class StackError(RuntimeError):
-    """The stack could not start, or a component failed for good."""
-
-
-@dataclass(frozen=True)
-class ServiceSpec:
-    """A service process: its command, and (for HTTP services) where to probe it."""
-
-    name: str
-    argv: tuple[str, ...]
-    url: str | None = None  # public base URL, shown by ``inflab ps``
-    ready_path: str | None = None  # GET url+ready_path must answer 200 for wait_ready
-    health_path: str | None = None  # GET url+health_path: liveness, for ``inflab ps``
-    metrics: bool = False  # serves Prometheus metrics on INFLAB_METRICS_PORT (the workers)
-
-    @property
-    def ready_url(self) -> str | None:
-        return self.url + self.ready_path if self.url and self.ready_path else None
-
-    @property
-    def health_url(self) -> str | None:
-        return self.url + self.health_path if self.url and self.health_path else None
-
-
-def gateway_url(settings: Settings) -> str:
-    """Where to reach the gateway from this machine (a wildcard bind is reached on loopback)."""
-    host = settings.gateway_host
-    if host in ("", "0.0.0.0", "::"):
-        host = "127.0.0.1"
-    if ":" in host:
-        host = f"[{host}]"
-    return f"http://{host}:{settings.gateway_port}"
-
-
-def default_services(settings: Settings, python: str = sys.executable) -> list[ServiceSpec]:
-    """The four real services, each ``python -m inflab.<name>``."""
-    specs = []
-    for name in SERVICE_NAMES:
-        http = name == "gateway"
-        specs.append(
-            ServiceSpec(
-                name=name,
-                argv=(python, "-m", f"inflab.{name}"),
-                url=gateway_url(settings) if http else None,
-                ready_path=READY_PATH if http else None,
-                health_path=HEALTH_PATH if http else None,
-                metrics=not http,
-            )
-        )
-    return specs
-
-
-#: The defaults the embedded stack changes (see the module docstring).
-EMBEDDED_DEFAULTS: dict[str, Any] = {"require_email_verification": False, "cookie_secure": False}
-
-
-def embedded_settings(settings: Settings) -> Settings:
-    """``settings`` with the embedded stack's defaults, where not set explicitly."""
-    changes = {k: v for k, v in EMBEDDED_DEFAULTS.items() if k not in settings.model_fields_set}
-    if "public_url" not in settings.model_fields_set:
-        changes["public_url"] = gateway_url(settings)
-    return settings.model_copy(update=changes)
-
-
-def settings_environment(settings: Settings) -> dict[str, str | None]:
-    """Every setting as its ``INFLAB_*`` variable; ``None`` means "unset it". Structured
-    values (dicts, lists, nested models) go as JSON, which pydantic-settings reads back."""
-    prefix = settings.model_config.get("env_prefix", "")
-    plain = settings.model_dump(mode="json")
-    env: dict[str, str | None] = {}
-    for name in type(settings).model_fields:
-        value = getattr(settings, name)
-        if isinstance(value, SecretStr | SecretBytes):
-            text: str | None = value.get_secret_value()
-        elif value is None:
-            text = None
-        elif isinstance(value, bytes):
-            text = value.decode()
-        elif isinstance(plain[name], dict | list):
-            text = json.dumps(plain[name])
-        else:
-            text = str(plain[name])
-        env[f"{prefix}{name}".upper()] = text
-    return env
-
-
-def child_environment(settings: Settings, extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """This process's environment with the settings (and ``extra``) laid over it."""
-    env = dict(os.environ)
-    for key, value in settings_environment(settings).items():
-        if value is None:
-            env.pop(key, None)
-        else:
-            env[key] = value
-    env.update(COMMON_ENV)
-    if settings.ray_address:
-        env["RAY_ADDRESS"] = settings.ray_address
-    env.update(extra or {})
-    return env
-
-
-# -- the state file ---------------------------------------------------------------------------
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-@dataclass
-class Component:
-    """One row of ``stack.json``."""
-
-    name: str
-    kind: str  # nats | postgres | ray | service
-    pid: int | None = None
-    create_time: float | None = None  # tells a recorded pid from a reused one
-    url: str | None = None
-    health_url: str | None = None
-    log: str | None = None
-    started_at: str | None = None
-    restarts: int = 0
-    status: str = "starting"  # starting | running | restarting | failed | stopped | external
-    stop_signal: int = int(signal.SIGTERM)
-    last_exit: str | None = None  # why the last process exited: "exit code 3", "SIGKILL"
-    last_exit_at: str | None = None
-    crashes_in_a_row: int = 0  # exits since the last process that ran long enough to be healthy
-    crash_loop: bool = False
-    metrics_url: str | None = None  # a worker's Prometheus metrics
-
-    def attach(self, process: subprocess.Popen, log_path: Path) -> None:
-        self.pid = process.pid
-        with contextlib.suppress(psutil.Error):
-            self.create_time = psutil.Process(process.pid).create_time()
-        self.log = str(log_path)
-        self.started_at = _now()
-        self.status = "running"
-
-    def alive(self) -> bool:
-        return self.pid is not None and same_process(self.pid, self.create_time) is not None
-
-
-def state_path(settings: Settings) -> Path:
-    return settings.home / STATE_FILE
-
-
-def read_state(path: Path) -> dict[str, Any] | None:
-    try:
-        state = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    state["components"] = [Component(**c) for c in state.get("components", [])]
-    return state
-
-
-def reap_stale(path: Path) -> list[str]:
-    """Stop components a dead supervisor left running; refuse if the supervisor is alive.
-
-    Returns the names of what was stopped (services first, then infrastructure).
-    """
-    state = read_state(path)
-    if not state:
-        return []
-    supervisor = same_process(state.get("supervisor_pid", -1), state.get("supervisor_create_time"))
-    if supervisor is not None and state.get("status") != "stopped":  # (this process counts too)
-        raise StackError(
-            f"a stack is already running from {path.parent} (supervisor pid {supervisor.pid}); "
-            "stop it with `inflab down` or Ctrl-C in its terminal"
-        )
-    reaped = []
-    for comp in reversed(state["components"]):  # reverse start order
-        if comp.kind != "external" and comp.alive():
-            log.warning("stopping %s (pid %s) left running by a previous stack", comp.name, comp.pid)
-            stop_process_tree(comp.pid, comp.stop_signal, timeout=15.0)
-            reaped.append(comp.name)
-    return reaped
-
-
-# -- the supervisor ---------------------------------------------------------------------------
 
 
 async def wait_process(process: subprocess.Popen) -> int:
@@ -406,7 +213,7 @@ class Stack:
         self._owns_state = False  # a refused start must not overwrite the running stack's file
         self._stopping = False
         self._stopped = False
-        self._started_at = _now()
+        self._started_at = now()
         self._supervisor_create_time = psutil.Process().create_time()
 
     # -- paths and urls -------------------------------------------------------------------
@@ -643,7 +450,7 @@ class Stack:
         log_path = self.logs_dir / f"{service.spec.name}.log"
         argv, env = self.service_command(service.spec.name)
         with log_path.open("ab") as out:
-            out.write(f"--- {_now()} starting {' '.join(argv)}\n".encode())
+            out.write(f"--- {now()} starting {' '.join(argv)}\n".encode())
             out.flush()
             service.process = subprocess.Popen(
                 argv,
@@ -669,7 +476,7 @@ class Stack:
                 return
             await _in_thread(kill_group, service.process.pid)  # whatever it forked dies too
             delay = tracker.exited(loop.time())
-            comp.last_exit, comp.last_exit_at = exit_reason(code), _now()
+            comp.last_exit, comp.last_exit_at = exit_reason(code), now()
             comp.crashes_in_a_row, comp.crash_loop = tracker.crashes_in_a_row, tracker.crash_loop
             log.error(
                 "%s (pid %s) exited: %s; restarts so far: %d; last lines of %s:\n%s",
@@ -808,38 +615,22 @@ class Stack:
             process.wait(timeout=5.0)
 
     # -- state file -----------------------------------------------------------------------
-    def _status(self) -> str:
-        if self._stopped:
-            return "stopped"
-        if self.failed.is_set():
-            return "failed"
-        if self._stopping:
-            return "stopping"
-        return "degraded" if self.crash_loops() else "running"
-
     def _write_state(self) -> None:
         if not self._owns_state:
             return
-        state = {
-            "status": self._status(),
-            "failure": self.failure,
-            "supervisor_pid": os.getpid(),
-            "supervisor_create_time": self._supervisor_create_time,
-            "started_at": self._started_at,
-            "updated_at": _now(),
-            "home": str(self.home),
-            "logs_dir": str(self.logs_dir),
-            "gateway_url": self.gateway_url,
-            # Where mails go when no SMTP server is set (verification and reset links).
-            "mail_dir": None if self.settings.smtp_host else str(self.settings.mail_folder),
-            # Where each role's NATS credential is (files only the owner can read).
-            "nats_credentials": self.credentials.url_files() if self.nats_urls else {},
-            "components": [asdict(c) for c in self._components],
-        }
-        self.home.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(state, indent=2))
-        os.replace(tmp, self.state_path)
+        write_state(
+            self.state_path,
+            self._components,
+            status=stack_status(stopped=self._stopped, failed=self.failed.is_set(), stopping=self._stopping,
+                                components=self._components),
+            failure=self.failure,
+            started_at=self._started_at,
+            supervisor_create_time=self._supervisor_create_time,
+            logs_dir=self.logs_dir,
+            gateway_url=self.gateway_url,
+            mail_dir=None if self.settings.smtp_host else self.settings.mail_folder,
+            nats_credentials=self.credentials.url_files() if self.nats_urls else {},
+        )
 
     @staticmethod
     def _redacted(url: str) -> str:
