@@ -279,16 +279,7 @@ class Bus:
             raise RuntimeError("INFLAB_JOB_VERIFY_KEY is not set: workers run only job requests the gateway signed")
         durable = durable or self.subjects.durable(f"{self.service}_{subject.split('.')[-2]}")
         stream = stream or self.subjects.jobs_stream
-        config = ConsumerConfig(
-            durable_name=durable,
-            ack_policy=AckPolicy.EXPLICIT,
-            ack_wait=self.settings.ack_wait_s,
-            # The server-side bound is one above ours, so the last delivery is still ours
-            # to dead-letter.
-            max_deliver=self.settings.max_deliver + 1,
-            filter_subject=subject,
-        )
-        sub = await self._subscribe_when_stream_exists(subject, durable, stream, config, stop)
+        sub = await self.pull_subscription(subject, durable, stream, stop)
         if sub is None:
             return
         try:
@@ -317,6 +308,8 @@ class Bus:
             durable_name=durable,
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.settings.ack_wait_s,
+            # The server-side bound is one above ours, so the last delivery is still ours
+            # to dead-letter.
             max_deliver=self.settings.max_deliver + 1,
             filter_subject=subject,
         )

@@ -22,6 +22,7 @@ from inflab.core.bus import Bus
 from inflab.core.db.models import Run
 from inflab.core.messages import DeadLetter, StatusEvent
 from inflab.core.subjects import REQUEST_STAGES
+from inflab.gateway.consumers import consume_until_stopped
 from inflab.gateway.dbwait import until_database_answers
 from inflab.gateway.dispatch import Dispatcher
 from inflab.gateway.notifier import RunNotifier
@@ -61,19 +62,15 @@ class DeadLetterConsumer:
                 run = await session.get(Run, letter.run_id)
                 if run is not None and stage == "validation":
                     # The run has ended (a validation follows it): the validation fails.
-                    event = StatusEvent(
-                        event_id=uuid.uuid5(LETTER_EVENTS, str(letter.letter_id)),
-                        run_id=letter.run_id, stage="validation", status="failed", error=reason,
-                    )
-                    await session.rollback()
-                    return await persist_event(session, event)
-                if run is None or run.status in TERMINAL_STATUSES:
-                    return False
-                method = letter.method if stage == "influence" else None
-                if stage_key(stage, method) not in run.stages:
-                    stage_name, method = "run", None  # no such stage to fail: fail the run itself
+                    stage_name, method = "validation", None
                 else:
-                    stage_name = stage
+                    if run is None or run.status in TERMINAL_STATUSES:
+                        return False
+                    method = letter.method if stage == "influence" else None
+                    if stage_key(stage, method) not in run.stages:
+                        stage_name, method = "run", None  # no such stage to fail: fail the run itself
+                    else:
+                        stage_name = stage
                 event = StatusEvent(
                     event_id=uuid.uuid5(LETTER_EVENTS, str(letter.letter_id)),
                     run_id=letter.run_id, stage=stage_name, method=method, status="failed", error=reason,
@@ -88,15 +85,6 @@ class DeadLetterConsumer:
 
     async def run(self, stop: asyncio.Event, retry_s: float = 1.0) -> None:
         """Consume until ``stop``, restarting the consumer if it fails."""
-        while not stop.is_set():
-            try:
-                await self.bus.consume(self.bus.subjects.all_dead_letters, DeadLetter, self.handle, stop,
-                                       durable=self.durable, stream=self.bus.subjects.dead_letter_stream)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("dead-letter consumer stopped; restarting in %.1fs", retry_s)
-                try:
-                    await asyncio.wait_for(stop.wait(), retry_s)
-                except TimeoutError:
-                    pass
+        await consume_until_stopped(self.bus, self.bus.subjects.all_dead_letters, DeadLetter, self.handle, stop,
+                                    durable=self.durable, stream=self.bus.subjects.dead_letter_stream,
+                                    retry_s=retry_s, log=log, what="dead-letter consumer")

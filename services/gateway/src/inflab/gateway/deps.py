@@ -11,8 +11,8 @@ takes its owner from here, and ``SessionDep`` runs as that user under row level 
 from __future__ import annotations
 
 import hmac
-from collections.abc import AsyncIterator
-from typing import Annotated
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Annotated, Any
 from uuid import UUID
 
 from fastapi import Depends, HTTPException, Path, Request, status
@@ -37,12 +37,27 @@ CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = scopes.SAFE_METHODS
 
 
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+def _app_state(name: str) -> Callable[[Request], Awaitable[Any]]:
+    """A dependency for one of the process's shared objects, which the app's lifespan
+    puts on ``app.state`` under ``name``."""
+
+    async def dependency(request: Request) -> Any:
+        return getattr(request.app.state, name)
+
+    dependency.__name__ = dependency.__qualname__ = f"get_{name}"
+    return dependency
 
 
-async def get_sessionmaker(request: Request) -> async_sessionmaker[AsyncSession]:
-    return request.app.state.sessionmaker
+get_settings = _app_state("settings")
+get_sessionmaker = _app_state("sessionmaker")
+get_bus = _app_state("bus")
+get_notifier = _app_state("notifier")
+get_broadcaster = _app_state("broadcaster")
+get_hasher = _app_state("hasher")
+get_throttle = _app_state("throttle")
+get_rules = _app_state("rules")
+get_mailer = _app_state("mailer")
+get_dispatcher = _app_state("dispatcher")
 
 
 async def get_system_session(
@@ -51,38 +66,6 @@ async def get_system_session(
     """Not scoped to a user (RLS does not apply): only for signing in, before a user is known."""
     async with sessionmaker() as session:
         yield session
-
-
-async def get_bus(request: Request) -> Bus:
-    return request.app.state.bus
-
-
-async def get_notifier(request: Request) -> RunNotifier:
-    return request.app.state.notifier
-
-
-async def get_broadcaster(request: Request) -> Broadcaster:
-    return request.app.state.broadcaster
-
-
-async def get_hasher(request: Request) -> PasswordHasher:
-    return request.app.state.hasher
-
-
-async def get_throttle(request: Request) -> Throttle:
-    return request.app.state.throttle
-
-
-async def get_rules(request: Request) -> Rules:
-    return request.app.state.rules
-
-
-async def get_mailer(request: Request) -> Mailer:
-    return request.app.state.mailer
-
-
-async def get_dispatcher(request: Request) -> Dispatcher:
-    return request.app.state.dispatcher
 
 
 def _unauthenticated(detail: str = "sign in or send a bearer token") -> HTTPException:

@@ -115,28 +115,28 @@ class FanOutCollector:
     def describe(self):
         return []
 
+    #: (family, name, help, the broadcaster's figure): one metric each.
+    FIGURES = (
+        (GaugeMetricFamily, "inflab_sse_runs_followed",
+         "Runs with at least one open SSE stream on this replica (one feed each).", "runs"),
+        (CounterMetricFamily, "inflab_sse_feed_reads",
+         "Reads of Postgres by this replica's SSE feeds (one per change per followed "
+         "run, shared by all of its streams, plus heartbeat re-reads).", "reads"),
+        (CounterMetricFamily, "inflab_sse_frames",
+         "Event frames handed to SSE streams by the feeds (events x streams).", "delivered"),
+        (CounterMetricFamily, "inflab_sse_catch_ups",
+         "SSE streams that fell too far behind their feed and caught up from Postgres.", "caught_up"),
+        (CounterMetricFamily, "inflab_sse_streams_refused",
+         "SSE streams refused (429) because their user had "
+         "INFLAB_SSE_MAX_STREAMS_PER_USER open on this replica.", "refused"),
+    )
+
     def collect(self):
         b = self.metrics.broadcaster
         figures = {"runs": len(b.feeds), "reads": b.reads, "delivered": b.delivered, "caught_up": b.caught_up,
-                   "refused": b.refused} if b is not None else dict.fromkeys(("runs", "reads", "delivered",
-                                                                              "caught_up", "refused"), 0)
-        yield GaugeMetricFamily("inflab_sse_runs_followed",
-                                "Runs with at least one open SSE stream on this replica (one feed each).",
-                                value=figures["runs"])
-        yield CounterMetricFamily("inflab_sse_feed_reads",
-                                  "Reads of Postgres by this replica's SSE feeds (one per change per followed "
-                                  "run, shared by all of its streams, plus heartbeat re-reads).",
-                                  value=figures["reads"])
-        yield CounterMetricFamily("inflab_sse_frames",
-                                  "Event frames handed to SSE streams by the feeds (events x streams).",
-                                  value=figures["delivered"])
-        yield CounterMetricFamily("inflab_sse_catch_ups",
-                                  "SSE streams that fell too far behind their feed and caught up from Postgres.",
-                                  value=figures["caught_up"])
-        yield CounterMetricFamily("inflab_sse_streams_refused",
-                                  "SSE streams refused (429) because their user had "
-                                  "INFLAB_SSE_MAX_STREAMS_PER_USER open on this replica.",
-                                  value=figures["refused"])
+                   "refused": b.refused} if b is not None else {}
+        for family, name, documentation, key in self.FIGURES:
+            yield family(name, documentation, value=figures.get(key, 0))
 
 
 class RequestMiddleware:

@@ -30,6 +30,7 @@ from inflab.core.leases import PERSISTER_KEY, LeaseHeld, LeaseLost, RunLease
 from inflab.core.messages import ResultEvent, RunEvent
 from inflab.core.objectstore import ObjectStore
 from inflab.gateway import validations
+from inflab.gateway.consumers import pause
 from inflab.gateway.dbwait import until_database_answers
 from inflab.gateway.event_origin import origin_refusal
 from inflab.gateway.next_stages import is_training_result, queue_next_stages
@@ -300,10 +301,7 @@ class EventPersister:
                 log.warning("event persister stopped: %s", exc)
             except Exception:
                 log.exception("event persister stopped; restarting in %.1fs", retry_s)
-            try:
-                await asyncio.wait_for(stop.wait(), retry_s)
-            except TimeoutError:
-                pass
+            await pause(stop, retry_s)
 
 
 def _short(exc: ValidationError) -> str:

@@ -35,6 +35,7 @@ from inflab.core.messages import RunSubmission, SubmissionOutcome
 from inflab.core.settings import Settings
 from inflab.gateway.auth.sessions import caller_for_api_token
 from inflab.gateway.auth.rls import session_for
+from inflab.gateway.consumers import consume_until_stopped
 from inflab.gateway.dbwait import until_database_answers
 from inflab.gateway.dispatch import Dispatcher
 from inflab.gateway.launch import RunRefused, start_run
@@ -154,15 +155,6 @@ class RunSubmissions:
 
     async def run(self, stop: asyncio.Event, retry_s: float = 1.0) -> None:
         """Consume until ``stop``, restarting the consumer if it fails (as the persister does)."""
-        while not stop.is_set():
-            try:
-                await self.bus.consume(self.bus.subjects.run_submit, RunSubmission, self.handle, stop,
-                                       durable=self.durable, stream=self.bus.subjects.submissions_stream)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("run submissions consumer stopped; restarting in %.1fs", retry_s)
-                try:
-                    await asyncio.wait_for(stop.wait(), retry_s)
-                except TimeoutError:
-                    pass
+        await consume_until_stopped(self.bus, self.bus.subjects.run_submit, RunSubmission, self.handle, stop,
+                                    durable=self.durable, stream=self.bus.subjects.submissions_stream,
+                                    retry_s=retry_s, log=log, what="run submissions consumer")

@@ -3,9 +3,8 @@
  * API accepts: one source of truth, on the server. */
 import { useQuery } from "@tanstack/react-query";
 
-export interface FieldSpec {
-  name: string;
-  type: "number" | "integer" | "string" | "boolean" | "array";
+/** What the schema says of a value: its default and the values allowed (JSON Schema's names). */
+interface Constraints {
   default?: unknown;
   minimum?: number;
   maximum?: number;
@@ -14,14 +13,13 @@ export interface FieldSpec {
   enum?: string[];
 }
 
-interface JsonSchema {
+export interface FieldSpec extends Constraints {
+  name: string;
+  type: "number" | "integer" | "string" | "boolean" | "array";
+}
+
+interface JsonSchema extends Constraints {
   type?: string;
-  default?: unknown;
-  minimum?: number;
-  maximum?: number;
-  exclusiveMinimum?: number;
-  exclusiveMaximum?: number;
-  enum?: string[];
   anyOf?: JsonSchema[];
   properties?: Record<string, JsonSchema>;
 }

@@ -224,6 +224,32 @@ function Editor({
     const current = draft[target].filter((r) => r.question.trim() || r.answer.trim());
     setDraft({ ...draft, [target]: [...current, ...rows] });
   };
+  /** A list's header buttons: import rows from a file, add an empty row. */
+  const listActions = (target: "training" | "evaluation", importLabel: string, addLabel: string) => (
+    <>
+      <ImportButton
+        target={target === "training" ? "training_data" : "eval_data"}
+        label={importLabel}
+        onRows={appendRows(target)}
+        onReport={setReport}
+        maxBytes={limits.data?.max_request_bytes}
+        existingIds={draft[target].flatMap((r) => (r.id ? [r.id] : []))}
+      />
+      <button
+        type="button"
+        className="btn btn-sm"
+        onClick={() => setDraft({ ...draft, [target]: [...draft[target], { key: newKey(), id: null, question: "", answer: "" }] })}
+      >
+        <Plus /> {addLabel}
+      </button>
+    </>
+  );
+  const panelProblem = (field: string) =>
+    fieldProblem(field) ? (
+      <div className="panel-problem field-error" role="alert">
+        {fieldProblem(field)}
+      </div>
+    ) : null;
 
   const editorBody = (
     <PanelGroup direction="horizontal" autoSaveId="inflab.editor.columns" className="editor-columns">
@@ -235,29 +261,9 @@ function Editor({
               <span className="num">{evalCount}</span> · held out, never trained on
             </span>
             <span className="spacer" />
-            <ImportButton
-              target="eval_data"
-              label="Import"
-              onRows={appendRows("evaluation")}
-              onReport={setReport}
-              maxBytes={limits.data?.max_request_bytes}
-              existingIds={draft.evaluation.flatMap((r) => (r.id ? [r.id] : []))}
-            />
-            <button
-              type="button"
-              className="btn btn-sm"
-              onClick={() =>
-                setDraft({ ...draft, evaluation: [...draft.evaluation, { key: newKey(), id: null, question: "", answer: "" }] })
-              }
-            >
-              <Plus /> Add evaluation question
-            </button>
+            {listActions("evaluation", "Import", "Add evaluation question")}
           </div>
-          {fieldProblem("eval_data") ? (
-            <div className="panel-problem field-error" role="alert">
-              {fieldProblem("eval_data")}
-            </div>
-          ) : null}
+          {panelProblem("eval_data")}
           <RowsTable
             kind="evaluation"
             rows={draft.evaluation}
@@ -298,28 +304,10 @@ function Editor({
               {trainingCount} pairs · ~{trainingTokens.toLocaleString()} tokens
             </span>
             <span className="spacer" />
-            <ImportButton
-              target="training_data"
-              label="Import training data"
-              onRows={appendRows("training")}
-              onReport={setReport}
-              maxBytes={limits.data?.max_request_bytes}
-              existingIds={draft.training.flatMap((r) => (r.id ? [r.id] : []))}
-            />
-            <button
-              type="button"
-              className="btn btn-sm"
-              onClick={() => setDraft({ ...draft, training: [...draft.training, { key: newKey(), id: null, question: "", answer: "" }] })}
-            >
-              <Plus /> Add training pair
-            </button>
+            {listActions("training", "Import training data", "Add training pair")}
           </div>
           {report ? <ImportNotice report={report} onClose={() => setReport(null)} /> : null}
-          {fieldProblem("training_data") ? (
-            <div className="panel-problem field-error" role="alert">
-              {fieldProblem("training_data")}
-            </div>
-          ) : null}
+          {panelProblem("training_data")}
           <div className="training-scroll">
             <RowsTable
               kind="training"

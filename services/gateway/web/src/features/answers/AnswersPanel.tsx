@@ -1,4 +1,6 @@
 import { Crosshair, Target } from "lucide-react";
+import { Segmented } from "@/components/ui/Segmented";
+import { Select } from "@/components/ui/Select";
 import { Fragment, useMemo, useState } from "react";
 import { Link } from "react-router";
 import { EmptyState, ErrorState, SkeletonRows } from "@/components/ui/Feedback";
@@ -159,37 +161,25 @@ export function AnswersPanel({ run, onOpenInfluence }: { run: Run; onOpenInfluen
           </span>
         </div>
         <div className="answers-toolbar">
-          <div className="segmented" role="radiogroup" aria-label="Show">
-            {FILTERS.map((f) => (
-              <button
-                key={f.value}
-                type="button"
-                role="radio"
-                aria-checked={filter === f.value}
-                title={f.title}
-                onClick={() => setFilter(f.value)}
-              >
-                {f.label} <span className="dim num">{counts[f.value]}</span>
-              </button>
-            ))}
-          </div>
+          <Segmented
+            label="Show"
+            value={filter}
+            options={FILTERS.map((f) => ({
+              value: f.value,
+              title: f.title,
+              label: (
+                <>
+                  {f.label} <span className="dim num">{counts[f.value]}</span>
+                </>
+              ),
+            }))}
+            onChange={setFilter}
+          />
           <span className="grow" />
           <label htmlFor="answers-sort" className="muted">
             Sort
           </label>
-          <select
-            id="answers-sort"
-            className="select"
-            style={{ width: 230 }}
-            value={sort}
-            onChange={(e) => setSort(e.target.value as Sort)}
-          >
-            {SORTS.map((s) => (
-              <option key={s.value} value={s.value}>
-                {s.label}
-              </option>
-            ))}
-          </select>
+          <Select id="answers-sort" width={230} value={sort} options={SORTS} onChange={setSort} />
         </div>
         <div className="panel-scroll">
           <table className="table answers-table" aria-label="Answers">

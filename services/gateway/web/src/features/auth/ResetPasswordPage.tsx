@@ -2,11 +2,11 @@ import { useState, type FormEvent } from "react";
 import { Link, useSearchParams } from "react-router";
 import { Field } from "@/components/ui/Field";
 import { InlineAlert } from "@/components/ui/Feedback";
-import { Logo } from "@/components/layout/Logo";
 import { ApiError, describeError } from "@/lib/api/errors";
 import { ForgotPassword } from "./ForgotPassword";
 import { confirmPasswordReset } from "./flows";
 import { PasswordInput } from "./PasswordInput";
+import { AuthCard } from "./AuthCard";
 import "./auth.css";
 
 /** The page the reset mail links to: choose a new password (every session ends). */
@@ -39,52 +39,44 @@ export function ResetPasswordPage() {
   }
 
   return (
-    <main className="auth-page">
-      <div className="auth-card">
-        <div className="auth-card-body">
-          <div className="auth-brand">
-            <Logo size={26} />
-            <h1>Influence Lab</h1>
-          </div>
-          {!token ? (
-            <ForgotPassword initialEmail="" onBack={() => window.location.assign("/signin")} />
-          ) : done ? (
-            <>
-              <InlineAlert tone="success">Your password is changed. Every session was signed out.</InlineAlert>
-              <Link className="btn btn-primary btn-lg btn-block" to="/signin">
-                Sign in
-              </Link>
-            </>
-          ) : (
-            <form className="auth-form" onSubmit={submit} noValidate>
-              <h2>Choose a new password</h2>
-              {problem.general ? <InlineAlert>{problem.general}</InlineAlert> : null}
-              <Field label="New password" error={problem.field} hint="At least 10 characters.">
-                {({ id, describedBy, invalid }) => (
-                  <PasswordInput
-                    large
-                    id={id}
-                    autoComplete="new-password"
-                    value={password}
-                    onChange={(e) => setPassword(e.target.value)}
-                    aria-describedby={describedBy}
-                    aria-invalid={invalid}
-                    autoFocus
-                  />
-                )}
-              </Field>
-              <Field label="Repeat the new password">
-                {({ id }) => (
-                  <PasswordInput large id={id} autoComplete="new-password" value={confirm} onChange={(e) => setConfirm(e.target.value)} />
-                )}
-              </Field>
-              <button type="submit" className="btn btn-primary btn-lg btn-block" disabled={busy || !password}>
-                Set new password
-              </button>
-            </form>
-          )}
-        </div>
-      </div>
-    </main>
+    <AuthCard title="Influence Lab">
+      {!token ? (
+        <ForgotPassword initialEmail="" onBack={() => window.location.assign("/signin")} />
+      ) : done ? (
+        <>
+          <InlineAlert tone="success">Your password is changed. Every session was signed out.</InlineAlert>
+          <Link className="btn btn-primary btn-lg btn-block" to="/signin">
+            Sign in
+          </Link>
+        </>
+      ) : (
+        <form className="auth-form" onSubmit={submit} noValidate>
+          <h2>Choose a new password</h2>
+          {problem.general ? <InlineAlert>{problem.general}</InlineAlert> : null}
+          <Field label="New password" error={problem.field} hint="At least 10 characters.">
+            {({ id, describedBy, invalid }) => (
+              <PasswordInput
+                large
+                id={id}
+                autoComplete="new-password"
+                value={password}
+                onChange={(e) => setPassword(e.target.value)}
+                aria-describedby={describedBy}
+                aria-invalid={invalid}
+                autoFocus
+              />
+            )}
+          </Field>
+          <Field label="Repeat the new password">
+            {({ id }) => (
+              <PasswordInput large id={id} autoComplete="new-password" value={confirm} onChange={(e) => setConfirm(e.target.value)} />
+            )}
+          </Field>
+          <button type="submit" className="btn btn-primary btn-lg btn-block" disabled={busy || !password}>
+            Set new password
+          </button>
+        </form>
+      )}
+    </AuthCard>
   );
 }

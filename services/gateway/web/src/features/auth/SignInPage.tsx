@@ -2,7 +2,6 @@ import { useState, type FormEvent, type KeyboardEvent } from "react";
 import { Navigate, useNavigate, useSearchParams } from "react-router";
 import { Field } from "@/components/ui/Field";
 import { InlineAlert } from "@/components/ui/Feedback";
-import { Logo } from "@/components/layout/Logo";
 import { ApiError, describeError } from "@/lib/api/errors";
 import { register, signIn, useAcceptSignIn, useMe, useProviders } from "./api";
 import { resendVerification } from "./flows";
@@ -10,6 +9,7 @@ import { ForgotPassword } from "./ForgotPassword";
 import { GoogleIcon } from "./GoogleIcon";
 import { PasswordInput } from "./PasswordInput";
 import { rememberNext, safeNext } from "./next";
+import { AuthCard } from "./AuthCard";
 import "./auth.css";
 
 type Mode = "signin" | "create";
@@ -93,108 +93,9 @@ export function SignInPage() {
   const submitLabel = mode === "signin" ? "Sign in" : "Create account";
 
   return (
-    <main className="auth-page">
-      <div className="auth-card">
-        <div className="auth-card-body">
-          <div className="auth-brand">
-            <Logo size={26} />
-            <h1>Influence Lab</h1>
-          </div>
-          <p className="auth-tagline">
-            Fine-tune small language models on your own question–answer pairs and trace every answer back to the training pairs that shaped
-            it.
-          </p>
-
-          {verifySent ? (
-            <>
-              <InlineAlert tone="success">
-                We sent a verification link to <strong>{verifySent}</strong>. Open it to finish creating your account; it signs you in.
-              </InlineAlert>
-              <button
-                type="button"
-                className="auth-link-btn"
-                style={{ alignSelf: "flex-start" }}
-                disabled={resent}
-                onClick={async () => {
-                  await resendVerification(verifySent);
-                  setResent(true);
-                }}
-              >
-                {resent ? "Sent again: check your inbox" : "No mail? Send the link again"}
-              </button>
-            </>
-          ) : forgot ? (
-            <ForgotPassword initialEmail={email} onBack={() => setForgot(false)} />
-          ) : (
-            <>
-              {providers.data?.google ? (
-                <>
-                  <button
-                    type="button"
-                    className="auth-google"
-                    onClick={() => {
-                      rememberNext(next);
-                      window.location.assign("/api/auth/google/login");
-                    }}
-                  >
-                    <GoogleIcon /> Continue with Google
-                  </button>
-                  <div className="auth-divider">or continue with email</div>
-                </>
-              ) : null}
-
-              <div role="tabpanel" id="auth-panel" aria-labelledby={`auth-tab-${mode}`}>
-                <form className="auth-form" onSubmit={submit} noValidate>
-                  {problems.general ? <InlineAlert>{problems.general}</InlineAlert> : null}
-                  <Field label="Email" error={problems.email}>
-                    {({ id, describedBy, invalid }) => (
-                      <input
-                        id={id}
-                        className="input input-lg"
-                        type="email"
-                        autoComplete="email"
-                        required
-                        value={email}
-                        onChange={(e) => setEmail(e.target.value)}
-                        aria-describedby={describedBy}
-                        aria-invalid={invalid}
-                        autoFocus
-                      />
-                    )}
-                  </Field>
-                  <Field
-                    label="Password"
-                    error={problems.password}
-                    hint={mode === "create" ? "At least 10 characters." : undefined}
-                    aside={
-                      mode === "signin" ? (
-                        <button type="button" className="auth-link-btn" onClick={() => setForgot(true)}>
-                          Forgot?
-                        </button>
-                      ) : null
-                    }
-                  >
-                    {({ id, describedBy, invalid }) => (
-                      <PasswordInput
-                        large
-                        id={id}
-                        autoComplete={mode === "signin" ? "current-password" : "new-password"}
-                        required
-                        value={password}
-                        onChange={(e) => setPassword(e.target.value)}
-                        aria-describedby={describedBy}
-                        aria-invalid={invalid}
-                      />
-                    )}
-                  </Field>
-                  <button type="submit" className="btn btn-primary btn-lg btn-block" disabled={busy}>
-                    {busy ? (mode === "signin" ? "Signing in…" : "Creating account…") : submitLabel}
-                  </button>
-                </form>
-              </div>
-            </>
-          )}
-        </div>
+    <AuthCard
+      title="Influence Lab"
+      footer={
         <div className="auth-footer-tabs">
           <div className="segmented" role="tablist" aria-label="Account" onKeyDown={onTabKey}>
             {(["signin", "create"] as const).map((value) => (
@@ -217,8 +118,104 @@ export function SignInPage() {
             ))}
           </div>
         </div>
-      </div>
-      <p className="auth-fineprint">Self-hosted instance · Sessions are kept on the server; runs keep going when you close the tab.</p>
-    </main>
+      }
+      after={
+        <p className="auth-fineprint">Self-hosted instance · Sessions are kept on the server; runs keep going when you close the tab.</p>
+      }
+    >
+      <p className="auth-tagline">
+        Fine-tune small language models on your own question–answer pairs and trace every answer back to the training pairs that shaped it.
+      </p>
+
+      {verifySent ? (
+        <>
+          <InlineAlert tone="success">
+            We sent a verification link to <strong>{verifySent}</strong>. Open it to finish creating your account; it signs you in.
+          </InlineAlert>
+          <button
+            type="button"
+            className="auth-link-btn"
+            style={{ alignSelf: "flex-start" }}
+            disabled={resent}
+            onClick={async () => {
+              await resendVerification(verifySent);
+              setResent(true);
+            }}
+          >
+            {resent ? "Sent again: check your inbox" : "No mail? Send the link again"}
+          </button>
+        </>
+      ) : forgot ? (
+        <ForgotPassword initialEmail={email} onBack={() => setForgot(false)} />
+      ) : (
+        <>
+          {providers.data?.google ? (
+            <>
+              <button
+                type="button"
+                className="auth-google"
+                onClick={() => {
+                  rememberNext(next);
+                  window.location.assign("/api/auth/google/login");
+                }}
+              >
+                <GoogleIcon /> Continue with Google
+              </button>
+              <div className="auth-divider">or continue with email</div>
+            </>
+          ) : null}
+
+          <div role="tabpanel" id="auth-panel" aria-labelledby={`auth-tab-${mode}`}>
+            <form className="auth-form" onSubmit={submit} noValidate>
+              {problems.general ? <InlineAlert>{problems.general}</InlineAlert> : null}
+              <Field label="Email" error={problems.email}>
+                {({ id, describedBy, invalid }) => (
+                  <input
+                    id={id}
+                    className="input input-lg"
+                    type="email"
+                    autoComplete="email"
+                    required
+                    value={email}
+                    onChange={(e) => setEmail(e.target.value)}
+                    aria-describedby={describedBy}
+                    aria-invalid={invalid}
+                    autoFocus
+                  />
+                )}
+              </Field>
+              <Field
+                label="Password"
+                error={problems.password}
+                hint={mode === "create" ? "At least 10 characters." : undefined}
+                aside={
+                  mode === "signin" ? (
+                    <button type="button" className="auth-link-btn" onClick={() => setForgot(true)}>
+                      Forgot?
+                    </button>
+                  ) : null
+                }
+              >
+                {({ id, describedBy, invalid }) => (
+                  <PasswordInput
+                    large
+                    id={id}
+                    autoComplete={mode === "signin" ? "current-password" : "new-password"}
+                    required
+                    value={password}
+                    onChange={(e) => setPassword(e.target.value)}
+                    aria-describedby={describedBy}
+                    aria-invalid={invalid}
+                  />
+                )}
+              </Field>
+              <button type="submit" className="btn btn-primary btn-lg btn-block" disabled={busy}>
+                {busy ? (mode === "signin" ? "Signing in…" : "Creating account…") : submitLabel}
+              </button>
+            </form>
+          </div>
+        </>
+      )}
+    </AuthCard>
   );
 }

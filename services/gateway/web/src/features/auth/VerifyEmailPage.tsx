@@ -1,11 +1,11 @@
 import { useEffect, useRef, useState } from "react";
 import { Link, useNavigate, useSearchParams } from "react-router";
 import { InlineAlert, Spinner } from "@/components/ui/Feedback";
-import { Logo } from "@/components/layout/Logo";
 import { describeError } from "@/lib/api/errors";
 import { useAcceptSignIn } from "./api";
 import { verifyEmail } from "./flows";
 import { consumeNext } from "./next";
+import { AuthCard } from "./AuthCard";
 import "./auth.css";
 
 /** The page the verification mail links to: confirms the address and signs in. */
@@ -29,27 +29,19 @@ export function VerifyEmailPage() {
   }, [token, accept, navigate]);
 
   return (
-    <main className="auth-page">
-      <div className="auth-card">
-        <div className="auth-card-body">
-          <div className="auth-brand">
-            <Logo size={26} />
-            <h1>Verify your email</h1>
-          </div>
-          {error ? (
-            <>
-              <InlineAlert>{error}</InlineAlert>
-              <p className="muted">
-                Links expire and work once. Sign in to have a new one sent, or <Link to="/signin">go to sign-in</Link>.
-              </p>
-            </>
-          ) : (
-            <div className="row">
-              <Spinner label="Verifying" /> <span className="muted">Verifying your email…</span>
-            </div>
-          )}
+    <AuthCard title="Verify your email">
+      {error ? (
+        <>
+          <InlineAlert>{error}</InlineAlert>
+          <p className="muted">
+            Links expire and work once. Sign in to have a new one sent, or <Link to="/signin">go to sign-in</Link>.
+          </p>
+        </>
+      ) : (
+        <div className="row">
+          <Spinner label="Verifying" /> <span className="muted">Verifying your email…</span>
         </div>
-      </div>
-    </main>
+      )}
+    </AuthCard>
   );
 }

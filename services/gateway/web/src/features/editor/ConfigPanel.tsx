@@ -16,6 +16,11 @@ const SCHEDULERS: Record<string, string> = {
 
 const SPEED_TONE: Record<string, string> = { fast: "badge-success", balanced: "badge-info", precise: "badge-warning" };
 
+/** The hyperparameters that are numbers (one number field each). */
+type NumericHyperparam = {
+  [K in keyof Hyperparams]-?: NonNullable<Hyperparams[K]> extends number ? K : never;
+}[keyof Hyperparams];
+
 interface ConfigPanelProps {
   draft: Draft;
   onChange: (draft: Draft) => void;
@@ -209,6 +214,17 @@ export function ConfigPanel({ draft, onChange, problems, defaultModel, knownMode
     else next[name] = value;
     onChange({ ...draft, hyperparams: next });
   };
+  /** The number field of one hyperparameter; ``withError`` shows the API's message for it under it. */
+  const hpField = (name: NumericHyperparam, label: string, { scientific = false, withError = false } = {}) => (
+    <NumberField
+      label={label}
+      spec={hp[name]}
+      value={h[name]}
+      onChange={(v) => setH(name, v)}
+      scientific={scientific}
+      error={withError ? error(`hyperparams.${name}`) : undefined}
+    />
+  );
   const setP = <K extends keyof PredictionSettings>(name: K, value: PredictionSettings[K] | undefined) => {
     const next = { ...draft.predictions };
     if (value === undefined) delete next[name];
@@ -276,79 +292,28 @@ export function ConfigPanel({ draft, onChange, problems, defaultModel, knownMode
         />
       </div>
       <div className="config-grid">
-        <NumberField
-          label="Learning rate"
-          spec={hp.learning_rate}
-          value={h.learning_rate}
-          onChange={(v) => setH("learning_rate", v)}
-          scientific
-          error={error("hyperparams.learning_rate")}
-        />
-        <NumberField
-          label="Epochs"
-          spec={hp.num_epochs}
-          value={h.num_epochs}
-          onChange={(v) => setH("num_epochs", v)}
-          error={error("hyperparams.num_epochs")}
-        />
-        <NumberField
-          label="LoRA rank"
-          spec={hp.lora_rank}
-          value={h.lora_rank}
-          onChange={(v) => setH("lora_rank", v)}
-          error={error("hyperparams.lora_rank")}
-        />
-        <NumberField
-          label="Batch size"
-          spec={hp.batch_size}
-          value={h.batch_size}
-          onChange={(v) => setH("batch_size", v)}
-          error={error("hyperparams.batch_size")}
-        />
+        {hpField("learning_rate", "Learning rate", { scientific: true, withError: true })}
+        {hpField("num_epochs", "Epochs", { withError: true })}
+        {hpField("lora_rank", "LoRA rank", { withError: true })}
+        {hpField("batch_size", "Batch size", { withError: true })}
         <SelectField
           label="LR scheduler"
           value={h.lr_scheduler ?? String(hp.lr_scheduler?.default ?? "constant")}
           options={(hp.lr_scheduler?.enum ?? Object.keys(SCHEDULERS)).map((v) => ({ value: v, label: SCHEDULERS[v] ?? v }))}
           onChange={(v) => setH("lr_scheduler", v as Hyperparams["lr_scheduler"])}
         />
-        <NumberField
-          label="Warmup ratio"
-          spec={hp.warmup_ratio}
-          value={h.warmup_ratio}
-          onChange={(v) => setH("warmup_ratio", v)}
-          error={error("hyperparams.warmup_ratio")}
-        />
+        {hpField("warmup_ratio", "Warmup ratio", { withError: true })}
       </div>
       <Fold title="Advanced">
         <div className="config-grid">
-          <NumberField label="LoRA alpha" spec={hp.lora_alpha} value={h.lora_alpha} onChange={(v) => setH("lora_alpha", v)} />
-          <NumberField label="LoRA dropout" spec={hp.lora_dropout} value={h.lora_dropout} onChange={(v) => setH("lora_dropout", v)} />
-          <NumberField label="Weight decay" spec={hp.weight_decay} value={h.weight_decay} onChange={(v) => setH("weight_decay", v)} />
-          <NumberField
-            label="Max sequence length"
-            spec={hp.max_seq_length}
-            value={h.max_seq_length}
-            onChange={(v) => setH("max_seq_length", v)}
-          />
-          <NumberField
-            label="Gradient accumulation"
-            spec={hp.gradient_accumulation_steps}
-            value={h.gradient_accumulation_steps}
-            onChange={(v) => setH("gradient_accumulation_steps", v)}
-          />
-          <NumberField
-            label="Checkpoint every (epochs)"
-            spec={hp.checkpoint_interval}
-            value={h.checkpoint_interval}
-            onChange={(v) => setH("checkpoint_interval", v)}
-          />
-          <NumberField
-            label="Log every (steps)"
-            spec={hp.logging_steps}
-            value={h.logging_steps}
-            onChange={(v) => setH("logging_steps", v)}
-          />
-          <NumberField label="Seed" spec={hp.seed} value={h.seed} onChange={(v) => setH("seed", v)} />
+          {hpField("lora_alpha", "LoRA alpha")}
+          {hpField("lora_dropout", "LoRA dropout")}
+          {hpField("weight_decay", "Weight decay")}
+          {hpField("max_seq_length", "Max sequence length")}
+          {hpField("gradient_accumulation_steps", "Gradient accumulation")}
+          {hpField("checkpoint_interval", "Checkpoint every (epochs)")}
+          {hpField("logging_steps", "Log every (steps)")}
+          {hpField("seed", "Seed")}
           <NumberField
             label="Few-shot examples"
             spec={rs.few_shot_k}

@@ -1,4 +1,6 @@
 import { Dialog, DropdownMenu } from "radix-ui";
+import { Segmented } from "@/components/ui/Segmented";
+import { Select } from "@/components/ui/Select";
 import { ArrowDownUp, ChevronRight, Copy, FlaskConical, MoreHorizontal, Pencil, Plus, Search, Sparkles, Trash2 } from "lucide-react";
 import { useEffect, useMemo, useRef, useState, type FormEvent } from "react";
 import { Link, useNavigate } from "react-router";
@@ -280,30 +282,24 @@ export function ExperimentsPage() {
           />
           <span className="kbd">/</span>
         </div>
-        <div className="segmented" role="radiogroup" aria-label="Last run status">
-          {(["all", "running", "completed", "failed"] as const).map((value) => (
-            <button key={value} type="button" role="radio" aria-checked={filter === value} onClick={() => setFilter(value)}>
-              {value[0]!.toUpperCase() + value.slice(1)} <span className="dim num">{counts[value]}</span>
-            </button>
-          ))}
-        </div>
+        <Segmented
+          label="Last run status"
+          value={filter}
+          options={(["all", "running", "completed", "failed"] as const).map((value) => ({
+            value,
+            label: (
+              <>
+                {value[0]!.toUpperCase() + value.slice(1)} <span className="dim num">{counts[value]}</span>
+              </>
+            ),
+          }))}
+          onChange={setFilter}
+        />
         <span className="grow" />
         <label className="row muted" htmlFor="experiment-sort">
           <ArrowDownUp size={13} /> Sort
         </label>
-        <select
-          id="experiment-sort"
-          className="select"
-          style={{ width: 170 }}
-          value={sort}
-          onChange={(e) => setSort(e.target.value as ExperimentSort)}
-        >
-          {SORTS.map((s) => (
-            <option key={s.value} value={s.value}>
-              {s.label}
-            </option>
-          ))}
-        </select>
+        <Select id="experiment-sort" width={170} value={sort} options={SORTS} onChange={setSort} />
       </div>
       <section className="panel" aria-label="Experiment list">
         {list.isPending ? (

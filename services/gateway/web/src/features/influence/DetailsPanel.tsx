@@ -1,5 +1,5 @@
 import { X } from "lucide-react";
-import { Fragment } from "react";
+import { Fragment, type ReactNode } from "react";
 import { formatSigned } from "@/lib/format";
 import { matchKind } from "@/lib/textMatch";
 import type { Texts } from "./exports";
@@ -108,6 +108,30 @@ function Item({
 /** One evaluation question: its answers, and the training pairs that pushed it most
  * (top positive, top negative), with their ranks under the other methods and BM25, and
  * the words they share with the question highlighted. */
+/** One of the two lists of top training pairs; ``children`` says why it is empty. */
+function Items({
+  items,
+  children,
+  ...shared
+}: {
+  items: Ranked[];
+  children: ReactNode;
+  max: number;
+  props: DetailsPanelProps;
+  against: Set<string>;
+  evalId: string;
+}) {
+  return items.length ? (
+    <ol className="detail-items">
+      {items.map((item) => (
+        <Item key={item.col} item={item} {...shared} />
+      ))}
+    </ol>
+  ) : (
+    <p className="dim empty">{children}</p>
+  );
+}
+
 export function DetailsPanel(props: DetailsPanelProps) {
   const { frame, row, evalTexts, answers, k = 6 } = props;
   const evalId = frame.rowIds[row]!;
@@ -168,27 +192,15 @@ export function DetailsPanel(props: DetailsPanelProps) {
           <span className="grow" />
           <span className="dim col-head">score · ranks</span>
         </h4>
-        {top.positive.length ? (
-          <ol className="detail-items">
-            {top.positive.map((item) => (
-              <Item key={item.col} item={item} max={max} props={props} against={against} evalId={evalId} />
-            ))}
-          </ol>
-        ) : (
-          <p className="dim empty">No training pair lowered this question's loss.</p>
-        )}
+        <Items items={top.positive} max={max} props={props} against={against} evalId={evalId}>
+          No training pair lowered this question's loss.
+        </Items>
         <h4>
           <span className="dot neg" /> Top negative <span className="dim num">{top.negative.length}</span>
         </h4>
-        {top.negative.length ? (
-          <ol className="detail-items">
-            {top.negative.map((item) => (
-              <Item key={item.col} item={item} max={max} props={props} against={against} evalId={evalId} />
-            ))}
-          </ol>
-        ) : (
-          <p className="dim empty">No training pair raised this question's loss.</p>
-        )}
+        <Items items={top.negative} max={max} props={props} against={against} evalId={evalId}>
+          No training pair raised this question's loss.
+        </Items>
       </div>
       <p className="details-note dim">
         Positive: the pair lowered the loss of the reference answer; negative: it raised it.{" "}

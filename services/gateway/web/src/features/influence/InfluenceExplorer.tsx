@@ -1,4 +1,6 @@
 import { DropdownMenu } from "radix-ui";
+import { Segmented } from "@/components/ui/Segmented";
+import { Select, type SelectOption } from "@/components/ui/Select";
 import { Download, Link2, Maximize2, Minimize2, Search } from "lucide-react";
 import { useEffect, useMemo, useRef, useState } from "react";
 import { Heatmap, type CellRef } from "@/components/charts/Heatmap";
@@ -23,6 +25,8 @@ import {
   rowTotals,
   COLOR_LUT,
   type Frame,
+  type ColOrder,
+  type RowOrder,
 } from "./matrix";
 import { SummaryPanels } from "./SummaryPanels";
 import { defaultView } from "./defaultView";
@@ -34,6 +38,15 @@ type Run = Schemas["RunOut"];
 type Matrix = Schemas["InfluenceMatrixOut"];
 
 const VARIANT_LABEL: Record<string, string> = { raw: "Raw", normalized: "Normalised" };
+const ROW_ORDERS: SelectOption<RowOrder>[] = [
+  { value: "input", label: "evaluation order" },
+  { value: "total", label: "total influence" },
+];
+const COLUMN_ORDERS: SelectOption<ColOrder>[] = [
+  { value: "input", label: "training order" },
+  { value: "total", label: "total influence" },
+  { value: "cluster", label: "cluster order" },
+];
 
 /** A run's matrices, read once and kept: the explorer, the answers and the comparison
  * share the one copy (large ones come from the object store through the results API). */
@@ -86,35 +99,6 @@ function Legend({ sat, mode, stats }: { sat: number; mode: "shared" | "row"; sta
         {stats.cells.toLocaleString()} cells · min {formatNumber(stats.min, 3)} · max {formatNumber(stats.max, 3)}
         {mode === "shared" ? ` · colour clipped at ±${formatNumber(sat, 2)}` : " · each row scaled to its own max"}
       </span>
-    </div>
-  );
-}
-
-function Segmented<T extends string>({
-  label,
-  value,
-  options,
-  onChange,
-}: {
-  label: string;
-  value: T;
-  options: { value: T; label: string; disabled?: boolean }[];
-  onChange: (v: T) => void;
-}) {
-  return (
-    <div className="segmented" role="radiogroup" aria-label={label}>
-      {options.map((o) => (
-        <button
-          key={o.value}
-          type="button"
-          role="radio"
-          aria-checked={value === o.value}
-          disabled={o.disabled}
-          onClick={() => onChange(o.value)}
-        >
-          {o.label}
-        </button>
-      ))}
     </div>
   );
 }
@@ -348,30 +332,11 @@ export function InfluenceExplorer({ run }: { run: Run }) {
         <label className="row muted" htmlFor="rows-order">
           Rows
         </label>
-        <select
-          id="rows-order"
-          className="select"
-          style={{ width: 150 }}
-          value={view.rows}
-          onChange={(e) => setView({ rows: e.target.value as typeof view.rows })}
-        >
-          <option value="input">evaluation order</option>
-          <option value="total">total influence</option>
-        </select>
+        <Select id="rows-order" width={150} value={view.rows} options={ROW_ORDERS} onChange={(rows) => setView({ rows })} />
         <label className="row muted" htmlFor="cols-order">
           Columns
         </label>
-        <select
-          id="cols-order"
-          className="select"
-          style={{ width: 150 }}
-          value={view.cols}
-          onChange={(e) => setView({ cols: e.target.value as typeof view.cols })}
-        >
-          <option value="input">training order</option>
-          <option value="total">total influence</option>
-          <option value="cluster">cluster order</option>
-        </select>
+        <Select id="cols-order" width={150} value={view.cols} options={COLUMN_ORDERS} onChange={(cols) => setView({ cols })} />
         <Segmented
           label="Scale"
           value={view.scale}

@@ -26,6 +26,39 @@ export function useValidations(runId: string) {
 /** Beside the heatmap's method switcher: whether the run's attributions predict retraining
  * (LDS with its 95% interval, removal test), per method and BM25, and the action that
  * checks them, its cost estimate shown before it starts. */
+/** One number of the validation's settings, labelled (for screen readers too). */
+function NumberSetting({
+  label,
+  value,
+  onChange,
+  min,
+  max,
+  step,
+}: {
+  label: string;
+  value: number;
+  onChange: (value: number) => void;
+  min: number;
+  max?: number;
+  step?: number;
+}) {
+  return (
+    <label className="row muted">
+      {label}
+      <input
+        className="input mono validation-number"
+        type="number"
+        min={min}
+        max={max}
+        step={step}
+        value={value}
+        onChange={(e) => onChange(Number(e.target.value))}
+        aria-label={label}
+      />
+    </label>
+  );
+}
+
 export function ValidationPanel({ runId, method }: { runId: string; method: string | null }) {
   const client = useQueryClient();
   const methods = useMethods();
@@ -85,41 +118,9 @@ export function ValidationPanel({ runId, method }: { runId: string; method: stri
       {asking && !active ? (
         <div className="panel-body validation-ask" role="region" aria-label="Validation estimate">
           <div className="row">
-            <label className="row muted">
-              Subsets
-              <input
-                className="input mono validation-number"
-                type="number"
-                min={2}
-                value={settings.subsets}
-                onChange={(e) => change({ subsets: Number(e.target.value) })}
-                aria-label="Subsets"
-              />
-            </label>
-            <label className="row muted">
-              Alpha
-              <input
-                className="input mono validation-number"
-                type="number"
-                min={0.05}
-                max={0.95}
-                step={0.05}
-                value={settings.alpha}
-                onChange={(e) => change({ alpha: Number(e.target.value) })}
-                aria-label="Alpha"
-              />
-            </label>
-            <label className="row muted">
-              Removal k
-              <input
-                className="input mono validation-number"
-                type="number"
-                min={1}
-                value={settings.removal_k}
-                onChange={(e) => change({ removal_k: Number(e.target.value) })}
-                aria-label="Removal k"
-              />
-            </label>
+            <NumberSetting label="Subsets" min={2} value={settings.subsets} onChange={(subsets) => change({ subsets })} />
+            <NumberSetting label="Alpha" min={0.05} max={0.95} step={0.05} value={settings.alpha} onChange={(alpha) => change({ alpha })} />
+            <NumberSetting label="Removal k" min={1} value={settings.removal_k} onChange={(removal_k) => change({ removal_k })} />
           </div>
           {estimate.isError ? <InlineAlert>{describeError(estimate.error)}</InlineAlert> : null}
           {estimate.data ? (

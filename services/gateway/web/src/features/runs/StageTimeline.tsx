@@ -1,3 +1,4 @@
+import type { ReactNode } from "react";
 import { ProgressBar } from "@/components/ui/ProgressBar";
 import { StatusBadge } from "@/components/ui/StatusBadge";
 import { formatDuration, formatNumber } from "@/lib/format";
@@ -22,26 +23,29 @@ function badgeSuffix(stage: StageState): string | undefined {
   return undefined;
 }
 
-function TrainCell({ stage, live, epochs }: { stage: StageState | undefined; live: LiveRun; epochs: number }) {
-  if (!stage) return null;
-  const epoch = live.currentEpoch ?? stage.epoch;
+/** One stage's cell: its name and status, a progress bar, its facts and the time left,
+ * and its error. */
+function StageCell({
+  name,
+  heading = name,
+  stage,
+  children,
+}: {
+  /** For screen readers: "<name> stage", "<name> progress". */
+  name: string;
+  heading?: string;
+  stage: StageState;
+  children: ReactNode;
+}) {
   return (
-    <div className="stage-cell" aria-label="Training stage">
+    <div className="stage-cell" aria-label={`${name} stage`}>
       <div className="head">
-        <h3>Train</h3>
+        <h3>{heading}</h3>
         <StatusBadge status={stage.status} suffix={badgeSuffix(stage)} />
       </div>
-      <ProgressBar value={stage.fraction} label="Training progress" tone={tone(stage.status)} />
+      <ProgressBar value={stage.fraction} label={`${name} progress`} tone={tone(stage.status)} />
       <div className="facts">
-        <span>
-          epoch <b>{epoch != null ? `${Math.min(Math.ceil(epoch || 0.0001), epochs)} / ${epochs}` : `– / ${epochs}`}</b>
-        </span>
-        <span>
-          step <b>{stage.total ? `${stage.step} / ${stage.total}` : stage.step || "–"}</b>
-        </span>
-        <span>
-          loss <b>{formatNumber(live.loss, 3)}</b>
-        </span>
+        {children}
         {stage.etaS != null && stage.status !== "completed" ? (
           <span style={{ marginLeft: "auto" }}>
             ETA <b>{formatDuration(stage.etaS)}</b>
@@ -53,27 +57,32 @@ function TrainCell({ stage, live, epochs }: { stage: StageState | undefined; liv
   );
 }
 
+function TrainCell({ stage, live, epochs }: { stage: StageState | undefined; live: LiveRun; epochs: number }) {
+  if (!stage) return null;
+  const epoch = live.currentEpoch ?? stage.epoch;
+  return (
+    <StageCell name="Training" heading="Train" stage={stage}>
+      <span>
+        epoch <b>{epoch != null ? `${Math.min(Math.ceil(epoch || 0.0001), epochs)} / ${epochs}` : `– / ${epochs}`}</b>
+      </span>
+      <span>
+        step <b>{stage.total ? `${stage.step} / ${stage.total}` : stage.step || "–"}</b>
+      </span>
+      <span>
+        loss <b>{formatNumber(live.loss, 3)}</b>
+      </span>
+    </StageCell>
+  );
+}
+
 function InferenceCell({ stage, questions, fewShotK }: { stage: StageState | undefined; questions: number; fewShotK: number }) {
   if (!stage) return null;
   return (
-    <div className="stage-cell" aria-label="Inference stage">
-      <div className="head">
-        <h3>Inference</h3>
-        <StatusBadge status={stage.status} suffix={badgeSuffix(stage)} />
-      </div>
-      <ProgressBar value={stage.fraction} label="Inference progress" tone={tone(stage.status)} />
-      <div className="facts">
-        <span>
-          <b>{questions}</b> questions × base · few-shot (k={fewShotK}) · fine-tuned
-        </span>
-        {stage.etaS != null && stage.status !== "completed" ? (
-          <span style={{ marginLeft: "auto" }}>
-            ETA <b>{formatDuration(stage.etaS)}</b>
-          </span>
-        ) : null}
-      </div>
-      {stage.error ? <div className="error-text">{stage.error}</div> : null}
-    </div>
+    <StageCell name="Inference" stage={stage}>
+      <span>
+        <b>{questions}</b> questions × base · few-shot (k={fewShotK}) · fine-tuned
+      </span>
+    </StageCell>
   );
 }
 

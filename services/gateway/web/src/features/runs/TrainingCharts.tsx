@@ -18,27 +18,34 @@ function lastValue(values: readonly (number | null)[]): number | null {
   return null;
 }
 
-interface ChartCardProps {
+interface Chart {
   title: string;
   sub: string;
-  value: string;
+  /** The name in the screen-reader summary. */
+  name: string;
+  /** The headline series: its latest value is shown and summarised. */
+  values: readonly (number | null)[];
   color: string;
-  x: readonly number[];
   series: ChartSeries[];
-  markers: ChartMarker[];
-  xMax: number | null;
-  formatY?: (v: number) => string;
-  summary: string;
+  /** For the latest value and the y axis; three significant digits otherwise. */
+  format?: (v: number | null) => string;
 }
 
-function ChartCard({ title, sub, value, color, x, series, markers, xMax, formatY, summary }: ChartCardProps) {
+interface ChartCardProps extends Chart {
+  x: readonly number[];
+  markers: ChartMarker[];
+  xMax: number | null;
+}
+
+function ChartCard({ title, sub, name, values, color, series, format, x, markers, xMax }: ChartCardProps) {
+  const summary = x.length ? `${name}: ${x.length} steps, latest ${formatNumber(lastValue(values), 4)}.` : `${name}: no steps yet.`;
   return (
     <figure className="panel chart-card" aria-label={`${title} chart`}>
       <figcaption>
         <span className="title">{title}</span>
         <span className="sub">{sub}</span>
         <span className="value" style={{ color }}>
-          {value}
+          {format ? format(lastValue(values)) : formatNumber(lastValue(values), 3)}
         </span>
       </figcaption>
       {x.length === 0 ? (
@@ -46,7 +53,7 @@ function ChartCard({ title, sub, value, color, x, series, markers, xMax, formatY
           waiting for the first step
         </div>
       ) : (
-        <LineChart x={x} series={series} markers={markers} xMax={xMax} formatY={formatY} />
+        <LineChart x={x} series={series} markers={markers} xMax={xMax} formatY={format} />
       )}
       <p className="sr-only">{summary}</p>
     </figure>
@@ -71,60 +78,50 @@ export function TrainingCharts({ live, totalSteps }: { live: LiveRun; totalSteps
     [live.checkpoints, live.paramChanges],
   );
   const smoothed = useMemo(() => ema(m.loss, 0.3), [m.loss]);
-  const steps = m.step.length;
-  const summary = (name: string, values: readonly (number | null)[]) =>
-    steps ? `${name}: ${steps} steps, latest ${formatNumber(lastValue(values), 4)}.` : `${name}: no steps yet.`;
+  const charts: Chart[] = [
+    {
+      title: "Loss",
+      sub: "train · EMA 0.3",
+      name: "Loss",
+      values: m.loss,
+      color: "var(--accent-text)",
+      series: [
+        { label: "loss", values: m.loss, color: "var(--accent)", faint: true },
+        { label: "loss (EMA)", values: smoothed, color: "var(--accent)", fill: true },
+      ],
+    },
+    {
+      title: "Learning rate",
+      sub: "as applied",
+      name: "Learning rate",
+      values: m.learningRate,
+      color: "#a5b4fc",
+      series: [{ label: "learning rate", values: m.learningRate, color: "#818cf8" }],
+      format: formatLr,
+    },
+    {
+      title: "Grad norm",
+      sub: "pre-clip",
+      name: "Gradient norm",
+      values: m.gradNorm,
+      color: "var(--success-text)",
+      series: [{ label: "grad norm", values: m.gradNorm, color: "var(--success)", fill: true }],
+    },
+    {
+      title: "Tokens / s",
+      sub: "forward + backward",
+      name: "Tokens per second",
+      values: m.tokensPerS,
+      color: "#67e8f9",
+      series: [{ label: "tokens/s", values: m.tokensPerS, color: "#22d3ee" }],
+    },
+  ];
 
   return (
     <div className="charts-grid">
-      <ChartCard
-        title="Loss"
-        sub="train · EMA 0.3"
-        value={formatNumber(lastValue(m.loss), 3)}
-        color="var(--accent-text)"
-        x={m.step}
-        series={[
-          { label: "loss", values: m.loss, color: "var(--accent)", faint: true },
-          { label: "loss (EMA)", values: smoothed, color: "var(--accent)", fill: true },
-        ]}
-        markers={markers}
-        xMax={totalSteps}
-        summary={summary("Loss", m.loss)}
-      />
-      <ChartCard
-        title="Learning rate"
-        sub="as applied"
-        value={formatLr(lastValue(m.learningRate))}
-        color="#a5b4fc"
-        x={m.step}
-        series={[{ label: "learning rate", values: m.learningRate, color: "#818cf8" }]}
-        markers={markers}
-        xMax={totalSteps}
-        formatY={formatLr}
-        summary={summary("Learning rate", m.learningRate)}
-      />
-      <ChartCard
-        title="Grad norm"
-        sub="pre-clip"
-        value={formatNumber(lastValue(m.gradNorm), 3)}
-        color="var(--success-text)"
-        x={m.step}
-        series={[{ label: "grad norm", values: m.gradNorm, color: "var(--success)", fill: true }]}
-        markers={markers}
-        xMax={totalSteps}
-        summary={summary("Gradient norm", m.gradNorm)}
-      />
-      <ChartCard
-        title="Tokens / s"
-        sub="forward + backward"
-        value={formatNumber(lastValue(m.tokensPerS), 3)}
-        color="#67e8f9"
-        x={m.step}
-        series={[{ label: "tokens/s", values: m.tokensPerS, color: "#22d3ee" }]}
-        markers={markers}
-        xMax={totalSteps}
-        summary={summary("Tokens per second", m.tokensPerS)}
-      />
+      {charts.map((chart) => (
+        <ChartCard key={chart.title} {...chart} x={m.step} markers={markers} xMax={totalSteps} />
+      ))}
     </div>
   );
 }

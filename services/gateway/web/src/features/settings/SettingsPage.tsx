@@ -1,4 +1,5 @@
 import { useMutation, useQuery, useQueryClient } from "@tanstack/react-query";
+import { Select } from "@/components/ui/Select";
 import { Check, Copy, KeyRound, LogOut, Moon, Sun } from "lucide-react";
 import { useState, type FormEvent } from "react";
 import { useNavigate } from "react-router";
@@ -210,19 +211,7 @@ function Tokens() {
             <label className="field-label" htmlFor="token-scope">
               Scope
             </label>
-            <select
-              id="token-scope"
-              className="select"
-              value={scope}
-              onChange={(e) => setScope(e.target.value as TokenScope)}
-              style={{ width: 130 }}
-            >
-              {SCOPES.map((s) => (
-                <option key={s.value} value={s.value}>
-                  {s.label}
-                </option>
-              ))}
-            </select>
+            <Select id="token-scope" width={130} value={scope} options={SCOPES} onChange={setScope} />
           </div>
           <div className="field">
             <label className="field-label" htmlFor="token-days">
@@ -307,6 +296,40 @@ function Tokens() {
   );
 }
 
+/** A password input with its label and, below it, the API's message for it or a hint.
+ * The id is also its autocomplete token ("current-password", "new-password"). */
+function PasswordField({
+  id,
+  label,
+  value,
+  onChange,
+  error,
+  hint,
+}: {
+  id: "current-password" | "new-password";
+  label: string;
+  value: string;
+  onChange: (value: string) => void;
+  error: string | undefined;
+  hint?: string;
+}) {
+  return (
+    <div className="field">
+      <label className="field-label" htmlFor={id}>
+        {label}
+      </label>
+      <PasswordInput id={id} autoComplete={id} value={value} onChange={(e) => onChange(e.target.value)} aria-invalid={Boolean(error)} />
+      {error ? (
+        <span className="field-error" role="alert">
+          {error}
+        </span>
+      ) : hint ? (
+        <span className="field-hint">{hint}</span>
+      ) : null}
+    </div>
+  );
+}
+
 function Security() {
   const me = useMe();
   const navigate = useNavigate();
@@ -347,42 +370,15 @@ function Security() {
             <h3>Change password</h3>
             {problem.general ? <InlineAlert>{problem.general}</InlineAlert> : null}
             <div className="grid-2">
-              <div className="field">
-                <label className="field-label" htmlFor="current-password">
-                  Current password
-                </label>
-                <PasswordInput
-                  id="current-password"
-                  autoComplete="current-password"
-                  value={current}
-                  onChange={(e) => setCurrent(e.target.value)}
-                  aria-invalid={Boolean(problem.current)}
-                />
-                {problem.current ? (
-                  <span className="field-error" role="alert">
-                    {problem.current}
-                  </span>
-                ) : null}
-              </div>
-              <div className="field">
-                <label className="field-label" htmlFor="new-password">
-                  New password
-                </label>
-                <PasswordInput
-                  id="new-password"
-                  autoComplete="new-password"
-                  value={next}
-                  onChange={(e) => setNext(e.target.value)}
-                  aria-invalid={Boolean(problem.next)}
-                />
-                {problem.next ? (
-                  <span className="field-error" role="alert">
-                    {problem.next}
-                  </span>
-                ) : (
-                  <span className="field-hint">At least 10 characters.</span>
-                )}
-              </div>
+              <PasswordField id="current-password" label="Current password" value={current} onChange={setCurrent} error={problem.current} />
+              <PasswordField
+                id="new-password"
+                label="New password"
+                value={next}
+                onChange={setNext}
+                error={problem.next}
+                hint="At least 10 characters."
+              />
             </div>
             <div>
               <button type="submit" className="btn" disabled={!current || !next}>
