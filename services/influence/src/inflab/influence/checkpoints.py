@@ -8,7 +8,6 @@ from here on it is a local folder.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any
 
 from inflab.core.store_layout import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 from inflab.core.store_layout import CHECKPOINT_META as META
+from inflab.core.store_layout import CheckpointMeta
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "META", "LocalCheckpoint", "adapter_digest", "attach_adapter",
            "pick_checkpoint"]
@@ -38,13 +38,8 @@ class LocalCheckpoint:
     def from_folder(cls, path: Path | str) -> "LocalCheckpoint":
         """Read ``meta.json`` of a checkpoint folder."""
         path = Path(path)
-        meta = json.loads((path / META).read_text())
-        return cls(
-            path=path,
-            step=int(meta["step"]),
-            epoch=int(meta.get("epoch", 0)),
-            learning_rate=float(meta["learning_rate"]),
-        )
+        meta = CheckpointMeta.model_validate_json((path / META).read_text())
+        return cls(path=path, step=meta.step, epoch=meta.epoch, learning_rate=meta.learning_rate)
 
 
 def adapter_digest(checkpoint: LocalCheckpoint) -> str:

@@ -30,6 +30,7 @@ import torch
 from inflab.core.messages import CheckpointRef
 from inflab.core.store_layout import ADAPTER_WEIGHTS, CHECKPOINTS_FOLDER, checkpoint_folder
 from inflab.core.store_layout import CHECKPOINT_META as META_FILE
+from inflab.core.store_layout import CheckpointMeta
 from inflab.core.store_layout import TRAINING_STATE as STATE_FILE
 
 
@@ -49,27 +50,27 @@ class CheckpointInfo:
         return CheckpointRef(step=self.step, epoch=self.epoch, key=key, learning_rate=self.learning_rate, loss=self.loss)
 
 
-def save_checkpoint(model: Any, work_dir: Path, meta: dict, state: dict) -> CheckpointInfo:
+def save_checkpoint(model: Any, work_dir: Path, meta: CheckpointMeta, state: dict) -> CheckpointInfo:
     """Write the checkpoint atomically (a temporary folder, then a rename): whoever uploads
     or resumes from it never sees a half-written one."""
-    final = Path(work_dir) / CHECKPOINTS_FOLDER / checkpoint_folder(meta["step"])
+    final = Path(work_dir) / CHECKPOINTS_FOLDER / checkpoint_folder(meta.step)
     tmp = final.with_name(final.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     # A benchmark run grows the embeddings for its function tokens; every service regrows
     # them identically (inflab.ml.function_tokens), so only the trained rows are saved.
     model.save_pretrained(tmp, save_embedding_layers=False)
     torch.save(state, tmp / STATE_FILE)
-    (tmp / META_FILE).write_text(json.dumps(meta, indent=2))
+    (tmp / META_FILE).write_text(json.dumps(meta.model_dump(), indent=2))
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)
     return CheckpointInfo(
-        step=meta["step"], epoch=meta["epoch"], loss=meta["loss"], learning_rate=meta["learning_rate"], path=final
+        step=meta.step, epoch=meta.epoch, loss=meta.loss, learning_rate=meta.learning_rate, path=final
     )
 
 
-def read_meta(checkpoint_dir: Path) -> dict:
-    return json.loads((Path(checkpoint_dir) / META_FILE).read_text())
+def read_meta(checkpoint_dir: Path) -> CheckpointMeta:
+    return CheckpointMeta.model_validate_json((Path(checkpoint_dir) / META_FILE).read_text())
 
 
 def load_adapter_weights(model: Any, checkpoint_dir: Path) -> None:

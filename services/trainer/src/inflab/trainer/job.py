@@ -19,7 +19,7 @@ from uuid import UUID
 from inflab.core.messages import CheckpointRef, EventBase, TrainingSummary, TrainRequest
 from inflab.ml.models import resolve_model
 from inflab.core.objectstore import ObjectStore
-from inflab.core.store_layout import checkpoint_prefix, checkpoints_prefix
+from inflab.core.store_layout import CheckpointMeta, checkpoint_prefix, checkpoints_prefix
 from inflab.core.store_layout import training_metrics_key as metrics_key
 from inflab.core.store_layout import training_summary_key as summary_key
 from inflab.trainer.checkpoints import META_FILE, CheckpointInfo
@@ -42,11 +42,9 @@ def stored_checkpoints(store: ObjectStore, run_id: object) -> list[CheckpointRef
     refs = []
     for key in store.list(checkpoints_prefix(run_id)):
         if key.endswith("/" + META_FILE):
-            meta = json.loads(store.get(key))
-            refs.append(CheckpointRef(
-                step=int(meta["step"]), epoch=int(meta["epoch"]), key=key[: -len(META_FILE) - 1],
-                learning_rate=float(meta["learning_rate"]), loss=meta.get("loss"),
-            ))
+            meta = CheckpointMeta.model_validate_json(store.get(key))
+            refs.append(CheckpointRef(step=meta.step, epoch=meta.epoch, key=key[: -len(META_FILE) - 1],
+                                      learning_rate=meta.learning_rate, loss=meta.loss))
     return sorted(refs, key=lambda r: r.step)
 
 

@@ -46,6 +46,7 @@ from inflab.core.messages import (
     TrainingSummary,
 )
 from inflab.ml.models import load_tokenizer
+from inflab.core.store_layout import CheckpointMeta
 from inflab.trainer.checkpoints import (
     META_FILE,
     STATE_FILE,
@@ -311,10 +312,10 @@ class TrainingRun:
         """Continue from ``resume_from``: returns the first epoch to train and the open
         logging window's state."""
         meta = read_meta(self.resume_from)
-        self.step, first_epoch = int(meta["step"]), int(meta["epoch"]) + 1
+        self.step, first_epoch = meta.step, meta.epoch + 1
         if self.step != (first_epoch - 1) * self.steps_per_epoch:
             raise ValueError(
-                f"checkpoint at step {self.step} (epoch {meta['epoch']}) does not belong to this run's schedule"
+                f"checkpoint at step {self.step} (epoch {meta.epoch}) does not belong to this run's schedule"
             )
         load_adapter_weights(self.model, self.resume_from)
         state = load_training_state(self.resume_from)
@@ -328,7 +329,7 @@ class TrainingRun:
             self.metric_history = list(state.get("metric_history", []))
         else:
             self._log("warning", "the checkpoint has no optimizer state; the optimizer starts afresh")
-        self._log("info", f"resumed from the checkpoint at step {self.step} (epoch {meta['epoch']})")
+        self._log("info", f"resumed from the checkpoint at step {self.step} (epoch {meta.epoch})")
         # The metrics up to the checkpoint again: the worker that wrote it ran ahead of what
         # it had published, and died (or lost the run) with those events unsent. The trainer
         # gives metric events ids derived from their step, so those already stored are
@@ -404,12 +405,8 @@ class TrainingRun:
     def _checkpoint(self, epoch: int, interval_losses: list[float], interval_rates: list[float],
                     window: _MetricWindow) -> CheckpointInfo:
         self._status("checkpointing")
-        meta = {
-            "step": self.step,
-            "epoch": epoch,
-            "loss": _mean(interval_losses),
-            "learning_rate": _mean(interval_rates),
-        }
+        meta = CheckpointMeta(step=self.step, epoch=epoch, loss=_mean(interval_losses),
+                              learning_rate=_mean(interval_rates))
         state = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),

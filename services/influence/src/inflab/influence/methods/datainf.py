@@ -48,6 +48,7 @@ import numpy as np
 import torch
 
 from inflab.core.messages import EvalQuestion, TrainingPair
+from inflab.core.vocabulary import VARIANTS
 from inflab.influence.checkpoints import LocalCheckpoint
 from inflab.influence.gradcache import GradientMatrix
 from inflab.influence.gradients import lora_blocks
@@ -121,7 +122,7 @@ def datainf_scores(
 
 class DataInf(GradientMethod):
     name = "datainf"
-    variants = ("raw", "normalized")
+    variants = VARIANTS
     one_checkpoint = True
 
     def units(self, opts: Any, train: Sequence[TrainingPair], evals: Sequence[EvalQuestion],

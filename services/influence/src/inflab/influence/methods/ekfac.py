@@ -53,6 +53,7 @@ from torch import nn
 
 from inflab.ml.chat import IGNORE_INDEX, collate
 from inflab.core.messages import EvalQuestion, TrainingPair
+from inflab.core.vocabulary import VARIANTS
 from inflab.influence.checkpoints import LocalCheckpoint
 from inflab.influence.gradcache import GradientCache, GradientMatrix
 from inflab.influence.gradients import length_buckets, lora_blocks
@@ -290,7 +291,7 @@ class _Data:
 
 class EKFAC(GradientMethod):
     name = "ekfac"
-    variants = ("raw", "normalized")
+    variants = VARIANTS
     one_checkpoint = True
 
     def check(self, train: Sequence[TrainingPair], evals: Sequence[EvalQuestion],

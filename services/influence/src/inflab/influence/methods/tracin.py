@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from inflab.core.messages import EvalQuestion, TrainingPair
+from inflab.core.vocabulary import VARIANTS
 from inflab.influence.checkpoints import LocalCheckpoint
 from inflab.influence.gradcache import GradientMatrix
 from inflab.influence.gradients import lora_blocks
@@ -112,7 +113,7 @@ def trackstar_scores(
 
 class TracIn(GradientMethod):
     name = "tracin"
-    variants = ("raw", "normalized")
+    variants = VARIANTS
 
     def units(self, opts: Any, train: Sequence[TrainingPair], evals: Sequence[EvalQuestion],
               checkpoints: Sequence[LocalCheckpoint]) -> int:
