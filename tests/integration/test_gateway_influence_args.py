@@ -200,3 +200,13 @@ async def test_a_stored_model_path_must_hold_a_saved_model(gateway, gw_settings)
     store.put(f"{name}/new/config.json", b"{}")
     experiment = await created(client, {**EXPERIMENT, "influence_args": pair})
     assert experiment["influence_args"]["delta_h"]["new_model"] == f"store:{name}/new"
+
+    # Editing the pair is checked the same way, and the stored experiment is left as it was.
+    gone = {"delta_h": {"new_model": f"store:{name}/missing"}}
+    response = await client.patch(f"/api/experiments/{experiment['id']}", json={"influence_args": gone})
+    assert response.status_code == 422, response.text
+    assert [e["loc"] for e in response.json()["detail"]] == [["body", "influence_args", "delta_h", "new_model"]]
+    kept = (await client.get(f"/api/experiments/{experiment['id']}")).json()
+    assert kept["influence_args"]["delta_h"]["new_model"] == f"store:{name}/new"
+    renamed = await client.patch(f"/api/experiments/{experiment['id']}", json={"name": "renamed"})
+    assert renamed.status_code == 200, renamed.text

@@ -109,9 +109,12 @@ def _stored_fields(experiment: Experiment) -> dict[str, Any]:
 
 @router.patch("/{experiment_id}", responses=NOT_FOUND)
 async def update_experiment(
-    body: ExperimentUpdate, experiment: OwnedExperiment, session: SessionDep, settings: SettingsDep, bus: BusDep
+    body: ExperimentUpdate, experiment: OwnedExperiment, session: SessionDep, settings: SettingsDep, bus: BusDep,
+    store: ObjectStoreDep,
 ) -> ExperimentOut:
-    """Change the fields named; see ``ExperimentUpdate`` for how each is applied."""
+    """Change the fields named; see ``ExperimentUpdate`` for how each is applied. A change
+    of the influence methods or their arguments checks the object-store models they name
+    again, as creating the experiment did."""
     changes = body.model_dump(exclude_unset=True)
     for name in ("name", "description"):  # null means "leave as it is", as for the rest
         if changes.get(name) is not None:
@@ -133,7 +136,10 @@ async def update_experiment(
             }
         else:
             fields[name] = value
-    _apply_spec(experiment, validated_spec(fields, settings, bus.max_event_bytes))
+    spec = validated_spec(fields, settings, bus.max_event_bytes)
+    if changes.get("influence_args") is not None or changes.get("influence_methods") is not None:
+        await check_stored_models(spec, store)
+    _apply_spec(experiment, spec)
     return await _saved(session, experiment)
 
 

@@ -410,7 +410,9 @@ export interface paths {
         head?: never;
         /**
          * Update Experiment
-         * @description Change the fields named; see ``ExperimentUpdate`` for how each is applied.
+         * @description Change the fields named; see ``ExperimentUpdate`` for how each is applied. A change
+         *     of the influence methods or their arguments checks the object-store models they name
+         *     again, as creating the experiment did.
          */
         patch: operations["update_experiment"];
         trace?: never;
