@@ -458,10 +458,11 @@ class TrainingRun:
         model, tracker, total = self.model, self.tracker, self.total
 
         model.train()
-        if self.resume_from is not None and self._tracking_due(self.step, epoch_end=True) and tracker.sampler.concurrent:
-            # The sampling point of the checkpoint resumed from: its decoding overlapped the
-            # next steps, so the worker that died may not have sent it. The same weights give
-            # the same answers, which replace any already stored.
+        if self.resume_from is not None and self._tracking_due(self.step, epoch_end=True):
+            # The sampling point of the checkpoint resumed from: the worker that died may not
+            # have sent it (its decoding may have overlapped the next steps, or its event may
+            # not have left the worker before the kill). The same weights give the same
+            # answers, which replace any already stored.
             tracker.sample(model, self.step, float(first_epoch - 1))
         try:
             loop_started = time.monotonic()
