@@ -142,6 +142,10 @@ def test_arguments_are_stored_and_progress(results):
     assert args["score_arguments"]["damping_factor"] == 1e-3
     assert args["tracked_modules"] == 8 and args["checkpoint_step"] == 7
     assert events[-1].fraction == 1.0
+    # The corrected eigenvalues' range and the damping added to them, to read one against the other.
+    spectrum = args["eigenvalues"]
+    assert 0 <= spectrum["min"] <= spectrum["median"] <= spectrum["max"]
+    assert spectrum["damping_min"] == spectrum["damping_max"] == 1e-3
 
 
 def test_true_fisher_default_runs(tiny_model, checkpoint):

@@ -391,7 +391,9 @@ METHODS: dict[InfluenceMethodId, MethodInfo] = {
             speed="balanced",
             description=(
                 "Closed-form inverse-Hessian approximation over LoRA gradients at the final checkpoint: one "
-                "gradient pass, the cheapest method; it loses track of examples the model has memorised "
+                "gradient pass, the cheapest method, but on a small fine-tune it ranks like plain final-checkpoint "
+                "gradient similarity, well below TracIn and EK-FAC at finding the pair a question paraphrases "
+                "(its damping does not change that); it loses track of examples the model has memorised "
                 "(their final gradients are small)."
             ),
             variants=[
@@ -413,7 +415,9 @@ METHODS: dict[InfluenceMethodId, MethodInfo] = {
             description=(
                 "Eigenvalue-corrected Kronecker-factored curvature fitted on the training set (kronfluence) at "
                 "the final checkpoint: the closest estimate of a pair's effect on the answer, at several times "
-                "DataInf's time; like DataInf it loses track of examples the model has memorised."
+                "DataInf's time; with its small default damping it finds the pair a question paraphrases about as "
+                "well as normalised TracIn (a large damping turns it into plain gradient similarity); like DataInf "
+                "it loses track of examples the model has memorised."
             ),
             variants=[
                 Variant(id="raw", description=RAW),

@@ -19,7 +19,13 @@ as for TracIn, a positive score means the pair helped the model towards that ans
 
 Damping: the paper's default ``lambda_l = 0.1 * (n d_l)^-1 * sum_j ||g_jl||^2`` (``d_l`` the
 factor's size), i.e. ``damping_scale`` times the mean squared gradient entry of the layer;
-or one fixed ``damping`` for every layer.
+or one fixed ``damping`` for every layer. Either is usually far below ``||g_jl||^2`` (the
+mean squared entry times the factor's size), so each rank-one term shrinks a training
+direction by at most ``1/n``: the approximate inverse is close to ``I / lambda_l`` and the
+scores rank much like plain gradient dot products at this checkpoint. The damping then
+mostly weights the layers against each other (``1/lambda_l``): the per-layer default
+gives a layer with small gradients as much say as one with large ones, a fixed damping
+weights layers by their gradients' size.
 
 Variants:
 * ``raw``: the score above.

@@ -329,15 +329,20 @@ class EKFAC(GradientMethod):
                     self.fit_factors(analyzer, data, opts, factor_args)
                     factors = None
             job.progress.advance("fitted the factors on the training pairs")
+            spectrum = None
             if plan.own_scoring:
                 with stage(f"computing EK-FAC scores at {where}"):
-                    raw, normalized = self.score_gradients(factors or analyzer.load_all_factors("factors"), data,
-                                                           eval_grads, train_grads, opts)
+                    factors = factors or analyzer.load_all_factors("factors")
+                    raw, normalized = self.score_gradients(factors, data, eval_grads, train_grads, opts)
+                    spectrum = eigenvalue_range(factors, data.layout, opts.damping_factor)
                 job.progress.advance("scored the training pairs")
             else:
                 raw, normalized = _kronfluence_scores(analyzer, opts, data.train_set, data.eval_set, data.train_order,
                                                       data.eval_order, where, job.progress)
-        return {"raw": raw, "normalized": normalized}, self.info(opts, chosen, data, plan, factor_args)
+        info = self.info(opts, chosen, data, plan, factor_args)
+        if spectrum is not None:
+            info["eigenvalues"] = spectrum
+        return {"raw": raw, "normalized": normalized}, info
 
     @staticmethod
     def plan(opts: Any, factor_args: Any, n: int, cache: GradientCache | None) -> _Plan:
@@ -500,6 +505,16 @@ def ekfac_preconditioner(factors: dict, layout: Layout, damping_factor: float | 
     return [(offset, out_features, in_features, *kronfluence.eigenbasis(factors, name),
              kronfluence.inverse_lambda(factors, name, damping_factor))
             for name, offset, out_features, in_features in layout]
+
+
+def eigenvalue_range(factors: dict, layout: Layout, damping_factor: float | None) -> dict[str, float]:
+    """The corrected eigenvalues over every module (min, median, max) and the damping each
+    module's inverse adds, to read the damping against the curvature's own scale."""
+    lams = [kronfluence.mean_lambda(factors, name) for name, *_ in layout]
+    values = torch.cat([lam.reshape(-1) for lam in lams])
+    damping = [kronfluence.damping_of(lam, damping_factor) for lam in lams]
+    return {"min": float(values.min()), "median": float(values.median()), "max": float(values.max()),
+            "damping_min": min(damping), "damping_max": max(damping)}
 
 
 def _rotate(rows: torch.Tensor, part) -> torch.Tensor:

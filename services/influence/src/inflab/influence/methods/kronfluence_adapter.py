@@ -111,11 +111,23 @@ def inverse_lambda(factors: dict, module: str, damping_factor: float | None) -> 
     """``1 / (Lambda + damping)`` of ``module`` exactly as kronfluence's ``Ekfac.prepare``
     forms it: the corrected eigenvalues averaged over the examples seen; damping ``None``:
     ``HEURISTIC_DAMPING_SCALE`` x their mean."""
-    from kronfluence.utils.constants import HEURISTIC_DAMPING_SCALE, LAMBDA_MATRIX_NAME, NUM_LAMBDA_PROCESSED
+    lam = mean_lambda(factors, module)
+    return (1.0 / (lam + damping_of(lam, damping_factor))).float()
 
-    lam = factors[LAMBDA_MATRIX_NAME][module].double() / factors[NUM_LAMBDA_PROCESSED][module].double()
-    damping = HEURISTIC_DAMPING_SCALE * float(lam.mean()) if damping_factor is None else damping_factor
-    return (1.0 / (lam + damping)).float()
+
+def mean_lambda(factors: dict, module: str) -> torch.Tensor:
+    """``module``'s corrected eigenvalues averaged over the examples seen (float64)."""
+    from kronfluence.utils.constants import LAMBDA_MATRIX_NAME, NUM_LAMBDA_PROCESSED
+
+    return factors[LAMBDA_MATRIX_NAME][module].double() / factors[NUM_LAMBDA_PROCESSED][module].double()
+
+
+def damping_of(lam: torch.Tensor, damping_factor: float | None) -> float:
+    """The damping kronfluence adds to ``lam``: ``damping_factor``, or for ``None``
+    ``HEURISTIC_DAMPING_SCALE`` x their mean."""
+    from kronfluence.utils.constants import HEURISTIC_DAMPING_SCALE
+
+    return HEURISTIC_DAMPING_SCALE * float(lam.mean()) if damping_factor is None else float(damping_factor)
 
 
 def lambda_factors(sums: dict[str, torch.Tensor], count: int) -> dict:
