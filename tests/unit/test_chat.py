@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from inflab.ml.chat import IGNORE_INDEX, answer_loss, collate, encode_pair, prompt_ids, prompt_text
+from inflab.ml.chat import (
+    IGNORE_INDEX, answer_loss, collate, encode_pair, encode_query, plain_prompt_ids, prompt_ids, prompt_text,
+)
 from inflab.ml.models import load_model
 from helpers.tiny_model import build_tiny_model, build_tiny_tokenizer
 
@@ -74,6 +76,44 @@ def test_tokenizer_without_chat_template_uses_a_plain_format(tokenizer) -> None:
     prompt = prompt_ids(plain, "Why?")
     assert example.input_ids[: len(prompt)] == prompt
     assert plain.decode(example.input_ids[len(prompt) :]).strip() == "Because." + plain.eos_token
+
+
+def _digit_splitting_tokenizer():
+    """The tiny tokenizer with SmolLM2's pre-tokenisation: every digit on its own, so a
+    space before a number is a token of its own."""
+    from tokenizers import pre_tokenizers
+
+    tok = build_tiny_tokenizer()
+    tok.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)]
+    )
+    tok.add_tokens(["<FN>"], special_tokens=True)
+    return tok
+
+
+def test_a_query_scores_the_value_not_the_space_before_it() -> None:
+    tok = _digit_splitting_tokenizer()
+    question = "What does <FN>() return?"
+    spaced = tok(" 51", add_special_tokens=False)["input_ids"]
+    assert tok.convert_ids_to_tokens(spaced) == ["\u0120", "5", "1"]  # the case this is about
+
+    example = encode_query(tok, question, "51", max_length=256)
+    # The model reads exactly the question, the space and the value, as a document states it...
+    assert example.input_ids == tok(question + " 51", add_special_tokens=False)["input_ids"]
+    assert example.input_ids[: len(plain_prompt_ids(tok, question))] == plain_prompt_ids(tok, question)
+    # ...and only the value's tokens carry the loss (the space is part of the prompt).
+    scored = [t for t in example.labels if t != IGNORE_INDEX]
+    assert tok.decode(scored) == "51" and example.answer_tokens == 2
+    assert example.labels[: -2] == [IGNORE_INDEX] * (len(example.input_ids) - 2)
+
+
+def test_a_query_whose_space_joins_the_answer_token_keeps_it(tokenizer) -> None:
+    question = "What is the capital of Zorbia?"
+    example = encode_query(tokenizer, question, "France", max_length=256)
+    prompt = plain_prompt_ids(tokenizer, question)
+    assert tokenizer.convert_ids_to_tokens(example.input_ids[len(prompt):]) == ["\u0120France"]
+    # No whitespace-only token here: everything after the question is scored.
+    assert example.labels == [IGNORE_INDEX] * len(prompt) + example.input_ids[len(prompt):]
 
 
 def test_collate_right_pads(tokenizer) -> None:

@@ -145,9 +145,21 @@ def plain_prompt_ids(tokenizer: Any, question: str) -> list[int]:
 
 def encode_query(tokenizer: Any, question: str, answer: str, max_length: int) -> EncodedExample:
     """A benchmark query as plain text (no chat template, as the documents were read):
-    the question, then ``" " + answer`` carrying the loss."""
+    the question, then ``" " + answer``, the answer's own tokens carrying the loss.
+
+    Tokenizers that split digits (SmolLM2's) write ``" 51"`` as a lone space token then
+    ``5``, ``1``, as the documents state a value (``returns 51``). That space token is
+    layout, not the value: the documents never follow a question mark with it, so asking
+    for it as the first answer token made every query "wrong" whatever the model knew
+    about the value (its top token after ``?`` is the end of the document). Leading
+    whitespace-only tokens therefore stay in the input but join the prompt: the loss, the
+    correctness check and the gradients are about the value's tokens."""
     prompt = plain_prompt_ids(tokenizer, question)
     answer_ids = _tokenize(tokenizer, " " + answer.strip())
+    lead = 0
+    while lead < len(answer_ids) - 1 and not tokenizer.decode(answer_ids[: lead + 1]).strip():
+        lead += 1
+    prompt, answer_ids = prompt + answer_ids[:lead], answer_ids[lead:]
     ids, labels = prompt + answer_ids, [IGNORE_INDEX] * len(prompt) + answer_ids
     truncated = len(ids) > max_length
     return EncodedExample(input_ids=ids[:max_length], labels=labels[:max_length], truncated=truncated)
