@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from inflab.influence.gradients import DEFAULT_BATCH_SIZE, Example, gradient_blocks, iter_example_gradients, num_parameters
+from inflab.influence.gradients import (
+    DEFAULT_BATCH_SIZE,
+    Example,
+    gradient_blocks,
+    iter_example_gradients,
+    num_parameters,
+)
 
 #: Rows handed to a consumer at once: bounds the working set of a chunked pass
 #: (256 rows x 460,800 LoRA parameters of the default model = 470 MB).

@@ -292,7 +292,8 @@ def _output_row_gradients(block: TokenBlock, h: torch.Tensor, g: torch.Tensor, l
     # answer_loss applies the output layer to the answer positions only, flattened in order.
     example = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)[0]
     if example.shape[0] != h.shape[0]:
-        raise RuntimeError(f"the output layer saw {h.shape[0]} positions, the batch has {example.shape[0]} answer tokens")
+        raise RuntimeError(f"the output layer saw {h.shape[0]} positions, the batch has {example.shape[0]} "
+                           "answer tokens")
     owner = (example[None, :] == torch.arange(labels.shape[0], device=labels.device)[:, None]).float()  # [B, N]
     return torch.einsum("bn,nk,nd->bkd", owner, g, h.float())
 

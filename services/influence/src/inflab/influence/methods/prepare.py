@@ -241,7 +241,8 @@ def adam_preconditioner(checkpoint: LocalCheckpoint, model: Any) -> tuple[torch.
             if tuple(v.shape) != tuple(block.shape):
                 return None, f"optimizer state {index} has shape {tuple(v.shape)}, weight {block.name} {block.shape}"
             correction = 1.0 - beta2 ** float(entry["step"])
-            scaling[block.offset : block.offset + block.numel] = (1.0 / ((v.double() / correction).sqrt() + eps)).flatten()
+            v_hat = v.double() / correction
+            scaling[block.offset : block.offset + block.numel] = (1.0 / (v_hat.sqrt() + eps)).flatten()
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
         return None, f"unreadable optimizer state: {type(exc).__name__}: {exc}"
     return scaling.float(), "ok"
