@@ -286,14 +286,12 @@ def _input_row_gradients(block: TokenBlock, ids: torch.Tensor, g: torch.Tensor) 
 def _output_row_gradients(block: TokenBlock, h: torch.Tensor, g: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``[B, K, D]``: a tied output layer's share, each token's logit gradient times the
     hidden state it was computed from, summed per example."""
-    g = g[..., list(block.token_ids)].float()
-    if h.dim() == 3:  # logits at every position: [B, T, D]
-        return torch.bmm(g.transpose(1, 2), h.float())
+    g = g[:, list(block.token_ids)].float()  # [N, K]
     # answer_loss applies the output layer to the answer positions only, flattened in order.
     example = (labels[:, 1:] != IGNORE_INDEX).nonzero(as_tuple=True)[0]
-    if example.shape[0] != h.shape[0]:
-        raise RuntimeError(f"the output layer saw {h.shape[0]} positions, the batch has {example.shape[0]} "
-                           "answer tokens")
+    if h.dim() != 2 or example.shape[0] != h.shape[0]:
+        raise RuntimeError(f"the output layer saw positions {tuple(h.shape[:-1])}, the batch has "
+                           f"{example.shape[0]} answer tokens")
     owner = (example[None, :] == torch.arange(labels.shape[0], device=labels.device)[:, None]).float()  # [B, N]
     return torch.einsum("bn,nk,nd->bkd", owner, g, h.float())
 
