@@ -85,6 +85,9 @@ function markerPlugin(markers: () => ChartMarker[], colors: () => { checkpoint: 
           ctx.save();
           ctx.font = `${10 * devicePixelRatio}px "JetBrains Mono", monospace`;
           ctx.textBaseline = "top";
+          // uPlot leaves the context right-aligned after drawing the y axis: without this a
+          // label ends at its anchor instead of starting there, and runs over the axis.
+          ctx.textAlign = "left";
           // Labels that would overlap the previous one are left out (the line stays).
           let freeFrom = -Infinity;
           for (const m of [...markers()].sort((a, b) => a.x - b.x)) {
