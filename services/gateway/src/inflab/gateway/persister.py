@@ -25,7 +25,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from pydantic import RootModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inflab.core.bus import Bus
+from inflab.core.bus import Bus, fetched
 from inflab.core.leases import PERSISTER_KEY, LeaseHeld, LeaseLost, RunLease
 from inflab.core.messages import ResultEvent, RunEvent
 from inflab.core.objectstore import ObjectStore
@@ -38,11 +38,6 @@ from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.persistence import persist_events
 
 log = logging.getLogger(__name__)
-
-
-#: How long the persister waits for more events once one is in (a burst is taken whole
-#: at once; this bounds what a lone event waits for company).
-BURST_WAIT_S = 0.005
 
 
 class RunEventMessage(RootModel[RunEvent]):
@@ -255,29 +250,9 @@ class EventPersister:
         sub = await self.bus.pull_subscription(subjects.all_events, self.durable, subjects.events_stream, stop)
         if sub is None:
             return
-        try:
-            while not stop.is_set():
-                try:
-                    # The first to arrive (a long poll while the stream is quiet)...
-                    msgs = await sub.fetch(1, timeout=fetch_timeout)
-                except (NatsTimeout, asyncio.TimeoutError):
-                    continue
-                except Exception:
-                    if stop.is_set():
-                        break
-                    log.exception("fetch failed; retrying")
-                    await asyncio.sleep(0.5)
-                    continue
-                if self.batch > 1:
-                    # ...then whatever else is waiting, up to the batch. Not one fetch of the
-                    # whole batch: nats-py's waits for a full batch or its timeout once the
-                    # first message is in, which would hold every quiet event that long.
-                    with contextlib.suppress(NatsTimeout, asyncio.TimeoutError):
-                        msgs += await sub.fetch(self.batch - 1, timeout=BURST_WAIT_S)
+        async with contextlib.aclosing(fetched(sub, stop, batch=self.batch, fetch_timeout=fetch_timeout)) as batches:
+            async for msgs in batches:
                 await self.handle_batch(msgs)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
     async def run(self, stop: asyncio.Event, retry_s: float = 1.0, standby_s: float | None = None) -> None:
         """Consume until ``stop`` while holding the persister's lease, standing by while
