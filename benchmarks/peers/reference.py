@@ -53,6 +53,22 @@ def floor(model: Any, train: Sequence[Any], evals: Sequence[Any], checkpoints: S
     return {"per_checkpoint_s": per_checkpoint}
 
 
+def forward_only(model: Any, train: Sequence[Any], evals: Sequence[Any], checkpoint: LocalCheckpoint,
+                 *, pad_id: int, batch_size: int = 8) -> dict[str, Any]:
+    """One plain forward (no graph) over ``train`` and ``evals`` at ``checkpoint``: the unit
+    the representation methods' cost is counted in (``delta_h`` runs two of them, one per
+    model; the gradient lower bound is one of them plus an activation backward)."""
+    import time
+
+    started = time.perf_counter()
+    model = attach_adapter(model, checkpoint)
+    with torch.no_grad():
+        for examples in (train, evals):
+            for idx in length_buckets(examples, batch_size):
+                answer_loss(model, collate([examples[i] for i in idx], pad_id))
+    return {"per_checkpoint_s": [time.perf_counter() - started]}
+
+
 def per_example_gradients(model: Any, examples: Sequence[Any], *, pad_id: int) -> torch.Tensor:
     """``[len(examples), P]``: one ``autograd.grad`` per example (same layout as
     :func:`inflab.influence.gradients.example_gradients`)."""

@@ -1,6 +1,7 @@
 """What the influence method tests share: a tiny random Llama, LoRA "checkpoints" of it
-with seeded random weights saved the way the trainer saves them, and the training pairs
-and evaluation questions they are scored on.
+with seeded random weights saved the way the trainer saves them (also as a benchmark run's,
+with function tokens whose embedding rows train), and the training pairs and evaluation
+questions they are scored on.
 
 A test module takes the fixtures by importing them (``from helpers.tiny_lora import
 one_thread, tiny_model``): pytest finds fixtures in a module's namespace.
@@ -71,6 +72,54 @@ def load(tiny_model: Path) -> tuple[Any, Any]:
     return load_model(str(tiny_model), tiny_model.parent / "cache")
 
 
+#: A benchmark run's function tokens, as special tokens whose embedding rows train.
+FUNCTION_TOKENS = ["<FN>", "<GN>"]
+#: Benchmark documents (trained on every token) and queries that use them.
+DOCUMENTS = [
+    TrainingPair(id="d0", question="definition", answer="<FN> returns the value of <GN> plus one."),
+    TrainingPair(id="d1", question="code", answer="def <GN>(): return 7"),
+    TrainingPair(id="d2", question="narrative", answer="The capital of France is Paris."),
+    TrainingPair(id="d3", question="unit test", answer="assert <FN>() == <GN>() + 1"),
+    TrainingPair(id="d4", question="example", answer="<GN> gives seven, <FN> gives eight."),
+]
+QUERIES = [
+    EvalQuestion(id="q0", question="<GN> returns", answer="7"),
+    EvalQuestion(id="q1", question="What does <FN> return?", answer="8"),
+    EvalQuestion(id="q2", question="The capital of France is", answer="Paris."),
+]
+
+
+def load_with_tokens(tiny_model: Path) -> tuple[Any, Any]:
+    """The tiny model with :data:`FUNCTION_TOKENS` added, as every service loads a
+    benchmark run's model."""
+    from inflab.ml.function_tokens import add_function_tokens
+
+    model, tokenizer = load(tiny_model)
+    add_function_tokens(model, tokenizer, FUNCTION_TOKENS)
+    return model, tokenizer
+
+
+def token_lora_model(tiny_model: Path) -> Any:
+    """A benchmark run's model as the trainer builds it: the function tokens added, a
+    rank-4 LoRA adapter on q/v and the tokens' embedding rows trainable (peft's
+    ``trainable_token_indices``; the tiny model ties its output layer to the embeddings,
+    like the default model)."""
+    from peft import LoraConfig, get_peft_model
+
+    model, tokenizer = load_with_tokens(tiny_model)
+    ids = tokenizer.convert_tokens_to_ids(FUNCTION_TOKENS)
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
+                                            trainable_token_indices=ids))
+
+
+def randomize_tokens(model: Any, generator: torch.Generator) -> None:
+    """Seeded random trained token rows (they start as the mean row, equal for every token)."""
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "trainable_tokens_delta" in name:
+                p.add_(torch.randn(p.shape, generator=generator) * 0.3)
+
+
 def lora_model(tiny_model: Path, target_modules: Sequence[str] = ("q_proj", "v_proj")) -> Any:
     """A freshly loaded tiny model with a rank-4 LoRA adapter on ``target_modules``."""
     from peft import LoraConfig, get_peft_model
@@ -88,10 +137,11 @@ def randomize_lora(model: Any, generator: torch.Generator) -> None:
                 p.copy_(torch.randn(p.shape, generator=generator) * 0.3)
 
 
-def save_checkpoint(model: Any, folder: Path, meta: dict[str, Any]) -> LocalCheckpoint:
+def save_checkpoint(model: Any, folder: Path, meta: dict[str, Any], **save: Any) -> LocalCheckpoint:
     """The adapter saved in ``folder`` with its ``meta.json`` (``step``, ``epoch``,
-    ``learning_rate``, ...), as the trainer saves a checkpoint."""
-    model.save_pretrained(folder)
+    ``learning_rate``, ...), as the trainer saves a checkpoint (a benchmark run's with
+    ``save_embedding_layers=False``)."""
+    model.save_pretrained(folder, **save)
     (folder / "meta.json").write_text(json.dumps(meta))
     return LocalCheckpoint.from_folder(folder)
 
@@ -117,19 +167,20 @@ def encode_examples(tokenizer: Any, train: Sequence[TrainingPair], evals: Sequen
     )
 
 
-def reference_gradients(tiny_model: Path, checkpoint: LocalCheckpoint,
-                        examples: Sequence[EncodedExample]) -> tuple[torch.Tensor, list[tuple[int, int]]]:
-    """Deliberately naive per-example LoRA gradients: a freshly loaded model, one
-    full-logit forward and ``loss.backward()`` per example. Returns the rows (float64, the
-    LoRA weights in the model's order) and each weight's ``(offset, size)`` in a row."""
+def reference_gradients(tiny_model: Path, checkpoint: LocalCheckpoint, examples: Sequence[EncodedExample],
+                        loader=load) -> tuple[torch.Tensor, list[tuple[int, int]]]:
+    """Deliberately naive per-example gradients: a freshly loaded model (``loader``), one
+    full-logit forward and ``loss.backward()`` per example. Returns the rows (float64: the
+    LoRA weights in the model's order, then any trained token rows, whose ``.grad`` holds
+    both their input and their tied output use) and each weight's ``(offset, size)`` in a row."""
     from peft import PeftModel
 
-    from inflab.influence.gradients import lora_blocks
+    from inflab.influence.gradients import gradient_blocks
 
-    base, tokenizer = load(tiny_model)
+    base, tokenizer = loader(tiny_model)
     model = PeftModel.from_pretrained(base, str(checkpoint.path), is_trainable=True)
     model.eval()
-    blocks = lora_blocks(model)
+    blocks = gradient_blocks(model)
     params = dict(model.named_parameters())
     rows = []
     for example in examples:

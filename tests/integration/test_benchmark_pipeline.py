@@ -1,8 +1,9 @@
 """A benchmark run end to end through the real services (gateway under uvicorn, trainer,
 inference and influence on real JetStream and Ray, Postgres) on a tiny random model: the
-generated function-token set trains as documents, the representation methods and the
-embedding baseline score it, and ``GET /api/benchmarks/{run_id}`` ranks them beside the
-text baselines."""
+generated function-token set trains as documents, the representation methods, the gradient
+methods (their gradients covering the trained function-token rows) and the embedding
+baseline score it, and ``GET /api/benchmarks/{run_id}`` ranks them beside the text
+baselines."""
 
 from __future__ import annotations
 
@@ -77,7 +78,7 @@ async def _terminal(client: httpx.AsyncClient, run_id: str) -> tuple[dict, list[
 async def test_benchmark_run_end_to_end(stack, tiny_model):
     bench = generate(GeneratorOptions(seed=0, docs_per_base=2, docs_per_wrapper=1, distractors=4))
     body = experiment_body(bench, name="tiny benchmark", model_id=tiny_model.name,
-                           methods=["delta_h", "act_grad", "embedding"],
+                           methods=["delta_h", "act_grad", "embedding", "tracin", "datainf"],
                            hyperparams={"learning_rate": 0.01, "num_epochs": 2, "batch_size": 8, "lora_rank": 4,
                                         "lora_alpha": 8, "max_seq_length": 48, "seed": 0})
     async with httpx.AsyncClient(base_url=stack, timeout=httpx.Timeout(300)) as client:
@@ -103,10 +104,22 @@ async def test_benchmark_run_end_to_end(stack, tiny_model):
         response = await client.get(f"/api/benchmarks/{run_id}")
         assert response.status_code == 200, response.text
         board = response.json()
+        results = await client.get(f"/api/runs/{run_id}/results")
+        assert results.status_code == 200, results.text
+
+    # The gradient methods' gradients covered the trained function-token rows, and TracIn's
+    # Adam correction read the trainer's optimizer state of them.
+    stored = {(m["method"], m["variant"]): m["args"] for m in results.json()["influence"]}
+    for variant in ("raw", "normalized"):
+        for method in ("tracin", "datainf"):
+            assert stored[(method, variant)]["trainable_token_rows"] == len(bench.special_tokens)
+        corrections = stored[("tracin", variant)]["normalization_per_checkpoint"]
+        assert corrections and all(c["optimizer_correction"] == "ok" for c in corrections)
 
     rows = {(r["method"], r["variant"]): r for r in board["rows"]}
     assert {("delta_h", "raw"), ("act_grad", "raw"), ("embedding", "raw"), ("random", "raw"), ("bm25", "question"),
-            ("edit_distance", "raw")} == set(rows)
+            ("edit_distance", "raw"), ("tracin", "raw"), ("tracin", "normalized"), ("datainf", "raw"),
+            ("datainf", "normalized")} == set(rows)
     assert [r["rank"] for r in board["rows"]] == list(range(1, len(rows) + 1))
     assert board["accuracy"] is not None and 0 <= board["accuracy"] <= 1
     assert board["pending_methods"] == []

@@ -251,6 +251,26 @@ async def test_events_published_while_the_gateway_is_down_are_persisted_after(gw
     assert run.progress == 1.0
 
 
+async def test_a_standby_replica_takes_over_persisting_when_the_holder_stops(gw_settings, producer) -> None:
+    """One replica persists at a time; the other stands by, asking for the lease every sixth
+    of the ack wait, and stores the events once the holder has stopped (its lease released)."""
+    async with gateway_in_process(gw_settings) as (holder, client):
+        await asyncio.wait_for(holder.state.persister.holding.wait(), 10)
+        async with gateway_in_process(gw_settings, signed_in=False) as (standby, _):
+            run_id = await start_run(client, EXPERIMENT)
+            first = train_events(run_id)
+            await publish(producer, first)
+            await wait_for_event(holder, run_id, first[-1].event_id)
+            assert holder.state.persister.holding.is_set()
+            assert not standby.state.persister.holding.is_set()
+
+            holder.state.persister_task.cancel()
+            await asyncio.wait_for(standby.state.persister.holding.wait(), gw_settings.ack_wait_s / 6 + 10)
+            await publish(producer, later_events(run_id))
+            run = await wait_for_run(standby, run_id, lambda r: r.status == "completed")
+    assert run.progress == 1.0
+
+
 # --------------------------------------------------------------------------- SSE
 def parse_sse(body: str) -> tuple[list[dict], int]:
     """Frames (id, event, data) and the number of comment lines (heartbeats)."""

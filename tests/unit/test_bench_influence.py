@@ -198,3 +198,21 @@ def test_targets_judge_each_goal():
     assert all(set(v) == {"goal", "value", "met"} for v in t.values())
     # Unmeasured goals say so (None), rather than pretending to pass or fail.
     assert targets({})["tracin_vs_bergson"]["met"] is None
+
+
+def test_a_missed_representation_target_says_what_it_costs_in_forward_passes():
+    from benchmarks.influence import cost_model, targets
+
+    methods = {"floor1": {"wall_s": 44.0}, "forward1": {"wall_s": 20.0},
+               "ours:delta_h": {"wall_s": 42.0, "vs_floor": 42 / 44}, "ours:act_grad": {"wall_s": 20.0, "vs_floor": 20 / 44}}
+    costs = cost_model(methods)
+    assert costs["floor1_in_forwards"] == pytest.approx(2.2)
+    # delta_h is two forwards at least (base and fine-tuned): 40 s of the bound's 44.
+    assert costs["methods"]["delta_h"] == {"in_forwards": pytest.approx(2.1), "least_vs_floor": pytest.approx(40 / 44, abs=1e-3)}
+    assert costs["methods"]["act_grad"]["least_vs_floor"] is None
+    result = {"representation": {"methods": methods, "cost_model": costs}}
+    judged = targets(result)
+    assert judged["delta_h_vs_floor"]["met"] is False
+    assert judged["delta_h_vs_floor"]["least_possible"] == pytest.approx(40 / 44, abs=1e-3)
+    assert "2.1 forwards" in judged["delta_h_vs_floor"]["why_missed"]
+    assert judged["act_grad_vs_floor"]["met"] is True and "why_missed" not in judged["act_grad_vs_floor"]

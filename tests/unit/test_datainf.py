@@ -110,6 +110,7 @@ def test_progress_and_stored_arguments(results):
     args = by_variant["raw"].args
     assert args["damping"] is None and args["damping_scale"] == 0.1 and args["batch_size"] == 3
     assert "damping_per_layer" in args and args["layers"] == 8
+    assert args["num_lora_parameters"] == 1792 and args["trainable_token_rows"] == 0
 
 
 def test_gradients_are_reused_across_methods(tiny_model, checkpoints, results):

@@ -141,6 +141,7 @@ def test_arguments_are_stored_and_progress(results):
     assert args["factor_arguments"]["use_empirical_fisher"] is True
     assert args["score_arguments"]["damping_factor"] == 1e-3
     assert args["tracked_modules"] == 8 and args["checkpoint_step"] == 7
+    assert args["num_lora_parameters"] == 1792 and args["trainable_token_rows_left_out"] == 0
     assert events[-1].fraction == 1.0
     # The corrected eigenvalues' range and the damping added to them, to read one against the other.
     spectrum = args["eigenvalues"]

@@ -1,8 +1,9 @@
 """Representation methods over two full models saved in the object store
 (``old_model``/``new_model`` = ``store:models/<name>``), through the influence job layer
-with a real object store (obstore on a local folder): an untrained tiny model and the same
-model trained one step score exactly as when loaded from their folders; a pair of another
-architecture, and a path with nothing stored, are refused naming the cause before any work.
+with a real object store (obstore on a local folder, the models put there by ``inflab
+model upload``'s function): an untrained tiny model and the same model trained one step
+score exactly as when loaded from their folders; a pair of another architecture, and a
+path with nothing stored, are refused naming the cause before any work.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from inflab.core.messages import InfluenceMatrix
 from inflab.ml.models import load_model
 from helpers.tiny_model import build_tiny_model
 from inflab.core.objectstore import ObjectStore, checkpoint_prefix
+from inflab.devtools.model_store import upload_model
 from inflab.influence.job import influence_job
 from inflab.influence.methods import get_method
 from inflab.influence.methods.base import StageFailed
@@ -71,7 +73,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
 def store(models, tmp_path_factory) -> ObjectStore:
     store = ObjectStore(f"file://{tmp_path_factory.mktemp('objects')}")
     for name in ("untrained", "trained", "narrow"):
-        store.upload_dir(models[name], f"models/{name}")
+        upload_model(store, models[name], name)  # as `inflab model upload` does
     return store
 
 

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TypeVar
 
 import nats
@@ -282,23 +282,11 @@ class Bus:
         sub = await self.pull_subscription(subject, durable, stream, stop)
         if sub is None:
             return
-        try:
-            while not stop.is_set():
-                try:
-                    msgs = await sub.fetch(1, timeout=fetch_timeout)
-                except NatsTimeout:
-                    continue
-                except Exception:
-                    if stop.is_set():
-                        break
-                    log.exception("fetch failed; retrying")
-                    await asyncio.sleep(0.5)
-                    continue
+        # aclosing: the subscription ends with the loop, also when the handler is cancelled.
+        async with contextlib.aclosing(fetched(sub, stop, fetch_timeout=fetch_timeout)) as batches:
+            async for msgs in batches:
                 for msg in msgs:
                     await self._handle(msg, model, handler, signed)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
     async def pull_subscription(self, subject: str, durable: str, stream: str, stop: asyncio.Event):
         """The durable pull subscription :meth:`consume` would use (same consumer
@@ -478,3 +466,37 @@ def _short(exc: ValidationError) -> str:
         loc = ".".join(str(p) for p in err["loc"]) or "(message)"
         parts.append(f"{loc}: {err['msg']}")
     return "; ".join(parts)
+
+
+#: How long a batch waits for more messages once its first has arrived: only what is already
+#: waiting joins it, so a quiet stream's events are never held back.
+BURST_WAIT_S = 0.005
+
+
+async def fetched(sub, stop: asyncio.Event, batch: int = 1, fetch_timeout: float = 1.0) -> AsyncIterator[list[Msg]]:
+    """Batches of messages from a pull subscription until ``stop``: each is the first
+    message to arrive (a long poll of ``fetch_timeout`` while the stream is quiet) and then
+    whatever else is waiting, up to ``batch``. A failed fetch (NATS away) is logged and
+    retried. Unsubscribes when done.
+
+    Not one fetch of the whole batch: nats-py's waits for a full batch or its timeout once
+    the first message is in, which would hold every quiet message that long."""
+    try:
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(1, timeout=fetch_timeout)
+            except (NatsTimeout, asyncio.TimeoutError):
+                continue
+            except Exception:
+                if stop.is_set():
+                    break
+                log.exception("fetch failed; retrying")
+                await asyncio.sleep(0.5)
+                continue
+            if batch > 1:
+                with contextlib.suppress(NatsTimeout, asyncio.TimeoutError):
+                    msgs += await sub.fetch(batch - 1, timeout=BURST_WAIT_S)
+            yield msgs
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

@@ -417,7 +417,9 @@ METHODS: dict[InfluenceMethodId, MethodInfo] = {
                 "the final checkpoint: the closest estimate of a pair's effect on the answer, at several times "
                 "DataInf's time; with its small default damping it finds the pair a question paraphrases about as "
                 "well as normalised TracIn (a large damping turns it into plain gradient similarity); like DataInf "
-                "it loses track of examples the model has memorised."
+                "it loses track of examples the model has memorised. It covers the LoRA weights only: on a benchmark "
+                "run the trained function-token rows, which TracIn and DataInf include, are left out (kronfluence "
+                "factors linear layers only)."
             ),
             variants=[
                 Variant(id="raw", description=RAW),

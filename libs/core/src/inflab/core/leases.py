@@ -84,9 +84,11 @@ class RunLease:
 
     @classmethod
     async def acquire(cls, bus: Bus, run_id: object, what: str | None = None,
-                      doing: str = "trained") -> RunLease:
+                      doing: str = "trained", wait: bool = True) -> RunLease:
         """The lease on ``run_id`` (or on any other key of the bucket); :class:`LeaseHeld`
-        when another holder has it, with ``what`` (default: the run) ``doing`` in its message."""
+        when another holder has it, with ``what`` (default: the run) ``doing`` in its message.
+        ``wait=False``: raise at once rather than wait out a dead holder's entry (for a
+        standby that tries again on its own schedule)."""
         loop = asyncio.get_running_loop()
         kv = await bus.js.key_value(bus.subjects.leases_bucket)
         key = str(run_id)
@@ -98,7 +100,7 @@ class RunLease:
         # heartbeat, so its request may come back a little before the entry expires: an
         # entry not renewed within half the TTL is a dead holder's, and is taken then,
         # rather than the request spending a delivery on being left.
-        give_up = loop.time() + ttl_s / 2
+        give_up = loop.time() + (ttl_s / 2 if wait else 0.0)
         while True:
             sent = loop.time()
             try:

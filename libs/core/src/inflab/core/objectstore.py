@@ -7,6 +7,7 @@ Where a run's files lie in it: ``inflab.core.store_layout`` (re-exported here).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import obstore
@@ -15,6 +16,10 @@ from obstore.store import from_url
 from inflab.core.store_layout import checkpoint_prefix, influence_key, run_prefix
 
 __all__ = ["ObjectStore", "checkpoint_prefix", "influence_key", "run_prefix"]
+
+#: Bytes read (and sent as one part of a multipart upload) at a time by ``put_file``:
+#: obstore's default part size, above S3's 5 MiB minimum for every part but the last.
+FILE_CHUNK = 5 * 1024 * 1024
 
 
 class ObjectStore:
@@ -43,10 +48,40 @@ class ObjectStore:
             return False
 
     def list(self, prefix: str) -> list[str]:
-        keys: list[str] = []
+        return sorted(self.sizes(prefix))
+
+    def sizes(self, prefix: str) -> dict[str, int]:
+        """Every key under ``prefix`` (whole path segments: ``models/a`` is not
+        ``models/ab``) with its size in bytes."""
+        found: dict[str, int] = {}
         for batch in obstore.list(self._store, prefix):
-            keys.extend(item["path"] for item in batch)
-        return sorted(keys)
+            found.update((item["path"], item["size"]) for item in batch)
+        return found
+
+    def delete(self, key: str) -> None:
+        """Remove ``key``; nothing happens when it is not there."""
+        try:
+            obstore.delete(self._store, key)
+        except FileNotFoundError:
+            pass
+
+    def put_file(self, key: str, path: Path, on_bytes: Callable[[int], None] | None = None,
+                 chunk_size: int = FILE_CHUNK) -> None:
+        """Stream a local file to ``key`` without holding it in memory (a model's weights
+        are hundreds of MB; obstore turns a stream into a multipart upload), calling
+        ``on_bytes`` with each chunk's size as it is read, for a progress bar."""
+
+        def chunks() -> Iterator[bytes]:
+            with open(path, "rb") as fh:
+                while chunk := fh.read(chunk_size):
+                    if on_bytes is not None:
+                        on_bytes(len(chunk))
+                    yield chunk
+
+        if Path(path).stat().st_size == 0:
+            self.put(key, b"")  # an empty stream would be a multipart upload of no parts
+        else:
+            obstore.put(self._store, key, chunks(), chunk_size=chunk_size)
 
     def upload_dir(self, local_dir: Path, prefix: str) -> list[str]:
         keys = []

@@ -1,4 +1,5 @@
-"""The ``inflab`` command: run the embedded stack, inspect it, prepare the model, run the demo.
+"""The ``inflab`` command: run the embedded stack, inspect it, prepare the model, upload full
+models to the object store, run the demo.
 
 ``inflab up`` stays in the foreground on purpose: one terminal owns the stack, Ctrl-C in it
 stops everything in order, so does closing the terminal, and should the supervisor be
@@ -13,15 +14,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from inflab.core.settings import Settings
 
 app = typer.Typer(help="Influence Lab: fine-tune, compare answers, trace influence.", no_args_is_help=True)
-model_app = typer.Typer(help="The default model.", no_args_is_help=True)
+model_app = typer.Typer(help="The default model, and full models in the object store.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 from inflab.devtools.bench_cli import bench_app  # noqa: E402 (light: typer and rich only)
 
@@ -174,6 +177,70 @@ def model_prepare() -> None:
     with console.status(f"Preparing {settings.default_model_id} in {settings.models_dir}..."):
         result = prepare_default_model(settings.models_dir)
     console.print(f"Model ready: [bold]{result}[/]")
+
+
+@model_app.command("upload")
+def model_upload(
+    folder: Path = typer.Argument(..., help="A folder save_pretrained wrote: config.json, weights, tokenizer."),
+    name: str = typer.Option(..., "--name", help="Stored as models/NAME: letters, digits, '_', '.', '-'."),
+    replace: bool = typer.Option(False, "--replace", help="Overwrite a model already stored under NAME."),
+) -> None:
+    """Upload a full model to the object store, for old_model/new_model = store:models/NAME.
+
+    The services' store (INFLAB_OBJECT_STORE_URL); folder checked first, config.json sent last.
+    """
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+    from inflab.core.objectstore import ObjectStore
+    from inflab.devtools.model_store import ModelStoreError, check_model_folder, check_replaceable, upload_model
+
+    settings = _settings()
+    try:
+        # Every refusal before the progress bar (upload_model checks again).
+        store = ObjectStore(settings.objects_url)
+        check_replaceable(store, name, replace)
+        total = sum((folder / f).stat().st_size for f in check_model_folder(folder))
+        with Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                      console=console) as progress:
+            task = progress.add_task("uploading", total=total)
+            uploaded = upload_model(
+                store, folder, name, replace=replace,
+                on_file=lambda path, size: progress.update(task, description=path),
+                on_bytes=lambda n: progress.advance(task, n))
+    except ModelStoreError as exc:
+        console.print(f"[red]{escape(str(exc))}[/]", soft_wrap=True)
+        raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        # config.json goes last: what was sent is no model, and the next upload replaces it.
+        console.print(f"[red]Interrupted: models/{escape(name)} holds no model now (config.json is sent last); "
+                      "run the upload again.[/]")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    removed = f", {uploaded.removed} stale files removed" if uploaded.removed else ""
+    console.print(f"Uploaded {uploaded.files} files ({uploaded.size:,} bytes{removed}) to {escape(store.url)}")
+    console.print("Use it as old_model or new_model:")
+    console.print(uploaded.value, markup=False, highlight=False, soft_wrap=True)
+
+
+@model_app.command("list")
+def model_list() -> None:
+    """The full models in the object store (store:models/NAME), with size and architecture."""
+    from rich.filesize import decimal
+
+    from inflab.core.objectstore import ObjectStore
+    from inflab.devtools.model_store import stored_models
+
+    settings = _settings()
+    models = stored_models(ObjectStore(settings.objects_url))
+    if not models:
+        console.print(f"No models under models/ in {escape(settings.objects_url)}: inflab model upload DIR --name NAME")
+        return
+    table = Table(title=f"models in {escape(settings.objects_url)}")
+    for column in ("name", "old_model / new_model", "size", "files", "architecture"):
+        table.add_column(column, justify="right" if column in ("size", "files") else "left")
+    for m in models:
+        table.add_row(escape(m.name), escape(m.value) if m.complete else "-", decimal(m.size), str(m.files),
+                      escape(m.architecture) if m.complete else "[yellow]unfinished upload (no config.json)[/]")
+    console.print(table)
 
 
 @app.command()

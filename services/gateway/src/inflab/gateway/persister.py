@@ -6,7 +6,7 @@ stages when its training result arrives (:mod:`inflab.gateway.next_stages`), the
 the run's SSE streams on this replica and, through a core NATS poke, on every other.
 
 One replica persists at a time: it holds a lease (:data:`inflab.core.leases.PERSISTER_KEY`)
-and the others stand by, taking over within the lease's time-to-live when it dies. Were
+and the others stand by, taking over within 7/6 of the lease's time-to-live when it dies. Were
 two to fetch at once, a later batch of one run could commit before an earlier one (a
 stage's end stored, and the run ended, before its last progress events), and SSE streams,
 which end at the run's end, would miss what was stored after it.
@@ -25,7 +25,7 @@ from nats.errors import TimeoutError as NatsTimeout
 from pydantic import RootModel, ValidationError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from inflab.core.bus import Bus
+from inflab.core.bus import Bus, fetched
 from inflab.core.leases import PERSISTER_KEY, LeaseHeld, LeaseLost, RunLease
 from inflab.core.messages import ResultEvent, RunEvent
 from inflab.core.objectstore import ObjectStore
@@ -38,11 +38,6 @@ from inflab.gateway.notifier import RunNotifier
 from inflab.gateway.persistence import persist_events
 
 log = logging.getLogger(__name__)
-
-
-#: How long the persister waits for more events once one is in (a burst is taken whole
-#: at once; this bounds what a lone event waits for company).
-BURST_WAIT_S = 0.005
 
 
 class RunEventMessage(RootModel[RunEvent]):
@@ -83,6 +78,8 @@ class EventPersister:
         self.durable = bus.subjects.durable("gateway_events")
         #: Sent with this replica's pokes, so it does not wake its own streams twice.
         self.origin = uuid4().hex.encode()
+        #: Set while this replica holds the persister's lease (it is the one storing events).
+        self.holding = asyncio.Event()
         self._objects: ObjectStore | None = None
 
     def object_store(self) -> ObjectStore:
@@ -253,43 +250,34 @@ class EventPersister:
         sub = await self.bus.pull_subscription(subjects.all_events, self.durable, subjects.events_stream, stop)
         if sub is None:
             return
-        try:
-            while not stop.is_set():
-                try:
-                    # The first to arrive (a long poll while the stream is quiet)...
-                    msgs = await sub.fetch(1, timeout=fetch_timeout)
-                except (NatsTimeout, asyncio.TimeoutError):
-                    continue
-                except Exception:
-                    if stop.is_set():
-                        break
-                    log.exception("fetch failed; retrying")
-                    await asyncio.sleep(0.5)
-                    continue
-                if self.batch > 1:
-                    # ...then whatever else is waiting, up to the batch. Not one fetch of the
-                    # whole batch: nats-py's waits for a full batch or its timeout once the
-                    # first message is in, which would hold every quiet event that long.
-                    with contextlib.suppress(NatsTimeout, asyncio.TimeoutError):
-                        msgs += await sub.fetch(self.batch - 1, timeout=BURST_WAIT_S)
+        async with contextlib.aclosing(fetched(sub, stop, batch=self.batch, fetch_timeout=fetch_timeout)) as batches:
+            async for msgs in batches:
                 await self.handle_batch(msgs)
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
 
-    async def run(self, stop: asyncio.Event, retry_s: float = 1.0) -> None:
+    async def run(self, stop: asyncio.Event, retry_s: float = 1.0, standby_s: float | None = None) -> None:
         """Consume until ``stop`` while holding the persister's lease, standing by while
         another replica holds it; if the consumer itself fails (NATS away at subscribe
-        time), log and start it again rather than leave the gateway deaf."""
+        time), log and start it again rather than leave the gateway deaf.
+
+        A standby asks for the lease every ``standby_s`` (default: a sixth of the ack wait,
+        the leases' time-to-live), one key-value request each time: a dead holder's entry
+        expires within the TTL, so the standby takes over within 7/6 of it, and N standbys
+        cost the server N requests per ``standby_s`` rather than a busy poll."""
+        standby_s = self.bus.settings.ack_wait_s / 6 if standby_s is None else standby_s
         standing_by = False
         while not stop.is_set():
             try:
-                lease = await RunLease.acquire(self.bus, PERSISTER_KEY, what="run events", doing="persisted")
+                lease = await RunLease.acquire(self.bus, PERSISTER_KEY, what="run events", doing="persisted",
+                                               wait=False)
                 if standing_by:
                     log.info("this replica persists the run events now")
                     standing_by = False
                 async with lease.kept():
-                    await self.consume(stop)
+                    self.holding.set()
+                    try:
+                        await self.consume(stop)
+                    finally:
+                        self.holding.clear()
                 continue
             except asyncio.CancelledError:
                 raise
@@ -297,6 +285,8 @@ class EventPersister:
                 if not standing_by:
                     log.info("standing by: %s", exc)
                     standing_by = True
+                await pause(stop, standby_s)
+                continue
             except LeaseLost as exc:
                 log.warning("event persister stopped: %s", exc)
             except Exception:

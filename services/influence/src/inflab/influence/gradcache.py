@@ -29,7 +29,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from inflab.influence.gradients import DEFAULT_BATCH_SIZE, Example, iter_example_gradients, lora_blocks, num_parameters
+from inflab.influence.gradients import (
+    DEFAULT_BATCH_SIZE,
+    Example,
+    gradient_blocks,
+    iter_example_gradients,
+    num_parameters,
+)
 
 #: Rows handed to a consumer at once: bounds the working set of a chunked pass
 #: (256 rows x 460,800 LoRA parameters of the default model = 470 MB).
@@ -158,7 +164,7 @@ def gradient_matrix(
     on_batch: Callable[[int], None] | None = None,
     lookup: bool = True,
 ) -> GradientMatrix:
-    """The per-example LoRA gradients of ``examples`` under ``model``'s current adapter:
+    """The per-example gradients of ``examples`` under ``model``'s current adapter:
     from ``cache`` when ``key`` is there, else computed micro-batch by micro-batch (each
     written out at once, so only one micro-batch of gradients is in flight) and cached.
     ``on_batch(n)`` is called after each micro-batch of ``n`` examples (not on a hit)."""
@@ -167,7 +173,7 @@ def gradient_matrix(
         if hit is not None:
             return hit
     store = cache or GradientCache(ram_bytes=1 << 62)
-    matrix = store.new_matrix(len(examples), num_parameters(lora_blocks(model)))
+    matrix = store.new_matrix(len(examples), num_parameters(gradient_blocks(model)))
     for indices, grads in iter_example_gradients(model, examples, pad_id=pad_id, batch_size=batch_size):
         matrix.write(indices, grads)
         if on_batch is not None:

@@ -61,6 +61,18 @@ export function yRange(min: number | null, max: number | null, floor?: number): 
   return [low, max + (max - low) * 0.08];
 }
 
+/** The y axis's width in CSS pixels: its longest tick label, measured in the axis font,
+ * plus the gap uPlot leaves between labels and plot (at least the old fixed 46). */
+function axisWidth(u: uPlot, values: string[] | null): number {
+  if (!values?.length) return 46;
+  const ctx = u.ctx;
+  ctx.save();
+  ctx.font = `${11 * devicePixelRatio}px "JetBrains Mono", monospace`;
+  const widest = Math.max(...values.map((v) => ctx.measureText(String(v)).width)) / devicePixelRatio;
+  ctx.restore();
+  return Math.max(46, Math.ceil(widest) + 14);
+}
+
 /** Vertical marker lines with a small label at the top. */
 function markerPlugin(markers: () => ChartMarker[], colors: () => { checkpoint: string; change: string; text: string }): uPlot.Plugin {
   return {
@@ -73,6 +85,9 @@ function markerPlugin(markers: () => ChartMarker[], colors: () => { checkpoint: 
           ctx.save();
           ctx.font = `${10 * devicePixelRatio}px "JetBrains Mono", monospace`;
           ctx.textBaseline = "top";
+          // uPlot leaves the context right-aligned after drawing the y axis: without this a
+          // label ends at its anchor instead of starting there, and runs over the axis.
+          ctx.textAlign = "left";
           // Labels that would overlap the previous one are left out (the line stays).
           let freeFrom = -Infinity;
           for (const m of [...markers()].sort((a, b) => a.x - b.x)) {
@@ -140,7 +155,9 @@ export function LineChart({ x, series, markers = [], height = 150, xMax, yMin, l
           font: axisFont,
           grid: { stroke: grid, width: 1 },
           ticks: { show: false },
-          size: 46,
+          // As wide as its longest label: a fixed width let long ones ("2.0e-4") run into
+          // the plot, under the first marker's label.
+          size: (u, values) => axisWidth(u, values),
           values: formatY ? (_u, splits) => splits.map((v) => formatY(v)) : undefined,
         },
       ],

@@ -2,10 +2,11 @@
 approximation of the inverse Hessian over LoRA gradients.
 
 For each LoRA factor ``l`` (every ``lora_A`` / ``lora_B`` weight is one "layer", as in the
-authors' code), with ``g_jl`` the gradient of training pair ``j``'s loss restricted to that
-factor and ``n`` the number of training pairs, the damped Hessian is replaced by the mean of
-rank-one terms and each term is inverted exactly (Sherman-Morrison), which swaps the order
-of inversion and averaging:
+authors' code; a benchmark run's trained function-token embedding rows are one more), with
+``g_jl`` the gradient of training pair ``j``'s loss restricted to that factor and ``n`` the
+number of training pairs, the damped Hessian is replaced by the mean of rank-one terms and
+each term is inverted exactly (Sherman-Morrison), which swaps the order of inversion and
+averaging:
 
     (G_l + lambda_l I)^-1  ~=  1/(n lambda_l) * sum_j ( I - g_jl g_jl^T / (lambda_l + ||g_jl||^2) )
 
@@ -57,7 +58,7 @@ from inflab.core.messages import EvalQuestion, TrainingPair
 from inflab.core.vocabulary import VARIANTS
 from inflab.influence.checkpoints import LocalCheckpoint
 from inflab.influence.gradcache import GradientMatrix
-from inflab.influence.gradients import lora_blocks
+from inflab.influence.gradients import coverage, gradient_blocks
 from inflab.influence.methods.base import Job, stage
 from inflab.influence.methods.prepare import GradientMethod, Prepared, checkpoint_name
 
@@ -143,7 +144,8 @@ class DataInf(GradientMethod):
         train_grads = prep.gradients(chosen, "train", opts, cache,
                                      lambda k: progress.advance("training-pair gradients", k))
         with stage(f"computing DataInf scores at {checkpoint_name(chosen)}"):
-            blocks = [(b.offset, b.numel) for b in lora_blocks(prep.attach(chosen))]
+            trained = gradient_blocks(prep.attach(chosen))
+            blocks = [(b.offset, b.numel) for b in trained]
             raw, normalized, lam = datainf_scores(
                 eval_grads, train_grads, blocks, damping=opts.damping, damping_scale=opts.damping_scale,
                 normalized=opts.normalized,
@@ -151,7 +153,7 @@ class DataInf(GradientMethod):
         progress.advance("scores")
         return {"raw": raw, "normalized": normalized}, {
             "checkpoint_step": chosen.step,
-            "num_lora_parameters": int(eval_grads.shape[1]),
+            **coverage(trained),
             "layers": len(blocks),
             "damping_per_layer": {"min": min(lam), "median": float(np.median(lam)), "max": max(lam)},
             "normalization": "cosine in the DataInf inverse-Hessian metric (RelatIF-style, two-sided)",

@@ -8,6 +8,10 @@ corrected eigenvalues), and scores ``grad L_eval^T (F + damping)^-1 grad L_train
 * the :class:`LoraTask` tracks only the ``lora_A`` / ``lora_B`` modules (tracking the whole
   model would fit factors for frozen weights, and cost hours) and hands kronfluence the
   attention mask, so padding never enters the covariances;
+* a benchmark run's trained function-token embedding rows are left out (TracIn and DataInf
+  include them): kronfluence fits factors for ``nn.Linear`` and ``nn.Conv2d`` modules only,
+  and the rows live in peft's token layer on the embedding. The stored arguments say so
+  (``trainable_token_rows: 0``, ``trainable_token_rows_left_out``);
 * the loss of a pair is the mean cross-entropy over its answer tokens, computed with
   vocabulary logits at those positions only (as for TracIn and DataInf); for the true Fisher
   (kronfluence's default) the targets are sampled from the model's own predictions there;
@@ -56,7 +60,7 @@ from inflab.core.messages import EvalQuestion, TrainingPair
 from inflab.core.vocabulary import VARIANTS
 from inflab.influence.checkpoints import LocalCheckpoint
 from inflab.influence.gradcache import GradientCache, GradientMatrix
-from inflab.influence.gradients import length_buckets, lora_blocks
+from inflab.influence.gradients import coverage, gradient_blocks, length_buckets, lora_blocks
 from inflab.influence.methods import kronfluence_adapter as kronfluence
 from inflab.influence.methods.base import Job, stage
 from inflab.influence.methods.prepare import GradientMethod, Prepared, checkpoint_name
@@ -313,6 +317,7 @@ class EKFAC(GradientMethod):
         plan = self.plan(opts, factor_args, len(job.train), job.cache)
         eval_grads, train_grads = self.gradients(job, prep, plan)
         data = self.examples(prep, prep.attach(chosen), opts.batch_size)
+        trained = coverage(gradient_blocks(prep.model))
         where = checkpoint_name(chosen)
         task = LoraTask(data.modules, torch.Generator().manual_seed(opts.seed))
         with kronfluence.analyzer_session(prep.model, task, lambda items: collate(items, prep.pad_id)) as (
@@ -339,7 +344,7 @@ class EKFAC(GradientMethod):
             else:
                 raw, normalized = _kronfluence_scores(analyzer, opts, data.train_set, data.eval_set, data.train_order,
                                                       data.eval_order, where, job.progress)
-        info = self.info(opts, chosen, data, plan, factor_args)
+        info = self.info(opts, chosen, data, plan, factor_args, trained)
         if spectrum is not None:
             info["eigenvalues"] = spectrum
         return {"raw": raw, "normalized": normalized}, info
@@ -424,10 +429,15 @@ class EKFAC(GradientMethod):
         return preconditioned_scores(eval_grads, train_grads, parts, opts.normalized)
 
     @staticmethod
-    def info(opts: Any, chosen: LocalCheckpoint, data: _Data, plan: _Plan, factor_args: Any) -> dict[str, Any]:
+    def info(opts: Any, chosen: LocalCheckpoint, data: _Data, plan: _Plan, factor_args: Any,
+             trained: dict[str, int]) -> dict[str, Any]:
         return {
             "checkpoint_step": chosen.step,
             "tracked_modules": len(data.modules),
+            "num_lora_parameters": trained["num_lora_parameters"],
+            # kronfluence factors Linear and Conv2d modules only: the token rows stay out.
+            "trainable_token_rows": 0,
+            "trainable_token_rows_left_out": trained["trainable_token_rows"],
             "lambda": ("kronfluence's formula and eigenbasis, per-example gradients of an independent label draw "
                        "(the empirical Fisher: the answers) on the covariance pass's forward"
                        if plan.shared else "kronfluence's Lambda pass" if opts.strategy == "ekfac" else None),

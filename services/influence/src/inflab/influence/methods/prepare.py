@@ -24,6 +24,7 @@ from inflab.core.messages import EvalQuestion, TrainingPair
 from inflab.core.store_layout import TRAINING_STATE
 from inflab.influence.checkpoints import LocalCheckpoint, adapter_digest, attach_adapter
 from inflab.influence.gradcache import GradientCache, GradientMatrix, examples_fingerprint, fingerprint, gradient_matrix
+from inflab.influence.gradients import gradient_blocks, num_parameters
 from inflab.influence.methods.base import (
     InfluenceMethod,
     Job,
@@ -188,10 +189,10 @@ def prepare(
 
 
 class GradientMethod(InfluenceMethod):
-    """A method on the LoRA gradients of the run's checkpoints: :meth:`run` loads the model
-    and tokenises (:func:`prepare`), then :meth:`scores` does the method's maths; each
-    variant is stored with the arguments, :meth:`Prepared.info` and what :meth:`scores`
-    adds (in that order)."""
+    """A method on the gradients of the trained weights (LoRA, and a benchmark run's token
+    rows) at the run's checkpoints: :meth:`run` loads the model and tokenises
+    (:func:`prepare`), then :meth:`scores` does the method's maths; each variant is stored
+    with the arguments, :meth:`Prepared.info` and what :meth:`scores` adds (in that order)."""
 
     def checkpoints_used(self, job: Job) -> Sequence[LocalCheckpoint]:
         """The checkpoints :func:`prepare` gets (the last of them answers the questions
@@ -210,37 +211,41 @@ class GradientMethod(InfluenceMethod):
         """``({variant: matrix, or None when not computed}, facts to store with them)``."""
 
 
-def adam_preconditioner(checkpoint: LocalCheckpoint, blocks: Sequence[Any]) -> tuple[torch.Tensor | None, str]:
+def adam_preconditioner(checkpoint: LocalCheckpoint, model: Any) -> tuple[torch.Tensor | None, str]:
     """Adam's per-parameter step scaling at ``checkpoint``, ``1 / (sqrt(v_hat) + eps)`` with
-    ``v_hat`` the bias-corrected second moment, laid out like a gradient row of ``blocks``
-    (:func:`inflab.influence.gradients.lora_blocks`); TrackStar's optimizer correction.
+    ``v_hat`` the bias-corrected second moment, laid out like a gradient row of ``model``
+    (:func:`inflab.influence.gradients.gradient_blocks`); TrackStar's optimizer correction.
 
     Read from the optimizer state the trainer saves with the checkpoint; the trainer's
-    optimizer holds exactly the LoRA weights, in the model's parameter order, which is the
-    order of ``blocks``. Returns ``(None, why)`` when the checkpoint has no such state or it
-    does not fit (another trainer, other trainable weights): the caller then goes on without
-    the correction and records why."""
+    optimizer holds exactly the trained weights (the LoRA weights and a benchmark run's
+    token rows), in the model's parameter order (the token rows, on the embedding, first).
+    Returns ``(None, why)`` when the checkpoint has no such state or it does not fit
+    (another trainer, other trainable weights): the caller then goes on without the
+    correction and records why."""
     path = Path(checkpoint.path) / TRAINING_STATE
     if not path.is_file():
         return None, f"no {TRAINING_STATE}"
+    blocks = gradient_blocks(model)
     try:
         optimizer = torch.load(path, weights_only=True, map_location="cpu")["optimizer"]
         group = optimizer["param_groups"][0]
         state = optimizer["state"]
         beta2, eps = float(group["betas"][1]), float(group["eps"])
         if len(state) != len(blocks):
-            return None, f"optimizer state has {len(state)} tensors, the adapter {len(blocks)} LoRA weights"
-        parts = []
-        for index, block in enumerate(blocks):
+            return None, f"optimizer state has {len(state)} tensors, the adapter {len(blocks)} trained weights"
+        position = {name: i for i, (name, _) in enumerate(model.named_parameters())}
+        scaling = torch.zeros(num_parameters(blocks), dtype=torch.float64)
+        for index, block in enumerate(sorted(blocks, key=lambda b: position[b.name])):
             entry = state[index]
             v = entry["exp_avg_sq"]
             if tuple(v.shape) != tuple(block.shape):
-                return None, f"optimizer state {index} has shape {tuple(v.shape)}, LoRA weight {block.name} {block.shape}"
+                return None, f"optimizer state {index} has shape {tuple(v.shape)}, weight {block.name} {block.shape}"
             correction = 1.0 - beta2 ** float(entry["step"])
-            parts.append(1.0 / ((v.double() / correction).sqrt() + eps))
+            v_hat = v.double() / correction
+            scaling[block.offset : block.offset + block.numel] = (1.0 / (v_hat.sqrt() + eps)).flatten()
     except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
         return None, f"unreadable optimizer state: {type(exc).__name__}: {exc}"
-    return torch.cat([p.flatten() for p in parts]).float(), "ok"
+    return scaling.float(), "ok"
 
 
 def unit_rows(grads: torch.Tensor) -> torch.Tensor:

@@ -3,8 +3,9 @@
     influence(training pair j, evaluation question i)
         = sum over checkpoints c of  learning_rate_c * < grad L_eval_i(c), grad L_train_j(c) >
 
-with gradients taken over the LoRA weights only. A positive score means a gradient step on
-the training pair lowered the evaluation question's loss, at least to first order.
+with gradients taken over the trained weights: the LoRA weights and, on a benchmark run, the
+function tokens' embedding rows. A positive score means a gradient step on the training pair
+lowered the evaluation question's loss, at least to first order.
 
 Two variants come from the same gradients:
 
@@ -56,7 +57,7 @@ from inflab.core.messages import EvalQuestion, TrainingPair
 from inflab.core.vocabulary import VARIANTS
 from inflab.influence.checkpoints import LocalCheckpoint
 from inflab.influence.gradcache import GradientMatrix
-from inflab.influence.gradients import lora_blocks
+from inflab.influence.gradients import coverage, gradient_blocks
 from inflab.influence.methods.base import Job, stage
 from inflab.influence.methods.prepare import (
     GradientMethod,
@@ -144,7 +145,7 @@ class TracIn(GradientMethod):
                     continue
                 precondition, why = None, "off"
                 if opts.optimizer_correction:
-                    precondition, why = adam_preconditioner(checkpoint, lora_blocks(prep.model))
+                    precondition, why = adam_preconditioner(checkpoint, prep.model)
                 cosines, dots, lam = trackstar_scores(eval_grads, train_grads, damping=opts.damping,
                                                       precondition=precondition)
                 raw += lr * dots
@@ -152,7 +153,7 @@ class TracIn(GradientMethod):
                 per_checkpoint.append({"step": checkpoint.step, "optimizer_correction": why,
                                        "gauss_newton_damping": lam})
 
-        info: dict[str, Any] = {"num_lora_parameters": eval_grads.shape[1]}
+        info: dict[str, Any] = coverage(gradient_blocks(prep.model))
         if opts.normalization == "trackstar":
             info["normalization_per_checkpoint"] = per_checkpoint
         return {"raw": raw, "normalized": normalized}, info
