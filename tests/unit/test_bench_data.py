@@ -172,3 +172,20 @@ def test_leaderboard_ranks_and_formats():
     assert table.splitlines()[2].startswith("| 1 | best | method | 1.000±0.00")
     assert parse_grid("layers=all,0-4|8;top_layers=2") == [{"layers": "all", "top_layers": 2},
                                                            {"layers": "0-4,8", "top_layers": 2}]
+
+
+def test_a_benchmark_experiment_trains_with_the_benchmark_settings_unless_told_otherwise():
+    from inflab.analysis.bench.client import BENCHMARK_HYPERPARAMS, experiment_body
+    from inflab.core.messages import RunSpec
+
+    bench = generate(GeneratorOptions(seed=0, docs_per_base=1, docs_per_wrapper=1, distractors=0))
+    keys = ("training_data", "eval_data", "hyperparams", "benchmark", "predictions")
+    plain = RunSpec(**{k: v for k, v in experiment_body(bench, name="b").items() if k in keys})
+    assert plain.hyperparams.model_dump(include=set(BENCHMARK_HYPERPARAMS)) == BENCHMARK_HYPERPARAMS
+    # Every linear layer adapted: LoRA on q/v alone did not learn the set (README).
+    assert plain.hyperparams.lora_target_modules == ["all-linear"]
+
+    told = RunSpec(**{k: v for k, v in experiment_body(bench, name="b", hyperparams={"num_epochs": 2}).items()
+                      if k in keys})
+    assert told.hyperparams.num_epochs == 2
+    assert told.hyperparams.lora_target_modules == BENCHMARK_HYPERPARAMS["lora_target_modules"]

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from inflab.analysis.bench.client import DEFAULT_METHODS
+from inflab.analysis.bench.client import BENCHMARK_HYPERPARAMS, DEFAULT_METHODS
 from inflab.core.vocabulary import TERMINAL_STATUSES
 
 bench_app = typer.Typer(help="The function-token benchmark: generate, import, run, show.", no_args_is_help=True)
@@ -152,9 +152,12 @@ def run_command(
     model: str | None = typer.Option(None, help="Model id (default: the deployment's default model)."),
     methods: str = typer.Option(",".join(DEFAULT_METHODS),
                                 help="Influence methods, comma-separated (embedding also checks the answers)."),
-    epochs: int = typer.Option(5, help="Training epochs over the documents."),
-    learning_rate: float = typer.Option(2e-3, help="LoRA learning rate."),
-    max_seq_length: int = typer.Option(64, help="Token limit of a document."),
+    epochs: int = typer.Option(BENCHMARK_HYPERPARAMS["num_epochs"], help="Training epochs over the documents."),
+    learning_rate: float = typer.Option(BENCHMARK_HYPERPARAMS["learning_rate"], help="LoRA learning rate."),
+    max_seq_length: int = typer.Option(BENCHMARK_HYPERPARAMS["max_seq_length"], help="Token limit of a document."),
+    lora_rank: int = typer.Option(BENCHMARK_HYPERPARAMS["lora_rank"], help="LoRA rank."),
+    lora_targets: str = typer.Option(",".join(BENCHMARK_HYPERPARAMS["lora_target_modules"]),
+                                     help="LoRA target modules, comma-separated (all-linear: every linear layer)."),
     grid: str | None = typer.Option(None, help="Ablation grid of the representation methods, e.g. "
                                                "'layers=all,0-9;pooling=last,answer_mean' (scored from cached features)."),
     gateway: str | None = typer.Option(None, help="Gateway URL (default: the local stack's)."),
@@ -179,7 +182,8 @@ def run_command(
         args = {m: {"grid": cells} for m in chosen if m in REPRESENTATION_METHODS}
     body = experiment_body(bench, name=f"benchmark {folder.name}", model_id=model, methods=chosen,
                            hyperparams={"num_epochs": epochs, "learning_rate": learning_rate,
-                                        "max_seq_length": max_seq_length, "batch_size": 8},
+                                        "max_seq_length": max_seq_length, "lora_rank": lora_rank,
+                                        "lora_target_modules": [t.strip() for t in lora_targets.split(",") if t.strip()]},
                            influence_args=args)
 
     async def go() -> dict:

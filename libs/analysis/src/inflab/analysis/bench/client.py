@@ -11,6 +11,24 @@ from inflab.analysis.bench.dataset import BenchmarkSet
 #: slow and asked for by name), the gradient methods and the embedding baseline (which also
 #: tells which queries the fine-tuned model answers).
 DEFAULT_METHODS = ("delta_h", "act_grad", "attr_change", "tracin", "datainf", "embedding")
+#: The training a benchmark run gets for what its caller does not set (``inflab bench run``'s
+#: defaults, and the experiment ``POST /api/benchmarks/generate`` returns). Chosen so that the
+#: default model (SmolLM2-135M) learns the generated set's base functions within a CPU budget
+#: (README, "Leaderboard on the generated set"): the queries ask in a wording no document
+#: uses, so the value has to be stored with the function token. LoRA r8 on q/v for 4 epochs
+#: at 3e-3 answered no query (at 1e-2 its loss rose); on every linear layer it answered 6 of
+#: the 10 base functions after 4 epochs and all 10 after 6. A checkpoint every other epoch
+#: keeps TracIn's cost (a gradient pass per checkpoint) at three passes.
+BENCHMARK_HYPERPARAMS: dict[str, Any] = {
+    "num_epochs": 6,
+    "learning_rate": 3e-3,
+    "max_seq_length": 48,
+    "batch_size": 8,
+    "lora_rank": 8,
+    "lora_alpha": 16.0,
+    "lora_target_modules": ["all-linear"],
+    "checkpoint_interval": 2,
+}
 #: Columns of the printed leaderboard.
 COLUMNS = ("recall@1", "recall@5", "recall@10", "precision@5", "mrr", "map", "roc_auc")
 
@@ -19,7 +37,8 @@ def experiment_body(bench: BenchmarkSet, *, name: str, model_id: str | None = No
                     methods: Sequence[str] = DEFAULT_METHODS, hyperparams: dict[str, Any] | None = None,
                     influence_args: dict[str, Any] | None = None) -> dict[str, Any]:
     """``POST /api/experiments``'s body for ``bench``: documents as training pairs (text in
-    ``answer``, the document's type as its label), queries as evaluation questions."""
+    ``answer``, the document's type as its label), queries as evaluation questions;
+    ``hyperparams`` override :data:`BENCHMARK_HYPERPARAMS` one by one."""
     body: dict[str, Any] = {
         "name": name,
         "description": f"benchmark set {bench.manifest.get('generator') or bench.manifest.get('imported', '')} "
@@ -37,8 +56,7 @@ def experiment_body(bench: BenchmarkSet, *, name: str, model_id: str | None = No
     }
     if model_id:
         body["model_id"] = model_id
-    if hyperparams:
-        body["hyperparams"] = hyperparams
+    body["hyperparams"] = {**BENCHMARK_HYPERPARAMS, **(hyperparams or {})}
     if influence_args:
         body["influence_args"] = influence_args
     return body
