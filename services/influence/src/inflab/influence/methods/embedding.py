@@ -53,7 +53,9 @@ def mean_states(model: Any, examples: Sequence[Any], *, pad_id: int, layer: int,
 
 def answered_correctly(model: Any, examples: Sequence[EncodedExample], *, pad_id: int, batch_size: int) -> list[bool]:
     """Per example: the expected token has the top logit at every answer position
-    (teacher-forced), i.e. greedy decoding would give the expected answer."""
+    (teacher-forced), i.e. greedy decoding from the prompt would give the expected answer
+    (for a benchmark query the prompt ends with the space before the value, see
+    :func:`inflab.ml.chat.encode_query`)."""
     device = next(model.parameters()).device
     out = [False] * len(examples)
     for indices in length_buckets(examples, batch_size):
