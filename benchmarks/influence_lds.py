@@ -159,7 +159,7 @@ def main_lds(args, log) -> dict[str, Any]:
         "removed_pairs": {name: [list(t) for t in tops] for name, tops in plan.removed.items()},
         "full_losses": losses["full"],
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-                    "load_average_start": os.getloadavg()},
+                    "load_average_end": os.getloadavg()},
     }
 
 

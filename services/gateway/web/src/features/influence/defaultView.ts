@@ -19,9 +19,9 @@ export interface ValidatedMatrix extends MatrixId {
 /** Best LDS first on the benchmark workload (benchmarks/results/influence-lds-cpu.json). */
 export const EVIDENCE_ORDER: MatrixId[] = [
   { method: "tracin", variant: "normalized" },
-  { method: "ekfac", variant: "raw" },
-  { method: "ekfac", variant: "normalized" },
   { method: "tracin", variant: "raw" },
+  { method: "ekfac", variant: "normalized" },
+  { method: "ekfac", variant: "raw" },
   { method: "datainf", variant: "normalized" },
   { method: "datainf", variant: "raw" },
 ];
