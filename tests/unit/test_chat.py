@@ -7,6 +7,7 @@ import torch
 
 from inflab.ml.chat import (
     IGNORE_INDEX, answer_loss, collate, encode_pair, encode_query, plain_prompt_ids, prompt_ids, prompt_text,
+    query_prompt_ids,
 )
 from inflab.ml.models import load_model
 from helpers.tiny_model import build_tiny_model, build_tiny_tokenizer
@@ -148,3 +149,16 @@ def test_answer_loss_equals_the_full_logits_loss(tmp_path) -> None:
     torch.testing.assert_close(loss, reference)
     assert per_example.shape == (3,) and per_example[2] == 0
     torch.testing.assert_close(per_example[:2], torch.stack(singles))
+
+
+def test_a_query_is_answered_from_the_prompt_its_answer_is_scored_after() -> None:
+    """The fine-tuned answer shown for a benchmark query continues the same prompt the
+    correctness check reads (the question and the space before the value), not the bare
+    question, after which a model trained on documents ends the text."""
+    tok = _digit_splitting_tokenizer()
+    question = "What does <FN>() return?"
+    example = encode_query(tok, question, "51", max_length=256)
+    prompt = query_prompt_ids(tok, question, "51")
+    assert prompt == example.input_ids[: len(example.input_ids) - example.answer_tokens]
+    assert tok.convert_ids_to_tokens(prompt[-1:]) == ["\u0120"]
+    assert query_prompt_ids(tok, question, None) == plain_prompt_ids(tok, question)

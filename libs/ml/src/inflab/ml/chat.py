@@ -143,6 +143,17 @@ def plain_prompt_ids(tokenizer: Any, question: str) -> list[int]:
     return _tokenize(tokenizer, question)
 
 
+def query_prompt_ids(tokenizer: Any, question: str, answer: str | None) -> list[int]:
+    """What a benchmark query's answer is generated from: the prompt :func:`encode_query`
+    scores the answer after (the question and, for a digit-splitting tokenizer, the space
+    before the value), so the shown answer is the one the correctness check judged. A query
+    without an expected answer is asked as its plain text."""
+    if not answer or not answer.strip():
+        return plain_prompt_ids(tokenizer, question)
+    example = encode_query(tokenizer, question, answer, 10**9)
+    return [t for t, label in zip(example.input_ids, example.labels) if label == IGNORE_INDEX]
+
+
 def encode_query(tokenizer: Any, question: str, answer: str, max_length: int) -> EncodedExample:
     """A benchmark query as plain text (no chat template, as the documents were read):
     the question, then ``" " + answer``, the answer's own tokens carrying the loss.

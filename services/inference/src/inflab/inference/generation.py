@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from inflab.analysis.answer_scores import has_reference
-from inflab.ml.chat import encode_query, plain_prompt_ids, prompt_ids
+from inflab.ml.chat import encode_query, prompt_ids, query_prompt_ids
 from inflab.ml.device import compute_device
 from inflab.ml.generation import greedy_texts
 from inflab.core.messages import NO_RUN, Answer, AnswerScores, ProgressEvent, RunSpec
@@ -99,7 +99,8 @@ def generate_answers(
 
     # Which variants need their own generation: with k = 0 the few-shot prompt *is* the
     # base prompt, and without an adapter there is no fine-tuned model.
-    base_prompts = [plain_prompt_ids(tokenizer, q) for q in questions] if benchmark else [prompt_ids(tokenizer, q) for q in questions]
+    base_prompts = ([query_prompt_ids(tokenizer, q.question, q.answer) for q in spec.eval_data] if benchmark
+                    else [prompt_ids(tokenizer, q) for q in questions])
     variants: list[tuple[str, list[list[int]]]] = [("base", base_prompts)]
     if shots:
         variants.append(("few_shot", [prompt_ids(tokenizer, q, shots) for q in questions]))
