@@ -2,6 +2,7 @@ import { useMemo, useState } from "react";
 import { Link, useParams } from "react-router";
 import { usePageCrumbs } from "@/components/layout/crumbs";
 import { ErrorState, SkeletonRows } from "@/components/ui/Feedback";
+import { Select } from "@/components/ui/Select";
 import { StatusBadge } from "@/components/ui/StatusBadge";
 import { ApiError } from "@/lib/api/errors";
 import { shortId } from "@/lib/format";
@@ -81,16 +82,19 @@ function QueryDrillDown({ board, row }: { board: Leaderboard; row: LeaderboardRo
     <section className="panel bench-drill" aria-label="Query drill-down">
       <div className="panel-header">
         <h2>Per query</h2>
-        <label className="bench-select">
-          <span className="dim">Query </span>
-          <select aria-label="Query" value={query.id} onChange={(e) => setQueryId(e.target.value)}>
-            {board.queries.map((q) => (
-              <option key={q.id} value={q.id}>
-                {q.id} {q.correct == null ? "" : q.correct ? "✓" : "✗"}
-              </option>
-            ))}
-          </select>
+        <label className="dim" htmlFor="bench-query">
+          Query
         </label>
+        <Select
+          id="bench-query"
+          width={170}
+          value={query.id}
+          onChange={setQueryId}
+          options={board.queries.map((q) => ({
+            value: q.id,
+            label: `${q.id} ${q.correct == null ? "" : q.correct ? "✓ answered" : "✗ wrong"}`,
+          }))}
+        />
         <span className="meta">{row.label}</span>
       </div>
       <div className="panel-body">
