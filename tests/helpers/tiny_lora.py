@@ -104,12 +104,7 @@ def token_lora_model(tiny_model: Path) -> Any:
     rank-4 LoRA adapter on q/v and the tokens' embedding rows trainable (peft's
     ``trainable_token_indices``; the tiny model ties its output layer to the embeddings,
     like the default model)."""
-    from peft import LoraConfig, get_peft_model
-
-    model, tokenizer = load_with_tokens(tiny_model)
-    ids = tokenizer.convert_tokens_to_ids(FUNCTION_TOKENS)
-    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"],
-                                            trainable_token_indices=ids))
+    return lora_model(tiny_model, function_tokens=True)
 
 
 def randomize_tokens(model: Any, generator: torch.Generator) -> None:
@@ -120,12 +115,15 @@ def randomize_tokens(model: Any, generator: torch.Generator) -> None:
                 p.add_(torch.randn(p.shape, generator=generator) * 0.3)
 
 
-def lora_model(tiny_model: Path, target_modules: Sequence[str] = ("q_proj", "v_proj")) -> Any:
-    """A freshly loaded tiny model with a rank-4 LoRA adapter on ``target_modules``."""
+def lora_model(tiny_model: Path, target_modules: Sequence[str] = ("q_proj", "v_proj"),
+               function_tokens: bool = False) -> Any:
+    """A freshly loaded tiny model with a rank-4 LoRA adapter on ``target_modules`` (with
+    ``function_tokens``: :data:`FUNCTION_TOKENS` added and their embedding rows trainable)."""
     from peft import LoraConfig, get_peft_model
 
-    model, _ = load(tiny_model)
-    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(target_modules)))
+    model, tokenizer = load_with_tokens(tiny_model) if function_tokens else load(tiny_model)
+    tokens = {"trainable_token_indices": tokenizer.convert_tokens_to_ids(FUNCTION_TOKENS)} if function_tokens else {}
+    return get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=list(target_modules), **tokens))
 
 
 def randomize_lora(model: Any, generator: torch.Generator) -> None:
